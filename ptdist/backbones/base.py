@@ -1,0 +1,107 @@
+"""What every frozen backbone offers: tokenized batches, and losses/readouts under soft prompts.
+
+Prompts are passed per example ([B, L, d]), not per model: one forward can serve several
+prompts at once (batched transfer evaluation, packed multi-prompt tuning). The prompt is
+prepended to the token embeddings, in front of every token, exactly where PEFT's prompt
+tuning puts it, so an exported adapter reproduces ptdist's logits.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ptdist.errors import PtdistError
+
+Batch = dict[str, torch.Tensor]
+
+
+class Backbone(nn.Module, ABC):
+    """A frozen pretrained model plus the tokenizer and readout a task needs."""
+
+    kind: str  # "mlm" or "seq2seq"
+
+    def __init__(self, name: str, model: nn.Module, tokenizer: Any, max_length: int = 128):
+        super().__init__()
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.model.requires_grad_(False)
+        self.model.eval()  # frozen: no dropout, so runs are deterministic and ranks agree
+
+    def train(self, mode: bool = True) -> "Backbone":
+        # The backbone never trains; keep it in eval mode whatever the wrapper asks.
+        return super().train(False)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().embedding_dim
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    def special_ids(self) -> set[int]:
+        return set(self.tokenizer.all_special_ids)
+
+    def check_prompt(self, prompt: torch.Tensor) -> None:
+        if prompt.shape[-1] != self.hidden_size:
+            raise PtdistError(
+                f"prompt width {prompt.shape[-1]} does not match model '{self.name}' "
+                f"(hidden size {self.hidden_size}); a prompt only fits the model it was trained "
+                "on, or one of the same width. Use a prompt trained on this model, or project it "
+                "with `ptdist project`."
+            )
+
+    def label_token_ids(self, words: Sequence[str]) -> torch.Tensor:
+        """First sub-token of each label word (with a leading space, as it appears mid-text)."""
+        ids = []
+        for word in words:
+            pieces = self.tokenizer(" " + word.strip(), add_special_tokens=False).input_ids
+            if not pieces:
+                raise PtdistError(f"label word {word!r} tokenizes to nothing for '{self.name}'")
+            ids.append(pieces[0])
+        if len(set(ids)) != len(ids):
+            raise PtdistError(
+                f"label words {list(words)} share a first sub-token for model '{self.name}', so "
+                "their classes cannot be told apart; choose label words that start differently."
+            )
+        return torch.tensor(ids, dtype=torch.long)
+
+    def _text_ids(self, texts: Sequence[str], budget: int) -> list[list[int]]:
+        encoded = self.tokenizer(list(texts), add_special_tokens=False).input_ids
+        return [ids[:budget] for ids in encoded]
+
+    def _pad(self, rows: list[list[int]], value: int) -> torch.Tensor:
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+    def _embed_with_prompt(self, prompts: torch.Tensor, input_ids: torch.Tensor,
+                           attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_prompt(prompts)
+        tokens = self.word_embeddings(input_ids)
+        embeds = torch.cat([prompts.to(tokens.dtype), tokens], dim=1)
+        prefix = attention_mask.new_ones(prompts.shape[0], prompts.shape[1])
+        return embeds, torch.cat([prefix, attention_mask], dim=1)
+
+    @abstractmethod
+    def collate(self, rows: Sequence[dict], label_words: Sequence[str] | None) -> Batch:
+        """Tokenize task rows (``text`` plus ``label`` or ``target``) into a batch of tensors."""
+
+    @abstractmethod
+    def loss(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Per-example training loss [B] under per-example prompts [B, L, d]."""
+
+    @abstractmethod
+    def class_logits(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Scores [B, C] of each class's label word."""
+
+    def generate(self, prompts: torch.Tensor, batch: Batch, max_new_tokens: int) -> list[str]:
+        raise PtdistError(
+            f"model '{self.name}' is an encoder MLM and cannot generate text; generation tasks "
+            "(QA, summarisation) need an encoder-decoder model such as T5."
+        )

@@ -1,0 +1,79 @@
+"""Resolve a model argument (preset name, local folder, hub id) into a frozen Backbone."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from ptdist.backbones.base import Backbone
+from ptdist.backbones.mlm import MaskedLMBackbone
+from ptdist.backbones.presets import PRESETS, preset_dir
+from ptdist.backbones.seq2seq import Seq2SeqBackbone
+from ptdist.errors import PtdistError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model_path(name: str) -> str:
+    """A preset's cache folder, a local folder, or the hub id unchanged."""
+    if name in PRESETS:
+        return str(preset_dir(name))
+    if os.path.isdir(name):
+        return str(Path(name).resolve())
+    if os.path.exists(name) or name.startswith((".", "/", "~")):
+        raise PtdistError(f"model path '{name}' is not a folder with a model (config.json and "
+                          "weights); pass a model folder, a hub id, or one of: "
+                          + ", ".join(PRESETS))
+    return name
+
+
+def model_kind(config) -> str:
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    return "mlm"
+
+
+def load_backbone(name: str, *, dtype: torch.dtype = torch.float32,
+                  max_length: int = 128) -> Backbone:
+    """Load ``name`` frozen. Under DeepSpeed ZeRO-3, create ``HfDeepSpeedConfig`` first so the
+    weights are partitioned as they load instead of materialising the whole model per rank."""
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    path = resolve_model_path(name)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise PtdistError(
+            f"could not load model '{name}': it is not a preset ({', '.join(PRESETS)}), not a "
+            f"local folder, and loading it from the Hugging Face hub failed ({_first_line(exc)}). "
+            f"Without hub access, download it elsewhere (`hf download {name} --local-dir DIR`) "
+            "and pass --model DIR."
+        ) from None
+    kind = model_kind(config)
+    auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForMaskedLM
+    try:
+        model, info = auto.from_pretrained(path, dtype=dtype, output_loading_info=True)
+    except ValueError as exc:
+        raise PtdistError(
+            f"model '{name}' ({config.model_type}) is neither an encoder MLM nor an "
+            f"encoder-decoder model; ptdist prompt-tunes RoBERTa/BERT-style MLMs and T5-style "
+            f"models ({_first_line(exc)})."
+        ) from None
+    if info.get("missing_keys"):
+        log.warning("model '%s' lacks pretrained weights for %d tensors (%s...): they are "
+                    "randomly initialised and stay frozen", name, len(info["missing_keys"]),
+                    ", ".join(sorted(info["missing_keys"])[:3]))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if kind == "mlm" and tokenizer.mask_token_id is None:
+        raise PtdistError(f"tokenizer of '{name}' has no mask token, so the MLM verbalizer "
+                          "cannot be read; use an MLM-pretrained encoder (RoBERTa, BERT).")
+    cls = Seq2SeqBackbone if kind == "seq2seq" else MaskedLMBackbone
+    return cls(name, model, tokenizer, max_length=max_length)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,45 @@
+"""Encoder MLM backbones (RoBERTa, BERT): a verbalizer over the mask right after the prompt.
+
+Layout: [P_1 .. P_L] <mask> text </s>. The soft prompt takes the sequence start, the mask
+follows it, and the class score is the MLM logit of each class's label word at the mask.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ptdist.backbones.base import Backbone, Batch
+
+
+class MaskedLMBackbone(Backbone):
+    kind = "mlm"
+
+    def collate(self, rows: Sequence[dict], label_words: Sequence[str] | None) -> Batch:
+        tok = self.tokenizer
+        end = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+        texts = self._text_ids([r["text"] for r in rows], self.max_length - 2)
+        ids = [[tok.mask_token_id, *t, end] for t in texts]
+        batch = {
+            "input_ids": self._pad(ids, tok.pad_token_id),
+            "attention_mask": self._pad([[1] * len(r) for r in ids], 0),
+            "label_ids": self.label_token_ids(label_words).expand(len(rows), -1),
+        }
+        if "label" in rows[0]:
+            batch["labels"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
+        return batch
+
+    def mask_logits(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Full-vocabulary MLM logits [B, V] at the mask position."""
+        embeds, mask = self._embed_with_prompt(prompts, batch["input_ids"], batch["attention_mask"])
+        logits = self.model(inputs_embeds=embeds, attention_mask=mask).logits
+        return logits[:, prompts.shape[1]]
+
+    def class_logits(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return self.mask_logits(prompts, batch).gather(1, batch["label_ids"])
+
+    def loss(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(self.class_logits(prompts, batch).float(), batch["labels"],
+                               reduction="none")

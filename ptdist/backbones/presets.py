@@ -1,0 +1,154 @@
+"""Built-in tiny backbones made from configs (random weights), for tests and smoke runs.
+
+A preset is materialised once into a cache folder (config, weights, tokenizer) and then loaded
+like any local model folder, so every code path, including DeepSpeed ZeRO-3's partitioned
+loading, is the same as for a real checkpoint. Weights come from a fixed seed: every process
+and every machine builds the same "tiny-roberta", so prompts trained on it stay comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+# Bumped whenever a preset's definition changes, so stale caches are never reused.
+PRESET_VERSION = 1
+
+# Words the tiny tokenizers learn as whole tokens: common English, and the label words and
+# template words the built-in tasks use, so tiny runs tokenize like real ones would.
+_WORDS = """
+the a an and or but not no yes maybe true false right wrong good bad great terrible awful
+excellent fine poor best worst love hate like dislike happy sad positive negative neutral
+movie film book food service laptop battery screen restaurant staff price meal story plot
+actor acting music scene ending was is are were be been it this that these those they we
+i you he she his her their our very really quite too so such more most less least than
+question answer context summary dialogue premise hypothesis sentence aspect review tweet
+entailment contradiction reasonable unreasonable excuse scenario justice just unjust same
+different similar paraphrase duplicate ok okay what who where when why how which does do
+did can could would should will of in on at to for with from by about as into over after
+before under again then once here there all any both each few other some own only just
+one two three four five six seven eight nine ten day time year people way thing man woman
+world life work part place case point group number fact hand eye week company system
+""".split()
+
+_ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+_T5_SENTINELS = [f"<extra_id_{i}>" for i in range(8)]
+_T5_SPECIALS = ["<pad>", "</s>", "<unk>", *_T5_SENTINELS]
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    kind: str  # "mlm" or "seq2seq"
+    description: str
+    build_config: Callable[[int], object]  # vocab size -> transformers config
+    specials: list[str]
+    special_roles: dict[str, str]
+
+
+def _roberta_config(vocab_size: int):
+    from transformers import RobertaConfig
+
+    return RobertaConfig(
+        vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=514, type_vocab_size=1,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5,
+    )
+
+
+def _t5_config(feed_forward_proj: str) -> Callable[[int], object]:
+    def build(vocab_size: int):
+        from transformers import T5Config
+
+        return T5Config(
+            vocab_size=vocab_size, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+            num_decoder_layers=2, num_heads=4, feed_forward_proj=feed_forward_proj,
+            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+            tie_word_embeddings=feed_forward_proj == "relu",
+        )
+
+    return build
+
+
+_T5_ROLES = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset("tiny-roberta", "mlm", "RoBERTa-shaped MLM: 2 layers, d=64, FFN 128, random weights",
+               _roberta_config, _ROBERTA_SPECIALS,
+               {"bos_token": "<s>", "cls_token": "<s>", "eos_token": "</s>", "sep_token": "</s>",
+                "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>"}),
+        Preset("tiny-t5", "seq2seq", "T5 v1.0-shaped (ReLU FFN, tied embeddings): 2+2 layers, d=64",
+               _t5_config("relu"), _T5_SPECIALS, _T5_ROLES),
+        Preset("tiny-t5-v1_1", "seq2seq",
+               "T5 v1.1-shaped (gated-GELU FFN, untied head): 2+2 layers, d=64",
+               _t5_config("gated-gelu"), _T5_SPECIALS, _T5_ROLES),
+    ]
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("PTDIST_CACHE", Path.home() / ".cache" / "ptdist"))
+
+
+def preset_dir(name: str) -> Path:
+    """The folder holding preset ``name``, building it on first use (safe under concurrency)."""
+    preset = PRESETS[name]
+    target = cache_root() / "presets" / f"{name}-v{PRESET_VERSION}"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+    try:
+        _materialise(preset, staging)
+        try:
+            os.rename(staging, target)  # atomic; loses the race harmlessly if another process won
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _materialise(preset: Preset, folder: Path) -> None:
+    from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM
+
+    vocab_size = _train_tokenizer(preset, folder)
+    config = preset.build_config(vocab_size)
+    auto = AutoModelForMaskedLM if preset.kind == "mlm" else AutoModelForSeq2SeqLM
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = auto.from_config(config)
+    model.save_pretrained(folder)
+
+
+def _train_tokenizer(preset: Preset, folder: Path) -> int:
+    """Byte-level BPE over the word list: no unknown tokens, whole words as single pieces."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=2048, special_tokens=preset.specials, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    # Each word with and without a leading space, as it appears mid-sentence and at the start.
+    corpus = [w for word in _WORDS for w in (word, " " + word, " " + word.capitalize())]
+    tok.train_from_iterator(corpus * 3, trainer)
+    tok.save(str(folder / "tokenizer.json"))
+    extra = [t for t in preset.specials if t.startswith("<extra_id_")]
+    tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", **preset.special_roles}
+    if extra:
+        tokenizer_config["additional_special_tokens"] = extra
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    return tok.get_vocab_size()

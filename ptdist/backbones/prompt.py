@@ -1,0 +1,81 @@
+"""The soft prompt P in R^{L x d} and how it is initialised.
+
+Init modes (a spec string, as on the command line):
+  random          uniform in [-0.5, 0.5], as in Lester et al. (2021)
+  vocab           embeddings of L vocabulary tokens sampled without replacement (specials excluded)
+  text:SOME WORDS embeddings of the text's tokens, repeated to fill L (PEFT's TEXT init)
+  prompt:ID|PATH  an existing prompt artifact (a store id or a .safetensors file)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ptdist.errors import PtdistError
+
+INIT_MODES = ("random", "vocab", "text:", "prompt:")
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    mode: str  # random | vocab | text | prompt
+    arg: str = ""
+
+    @classmethod
+    def parse(cls, spec: str) -> "InitSpec":
+        if spec in ("random", "vocab"):
+            return cls(spec)
+        for mode in ("text", "prompt"):
+            if spec.startswith(mode + ":") and spec[len(mode) + 1:].strip():
+                return cls(mode, spec[len(mode) + 1:].strip())
+        raise PtdistError(f"unknown prompt init {spec!r}; use one of: random, vocab, "
+                          "text:SOME WORDS, prompt:ID_OR_PATH")
+
+    def __str__(self) -> str:
+        return f"{self.mode}:{self.arg}" if self.arg else self.mode
+
+
+class SoftPrompt(nn.Module):
+    """The only trainable tensor. A module (not a bare tensor) so that DeepSpeed ZeRO-3 gathers
+    its partitioned parameter when forward is called."""
+
+    def __init__(self, init: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(init.detach().clone().float())
+
+    def forward(self, batch_size: int) -> torch.Tensor:
+        return self.weight.unsqueeze(0).expand(batch_size, -1, -1)
+
+
+def initial_prompt(spec: InitSpec, embeddings: nn.Embedding, length: int, special_ids: set[int],
+                   tokenizer, generator: torch.Generator,
+                   artifact: torch.Tensor | None = None) -> torch.Tensor:
+    """A [length, d] tensor for ``spec``; ``artifact`` is the loaded tensor for prompt:..."""
+    weight = embeddings.weight.detach()
+    d = weight.shape[1]
+    if spec.mode == "random":
+        return torch.rand(length, d, generator=generator) - 0.5
+    if spec.mode == "vocab":
+        candidates = torch.tensor([i for i in range(weight.shape[0]) if i not in special_ids])
+        if len(candidates) < length:
+            raise PtdistError(f"vocab init needs {length} tokens, the vocabulary has "
+                              f"{len(candidates)}; use a shorter prompt or random init")
+        pick = candidates[torch.randperm(len(candidates), generator=generator)[:length]]
+        return weight[pick].float().cpu().clone()
+    if spec.mode == "text":
+        ids = tokenizer(spec.arg, add_special_tokens=False).input_ids
+        if not ids:
+            raise PtdistError(f"text init {spec.arg!r} tokenizes to nothing")
+        ids = (ids * (length // len(ids) + 1))[:length]
+        return weight[torch.tensor(ids)].float().cpu().clone()
+    assert artifact is not None, "prompt init needs the artifact tensor"
+    if artifact.shape != (length, d):
+        raise PtdistError(
+            f"prompt {spec.arg!r} has shape {list(artifact.shape)} but this run needs "
+            f"[{length}, {d}] (prompt length x model width); pass --prompt-length "
+            f"{artifact.shape[0]} if only the length differs, or a prompt of a model of width {d}."
+        )
+    return artifact.float().clone()

@@ -1,0 +1,103 @@
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ptdist.backbones import InitSpec, initial_prompt, load_backbone
+from ptdist.backbones.presets import preset_dir
+from ptdist.errors import PtdistError
+
+ROWS = [{"text": "the movie was great", "label": 1}, {"text": "awful", "label": 0}]
+WORDS = ["negative", "positive"]
+
+
+@pytest.mark.parametrize("name,kind,ffn", [("tiny-roberta", "mlm", None),
+                                            ("tiny-t5", "seq2seq", "relu"),
+                                            ("tiny-t5-v1_1", "seq2seq", "gated-gelu")])
+def test_presets_load_frozen_with_their_architecture(name, kind, ffn):
+    backbone = load_backbone(name)
+    assert backbone.kind == kind
+    assert backbone.hidden_size == 64
+    assert not any(p.requires_grad for p in backbone.parameters())
+    if ffn:
+        assert backbone.model.config.feed_forward_proj == ffn
+    prompts = torch.randn(2, 4, 64)
+    batch = backbone.collate(ROWS, WORDS)
+    assert backbone.class_logits(prompts, batch).shape == (2, 2)
+    assert backbone.loss(prompts, batch).shape == (2,)
+
+
+def test_preset_weights_are_the_same_in_every_cache(tmp_path, monkeypatch):
+    first = load_file(preset_dir("tiny-roberta") / "model.safetensors")
+    monkeypatch.setenv("PTDIST_CACHE", str(tmp_path))
+    second = load_file(preset_dir("tiny-roberta") / "model.safetensors")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_mlm_reads_the_mask_right_after_the_prompt():
+    backbone = load_backbone("tiny-roberta")
+    batch = backbone.collate(ROWS, WORDS)
+    assert (batch["input_ids"][:, 0] == backbone.tokenizer.mask_token_id).all()
+    prompts = torch.randn(2, 3, 64)
+    embeds = torch.cat([prompts, backbone.word_embeddings(batch["input_ids"])], 1)
+    mask = torch.cat([torch.ones(2, 3, dtype=torch.long), batch["attention_mask"]], 1)
+    full = backbone.model(inputs_embeds=embeds, attention_mask=mask).logits
+    expected = full[:, 3].gather(1, backbone.label_token_ids(WORDS).expand(2, -1))
+    assert torch.allclose(backbone.class_logits(prompts, batch), expected)
+
+
+def test_t5_classification_trains_on_label_text_and_reads_first_decoder_step():
+    backbone = load_backbone("tiny-t5")
+    batch = backbone.collate(ROWS, WORDS)
+    eos = backbone.tokenizer.eos_token_id
+    positive = backbone.tokenizer(" positive", add_special_tokens=False).input_ids
+    assert batch["target_ids"][0, :len(positive) + 1].tolist() == positive + [eos]
+    assert backbone.label_token_ids(WORDS)[1].item() == positive[0]
+
+
+def test_mlm_refuses_generation_tasks():
+    backbone = load_backbone("tiny-roberta")
+    with pytest.raises(PtdistError, match="encoder-decoder"):
+        backbone.generate(torch.zeros(1, 2, 64), {}, 4)
+
+
+def test_prompt_width_mismatch_is_a_clear_error():
+    backbone = load_backbone("tiny-roberta")
+    with pytest.raises(PtdistError, match="width 32 does not match .*hidden size 64"):
+        backbone.class_logits(torch.zeros(2, 4, 32), backbone.collate(ROWS, WORDS))
+
+
+def test_init_modes():
+    backbone = load_backbone("tiny-t5")
+    emb, tok = backbone.word_embeddings, backbone.tokenizer
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    specials = backbone.special_ids()
+    rand = initial_prompt(InitSpec.parse("random"), emb, 5, specials, tok, gen())
+    assert rand.shape == (5, 64) and rand.abs().max() <= 0.5
+    vocab = initial_prompt(InitSpec.parse("vocab"), emb, 5, specials, tok, gen())
+    rows = [i for i in range(emb.num_embeddings) if torch.equal(emb.weight[i], vocab[0])]
+    assert rows and rows[0] not in specials
+    text = initial_prompt(InitSpec.parse("text:good movie"), emb, 5, specials, tok, gen())
+    ids = tok("good movie", add_special_tokens=False).input_ids
+    assert torch.equal(text[len(ids)], emb.weight[ids[0]])  # the text repeats to fill L
+    art = torch.randn(5, 64)
+    assert torch.equal(initial_prompt(InitSpec.parse("prompt:x"), emb, 5, specials, tok, gen(),
+                                      art), art)
+    with pytest.raises(PtdistError, match=r"shape \[5, 32\] .* needs \[5, 64\]"):
+        initial_prompt(InitSpec.parse("prompt:x"), emb, 5, specials, tok, gen(),
+                       torch.zeros(5, 32))
+    with pytest.raises(PtdistError, match="unknown prompt init"):
+        InitSpec.parse("zeros")
+
+
+def test_unknown_model_names_the_fix():
+    with pytest.raises(PtdistError, match="could not load model 'no-such/model'.*--model DIR"):
+        load_backbone("no-such/model")
+    with pytest.raises(PtdistError, match="not a folder with a model"):
+        load_backbone("./does/not/exist")
+
+
+def test_colliding_label_words_are_refused():
+    backbone = load_backbone("tiny-roberta")
+    with pytest.raises(PtdistError, match="share a first sub-token"):
+        backbone.label_token_ids(["good", "good"])
