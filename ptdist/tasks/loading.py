@@ -1,0 +1,238 @@
+"""Load one split of a task as a `datasets.Dataset` of normalised rows.
+
+Classification rows: ``text`` (the template applied) and ``label`` (class index). Generation
+rows: ``text``, ``target`` (the training target: the first reference) and ``references``.
+
+Where a split comes from, first match wins:
+1. ``<data_dir>/<task name>/<split>.{jsonl,csv,parquet}``, with data_dir from the argument or
+   $PTDIST_DATA_DIR;
+2. the record's ``source.files``;
+3. the Hugging Face hub, ``datasets.load_dataset(hub, config, split=...)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from ptdist.errors import PtdistError
+from ptdist.tasks.parsing import FILE_SUFFIXES
+from ptdist.tasks.record import TaskRecord
+
+if TYPE_CHECKING:
+    import datasets
+
+log = logging.getLogger(__name__)
+
+_BUILDERS = {".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def load_split(task: TaskRecord, split: str, *, limit: int | None = None,
+               data_dir: str | None = None, seed: int = 0) -> "datasets.Dataset":
+    """Split ``split`` ("train", "eval", or another split the record maps) of ``task``.
+
+    ``limit`` keeps a random subset of that many usable rows, the same for the same ``seed``,
+    in dataset order. Rows without a usable answer (a label that is not a class, such as
+    GLUE's -1 test labels or SemEval's "conflict"; no reference text) or with a missing (null)
+    input value are dropped and counted in a warning.
+    """
+    if limit is not None and limit < 1:
+        raise PtdistError(f"limit must be a positive number of examples, got {limit}; use "
+                          "limit=None for the whole split")
+    known = {"train", "eval", *task.source.splits, *task.source.files}
+    if split not in known:
+        raise PtdistError(f"task '{task.name}' has no split '{split}'; use one of "
+                          f"{', '.join(sorted(known))}")
+    raw, where = _raw_split(task, split, data_dir)
+    _check_columns(raw, task, where)
+    columns = raw.select_columns(list(task.required_columns)).to_dict()
+    answer = _label_reader(task) if task.is_classification else _reference_reader(task, where)
+    answer_column = task.label_column if task.is_classification else \
+        task.target_column.split(".")[0]
+
+    keep, answers, bad_answers, empty_inputs = [], [], Counter(), 0
+    for i, value in enumerate(columns[answer_column]):
+        if any(columns[c][i] is None for c in task.input_columns):
+            empty_inputs += 1
+            continue
+        parsed = answer(value)
+        if parsed is None:
+            bad_answers[repr(value)] += 1
+            continue
+        keep.append(i)
+        answers.append(parsed)
+    _report_dropped(task, where, raw.num_rows, len(keep), bad_answers, empty_inputs)
+
+    if limit is not None and limit < len(keep):
+        chosen = np.sort(np.random.default_rng(seed).permutation(len(keep))[:limit])
+        keep, answers = [keep[j] for j in chosen], [answers[j] for j in chosen]
+    texts = [_format(task, where, {c: columns[c][i] for c in task.input_columns}) for i in keep]
+
+    import datasets  # here, not at the top: listing or parsing tasks should not pay for it
+
+    if task.is_classification:
+        return datasets.Dataset.from_dict({"text": texts, "label": answers})
+    return datasets.Dataset.from_dict(
+        {"text": texts, "target": [refs[0] for refs in answers], "references": answers})
+
+
+def _raw_split(task: TaskRecord, split: str, data_dir: str | None) -> tuple[Any, str]:
+    folder = data_dir or os.environ.get("PTDIST_DATA_DIR")
+    searched = ""
+    if folder:
+        base = Path(folder).expanduser() / task.name
+        found = [base / f"{split}{s}" for s in FILE_SUFFIXES if (base / f"{split}{s}").is_file()]
+        if len(found) > 1:
+            raise PtdistError(f"{base} holds {len(found)} {split} files "
+                              f"({', '.join(p.name for p in found)}); keep only one")
+        if found:
+            return _read_file(found[0]), str(found[0])
+        searched = f"no {base}/{split}.{{jsonl,csv,parquet}}"
+    if split in task.source.files:
+        path = Path(task.source.files[split])
+        if not path.is_file():
+            raise PtdistError(f"task '{task.name}': {split} file {path} (source.files.{split}) "
+                              "does not exist; fix the path in the task YAML")
+        return _read_file(path), str(path)
+    return _from_hub(task, split, searched), _hub_label(task, split)
+
+
+def _read_file(path: Path):
+    import datasets
+
+    builder = _BUILDERS[path.suffix]
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as exc:  # datasets wraps parser errors in several exception types
+        raise PtdistError(f"cannot read {path} as {builder}: {_brief(exc)}; check that it is "
+                          "valid JSON lines, CSV with a header row, or Parquet") from exc
+
+
+def _hub_label(task: TaskRecord, split: str) -> str:
+    src = task.source
+    return (f"{src.hub}" + (f" [{src.config}]" if src.config else "")
+            + f" split '{src.splits.get(split, split)}'")
+
+
+def _from_hub(task: TaskRecord, split: str, searched: str):
+    import datasets
+
+    src = task.source
+    where_local = ("put train.jsonl and eval.jsonl (or .csv / .parquet) with columns "
+                   f"{', '.join(_column_help(task))} in DIR/{task.name}/ and pass --data-dir DIR "
+                   "(or set PTDIST_DATA_DIR=DIR), or list the files under source.files in a task "
+                   "YAML (docs/tasks.md)")
+    looked = f" (looked for local files: {searched})" if searched else ""
+    if not src.hub or split not in src.splits:
+        raise PtdistError(f"task '{task.name}' has no source for split '{split}'{looked}; "
+                          + where_local)
+    try:
+        return datasets.load_dataset(src.hub, src.config, split=src.splits[split],
+                                     revision=src.revision, data_dir=src.data_dir)
+    except Exception as exc:  # offline, unknown id, gated, missing split: all "not from the hub"
+        raise PtdistError(
+            f"could not load {_hub_label(task, split)} from the Hugging Face hub for task "
+            f"'{task.name}': {_brief(exc)}{looked}. To use local files, "
+            + where_local) from exc
+
+
+def _brief(exc: BaseException) -> str:
+    """The first line of an exception from `datasets`, whose messages can run to pages."""
+    first = next((line for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first.strip()[:300]}"
+
+
+def _column_help(task: TaskRecord) -> list[str]:
+    inputs = list(task.input_columns)
+    if task.is_classification:
+        return inputs + [f"{task.label_column} (a class index 0..{len(task.classes) - 1} or a "
+                         f"class name: {'/'.join(task.classes)})"]
+    column, _, field = task.target_column.partition(".")
+    shape = f"{{\"{field}\": [answers]}}" if field else "a string or a list of strings"
+    return inputs + [f"{column} ({shape})"]
+
+
+def _check_columns(raw, task: TaskRecord, where: str) -> None:
+    missing = [c for c in task.required_columns if c not in raw.column_names]
+    if missing:
+        raise PtdistError(
+            f"{where} has no column {', '.join(repr(c) for c in missing)} for task "
+            f"'{task.name}'; its columns are {', '.join(raw.column_names)}. Rename the "
+            "columns, or write a task YAML whose template and label/target columns match "
+            "(docs/tasks.md)")
+
+
+def _plain(value: Any) -> Any:
+    # CSV label columns with a gap come back as floats (1.0); treat whole floats as ints.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _label_reader(task: TaskRecord) -> Callable[[Any], int | None]:
+    index = {name: i for i, name in enumerate(task.classes)}
+    if task.label_map is not None:
+        mapping = {key: index[name] for key, name in task.label_map.items()}
+        return lambda value: mapping.get(str(_plain(value)))
+
+    def read(value: Any) -> int | None:
+        value = _plain(value)
+        if isinstance(value, bool):  # bool is an int subclass; True is not a class index
+            return None
+        if isinstance(value, int):
+            return value if 0 <= value < len(task.classes) else None
+        return index.get(value) if isinstance(value, str) else None
+
+    return read
+
+
+def _reference_reader(task: TaskRecord, where: str) -> Callable[[Any], list[str] | None]:
+    column, *fields = task.target_column.split(".")
+
+    def read(value: Any) -> list[str] | None:
+        for field in fields:
+            if value is None:
+                return None
+            if not isinstance(value, dict) or field not in value:
+                raise PtdistError(f"{where}: column '{column}' has no field '{field}' (a value "
+                                  f"is {str(value)[:80]!r}); fix target_column of task "
+                                  f"'{task.name}' or the data")
+            value = value[field]
+        values = value if isinstance(value, list) else [value]
+        return [v for v in values if isinstance(v, str) and v.strip()] or None
+
+    return read
+
+
+def _format(task: TaskRecord, where: str, row: dict[str, Any]) -> str:
+    try:
+        return task.template.format_map(row)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise PtdistError(f"{where}: template {task.template!r} of task '{task.name}' does not "
+                          f"fit a row ({type(exc).__name__}: {exc}); fix the template") from exc
+
+
+def _report_dropped(task: TaskRecord, where: str, total: int, kept: int, bad: Counter,
+                    empty_inputs: int) -> None:
+    what = "label that is not a class" if task.is_classification else "reference text"
+    examples = ", ".join(v for v, _ in bad.most_common(3))
+    if kept == 0:
+        raise PtdistError(
+            f"{where}: none of its {total} rows is usable for task '{task.name}'"
+            + (f" ({sum(bad.values())} with no {what}, e.g. {examples})" if bad else "")
+            + (f" ({empty_inputs} with a missing input value)" if empty_inputs else "")
+            + ("; its classes are " + ", ".join(task.classes) + " (give a label_map in a task "
+               "YAML to map other label values)" if task.is_classification else
+               f"; check target_column '{task.target_column}'"))
+    if kept < total:
+        reasons = [f"{sum(bad.values())} with a {what} (e.g. {examples})" if
+                   task.is_classification else f"{sum(bad.values())} without a {what}"] \
+            if bad else []
+        reasons += [f"{empty_inputs} with a missing input value"] if empty_inputs else []
+        log.warning("%s: dropped %d of %d rows for task '%s': %s", where, total - kept, total,
+                    task.name, "; ".join(reasons))
