@@ -18,15 +18,18 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-POSITIVE = ["good", "great", "excellent", "love", "best", "happy"]
-NEGATIVE = ["bad", "awful", "terrible", "hate", "worst", "sad"]
+# One sentiment word per class: a prompt on a frozen *random* model can route a word to the
+# readout and set a threshold, but cannot learn which of many random word embeddings belong
+# together (with six words per class the tiny presets stay near chance).
+POSITIVE = ["good"]
+NEGATIVE = ["bad"]
 FILLER = ["the", "movie", "film", "was", "story", "plot", "acting", "music", "really", "very",
           "quite", "scene", "ending", "it", "this", "and"]
 
 
 def sentiment_rows(n: int, seed: int) -> list[dict]:
-    """Sentences whose label is set by one sentiment word among filler: learnable in a few
-    dozen steps by a prompt on a frozen random tiny model."""
+    """Sentences whose label is set by one sentiment word among filler: learnable in about a
+    hundred steps by a prompt on a frozen random tiny model."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):

@@ -4,6 +4,12 @@ A preset is materialised once into a cache folder (config, weights, tokenizer) a
 like any local model folder, so every code path, including DeepSpeed ZeRO-3's partitioned
 loading, is the same as for a real checkpoint. Weights come from a fixed seed: every process
 and every machine builds the same "tiny-roberta", so prompts trained on it stay comparable.
+
+The init scale is larger than Hugging Face's default: at std 0.02 a 64-wide random network's
+output barely depends on its input (label logits moved by ~1e-3 between "good" and "bad"), so
+no prompt could learn anything on it. Measured on the test suite's sentiment task (prompt of
+8 tokens, Adam lr 0.1): RoBERTa init std 0.02 -> 52 % eval accuracy, 0.2 -> 98 %; T5 v1.0
+factor 1.0 -> 48 %, 2.0 -> 84 % (300 steps); T5 v1.1 learns at its default factor (89 %).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Callable
 import torch
 
 # Bumped whenever a preset's definition changes, so stale caches are never reused.
-PRESET_VERSION = 1
+PRESET_VERSION = 2
 
 # Words the tiny tokenizers learn as whole tokens: common English, and the label words and
 # template words the built-in tasks use, so tiny runs tokenize like real ones would.
@@ -60,6 +66,7 @@ def _roberta_config(vocab_size: int):
         vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=128, max_position_embeddings=514, type_vocab_size=1,
         pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5,
+        initializer_range=0.2,
     )
 
 
@@ -72,6 +79,7 @@ def _t5_config(feed_forward_proj: str) -> Callable[[int], object]:
             num_decoder_layers=2, num_heads=4, feed_forward_proj=feed_forward_proj,
             pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
             tie_word_embeddings=feed_forward_proj == "relu",
+            initializer_factor=2.0 if feed_forward_proj == "relu" else 1.0,
         )
 
     return build

@@ -1,0 +1,115 @@
+"""Prompt-only checkpoints: safetensors tensors + a JSON state file, nothing pickled.
+
+A checkpoint holds the fp32 prompt, Adam's moments (gathered whole, whatever the ZeRO stage),
+the best prompt so far, the step, the evaluation history and the RNG state. Because the
+moments are stored unpartitioned, a run can resume on a different number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ptdist.store.atomic import atomic_write
+
+ADAM_KEYS = ("exp_avg", "exp_avg_sq")
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    best_score: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def innermost_optimizer(optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer under DeepSpeed's ZeRO / bf16 wrappers."""
+    while hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def _ensure_adam_state(optimizer: torch.optim.Optimizer) -> None:
+    # torch creates Adam state lazily at the first step; a resume before any step must create
+    # it (zeros, as torch would) so the saved moments have somewhere to go.
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0)
+                for key in ADAM_KEYS:
+                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def _is_wrapped(param: torch.nn.Parameter) -> bool:
+    return hasattr(param, "ds_id") or hasattr(param, "_hp_mapping")
+
+
+def gather_prompt_state(engine, param: torch.nn.Parameter) -> dict[str, torch.Tensor]:
+    """fp32 prompt and Adam moments, whole. Collective under ZeRO: call on every rank."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    inner = innermost_optimizer(engine.optimizer)
+    if _is_wrapped(param):
+        tensors = {"prompt": safe_get_full_fp32_param(param)}
+        for key in ADAM_KEYS:
+            value = safe_get_full_optimizer_state(param, key)
+            if value is not None:
+                tensors[key] = value
+    else:
+        tensors = {"prompt": param.detach()}
+        tensors.update({k: v for k, v in inner.state[param].items() if k in ADAM_KEYS})
+    shape = param.ds_shape if hasattr(param, "ds_shape") else param.shape
+    steps = [s["step"] for s in inner.state.values() if "step" in s]
+    out = {k: v.detach().float().reshape(shape).cpu().clone() for k, v in tensors.items()}
+    out["adam_step"] = torch.tensor(float(steps[0]) if steps else 0.0)
+    return out
+
+
+def restore_optimizer_state(engine, param: torch.nn.Parameter,
+                            tensors: dict[str, torch.Tensor]) -> None:
+    """Put saved Adam moments and step back. The prompt itself is restored by building the
+    SoftPrompt from the checkpoint before DeepSpeed wraps it."""
+    from deepspeed.utils import safe_set_full_optimizer_state
+
+    inner = innermost_optimizer(engine.optimizer)
+    _ensure_adam_state(inner)
+    for key in ADAM_KEYS:
+        if key not in tensors:
+            continue
+        if _is_wrapped(param):
+            device = inner.state[next(iter(inner.state))][key].device
+            safe_set_full_optimizer_state(param, tensors[key].to(device), key)
+        else:
+            inner.state[param][key].copy_(tensors[key].reshape(param.shape))
+    for state in inner.state.values():
+        state["step"] = tensors["adam_step"].clone().to(state["step"].device)
+
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+def save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], state: TrainState) -> None:
+    """One file, one atomic rename: tensors and the state that goes with them (in the
+    safetensors metadata) can never come from different steps."""
+    tensors = {k: v.contiguous() for k, v in dict(tensors, rng=torch.get_rng_state()).items()}
+    metadata = {"state": json.dumps(state.__dict__)}
+    atomic_write(folder / CHECKPOINT_FILE, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], TrainState] | None:
+    path = folder / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    with safe_open(path, framework="pt") as f:
+        state = TrainState(**json.loads(f.metadata()["state"]))
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    torch.set_rng_state(tensors.pop("rng"))
+    return tensors, state
