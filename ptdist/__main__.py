@@ -1,0 +1,3 @@
+from ptdist.cli import main
+
+main()

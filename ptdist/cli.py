@@ -1,0 +1,206 @@
+"""The `ptdist` command line. Every command that produces results prints a human summary and,
+with --json, one JSON object as its last line of stdout; progress goes to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+from ptdist.errors import PtdistError
+
+EXAMPLES = """examples:
+  ptdist train --model tiny-roberta --task sst2 --steps 200 --data-dir data/
+  torchrun --nproc_per_node 2 -m ptdist train --model roberta-base --task mnli --ds-config zero2
+  ptdist eval --model tiny-roberta --prompt 3f2a9c1b0d4e5f60 --task sst2
+  ptdist export-peft 3f2a9c1b0d4e5f60 adapters/sst2
+"""
+
+
+def _quiet_libraries() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # skips DeepSpeed's "no GPU" warning
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+def _is_rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _emit(args: argparse.Namespace, human: str, payload: dict[str, Any]) -> None:
+    if not _is_rank0():
+        return
+    print(human)
+    if args.json:
+        print(json.dumps(payload, default=str))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from ptdist.store.prompts import PromptStore
+    from ptdist.training import TrainConfig, train
+
+    config = TrainConfig(
+        model=args.model, task=args.task, seed=args.seed, steps=args.steps,
+        prompt_length=args.prompt_length, init=args.init, lr=args.lr,
+        warmup_steps=args.warmup_steps, batch_size=args.batch_size, eval_every=args.eval_every,
+        eval_limit=args.eval_limit or None, train_limit=args.train_limit,
+        max_length=args.max_length, patience=args.patience, ds_config=args.ds_config,
+        data_dir=args.data_dir,
+    )
+    result = train(config, PromptStore(args.store))
+    how = "already in the store, not retrained" if result.skipped else (
+        f"trained {result.steps_run} steps in {result.wall_time_s:.1f}s"
+        + (f", resumed from step {result.resumed_from}" if result.resumed_from is not None else ""))
+    _emit(args, f"{result.task} on {result.model}: {result.metric} = {result.score:.2f} "
+                f"(best at step {result.best_step}; {how})\nprompt id: {result.prompt_id} "
+                f"(store {result.store})", result.to_dict())
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from ptdist.store.prompts import PromptStore
+    from ptdist.training.evaluation import score_prompt
+
+    metrics = score_prompt(args.model, PromptStore(args.store), args.prompt, args.task,
+                           limit=args.limit or None, batch_size=args.batch_size,
+                           data_dir=args.data_dir)
+    summary = " ".join(f"{k}={v:.2f}" for k, v in metrics.items())
+    _emit(args, f"prompt {args.prompt} on {args.task} with {args.model}: {summary}",
+          {"prompt": args.prompt, "task": args.task, "model": args.model, "metrics": metrics})
+
+
+def _export_peft(args: argparse.Namespace) -> None:
+    from ptdist.store.peft_export import export_peft
+    from ptdist.store.prompts import PromptStore
+
+    out = export_peft(PromptStore(args.store), args.prompt, args.out_dir, args.base_model)
+    _emit(args, f"wrote PEFT prompt-tuning adapter to {out} "
+                "(load with peft.PeftModel.from_pretrained(base_model, that folder))",
+          {"prompt": args.prompt, "adapter_dir": str(out)})
+
+
+def _tasks(args: argparse.Namespace) -> None:
+    from ptdist.tasks import list_tasks
+
+    tasks = list_tasks()
+    lines = [f"{'name':<22}{'type':<14}{'kind':<16}{'metric':<14}source"]
+    lines += [f"{t.name:<22}{t.type:<14}{t.kind:<16}{t.primary_metric:<14}{t.source_label}"
+              for t in tasks]
+    lines.append("\nA task argument may also be the path of a task YAML file (docs/tasks.md).")
+    _emit(args, "\n".join(lines), {"tasks": [t.name for t in tasks]})
+
+
+def _models(args: argparse.Namespace) -> None:
+    from ptdist.backbones import PRESETS
+
+    lines = [f"{name:<16}{p.kind:<10}{p.description}" for name, p in PRESETS.items()]
+    lines.append("\nAlso: any Hugging Face hub id or local folder of an encoder MLM (RoBERTa, "
+                 "BERT) or an encoder-decoder (T5 v1.0 / v1.1), e.g. roberta-base, t5-base, "
+                 "google/t5-v1_1-xxl.")
+    _emit(args, "\n".join(lines), {"presets": list(PRESETS)})
+
+
+def _prompts(args: argparse.Namespace) -> None:
+    from ptdist.store.prompts import PromptStore
+
+    rows = PromptStore(args.store).manifests()
+    lines = [f"{'id':<18}{'model':<16}{'task':<22}{'seed':<6}{'steps':<7}score"]
+    lines += [f"{r['id']:<18}{r['model']:<16}{r['task']:<22}{r['seed']:<6}{r['steps']:<7}"
+              f"{r['metric']}={r['score']:.2f}" for r in rows]
+    _emit(args, "\n".join(lines) if rows else "the store holds no prompts yet",
+          {"prompts": rows})
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="also print one JSON object as the last line of stdout")
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None,
+                   help="folder with <task>/train.jsonl and <task>/eval.jsonl (or .csv/.parquet) "
+                        "used instead of the hub (default: $PTDIST_DATA_DIR)")
+    p.add_argument("--store", default=None, help="prompt store folder (default: $PTDIST_STORE "
+                                                 "or ./store)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ptdist", description="Soft-prompt tuning and transfer on frozen language models.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(fn=fn)
+        _add_common(p)
+        return p
+
+    t = command("train", _train, "prompt-tune a frozen model on a task and store the prompt")
+    t.add_argument("--model", required=True, help="preset (tiny-roberta, tiny-t5, tiny-t5-v1_1), "
+                                                  "hub id, or local model folder")
+    t.add_argument("--task", required=True, help="registered task name or task YAML path")
+    t.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    t.add_argument("--prompt-length", type=int, default=100, help="soft tokens L (default 100)")
+    t.add_argument("--init", default="random",
+                   help="random | vocab | text:WORDS | prompt:ID_OR_PATH (default random)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--lr", type=float, default=0.01, help="peak learning rate (default 0.01)")
+    t.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of --steps")
+    t.add_argument("--batch-size", type=int, default=32,
+                   help="global batch size over all processes (default 32)")
+    t.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
+    t.add_argument("--eval-limit", type=int, default=1000,
+                   help="evaluation examples (0: the whole split; default 1000)")
+    t.add_argument("--train-limit", type=int, default=None, help="use a seeded subset of train")
+    t.add_argument("--max-length", type=int, default=128, help="text tokens (prompt excluded)")
+    t.add_argument("--patience", type=int, default=None,
+                   help="stop after this many evaluations without improvement")
+    t.add_argument("--ds-config", default="zero0",
+                   help="DeepSpeed config name in ds_configs/ or JSON path (default zero0)")
+    _add_data(t)
+
+    e = command("eval", _eval, "score a stored prompt (or prompt file) on a task")
+    e.add_argument("--model", required=True)
+    e.add_argument("--prompt", required=True, help="store id, .safetensors file, or folder")
+    e.add_argument("--task", required=True)
+    e.add_argument("--limit", type=int, default=1000, help="examples (0: all; default 1000)")
+    e.add_argument("--batch-size", type=int, default=64)
+    _add_data(e)
+
+    x = command("export-peft", _export_peft, "write a stored prompt as a PEFT adapter folder")
+    x.add_argument("prompt", help="store id (or prompt file)")
+    x.add_argument("out_dir")
+    x.add_argument("--base-model", default=None,
+                   help="base_model_name_or_path to record (default: the model it was trained on)")
+    x.add_argument("--store", default=None)
+
+    command("tasks", _tasks, "list the registered tasks")
+    command("models", _models, "list the built-in model presets")
+    p = command("prompts", _prompts, "list the prompts in a store")
+    p.add_argument("--store", default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        args.fn(args)
+    except PtdistError as exc:
+        print(f"ptdist: error: {exc}", file=sys.stderr)
+        if getattr(args, "json", False) and _is_rank0():
+            print(json.dumps({"error": str(exc)}))
+        sys.exit(2)
