@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from typing import Any, Callable
 
 from ptdist.errors import PtdistError
@@ -21,6 +22,10 @@ EXAMPLES = """examples:
 
 
 def _quiet_libraries() -> None:
+    # DeepSpeed calls torch collectives that torch has deprecated; the user can do nothing
+    # about it, and under ZeRO-3 it would print at every step.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated",
+                            category=FutureWarning)
     import torch
 
     if not torch.cuda.is_available():

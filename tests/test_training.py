@@ -118,13 +118,14 @@ def _zero3_every_tensor_partitioned(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_zero2_and_zero3_on_two_processes_match_zero0(tmp_path, sentiment_dir):
     steps = 10
-    base = _train_args(tmp_path / "zero0", sentiment_dir, steps)
-    reference = _json_result(_cli(*base))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_port", "0"]
+    final_only = ("--eval-every", str(steps))  # keep-best then keeps the prompt after `steps`
+    reference = _json_result(_cli(*_train_args(tmp_path / "zero0", sentiment_dir, steps,
+                                               *final_only)))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2"]
     runs = {}
     for name, ds in (("zero2", "zero2"), ("zero3", str(_zero3_every_tensor_partitioned(tmp_path)))):
-        args = _train_args(tmp_path / name, sentiment_dir, steps, "--ds-config", ds)
+        args = _train_args(tmp_path / name, sentiment_dir, steps, *final_only, "--ds-config", ds)
         runs[name] = _json_result(_cli(*args, launcher=torchrun), timeout=600)
     ref_prompt, ref_manifest = PromptStore(tmp_path / "zero0").load(reference["prompt_id"])
     from ptdist.backbones import load_backbone

@@ -128,6 +128,7 @@ def preset_dir(name: str) -> Path:
 
 
 def _materialise(preset: Preset, folder: Path) -> None:
+    from safetensors.torch import save_model
     from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM
 
     vocab_size = _train_tokenizer(preset, folder)
@@ -136,7 +137,14 @@ def _materialise(preset: Preset, folder: Path) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = auto.from_config(config)
-    model.save_pretrained(folder)
+    # Not model.save_pretrained: once a process group exists it writes only on rank 0, and
+    # every rank of a multi-process run may be the one that builds the preset.
+    config.save_pretrained(folder)
+    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    missing = [f for f in ("config.json", "model.safetensors", "tokenizer.json")
+               if not (folder / f).exists()]
+    if missing:
+        raise RuntimeError(f"building preset {preset.name} left out {missing}")
 
 
 def _train_tokenizer(preset: Preset, folder: Path) -> int:

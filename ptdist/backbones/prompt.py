@@ -53,13 +53,16 @@ class SoftPrompt(nn.Module):
 def initial_prompt(spec: InitSpec, embeddings: nn.Embedding, length: int, special_ids: set[int],
                    tokenizer, generator: torch.Generator,
                    artifact: torch.Tensor | None = None) -> torch.Tensor:
-    """A [length, d] tensor for ``spec``; ``artifact`` is the loaded tensor for prompt:..."""
+    """A [length, d] tensor for ``spec``; ``artifact`` is the loaded tensor for prompt:...
+
+    Under ZeRO-3 the caller gathers ``embeddings`` first (vocab and text modes read rows)."""
     weight = embeddings.weight.detach()
-    d = weight.shape[1]
+    d = embeddings.embedding_dim
     if spec.mode == "random":
         return torch.rand(length, d, generator=generator) - 0.5
     if spec.mode == "vocab":
-        candidates = torch.tensor([i for i in range(weight.shape[0]) if i not in special_ids])
+        candidates = torch.tensor([i for i in range(embeddings.num_embeddings)
+                                   if i not in special_ids])
         if len(candidates) < length:
             raise PtdistError(f"vocab init needs {length} tokens, the vocabulary has "
                               f"{len(candidates)}; use a shorter prompt or random init")

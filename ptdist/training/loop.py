@@ -145,6 +145,8 @@ def train(config: TrainConfig, store: PromptStore | None = None) -> TrainResult:
     if store.has(prompt_id):
         return _stored_result(store, prompt_id, t0)
 
+    import deepspeed
+
     rank, world = init_distributed()
     ds_config = _deepspeed_config(raw_ds, config, world)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -172,13 +174,11 @@ def train(config: TrainConfig, store: PromptStore | None = None) -> TrainResult:
         generator = torch.Generator().manual_seed(config.seed)
         if artifact is not None:
             backbone.check_prompt(artifact)
-        init_tensor = initial_prompt(init, backbone.word_embeddings, config.prompt_length,
-                                     backbone.special_ids(), backbone.tokenizer, generator,
-                                     artifact)
+        with deepspeed.zero.GatheredParameters([backbone.word_embeddings.weight]):
+            init_tensor = initial_prompt(init, backbone.word_embeddings, config.prompt_length,
+                                         backbone.special_ids(), backbone.tokenizer, generator,
+                                         artifact)
     torch.manual_seed(config.seed + state.step)
-
-    import deepspeed
-
     model = PromptedModel(SoftPrompt(init_tensor), backbone)
     optimizer = torch.optim.AdamW([model.prompt.weight], lr=config.lr,
                                   weight_decay=config.weight_decay)
