@@ -13,14 +13,18 @@ from ptdist.backbones.mlm import MaskedLMBackbone
 from ptdist.backbones.presets import PRESETS, preset_dir
 from ptdist.backbones.seq2seq import Seq2SeqBackbone
 from ptdist.errors import PtdistError
+from ptdist.packaged import is_packaged, resolve_packaged
 
 log = logging.getLogger(__name__)
 
 
 def resolve_model_path(name: str) -> str:
-    """A preset's cache folder, a local folder, or the hub id unchanged."""
+    """A preset's cache folder, a folder inside an installed package (``pkg:NAME/path``), a
+    local folder, or the hub id unchanged."""
     if name in PRESETS:
         return str(preset_dir(name))
+    if is_packaged(name):
+        return str(resolve_packaged(name))
     if os.path.isdir(name):
         return str(Path(name).resolve())
     if os.path.exists(name) or name.startswith((".", "/", "~")):
