@@ -199,8 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _without_launcher_rank(argv: list[str]) -> list[str]:
+    # The deepspeed launcher inserts --local_rank=N (before the subcommand) and also sets
+    # LOCAL_RANK in the environment, which is what ptdist reads.
+    return [a for a in argv if not a.startswith(("--local_rank=", "--local-rank="))]
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(_without_launcher_rank(argv))
     _quiet_libraries()
     try:
         args.fn(args)

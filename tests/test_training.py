@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ def _cli(*args: str, env_extra: dict | None = None, launcher: list[str] | None =
     env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)  # the in-process tests' rendezvous must not leak into children
-    cmd = (launcher or [sys.executable]) + ["-m", "ptdist", *args]
+    cmd = (launcher or [sys.executable, "-m"]) + ["ptdist", *args]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
@@ -33,7 +34,8 @@ def _cli(*args: str, env_extra: dict | None = None, launcher: list[str] | None =
 def _json_result(proc: subprocess.Popen, timeout: float = 300) -> dict:
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err[-3000:]
-    return json.loads(out.strip().splitlines()[-1])
+    # ptdist's JSON is its last line; the deepspeed launcher logs its own lines after it.
+    return json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
 
 
 @pytest.mark.parametrize("model,steps", [("tiny-roberta", 120), ("tiny-t5", 300),
@@ -105,6 +107,12 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, sentiment_dir)
     assert torch.equal(a, b)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _zero3_every_tensor_partitioned(tmp_path: Path) -> Path:
     """ds_configs/zero3.json, but with no small-tensor exemption: a tiny model has no tensor
     above the production persistence threshold, so this makes ZeRO-3 really partition it."""
@@ -122,11 +130,15 @@ def test_zero2_and_zero3_on_two_processes_match_zero0(tmp_path, sentiment_dir):
     reference = _json_result(_cli(*_train_args(tmp_path / "zero0", sentiment_dir, steps,
                                                *final_only)))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node", "2"]
+                "--nproc_per_node", "2", "-m"]
+    deepspeed = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "2",
+                 "--master_port", str(_free_port()), "--module"]
+    zero3 = str(_zero3_every_tensor_partitioned(tmp_path))
     runs = {}
-    for name, ds in (("zero2", "zero2"), ("zero3", str(_zero3_every_tensor_partitioned(tmp_path)))):
+    for name, ds, launcher in (("zero2", "zero2", torchrun), ("zero3", zero3, torchrun),
+                               ("zero2-deepspeed-launcher", "zero2", deepspeed)):
         args = _train_args(tmp_path / name, sentiment_dir, steps, *final_only, "--ds-config", ds)
-        runs[name] = _json_result(_cli(*args, launcher=torchrun), timeout=600)
+        runs[name] = _json_result(_cli(*args, launcher=launcher), timeout=600)
     ref_prompt, ref_manifest = PromptStore(tmp_path / "zero0").load(reference["prompt_id"])
     from ptdist.backbones import load_backbone
     from ptdist.training.fingerprint import frozen_fingerprint
@@ -134,7 +146,7 @@ def test_zero2_and_zero3_on_two_processes_match_zero0(tmp_path, sentiment_dir):
     assert ref_manifest["backbone_fingerprint"] == pristine
     for name, result in runs.items():
         prompt, manifest = PromptStore(tmp_path / name).load(result["prompt_id"])
-        assert manifest["world_size"] == 2 and manifest["zero_stage"] == int(name[-1])
+        assert manifest["world_size"] == 2 and manifest["zero_stage"] == int(name[4])
         # Same global batches; only the order of floating-point reductions differs.
         assert torch.allclose(prompt, ref_prompt, atol=1e-4, rtol=0), \
             (name, (prompt - ref_prompt).abs().max())
