@@ -36,16 +36,23 @@ def innermost_optimizer(optimizer) -> torch.optim.Optimizer:
     return optimizer
 
 
-def _ensure_adam_state(optimizer: torch.optim.Optimizer) -> None:
-    # torch creates Adam state lazily at the first step; a resume before any step must create
-    # it (zeros, as torch would) so the saved moments have somewhere to go.
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            state = optimizer.state[p]
-            if not state:
-                state["step"] = torch.tensor(0.0)
-                for key in ADAM_KEYS:
-                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+def _ensure_adam_state(engine) -> torch.optim.Optimizer:
+    """The innermost torch optimizer, with Adam state for every parameter it steps.
+
+    torch creates Adam state lazily at the first step; a resume before any step must create it
+    (zeros, as torch would) so the saved moments have somewhere to go. ZeRO-3 hands its flat
+    fp32 partitions to the torch optimizer only inside step(), so those are added explicitly.
+    """
+    inner = innermost_optimizer(engine.optimizer)
+    params = [p for group in inner.param_groups for p in group["params"]]
+    params += list(getattr(engine.optimizer, "fp32_partitioned_groups_flat", []))
+    for p in params:
+        state = inner.state[p]
+        if not state:
+            state["step"] = torch.tensor(0.0)
+            for key in ADAM_KEYS:
+                state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return inner
 
 
 def _is_wrapped(param: torch.nn.Parameter) -> bool:
@@ -79,13 +86,17 @@ def restore_optimizer_state(engine, param: torch.nn.Parameter,
     SoftPrompt from the checkpoint before DeepSpeed wraps it."""
     from deepspeed.utils import safe_set_full_optimizer_state
 
-    inner = innermost_optimizer(engine.optimizer)
-    _ensure_adam_state(inner)
+    inner = _ensure_adam_state(engine)
+    # ZeRO-1/2 and the bf16 optimizer link each parameter to its slice of the optimizer state
+    # only after their first step (through this hook); a resume writes state before any step.
+    link = getattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
+    if link is not None:
+        link()
     for key in ADAM_KEYS:
         if key not in tensors:
             continue
         if _is_wrapped(param):
-            device = inner.state[next(iter(inner.state))][key].device
+            device = next(iter(inner.state.values()))[key].device
             safe_set_full_optimizer_state(param, tensors[key].to(device), key)
         else:
             inner.state[param][key].copy_(tensors[key].reshape(param.shape))
