@@ -101,3 +101,25 @@ def test_colliding_label_words_are_refused():
     backbone = load_backbone("tiny-roberta")
     with pytest.raises(PtdistError, match="share a first sub-token"):
         backbone.label_token_ids(["good", "good"])
+
+
+def test_missing_weights_are_initialised_the_same_in_every_process(tmp_path):
+    """An encoder shipped without its MLM head (like all-MiniLM-L6-v2) gets the head randomly
+    initialised; every rank, run and `ptdist eval` must get the same frozen head."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "headless"
+    shutil.copytree(preset_dir("tiny-roberta"), folder)
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("lm_head.")},
+              folder / "model.safetensors", metadata={"format": "pt"})
+    heads = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        model = load_backbone(str(folder)).model
+        assert torch.equal(torch.get_rng_state(), before)  # the caller's RNG is left alone
+        heads.append(model.lm_head.dense.weight.detach().clone())
+    assert torch.equal(heads[0], heads[1])

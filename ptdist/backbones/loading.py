@@ -59,7 +59,12 @@ def load_backbone(name: str, *, dtype: torch.dtype = torch.float32,
     kind = model_kind(config)
     auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForMaskedLM
     try:
-        model, info = auto.from_pretrained(path, dtype=dtype, output_loading_info=True)
+        # A checkpoint without some weights (e.g. an encoder without its MLM head) gets them
+        # randomly initialised: from a fixed seed, so every rank, every run and `ptdist eval`
+        # see the same frozen model.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model, info = auto.from_pretrained(path, dtype=dtype, output_loading_info=True)
     except ValueError as exc:
         raise PtdistError(
             f"model '{name}' ({config.model_type}) is neither an encoder MLM nor an "

@@ -116,11 +116,11 @@ def save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], state: Train
 
 
 def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], TrainState] | None:
+    """The saved tensors (prompt, moments, best prompt, ``rng``) and state, or None."""
     path = folder / CHECKPOINT_FILE
     if not path.exists():
         return None
     with safe_open(path, framework="pt") as f:
         state = TrainState(**json.loads(f.metadata()["state"]))
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    torch.set_rng_state(tensors.pop("rng"))
     return tensors, state

@@ -122,8 +122,29 @@ class _Progress:
             print(text, file=sys.stderr, flush=True)
 
 
-def run_id(config: TrainConfig, task: TaskRecord, init_digest: str, precision: str) -> str:
-    return config.content_hash(_digest(asdict(task)), init_digest, precision)[:16]
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run is, before any model is loaded: enough to know its id (and so whether the
+    store already holds its prompt)."""
+
+    task: TaskRecord
+    init: InitSpec
+    artifact: torch.Tensor | None  # the source prompt of a prompt:... init
+    ds_config: dict  # as read, before batch sizes are filled in
+    precision: str
+    prompt_id: str
+
+
+def plan_run(config: TrainConfig, store: PromptStore) -> RunPlan:
+    task = get_task(config.task)
+    init = InitSpec.parse(config.init)
+    artifact = store.load(init.arg)[0] if init.mode == "prompt" else None
+    init_digest = hashlib.sha256(artifact.numpy().tobytes()).hexdigest() if artifact is not None \
+        else str(init)
+    ds_config, _ = load_ds_config(config.ds_config)
+    precision = _precision(ds_config)
+    prompt_id = config.content_hash(_digest(asdict(task)), init_digest, precision)[:16]
+    return RunPlan(task, init, artifact, ds_config, precision, prompt_id)
 
 
 def train(config: TrainConfig, store: PromptStore | None = None) -> TrainResult:
@@ -134,123 +155,147 @@ def train(config: TrainConfig, store: PromptStore | None = None) -> TrainResult:
     """
     store = store or PromptStore()
     t0 = time.time()
-    task = get_task(config.task)
-    init = InitSpec.parse(config.init)
-    artifact = store.load(init.arg)[0] if init.mode == "prompt" else None
-    init_digest = hashlib.sha256(artifact.numpy().tobytes()).hexdigest() if artifact is not None \
-        else str(init)
-    raw_ds, _ = load_ds_config(config.ds_config)
-    precision = _precision(raw_ds)
-    prompt_id = run_id(config, task, init_digest, precision)
-    if store.has(prompt_id):
-        return _stored_result(store, prompt_id, t0)
-
-    import deepspeed
+    plan = plan_run(config, store)
+    if store.has(plan.prompt_id):
+        return _stored_result(store, plan.prompt_id, t0)
 
     rank, world = init_distributed()
-    ds_config = _deepspeed_config(raw_ds, config, world)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    zero3 = ds_config.get("zero_optimization", {}).get("stage", 0) == 3
-    if zero3:
+    ds_config = _deepspeed_config(plan.ds_config, config, world)
+    if ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
         from transformers.integrations import HfDeepSpeedConfig
-        keep_alive = HfDeepSpeedConfig(ds_config)  # noqa: F841 - read by from_pretrained
-    backbone = load_backbone(config.model, dtype=dtype, max_length=config.max_length)
-    check_task_fits(task, backbone)
-    words = label_words(task, backbone)
+        # Read by from_pretrained (partitioned loading) and generate (synced ranks): keep alive.
+        zero3_marker = HfDeepSpeedConfig(ds_config)  # noqa: F841
+    backbone = load_backbone(config.model, max_length=config.max_length,
+                             dtype=torch.bfloat16 if plan.precision == "bf16" else torch.float32)
+    check_task_fits(plan.task, backbone)
     # Subsets are drawn with a fixed seed: runs of every seed, and `ptdist eval`, see the same
     # rows, so their scores compare; the run's seed only sets the init and the data order.
-    train_rows = load_split(task, "train", limit=config.train_limit,
-                            data_dir=config.data_dir).to_list()
-    eval_rows = load_split(task, "eval", limit=config.eval_limit,
-                           data_dir=config.data_dir).to_list()
+    data = _Data(
+        train=load_split(plan.task, "train", limit=config.train_limit,
+                         data_dir=config.data_dir).to_list(),
+        eval=load_split(plan.task, "eval", limit=config.eval_limit,
+                        data_dir=config.data_dir).to_list(),
+        words=label_words(plan.task, backbone))
 
-    run_folder = store.run_dir(prompt_id)
+    run_folder = store.run_dir(plan.prompt_id)
     resumed = load_checkpoint(run_folder)
-    if resumed is not None:
-        saved, state = resumed
-        init_tensor = saved["prompt"]
-    else:
-        saved, state = {}, TrainState()
-        generator = torch.Generator().manual_seed(config.seed)
-        if artifact is not None:
-            backbone.check_prompt(artifact)
-        with deepspeed.zero.GatheredParameters([backbone.word_embeddings.weight]):
-            init_tensor = initial_prompt(init, backbone.word_embeddings, config.prompt_length,
-                                         backbone.special_ids(), backbone.tokenizer, generator,
-                                         artifact)
-    torch.manual_seed(config.seed + state.step)
-    model = PromptedModel(SoftPrompt(init_tensor), backbone)
-    optimizer = torch.optim.AdamW([model.prompt.weight], lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    scale, offset = _lr_lambda(config), state.step  # a resumed schedule continues at its step
-    scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
-        opt, lambda s: scale(s + offset))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                           lr_scheduler=scheduler, config=ds_config)
-    param = engine.module.prompt.weight
+    saved, state = resumed if resumed is not None else ({}, TrainState())
+    init_tensor = saved["prompt"] if resumed is not None else _fresh_prompt(config, plan, backbone)
+    engine = _engine(config, init_tensor, backbone, ds_config, start_step=state.step)
     fingerprint = frozen_fingerprint(engine.module.backbone)
     if resumed is not None:
-        restore_optimizer_state(engine, param, saved)
+        restore_optimizer_state(engine, engine.module.prompt.weight, saved)
+        torch.set_rng_state(saved["rng"])
+    else:
+        torch.manual_seed(config.seed)
     progress = _Progress(config, state.step, rank == 0)
-    progress.line(f"[ptdist] run {prompt_id}: {config.model} on {task.name}, "
-                  f"{len(train_rows)} train / {len(eval_rows)} eval examples, {world} process(es), "
-                  f"{precision}, ZeRO-{ds_config.get('zero_optimization', {}).get('stage', 0)}"
+    progress.line(f"[ptdist] run {plan.prompt_id}: {config.model} on {plan.task.name}, "
+                  f"{len(data.train)} train / {len(data.eval)} eval examples, {world} "
+                  f"process(es), {plan.precision}, ZeRO-{_zero_stage(ds_config)}"
                   + (f", resumed at step {state.step}" if resumed is not None else ""))
-    best_prompt = saved.get("best_prompt")
     resumed_from = state.step if resumed is not None else None
-    micro = ds_config["train_micro_batch_size_per_gpu"]
-    device = engine.device
-
-    def run_eval() -> dict[str, float]:
-        return evaluate(backbone, engine.module.prompt, task, eval_rows,
-                        micro * 2, config.max_new_tokens, rank, world)
-
-    stop = False
-    while state.step < config.steps and not stop:
-        indices = rank_slice(global_batch(state.step, len(train_rows), config.batch_size,
-                                          config.seed), rank, world)
-        losses = []
-        for start in range(0, len(indices), micro):
-            rows = [train_rows[i] for i in indices[start:start + micro]]
-            batch = {k: v.to(device) for k, v in backbone.collate(rows, words).items()}
-            loss = engine(batch)
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.item())
-        state.step += 1
-        progress.step(state.step, sum(losses) / len(losses), engine.get_lr()[0])
-        if state.step % config.eval_every == 0 or state.step == config.steps:
-            metrics = run_eval()
-            score = metrics[task.primary_metric]
-            state.history.append({"step": state.step, "loss": sum(losses) / len(losses),
-                                  "time_s": time.time() - t0, **metrics})
-            tensors = gather_prompt_state(engine, param)
-            if state.best_score is None or score > state.best_score:
-                state.best_score, state.best_step, state.evals_since_best = score, state.step, 0
-                best_prompt = tensors["prompt"].clone()
-            else:
-                state.evals_since_best += 1
-            stop = config.patience is not None and state.evals_since_best >= config.patience
-            progress.line(f"eval @ {state.step}: " + " ".join(
-                f"{k}={v:.2f}" for k, v in metrics.items())
-                + f" (best {task.primary_metric}={state.best_score:.2f} @ {state.best_step})"
-                + (" - early stop" if stop else ""))
-            if rank == 0:
-                save_checkpoint(run_folder, dict(tensors, best_prompt=best_prompt), state)
+    best_prompt = _fit(engine, plan.task, data, config, state, saved.get("best_prompt"),
+                       run_folder, progress, t0, rank, world)
 
     if frozen_fingerprint(engine.module.backbone) != fingerprint:
         raise RuntimeError("the frozen backbone changed during training: a ptdist bug, please "
                            "report it with the DeepSpeed config used")
     best = next(h for h in state.history if h["step"] == state.best_step)
     metrics = {k: v for k, v in best.items() if k not in ("step", "loss", "time_s")}
-    result = TrainResult(prompt_id, task.name, config.model, task.primary_metric,
+    result = TrainResult(plan.prompt_id, plan.task.name, config.model, plan.task.primary_metric,
                          state.best_score, metrics, state.best_step, state.step, resumed_from,
                          False, time.time() - t0, str(store.root), state.history)
     if rank == 0:
-        store.put(prompt_id, best_prompt, dict(
-            _manifest(config, task, backbone, result, precision, world, ds_config),
+        store.put(plan.prompt_id, best_prompt, dict(
+            _manifest(config, plan.task, backbone, result, plan.precision, world, ds_config),
             backbone_fingerprint=fingerprint))
     return result
+
+
+@dataclass
+class _Data:
+    train: list[dict]
+    eval: list[dict]
+    words: list[str] | None  # label words for this backbone; None for generation tasks
+
+
+def _zero_stage(ds_config: dict) -> int:
+    return ds_config.get("zero_optimization", {}).get("stage", 0)
+
+
+def _fresh_prompt(config: TrainConfig, plan: RunPlan, backbone: Backbone) -> torch.Tensor:
+    import deepspeed
+
+    if plan.artifact is not None:
+        backbone.check_prompt(plan.artifact)
+    generator = torch.Generator().manual_seed(config.seed)
+    # Under ZeRO-3 the embedding matrix is partitioned; vocab/text init read its rows.
+    with deepspeed.zero.GatheredParameters([backbone.word_embeddings.weight]):
+        return initial_prompt(plan.init, backbone.word_embeddings, config.prompt_length,
+                              backbone.special_ids(), backbone.tokenizer, generator,
+                              plan.artifact)
+
+
+def _engine(config: TrainConfig, init_tensor: torch.Tensor, backbone: Backbone,
+            ds_config: dict, start_step: int):
+    """A DeepSpeed engine whose only trainable parameter is the prompt."""
+    import deepspeed
+
+    model = PromptedModel(SoftPrompt(init_tensor), backbone)
+    optimizer = torch.optim.AdamW([model.prompt.weight], lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    scale = _lr_lambda(config)  # a resumed schedule continues at its step
+    scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
+        opt, lambda s: scale(s + start_step))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                           lr_scheduler=scheduler, config=ds_config)
+    return engine
+
+
+def _fit(engine, task: TaskRecord, data: _Data, config: TrainConfig, state: TrainState,
+         best_prompt: torch.Tensor | None, run_folder, progress: _Progress, t0: float,
+         rank: int, world: int) -> torch.Tensor:
+    """Train from ``state.step`` to the end (or an early stop); evaluate, keep the best prompt
+    and checkpoint every ``eval_every`` steps. Returns the best prompt."""
+    backbone = engine.module.backbone
+    param = engine.module.prompt.weight
+    micro = engine.train_micro_batch_size_per_gpu()
+    stop = False
+    while state.step < config.steps and not stop:
+        indices = rank_slice(global_batch(state.step, len(data.train), config.batch_size,
+                                          config.seed), rank, world)
+        losses = []
+        for start in range(0, len(indices), micro):
+            rows = [data.train[i] for i in indices[start:start + micro]]
+            batch = {k: v.to(engine.device) for k, v in backbone.collate(rows, data.words).items()}
+            loss = engine(batch)
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+        state.step += 1
+        loss = sum(losses) / len(losses)
+        progress.step(state.step, loss, engine.get_lr()[0])
+        if state.step % config.eval_every and state.step != config.steps:
+            continue
+        metrics = evaluate(backbone, engine.module.prompt, task, data.eval, micro * 2,
+                           config.max_new_tokens, rank, world)
+        state.history.append({"step": state.step, "loss": loss, "time_s": time.time() - t0,
+                              **metrics})
+        tensors = gather_prompt_state(engine, param)
+        score = metrics[task.primary_metric]
+        if state.best_score is None or score > state.best_score:
+            state.best_score, state.best_step, state.evals_since_best = score, state.step, 0
+            best_prompt = tensors["prompt"].clone()
+        else:
+            state.evals_since_best += 1
+        stop = config.patience is not None and state.evals_since_best >= config.patience
+        progress.line(f"eval @ {state.step}: " + " ".join(f"{k}={v:.2f}" for k, v in
+                                                          metrics.items())
+                      + f" (best {task.primary_metric}={state.best_score:.2f} @ "
+                      f"{state.best_step})" + (" - early stop" if stop else ""))
+        if rank == 0:
+            save_checkpoint(run_folder, dict(tensors, best_prompt=best_prompt), state)
+    return best_prompt
 
 
 def _manifest(config: TrainConfig, task: TaskRecord, backbone: Backbone, result: TrainResult,
@@ -261,7 +306,7 @@ def _manifest(config: TrainConfig, task: TaskRecord, backbone: Backbone, result:
         "metric": result.metric, "score": result.score, "metrics": result.metrics,
         "prompt_length": config.prompt_length, "width": backbone.hidden_size,
         "backbone_kind": backbone.kind, "precision": precision, "world_size": world,
-        "zero_stage": ds_config.get("zero_optimization", {}).get("stage", 0),
+        "zero_stage": _zero_stage(ds_config),
         "config": config.to_dict(), "config_hash": result.prompt_id,
         "history": result.history, "wall_time_s": result.wall_time_s, "created": time.time(),
         "ptdist_version": __version__,
