@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 
@@ -29,6 +30,10 @@ def init_distributed() -> tuple[int, int]:
                               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        # A group still alive at interpreter teardown can abort a rank after its work is done
+        # ("terminate called without an active exception"). No barrier: a rank that failed
+        # alone must still be able to exit.
+        atexit.register(dist.destroy_process_group)
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     return dist.get_rank(), dist.get_world_size()
@@ -43,3 +48,4 @@ def gather_lists(values: list) -> list:
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, values)
     return [v for part in parts for v in part]
+

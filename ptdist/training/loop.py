@@ -197,7 +197,9 @@ def train(config: TrainConfig, store: PromptStore | None = None) -> TrainResult:
     best_prompt = _fit(engine, plan.task, data, config, state, saved.get("best_prompt"),
                        run_folder, progress, t0, rank, world)
 
-    if frozen_fingerprint(engine.module.backbone) != fingerprint:
+    changed = frozen_fingerprint(engine.module.backbone) != fingerprint
+    engine.destroy()  # releases ZeRO-3's hooks and buffers; the prompt is already gathered
+    if changed:
         raise RuntimeError("the frozen backbone changed during training: a ptdist bug, please "
                            "report it with the DeepSpeed config used")
     best = next(h for h in state.history if h["step"] == state.best_step)
