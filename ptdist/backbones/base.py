@@ -30,6 +30,7 @@ class Backbone(nn.Module, ABC):
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self._label_ids: dict[tuple[str, ...], torch.Tensor] = {}
         self.model.requires_grad_(False)
         self.model.eval()  # frozen: no dropout, so runs are deterministic and ranks agree
 
@@ -58,7 +59,14 @@ class Backbone(nn.Module, ABC):
             )
 
     def label_token_ids(self, words: Sequence[str]) -> torch.Tensor:
-        """First sub-token of each label word (with a leading space, as it appears mid-text)."""
+        """First sub-token of each label word (with a leading space, as it appears mid-text).
+        Tokenized once per word list: every batch's collate asks for it."""
+        key = tuple(words)
+        if key not in self._label_ids:
+            self._label_ids[key] = self._tokenize_label_words(key)
+        return self._label_ids[key]
+
+    def _tokenize_label_words(self, words: tuple[str, ...]) -> torch.Tensor:
         ids = []
         for word in words:
             pieces = self.tokenizer(" " + word.strip(), add_special_tokens=False).input_ids

@@ -28,13 +28,14 @@ class Seq2SeqBackbone(Backbone):
             "input_ids": self._pad(ids, tok.pad_token_id),
             "attention_mask": self._pad([[1] * len(r) for r in ids], 0),
         }
+        targets = None  # the text to train on: the label word, or the generation target
         if label_words is not None:
             batch["label_ids"] = self.label_token_ids(label_words).expand(len(rows), -1)
-            targets = [label_words[r["label"]] for r in rows] if "label" in rows[0] else None
-            if targets is not None:
+            if "label" in rows[0]:
                 batch["labels"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
-        else:
-            targets = [r["target"] for r in rows] if "target" in rows[0] else None
+                targets = [label_words[r["label"]] for r in rows]
+        elif "target" in rows[0]:
+            targets = [r["target"] for r in rows]
         if targets is not None:
             target_ids = self._text_ids([" " + t.strip() for t in targets], self.max_length - 1)
             batch["target_ids"] = self._pad([[*t, tok.eos_token_id] for t in target_ids], IGNORE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ptdist.errors import PtdistError
@@ -55,14 +55,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise PtdistError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
 
     def content_hash(self, task_digest: str, init_digest: str, precision: str) -> str:
         """Hash of everything that determines the result: settings, the task record's content
