@@ -5,40 +5,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-import warnings
 from typing import Any, Callable
 
 from ptdist.errors import PtdistError
+from ptdist.runtime import quiet_libraries
 
 EXAMPLES = """examples:
   ptdist train --model tiny-roberta --task sst2 --steps 200 --data-dir data/
   torchrun --nproc_per_node 2 -m ptdist train --model roberta-base --task mnli --ds-config zero2
   ptdist eval --model tiny-roberta --prompt 3f2a9c1b0d4e5f60 --task sst2
   ptdist export-peft 3f2a9c1b0d4e5f60 adapters/sst2
+  ptdist sweep --spec specs/tiny.yaml --storage-path $PWD/store
 """
-
-
-def _quiet_libraries() -> None:
-    # DeepSpeed calls torch collectives that torch has deprecated; the user can do nothing
-    # about it, and under ZeRO-3 it would print at every step.
-    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated",
-                            category=FutureWarning)
-    import torch
-
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # skips DeepSpeed's "no GPU" warning
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    import datasets
-
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
 
 
 def _is_rank0() -> bool:
@@ -128,6 +108,18 @@ def _prompts(args: argparse.Namespace) -> None:
           {"prompts": rows})
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    from ptdist.orchestration import load_spec, require_no_failures, run_sweep
+
+    spec = load_spec(args.spec, storage_path=args.storage_path, data_dir=args.data_dir,
+                     cluster=args.cluster, max_concurrent=args.max_concurrent)
+    outcome = run_sweep(spec, address=args.address, dry_run=args.dry_run)
+    if args.json and _is_rank0():
+        print(json.dumps({"sweep": spec.name, "table": outcome.table, "trained": outcome.trained,
+                          "runs": outcome.rows}, default=str))
+    require_no_failures(outcome)
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true",
                    help="also print one JSON object as the last line of stdout")
@@ -192,6 +184,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="base_model_name_or_path to record (default: the model it was trained on)")
     x.add_argument("--store", default=None)
 
+    s = command("sweep", _sweep, "run a sweep spec's prompt-tuning runs on Ray (a local Ray "
+                                 "unless --address or $RAY_ADDRESS names a cluster)")
+    s.add_argument("--spec", required=True, help="sweep spec YAML (docs/sweeps.md)")
+    s.add_argument("--address", default=None,
+                   help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
+    s.add_argument("--storage-path", default=None, help="override the spec's storage_path")
+    s.add_argument("--data-dir", default=None, help="override the spec's data_dir")
+    s.add_argument("--cluster", default=None,
+                   help="Ray cluster config whose node types runs must fit (e.g. cluster.yaml)")
+    s.add_argument("--max-concurrent", type=int, default=None,
+                   help="at most this many runs at once (default: as many as the cluster holds)")
+    s.add_argument("--dry-run", action="store_true",
+                   help="validate the spec and list the runs to do, without running them")
+
     command("tasks", _tasks, "list the registered tasks")
     command("models", _models, "list the built-in model presets")
     p = command("prompts", _prompts, "list the prompts in a store")
@@ -208,7 +214,7 @@ def _without_launcher_rank(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(_without_launcher_rank(argv))
-    _quiet_libraries()
+    quiet_libraries()
     try:
         args.fn(args)
     except PtdistError as exc:

@@ -75,7 +75,9 @@ def _lr_lambda(config: TrainConfig) -> Callable[[int], float]:
     return scale
 
 
-def _deepspeed_config(raw: dict, config: TrainConfig, world: int) -> dict:
+def deepspeed_config(raw: dict, config: TrainConfig, world: int) -> dict:
+    """The DeepSpeed config a run of ``world`` processes gets: batch sizes and clipping from
+    ``config``; optimizer and scheduler removed (ptdist passes its own)."""
     ds = json.loads(json.dumps(raw))
     accum = int(ds.get("gradient_accumulation_steps", 1))
     if config.batch_size % (world * accum):
@@ -91,7 +93,8 @@ def _deepspeed_config(raw: dict, config: TrainConfig, world: int) -> dict:
     return ds
 
 
-def _precision(ds: dict) -> str:
+def precision_of(ds: dict) -> str:
+    """``bf16`` or ``fp32``, as a DeepSpeed config asks; fp16 is refused."""
     if ds.get("fp16", {}).get("enabled"):
         raise PtdistError("fp16 is not supported: T5 overflows in fp16, and ptdist keeps one "
                           "precision policy for all backbones; use a bf16 config "
@@ -142,7 +145,7 @@ def plan_run(config: TrainConfig, store: PromptStore) -> RunPlan:
     init_digest = hashlib.sha256(artifact.numpy().tobytes()).hexdigest() if artifact is not None \
         else str(init)
     ds_config, _ = load_ds_config(config.ds_config)
-    precision = _precision(ds_config)
+    precision = precision_of(ds_config)
     prompt_id = config.content_hash(_digest(asdict(task)), init_digest, precision)[:16]
     return RunPlan(task, init, artifact, ds_config, precision, prompt_id)
 
@@ -157,10 +160,10 @@ def train(config: TrainConfig, store: PromptStore | None = None) -> TrainResult:
     t0 = time.time()
     plan = plan_run(config, store)
     if store.has(plan.prompt_id):
-        return _stored_result(store, plan.prompt_id, t0)
+        return stored_result(store, plan.prompt_id, skipped=True, t0=t0)
 
     rank, world = init_distributed()
-    ds_config = _deepspeed_config(plan.ds_config, config, world)
+    ds_config = deepspeed_config(plan.ds_config, config, world)
     if ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
         from transformers.integrations import HfDeepSpeedConfig
         # Read by from_pretrained (partitioned loading) and generate (synced ranks): keep alive.
@@ -310,13 +313,18 @@ def _manifest(config: TrainConfig, task: TaskRecord, backbone: Backbone, result:
         "backbone_kind": backbone.kind, "precision": precision, "world_size": world,
         "zero_stage": _zero_stage(ds_config),
         "config": config.to_dict(), "config_hash": result.prompt_id,
+        "resumed_from": result.resumed_from,
         "history": result.history, "wall_time_s": result.wall_time_s, "created": time.time(),
         "ptdist_version": __version__,
     }
 
 
-def _stored_result(store: PromptStore, prompt_id: str, t0: float) -> TrainResult:
+def stored_result(store: PromptStore, prompt_id: str, skipped: bool,
+                  t0: float | None = None) -> TrainResult:
+    """The result of a run whose prompt is in the store. ``skipped``: this call did not train
+    it (its wall time is then that of the lookup since ``t0``, not of the training)."""
     m = store.manifest(prompt_id)
+    wall = time.time() - t0 if skipped and t0 is not None else m["wall_time_s"]
     return TrainResult(prompt_id, m["task"], m["model"], m["metric"], m["score"], m["metrics"],
-                       m["best_step"], m["steps"], None, True, time.time() - t0, str(store.root),
-                       m["history"])
+                       m["best_step"], m["steps"], None if skipped else m.get("resumed_from"),
+                       skipped, wall, str(store.root), m["history"])

@@ -1,0 +1,99 @@
+"""One sweep run inside a Ray Tune trial.
+
+A one-worker run trains in the trial's own process, on the CPUs and GPU Ray reserved for it. A
+run with more workers starts a Ray Train worker group from the trial; every worker runs the same
+DeepSpeed recipe, in one process group that Ray Train sets up. Either way a worker that dies is
+restarted by Ray (Tune's or Train's failure config) and `train` resumes from the run's last
+checkpoint in the store, so the run ends where an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from ptdist.orchestration.spec import Resources, RunSpec
+from ptdist.training.config import TrainConfig
+
+# Tune requires a non-empty bundle per trial. A multi-worker trial only coordinates (its Ray
+# Train workers hold the real resources), so it reserves a sliver of a CPU.
+COORDINATOR_CPU = 0.05
+
+
+def run_to_dict(run: RunSpec, prompt_id: str) -> dict:
+    return {"config": run.config.to_dict(), "resources": asdict(run.resources),
+            "label": run.label, "prompt_id": prompt_id}
+
+
+def run_from_dict(data: dict) -> RunSpec:
+    return RunSpec(TrainConfig(**data["config"]), Resources(**data["resources"]))
+
+
+def trial_resources(trial_config: dict):
+    """The placement group of a trial: its one worker's bundle, or the coordinator's."""
+    from ray import tune
+
+    run = run_from_dict(trial_config["run"])
+    if run.resources.workers == 1:
+        return tune.PlacementGroupFactory([run.resources.per_worker()])
+    return tune.PlacementGroupFactory([{"CPU": COORDINATOR_CPU}])
+
+
+def run_trial(trial_config: dict) -> None:
+    """Tune's function trainable: train the run, report its result once."""
+    from ray import tune
+
+    from ptdist.runtime import quiet_libraries
+
+    quiet_libraries()
+    run = run_from_dict(trial_config["run"])
+    if run.resources.workers == 1:
+        result = _train_here(run.config, trial_config["store"])
+    else:
+        result = _train_on_worker_group(run, trial_config["store"], trial_config["max_failures"],
+                                        trial_config["run"]["prompt_id"])
+    tune.report(result)
+
+
+def _train_here(config: TrainConfig, store_root: str) -> dict:
+    from ptdist.store.prompts import PromptStore
+    from ptdist.training import train
+
+    return _scalars(train(config, PromptStore(store_root)))
+
+
+def _scalars(result) -> dict:
+    # The learning curve is in the prompt's manifest; a trial reports scalars.
+    return {k: v for k, v in result.to_dict().items() if k != "history"}
+
+
+def _worker_loop(loop_config: dict) -> None:
+    """What each Ray Train worker runs: the same recipe, in Ray Train's process group."""
+    from ptdist.runtime import quiet_libraries
+
+    quiet_libraries()
+    _train_here(TrainConfig(**loop_config["config"]), loop_config["store"])
+
+
+def _train_on_worker_group(run: RunSpec, store_root: str, max_failures: int,
+                           prompt_id: str) -> dict:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from ptdist.store.prompts import PromptStore
+    from ptdist.training.loop import stored_result
+
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"config": run.config.to_dict(), "store": store_root},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=run.resources.workers, use_gpu=run.resources.gpus > 0,
+            resources_per_worker=run.resources.per_worker()),
+        torch_config=TorchConfig(backend="nccl" if run.resources.gpus else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=prompt_id, storage_path=f"{store_root}/ray/train",
+            failure_config=ray.train.FailureConfig(max_failures=max_failures)),
+    )
+    trainer.fit()  # raises once the worker group has failed more than max_failures times
+    # Rank 0 wrote the prompt and its manifest; whether the group was restarted (and from which
+    # step it resumed) is recorded there.
+    return _scalars(stored_result(PromptStore(store_root), prompt_id, skipped=False))

@@ -1,0 +1,123 @@
+"""Sweep specs are validated whole, before anything is scheduled."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ptdist.errors import PtdistError
+from ptdist.orchestration import load_spec, parse_spec
+from ptdist.orchestration.resources import check_runs_fit, node_types_from_cluster_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _spec(tmp_path, **changes) -> dict:
+    raw = {"name": "s", "storage_path": str(tmp_path / "store"), "tasks": ["sst2", "imdb"],
+           "seeds": [0, 1], "inits": ["random", "vocab"],
+           "train": {"steps": 10, "batch_size": 8, "prompt_length": 4},
+           "models": {"tiny-roberta": {"resources": {"cpus": 1}},
+                      "tiny-t5": {"resources": {"workers": 2, "cpus": 0.5},
+                                  "ds_config": "zero2", "train": {"steps": 20}}}}
+    raw.update(changes)
+    return raw
+
+
+def test_a_spec_expands_to_every_model_task_seed_init(tmp_path):
+    spec = parse_spec(_spec(tmp_path))
+    runs = spec.runs()
+    assert len(runs) == 2 * 2 * 2 * 2
+    t5 = [r for r in runs if r.config.model == "tiny-t5"]
+    assert {r.config.steps for r in t5} == {20}  # per-model budget overrides the sweep's
+    assert {r.config.ds_config for r in t5} == {"zero2"}
+    assert t5[0].resources.workers == 2 and t5[0].resources.per_worker() == {"CPU": 0.5}
+    assert Path(spec.storage_path).is_absolute()
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"sead": [0]}, "unknown key 'sead' in top level (did you mean 'seeds'?)"),
+    ({"train": {"step": 5}}, "unknown key 'step' in train (did you mean 'steps'?)"),
+    ({"train": {"model": "x"}}, "unknown key 'model' in train"),
+    ({"tasks": ["sst2", "sst3"]}, "sst3"),
+    ({"inits": ["random", "zeros"]}, "unknown prompt init 'zeros'"),
+    ({"seeds": [0, "one"]}, "'seeds' must be a list of integers"),
+    ({"models": {"tiny-robrta": {}}}, "did you mean the preset 'tiny-roberta'"),
+    ({"models": {"tiny-roberta": {"gpu": 1}}}, "unknown key 'gpu' in models.tiny-roberta"),
+    ({"models": {"tiny-roberta": {"resources": {"gpu": 1}}}},
+     "unknown key 'gpu' in models.tiny-roberta.resources (did you mean 'gpus'?)"),
+    ({"models": {"tiny-roberta": {"resources": {"gpus": 3, "workers": 2}}}},
+     "3 GPUs do not split evenly over 2 workers"),
+    ({"models": {"tiny-t5": {"ds_config": "zero2", "precision": "bf16"}}},
+     "precision 'bf16' but ds_config 'zero2' runs fp32"),
+    ({"models": {"tiny-t5": {"ds_config": "zero9"}}}, "DeepSpeed config 'zero9' not found"),
+    ({"models": {"tiny-t5": {"resources": {"workers": 3}}}},
+     "batch size 8 does not split over 3 process(es)"),
+    ({"train": {"steps": 0}}, "steps must be at least 1"),
+    ({"storage_path": "s3://bucket/store"}, "must be a folder that every node mounts"),
+    ({"max_concurrent": 0}, "'max_concurrent' must be a positive integer"),
+])
+def test_a_bad_spec_names_the_bad_key_or_value(tmp_path, change, message):
+    with pytest.raises(PtdistError) as err:
+        parse_spec(_spec(tmp_path, **change))
+    assert message in str(err.value)
+
+
+def test_a_missing_required_key_is_named(tmp_path):
+    raw = _spec(tmp_path)
+    del raw["models"]
+    with pytest.raises(PtdistError, match="'models' is required"):
+        parse_spec(raw)
+
+
+def test_runs_that_no_node_type_can_hold_are_refused(tmp_path):
+    raw = _spec(tmp_path, models={"tiny-t5": {"resources": {"gpus": 16, "workers": 1}}})
+    runs = parse_spec(raw).runs()
+    with pytest.raises(PtdistError) as err:
+        check_runs_fit(runs, node_types_from_cluster_config(REPO / "cluster.yaml"), "cluster.yaml")
+    assert "tiny-t5 asks for 1 CPU, 16 GPU per worker" in str(err.value)
+    assert "gpu_8x: 96 CPU, 8 GPU" in str(err.value)
+    split = parse_spec(_spec(tmp_path, models={"tiny-t5": {"resources": {"gpus": 16,
+                                                                         "workers": 8}}}))
+    check_runs_fit(split.runs(), node_types_from_cluster_config(REPO / "cluster.yaml"), "x")
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ptdist", *args], cwd=REPO, text=True,
+                          capture_output=True, timeout=120)
+
+
+def test_the_cli_stops_on_a_bad_spec_before_scheduling_anything(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_spec(tmp_path, models={"tiny-roberta": {"ds_conf": "x"}})))
+    proc = _run_cli("sweep", "--spec", str(path))
+    assert proc.returncode == 2
+    assert f"sweep spec {path}: unknown key 'ds_conf' in models.tiny-roberta (did you mean " \
+           "'ds_config'?)" in proc.stderr
+    assert "Ray" not in proc.stdout + proc.stderr  # no cluster was started
+    assert not (tmp_path / "store").exists()
+
+
+def test_dry_run_lists_the_runs_without_running_them(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(_spec(tmp_path)))
+    proc = _run_cli("sweep", "--spec", str(path), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "16 runs (2 model(s) x 2 task(s) x 2 seed(s) x 2 init(s)); 0 already in the " \
+           "store" in proc.stdout
+    assert proc.stdout.count("would run") == 16
+    assert "tiny-t5/imdb/seed1/vocab: 20 steps, 2 worker(s) x 0.5 CPU, 0 GPU, zero2" in proc.stdout
+    assert not (tmp_path / "store" / "prompts").exists()
+
+
+def test_example_specs_are_valid():
+    for path in sorted((REPO / "specs").glob("*.yaml")):
+        spec = load_spec(path)
+        assert spec.runs(), path
+    paper = load_spec(REPO / "specs" / "paper.yaml")
+    assert len(paper.tasks) == 17
+    check_runs_fit(paper.runs(), node_types_from_cluster_config(REPO / "cluster.yaml"),
+                   "cluster.yaml")
