@@ -225,3 +225,23 @@ def test_an_autoscaling_cluster_adds_worker_nodes_for_pending_runs(tmp_path, sen
         _ray("stop", "--force", timeout=180)
     rows = read_table(store / "sweeps" / "autosweep.parquet")
     assert [r["status"] for r in rows] == ["trained", "trained"]
+
+
+def test_a_run_with_a_user_error_fails_once_and_the_rest_of_the_sweep_finishes(
+        tmp_path, sentiment_dir):
+    store = tmp_path / "store"
+    spec = _write_spec(tmp_path / "errsweep.yaml", {"tiny-roberta": {"resources": {"cpus": 1}}},
+                       store, sentiment_dir, steps=10)
+    spec_data = yaml.safe_load(spec.read_text())
+    spec_data["tasks"] = ["sst2", "imdb"]  # no local imdb data, and no hub access in tests
+    spec.write_text(yaml.safe_dump(spec_data))
+    proc = subprocess.run([sys.executable, "-m", "ptdist", "sweep", "--spec", str(spec)],
+                          cwd=tmp_path, env=_env(), text=True, capture_output=True, timeout=600)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "FAILED tiny-roberta/imdb/seed0/random: could not load stanfordnlp/imdb" in proc.stdout
+    assert "retry" not in proc.stdout  # the same error would recur: not retried
+    assert "1 run(s) failed: tiny-roberta/imdb/seed0 (could not load" in proc.stderr
+    assert "run the same sweep again to retry only what is missing" in proc.stderr
+    rows = {r["task"]: r for r in read_table(store / "sweeps" / "errsweep.parquet")}
+    assert rows["sst2"]["status"] == "trained" and rows["imdb"]["status"] == "failed"
+    assert PromptStore(store).has(rows["sst2"]["prompt_id"])

@@ -35,8 +35,12 @@ class SweepProgress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
-        self.done.append(trial.trial_id)
         result = trial.last_result or {}
+        if "error" in result:
+            self.failed.append(trial.trial_id)
+            self._line(f"FAILED {_label(trial)}: {result['error']}")
+            return
+        self.done.append(trial.trial_id)
         resumed = result.get("resumed_from")
         self._line(f"done {_label(trial)}: {result.get('metric')}={result.get('score', 0):.2f} "
                    f"in {result.get('wall_time_s', 0):.0f}s"

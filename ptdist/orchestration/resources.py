@@ -48,9 +48,9 @@ def check_runs_fit(runs: list[RunSpec], node_types: dict[str, dict[str, float]],
         bundle = run.resources.per_worker()
         if any(_fits(bundle, offer) for offer in node_types.values()):
             continue
-        offers = "; ".join(f"{name}: {_describe(offer)}" for name, offer in node_types.items())
+        offers = "; ".join(f"{name}: {describe(offer)}" for name, offer in node_types.items())
         raise PtdistError(
-            f"model {run.config.model} asks for {_describe(bundle)} per worker "
+            f"model {run.config.model} asks for {describe(bundle)} per worker "
             f"({run.resources.workers} worker(s)), more than any node of {source} offers "
             f"({offers}). Lower its resources in the sweep spec, split it over more workers, or "
             "add a node type that large")
@@ -60,5 +60,6 @@ def _fits(bundle: dict[str, float], offer: dict[str, float]) -> bool:
     return all(offer.get(k, 0.0) >= v for k, v in bundle.items() if v > 0)
 
 
-def _describe(resources: dict[str, float]) -> str:
+def describe(resources: dict[str, float]) -> str:
+    """``"8 CPU, 1 GPU"``: the resources runs are placed by."""
     return ", ".join(f"{resources.get(k, 0.0):g} {k}" for k in ("CPU", "GPU"))

@@ -68,7 +68,8 @@ class RunSpec:
     @property
     def label(self) -> str:
         c = self.config
-        return f"{c.model}/{c.task}/seed{c.seed}/{c.init}"
+        task = Path(c.task).stem if c.task.endswith((".yaml", ".yml")) else c.task
+        return f"{c.model}/{task}/seed{c.seed}/{c.init}"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration.resources import (HEAD_NODE_CONFIG, check_runs_fit,
+from ptdist.orchestration.resources import (HEAD_NODE_CONFIG, check_runs_fit, describe,
                                             node_types_from_cluster_config,
                                             node_types_from_live_cluster)
 from ptdist.orchestration.spec import RunSpec, SweepSpec
@@ -69,7 +69,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, dry_run: bool = False
         for run, pid in todo:
             res = run.resources
             _say(f"  would run {pid} {run.label}: {run.config.steps} steps, {res.workers} "
-                 f"worker(s) x {_fmt(res.per_worker())}, {run.config.ds_config}")
+                 f"worker(s) x {describe(res.per_worker())}, {run.config.ds_config}")
         return SweepOutcome([], None, 0)
     results: dict[str, dict] = {}
     if todo:
@@ -114,7 +114,7 @@ def _run_on_ray(spec: SweepSpec, todo: list[tuple[RunSpec, str]], store: PromptS
     where = connect_ray(address)
     _check_resources(spec, [run for run, _ in todo], local=where.startswith("a local"))
     _say(f"running {len(todo)} run(s) on {where}; cluster resources: "
-         f"{_fmt(ray.cluster_resources())}")
+         f"{describe(ray.cluster_resources())}")
     store.root.mkdir(parents=True, exist_ok=True)
     runs = [run_to_dict(run, pid) for run, pid in todo]
     tuner = tune.Tuner(
@@ -138,7 +138,7 @@ def _run_on_ray(spec: SweepSpec, todo: list[tuple[RunSpec, str]], store: PromptS
             results[pid] = {"error": _first_line(result.error)}
             _say(f"run {pid} ({result.config['run']['label']}) failed: {result.error}")
         else:
-            results[pid] = dict(result.metrics)
+            results[pid] = dict(result.metrics)  # {"error": ...} for a run's user error
     return results
 
 
@@ -168,10 +168,6 @@ def _row(run: RunSpec, prompt_id: str, store: PromptStore, result: dict | None) 
     return dict(row, status=status, metric=m["metric"], score=m["score"],
                 best_step=m["best_step"], steps=m["steps"], resumed_from=resumed,
                 wall_time_s=(result or {}).get("wall_time_s"))
-
-
-def _fmt(resources: dict) -> str:
-    return ", ".join(f"{resources.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
 
 
 def _first_line(error: BaseException) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from ptdist.errors import PtdistError
 from ptdist.orchestration.spec import Resources, RunSpec
 from ptdist.training.config import TrainConfig
 
@@ -46,11 +47,17 @@ def run_trial(trial_config: dict) -> None:
 
     quiet_libraries()
     run = run_from_dict(trial_config["run"])
-    if run.resources.workers == 1:
-        result = _train_here(run.config, trial_config["store"])
-    else:
-        result = _train_on_worker_group(run, trial_config["store"], trial_config["max_failures"],
-                                        trial_config["run"]["prompt_id"])
+    try:
+        if run.resources.workers == 1:
+            result = _train_here(run.config, trial_config["store"])
+        else:
+            result = _train_on_worker_group(run, trial_config["store"],
+                                            trial_config["max_failures"],
+                                            trial_config["run"]["prompt_id"])
+    except PtdistError as exc:
+        # A user error (a model the node cannot load, data without labels...) fails the same
+        # way on every attempt: report it instead of raising, so Ray does not retry it.
+        result = {"error": str(exc)}
     tune.report(result)
 
 
