@@ -121,3 +121,23 @@ def test_example_specs_are_valid():
     assert len(paper.tasks) == 17
     check_runs_fit(paper.runs(), node_types_from_cluster_config(REPO / "cluster.yaml"),
                    "cluster.yaml")
+
+
+def test_relative_paths_in_a_spec_file_are_relative_to_the_file(tmp_path, monkeypatch):
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    (folder / "mine.json").write_text((REPO / "ds_configs" / "zero2.json").read_text())
+    raw = _spec(tmp_path, storage_path="../store", data_dir="data",
+                tasks=["../examples/tweets.yaml"],
+                models={"tiny-roberta": {"ds_config": "mine.json"}})
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "tweets.yaml").write_text(
+        (REPO / "examples" / "tasks" / "tweets.yaml").read_text())
+    (folder / "s.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(REPO)  # somewhere else entirely
+    spec = load_spec(folder / "s.yaml", data_dir="elsewhere")
+    run = spec.runs()[0]
+    assert spec.storage_path == str(tmp_path / "store")
+    assert run.config.task == str(tmp_path / "examples" / "tweets.yaml")
+    assert run.config.ds_config == str(folder / "mine.json")
+    assert spec.data_dir == str(REPO / "elsewhere")  # a command-line override: relative to cwd

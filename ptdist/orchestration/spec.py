@@ -120,8 +120,8 @@ def load_spec(path: str | os.PathLike, **overrides: Any) -> SweepSpec:
 
 
 def parse_spec(raw: dict, default_name: str = "sweep", base: Path | None = None) -> SweepSpec:
-    """Validate a spec given as data. Relative task-file paths are relative to ``base`` (the
-    spec's folder; default the working directory)."""
+    """Validate a spec given as data. Relative task-file and DeepSpeed-config paths are
+    relative to ``base`` (the spec's folder; default the working directory)."""
     _check_keys(raw, TOP_KEYS, "top level")
     for key in ("storage_path", "tasks", "models"):
         if not raw.get(key):
@@ -141,7 +141,8 @@ def parse_spec(raw: dict, default_name: str = "sweep", base: Path | None = None)
         seeds=tuple(_int_list(raw.get("seeds", [0]), "seeds")),
         inits=tuple(_str_list(raw.get("inits", ["random"]), "inits")),
         train=train,
-        models=tuple(_model_entry(name, entry or {}) for name, entry in models.items()),
+        models=tuple(_model_entry(name, entry or {}, base or Path.cwd())
+                     for name, entry in models.items()),
         max_concurrent=_positive_or_none(raw.get("max_concurrent"), "max_concurrent"),
         max_failures=_non_negative(raw.get("max_failures", 3), "max_failures"),
     )
@@ -167,7 +168,7 @@ def _validate(spec: SweepSpec) -> None:
                               f"ds_config {model.ds_config}): {exc}") from None
 
 
-def _model_entry(name: str, entry: dict) -> ModelEntry:
+def _model_entry(name: str, entry: dict, base: Path) -> ModelEntry:
     if not isinstance(entry, dict):
         raise PtdistError(f"models.{name} must be a mapping with keys: {', '.join(MODEL_KEYS)}")
     _check_keys(entry, MODEL_KEYS, f"models.{name}")
@@ -183,6 +184,8 @@ def _model_entry(name: str, entry: dict) -> ModelEntry:
         raise PtdistError(f"models.{name}.resources: {res.gpus} GPUs do not split evenly over "
                           f"{res.workers} workers; use a multiple of the worker count")
     ds_config = str(entry.get("ds_config", "zero0"))
+    if Path(ds_config).suffix:  # a JSON file rather than a ds_configs/ name
+        ds_config = str((base / ds_config).resolve())
     raw_ds, _ = load_ds_config(ds_config)
     precision = precision_of(raw_ds)
     wanted = entry.get("precision")
