@@ -39,6 +39,17 @@ def init_distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def finish_together(world: int) -> None:
+    """Hold every rank of a successful run until all are done. A rank that tears its process
+    group down while a peer is still finishing (rank 0 writing the prompt) can be aborted at
+    exit ("terminate called without an active exception"): seen in about one ZeRO-3 run in six
+    on two CPU processes without this."""
+    import torch.distributed as dist
+
+    if world > 1:
+        dist.barrier()
+
+
 def gather_lists(values: list) -> list:
     """Concatenate every rank's list, in rank order."""
     import torch.distributed as dist

@@ -22,7 +22,7 @@ from ptdist.training.checkpoint import (TrainState, gather_prompt_state, load_ch
                                         restore_optimizer_state, save_checkpoint)
 from ptdist.training.config import TrainConfig, load_ds_config
 from ptdist.training.data import global_batch, rank_slice
-from ptdist.training.distributed import init_distributed
+from ptdist.training.distributed import finish_together, init_distributed
 from ptdist.training.fingerprint import frozen_fingerprint
 from ptdist.training.evaluation import check_task_fits, evaluate, label_words
 
@@ -214,6 +214,7 @@ def train(config: TrainConfig, store: PromptStore | None = None) -> TrainResult:
         store.put(plan.prompt_id, best_prompt, dict(
             _manifest(config, plan.task, backbone, result, plan.precision, world, ds_config),
             backbone_fingerprint=fingerprint))
+    finish_together(world)
     return result
 
 
