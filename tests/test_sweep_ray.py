@@ -245,3 +245,16 @@ def test_a_run_with_a_user_error_fails_once_and_the_rest_of_the_sweep_finishes(
     rows = {r["task"]: r for r in read_table(store / "sweeps" / "errsweep.parquet")}
     assert rows["sst2"]["status"] == "trained" and rows["imdb"]["status"] == "failed"
     assert PromptStore(store).has(rows["sst2"]["prompt_id"])
+
+
+def test_a_run_no_node_can_hold_is_refused_before_any_trial_starts(tmp_path, sentiment_dir):
+    store = tmp_path / "store"
+    spec = _write_spec(tmp_path / "gpusweep.yaml",
+                       {"tiny-roberta": {"resources": {"gpus": 1, "cpus": 1}}},
+                       store, sentiment_dir, steps=10)
+    proc = subprocess.run([sys.executable, "-m", "ptdist", "sweep", "--spec", str(spec)],
+                          cwd=tmp_path, env=_env(), text=True, capture_output=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "model tiny-roberta asks for 1 CPU, 1 GPU per worker (1 worker(s)), more than any " \
+           "node of this machine's local Ray offers" in proc.stderr
+    assert "[sweep" not in proc.stdout and not (store / "runs").exists()
