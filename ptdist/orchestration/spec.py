@@ -54,8 +54,9 @@ class Resources:
 class ModelEntry:
     name: str
     resources: Resources
-    ds_config: str
+    ds_config: str  # as the runs will look it up: a ds_configs/ name or an absolute path
     train: dict[str, Any]
+    ds_settings: dict[str, Any]  # the DeepSpeed config's content, read once when validated
 
 
 @dataclass(frozen=True)
@@ -160,9 +161,8 @@ def _validate(spec: SweepSpec) -> None:
             run = replace(spec, models=(model,)).runs()[0].config
         except PtdistError as exc:
             raise PtdistError(f"model {model.name}: {exc}") from None
-        raw_ds, _ = load_ds_config(model.ds_config)
         try:
-            deepspeed_config(raw_ds, run, model.resources.workers)
+            deepspeed_config(model.ds_settings, run, model.resources.workers)
         except PtdistError as exc:
             raise PtdistError(f"model {model.name} ({model.resources.workers} worker(s), "
                               f"ds_config {model.ds_config}): {exc}") from None
@@ -195,7 +195,7 @@ def _model_entry(name: str, entry: dict, base: Path) -> ModelEntry:
                           "zero2 for fp32) or drop 'precision'")
     train = dict(entry.get("train") or {})
     _check_keys(train, TRAIN_KEYS, f"models.{name}.train")
-    return ModelEntry(name, res, ds_config, train)
+    return ModelEntry(name, res, ds_config, train, raw_ds)
 
 
 def _check_model_name(name: str) -> None:
