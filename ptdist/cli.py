@@ -18,6 +18,8 @@ EXAMPLES = """examples:
   ptdist eval --model tiny-roberta --prompt 3f2a9c1b0d4e5f60 --task sst2
   ptdist export-peft 3f2a9c1b0d4e5f60 adapters/sst2
   ptdist sweep --spec specs/tiny.yaml --storage-path $PWD/store
+  ptdist transfer matrix --model roberta-base --tasks sst2 imdb mnli snli
+  ptdist transfer tpt --model roberta-base --targets imdb --sources sst2 mnli --steps 2000
 """
 
 
@@ -37,14 +39,9 @@ def _train(args: argparse.Namespace) -> None:
     from ptdist.store.prompts import PromptStore
     from ptdist.training import TrainConfig, train
 
-    config = TrainConfig(
-        model=args.model, task=args.task, seed=args.seed, steps=args.steps,
-        prompt_length=args.prompt_length, init=args.init, lr=args.lr,
-        warmup_steps=args.warmup_steps, batch_size=args.batch_size, eval_every=args.eval_every,
-        eval_limit=args.eval_limit or None, train_limit=args.train_limit,
-        max_length=args.max_length, patience=args.patience, ds_config=args.ds_config,
-        data_dir=args.data_dir,
-    )
+    config = TrainConfig(model=args.model, task=args.task, prompt_length=args.prompt_length,
+                         init=args.init, ds_config=args.ds_config, data_dir=args.data_dir,
+                         **_budget(args))
     result = train(config, PromptStore(args.store))
     how = "already in the store, not retrained" if result.skipped else (
         f"trained {result.steps_run} steps in {result.wall_time_s:.1f}s"
@@ -120,6 +117,82 @@ def _sweep(args: argparse.Namespace) -> None:
     require_no_failures(outcome)
 
 
+def _budget(args: argparse.Namespace) -> dict[str, Any]:
+    """The run settings `_add_budget` adds, as TrainConfig fields."""
+    return dict(seed=args.seed, steps=args.steps, lr=args.lr, warmup_steps=args.warmup_steps,
+                batch_size=args.batch_size, eval_every=args.eval_every,
+                eval_limit=args.eval_limit or None, train_limit=args.train_limit,
+                max_length=args.max_length, patience=args.patience)
+
+
+def _transfer_matrix(args: argparse.Namespace) -> None:
+    from ptdist.store.prompts import PromptStore
+    from ptdist.transfer import transfer_matrix
+
+    result = transfer_matrix(args.model, args.tasks, PromptStore(args.store),
+                             data_dir=args.data_dir, eval_limit=args.eval_limit or None,
+                             batch_size=args.batch_size, on_ray=not args.local,
+                             address=args.address, gpus=args.gpus)
+    width = max(len(t) for t in result.tasks) + 2
+    lines = [f"relative performance (%) of {args.model}'s prompts; rows: source, columns: target",
+             " " * width + "".join(f"{t[:10]:>11}" for t in result.tasks)]
+    cells = {(r["source_task"], r["target_task"]): r["relative"] for r in result.rows}
+    for source in result.tasks:
+        lines.append(f"{source:<{width}}" + "".join(
+            f"{cells[source, t]:>11.1f}" if cells[source, t] is not None else f"{'-':>11}"
+            for t in result.tasks))
+    lines.append(f"table: {result.table}\nheatmap: {result.heatmap}")
+    _emit(args, "\n".join(lines), {"table": str(result.table), "heatmap": str(result.heatmap),
+                                    "rows": result.rows})
+
+
+def _transfer_tpt(args: argparse.Namespace) -> None:
+    from ptdist.store.prompts import PromptStore
+    from ptdist.transfer import run_tpt
+
+    train = _budget(args)
+    if args.prompt_length is not None:
+        train["prompt_length"] = args.prompt_length
+    result = run_tpt(args.model, args.targets, args.sources, PromptStore(args.store), train,
+                     data_dir=args.data_dir, ds_config=args.ds_config,
+                     resources={"gpus": args.gpus, "cpus": args.cpus}, address=args.address)
+    lines = []
+    for r in result.summary:
+        reached = (f"reaches vanilla's best ({r['vanilla_best']:.2f}) at step "
+                   f"{r['steps_to_vanilla_best']}" if r["steps_to_vanilla_best"] is not None
+                   else "never reaches vanilla's best")
+        speed = f", speed-up {r['speedup']:.2f}x" if r["speedup"] is not None else ""
+        lines.append(f"{r['target_task']}: {r['run']}: best {r['metric']} {r['best_score']:.2f} "
+                     f"@ {r['best_step']}; {reached}{speed}")
+    lines += [f"curves and tables: {folder}" for folder in result.folders]
+    _emit(args, "\n".join(lines), {"summary": result.summary,
+                                    "folders": [str(f) for f in result.folders]})
+
+
+def _add_budget(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate (default 0.01)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of --steps")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="global batch size over all processes (default 32)")
+    p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
+    p.add_argument("--eval-limit", type=int, default=1000,
+                   help="evaluation examples (0: the whole split; default 1000)")
+    p.add_argument("--train-limit", type=int, default=None, help="use a seeded subset of train")
+    p.add_argument("--max-length", type=int, default=128, help="text tokens (prompt excluded)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop after this many evaluations without improvement")
+    p.add_argument("--ds-config", default="zero0",
+                   help="DeepSpeed config name in ds_configs/ or JSON path (default zero0)")
+
+
+def _add_ray(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
+    p.add_argument("--gpus", type=float, default=0, help="GPUs per Ray task or run (default 0)")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true",
                    help="also print one JSON object as the last line of stdout")
@@ -149,24 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", required=True, help="preset (tiny-roberta, tiny-t5, tiny-t5-v1_1), "
                                                   "hub id, or local model folder")
     t.add_argument("--task", required=True, help="registered task name or task YAML path")
-    t.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
     t.add_argument("--prompt-length", type=int, default=100, help="soft tokens L (default 100)")
     t.add_argument("--init", default="random",
                    help="random | vocab | text:WORDS | prompt:ID_OR_PATH (default random)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--lr", type=float, default=0.01, help="peak learning rate (default 0.01)")
-    t.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of --steps")
-    t.add_argument("--batch-size", type=int, default=32,
-                   help="global batch size over all processes (default 32)")
-    t.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
-    t.add_argument("--eval-limit", type=int, default=1000,
-                   help="evaluation examples (0: the whole split; default 1000)")
-    t.add_argument("--train-limit", type=int, default=None, help="use a seeded subset of train")
-    t.add_argument("--max-length", type=int, default=128, help="text tokens (prompt excluded)")
-    t.add_argument("--patience", type=int, default=None,
-                   help="stop after this many evaluations without improvement")
-    t.add_argument("--ds-config", default="zero0",
-                   help="DeepSpeed config name in ds_configs/ or JSON path (default zero0)")
+    _add_budget(t)
     _add_data(t)
 
     e = command("eval", _eval, "score a stored prompt (or prompt file) on a task")
@@ -197,6 +256,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most this many runs at once (default: as many as the cluster holds)")
     s.add_argument("--dry-run", action="store_true",
                    help="validate the spec and list the runs to do, without running them")
+
+    transfer = sub.add_parser("transfer", help="cross-task transfer: the zero-shot matrix, TPT",
+                              description="cross-task transfer of one model's prompts")
+    steps = transfer.add_subparsers(dest="transfer_command", required=True, metavar="STEP")
+    m = steps.add_parser("matrix", help="evaluate every task's best prompt on every task",
+                         description="zero-shot transfer matrix: raw and relative scores "
+                                     "(Parquet) and a heatmap (PNG) under STORE/transfer/")
+    m.set_defaults(fn=_transfer_matrix)
+    _add_common(m)
+    m.add_argument("--model", required=True)
+    m.add_argument("--tasks", nargs="+", required=True, help="task names or YAML paths (>= 2)")
+    m.add_argument("--eval-limit", type=int, default=1000,
+                   help="evaluation examples per target (0: all; default 1000)")
+    m.add_argument("--batch-size", type=int, default=64,
+                   help="examples x prompts per forward pass (default 64)")
+    m.add_argument("--local", action="store_true",
+                   help="evaluate in this process instead of one Ray task per target")
+    _add_ray(m)
+    _add_data(m)
+    tpt = steps.add_parser("tpt", help="vanilla PT vs PT initialised from other tasks' prompts",
+                           description="TPT_task: vanilla prompt tuning and prompt tuning "
+                                       "initialised from each source prompt, on each target, "
+                                       "with the speed-up to vanilla's best score")
+    tpt.set_defaults(fn=_transfer_tpt)
+    _add_common(tpt)
+    tpt.add_argument("--model", required=True)
+    tpt.add_argument("--targets", nargs="+", required=True, help="target task names or YAMLs")
+    tpt.add_argument("--sources", nargs="+", required=True,
+                     help="source tasks (their best stored prompt) or prompt ids")
+    tpt.add_argument("--prompt-length", type=int, default=None,
+                     help="default: the source prompts' length")
+    tpt.add_argument("--cpus", type=float, default=1, help="CPUs per run (default 1)")
+    _add_budget(tpt)
+    _add_ray(tpt)
+    _add_data(tpt)
 
     command("tasks", _tasks, "list the registered tasks")
     command("models", _models, "list the built-in model presets")

@@ -177,6 +177,9 @@ def _model_entry(name: str, entry: dict, base: Path) -> ModelEntry:
     _check_keys(resources, RESOURCE_KEYS, f"models.{name}.resources")
     res = Resources(workers=int(resources.get("workers", max(1, int(resources.get("gpus", 0))))),
                     gpus=int(resources.get("gpus", 0)), cpus=float(resources.get("cpus", 1)))
+    if float(resources.get("gpus", 0)) != res.gpus:
+        raise PtdistError(f"models.{name}.resources.gpus must be a whole number of GPUs per run "
+                          f"(got {resources['gpus']})")
     if res.workers < 1 or res.gpus < 0 or res.cpus < 0:
         raise PtdistError(f"models.{name}.resources: workers must be >= 1 and gpus, cpus >= 0 "
                           f"(got {resources})")

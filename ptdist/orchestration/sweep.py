@@ -9,7 +9,6 @@ checkpoints. The outcome of every run is written to ``<storage>/sweeps/<name>.pa
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -18,12 +17,12 @@ from pathlib import Path
 import pyarrow as pa
 
 from ptdist.errors import PtdistError
+from ptdist.orchestration.cluster import ray_session
 from ptdist.orchestration.resources import (HEAD_NODE_CONFIG, check_runs_fit, describe,
                                             node_types_from_cluster_config,
                                             node_types_from_live_cluster)
 from ptdist.orchestration.spec import RunSpec, SweepSpec
 from ptdist.orchestration.trial import run_to_dict
-from ptdist.runtime import ray_environment
 from ptdist.store.prompts import PromptStore
 from ptdist.store.tables import write_table
 from ptdist.training.loop import plan_run
@@ -85,33 +84,20 @@ def run_sweep(spec: SweepSpec, address: str | None = None, dry_run: bool = False
     return SweepOutcome(rows, table, trained)
 
 
-def connect_ray(address: str | None) -> str:
-    """Join the cluster at ``address`` (or $RAY_ADDRESS, which `ray job submit` sets), or start
-    the embedded local Ray, bound to loopback. Returns where the sweep runs."""
-    ray_environment()
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    if ray.is_initialized():
-        return "the Ray instance this process already joined"
-    if address:
-        ray.init(address=address)
-        return f"the Ray cluster at {address}"
-    # Ray Train's controller queries the state API, which the dashboard serves.
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True,
-             dashboard_host="127.0.0.1")
-    return "a local Ray on this machine"
-
-
 def _run_on_ray(spec: SweepSpec, todo: list[tuple[RunSpec, str]], store: PromptStore,
                 address: str | None) -> dict[str, dict]:
+    with ray_session(address) as where:
+        return _tune(spec, todo, store, where)
+
+
+def _tune(spec: SweepSpec, todo: list[tuple[RunSpec, str]], store: PromptStore,
+          where: str) -> dict[str, dict]:
     import ray
     from ray import tune
 
     from ptdist.orchestration.progress import SweepProgress
     from ptdist.orchestration.trial import run_trial, trial_resources
 
-    where = connect_ray(address)
     _check_resources(spec, [run for run, _ in todo], local=where.startswith("a local"))
     _say(f"running {len(todo)} run(s) on {where}; cluster resources: "
          f"{describe(ray.cluster_resources())}")

@@ -26,28 +26,55 @@ def label_words(task: TaskRecord, backbone: Backbone) -> list[str] | None:
 def predict(backbone: Backbone, prompts: PromptFn, task: TaskRecord, rows, batch_size: int,
             max_new_tokens: int, rank: int = 0, world: int = 1) -> list:
     """Predictions for ``rows`` (class indices or strings), computed across ranks."""
+    return _predict(backbone, prompts, 1, task, rows, batch_size, max_new_tokens, rank, world)[0]
+
+
+def predict_each(backbone: Backbone, prompts: torch.Tensor, task: TaskRecord, rows,
+                 batch_size: int, max_new_tokens: int) -> list[list]:
+    """Predictions of each of K prompts ``[K, L, d]`` on ``rows``, in one pass over the data:
+    every batch of examples is repeated K times, each copy behind its own prompt, so the
+    prompts are a batch dimension. ``batch_size`` bounds the forward batch (examples x
+    prompts); beyond that many prompts the data is passed once per group of prompts."""
+    preds: list[list] = []
+    for group in prompts.split(batch_size):
+        per_pass = max(1, batch_size // len(group))
+        preds += _predict(backbone, lambda n, g=group: g.repeat_interleave(n, 0), len(group),
+                          task, rows, per_pass, max_new_tokens, 0, 1)
+    return preds
+
+
+def _predict(backbone: Backbone, prompts: PromptFn, copies: int, task: TaskRecord, rows,
+             batch_size: int, max_new_tokens: int, rank: int, world: int) -> list[list]:
+    """Each batch of examples is tiled ``copies`` times; ``prompts(n)`` gives the
+    ``copies * n`` prompts, copy-major. Returns one prediction list per copy."""
     words = label_words(task, backbone)
     indices, real = eval_shard(len(rows), rank, world)
     device = next(backbone.parameters()).device
-    preds: list = []
+    preds: list[list] = [[] for _ in range(copies)]
     for start in range(0, len(indices), batch_size):
         chunk = [rows[i] for i in indices[start:start + batch_size]]
-        batch = {k: v.to(device) for k, v in backbone.collate(chunk, words).items()}
+        batch = {k: v.to(device).repeat(copies, *([1] * (v.dim() - 1)))
+                 for k, v in backbone.collate(chunk, words).items()}
         p = prompts(len(chunk))
         if words is not None:
-            preds.extend(backbone.class_logits(p, batch).argmax(-1).tolist())
+            out = backbone.class_logits(p, batch).argmax(-1).tolist()
         else:
-            preds.extend(backbone.generate(p, batch, max_new_tokens))
-    mine = list(zip(indices[:real], preds[:real]))
-    return [pred for _, pred in sorted(gather_lists(mine))]
+            out = backbone.generate(p, batch, max_new_tokens)
+        for copy in range(copies):
+            preds[copy].extend(out[copy * len(chunk):(copy + 1) * len(chunk)])
+    return [[pred for _, pred in sorted(gather_lists(list(zip(indices[:real], mine[:real]))))]
+            for mine in preds]
+
+
+def references(task: TaskRecord, rows) -> list:
+    return [r["label"] for r in rows] if task.kind == "classification" else \
+        [r["references"] for r in rows]
 
 
 def evaluate(backbone: Backbone, prompts: PromptFn, task: TaskRecord, rows, batch_size: int,
              max_new_tokens: int, rank: int = 0, world: int = 1) -> dict[str, float]:
     preds = predict(backbone, prompts, task, rows, batch_size, max_new_tokens, rank, world)
-    refs = [r["label"] for r in rows] if task.kind == "classification" else \
-        [r["references"] for r in rows]
-    return compute_metrics(task, preds, refs)
+    return compute_metrics(task, preds, references(task, rows))
 
 
 def check_task_fits(task: TaskRecord, backbone: Backbone) -> None:

@@ -1,0 +1,1 @@
+"""Figures and tables for results: heatmaps, learning curves."""

@@ -1,0 +1,36 @@
+"""Which stored prompt stands for a (model, task): the best-scoring one, or a named one."""
+
+from __future__ import annotations
+
+from ptdist.errors import PtdistError
+from ptdist.store.prompts import PromptStore
+from ptdist.tasks import get_task
+
+
+def best_prompts(store: PromptStore, model: str, tasks: list[str]) -> dict[str, dict]:
+    """``{task name: manifest}`` of the best-scoring prompt of ``model`` for each task (task
+    names or YAML paths). Every task without a prompt is named in one error."""
+    names = [get_task(t).name for t in tasks]
+    best: dict[str, dict] = {}
+    for m in store.manifests():
+        if m["model"] == model and m["task"] in names:
+            if m["task"] not in best or m["score"] > best[m["task"]]["score"]:
+                best[m["task"]] = m
+    missing = [n for n in names if n not in best]
+    if missing:
+        raise PtdistError(
+            f"no prompt of model '{model}' in store {store.root} for task(s): "
+            f"{', '.join(missing)}; train them first (`ptdist train --model {model} --task "
+            f"{missing[0]}` or a sweep), or leave them out")
+    return {n: best[n] for n in names}
+
+
+def resolve_source(store: PromptStore, model: str, ref: str) -> dict:
+    """A source prompt given as a store id, or as a task (its best prompt for ``model``)."""
+    if store.has(ref):
+        manifest = store.manifest(ref)
+        if manifest["model"] != model:
+            raise PtdistError(f"prompt {ref} was trained on '{manifest['model']}', not '{model}'; "
+                              "a prompt transfers across models only through a projector")
+        return manifest
+    return best_prompts(store, model, [ref])[get_task(ref).name]

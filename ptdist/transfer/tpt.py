@@ -1,0 +1,122 @@
+"""TPT_task: prompt tuning on a target task initialised from another task's prompt (the prompt
+only: optimizer state, schedule and step counter start fresh, as for any ``prompt:`` init),
+run beside vanilla prompt tuning, with the speed-up read off their learning curves:
+
+    speed-up = steps vanilla PT needs to reach its best evaluation score
+               / steps TPT needs to first reach that score
+
+The runs are one sweep (target tasks x inits [random, prompt:SOURCE...]) on Ray, so they are
+scheduled, resumed and skipped like any sweep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from ptdist.errors import PtdistError
+from ptdist.orchestration import parse_spec, require_no_failures, run_sweep
+from ptdist.store.prompts import PromptStore
+from ptdist.store.tables import write_table
+from ptdist.tasks import get_task
+from ptdist.transfer.matrix import model_dir
+from ptdist.transfer.selection import resolve_source
+
+CURVE_SCHEMA = pa.schema([
+    ("model", pa.string()), ("target_task", pa.string()), ("run", pa.string()),
+    ("source_task", pa.string()), ("prompt_id", pa.string()), ("step", pa.int64()),
+    ("score", pa.float64()), ("time_s", pa.float64()),
+])
+SUMMARY_SCHEMA = pa.schema([
+    ("model", pa.string()), ("target_task", pa.string()), ("run", pa.string()),
+    ("source_task", pa.string()), ("source_prompt", pa.string()), ("prompt_id", pa.string()),
+    ("metric", pa.string()), ("best_score", pa.float64()), ("best_step", pa.int64()),
+    ("vanilla_best", pa.float64()), ("steps_to_vanilla_best", pa.int64()),
+    ("time_to_vanilla_best_s", pa.float64()), ("speedup", pa.float64()),
+])
+
+
+@dataclass
+class TptResult:
+    summary: list[dict]
+    folders: list[Path]  # one per target: curves.parquet, summary.parquet, curves.png
+
+
+def first_reach(history: list[dict], metric: str, threshold: float) -> dict | None:
+    """The first evaluation of a learning curve that scores at least ``threshold``."""
+    return next((h for h in history if h[metric] >= threshold), None)
+
+
+def speedup_rows(vanilla: dict, runs: list[tuple[str, dict | None, dict]]) -> list[dict]:
+    """Summary rows for the vanilla manifest and each (label, source manifest, TPT manifest)."""
+    metric = vanilla["metric"]
+    best = max(h[metric] for h in vanilla["history"])
+    vanilla_hit = first_reach(vanilla["history"], metric, best)
+    rows = []
+    for label, source, manifest in [("vanilla", None, vanilla), *runs]:
+        hit = first_reach(manifest["history"], metric, best)
+        rows.append({
+            "model": vanilla["model"], "target_task": vanilla["task"], "run": label,
+            "source_task": source["task"] if source else None,
+            "source_prompt": source["id"] if source else None, "prompt_id": manifest["id"],
+            "metric": metric, "best_score": manifest["score"], "best_step": manifest["best_step"],
+            "vanilla_best": best, "steps_to_vanilla_best": hit["step"] if hit else None,
+            "time_to_vanilla_best_s": hit["time_s"] if hit else None,
+            "speedup": vanilla_hit["step"] / hit["step"] if hit else None})
+    return rows
+
+
+def run_tpt(model: str, targets: list[str], sources: list[str], store: PromptStore,
+            train: dict, *, data_dir: str | None = None, ds_config: str = "zero0",
+            resources: dict | None = None, address: str | None = None) -> TptResult:
+    """Vanilla PT and TPT from each source (a task's best prompt, or a prompt id) on each
+    target; ``train`` holds the runs' settings (steps, eval_every, lr, seed...)."""
+    source_manifests = [resolve_source(store, model, s) for s in sources]
+    lengths = {m["shape"][0] for m in source_manifests}
+    if len(lengths) > 1 or ("prompt_length" in train and train["prompt_length"] not in lengths):
+        raise PtdistError(f"the source prompts have length(s) {sorted(lengths)}; TPT starts from "
+                          "them, so every source and --prompt-length must agree")
+    seed = train.pop("seed", 0)
+    inits = ["random"] + [f"prompt:{m['id']}" for m in source_manifests]
+    spec = parse_spec({
+        "name": f"tpt-{model_dir(store, model).name}", "storage_path": str(store.root),
+        "data_dir": data_dir, "tasks": targets, "seeds": [seed], "inits": inits,
+        "train": dict(train, prompt_length=lengths.pop()),
+        "models": {model: {"ds_config": ds_config, "resources": resources or {}}}})
+    outcome = run_sweep(spec, address=address)
+    require_no_failures(outcome)
+    by_run = {(get_task(r["task"]).name, r["init"]): r["prompt_id"] for r in outcome.rows}
+    summary, folders = [], []
+    for target in [get_task(t).name for t in targets]:
+        vanilla = store.manifest(by_run[(target, "random")])
+        runs = [(f"tpt from {m['task']}", m, store.manifest(by_run[(target, init)]))
+                for m, init in zip(source_manifests, inits[1:])]
+        rows = speedup_rows(vanilla, runs)
+        folders.append(_write_target(store, model, target, vanilla, runs, rows))
+        summary += rows
+    return TptResult(summary, folders)
+
+
+def _write_target(store: PromptStore, model: str, target: str, vanilla: dict,
+                  runs: list[tuple[str, dict | None, dict]], rows: list[dict]) -> Path:
+    from ptdist.reporting.figures import learning_curves
+
+    folder = model_dir(store, model) / "tpt" / target
+    metric = vanilla["metric"]
+    curves = [{"model": model, "target_task": target, "run": label,
+               "source_task": source["task"] if source else None, "prompt_id": m["id"],
+               "step": h["step"], "score": h[metric], "time_s": h["time_s"]}
+              for label, source, m in [("vanilla", None, vanilla), *runs] for h in m["history"]]
+    write_table(folder / "curves.parquet", curves, CURVE_SCHEMA)
+    write_table(folder / "summary.parquet", rows, SUMMARY_SCHEMA)
+    speedups = {r["run"]: r["speedup"] for r in rows}
+    lines = {
+        label + ("" if label == "vanilla" else
+                 f" (speed-up {speedups[label]:.2f}x)" if speedups[label] else " (not reached)"):
+        ([h["step"] for h in m["history"]], [h[metric] for h in m["history"]])
+        for label, _, m in [("vanilla", None, vanilla), *runs]}
+    learning_curves(lines, metric, f"{target} on {model}: vanilla PT vs TPT",
+                    folder / "curves.png", hline=rows[0]["vanilla_best"])
+    return folder

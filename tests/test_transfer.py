@@ -1,0 +1,175 @@
+"""Cross-task transfer on tiny presets: the zero-shot matrix (batched = pair by pair) and
+TPT_task's speed-up, with learnable tasks of two types."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import FILLER, write_jsonl
+from ptdist.errors import PtdistError
+from ptdist.store.prompts import PromptStore
+from ptdist.training import TrainConfig, train
+from ptdist.training.evaluation import score_prompt
+from ptdist.transfer import speedup_rows, transfer_matrix
+
+REPO = Path(__file__).resolve().parents[1]
+TOPIC_YAML = """name: topic
+type: topic
+kind: classification
+source: {files: {train: topic/train.jsonl, eval: topic/eval.jsonl}}
+template: "{text}"
+label_column: label
+classes: [sport, music]
+label_words: {mlm: [sport, music], t5: [sport, music]}
+metrics: [accuracy]
+"""
+
+
+def _rows(n: int, seed: int, words: tuple[str, str], text_key: str) -> list[dict]:
+    """Filler sentences whose label is set by one keyword (words[label])."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        text = rng.choices(FILLER, k=rng.randint(3, 7))
+        text.insert(rng.randint(0, len(text)), words[label])
+        rows.append({text_key: " ".join(text), "label": label})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def transfer_store(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
+    """Prompts of tiny-roberta for three learnable tasks: sst2 and imdb (sentiment, keyed by
+    different words) and a user task of another type (topic)."""
+    root = tmp_path_factory.mktemp("transfer")
+    data = root / "data"
+    for task, words, key in (("sst2", ("bad", "good"), "sentence"),
+                             ("imdb", ("awful", "great"), "text"),
+                             ("topic", ("football", "guitar"), "text")):
+        write_jsonl(data / task / "train.jsonl", _rows(256, 1, words, key))
+        write_jsonl(data / task / "eval.jsonl", _rows(96, 2, words, key))
+    (data / "topic.yaml").write_text(TOPIC_YAML)
+    store = PromptStore(root / "store")
+    ids = {}
+    for task in ("sst2", "imdb", str(data / "topic.yaml")):
+        result = train(TrainConfig(model="tiny-roberta", task=task, steps=80, eval_every=20,
+                                   prompt_length=8, batch_size=16, lr=0.1, eval_limit=None,
+                                   data_dir=str(data)), store)
+        ids[result.task] = result.prompt_id
+    return root, data, ids
+
+
+def test_the_matrix_has_every_pair_and_a_100_percent_diagonal(transfer_store):
+    root, data, ids = transfer_store
+    store = PromptStore(root / "store")
+    tasks = ["topic.yaml", "sst2", "imdb"]
+    result = transfer_matrix("tiny-roberta", [str(data / "topic.yaml"), "sst2", "imdb"], store,
+                             data_dir=str(data), on_ray=False)
+    assert result.tasks == ["imdb", "sst2", "topic"]  # grouped by type: sentiment, then topic
+    assert len(result.rows) == len(tasks) ** 2
+    for row in result.rows:
+        if row["source_task"] == row["target_task"]:
+            assert row["relative"] == pytest.approx(100.0)
+            assert row["score"] == row["own_score"] >= 80.0  # the tasks are learnable
+        assert row["source_prompt"] == ids[row["source_task"]]
+        assert row["eval_examples"] == 96
+    table = pq.read_table(result.table).to_pylist()
+    assert table == result.rows
+    assert result.heatmap.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_batched_evaluation_equals_one_pair_at_a_time(transfer_store):
+    root, data, ids = transfer_store
+    store = PromptStore(root / "store")
+    result = transfer_matrix("tiny-roberta", ["sst2", "imdb", str(data / "topic.yaml")], store,
+                             data_dir=str(data), on_ray=False, batch_size=8)
+    targets = {"sst2": "sst2", "imdb": "imdb", "topic": str(data / "topic.yaml")}
+    for row in result.rows:
+        alone = score_prompt("tiny-roberta", store, row["source_prompt"],
+                             targets[row["target_task"]], data_dir=str(data), batch_size=5)
+        assert alone["accuracy"] == row["score"], row
+
+
+def test_tasks_without_prompts_are_named(transfer_store):
+    root, data, _ = transfer_store
+    with pytest.raises(PtdistError) as err:
+        transfer_matrix("tiny-roberta", ["sst2", "movie_rationales", "snli"],
+                        PromptStore(root / "store"), data_dir=str(data), on_ray=False)
+    assert "for task(s): movie_rationales, snli" in str(err.value)
+    with pytest.raises(PtdistError, match="no prompt of model 'tiny-t5'"):
+        transfer_matrix("tiny-t5", ["sst2", "imdb"], PromptStore(root / "store"), on_ray=False)
+
+
+def _manifest(pid: str, scores: list[float]) -> dict:
+    history = [{"step": 10 * (i + 1), "accuracy": s, "time_s": 2.0 * (i + 1)}
+               for i, s in enumerate(scores)]
+    best = max(history, key=lambda h: h["accuracy"])
+    return {"id": pid, "model": "m", "task": "t", "metric": "accuracy", "score": best["accuracy"],
+            "best_step": best["step"], "history": history}
+
+
+def test_speedup_is_read_off_the_curves():
+    vanilla = _manifest("v", [50, 70, 80, 75])  # best 80, first reached at step 30
+    fast = _manifest("a", [78, 81, 79])  # reaches 80 at step 20
+    never = _manifest("b", [60, 65])
+    source = {"id": "s", "task": "src"}
+    rows = speedup_rows(vanilla, [("tpt a", source, fast), ("tpt b", source, never)])
+    assert [r["speedup"] for r in rows] == [1.0, 1.5, None]
+    assert [r["steps_to_vanilla_best"] for r in rows] == [30, 20, None]
+    assert rows[1]["time_to_vanilla_best_s"] == 4.0 and rows[1]["vanilla_best"] == 80
+
+
+@pytest.mark.slow
+def test_tpt_from_a_same_task_prompt_reaches_vanilla_in_fewer_steps(transfer_store, tmp_path):
+    root, data, ids = transfer_store
+    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RAY_ADDRESS"):
+        env.pop(var, None)
+    store = root / "store"
+    # The source is the sst2 prompt trained with seed 0; vanilla and TPT runs use seed 1.
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptdist", "transfer", "tpt", "--model", "tiny-roberta",
+         "--targets", "sst2", "--sources", "sst2", "--seed", "1", "--steps", "120",
+         "--eval-every", "10", "--batch-size", "16", "--lr", "0.1", "--eval-limit", "0",
+         "--store", str(store), "--data-dir", str(data), "--json"],
+        cwd=tmp_path, env=env, text=True, capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    vanilla, tpt = out["summary"]
+    assert vanilla["run"] == "vanilla" and vanilla["speedup"] == 1.0
+    assert tpt["source_prompt"] == ids["sst2"]
+    assert tpt["steps_to_vanilla_best"] < vanilla["steps_to_vanilla_best"]
+    assert tpt["speedup"] == vanilla["steps_to_vanilla_best"] / tpt["steps_to_vanilla_best"] > 1
+    folder = Path(out["folders"][0])
+    curves = pq.read_table(folder / "curves.parquet").to_pylist()
+    first = {run: next(c["step"] for c in curves if c["run"] == run
+                       and c["score"] >= vanilla["vanilla_best"])
+             for run in ("vanilla", tpt["run"])}
+    assert tpt["speedup"] == first["vanilla"] / first[tpt["run"]]
+    assert (folder / "curves.png").stat().st_size > 0
+    assert "speed-up" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_matrix_command_runs_targets_as_ray_tasks(transfer_store, tmp_path):
+    root, data, _ = transfer_store
+    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RAY_ADDRESS"):
+        env.pop(var, None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptdist", "transfer", "matrix", "--model", "tiny-roberta",
+         "--tasks", "sst2", "imdb", "--store", str(root / "store"), "--data-dir", str(data),
+         "--json"], cwd=tmp_path, env=env, text=True, capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[transfer" in proc.stderr and "(2/2)" in proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(out["rows"]) == 4 and Path(out["heatmap"]).exists()
+    assert "relative performance (%)" in proc.stdout
