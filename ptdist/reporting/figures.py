@@ -19,7 +19,7 @@ def grouped_heatmap(values: np.ndarray, rows: list[str], cols: list[str], groups
     """A square heatmap whose rows and columns (the same tasks, already ordered by group) are
     split by lines between groups (task types) and annotated with each cell's value."""
     n = len(rows)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1.0 + 0.55 * n))
+    fig, ax = plt.subplots(figsize=(4.5 + 0.55 * n, 3.0 + 0.5 * n))
     image = ax.imshow(values, cmap="viridis")
     ax.set_xticks(range(n), cols, rotation=45, ha="right")
     ax.set_yticks(range(n), [f"{r} ({g})" for r, g in zip(rows, groups)])
@@ -34,8 +34,8 @@ def grouped_heatmap(values: np.ndarray, rows: list[str], cols: list[str], groups
         if groups[k] != groups[k - 1]:
             ax.axhline(k - 0.5, color="white", linewidth=2)
             ax.axvline(k - 0.5, color="white", linewidth=2)
-    fig.colorbar(image, ax=ax, label=colorbar)
-    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=colorbar, fraction=0.046, pad=0.04)
+    ax.set_title(title, fontsize=10)
     return _save(fig, path)
 
 
