@@ -61,3 +61,57 @@ def sentiment_dir(tmp_path_factory) -> Path:
     write_jsonl(root / "sst2" / "train.jsonl", sentiment_rows(256, seed=1))
     write_jsonl(root / "sst2" / "eval.jsonl", sentiment_rows(128, seed=2))
     return root
+
+
+TOPIC_YAML = """name: {name}
+type: topic
+kind: classification
+source: {{files: {{train: {name}/train.jsonl, eval: {name}/eval.jsonl}}}}
+template: "{{text}}"
+label_column: label
+classes: [{first}, {second}]
+label_words: {{mlm: [{first}, {second}], t5: [{first}, {second}]}}
+metrics: [accuracy]
+"""
+
+
+def _rows(n: int, seed: int, words: tuple[str, str], text_key: str) -> list[dict]:
+    """Filler sentences whose label is set by one keyword (words[label])."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        text = rng.choices(FILLER, k=rng.randint(3, 7))
+        text.insert(rng.randint(0, len(text)), words[label])
+        rows.append({text_key: " ".join(text), "label": label})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def task_prompts(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
+    """(root, data folder, {task: prompt id}): prompts of tiny-roberta in root/store for four
+    learnable tasks of two types, each keyed by its own words: sst2 and imdb (sentiment, built
+    in) and topic and topic2 (user tasks in data/<name>.yaml)."""
+    from ptdist.store.prompts import PromptStore
+    from ptdist.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("transfer")
+    data = root / "data"
+    for task, words, key in (("sst2", ("bad", "good"), "sentence"),
+                             ("imdb", ("awful", "great"), "text"),
+                             ("topic", ("football", "guitar"), "text"),
+                             ("topic2", ("tennis", "piano"), "text")):
+        write_jsonl(data / task / "train.jsonl", _rows(256, 1, words, key))
+        write_jsonl(data / task / "eval.jsonl", _rows(96, 2, words, key))
+    for name, (first, second) in {"topic": ("sport", "music"),
+                                  "topic2": ("game", "song")}.items():
+        (data / f"{name}.yaml").write_text(TOPIC_YAML.format(name=name, first=first,
+                                                             second=second))
+    store = PromptStore(root / "store")
+    ids = {}
+    for task in ("sst2", "imdb", str(data / "topic.yaml"), str(data / "topic2.yaml")):
+        result = train(TrainConfig(model="tiny-roberta", task=task, steps=80, eval_every=20,
+                                   prompt_length=8, batch_size=16, lr=0.1, eval_limit=None,
+                                   data_dir=str(data)), store)
+        ids[result.task] = result.prompt_id
+    return root, data, ids

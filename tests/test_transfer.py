@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -13,62 +12,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import FILLER, write_jsonl
 from ptdist.errors import PtdistError
 from ptdist.store.prompts import PromptStore
-from ptdist.training import TrainConfig, train
 from ptdist.training.evaluation import score_prompt
 from ptdist.transfer import speedup_rows, transfer_matrix
 
 REPO = Path(__file__).resolve().parents[1]
-TOPIC_YAML = """name: topic
-type: topic
-kind: classification
-source: {files: {train: topic/train.jsonl, eval: topic/eval.jsonl}}
-template: "{text}"
-label_column: label
-classes: [sport, music]
-label_words: {mlm: [sport, music], t5: [sport, music]}
-metrics: [accuracy]
-"""
-
-
-def _rows(n: int, seed: int, words: tuple[str, str], text_key: str) -> list[dict]:
-    """Filler sentences whose label is set by one keyword (words[label])."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        label = rng.randint(0, 1)
-        text = rng.choices(FILLER, k=rng.randint(3, 7))
-        text.insert(rng.randint(0, len(text)), words[label])
-        rows.append({text_key: " ".join(text), "label": label})
-    return rows
-
-
-@pytest.fixture(scope="module")
-def transfer_store(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
-    """Prompts of tiny-roberta for three learnable tasks: sst2 and imdb (sentiment, keyed by
-    different words) and a user task of another type (topic)."""
-    root = tmp_path_factory.mktemp("transfer")
-    data = root / "data"
-    for task, words, key in (("sst2", ("bad", "good"), "sentence"),
-                             ("imdb", ("awful", "great"), "text"),
-                             ("topic", ("football", "guitar"), "text")):
-        write_jsonl(data / task / "train.jsonl", _rows(256, 1, words, key))
-        write_jsonl(data / task / "eval.jsonl", _rows(96, 2, words, key))
-    (data / "topic.yaml").write_text(TOPIC_YAML)
-    store = PromptStore(root / "store")
-    ids = {}
-    for task in ("sst2", "imdb", str(data / "topic.yaml")):
-        result = train(TrainConfig(model="tiny-roberta", task=task, steps=80, eval_every=20,
-                                   prompt_length=8, batch_size=16, lr=0.1, eval_limit=None,
-                                   data_dir=str(data)), store)
-        ids[result.task] = result.prompt_id
-    return root, data, ids
-
-
-def test_the_matrix_has_every_pair_and_a_100_percent_diagonal(transfer_store):
-    root, data, ids = transfer_store
+def test_the_matrix_has_every_pair_and_a_100_percent_diagonal(task_prompts):
+    root, data, ids = task_prompts
     store = PromptStore(root / "store")
     tasks = ["topic.yaml", "sst2", "imdb"]
     result = transfer_matrix("tiny-roberta", [str(data / "topic.yaml"), "sst2", "imdb"], store,
@@ -86,8 +37,8 @@ def test_the_matrix_has_every_pair_and_a_100_percent_diagonal(transfer_store):
     assert result.heatmap.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_batched_evaluation_equals_one_pair_at_a_time(transfer_store):
-    root, data, ids = transfer_store
+def test_batched_evaluation_equals_one_pair_at_a_time(task_prompts):
+    root, data, ids = task_prompts
     store = PromptStore(root / "store")
     result = transfer_matrix("tiny-roberta", ["sst2", "imdb", str(data / "topic.yaml")], store,
                              data_dir=str(data), on_ray=False, batch_size=8)
@@ -98,8 +49,8 @@ def test_batched_evaluation_equals_one_pair_at_a_time(transfer_store):
         assert alone["accuracy"] == row["score"], row
 
 
-def test_tasks_without_prompts_are_named(transfer_store):
-    root, data, _ = transfer_store
+def test_tasks_without_prompts_are_named(task_prompts):
+    root, data, _ = task_prompts
     with pytest.raises(PtdistError) as err:
         transfer_matrix("tiny-roberta", ["sst2", "movie_rationales", "snli"],
                         PromptStore(root / "store"), data_dir=str(data), on_ray=False)
@@ -128,8 +79,8 @@ def test_speedup_is_read_off_the_curves():
 
 
 @pytest.mark.slow
-def test_tpt_from_a_same_task_prompt_reaches_vanilla_in_fewer_steps(transfer_store, tmp_path):
-    root, data, ids = transfer_store
+def test_tpt_from_a_same_task_prompt_reaches_vanilla_in_fewer_steps(task_prompts, tmp_path):
+    root, data, ids = task_prompts
     env = dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RAY_ADDRESS"):
         env.pop(var, None)
@@ -159,8 +110,8 @@ def test_tpt_from_a_same_task_prompt_reaches_vanilla_in_fewer_steps(transfer_sto
 
 
 @pytest.mark.slow
-def test_the_matrix_command_runs_targets_as_ray_tasks(transfer_store, tmp_path):
-    root, data, _ = transfer_store
+def test_the_matrix_command_runs_targets_as_ray_tasks(task_prompts, tmp_path):
+    root, data, _ = task_prompts
     env = dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RAY_ADDRESS"):
         env.pop(var, None)

@@ -105,6 +105,11 @@ class Backbone(nn.Module, ABC):
         """Per-example training loss [B] under per-example prompts [B, L, d]."""
 
     @abstractmethod
+    def readout_logits(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Full-vocabulary logits [B, V] where the class is read: the mask after the prompt
+        (MLM) or the first decoder step (encoder-decoder)."""
+
+    @abstractmethod
     def class_logits(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Scores [B, C] of each class's label word."""
 

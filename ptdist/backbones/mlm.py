@@ -25,20 +25,21 @@ class MaskedLMBackbone(Backbone):
         batch = {
             "input_ids": self._pad(ids, tok.pad_token_id),
             "attention_mask": self._pad([[1] * len(r) for r in ids], 0),
-            "label_ids": self.label_token_ids(label_words).expand(len(rows), -1),
         }
+        if label_words is not None:
+            batch["label_ids"] = self.label_token_ids(label_words).expand(len(rows), -1)
         if "label" in rows[0]:
             batch["labels"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
         return batch
 
-    def mask_logits(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def readout_logits(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Full-vocabulary MLM logits [B, V] at the mask position."""
         embeds, mask = self._embed_with_prompt(prompts, batch["input_ids"], batch["attention_mask"])
         logits = self.model(inputs_embeds=embeds, attention_mask=mask).logits
         return logits[:, prompts.shape[1]]
 
     def class_logits(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self.mask_logits(prompts, batch).gather(1, batch["label_ids"])
+        return self.readout_logits(prompts, batch).gather(1, batch["label_ids"])
 
     def loss(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(self.class_logits(prompts, batch).float(), batch["labels"],

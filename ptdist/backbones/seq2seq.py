@@ -45,12 +45,15 @@ class Seq2SeqBackbone(Backbone):
         start = self.model.config.decoder_start_token_id
         return torch.full((batch_size, 1), start, dtype=torch.long, device=device)
 
-    def class_logits(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def readout_logits(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Full-vocabulary logits [B, V] of the first decoder step."""
         embeds, mask = self._embed_with_prompt(prompts, batch["input_ids"], batch["attention_mask"])
         start = self._decoder_start(embeds.shape[0], embeds.device)
-        logits = self.model(inputs_embeds=embeds, attention_mask=mask,
-                            decoder_input_ids=start).logits[:, 0]
-        return logits.gather(1, batch["label_ids"])
+        return self.model(inputs_embeds=embeds, attention_mask=mask,
+                          decoder_input_ids=start).logits[:, 0]
+
+    def class_logits(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return self.readout_logits(prompts, batch).gather(1, batch["label_ids"])
 
     def loss(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
         embeds, mask = self._embed_with_prompt(prompts, batch["input_ids"], batch["attention_mask"])

@@ -1,0 +1,2 @@
+"""Activated FFN neurons: capture to Parquet, transferability indicators, correlation with
+transfer."""
