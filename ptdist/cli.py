@@ -20,6 +20,8 @@ EXAMPLES = """examples:
   ptdist sweep --spec specs/tiny.yaml --storage-path $PWD/store
   ptdist transfer matrix --model roberta-base --tasks sst2 imdb mnli snli
   ptdist transfer tpt --model roberta-base --targets imdb --sources sst2 mnli --steps 2000
+  ptdist neurons capture --model roberta-base && ptdist neurons indicators --model roberta-base
+  ptdist neurons correlate --model roberta-base
 """
 
 
@@ -169,6 +171,45 @@ def _transfer_tpt(args: argparse.Namespace) -> None:
                                     "folders": [str(f) for f in result.folders]})
 
 
+def _neurons_capture(args: argparse.Namespace) -> None:
+    from ptdist.neurons.collect import capture
+    from ptdist.store.prompts import PromptStore
+
+    result = capture(args.model, PromptStore(args.store), tasks=args.tasks,
+                     protocol=args.protocol, examples=args.examples, data_dir=args.data_dir,
+                     batch_size=args.batch_size, on_ray=not args.local, address=args.address,
+                     chunks=args.chunks, gpus=args.gpus)
+    _emit(args, f"captured {result.captured} prompt(s) ({result.skipped} already stored) "
+                f"into {result.folder}",
+          {"captured": result.captured, "skipped": result.skipped, "folder": str(result.folder)})
+
+
+def _neurons_indicators(args: argparse.Namespace) -> None:
+    from ptdist.neurons.pairs import pairwise_indicators
+    from ptdist.store.prompts import PromptStore
+
+    result = pairwise_indicators(args.model, PromptStore(args.store), args.protocol)
+    prompts = len({r["prompt_a"] for r in result.rows})
+    _emit(args, f"indicators for {prompts} prompts ({prompts * prompts} ordered pairs): "
+                f"{result.table}\nheatmaps: " + ", ".join(str(p) for p in result.heatmaps),
+          {"table": str(result.table), "heatmaps": [str(p) for p in result.heatmaps]})
+
+
+def _neurons_correlate(args: argparse.Namespace) -> None:
+    from ptdist.neurons.correlation import correlate
+    from ptdist.store.prompts import PromptStore
+
+    result = correlate(args.model, PromptStore(args.store))
+    lines = [f"{'indicator':<18}{'per target':>12}{'targets':>9}{'global':>9}{'pairs':>7}"]
+    for r in sorted(result.rows, key=lambda r: -(r["spearman_global"] or -2)):
+        per_target = "-" if r["spearman_per_target"] is None else f"{r['spearman_per_target']:.3f}"
+        lines.append(f"{r['indicator']:<18}{per_target:>12}{r['targets']:>9}"
+                     f"{r['spearman_global']:>9.3f}{r['pairs']:>7}")
+    lines.append(f"table: {result.table}\nlayer-wise ON curve: {result.layer_curve}")
+    _emit(args, "\n".join(lines), {"table": str(result.table), "rows": result.rows,
+                                    "layer_curve": str(result.layer_curve)})
+
+
 def _add_budget(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
     p.add_argument("--seed", type=int, default=0)
@@ -291,6 +332,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_budget(tpt)
     _add_ray(tpt)
     _add_data(tpt)
+
+    neurons = sub.add_parser("neurons", help="activated neurons: capture, indicators, correlation",
+                             description="activated FFN neurons of one model's prompts")
+    nsteps = neurons.add_subparsers(dest="neurons_command", required=True, metavar="STEP")
+    c = nsteps.add_parser("capture", help="record FFN activations of stored prompts to Parquet",
+                          description="record every layer's FFN activations of a model's stored "
+                                      "prompts into STORE/activations/ (docs/neurons.md)")
+    c.set_defaults(fn=_neurons_capture)
+    _add_common(c)
+    c.add_argument("--model", required=True)
+    c.add_argument("--tasks", nargs="+", default=None, help="only these tasks' prompts")
+    c.add_argument("--protocol", choices=("prompt", "data"), default="prompt",
+                   help="prompt: no task input (the paper's); data: mean over N examples")
+    c.add_argument("--examples", type=int, default=32, help="N for the data protocol")
+    c.add_argument("--batch-size", type=int, default=16)
+    c.add_argument("--chunks", type=int, default=2, help="Ray tasks to split the prompts over")
+    c.add_argument("--local", action="store_true", help="capture in this process, not on Ray")
+    _add_ray(c)
+    _add_data(c)
+    i = nsteps.add_parser("indicators", help="indicators for every pair of captured prompts",
+                          description="E_concat, E_avg, E_tokmean, Euclidean variants, ON and "
+                                      "layer-wise ON for every pair of captured prompts")
+    i.set_defaults(fn=_neurons_indicators)
+    _add_common(i)
+    i.add_argument("--model", required=True)
+    i.add_argument("--protocol", choices=("prompt", "data"), default="prompt")
+    i.add_argument("--store", default=None)
+    r = nsteps.add_parser("correlate", help="Spearman correlation of indicators with transfer",
+                          description="correlate each indicator with the zero-shot transfer "
+                                      "matrix (per target and global) and plot layer-wise ON")
+    r.set_defaults(fn=_neurons_correlate)
+    _add_common(r)
+    r.add_argument("--model", required=True)
+    r.add_argument("--store", default=None)
 
     command("tasks", _tasks, "list the registered tasks")
     command("models", _models, "list the built-in model presets")

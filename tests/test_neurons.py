@@ -178,3 +178,56 @@ def test_the_correlation_table_comes_from_a_transfer_matrix_and_the_indicators(t
     assert result.layer_curve.read_bytes()[:4] == b"\x89PNG"
     for path in indicators.heatmaps:
         assert path.exists()
+
+
+def test_the_data_protocol_averages_activations_over_examples(task_prompts, tmp_path):
+    from ptdist.neurons.capture import ffn_activations
+    from ptdist.tasks import get_task, load_split
+    from ptdist.training.evaluation import label_words
+
+    root, data, ids = task_prompts
+    store = PromptStore(root / "store")
+    capture("tiny-roberta", store, tasks=["sst2"], protocol="data", examples=5, batch_size=2,
+            data_dir=str(data))
+    rows = [r for r in pq.read_table(activation_dir(root / "store", "tiny-roberta")).to_pylist()
+            if r["protocol"] == "data"]
+    assert {r["prompt_id"] for r in rows} == {ids["sst2"]} and {r["examples"] for r in rows} == {5}
+    backbone = load_backbone("tiny-roberta")
+    task = get_task("sst2")
+    examples = load_split(task, "eval", limit=5, data_dir=str(data)).to_list()
+    prompt = store.load(ids["sst2"])[0]
+    one_by_one = torch.stack([ffn_activations(backbone, prompt[None], backbone.collate(
+        [row], label_words(task, backbone)))[0] for row in examples]).mean(0).numpy()
+    got = np.stack([r["values"] for r in sorted(rows, key=lambda r: int(r["layer"]))])
+    np.testing.assert_allclose(got, one_by_one, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_neurons_commands_capture_on_ray_then_correlate(task_prompts, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    root, data, _ = task_prompts
+    shutil.copytree(root / "store" / "prompts", tmp_path / "store" / "prompts")
+    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RAY_ADDRESS"):
+        env.pop(var, None)
+
+    def ptdist(*args: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "ptdist", *args, "--store",
+                               str(tmp_path / "store")], cwd=tmp_path, env=env, text=True,
+                              capture_output=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
+    tasks = ["sst2", "imdb", str(data / "topic.yaml"), str(data / "topic2.yaml")]
+    ptdist("transfer", "matrix", "--model", "tiny-roberta", "--tasks", *tasks,
+           "--data-dir", str(data), "--local")
+    captured = ptdist("neurons", "capture", "--model", "tiny-roberta", "--chunks", "2")
+    assert "captured 4 prompt(s) (0 already stored)" in captured.stdout
+    assert "[capture] 2/2 prompts" in captured.stderr  # two Ray tasks of two prompts each
+    ptdist("neurons", "indicators", "--model", "tiny-roberta")
+    table = ptdist("neurons", "correlate", "--model", "tiny-roberta").stdout
+    assert "ON_layer_1" in table and "E_concat" in table and "layer-wise ON curve" in table
