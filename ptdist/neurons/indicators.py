@@ -36,7 +36,10 @@ def embedding_indicators(p1: np.ndarray, p2: np.ndarray) -> dict[str, float]:
     p1, p2 = np.asarray(p1, dtype=np.float64), np.asarray(p2, dtype=np.float64)
     n1 = p1 / np.maximum(np.linalg.norm(p1, axis=1, keepdims=True), 1e-12)
     n2 = p2 / np.maximum(np.linalg.norm(p2, axis=1, keepdims=True), 1e-12)
-    pair_dist = np.linalg.norm(p1[:, None, :] - p2[None, :, :], axis=-1)
+    # |a - b|^2 = |a|^2 + |b|^2 - 2 a.b: an [L, L] matrix, never the [L, L, d] differences
+    # (3 GB for two T5-XXL prompts).
+    squared = (p1 ** 2).sum(1)[:, None] + (p2 ** 2).sum(1)[None, :] - 2 * p1 @ p2.T
+    pair_dist = np.sqrt(np.maximum(squared, 0.0))
     return {
         "E_concat": _cos(p1.ravel(), p2.ravel()),
         "E_avg": float((n1 @ n2.T).mean()),
