@@ -77,7 +77,10 @@ class ActivationWriter:
             folder.mkdir(parents=True, exist_ok=True)
             final = folder / f"part-{uuid.uuid4().hex}.parquet"
             tmp = final.with_name("." + final.name + ".tmp")
-            self._writers[key] = (pq.ParquetWriter(tmp, self.schema), tmp, final)
+            # Activation floats rarely repeat: dictionary-encoding them only adds size.
+            writer = pq.ParquetWriter(tmp, self.schema, compression="zstd",
+                                      use_dictionary=["prompt_id", "layer_name", "protocol"])
+            self._writers[key] = (writer, tmp, final)
         columns = {f.name: [r[f.name] for r in rows] for f in self.schema}
         self._writers[key][0].write_table(pa.table(columns, schema=self.schema))
 
