@@ -227,7 +227,7 @@ def test_the_neurons_commands_capture_on_ray_then_correlate(task_prompts, tmp_pa
            "--data-dir", str(data), "--local")
     captured = ptdist("neurons", "capture", "--model", "tiny-roberta", "--chunks", "2")
     assert "captured 4 prompt(s) (0 already stored)" in captured.stdout
-    assert "[capture] 2/2 prompts" in captured.stderr  # two Ray tasks of two prompts each
+    assert "4/4 prompts captured (2/2 Ray tasks done)" in captured.stderr
     ptdist("neurons", "indicators", "--model", "tiny-roberta")
     table = ptdist("neurons", "correlate", "--model", "tiny-roberta").stdout
     assert "ON_layer_1" in table and "E_concat" in table and "layer-wise ON curve" in table

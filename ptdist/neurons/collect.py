@@ -102,7 +102,14 @@ def _capture_on_ray(todo: list[dict], job: dict, address: str | None, chunks: in
     parts = [todo[i::chunks] for i in range(min(chunks, len(todo)))]
     with ray_session(address):
         remote = ray.remote(_capture_in_worker).options(num_cpus=cpus, num_gpus=gpus)
-        ray.get([remote.remote(part, job) for part in parts])
+        pending = [remote.remote(part, job) for part in parts]
+        done, t0 = 0, time.time()
+        while pending:
+            finished, pending = ray.wait(pending)
+            done += ray.get(finished[0])
+            print(f"[capture +{time.time() - t0:.0f}s] {done}/{len(todo)} prompts captured "
+                  f"({len(parts) - len(pending)}/{len(parts)} Ray tasks done)",
+                  file=sys.stderr, flush=True)
 
 
 def _capture_in_worker(manifests: list[dict], job: dict) -> int:

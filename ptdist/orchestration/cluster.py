@@ -30,8 +30,8 @@ def connect_ray(address: str | None) -> str:
 @contextmanager
 def ray_session(address: str | None) -> Iterator[str]:
     """`connect_ray` for the length of a block. If the block joined Ray, it leaves it at the
-    end: the workers' last log lines reach the driver before the caller prints its result,
-    and an embedded local Ray stops."""
+    end: an embedded local Ray stops, and no worker log line that Ray forwards can be printed
+    after the caller's result (ptdist's --json must stay the last line)."""
     import ray
 
     joined = not ray.is_initialized()
