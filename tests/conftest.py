@@ -40,6 +40,15 @@ def sentiment_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process (a CLI run, a launcher, Ray): this one's, without
+    the rendezvous variables an in-process run has set, which must not leak into children."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0", **extra)
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RAY_ADDRESS"):
+        env.pop(var, None)
+    return env
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

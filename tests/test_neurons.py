@@ -21,6 +21,7 @@ from ptdist.neurons.pairs import pairwise_indicators
 from ptdist.store.activations import activation_dir
 from ptdist.store.prompts import PromptStore
 from ptdist.transfer import transfer_matrix
+from tests.conftest import child_env
 
 
 def _store_with_prompts(root, model: str, n: int, seed: int = 0) -> PromptStore:
@@ -204,16 +205,13 @@ def test_the_data_protocol_averages_activations_over_examples(task_prompts, tmp_
 
 @pytest.mark.slow
 def test_the_neurons_commands_capture_on_ray_then_correlate(task_prompts, tmp_path):
-    import os
     import shutil
     import subprocess
     import sys
 
     root, data, _ = task_prompts
     shutil.copytree(root / "store" / "prompts", tmp_path / "store" / "prompts")
-    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
-    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RAY_ADDRESS"):
-        env.pop(var, None)
+    env = child_env()
 
     def ptdist(*args: str) -> subprocess.CompletedProcess:
         proc = subprocess.run([sys.executable, "-m", "ptdist", *args, "--store",

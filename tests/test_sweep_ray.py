@@ -22,6 +22,7 @@ from ptdist.orchestration import load_spec
 from ptdist.store.prompts import PromptStore
 from ptdist.store.tables import read_table
 from ptdist.training import train
+from tests.conftest import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -34,11 +35,8 @@ pytestmark = pytest.mark.slow
 
 
 def _env() -> dict:
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1",
-               RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", **AUTH)
-    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RAY_ADDRESS"):
-        env.pop(var, None)  # an in-process test's rendezvous must not leak into Ray
-    return env
+    return child_env(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
+                     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", **AUTH)
 
 
 def _free_port() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -16,6 +15,7 @@ import torch
 
 from ptdist.store.prompts import PromptStore
 from ptdist.training import TrainConfig, train
+from tests.conftest import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 LEARN = dict(task="sst2", prompt_length=8, lr=0.1, batch_size=16, eval_limit=None)
@@ -23,9 +23,7 @@ LEARN = dict(task="sst2", prompt_length=8, lr=0.1, batch_size=16, eval_limit=Non
 
 def _cli(*args: str, env_extra: dict | None = None, launcher: list[str] | None = None,
          **kw) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
-    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)  # the in-process tests' rendezvous must not leak into children
+    env = child_env(**(env_extra or {}))
     cmd = (launcher or [sys.executable, "-m"]) + ["ptdist", *args]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)

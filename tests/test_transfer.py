@@ -4,7 +4,6 @@ TPT_task's speed-up, with learnable tasks of two types."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from ptdist.errors import PtdistError
 from ptdist.store.prompts import PromptStore
 from ptdist.training.evaluation import score_prompt
 from ptdist.transfer import speedup_rows, transfer_matrix
+from tests.conftest import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 def test_the_matrix_has_every_pair_and_a_100_percent_diagonal(task_prompts):
@@ -81,9 +81,7 @@ def test_speedup_is_read_off_the_curves():
 @pytest.mark.slow
 def test_tpt_from_a_same_task_prompt_reaches_vanilla_in_fewer_steps(task_prompts, tmp_path):
     root, data, ids = task_prompts
-    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
-    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RAY_ADDRESS"):
-        env.pop(var, None)
+    env = child_env()
     store = root / "store"
     # The source is the sst2 prompt trained with seed 0; vanilla and TPT runs use seed 1.
     proc = subprocess.run(
@@ -112,9 +110,7 @@ def test_tpt_from_a_same_task_prompt_reaches_vanilla_in_fewer_steps(task_prompts
 @pytest.mark.slow
 def test_the_matrix_command_runs_targets_as_ray_tasks(task_prompts, tmp_path):
     root, data, _ = task_prompts
-    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
-    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RAY_ADDRESS"):
-        env.pop(var, None)
+    env = child_env()
     proc = subprocess.run(
         [sys.executable, "-m", "ptdist", "transfer", "matrix", "--model", "tiny-roberta",
          "--tasks", "sst2", "imdb", "--store", str(root / "store"), "--data-dir", str(data),
