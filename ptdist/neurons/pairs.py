@@ -12,7 +12,8 @@ import pyarrow as pa
 
 from ptdist.errors import PtdistError
 from ptdist.neurons.indicators import embedding_indicators, neuron_indicators
-from ptdist.store.activations import model_key, read_states
+from ptdist.store.activations import read_states
+from ptdist.store.keys import model_key
 from ptdist.store.prompts import PromptStore
 from ptdist.store.tables import write_table
 

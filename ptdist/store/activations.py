@@ -17,7 +17,6 @@ when complete.
 from __future__ import annotations
 
 import os
-import re
 import uuid
 from pathlib import Path
 
@@ -25,6 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+from ptdist.store.keys import model_key
 
 
 def activation_schema(d_ff: int) -> pa.Schema:
@@ -34,11 +35,6 @@ def activation_schema(d_ff: int) -> pa.Schema:
         ("values", pa.list_(pa.float32(), d_ff)),
         ("states", pa.list_(pa.uint8(), (d_ff + 7) // 8)),
     ])
-
-
-def model_key(model: str) -> str:
-    """A model name as a path segment."""
-    return re.sub(r"[^\w.-]+", "_", model).strip("_")
 
 
 def activation_dir(root: str | os.PathLike, model: str) -> Path:

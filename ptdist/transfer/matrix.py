@@ -8,7 +8,6 @@ is 100 % by construction. Each target's evaluation data is passed once for all s
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import pyarrow as pa
 import torch
 
 from ptdist.errors import PtdistError
+from ptdist.store.keys import model_key
 from ptdist.store.prompts import PromptStore
 from ptdist.store.tables import write_table
 from ptdist.tasks import TaskRecord, compute_metrics, get_task, load_split
@@ -42,7 +42,7 @@ class MatrixResult:
 
 def model_dir(store: PromptStore, model: str) -> Path:
     """Where a model's transfer results go: ``<store>/transfer/<model, as a file name>``."""
-    return store.root / "transfer" / re.sub(r"[^\w.-]+", "_", model).strip("_")
+    return store.root / "transfer" / model_key(model)
 
 
 def score_sources(model: str, target: str, prompts: torch.Tensor, *, data_dir: str | None,
