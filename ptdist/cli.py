@@ -253,8 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+    def command(name: str, fn: Callable, help: str, description: str | None = None,
+                group=sub) -> argparse.ArgumentParser:
+        """A (sub-)command of ``group`` that runs ``fn`` and takes --json."""
+        p = group.add_parser(name, help=help, description=description or help)
         p.set_defaults(fn=fn)
         _add_common(p)
         return p
@@ -301,11 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     transfer = sub.add_parser("transfer", help="cross-task transfer: the zero-shot matrix, TPT",
                               description="cross-task transfer of one model's prompts")
     steps = transfer.add_subparsers(dest="transfer_command", required=True, metavar="STEP")
-    m = steps.add_parser("matrix", help="evaluate every task's best prompt on every task",
-                         description="zero-shot transfer matrix: raw and relative scores "
-                                     "(Parquet) and a heatmap (PNG) under STORE/transfer/")
-    m.set_defaults(fn=_transfer_matrix)
-    _add_common(m)
+    m = command("matrix", _transfer_matrix, "evaluate every task's best prompt on every task",
+                "zero-shot transfer matrix: raw and relative scores (Parquet) and a heatmap "
+                "(PNG) under STORE/transfer/", group=steps)
     m.add_argument("--model", required=True)
     m.add_argument("--tasks", nargs="+", required=True, help="task names or YAML paths (>= 2)")
     m.add_argument("--eval-limit", type=int, default=1000,
@@ -316,12 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate in this process instead of one Ray task per target")
     _add_ray(m)
     _add_data(m)
-    tpt = steps.add_parser("tpt", help="vanilla PT vs PT initialised from other tasks' prompts",
-                           description="TPT_task: vanilla prompt tuning and prompt tuning "
-                                       "initialised from each source prompt, on each target, "
-                                       "with the speed-up to vanilla's best score")
-    tpt.set_defaults(fn=_transfer_tpt)
-    _add_common(tpt)
+    tpt = command("tpt", _transfer_tpt, "vanilla PT vs PT initialised from other tasks' prompts",
+                  "TPT_task: vanilla prompt tuning and prompt tuning initialised from each "
+                  "source prompt, on each target, with the speed-up to vanilla's best score",
+                  group=steps)
     tpt.add_argument("--model", required=True)
     tpt.add_argument("--targets", nargs="+", required=True, help="target task names or YAMLs")
     tpt.add_argument("--sources", nargs="+", required=True,
@@ -336,11 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     neurons = sub.add_parser("neurons", help="activated neurons: capture, indicators, correlation",
                              description="activated FFN neurons of one model's prompts")
     nsteps = neurons.add_subparsers(dest="neurons_command", required=True, metavar="STEP")
-    c = nsteps.add_parser("capture", help="record FFN activations of stored prompts to Parquet",
-                          description="record every layer's FFN activations of a model's stored "
-                                      "prompts into STORE/activations/ (docs/neurons.md)")
-    c.set_defaults(fn=_neurons_capture)
-    _add_common(c)
+    c = command("capture", _neurons_capture, "record FFN activations of stored prompts to "
+                "Parquet", "record every layer's FFN activations of a model's stored prompts "
+                "into STORE/activations/ (docs/neurons.md)", group=nsteps)
     c.add_argument("--model", required=True)
     c.add_argument("--tasks", nargs="+", default=None, help="only these tasks' prompts")
     c.add_argument("--protocol", choices=("prompt", "data"), default="prompt",
@@ -351,19 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--local", action="store_true", help="capture in this process, not on Ray")
     _add_ray(c)
     _add_data(c)
-    i = nsteps.add_parser("indicators", help="indicators for every pair of captured prompts",
-                          description="E_concat, E_avg, E_tokmean, Euclidean variants, ON and "
-                                      "layer-wise ON for every pair of captured prompts")
-    i.set_defaults(fn=_neurons_indicators)
-    _add_common(i)
+    i = command("indicators", _neurons_indicators, "indicators for every pair of captured "
+                "prompts", "E_concat, E_avg, E_tokmean, Euclidean variants, ON and layer-wise "
+                "ON for every pair of captured prompts", group=nsteps)
     i.add_argument("--model", required=True)
     i.add_argument("--protocol", choices=("prompt", "data"), default="prompt")
     i.add_argument("--store", default=None)
-    r = nsteps.add_parser("correlate", help="Spearman correlation of indicators with transfer",
-                          description="correlate each indicator with the zero-shot transfer "
-                                      "matrix (per target and global) and plot layer-wise ON")
-    r.set_defaults(fn=_neurons_correlate)
-    _add_common(r)
+    r = command("correlate", _neurons_correlate, "Spearman correlation of indicators with "
+                "transfer", "correlate each indicator with the zero-shot transfer matrix (per "
+                "target and global) and plot layer-wise ON", group=nsteps)
     r.add_argument("--model", required=True)
     r.add_argument("--store", default=None)
 
