@@ -12,7 +12,8 @@ def test_a_file_inside_an_installed_package_resolves():
 
 
 def test_missing_package_or_path_says_what_to_do():
-    with pytest.raises(PtdistError, match=r"no installed package 'no_such_pkg'.*pip install no-such-pkg"):
+    with pytest.raises(PtdistError,
+                       match=r"no installed package 'no_such_pkg'.*pip install no-such-pkg"):
         resolve_packaged("pkg:no_such_pkg/model")
     with pytest.raises(PtdistError, match="has no 'nothing/here'"):
         resolve_packaged("pkg:ptdist/nothing/here")

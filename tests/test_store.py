@@ -66,7 +66,8 @@ def test_peft_adapter_gives_ptdist_logits(tmp_path, model):
                                 attention_mask=batch["attention_mask"]).logits[:, 6]
         else:
             start = torch.zeros(2, 1, dtype=torch.long)
-            logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            logits = peft_model(input_ids=batch["input_ids"],
+                                attention_mask=batch["attention_mask"],
                                 decoder_input_ids=start).logits[:, 0]
     theirs = logits.gather(1, batch["label_ids"])
     assert torch.allclose(ours, theirs, atol=1e-5), (ours, theirs)
