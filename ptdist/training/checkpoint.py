@@ -1,8 +1,10 @@
-"""Prompt-only checkpoints: safetensors tensors + a JSON state file, nothing pickled.
+"""Checkpoints of what a run trains, never the frozen backbone: safetensors tensors and a JSON
+state, nothing pickled.
 
-A checkpoint holds the fp32 prompt, Adam's moments (gathered whole, whatever the ZeRO stage),
-the best prompt so far, the step, the evaluation history and the RNG state. Because the
-moments are stored unpartitioned, a run can resume on a different number of processes.
+A checkpoint holds the trained parameters in fp32 (a prompt, or a projector's weights), their
+Adam moments (gathered whole, whatever the ZeRO stage), the parameters of the best evaluation so
+far, the step, the evaluation history and the RNG state. Because the moments are stored
+unpartitioned, a run can resume on a different number of processes.
 """
 
 from __future__ import annotations
@@ -59,31 +61,36 @@ def _is_wrapped(param: torch.nn.Parameter) -> bool:
     return hasattr(param, "ds_id") or hasattr(param, "_hp_mapping")
 
 
-def gather_prompt_state(engine, param: torch.nn.Parameter) -> dict[str, torch.Tensor]:
-    """fp32 prompt and Adam moments, whole. Collective under ZeRO: call on every rank."""
+def gather_state(engine, params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """Each trained parameter in fp32 (key ``name``) and its Adam moments (``name.exp_avg``...),
+    whole, plus ``adam_step``. Collective under ZeRO: call on every rank."""
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
     inner = innermost_optimizer(engine.optimizer)
-    if _is_wrapped(param):
-        tensors = {"prompt": safe_get_full_fp32_param(param)}
-        for key in ADAM_KEYS:
-            value = safe_get_full_optimizer_state(param, key)
-            if value is not None:
-                tensors[key] = value
-    else:
-        tensors = {"prompt": param.detach()}
-        tensors.update({k: v for k, v in inner.state[param].items() if k in ADAM_KEYS})
-    shape = param.ds_shape if hasattr(param, "ds_shape") else param.shape
+    out: dict[str, torch.Tensor] = {}
+    for name, param in params.items():
+        if _is_wrapped(param):
+            tensors = {name: safe_get_full_fp32_param(param)}
+            for key in ADAM_KEYS:
+                value = safe_get_full_optimizer_state(param, key)
+                if value is not None:
+                    tensors[f"{name}.{key}"] = value
+        else:
+            tensors = {name: param.detach()}
+            tensors.update({f"{name}.{k}": v for k, v in inner.state[param].items()
+                            if k in ADAM_KEYS})
+        shape = param.ds_shape if hasattr(param, "ds_shape") else param.shape
+        out.update({k: v.detach().float().reshape(shape).cpu().clone()
+                    for k, v in tensors.items()})
     steps = [s["step"] for s in inner.state.values() if "step" in s]
-    out = {k: v.detach().float().reshape(shape).cpu().clone() for k, v in tensors.items()}
     out["adam_step"] = torch.tensor(float(steps[0]) if steps else 0.0)
     return out
 
 
-def restore_optimizer_state(engine, param: torch.nn.Parameter,
+def restore_optimizer_state(engine, params: dict[str, torch.nn.Parameter],
                             tensors: dict[str, torch.Tensor]) -> None:
-    """Put saved Adam moments and step back. The prompt itself is restored by building the
-    SoftPrompt from the checkpoint before DeepSpeed wraps it."""
+    """Put saved Adam moments and step back. The parameters themselves are restored (from the
+    same tensors) before DeepSpeed wraps them."""
     from deepspeed.utils import safe_set_full_optimizer_state
 
     inner = _ensure_adam_state(engine)
@@ -92,14 +99,16 @@ def restore_optimizer_state(engine, param: torch.nn.Parameter,
     link = getattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
     if link is not None:
         link()
-    for key in ADAM_KEYS:
-        if key not in tensors:
-            continue
-        if _is_wrapped(param):
-            device = next(iter(inner.state.values()))[key].device
-            safe_set_full_optimizer_state(param, tensors[key].to(device), key)
-        else:
-            inner.state[param][key].copy_(tensors[key].reshape(param.shape))
+    for name, param in params.items():
+        for key in ADAM_KEYS:
+            saved = tensors.get(f"{name}.{key}")
+            if saved is None:
+                continue
+            if _is_wrapped(param):
+                device = next(iter(inner.state.values()))[key].device
+                safe_set_full_optimizer_state(param, saved.to(device), key)
+            else:
+                inner.state[param][key].copy_(saved.reshape(param.shape))
     for state in inner.state.values():
         state["step"] = tensors["adam_step"].clone().to(state["step"].device)
 

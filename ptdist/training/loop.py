@@ -1,4 +1,7 @@
-"""The prompt-tuning recipe: a frozen backbone, one trainable prompt, a DeepSpeed engine."""
+"""The prompt-tuning recipe: a frozen backbone, one trainable prompt, a DeepSpeed engine.
+
+`fit` is the recipe for anything that yields a prompt (a soft prompt, or a projector applied to
+another model's prompt); `train` is prompt tuning with it, idempotent through the store."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -18,7 +22,7 @@ from ptdist.backbones import Backbone, InitSpec, SoftPrompt, initial_prompt, loa
 from ptdist.errors import PtdistError
 from ptdist.store.prompts import PromptStore
 from ptdist.tasks import TaskRecord, get_task, load_split
-from ptdist.training.checkpoint import (TrainState, gather_prompt_state, load_checkpoint,
+from ptdist.training.checkpoint import (TrainState, gather_state, load_checkpoint,
                                         restore_optimizer_state, save_checkpoint)
 from ptdist.training.config import TrainConfig, load_ds_config
 from ptdist.training.data import global_batch, rank_slice
@@ -161,61 +165,97 @@ def train(config: TrainConfig, store: PromptStore | None = None) -> TrainResult:
     plan = plan_run(config, store)
     if store.has(plan.prompt_id):
         return stored_result(store, plan.prompt_id, skipped=True, t0=t0)
+    fitted = fit(config, plan.task, plan.ds_config, store.run_dir(plan.prompt_id),
+                 lambda backbone: SoftPrompt(_fresh_prompt(config, plan, backbone)),
+                 f"run {plan.prompt_id}")
+    state = fitted.state
+    best = next(h for h in state.history if h["step"] == state.best_step)
+    metrics = {k: v for k, v in best.items() if k not in ("step", "loss", "time_s")}
+    result = TrainResult(plan.prompt_id, plan.task.name, config.model, plan.task.primary_metric,
+                         state.best_score, metrics, state.best_step, state.step,
+                         fitted.resumed_from, False, time.time() - t0, str(store.root),
+                         state.history)
+    if fitted.rank == 0:
+        store.put(plan.prompt_id, fitted.best["weight"], dict(
+            _manifest(config, plan.task, fitted.backbone, result, plan.precision, fitted.world,
+                      fitted.ds_config),
+            backbone_fingerprint=fitted.fingerprint))
+    finish_together(fitted.world)
+    return result
 
+
+@dataclass
+class Fitted:
+    """What `fit` leaves: the trained module's parameters at its best evaluation, and the facts
+    of the run its caller records."""
+
+    best: dict[str, torch.Tensor]
+    state: TrainState
+    backbone: Backbone
+    rank: int
+    world: int
+    ds_config: dict
+    fingerprint: str
+    resumed_from: int | None
+
+
+def fit(config: TrainConfig, task: TaskRecord, ds_raw: dict, run_folder: Path,
+        build: Callable[[Backbone], nn.Module], label: str) -> Fitted:
+    """The recipe every trained prompt shares: ``build(backbone)`` makes the module that yields
+    the prompts (called with a batch size, like `SoftPrompt`); it is the only thing DeepSpeed
+    trains, on ``task`` through the frozen ``config.model``, checkpointed in ``run_folder``
+    and resumed from it. Call on every rank of the process group."""
     rank, world = init_distributed()
-    ds_config = deepspeed_config(plan.ds_config, config, world)
-    if ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
+    ds_config = deepspeed_config(ds_raw, config, world)
+    if _zero_stage(ds_config) == 3:
         from transformers.integrations import HfDeepSpeedConfig
         # Read by from_pretrained (partitioned loading) and generate (synced ranks): keep alive.
         zero3_marker = HfDeepSpeedConfig(ds_config)  # noqa: F841
+    precision = precision_of(ds_config)
     backbone = load_backbone(config.model, max_length=config.max_length,
-                             dtype=torch.bfloat16 if plan.precision == "bf16" else torch.float32)
-    check_task_fits(plan.task, backbone)
+                             dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
+    check_task_fits(task, backbone)
     # Subsets are drawn with a fixed seed: runs of every seed, and `ptdist eval`, see the same
     # rows, so their scores compare; the run's seed only sets the init and the data order.
     data = _Data(
-        train=load_split(plan.task, "train", limit=config.train_limit,
+        train=load_split(task, "train", limit=config.train_limit,
                          data_dir=config.data_dir).to_list(),
-        eval=load_split(plan.task, "eval", limit=config.eval_limit,
+        eval=load_split(task, "eval", limit=config.eval_limit,
                         data_dir=config.data_dir).to_list(),
-        words=label_words(plan.task, backbone))
+        words=label_words(task, backbone))
 
-    run_folder = store.run_dir(plan.prompt_id)
     resumed = load_checkpoint(run_folder)
     saved, state = resumed if resumed is not None else ({}, TrainState())
-    init_tensor = saved["prompt"] if resumed is not None else _fresh_prompt(config, plan, backbone)
-    engine = _engine(config, init_tensor, backbone, ds_config, start_step=state.step)
+    trainable = build(backbone)
+    if resumed is not None:
+        trainable.load_state_dict({k: saved[k] for k in trainable.state_dict()})
+    engine = _engine(config, trainable, backbone, ds_config, start_step=state.step)
+    params = dict(engine.module.prompt.named_parameters())
     fingerprint = frozen_fingerprint(engine.module.backbone)
     if resumed is not None:
-        restore_optimizer_state(engine, engine.module.prompt.weight, saved)
+        restore_optimizer_state(engine, params, saved)
         torch.set_rng_state(saved["rng"])
     else:
         torch.manual_seed(config.seed)
     progress = _Progress(config, state.step, rank == 0)
-    progress.line(f"[ptdist] run {plan.prompt_id}: {config.model} on {plan.task.name}, "
+    progress.line(f"[ptdist] {label}: {config.model} on {task.name}, "
                   f"{len(data.train)} train / {len(data.eval)} eval examples, {world} "
-                  f"process(es), {plan.precision}, ZeRO-{_zero_stage(ds_config)}"
+                  f"process(es), {precision}, ZeRO-{_zero_stage(ds_config)}"
                   + (f", resumed at step {state.step}" if resumed is not None else ""))
     resumed_from = state.step if resumed is not None else None
-    best_prompt = _fit(engine, plan.task, data, config, state, saved.get("best_prompt"),
-                       run_folder, progress, t0, rank, world)
+    best_saved = {k[len(BEST):]: v for k, v in saved.items() if k.startswith(BEST)} or None
+    best = _fit(engine, params, task, data, config, state, best_saved, run_folder, progress,
+                time.time(), rank, world)
 
     changed = frozen_fingerprint(engine.module.backbone) != fingerprint
-    engine.destroy()  # releases ZeRO-3's hooks and buffers; the prompt is already gathered
+    engine.destroy()  # releases ZeRO-3's hooks and buffers; the parameters are already gathered
     if changed:
         raise RuntimeError("the frozen backbone changed during training: a ptdist bug, please "
                            "report it with the DeepSpeed config used")
-    best = next(h for h in state.history if h["step"] == state.best_step)
-    metrics = {k: v for k, v in best.items() if k not in ("step", "loss", "time_s")}
-    result = TrainResult(plan.prompt_id, plan.task.name, config.model, plan.task.primary_metric,
-                         state.best_score, metrics, state.best_step, state.step, resumed_from,
-                         False, time.time() - t0, str(store.root), state.history)
-    if rank == 0:
-        store.put(plan.prompt_id, best_prompt, dict(
-            _manifest(config, plan.task, backbone, result, plan.precision, world, ds_config),
-            backbone_fingerprint=fingerprint))
-    finish_together(world)
-    return result
+    return Fitted(best, state, backbone, rank, world, ds_config, fingerprint, resumed_from)
+
+
+BEST = "best."  # checkpoint key prefix of the parameters at the best evaluation
 
 
 @dataclass
@@ -242,13 +282,13 @@ def _fresh_prompt(config: TrainConfig, plan: RunPlan, backbone: Backbone) -> tor
                               plan.artifact)
 
 
-def _engine(config: TrainConfig, init_tensor: torch.Tensor, backbone: Backbone,
-            ds_config: dict, start_step: int):
-    """A DeepSpeed engine whose only trainable parameter is the prompt."""
+def _engine(config: TrainConfig, trainable: nn.Module, backbone: Backbone, ds_config: dict,
+            start_step: int):
+    """A DeepSpeed engine whose only trainable parameters are those of ``trainable``."""
     import deepspeed
 
-    model = PromptedModel(SoftPrompt(init_tensor), backbone)
-    optimizer = torch.optim.AdamW([model.prompt.weight], lr=config.lr,
+    model = PromptedModel(trainable, backbone)
+    optimizer = torch.optim.AdamW(list(trainable.parameters()), lr=config.lr,
                                   weight_decay=config.weight_decay)
     scale = _lr_lambda(config)  # a resumed schedule continues at its step
     scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
@@ -258,13 +298,13 @@ def _engine(config: TrainConfig, init_tensor: torch.Tensor, backbone: Backbone,
     return engine
 
 
-def _fit(engine, task: TaskRecord, data: _Data, config: TrainConfig, state: TrainState,
-         best_prompt: torch.Tensor | None, run_folder, progress: _Progress, t0: float,
-         rank: int, world: int) -> torch.Tensor:
-    """Train from ``state.step`` to the end (or an early stop); evaluate, keep the best prompt
-    and checkpoint every ``eval_every`` steps. Returns the best prompt."""
+def _fit(engine, params: dict[str, nn.Parameter], task: TaskRecord, data: _Data,
+         config: TrainConfig, state: TrainState, best: dict[str, torch.Tensor] | None,
+         run_folder: Path, progress: _Progress, t0: float, rank: int,
+         world: int) -> dict[str, torch.Tensor]:
+    """Train from ``state.step`` to the end (or an early stop); evaluate, keep the best
+    parameters and checkpoint every ``eval_every`` steps. Returns the best parameters."""
     backbone = engine.module.backbone
-    param = engine.module.prompt.weight
     micro = engine.train_micro_batch_size_per_gpu()
     stop = False
     while state.step < config.steps and not stop:
@@ -287,11 +327,11 @@ def _fit(engine, task: TaskRecord, data: _Data, config: TrainConfig, state: Trai
                            config.max_new_tokens, rank, world)
         state.history.append({"step": state.step, "loss": loss, "time_s": time.time() - t0,
                               **metrics})
-        tensors = gather_prompt_state(engine, param)
+        tensors = gather_state(engine, params)
         score = metrics[task.primary_metric]
         if state.best_score is None or score > state.best_score:
             state.best_score, state.best_step, state.evals_since_best = score, state.step, 0
-            best_prompt = tensors["prompt"].clone()
+            best = {name: tensors[name].clone() for name in params}
         else:
             state.evals_since_best += 1
         stop = config.patience is not None and state.evals_since_best >= config.patience
@@ -300,8 +340,9 @@ def _fit(engine, task: TaskRecord, data: _Data, config: TrainConfig, state: Trai
                       + f" (best {task.primary_metric}={state.best_score:.2f} @ "
                       f"{state.best_step})" + (" - early stop" if stop else ""))
         if rank == 0:
-            save_checkpoint(run_folder, dict(tensors, best_prompt=best_prompt), state)
-    return best_prompt
+            save_checkpoint(run_folder, dict(tensors, **{BEST + k: v for k, v in best.items()}),
+                            state)
+    return best
 
 
 def _manifest(config: TrainConfig, task: TaskRecord, backbone: Backbone, result: TrainResult,
