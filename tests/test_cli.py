@@ -35,7 +35,7 @@ def test_tasks_and_models_list_what_is_available(capsys):
     assert len(names) == 17
     code, out, _ = run(capsys, "models", "--json")
     assert json.loads(out.strip().splitlines()[-1])["presets"] == \
-        ["tiny-roberta", "tiny-t5", "tiny-t5-v1_1"]
+        ["tiny-roberta", "tiny-t5", "tiny-t5-v1_1", "tiny-t5-d96"]
 
 
 def test_train_eval_export_through_the_cli(capsys, tmp_path, sentiment_dir):

@@ -70,12 +70,13 @@ def _roberta_config(vocab_size: int):
     )
 
 
-def _t5_config(feed_forward_proj: str) -> Callable[[int], object]:
+def _t5_config(feed_forward_proj: str, d_model: int = 64) -> Callable[[int], object]:
     def build(vocab_size: int):
         from transformers import T5Config
 
         return T5Config(
-            vocab_size=vocab_size, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+            vocab_size=vocab_size, d_model=d_model, d_kv=d_model // 4, d_ff=2 * d_model,
+            num_layers=2,
             num_decoder_layers=2, num_heads=4, feed_forward_proj=feed_forward_proj,
             pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
             tie_word_embeddings=feed_forward_proj == "relu",
@@ -99,6 +100,10 @@ PRESETS: dict[str, Preset] = {
         Preset("tiny-t5-v1_1", "seq2seq",
                "T5 v1.1-shaped (gated-GELU FFN, untied head): 2+2 layers, d=64",
                _t5_config("gated-gelu"), _T5_SPECIALS, _T5_ROLES),
+        # Another width than the others, as real model pairs have (768 vs 1024...): what
+        # cross-model projectors are for.
+        Preset("tiny-t5-d96", "seq2seq", "T5 v1.0-shaped like tiny-t5, but d=96, FFN 192",
+               _t5_config("relu", d_model=96), _T5_SPECIALS, _T5_ROLES),
     ]
 }
 
