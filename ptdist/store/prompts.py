@@ -45,11 +45,9 @@ class PromptStore:
 
     def put(self, prompt_id: str, prompt: torch.Tensor, manifest: dict) -> Path:
         folder = self.prompt_dir(prompt_id)
-        tensor = prompt.detach().float().cpu().contiguous()
-        atomic_write(folder / "prompt.safetensors",
-                     lambda tmp: save_file({PROMPT_KEY: tensor}, tmp, metadata={"id": prompt_id}))
+        write_prompt_file(folder / "prompt.safetensors", prompt, {"id": prompt_id})
         atomic_write_json(folder / "manifest.json",
-                          dict(manifest, id=prompt_id, shape=list(tensor.shape)))
+                          dict(manifest, id=prompt_id, shape=list(prompt.shape)))
         return folder
 
     def manifest(self, prompt_id: str) -> dict:
@@ -83,6 +81,12 @@ class PromptStore:
             return read_prompt_file(path), {}
         raise PtdistError(f"'{id_or_path}' is neither a prompt id in store {self.root} nor a "
                           "prompt file (.safetensors) or folder; `ptdist prompts` lists the ids")
+
+
+def write_prompt_file(path: Path, prompt: torch.Tensor, metadata: dict[str, str]) -> Path:
+    """A prompt as a file that `PromptStore.load` and ``prompt:PATH`` inits read."""
+    tensor = prompt.detach().float().cpu().contiguous()
+    return atomic_write(path, lambda tmp: save_file({PROMPT_KEY: tensor}, tmp, metadata=metadata))
 
 
 def read_prompt_file(path: Path) -> torch.Tensor:

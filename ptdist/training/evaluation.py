@@ -86,18 +86,37 @@ def check_task_fits(task: TaskRecord, backbone: Backbone) -> None:
         backbone.label_token_ids(words)  # fails early on colliding label words
 
 
+def eval_backbone(model: str, max_length: int = 128) -> Backbone:
+    """``model`` loaded for evaluation, on the GPU when there is one."""
+    backbone = load_backbone(model, max_length=max_length)
+    return backbone.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def score_prompts(backbone: Backbone, task_ref: str, prompts: torch.Tensor, *,
+                  data_dir: str | None, limit: int | None, batch_size: int,
+                  max_new_tokens: int) -> tuple[list[dict[str, float]], int]:
+    """Metrics of each prompt ``[K, L, d]`` on the task's evaluation rows (read once for all
+    of them, `predict_each`), and how many rows there were."""
+    task = get_task(task_ref)
+    backbone.check_prompt(prompts[0])
+    check_task_fits(task, backbone)
+    rows = load_split(task, "eval", limit=limit, data_dir=data_dir).to_list()
+    device = next(backbone.parameters()).device
+    preds = predict_each(backbone, prompts.to(device), task, rows, batch_size, max_new_tokens)
+    refs = references(task, rows)
+    return [compute_metrics(task, p, refs) for p in preds], len(rows)
+
+
 def score_prompt(model: str, store: PromptStore, prompt_ref: str, task_ref: str, *,
                  limit: int | None = 1000, batch_size: int = 64, data_dir: str | None = None,
                  max_new_tokens: int = 64) -> dict[str, float]:
     """Evaluate one prompt (store id or file) on a task's evaluation split, in one process."""
     task = get_task(task_ref)
     prompt, _ = store.load(prompt_ref)
-    backbone = load_backbone(model)
+    backbone = eval_backbone(model)
     backbone.check_prompt(prompt)
     check_task_fits(task, backbone)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    backbone.to(device)
-    prompt = prompt.to(device)
+    prompt = prompt.to(next(backbone.parameters()).device)
     rows = load_split(task, "eval", limit=limit, data_dir=data_dir).to_list()
     return evaluate(backbone, lambda b: prompt.expand(b, -1, -1), task, rows, batch_size,
                     max_new_tokens)

@@ -21,7 +21,7 @@ from ptdist.errors import PtdistError
 from ptdist.store.keys import model_key
 from ptdist.store.prompts import PromptStore
 from ptdist.store.tables import write_table
-from ptdist.tasks import TaskRecord, compute_metrics, get_task, load_split
+from ptdist.tasks import TaskRecord, get_task
 from ptdist.transfer.selection import best_prompts
 
 MATRIX_SCHEMA = pa.schema([
@@ -49,19 +49,10 @@ def score_sources(model: str, target: str, prompts: torch.Tensor, *, data_dir: s
                   limit: int | None, batch_size: int, max_length: int,
                   max_new_tokens: int) -> tuple[list[dict[str, float]], int]:
     """Metrics of each prompt ``[K, L, d]`` on ``target``'s evaluation rows, and their count."""
-    from ptdist.backbones import load_backbone
-    from ptdist.training.evaluation import check_task_fits, predict_each, references
+    from ptdist.training.evaluation import eval_backbone, score_prompts
 
-    task = get_task(target)
-    backbone = load_backbone(model, max_length=max_length)
-    backbone.check_prompt(prompts[0])
-    check_task_fits(task, backbone)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    backbone.to(device)
-    rows = load_split(task, "eval", limit=limit, data_dir=data_dir).to_list()
-    preds = predict_each(backbone, prompts.to(device), task, rows, batch_size, max_new_tokens)
-    refs = references(task, rows)
-    return [compute_metrics(task, p, refs) for p in preds], len(rows)
+    return score_prompts(eval_backbone(model, max_length), target, prompts, data_dir=data_dir,
+                         limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens)
 
 
 def transfer_matrix(model: str, tasks: list[str], store: PromptStore, *,

@@ -11,11 +11,11 @@ def best_prompts(store: PromptStore, model: str, tasks: list[str]) -> dict[str, 
     """``{task name: manifest}`` of the best-scoring prompt of ``model`` for each task (task
     names or YAML paths). Every task without a prompt is named in one error."""
     names = [get_task(t).name for t in tasks]
-    best: dict[str, dict] = {}
+    candidates: dict[str, list[dict]] = {}
     for m in store.manifests():
         if m["model"] == model and m["task"] in names:
-            if m["task"] not in best or m["score"] > best[m["task"]]["score"]:
-                best[m["task"]] = m
+            candidates.setdefault(m["task"], []).append(m)
+    best = {task: best_of(rows) for task, rows in candidates.items()}
     missing = [n for n in names if n not in best]
     if missing:
         raise PtdistError(
@@ -23,6 +23,12 @@ def best_prompts(store: PromptStore, model: str, tasks: list[str]) -> dict[str, 
             f"{', '.join(missing)}; train them first (`ptdist train --model {model} --task "
             f"{missing[0]}` or a sweep), or leave them out")
     return {n: best[n] for n in names}
+
+
+def best_of(manifests: list[dict]) -> dict:
+    """The best-scoring prompt; ties go to the larger id, so every caller picks the same one
+    whatever order the store lists them in."""
+    return max(manifests, key=lambda m: (m["score"], m["id"]))
 
 
 def resolve_source(store: PromptStore, model: str, ref: str) -> dict:
