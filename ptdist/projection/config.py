@@ -1,0 +1,87 @@
+"""A projector run, as data: which models, which prompts it learns from, how it trains.
+
+The input prompts are named by id (prompt ids are content-addressed, so a scheduler knows them
+before they are trained); the projector's own id hashes this whole record, so the same
+projector asked for twice is trained once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from ptdist.errors import PtdistError
+from ptdist.projection.projector import VARIANTS
+from ptdist.training.config import TrainConfig
+
+MODES = ("distance", "task")
+
+
+@dataclass(frozen=True)
+class ProjectorConfig:
+    source_model: str
+    target_model: str
+    mode: str  # distance: fit the target's own prompts; task: tune through the target model
+    tasks: tuple[str, ...]  # training tasks; task tuning takes exactly one
+    source_prompts: tuple[str, ...]  # prompt ids of the source model on `tasks`
+    target_prompts: tuple[str, ...] = ()  # distance mode: the target's prompts on `tasks`
+    variant: str = "flat"
+    hidden: int = 768
+    seed: int = 0
+    steps: int = 1000
+    lr: float = 1e-3
+    batch_size: int = 32  # prompt pairs (distance) or examples (task) per step
+    eval_every: int = 100
+    weight_decay: float = 1e-5
+    eval_limit: int | None = 1000  # task mode: the target task's evaluation examples
+    train_limit: int | None = None
+    max_length: int = 128
+    patience: int | None = None
+    ds_config: str = "zero0"
+    data_dir: str | None = field(default=None, compare=False)
+
+    _NOT_HASHED = ("ds_config", "data_dir")
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise PtdistError(f"unknown projector mode '{self.mode}'; use one of: "
+                              f"{', '.join(MODES)}")
+        if self.variant not in VARIANTS:
+            raise PtdistError(f"unknown projector variant '{self.variant}'; use one of: "
+                              f"{', '.join(VARIANTS)}")
+        if self.source_model == self.target_model:
+            raise PtdistError(f"a projector maps between two models; source and target are both "
+                              f"'{self.source_model}'")
+        if not self.tasks:
+            raise PtdistError("a projector needs at least one training task")
+        if self.mode == "task" and len(self.tasks) != 1:
+            raise PtdistError(f"task tuning trains on one task (got {', '.join(self.tasks)}); "
+                              "run one projector per task, or use --mode distance")
+        if not self.source_prompts:
+            raise PtdistError(f"no prompt of '{self.source_model}' for {', '.join(self.tasks)}")
+        if self.mode == "distance" and not self.target_prompts:
+            raise PtdistError(f"distance minimising needs prompts of the target model "
+                              f"'{self.target_model}' for {', '.join(self.tasks)}")
+        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.hidden < 1:
+            raise PtdistError("steps, batch_size, eval_every and hidden must be at least 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def projector_id(self) -> str:
+        payload = {k: v for k, v in self.to_dict().items() if k not in self._NOT_HASHED}
+        payload["source_prompts"] = sorted(self.source_prompts)
+        payload["target_prompts"] = sorted(self.target_prompts)
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def tuning_run(self, prompt_length: int) -> TrainConfig:
+        """Task tuning's run through the target model: its budget, batch and DeepSpeed config."""
+        return TrainConfig(model=self.target_model, task=self.tasks[0], seed=self.seed,
+                           steps=self.steps, prompt_length=prompt_length, lr=self.lr,
+                           weight_decay=self.weight_decay, batch_size=self.batch_size,
+                           eval_every=self.eval_every, eval_limit=self.eval_limit,
+                           train_limit=self.train_limit, max_length=self.max_length,
+                           patience=self.patience, ds_config=self.ds_config,
+                           data_dir=self.data_dir)

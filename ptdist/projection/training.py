@@ -1,0 +1,172 @@
+"""Training a projector, in either of the paper's two modes.
+
+distance  fit the projected source prompts to the target model's own prompts for the same
+          tasks (mean squared error over every source x target prompt pair of a task). Only
+          prompts are involved, so it runs on one device without the models.
+task      tune the projector through the frozen target model on one task's data, with the
+          source model's best prompt for that task as its input. This is prompt tuning with a
+          projector in the prompt's place: the same DeepSpeed recipe (`training.loop.fit`),
+          evaluation, checkpoints and resume, on the target model's resources.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+from ptdist import __version__
+from ptdist.errors import PtdistError
+from ptdist.projection.config import ProjectorConfig
+from ptdist.projection.projector import ProjectedPrompt, Projector, ProjectorShape
+from ptdist.store.projectors import ProjectorStore
+from ptdist.store.prompts import PromptStore
+from ptdist.transfer.selection import best_of
+
+
+def train_projector(config: ProjectorConfig, store_root: str) -> dict:
+    """Train the projector ``config`` describes and store it; returns its manifest. Idempotent:
+    a stored projector is returned as it is."""
+    projectors = ProjectorStore(store_root)
+    if projectors.has(config.projector_id):
+        return projectors.manifest(config.projector_id)
+    t0 = time.time()
+    prompts = PromptStore(store_root)
+    sources = _prompts(prompts, config.source_prompts, config.source_model)
+    if config.mode == "distance":
+        targets = _prompts(prompts, config.target_prompts, config.target_model)
+        weights, facts = _fit_distance(config, sources, targets)
+    else:
+        weights, facts = _fit_task(config, best_of(sources), store_root)
+    manifest = dict(facts, config=config.to_dict(), source_model=config.source_model,
+                    target_model=config.target_model, mode=config.mode,
+                    tasks=list(config.tasks), wall_time_s=time.time() - t0,
+                    created=time.time(), ptdist_version=__version__)
+    if weights is not None:  # None on the ranks other than 0 of a multi-process run
+        projectors.put(config.projector_id, weights, manifest)
+    if config.mode == "task":
+        from ptdist.training.distributed import finish_together
+
+        finish_together(facts["world_size"])
+    return manifest
+
+
+def shape_of(manifest: dict) -> ProjectorShape:
+    return ProjectorShape(**manifest["shape"])
+
+
+def initial_projector(shape: ProjectorShape, seed: int) -> Projector:
+    """The projector before training: the same weights for the same seed, so an evaluation
+    can compare a trained projector with where it started."""
+    torch.manual_seed(seed)
+    return Projector(shape)
+
+
+def _prompts(store: PromptStore, ids: tuple[str, ...], model: str) -> list[dict]:
+    """Manifests of ``ids`` with their tensors (key ``tensor``); each must be ``model``'s."""
+    missing = [i for i in ids if not store.has(i)]
+    if missing:
+        raise PtdistError(f"prompt(s) {', '.join(missing)} of '{model}' are not in store "
+                          f"{store.root}; train them first (the pair scheduler does, from a "
+                          "sweep spec)")
+    rows = []
+    for prompt_id in ids:
+        tensor, manifest = store.load(prompt_id)
+        if manifest["model"] != model:
+            raise PtdistError(f"prompt {prompt_id} belongs to '{manifest['model']}', not to "
+                              f"'{model}'")
+        rows.append(dict(manifest, tensor=tensor))
+    return rows
+
+
+def _length(sources: list[dict], targets: list[dict] | None = None) -> int:
+    lengths = {tuple(r["shape"])[0] for r in sources + (targets or [])}
+    if len(lengths) > 1:
+        raise PtdistError(f"the prompts have lengths {sorted(lengths)}; a projector maps prompts "
+                          "of one length L to prompts of the same L, so train every prompt it "
+                          "uses with the same --prompt-length")
+    return lengths.pop()
+
+
+def _fit_distance(config: ProjectorConfig, sources: list[dict],
+                  targets: list[dict]) -> tuple[dict[str, torch.Tensor], dict]:
+    length = _length(sources, targets)
+    pairs = [(s["tensor"], t["tensor"]) for task in config.tasks for s in sources for t in targets
+             if s["task"] == t["task"] == _task_name(task)]
+    if not pairs:
+        raise PtdistError(f"no task has prompts of both models among {', '.join(config.tasks)}")
+    x = torch.stack([p[0] for p in pairs])
+    y = torch.stack([p[1] for p in pairs])
+    shape = ProjectorShape(config.variant, length, x.shape[-1], y.shape[-1], config.hidden)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    projector = initial_projector(shape, config.seed).to(device)
+    x, y = x.to(device), y.to(device)
+    optimizer = torch.optim.AdamW(projector.parameters(), lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    history = [{"step": 0, "distance": _distance(projector, x, y)}]
+    _say(f"[ptdist] projector {config.projector_id}: distance minimising "
+         f"{config.source_model} -> {config.target_model} on {len(pairs)} prompt pairs, "
+         f"{shape.parameters:,} parameters; initial distance {history[0]['distance']:.4f}")
+    for step in range(1, config.steps + 1):
+        pick = torch.randperm(len(x), generator=generator)[:config.batch_size].to(device)
+        loss = torch.nn.functional.mse_loss(projector(x[pick]), y[pick])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % config.eval_every == 0 or step == config.steps:
+            history.append({"step": step, "distance": _distance(projector, x, y)})
+            _say(f"step {step}/{config.steps} distance {history[-1]['distance']:.4f}")
+    facts = {"shape": shape.to_dict(), "pairs": len(pairs), "history": history,
+             "initial_distance": history[0]["distance"], "distance": history[-1]["distance"],
+             "prompts": sorted(config.source_prompts + config.target_prompts)}
+    return {k: v.cpu() for k, v in projector.state_dict().items()}, facts
+
+
+@torch.no_grad()
+def _distance(projector: Projector, x: torch.Tensor, y: torch.Tensor) -> float:
+    return torch.nn.functional.mse_loss(projector(x), y).item()
+
+
+def _fit_task(config: ProjectorConfig, source: dict,
+              store_root: str) -> tuple[dict[str, torch.Tensor] | None, dict]:
+    from ptdist.tasks import get_task
+    from ptdist.training.config import load_ds_config
+    from ptdist.training.loop import fit
+
+    length = _length([source])
+    run = config.tuning_run(length)
+    task = get_task(run.task)
+    shapes: list[ProjectorShape] = []
+
+    def build(backbone) -> ProjectedPrompt:
+        shape = ProjectorShape(config.variant, length, source["tensor"].shape[-1],
+                               backbone.hidden_size, config.hidden)
+        shapes.append(shape)
+        return ProjectedPrompt(initial_projector(shape, config.seed), source["tensor"])
+
+    ds_raw, _ = load_ds_config(config.ds_config)
+    fitted = fit(run, task, ds_raw, ProjectorStore(store_root).run_dir(config.projector_id),
+                 build, f"projector {config.projector_id} ({config.source_model} -> "
+                        f"{config.target_model}, task tuning)")
+    state = fitted.state
+    facts = {"shape": shapes[0].to_dict(), "source_prompt": source["id"],
+             "prompts": [source["id"]], "metric": task.primary_metric,
+             "score": state.best_score, "best_step": state.best_step, "steps": state.step,
+             "resumed_from": fitted.resumed_from, "history": state.history,
+             "world_size": fitted.world}
+    if fitted.rank != 0:
+        return None, facts
+    prefix = "projector."
+    return {k[len(prefix):]: v for k, v in fitted.best.items()}, facts
+
+
+def _task_name(task: str) -> str:
+    from ptdist.tasks import get_task
+
+    return get_task(task).name
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
