@@ -1,0 +1,235 @@
+"""The job graph on a real local Ray: order of dependencies, resuming from stored outputs,
+failures that block only their dependents, graph validation, concurrency and resources.
+
+Jobs run in Ray worker processes, so they talk to the test through files: each job checks its
+inputs' files exist, appends its id to runs.log and writes ``<id>.out`` holding the times it
+started and ended."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ptdist.errors import PtdistError
+from ptdist.orchestration.graph import Job, run_graph, require_success
+from ptdist.runtime import ray_environment
+
+CHAIN = {"a": (), "b": ("a",), "c": ("b",), "d": ()}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray_environment()
+    import ray
+
+    # "probe" is a custom resource, to see custom resources reach the task.
+    ray.init(address="local", num_cpus=2, resources={"probe": 1}, _node_ip_address="127.0.0.1",
+             include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@dataclass(frozen=True)
+class Write:
+    """A job's run: fails if an input is missing, logs that it ran, writes its output."""
+
+    folder: str
+    name: str
+    inputs: tuple[str, ...] = ()
+    seconds: float = 0.0
+    error: str | None = None
+
+    def __call__(self) -> dict:
+        folder = Path(self.folder)
+        missing = [name for name in self.inputs if not (folder / f"{name}.out").exists()]
+        if missing:
+            raise RuntimeError(f"{self.name} started before {missing} finished")
+        with open(folder / "runs.log", "a") as log:
+            log.write(f"{self.name}\n")
+        started = time.time()
+        time.sleep(self.seconds)
+        if self.error:
+            raise ValueError(self.error)
+        (folder / f"{self.name}.out").write_text(f"{started} {time.time()}")
+        return {"name": self.name}
+
+
+def assigned_resources() -> dict:
+    import ray
+
+    return ray.get_runtime_context().get_assigned_resources()
+
+
+@dataclass(frozen=True)
+class DieOnce:
+    """A job's run whose first attempt kills its worker process, as a lost node would."""
+
+    folder: str
+
+    def __call__(self) -> dict:
+        attempt = Path(self.folder) / "attempted"
+        if not attempt.exists():
+            attempt.touch()
+            os._exit(1)
+        return {"survived": True}
+
+
+def job(folder: Path, name: str, needs: tuple[str, ...] = (), **write) -> Job:
+    return Job(name, Write(str(folder), name, needs, **write), needs,
+               done=lambda: (folder / f"{name}.out").exists())
+
+
+def chain(folder: Path, fail: str | None = None) -> list[Job]:
+    """a -> b -> c, and d on its own; ``fail`` raises ValueError("boom")."""
+    return [job(folder, name, needs, error="boom" if name == fail else None)
+            for name, needs in CHAIN.items()]
+
+
+def runs(folder: Path) -> list[str]:
+    log = folder / "runs.log"
+    return log.read_text().split() if log.exists() else []
+
+
+def interval(folder: Path, name: str) -> tuple[float, float]:
+    started, ended = (folder / f"{name}.out").read_text().split()
+    return float(started), float(ended)
+
+
+def statuses(outcome) -> dict[str, str]:
+    return {job.id: job.status for job in outcome.jobs}
+
+
+def test_runs_each_job_once_after_what_it_needs(ray_local, tmp_path):
+    lines: list[str] = []
+    outcome = run_graph(chain(tmp_path), say=lines.append)
+
+    assert statuses(outcome) == dict.fromkeys(CHAIN, "ran")
+    assert sorted(runs(tmp_path)) == sorted(CHAIN)
+    for name, needs in CHAIN.items():
+        assert outcome.outcome(name).result == {"name": name}
+        for need in needs:
+            assert outcome.outcome(name).started >= outcome.outcome(need).finished
+    assert lines[0] == "graph: 4 jobs, 0 already stored, 4 to run"
+    assert "start c" in lines
+    assert any(line.startswith("done c in ") for line in lines)
+    assert lines[-2].endswith("s [4/4 finished, 0 running, 0 waiting]")
+    assert lines[-1].startswith("graph finished in ") and "4 ran, 0 stored" in lines[-1]
+    require_success(outcome)
+
+
+def test_rerun_runs_nothing_when_every_output_is_stored(ray_local, tmp_path):
+    run_graph(chain(tmp_path), say=lambda line: None)
+    lines: list[str] = []
+    outcome = run_graph(chain(tmp_path), say=lines.append)
+
+    assert statuses(outcome) == dict.fromkeys(CHAIN, "stored")
+    assert outcome.outcome("a").started is None
+    assert len(runs(tmp_path)) == len(CHAIN)
+    assert lines == ["nothing to run: all 4 jobs are already stored"]
+
+
+def test_rerun_runs_only_the_missing_job(ray_local, tmp_path):
+    run_graph(chain(tmp_path), say=lambda line: None)
+    (tmp_path / "c.out").unlink()
+    outcome = run_graph(chain(tmp_path), say=lambda line: None)
+
+    assert statuses(outcome) == {"a": "stored", "b": "stored", "c": "ran", "d": "stored"}
+    assert runs(tmp_path)[len(CHAIN):] == ["c"]
+
+
+def test_failure_blocks_dependents_only_and_is_not_retried(ray_local, tmp_path):
+    lines: list[str] = []
+    outcome = run_graph(chain(tmp_path, fail="b"), say=lines.append)
+
+    assert statuses(outcome) == {"a": "ran", "b": "failed", "c": "blocked", "d": "ran"}
+    assert outcome.outcome("b").error == "ValueError: boom"
+    assert "b" in outcome.outcome("c").error
+    assert runs(tmp_path).count("b") == 1
+    assert "start c" not in lines
+    failed_at = next(i for i, line in enumerate(lines) if line.startswith("failed b after "))
+    assert "ValueError: boom [" in lines[failed_at]
+    assert lines[failed_at].endswith(" 0 waiting]")  # c is blocked before the line is said
+    assert lines[failed_at + 1] == "blocked c: waits for b, which failed"
+    assert [job.id for job in outcome.failed] == ["b", "c"]
+    with pytest.raises(PtdistError, match="2 of 4 jobs") as raised:
+        require_success(outcome)
+    assert "\n  b: failed: ValueError: boom" in str(raised.value)
+    assert "\n  c: blocked: waits for b" in str(raised.value)
+    assert "re-running" in str(raised.value)
+
+
+def test_a_job_blocked_through_another_names_the_failed_job(ray_local, tmp_path):
+    outcome = run_graph(chain(tmp_path, fail="a"), say=lambda line: None)
+
+    assert statuses(outcome) == {"a": "failed", "b": "blocked", "c": "blocked", "d": "ran"}
+    assert outcome.outcome("c").error == "waits for a, which failed"
+
+
+@pytest.mark.parametrize("jobs, message", [
+    ([("a", ()), ("b", ()), ("a", ())], "given more than once: a"),
+    ([("prompt roberta-base", ()), ("project", ("prompt roberta-bse",))],
+     "'project' needs 'prompt roberta-bse'.*did you mean 'prompt roberta-base'"),
+    ([("a", ("c",)), ("b", ("a",)), ("c", ("b",)), ("d", ())], "cycle.*a -> c -> b -> a"),
+    ([("a", ("a",))], "cycle.*a -> a"),
+])
+def test_invalid_graph_fails_before_anything_runs(tmp_path, jobs, message):
+    checked: list[str] = []
+    graph = [Job(name, Write(str(tmp_path), name), needs, done=lambda: checked.append("done"))
+             for name, needs in jobs]
+    with pytest.raises(PtdistError, match=message):
+        run_graph(graph, say=checked.append)
+    assert checked == []
+
+
+def test_needs_a_ray_session(tmp_path, monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with pytest.raises(PtdistError, match="ray_session"):
+        run_graph([job(tmp_path, "a")])
+
+
+def test_max_concurrent_runs_one_at_a_time_in_the_given_order(ray_local, tmp_path):
+    names = ["z", "x", "y"]
+    outcome = run_graph([job(tmp_path, name, seconds=0.3) for name in names], max_concurrent=1,
+                        say=lambda line: None)
+
+    assert statuses(outcome) == dict.fromkeys(names, "ran")
+    spans = [interval(tmp_path, name) for name in names]
+    assert all(ended <= started for (_, ended), (started, _) in zip(spans, spans[1:]))
+
+
+def test_independent_jobs_run_in_parallel(ray_local, tmp_path):
+    graph = [job(tmp_path, name, seconds=1.5) for name in ("x", "y")]
+    run_graph(graph, say=lambda line: None)
+
+    (x_start, x_end), (y_start, y_end) = interval(tmp_path, "x"), interval(tmp_path, "y")
+    assert max(x_start, y_start) < min(x_end, y_end)
+
+
+def test_resources_reach_the_task(ray_local):
+    asked = {"one": {"CPU": 1.0}, "two": {"CPU": 2.0}, "probe": {"CPU": 1.0, "probe": 1.0}}
+    outcome = run_graph([Job(name, assigned_resources, resources=resources)
+                         for name, resources in asked.items()], say=lambda line: None)
+
+    assert {job.id: job.result for job in outcome.jobs} == asked
+
+
+def test_a_dead_worker_is_retried(ray_local, tmp_path):
+    outcome = run_graph([Job("die", DieOnce(str(tmp_path)))], say=lambda line: None)
+
+    assert outcome.outcome("die").status == "ran"
+    assert outcome.outcome("die").result == {"survived": True}
+
+
+def test_a_dead_worker_fails_the_job_once_retries_are_spent(ray_local, tmp_path):
+    outcome = run_graph([Job("die", DieOnce(str(tmp_path)))], max_retries=0,
+                        say=lambda line: None)
+
+    assert outcome.outcome("die").status == "failed"
+    assert outcome.outcome("die").error.startswith("WorkerCrashedError: ")
+    assert "\n" not in outcome.outcome("die").error
