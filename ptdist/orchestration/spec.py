@@ -31,6 +31,7 @@ RESOURCE_KEYS = ("workers", "gpus", "cpus")
 # Set per run by the sweep itself, so not allowed under `train:`.
 SWEPT_FIELDS = ("model", "task", "seed", "init", "ds_config", "data_dir")
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in SWEPT_FIELDS)
+TASK_PLACEHOLDER = "{task}"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -89,11 +90,18 @@ class SweepSpec:
 
     def runs(self) -> list[RunSpec]:
         """Every (model, task, seed, init) in the order the spec lists them."""
-        return [RunSpec(TrainConfig(model=m.name, task=task, seed=seed, init=init,
+        return [RunSpec(TrainConfig(model=m.name, task=task, seed=seed, init=init_for(init, task),
                                     ds_config=m.ds_config, data_dir=self.data_dir,
                                     **{**self.train, **m.train}), m.resources)
                 for m in self.models for task in self.tasks for seed in self.seeds
                 for init in self.inits]
+
+
+def init_for(init: str, task: str) -> str:
+    """An init with ``{task}`` in it names a prompt per task (e.g. the projected prompt files of
+    TPT_model, ``prompt:/store/projectors/ID/projected/{task}.safetensors``): the run's task
+    name goes there."""
+    return init.replace(TASK_PLACEHOLDER, get_task(task).name)
 
 
 def load_spec(path: str | os.PathLike, **overrides: Any) -> SweepSpec:

@@ -9,6 +9,7 @@ checkpoint in the store, so the run ends where an uninterrupted run would have.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 
 from ptdist.errors import PtdistError
@@ -29,14 +30,17 @@ def run_from_dict(data: dict) -> RunSpec:
     return RunSpec(TrainConfig(**data["config"]), Resources(**data["resources"]))
 
 
+def run_bundle(resources: Resources) -> dict[str, float]:
+    """What the process that runs a job reserves: its one worker's bundle, or, when the job
+    starts a worker group (which reserves the real resources), a coordinator's sliver."""
+    return resources.per_worker() if resources.workers == 1 else {"CPU": COORDINATOR_CPU}
+
+
 def trial_resources(trial_config: dict):
-    """The placement group of a trial: its one worker's bundle, or the coordinator's."""
+    """The placement group of a trial."""
     from ray import tune
 
-    run = run_from_dict(trial_config["run"])
-    if run.resources.workers == 1:
-        return tune.PlacementGroupFactory([run.resources.per_worker()])
-    return tune.PlacementGroupFactory([{"CPU": COORDINATOR_CPU}])
+    return tune.PlacementGroupFactory([run_bundle(run_from_dict(trial_config["run"]).resources)])
 
 
 def run_trial(trial_config: dict) -> None:
@@ -46,19 +50,30 @@ def run_trial(trial_config: dict) -> None:
     from ptdist.runtime import quiet_libraries
 
     quiet_libraries()
-    run = run_from_dict(trial_config["run"])
     try:
-        if run.resources.workers == 1:
-            result = _train_here(run.config, trial_config["store"])
-        else:
-            result = _train_on_worker_group(run, trial_config["store"],
-                                            trial_config["max_failures"],
-                                            trial_config["run"]["prompt_id"])
+        result = train_run(trial_config["run"], trial_config["store"],
+                           trial_config["max_failures"])
     except PtdistError as exc:
         # A user error (a model the node cannot load, data without labels...) fails the same
         # way on every attempt: report it instead of raising, so Ray does not retry it.
         result = {"error": str(exc)}
     tune.report(result)
+
+
+def train_run(run_dict: dict, store_root: str, max_failures: int) -> dict:
+    """Train one run (as `run_to_dict` gives it) from the process Ray placed it in: here for
+    one worker, else on a Ray Train worker group. Returns the result's scalars."""
+    run = run_from_dict(run_dict)
+    if run.resources.workers == 1:
+        return _train_here(run.config, store_root)
+    from ptdist.store.prompts import PromptStore
+    from ptdist.training.loop import stored_result
+
+    on_worker_group(_worker_loop, {"config": run.config.to_dict(), "store": store_root},
+                    run.resources, run_dict["prompt_id"], store_root, max_failures)
+    # Rank 0 wrote the prompt and its manifest; whether the group was restarted (and from which
+    # step it resumed) is recorded there.
+    return _scalars(stored_result(PromptStore(store_root), run_dict["prompt_id"], skipped=False))
 
 
 def _train_here(config: TrainConfig, store_root: str) -> dict:
@@ -81,26 +96,22 @@ def _worker_loop(loop_config: dict) -> None:
     _train_here(TrainConfig(**loop_config["config"]), loop_config["store"])
 
 
-def _train_on_worker_group(run: RunSpec, store_root: str, max_failures: int,
-                           prompt_id: str) -> dict:
+def on_worker_group(loop: Callable[[dict], None], loop_config: dict, resources: Resources,
+                    name: str, store_root: str, max_failures: int) -> None:
+    """Run ``loop(loop_config)`` on ``resources.workers`` Ray Train workers in one process
+    group (NCCL on GPUs, gloo on CPUs); raises once the group failed more than
+    ``max_failures`` times (each restart resumes from the store's checkpoint)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ptdist.store.prompts import PromptStore
-    from ptdist.training.loop import stored_result
-
     trainer = TorchTrainer(
-        _worker_loop,
-        train_loop_config={"config": run.config.to_dict(), "store": store_root},
+        loop, train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=run.resources.workers, use_gpu=run.resources.gpus > 0,
-            resources_per_worker=run.resources.per_worker()),
-        torch_config=TorchConfig(backend="nccl" if run.resources.gpus else "gloo"),
+            num_workers=resources.workers, use_gpu=resources.gpus > 0,
+            resources_per_worker=resources.per_worker()),
+        torch_config=TorchConfig(backend="nccl" if resources.gpus else "gloo"),
         run_config=ray.train.RunConfig(
-            name=prompt_id, storage_path=f"{store_root}/ray/train",
+            name=name, storage_path=f"{store_root}/ray/train",
             failure_config=ray.train.FailureConfig(max_failures=max_failures)),
     )
-    trainer.fit()  # raises once the worker group has failed more than max_failures times
-    # Rank 0 wrote the prompt and its manifest; whether the group was restarted (and from which
-    # step it resumed) is recorded there.
-    return _scalars(stored_result(PromptStore(store_root), prompt_id, skipped=False))
+    trainer.fit()

@@ -6,18 +6,22 @@ run beside vanilla prompt tuning, with the speed-up read off their learning curv
                / steps TPT needs to first reach that score
 
 The runs are one sweep (target tasks x inits [random, prompt:SOURCE...]) on Ray, so they are
-scheduled, resumed and skipped like any sweep.
+scheduled, resumed and skipped like any sweep. TPT_model (`ptdist.projection.tpt`) is the same
+measurement with a projected prompt of another model as the start.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
 from ptdist.errors import PtdistError
 from ptdist.orchestration import parse_spec, require_no_failures, run_sweep
+from ptdist.orchestration.spec import init_for
+from ptdist.store.keys import model_key
 from ptdist.store.prompts import PromptStore
 from ptdist.store.tables import write_table
 from ptdist.tasks import get_task
@@ -68,21 +72,45 @@ def speedup_rows(vanilla: dict, runs: list[tuple[str, dict | None, dict]]) -> li
     return rows
 
 
+@dataclass(frozen=True)
+class TptSource:
+    """One kind of TPT run: its label, the sweep init it starts from (``{task}`` stands for
+    the target task), and per target task the manifest of the prompt it comes from (whose task
+    and id the summary reports)."""
+
+    label: str
+    init: str
+    prompts: dict[str, dict]
+
+
 def run_tpt(model: str, targets: list[str], sources: list[str], store: PromptStore,
-            train: dict, *, data_dir: str | None = None, ds_config: str = "zero0",
-            resources: dict | None = None, address: str | None = None) -> TptResult:
-    """Vanilla PT and TPT from each source (a task's best prompt, or a prompt id) on each
-    target; ``train`` holds the runs' settings (steps, eval_every, lr, seed...)."""
-    source_manifests = [resolve_source(store, model, s) for s in sources]
-    lengths = {m["shape"][0] for m in source_manifests}
+            train: dict, **sweep: Any) -> TptResult:
+    """TPT_task: vanilla PT and TPT from each source (a task's best prompt, or a prompt id) on
+    each target; ``train`` holds the runs' settings (steps, eval_every, lr, seed...);
+    ``sweep``: data_dir, ds_config, resources, address (as for `tpt_sweep`)."""
+    names = [get_task(t).name for t in targets]
+    runs = [TptSource(f"tpt from {m['task']}", f"prompt:{m['id']}", dict.fromkeys(names, m))
+            for m in (resolve_source(store, model, s) for s in sources)]
+    return tpt_sweep(model, targets, runs, store, train, model_dir(store, model) / "tpt",
+                     f"tpt-{model_key(model)}", **sweep)
+
+
+def tpt_sweep(model: str, targets: list[str], sources: list[TptSource], store: PromptStore,
+              train: dict, out: Path, name: str, *, data_dir: str | None = None,
+              ds_config: str = "zero0", resources: dict | None = None,
+              address: str | None = None) -> TptResult:
+    """Vanilla PT and each kind of TPT run on each target, as one sweep called ``name``; curves
+    and speed-ups under ``out/<target>/``."""
+    lengths = {m["shape"][0] for source in sources for m in source.prompts.values()}
     if len(lengths) > 1 or ("prompt_length" in train and train["prompt_length"] not in lengths):
         raise PtdistError(f"the source prompts have length(s) {sorted(lengths)}; TPT starts from "
                           "them, so every source and --prompt-length must agree")
+    train = dict(train)
     seed = train.pop("seed", 0)
-    inits = ["random"] + [f"prompt:{m['id']}" for m in source_manifests]
     spec = parse_spec({
-        "name": f"tpt-{model_dir(store, model).name}", "storage_path": str(store.root),
-        "data_dir": data_dir, "tasks": targets, "seeds": [seed], "inits": inits,
+        "name": name, "storage_path": str(store.root),
+        "data_dir": data_dir, "tasks": targets, "seeds": [seed],
+        "inits": ["random"] + [source.init for source in sources],
         "train": dict(train, prompt_length=lengths.pop()),
         "models": {model: {"ds_config": ds_config, "resources": resources or {}}}})
     outcome = run_sweep(spec, address=address)
@@ -91,19 +119,19 @@ def run_tpt(model: str, targets: list[str], sources: list[str], store: PromptSto
     summary, folders = [], []
     for target in [get_task(t).name for t in targets]:
         vanilla = store.manifest(by_run[(target, "random")])
-        runs = [(f"tpt from {m['task']}", m, store.manifest(by_run[(target, init)]))
-                for m, init in zip(source_manifests, inits[1:])]
+        runs = [(source.label, source.prompts[target],
+                 store.manifest(by_run[(target, init_for(source.init, target))]))
+                for source in sources]
         rows = speedup_rows(vanilla, runs)
-        folders.append(_write_target(store, model, target, vanilla, runs, rows))
+        folders.append(_write_target(out / target, model, target, vanilla, runs, rows))
         summary += rows
     return TptResult(summary, folders)
 
 
-def _write_target(store: PromptStore, model: str, target: str, vanilla: dict,
+def _write_target(folder: Path, model: str, target: str, vanilla: dict,
                   runs: list[tuple[str, dict | None, dict]], rows: list[dict]) -> Path:
     from ptdist.reporting.figures import learning_curves
 
-    folder = model_dir(store, model) / "tpt" / target
     metric = vanilla["metric"]
     curves = [{"model": model, "target_task": target, "run": label,
                "source_task": source["task"] if source else None, "prompt_id": m["id"],
