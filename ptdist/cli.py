@@ -22,6 +22,8 @@ EXAMPLES = """examples:
   ptdist transfer tpt --model roberta-base --targets imdb --sources sst2 mnli --steps 2000
   ptdist neurons capture --model roberta-base && ptdist neurons indicators --model roberta-base
   ptdist neurons correlate --model roberta-base
+  ptdist project pairs --spec specs/tiny.yaml --mode distance --train-tasks sst2 imdb
+  ptdist project eval --projector 8e5fe180c2337c0f --tasks sst2 imdb
 """
 
 
@@ -158,6 +160,11 @@ def _transfer_tpt(args: argparse.Namespace) -> None:
     result = run_tpt(args.model, args.targets, args.sources, PromptStore(args.store), train,
                      data_dir=args.data_dir, ds_config=args.ds_config,
                      resources={"gpus": args.gpus, "cpus": args.cpus}, address=args.address)
+    _emit(args, _tpt_lines(result), {"summary": result.summary,
+                                     "folders": [str(f) for f in result.folders]})
+
+
+def _tpt_lines(result) -> str:
     lines = []
     for r in result.summary:
         reached = (f"reaches vanilla's best ({r['vanilla_best']:.2f}) at step "
@@ -167,8 +174,7 @@ def _transfer_tpt(args: argparse.Namespace) -> None:
         lines.append(f"{r['target_task']}: {r['run']}: best {r['metric']} {r['best_score']:.2f} "
                      f"@ {r['best_step']}; {reached}{speed}")
     lines += [f"curves and tables: {folder}" for folder in result.folders]
-    _emit(args, "\n".join(lines), {"summary": result.summary,
-                                    "folders": [str(f) for f in result.folders]})
+    return "\n".join(lines)
 
 
 def _neurons_capture(args: argparse.Namespace) -> None:
@@ -208,6 +214,111 @@ def _neurons_correlate(args: argparse.Namespace) -> None:
     lines.append(f"table: {result.table}\nlayer-wise ON curve: {result.layer_curve}")
     _emit(args, "\n".join(lines), {"table": str(result.table), "rows": result.rows,
                                     "layer_curve": str(result.layer_curve)})
+
+
+def _projector_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings `_add_projector` adds, as ProjectorConfig fields."""
+    return {"variant": args.variant, "hidden": args.hidden, "seed": args.seed,
+            "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
+            "eval_every": args.eval_every, "eval_limit": args.eval_limit or None,
+            "train_limit": args.train_limit, "max_length": args.max_length}
+
+
+def _project_train(args: argparse.Namespace) -> None:
+    from ptdist.projection.config import ProjectorConfig, stored_inputs
+    from ptdist.projection.training import train_projector
+    from ptdist.store.prompts import default_store_root
+
+    store = str(args.store or default_store_root())
+    tasks = tuple(args.tasks)
+    config = ProjectorConfig(
+        source_model=args.source, target_model=args.target, mode=args.mode, tasks=tasks,
+        source_prompts=stored_inputs(store, args.source, tasks),
+        target_prompts=stored_inputs(store, args.target, tasks) if args.mode == "distance"
+        else (), ds_config=args.ds_config, data_dir=args.data_dir, **_projector_settings(args))
+    m = train_projector(config, store)
+    result = (f"distance {m['initial_distance']:.4f} -> {m['distance']:.4f} over {m['pairs']} "
+              "prompt pairs" if m["mode"] == "distance" else
+              f"{m['metric']} = {m['score']:.2f} on {m['tasks'][0]} (best at step "
+              f"{m['best_step']})")
+    _emit(args, f"projector {config.projector_id}: {args.source} -> {args.target} "
+                f"({args.mode}, {m['shape']['variant']}): {result}", m)
+
+
+def _project_eval(args: argparse.Namespace) -> None:
+    from ptdist.projection.evaluation import evaluate_projector
+    from ptdist.store.prompts import default_store_root
+
+    rows = evaluate_projector(str(args.store or default_store_root()), args.projector,
+                              args.tasks, data_dir=args.data_dir,
+                              eval_limit=args.eval_limit or None, batch_size=args.batch_size)
+    lines = [f"{'task':<22}{'projected':>10}{'untrained':>10}{'own':>8}{'relative':>10}"
+             f"{'distance':>10}  trained on it"]
+    lines += [f"{r['task']:<22}{r['score']:>10.2f}{r['untrained_score']:>10.2f}"
+              f"{r['own_score']:>8.2f}{r['relative'] or 0:>9.1f}%{r['distance']:>10.4f}  "
+              f"{'yes' if r['in_training'] else 'no'}" for r in rows]
+    _emit(args, "\n".join(lines), {"rows": rows})
+
+
+def _project_tpt(args: argparse.Namespace) -> None:
+    from ptdist.projection.tpt import run_tpt_model
+    from ptdist.store.prompts import default_store_root
+
+    result = run_tpt_model(str(args.store or default_store_root()), args.projector,
+                           args.targets, _budget(args), data_dir=args.data_dir,
+                           ds_config=args.ds_config,
+                           resources={"gpus": args.gpus, "cpus": args.cpus},
+                           address=args.address)
+    _emit(args, _tpt_lines(result), {"summary": result.summary,
+                                     "folders": [str(f) for f in result.folders]})
+
+
+def _project_pairs(args: argparse.Namespace) -> None:
+    from ptdist.orchestration import load_spec
+    from ptdist.orchestration.graph import require_success
+    from ptdist.orchestration.model_pairs import PairSettings, run_pairs
+
+    spec = load_spec(args.spec, storage_path=args.storage_path, data_dir=args.data_dir,
+                     max_concurrent=args.max_concurrent)
+    settings = PairSettings(args.mode, tuple(args.train_tasks),
+                            tuple(args.eval_tasks or spec.tasks), _projector_settings(args))
+    outcome = run_pairs(spec, settings, address=args.address, dry_run=args.dry_run)
+    jobs = [{"id": j.id, "status": j.status, "error": j.error} for j in outcome.graph.jobs]
+    if not args.dry_run:
+        _emit(args, f"cross-model table: {outcome.table}",
+              {"table": str(outcome.table), "jobs": jobs})
+    require_success(outcome.graph)
+
+
+def _project_list(args: argparse.Namespace) -> None:
+    from ptdist.store.projectors import ProjectorStore
+    from ptdist.store.prompts import default_store_root
+
+    rows = ProjectorStore(args.store or default_store_root()).manifests()
+    lines = [f"{r['id']:<18}{r['source_model']} -> {r['target_model']} ({r['mode']}, "
+             f"{r['shape']['variant']}) on {', '.join(r['tasks'])}" for r in rows]
+    _emit(args, "\n".join(lines) if rows else "the store holds no projectors yet",
+          {"projectors": rows})
+
+
+def _add_projector(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=("distance", "task"), required=True,
+                   help="distance: fit the target's own prompts; task: tune through the target "
+                        "model on the (one) training task")
+    p.add_argument("--variant", choices=("flat", "token"), default="flat",
+                   help="flat: the reference MLP over the flattened prompt; token: per token "
+                        "(default flat)")
+    p.add_argument("--hidden", type=int, default=768, help="hidden units (default 768)")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="prompt pairs (distance) or examples (task) per step (default 32)")
+    p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
+    p.add_argument("--eval-limit", type=int, default=1000,
+                   help="evaluation examples (0: the whole split; default 1000)")
+    p.add_argument("--train-limit", type=int, default=None, help="use a seeded subset of train")
+    p.add_argument("--max-length", type=int, default=128, help="text tokens (prompt excluded)")
 
 
 def _add_budget(p: argparse.ArgumentParser) -> None:
@@ -358,6 +469,62 @@ def build_parser() -> argparse.ArgumentParser:
                 "target and global) and plot layer-wise ON", group=nsteps)
     r.add_argument("--model", required=True)
     r.add_argument("--store", default=None)
+
+    project = sub.add_parser("project", help="cross-model transfer: projectors, TPT_model",
+                             description="project prompts of one model to another "
+                                         "(docs/projection.md)")
+    psteps = project.add_subparsers(dest="project_command", required=True, metavar="STEP")
+    pt = command("train", _project_train, "train a projector from stored prompts",
+                 "train a projector SOURCE -> TARGET in this process from the prompts the store "
+                 "holds of both models on --tasks", group=psteps)
+    pt.add_argument("--source", required=True, help="the model whose prompts are projected")
+    pt.add_argument("--target", required=True, help="the model they are projected to")
+    pt.add_argument("--tasks", nargs="+", required=True,
+                    help="training tasks (task mode: exactly one)")
+    pt.add_argument("--ds-config", default="zero0",
+                    help="task mode: DeepSpeed config of the target model (default zero0)")
+    _add_projector(pt)
+    _add_data(pt)
+    pe = command("eval", _project_eval, "projected prompts zero-shot on the target model",
+                 "score the source model's best prompt of each task, projected, on the target "
+                 "model, beside the untrained projector and the target's own prompt",
+                 group=psteps)
+    pe.add_argument("--projector", required=True, help="projector id (`ptdist project list`)")
+    pe.add_argument("--tasks", nargs="+", required=True, help="tasks to evaluate on")
+    pe.add_argument("--eval-limit", type=int, default=1000,
+                    help="evaluation examples per task (0: all; default 1000)")
+    pe.add_argument("--batch-size", type=int, default=64)
+    _add_data(pe)
+    ptpt = command("tpt", _project_tpt, "TPT_model: PT initialised with projected prompts",
+                   "vanilla prompt tuning and prompt tuning initialised with the projected "
+                   "prompt, on the target model, with the speed-up to vanilla's best score",
+                   group=psteps)
+    ptpt.add_argument("--projector", required=True)
+    ptpt.add_argument("--targets", nargs="+", required=True, help="target tasks")
+    ptpt.add_argument("--cpus", type=float, default=1, help="CPUs per run (default 1)")
+    _add_budget(ptpt)
+    _add_ray(ptpt)
+    _add_data(ptpt)
+    pp = command("pairs", _project_pairs, "projectors for every ordered pair of a sweep's "
+                 "models, on Ray", "train (and first the prompts they need) and evaluate a "
+                 "projector for every ordered pair of the sweep spec's models, each job "
+                 "starting when its inputs are stored", group=psteps)
+    pp.add_argument("--spec", required=True, help="sweep spec YAML with two or more models")
+    pp.add_argument("--train-tasks", nargs="+", required=True,
+                    help="tasks the projectors train on (task mode: one)")
+    pp.add_argument("--eval-tasks", nargs="+", default=None,
+                    help="tasks of the cross-model table (default: the spec's tasks)")
+    pp.add_argument("--address", default=None,
+                    help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
+    pp.add_argument("--storage-path", default=None, help="override the spec's storage_path")
+    pp.add_argument("--data-dir", default=None, help="override the spec's data_dir")
+    pp.add_argument("--max-concurrent", type=int, default=None,
+                    help="at most this many jobs at once (default: the spec's, else as many as "
+                         "the cluster holds)")
+    pp.add_argument("--dry-run", action="store_true", help="list the jobs without running them")
+    _add_projector(pp)
+    pl = command("list", _project_list, "list the projectors in a store", group=psteps)
+    pl.add_argument("--store", default=None)
 
     command("tasks", _tasks, "list the registered tasks")
     command("models", _models, "list the built-in model presets")

@@ -1,0 +1,195 @@
+"""Cross-model projectors for every ordered pair of a sweep's models, as one graph on Ray.
+
+    prompt <model>/<task>/seed<s>/<init>   a prompt-tuning run of the sweep (stored: skipped)
+    projector <A> -> <B>                   trains A -> B; needs the runs whose prompts it
+                                           learns from (A's on the training tasks; for
+                                           distance minimising B's too)
+    eval <A> -> <B>                        the cross-model transfer table of that projector;
+                                           needs it and both models' runs on the eval tasks
+
+Each job starts when what it needs is in the store, as many at once as the cluster holds.
+Every job is idempotent (prompts and projectors are content-addressed, tables are checked for
+their tasks), so a re-run after a crash does only what is missing. Task tuning runs through
+the target model, so its job gets the target's resources and DeepSpeed config (a Ray Train
+worker group when the target asks for several workers); distance minimising needs one device.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from ptdist.errors import PtdistError
+from ptdist.orchestration.graph import GraphOutcome, Job, run_graph
+from ptdist.orchestration.resources import describe
+from ptdist.orchestration.spec import ModelEntry, Resources, SweepSpec
+from ptdist.orchestration.sweep import plan_sweep
+from ptdist.orchestration.trial import run_bundle, run_to_dict, train_run
+from ptdist.projection.config import ProjectorConfig, config_from_dict
+from ptdist.store.keys import model_key
+from ptdist.store.projectors import ProjectorStore
+from ptdist.store.prompts import PromptStore
+from ptdist.store.tables import read_table, write_table
+from ptdist.tasks import get_task
+
+
+@dataclass(frozen=True)
+class PairSettings:
+    """What the pair scheduler adds to a sweep spec: how projectors train, and on what."""
+
+    mode: str
+    train_tasks: tuple[str, ...]
+    eval_tasks: tuple[str, ...]
+    projector: dict[str, Any]  # ProjectorConfig settings: variant, hidden, steps, lr...
+
+
+@dataclass
+class PairsOutcome:
+    graph: GraphOutcome
+    table: Path | None  # every pair's evaluation rows, <storage>/cross_model/<name>.parquet
+
+
+@dataclass
+class PairGraph:
+    jobs: list[Job]
+    projectors: dict[str, str]  # eval job id -> the id of the projector it evaluates
+
+
+def pair_jobs(spec: SweepSpec, settings: PairSettings) -> PairGraph:
+    store = PromptStore(spec.storage_path)
+    planned = plan_sweep(spec, store)
+    prompt_jobs = {pid: Job(f"prompt {run.label}",
+                            partial(train_run, run_to_dict(run, pid), store.root.as_posix(),
+                                    spec.max_failures),
+                            done=partial(store.has, pid), resources=run_bundle(run.resources))
+                   for run, pid in planned}
+    runs_of = {}  # (model, task name) -> prompt ids of the sweep's runs
+    for run, pid in planned:
+        runs_of.setdefault((run.config.model, get_task(run.config.task).name), []).append(pid)
+
+    def ids(model: str, tasks: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(pid for t in tasks for pid in runs_of.get((model, get_task(t).name), []))
+
+    jobs, projectors = list(prompt_jobs.values()), {}
+    for source, target in itertools.permutations(spec.models, 2):
+        config = ProjectorConfig(
+            source_model=source.name, target_model=target.name, mode=settings.mode,
+            tasks=settings.train_tasks, source_prompts=ids(source.name, settings.train_tasks),
+            target_prompts=ids(target.name, settings.train_tasks)
+            if settings.mode == "distance" else (),
+            ds_config=target.ds_config, data_dir=spec.data_dir, **settings.projector)
+        pair = f"{source.name} -> {target.name}"
+        inputs = config.source_prompts + config.target_prompts
+        jobs.append(Job(f"projector {pair}",
+                        partial(_train_projector, config.to_dict(), spec.storage_path,
+                                asdict(_job_resources(target, settings.mode)),
+                                spec.max_failures),
+                        needs=tuple(prompt_jobs[p].id for p in inputs),
+                        done=partial(ProjectorStore(spec.storage_path).has,
+                                     config.projector_id),
+                        resources=run_bundle(_job_resources(target, settings.mode))))
+        evaluated = ids(source.name, settings.eval_tasks) + ids(target.name, settings.eval_tasks)
+        jobs.append(Job(f"eval {pair}",
+                        partial(_evaluate, spec.storage_path, config.projector_id,
+                                list(settings.eval_tasks), spec.data_dir,
+                                config.eval_limit),
+                        needs=(f"projector {pair}",) + tuple(prompt_jobs[p].id
+                                                             for p in evaluated),
+                        done=partial(_evaluated, spec.storage_path, config.projector_id,
+                                     list(settings.eval_tasks)),
+                        resources=run_bundle(_job_resources(target, "eval"))))
+        projectors[f"eval {pair}"] = config.projector_id
+    return PairGraph(jobs, projectors)
+
+
+def run_pairs(spec: SweepSpec, settings: PairSettings, address: str | None = None,
+              dry_run: bool = False) -> PairsOutcome:
+    """Train and evaluate a projector for every ordered pair of ``spec``'s models, training
+    the prompts they need first; the table of every pair goes to
+    ``<storage>/cross_model/<spec name>.parquet``."""
+    from ptdist.orchestration.cluster import ray_session
+
+    if len(spec.models) < 2:
+        raise PtdistError(f"projectors map between models; sweep {spec.name} has one "
+                     f"({spec.models[0].name}); add a second model to its 'models'")
+    graph = pair_jobs(spec, settings)
+    if dry_run:
+        for job in graph.jobs:
+            state = "stored" if job.done and job.done() else "to run"
+            print(f"  {job.id} [{state}] needs {len(job.needs)} job(s), "
+                  f"{describe(dict(job.resources))}", flush=True)
+        return PairsOutcome(GraphOutcome([]), None)
+    with ray_session(address):
+        outcome = run_graph(graph.jobs, max_concurrent=spec.max_concurrent)
+    return PairsOutcome(outcome, _combine(spec, graph, outcome))
+
+
+CROSS_MODEL_DIR = "cross_model"
+
+
+def _combine(spec: SweepSpec, graph: PairGraph, outcome: GraphOutcome) -> Path | None:
+    from ptdist.projection.evaluation import EVAL_SCHEMA, eval_table
+
+    store = ProjectorStore(spec.storage_path)
+    rows = []
+    for job_id, projector_id in graph.projectors.items():
+        if outcome.outcome(job_id).status in ("ran", "stored"):
+            rows += read_table(eval_table(store, projector_id))
+    if not rows:
+        return None
+    return write_table(Path(spec.storage_path) / CROSS_MODEL_DIR / f"{model_key(spec.name)}"
+                       ".parquet", rows, EVAL_SCHEMA)
+
+
+def _job_resources(target: ModelEntry, mode: str) -> Resources:
+    """Task tuning runs through the target model on all its resources; distance minimising
+    and evaluation need one device."""
+    if mode == "task":
+        return target.resources
+    return Resources(workers=1, gpus=min(target.resources.gpus, 1), cpus=target.resources.cpus)
+
+
+def _train_projector(config: dict, store_root: str, resources: dict,
+                     max_failures: int) -> dict:
+    from ptdist.orchestration.trial import on_worker_group
+    from ptdist.projection.training import train_projector
+    from ptdist.runtime import quiet_libraries
+
+    quiet_libraries()
+    res = Resources(**resources)
+    if res.workers == 1:
+        manifest = train_projector(config_from_dict(config), store_root)
+    else:
+        projector_id = config_from_dict(config).projector_id
+        on_worker_group(_projector_worker, {"config": config, "store": store_root}, res,
+                        f"projector-{projector_id}", store_root, max_failures)
+        manifest = ProjectorStore(store_root).manifest(projector_id)
+    return {k: manifest.get(k) for k in ("id", "mode", "score", "distance")}
+
+
+def _projector_worker(loop_config: dict) -> None:
+    from ptdist.projection.training import train_projector
+    from ptdist.runtime import quiet_libraries
+
+    quiet_libraries()
+    train_projector(config_from_dict(loop_config["config"]), loop_config["store"])
+
+
+def _evaluate(store_root: str, projector_id: str, tasks: list[str], data_dir: str | None,
+              eval_limit: int | None) -> dict:
+    from ptdist.projection.evaluation import evaluate_projector
+    from ptdist.runtime import quiet_libraries
+
+    quiet_libraries()
+    rows = evaluate_projector(store_root, projector_id, tasks, data_dir=data_dir,
+                              eval_limit=eval_limit)
+    return {"projector": projector_id, "tasks": len(rows)}
+
+
+def _evaluated(store_root: str, projector_id: str, tasks: list[str]) -> bool:
+    from ptdist.projection.evaluation import evaluated
+
+    return evaluated(store_root, projector_id, tasks)
