@@ -283,7 +283,9 @@ def _project_pairs(args: argparse.Namespace) -> None:
     settings = PairSettings(args.mode, tuple(args.train_tasks),
                             tuple(args.eval_tasks or spec.tasks), _projector_settings(args))
     outcome = run_pairs(spec, settings, address=args.address, dry_run=args.dry_run)
-    jobs = [{"id": j.id, "status": j.status, "error": j.error} for j in outcome.graph.jobs]
+    jobs = [{"id": o.id, "needs": list(j.needs), "status": o.status, "error": o.error,
+             "started": o.started, "finished": o.finished}
+            for j, o in zip(outcome.jobs, outcome.graph.jobs)]
     if not args.dry_run:
         _emit(args, f"cross-model table: {outcome.table}",
               {"table": str(outcome.table), "jobs": jobs})

@@ -155,7 +155,9 @@ class _Schedule:
         self.max_concurrent = max_concurrent
         self.max_retries = max_retries
         self.say = say
-        self.remote = ray.remote(_run_job)
+        # max_calls=1: each job gets a fresh worker process, so nothing one job leaves behind
+        # (a torch.distributed group, DeepSpeed state, cached GPU memory) reaches the next.
+        self.remote = ray.remote(max_calls=1)(_run_job)
         self.outcomes = {job.id: JobOutcome(job.id, "stored" if job.done and job.done()
                                             else "waiting") for job in jobs}
         self.running: dict[Any, Job] = {}  # Ray ObjectRef -> job

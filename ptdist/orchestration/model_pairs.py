@@ -48,7 +48,8 @@ class PairSettings:
 
 @dataclass
 class PairsOutcome:
-    graph: GraphOutcome
+    jobs: list[Job]
+    graph: GraphOutcome  # one outcome per job, in the same order
     table: Path | None  # every pair's evaluation rows, <storage>/cross_model/<name>.parquet
 
 
@@ -121,10 +122,10 @@ def run_pairs(spec: SweepSpec, settings: PairSettings, address: str | None = Non
             state = "stored" if job.done and job.done() else "to run"
             print(f"  {job.id} [{state}] needs {len(job.needs)} job(s), "
                   f"{describe(dict(job.resources))}", flush=True)
-        return PairsOutcome(GraphOutcome([]), None)
+        return PairsOutcome(graph.jobs, GraphOutcome([]), None)
     with ray_session(address):
         outcome = run_graph(graph.jobs, max_concurrent=spec.max_concurrent)
-    return PairsOutcome(outcome, _combine(spec, graph, outcome))
+    return PairsOutcome(graph.jobs, outcome, _combine(spec, graph, outcome))
 
 
 CROSS_MODEL_DIR = "cross_model"

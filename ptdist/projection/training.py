@@ -39,8 +39,9 @@ def train_projector(config: ProjectorConfig, store_root: str) -> dict:
         weights, facts = _fit_distance(config, sources, targets)
     else:
         weights, facts = _fit_task(config, best_of(sources), store_root)
-    manifest = dict(facts, config=config.to_dict(), source_model=config.source_model,
-                    target_model=config.target_model, mode=config.mode,
+    manifest = dict(facts, id=config.projector_id, config=config.to_dict(),
+                    source_model=config.source_model, target_model=config.target_model,
+                    mode=config.mode,
                     tasks=list(config.tasks), wall_time_s=time.time() - t0,
                     created=time.time(), ptdist_version=__version__)
     if weights is not None:  # None on the ranks other than 0 of a multi-process run

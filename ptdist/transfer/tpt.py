@@ -117,10 +117,11 @@ def tpt_sweep(model: str, targets: list[str], sources: list[TptSource], store: P
     require_no_failures(outcome)
     by_run = {(get_task(r["task"]).name, r["init"]): r["prompt_id"] for r in outcome.rows}
     summary, folders = [], []
-    for target in [get_task(t).name for t in targets]:
+    for ref in targets:
+        target = get_task(ref).name
         vanilla = store.manifest(by_run[(target, "random")])
         runs = [(source.label, source.prompts[target],
-                 store.manifest(by_run[(target, init_for(source.init, target))]))
+                 store.manifest(by_run[(target, init_for(source.init, ref))]))
                 for source in sources]
         rows = speedup_rows(vanilla, runs)
         folders.append(_write_target(out / target, model, target, vanilla, runs, rows))

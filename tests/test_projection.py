@@ -1,0 +1,235 @@
+"""Cross-model transfer between tiny presets of different widths and architectures
+(tiny-roberta: MLM, d=64; tiny-t5-d96: T5, d=96): projectors, their two training modes,
+evaluation, TPT_model, and the pair scheduler on Ray."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ptdist.errors import PtdistError
+from ptdist.projection.config import ProjectorConfig, stored_inputs
+from ptdist.projection.evaluation import evaluate_projector, project_prompts
+from ptdist.projection.projector import Projector, ProjectorShape
+from ptdist.projection.training import train_projector
+from ptdist.store.projectors import ProjectorStore
+from ptdist.store.prompts import PromptStore
+from ptdist.training import TrainConfig, train
+from tests.conftest import child_env
+
+SOURCE, TARGET = "tiny-roberta", "tiny-t5-d96"
+TASKS = ("sst2", "imdb", "topic", "topic2")
+
+
+@pytest.fixture(scope="module")
+def two_models(task_prompts, tmp_path_factory) -> tuple[str, Path, dict[str, str]]:
+    """(store root, data folder, {task: YAML path or name}): a copy of the tiny-roberta prompts
+    of `task_prompts`, plus tiny-t5-d96 prompts for the same four tasks."""
+    root, data, _ = task_prompts
+    store = tmp_path_factory.mktemp("projection") / "store"
+    shutil.copytree(root / "store" / "prompts", store / "prompts")
+    refs = {"sst2": "sst2", "imdb": "imdb", "topic": str(data / "topic.yaml"),
+            "topic2": str(data / "topic2.yaml")}
+    for task in refs.values():
+        train(TrainConfig(model=TARGET, task=task, steps=80, eval_every=20, prompt_length=8,
+                          batch_size=16, lr=0.1, eval_limit=None, data_dir=str(data)),
+              PromptStore(store))
+    return str(store), data, refs
+
+
+@pytest.fixture(scope="module")
+def task_projector(two_models) -> dict:
+    """The manifest of a projector tuned through tiny-t5-d96 on topic, from tiny-roberta's
+    topic prompt."""
+    store, data, refs = two_models
+    return train_projector(_config(store, refs, "task", ["topic"], hidden=64, steps=80,
+                                   eval_every=20, batch_size=16, eval_limit=None,
+                                   data_dir=str(data)), store)
+
+
+def _config(store: str, refs: dict[str, str], mode: str, tasks: list[str], **settings):
+    train_refs = tuple(refs[t] for t in tasks)
+    return ProjectorConfig(
+        source_model=SOURCE, target_model=TARGET, mode=mode, tasks=train_refs,
+        source_prompts=stored_inputs(store, SOURCE, train_refs),
+        target_prompts=stored_inputs(store, TARGET, train_refs) if mode == "distance" else (),
+        **settings)
+
+
+@pytest.mark.parametrize("variant", ["flat", "token"])
+def test_parameter_counts_match_the_modules(variant):
+    shape = ProjectorShape(variant, length=5, source_width=12, target_width=20, hidden=7)
+    projector = Projector(shape)
+    assert shape.parameters == sum(p.numel() for p in projector.parameters())
+    out = projector(torch.randn(3, 5, 12))
+    assert out.shape == (3, 5, 20)
+    # The LayerNorm is per token: every output token has zero mean (affine weights at init).
+    assert out.mean(-1).abs().max() < 1e-5
+
+
+def test_a_prompt_of_the_wrong_width_or_length_is_refused():
+    projector = Projector(ProjectorShape("flat", 8, 64, 96, hidden=16))
+    with pytest.raises(PtdistError, match=r"maps prompts of shape \[8, 64\].*got \[8, 96\]"):
+        projector(torch.zeros(8, 96))
+    with pytest.raises(PtdistError, match=r"got \[10, 64\]"):
+        projector(torch.zeros(10, 64))
+    with pytest.raises(PtdistError, match="unknown projector variant 'wide'"):
+        ProjectorShape("wide", 8, 64, 96)
+
+
+def test_missing_prompts_are_named_before_anything_trains(two_models, tmp_path):
+    store, _, refs = two_models
+    with pytest.raises(PtdistError, match=r"no prompt of 'tiny-t5'.*sst2.*ptdist train"):
+        stored_inputs(store, "tiny-t5", ("sst2", refs["topic"]))
+    with pytest.raises(PtdistError, match="task tuning trains on one task"):
+        _config(store, refs, "task", ["sst2", "imdb"])
+    missing = ProjectorConfig(source_model=SOURCE, target_model=TARGET, mode="task",
+                              tasks=("sst2",), source_prompts=("0123456789abcdef",))
+    with pytest.raises(PtdistError, match="0123456789abcdef of 'tiny-roberta' are not in store"):
+        train_projector(missing, store)
+
+
+def test_distance_projector_gets_closer_on_held_out_tasks(two_models):
+    store, data, refs = two_models
+    config = _config(store, refs, "distance", ["sst2", "topic"], hidden=32, steps=200,
+                     eval_every=50)
+    manifest = train_projector(config, store)
+    assert manifest["pairs"] == 2 and manifest["distance"] < 0.5 * manifest["initial_distance"]
+    assert train_projector(config, store)["created"] == manifest["created"]  # stored: not redone
+    rows = evaluate_projector(store, config.projector_id, list(refs.values()),
+                              data_dir=str(data), eval_limit=None)
+    held_out = [r for r in rows if not r["in_training"]]
+    assert {r["task"] for r in held_out} == {"imdb", "topic2"}
+    for row in held_out:
+        assert row["distance"] < 0.75 * row["untrained_distance"], row
+    table = pq.read_table(ProjectorStore(store).folder(config.projector_id) / "eval.parquet")
+    assert table.to_pylist() == rows
+
+
+def test_task_tuned_projector_beats_the_untrained_one_on_its_task(two_models, task_projector):
+    store, data, refs = two_models
+    manifest = task_projector
+    [row] = evaluate_projector(store, manifest["id"], [refs["topic"]], data_dir=str(data),
+                               eval_limit=None)
+    assert row["in_training"] and row["score"] == pytest.approx(manifest["score"])
+    assert row["score"] >= row["untrained_score"] + 10, row
+    assert manifest["shape"] == {"variant": "flat", "length": 8, "source_width": 64,
+                                 "target_width": 96, "hidden": 64}
+
+
+def test_a_projected_prompt_only_fits_the_target_model(two_models, task_projector):
+    store, data, _ = two_models
+    path = project_prompts(store, task_projector["id"], ["imdb"])["imdb"]
+    assert PromptStore(store).load(str(path))[0].shape == (8, 96)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptdist", "eval", "--model", SOURCE, "--prompt", str(path),
+         "--task", "imdb", "--data-dir", str(data), "--store", store],
+        env=child_env(), text=True, capture_output=True, timeout=300)
+    assert proc.returncode == 2
+    assert "prompt width 96 does not match model 'tiny-roberta'" in proc.stderr
+
+
+def test_tpt_model_starts_from_the_projected_prompt(two_models, task_projector, tmp_path):
+    store, data, refs = two_models
+    projector = task_projector
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptdist", "project", "tpt", "--projector", projector["id"],
+         "--targets", refs["topic"], "--steps", "60", "--eval-every", "10", "--batch-size",
+         "16", "--lr", "0.1", "--eval-limit", "0", "--store", store, "--data-dir", str(data),
+         "--json"], cwd=tmp_path, env=child_env(), text=True, capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    vanilla, tpt = json.loads(proc.stdout.strip().splitlines()[-1])["summary"]
+    assert tpt["run"] == f"tpt_model from {SOURCE}" and tpt["target_task"] == "topic"
+    started = PromptStore(store).manifest(tpt["prompt_id"])
+    projected = ProjectorStore(store).folder(projector["id"]) / "projected" / "topic.safetensors"
+    assert started["init"] == f"prompt:{projected}"
+    assert started["history"][0]["accuracy"] >= projector["score"] - 10
+    assert (Path(json.loads(proc.stdout.strip().splitlines()[-1])["folders"][0])
+            / "curves.png").exists()
+
+
+PAIRS_SPEC = """name: pairs
+storage_path: {store}
+data_dir: {data}
+tasks: [sst2, {data}/topic.yaml]
+train: {{steps: 40, eval_every: 20, prompt_length: 8, batch_size: 16, lr: 0.1, eval_limit: 48}}
+models:
+  tiny-roberta: {{}}
+  tiny-t5-d96: {{}}
+"""
+
+
+def _pairs(spec: Path, cwd: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptdist", "project", "pairs", "--spec", str(spec), "--mode",
+         "distance", "--train-tasks", "sst2", "--hidden", "16", "--steps", "50", "--json"],
+        cwd=cwd, env=child_env(), text=True, capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_pair_scheduler_runs_each_job_once_after_its_inputs(two_models, tmp_path):
+    _, data, _ = two_models
+    spec = tmp_path / "pairs.yaml"
+    spec.write_text(PAIRS_SPEC.format(store=tmp_path / "store", data=data))
+    proc, out = _pairs(spec, tmp_path)
+    jobs = {j["id"]: j for j in out["jobs"]}
+    pairs = [f"{SOURCE} -> {TARGET}", f"{TARGET} -> {SOURCE}"]
+    assert set(jobs) == {f"prompt {m}/{t}/seed0/random" for m in (SOURCE, TARGET)
+                         for t in ("sst2", "topic")} | {f"{kind} {pair}" for pair in pairs
+                                                        for kind in ("projector", "eval")}
+    assert all(j["status"] == "ran" for j in jobs.values())
+    # A projector learns from both models' sst2 prompts (distance); its evaluation also needs
+    # the topic prompts. Each job started only after everything it needs had finished.
+    assert sorted(jobs[f"projector {pairs[0]}"]["needs"]) == [
+        f"prompt {SOURCE}/sst2/seed0/random", f"prompt {TARGET}/sst2/seed0/random"]
+    assert len(jobs[f"eval {pairs[0]}"]["needs"]) == 5
+    for job in jobs.values():
+        for need in job["needs"]:
+            assert jobs[need]["finished"] <= job["started"], (need, job["id"])
+    for job_id in jobs:
+        assert proc.stdout.count(f"start {job_id}\n") == 1
+    projectors = ProjectorStore(tmp_path / "store").manifests()
+    assert sorted((m["source_model"], m["target_model"]) for m in projectors) == \
+        sorted([(SOURCE, TARGET), (TARGET, SOURCE)])
+    table = pq.read_table(out["table"]).to_pylist()
+    assert len(table) == 4 and {r["task"] for r in table} == {"sst2", "topic"}
+
+    # Idempotent: a second run does nothing; losing one table re-runs only that evaluation.
+    proc, out = _pairs(spec, tmp_path)
+    assert "nothing to run" in proc.stdout
+    assert all(j["status"] == "stored" for j in out["jobs"])
+    (ProjectorStore(tmp_path / "store").folder(projectors[0]["id"]) / "eval.parquet").unlink()
+    proc, out = _pairs(spec, tmp_path)
+    assert [j["id"] for j in out["jobs"] if j["status"] == "ran"] == [
+        f"eval {projectors[0]['source_model']} -> {projectors[0]['target_model']}"]
+
+
+@pytest.mark.slow
+def test_task_tuning_through_a_multi_worker_target_runs_on_a_worker_group(two_models, tmp_path):
+    _, data, _ = two_models
+    spec = tmp_path / "pairs.yaml"
+    spec.write_text(PAIRS_SPEC.format(store=tmp_path / "store", data=data)
+                    .replace("tasks: [sst2, {}/topic.yaml]".format(data), "tasks: [sst2]")
+                    .replace("tiny-t5-d96: {}", "tiny-t5-d96: {resources: {workers: 2}, "
+                                                "ds_config: zero2}"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptdist", "project", "pairs", "--spec", str(spec), "--mode",
+         "task", "--train-tasks", "sst2", "--hidden", "16", "--steps", "20", "--eval-every",
+         "10", "--batch-size", "16", "--eval-limit", "48", "--json"],
+        cwd=tmp_path, env=child_env(), text=True, capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    worlds = {(m["source_model"], m["target_model"]): m["world_size"]
+              for m in ProjectorStore(tmp_path / "store").manifests()}
+    # Task tuning runs through the target: ZeRO-2 on its two Ray Train workers for tiny-t5-d96.
+    assert worlds == {(SOURCE, TARGET): 2, (TARGET, SOURCE): 1}
+    table = pq.read_table(json.loads(proc.stdout.strip().splitlines()[-1])["table"])
+    assert table.num_rows == 2
