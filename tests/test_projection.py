@@ -136,6 +136,30 @@ def test_a_projected_prompt_only_fits_the_target_model(two_models, task_projecto
     assert "prompt width 96 does not match model 'tiny-roberta'" in proc.stderr
 
 
+def test_train_eval_and_list_through_the_cli(two_models, capsys):
+    from tests.test_cli import run
+
+    store, data, refs = two_models
+    code, out, err = run(capsys, "project", "train", "--source", SOURCE, "--target", TARGET,
+                         "--mode", "distance", "--tasks", "sst2", "imdb", "--variant", "token",
+                         "--hidden", "16", "--steps", "30", "--store", store, "--json")
+    assert code == 0, err
+    manifest = json.loads(out.strip().splitlines()[-1])
+    assert manifest["shape"]["variant"] == "token" and manifest["pairs"] == 2
+    assert f"projector {manifest['id']}: {SOURCE} -> {TARGET} (distance, token)" in out
+    code, out, err = run(capsys, "project", "eval", "--projector", manifest["id"], "--tasks",
+                         refs["topic"], "--eval-limit", "0", "--data-dir", str(data), "--store",
+                         store, "--json")
+    assert code == 0, err
+    [row] = json.loads(out.strip().splitlines()[-1])["rows"]
+    assert row["task"] == "topic" and not row["in_training"] and row["eval_examples"] == 96
+    code, out, _ = run(capsys, "project", "list", "--store", store)
+    assert code == 0 and manifest["id"] in out
+    code, _, err = run(capsys, "project", "train", "--source", SOURCE, "--target", "tiny-t5",
+                       "--mode", "distance", "--tasks", "sst2", "--store", store)
+    assert code == 2 and "ptdist: error: no prompt of 'tiny-t5'" in err and "sst2" in err
+
+
 def test_tpt_model_starts_from_the_projected_prompt(two_models, task_projector, tmp_path):
     store, data, refs = two_models
     projector = task_projector

@@ -60,6 +60,7 @@ class PairGraph:
 
 
 def pair_jobs(spec: SweepSpec, settings: PairSettings) -> PairGraph:
+    _check_tasks(spec, settings)
     store = PromptStore(spec.storage_path)
     planned = plan_sweep(spec, store)
     prompt_jobs = {pid: Job(f"prompt {run.label}",
@@ -106,6 +107,19 @@ def pair_jobs(spec: SweepSpec, settings: PairSettings) -> PairGraph:
     return PairGraph(jobs, projectors)
 
 
+def _check_tasks(spec: SweepSpec, settings: PairSettings) -> None:
+    """Projectors learn from and are evaluated on the sweep's own runs."""
+    known = {get_task(t).name for t in spec.tasks}
+    for flag, tasks in (("--train-tasks", settings.train_tasks),
+                        ("--eval-tasks", settings.eval_tasks)):
+        outside = [t for t in tasks if get_task(t).name not in known]
+        if outside:
+            raise PtdistError(f"{flag} {' '.join(outside)}: not among the tasks of sweep "
+                              f"{spec.name} ({', '.join(sorted(known))}); the pair scheduler "
+                              "trains the prompts it needs from the spec, so add the task to "
+                              "its 'tasks'")
+
+
 def run_pairs(spec: SweepSpec, settings: PairSettings, address: str | None = None,
               dry_run: bool = False) -> PairsOutcome:
     """Train and evaluate a projector for every ordered pair of ``spec``'s models, training
@@ -117,6 +131,11 @@ def run_pairs(spec: SweepSpec, settings: PairSettings, address: str | None = Non
         raise PtdistError(f"projectors map between models; sweep {spec.name} has one "
                      f"({spec.models[0].name}); add a second model to its 'models'")
     graph = pair_jobs(spec, settings)
+    pairs = len(graph.projectors)
+    print(f"projector pairs of {spec.name}: {len(spec.models)} models, {pairs} ordered pairs "
+          f"({settings.mode}, trained on {', '.join(settings.train_tasks)}); "
+          f"{len(graph.jobs)} jobs: {len(graph.jobs) - 2 * pairs} prompt-tuning runs, {pairs} "
+          f"projectors, {pairs} evaluations", flush=True)
     if dry_run:
         for job in graph.jobs:
             state = "stored" if job.done and job.done() else "to run"
