@@ -68,43 +68,52 @@ def pair_jobs(spec: SweepSpec, settings: PairSettings) -> PairGraph:
                                     spec.max_failures),
                             done=partial(store.has, pid), resources=run_bundle(run.resources))
                    for run, pid in planned}
-    runs_of = {}  # (model, task name) -> prompt ids of the sweep's runs
+    runs_of: dict[tuple[str, str], list[str]] = {}  # (model, task name) -> the runs' prompt ids
     for run, pid in planned:
         runs_of.setdefault((run.config.model, get_task(run.config.task).name), []).append(pid)
 
-    def ids(model: str, tasks: tuple[str, ...]) -> tuple[str, ...]:
+    def needs(model: str, tasks: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(pid for t in tasks for pid in runs_of.get((model, get_task(t).name), []))
 
-    jobs, projectors = list(prompt_jobs.values()), {}
+    graph = PairGraph(list(prompt_jobs.values()), {})
     for source, target in itertools.permutations(spec.models, 2):
         config = ProjectorConfig(
             source_model=source.name, target_model=target.name, mode=settings.mode,
-            tasks=settings.train_tasks, source_prompts=ids(source.name, settings.train_tasks),
-            target_prompts=ids(target.name, settings.train_tasks)
+            tasks=settings.train_tasks, source_prompts=needs(source.name, settings.train_tasks),
+            target_prompts=needs(target.name, settings.train_tasks)
             if settings.mode == "distance" else (),
             ds_config=target.ds_config, data_dir=spec.data_dir, **settings.projector)
         pair = f"{source.name} -> {target.name}"
         inputs = config.source_prompts + config.target_prompts
-        jobs.append(Job(f"projector {pair}",
-                        partial(_train_projector, config.to_dict(), spec.storage_path,
-                                asdict(_job_resources(target, settings.mode)),
-                                spec.max_failures),
-                        needs=tuple(prompt_jobs[p].id for p in inputs),
-                        done=partial(ProjectorStore(spec.storage_path).has,
-                                     config.projector_id),
-                        resources=run_bundle(_job_resources(target, settings.mode))))
-        evaluated = ids(source.name, settings.eval_tasks) + ids(target.name, settings.eval_tasks)
-        jobs.append(Job(f"eval {pair}",
-                        partial(_evaluate, spec.storage_path, config.projector_id,
-                                list(settings.eval_tasks), spec.data_dir,
-                                config.eval_limit),
-                        needs=(f"projector {pair}",) + tuple(prompt_jobs[p].id
-                                                             for p in evaluated),
-                        done=partial(_evaluated, spec.storage_path, config.projector_id,
-                                     list(settings.eval_tasks)),
-                        resources=run_bundle(_job_resources(target, "eval"))))
-        projectors[f"eval {pair}"] = config.projector_id
-    return PairGraph(jobs, projectors)
+        graph.jobs.append(_projector_job(pair, config, spec, target,
+                                         tuple(prompt_jobs[p].id for p in inputs)))
+        evaluated = needs(source.name, settings.eval_tasks) + \
+            needs(target.name, settings.eval_tasks)
+        graph.jobs.append(_eval_job(pair, config, spec, target, settings.eval_tasks,
+                                    tuple(prompt_jobs[p].id for p in evaluated)))
+        graph.projectors[f"eval {pair}"] = config.projector_id
+    return graph
+
+
+def _projector_job(pair: str, config: ProjectorConfig, spec: SweepSpec, target: ModelEntry,
+                   needs: tuple[str, ...]) -> Job:
+    resources = _job_resources(target, config.mode)
+    return Job(f"projector {pair}",
+               partial(_train_projector, config.to_dict(), spec.storage_path, asdict(resources),
+                       spec.max_failures),
+               needs=needs, done=partial(ProjectorStore(spec.storage_path).has,
+                                         config.projector_id),
+               resources=run_bundle(resources))
+
+
+def _eval_job(pair: str, config: ProjectorConfig, spec: SweepSpec, target: ModelEntry,
+              tasks: tuple[str, ...], needs: tuple[str, ...]) -> Job:
+    return Job(f"eval {pair}",
+               partial(_evaluate, spec.storage_path, config.projector_id, list(tasks),
+                       spec.data_dir, config.eval_limit),
+               needs=(f"projector {pair}", *needs),
+               done=partial(_evaluated, spec.storage_path, config.projector_id, list(tasks)),
+               resources=run_bundle(_job_resources(target, "eval")))
 
 
 def _check_tasks(spec: SweepSpec, settings: PairSettings) -> None:
