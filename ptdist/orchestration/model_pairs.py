@@ -59,38 +59,60 @@ class PairGraph:
     projectors: dict[str, str]  # eval job id -> the id of the projector it evaluates
 
 
-def pair_jobs(spec: SweepSpec, settings: PairSettings) -> PairGraph:
-    _check_tasks(spec, settings)
+@dataclass
+class PromptJobs:
+    """The prompt-tuning runs of a sweep as graph jobs, and which runs belong to which model
+    and task (what later jobs need)."""
+
+    jobs: dict[str, Job]  # prompt id -> its job
+    runs_of: dict[tuple[str, str], list[str]]  # (model, task name) -> prompt ids
+
+    def needs(self, model: str, tasks: tuple[str, ...]) -> tuple[str, ...]:
+        """Prompt ids of ``model``'s runs on ``tasks``."""
+        return tuple(pid for t in tasks
+                     for pid in self.runs_of.get((model, get_task(t).name), []))
+
+    def ids(self, prompt_ids: tuple[str, ...]) -> tuple[str, ...]:
+        """The job ids that produce ``prompt_ids``."""
+        return tuple(self.jobs[p].id for p in prompt_ids)
+
+
+def prompt_jobs(spec: SweepSpec) -> PromptJobs:
     store = PromptStore(spec.storage_path)
     planned = plan_sweep(spec, store)
-    prompt_jobs = {pid: Job(f"prompt {run.label}",
-                            partial(train_run, run_to_dict(run, pid), store.root.as_posix(),
-                                    spec.max_failures),
-                            done=partial(store.has, pid), resources=run_bundle(run.resources))
-                   for run, pid in planned}
-    runs_of: dict[tuple[str, str], list[str]] = {}  # (model, task name) -> the runs' prompt ids
+    jobs = {pid: Job(f"prompt {run.label}",
+                     partial(train_run, run_to_dict(run, pid), store.root.as_posix(),
+                             spec.max_failures),
+                     done=partial(store.has, pid), resources=run_bundle(run.resources))
+            for run, pid in planned}
+    runs_of: dict[tuple[str, str], list[str]] = {}
     for run, pid in planned:
         runs_of.setdefault((run.config.model, get_task(run.config.task).name), []).append(pid)
+    return PromptJobs(jobs, runs_of)
 
-    def needs(model: str, tasks: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(pid for t in tasks for pid in runs_of.get((model, get_task(t).name), []))
 
-    graph = PairGraph(list(prompt_jobs.values()), {})
+def pair_jobs(spec: SweepSpec, settings: PairSettings,
+              prompts: PromptJobs | None = None) -> PairGraph:
+    """Projector and evaluation jobs for every ordered model pair, after the prompt jobs
+    (built here unless given)."""
+    _check_tasks(spec, settings)
+    prompts = prompts or prompt_jobs(spec)
+    graph = PairGraph(list(prompts.jobs.values()), {})
     for source, target in itertools.permutations(spec.models, 2):
         config = ProjectorConfig(
             source_model=source.name, target_model=target.name, mode=settings.mode,
-            tasks=settings.train_tasks, source_prompts=needs(source.name, settings.train_tasks),
-            target_prompts=needs(target.name, settings.train_tasks)
+            tasks=settings.train_tasks,
+            source_prompts=prompts.needs(source.name, settings.train_tasks),
+            target_prompts=prompts.needs(target.name, settings.train_tasks)
             if settings.mode == "distance" else (),
             ds_config=target.ds_config, data_dir=spec.data_dir, **settings.projector)
         pair = f"{source.name} -> {target.name}"
-        inputs = config.source_prompts + config.target_prompts
-        graph.jobs.append(_projector_job(pair, config, spec, target,
-                                         tuple(prompt_jobs[p].id for p in inputs)))
-        evaluated = needs(source.name, settings.eval_tasks) + \
-            needs(target.name, settings.eval_tasks)
+        graph.jobs.append(_projector_job(pair, config, spec, target, prompts.ids(
+            config.source_prompts + config.target_prompts)))
+        evaluated = prompts.needs(source.name, settings.eval_tasks) + \
+            prompts.needs(target.name, settings.eval_tasks)
         graph.jobs.append(_eval_job(pair, config, spec, target, settings.eval_tasks,
-                                    tuple(prompt_jobs[p].id for p in evaluated)))
+                                    prompts.ids(evaluated)))
         graph.projectors[f"eval {pair}"] = config.projector_id
     return graph
 
@@ -173,12 +195,15 @@ def _combine(spec: SweepSpec, graph: PairGraph, outcome: GraphOutcome) -> Path |
                        ".parquet", rows, EVAL_SCHEMA)
 
 
+def one_device(model: ModelEntry) -> Resources:
+    """What evaluating ``model`` needs: one of its workers, with at most one GPU."""
+    return Resources(workers=1, gpus=min(model.resources.gpus, 1), cpus=model.resources.cpus)
+
+
 def _job_resources(target: ModelEntry, mode: str) -> Resources:
     """Task tuning runs through the target model on all its resources; distance minimising
     and evaluation need one device."""
-    if mode == "task":
-        return target.resources
-    return Resources(workers=1, gpus=min(target.resources.gpus, 1), cpus=target.resources.cpus)
+    return target.resources if mode == "task" else one_device(target)
 
 
 def _train_projector(config: dict, store_root: str, resources: dict,

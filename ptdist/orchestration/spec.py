@@ -110,14 +110,26 @@ def load_spec(path: str | os.PathLike, **overrides: Any) -> SweepSpec:
     when not None, replace the file's values; their relative paths are relative to the
     working directory."""
     path = Path(path)
+    return spec_from_raw(read_yaml(path, "sweep spec", TOP_KEYS), path, "sweep spec",
+                         **overrides)
+
+
+def read_yaml(path: Path, what: str, keys: tuple[str, ...]) -> dict:
+    """A YAML mapping, with one clear error for a missing file, bad YAML or another shape."""
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise PtdistError(f"sweep spec {path} not found") from None
+        raise PtdistError(f"{what} {path} not found") from None
     except yaml.YAMLError as exc:
-        raise PtdistError(f"sweep spec {path} is not valid YAML: {exc}") from None
+        raise PtdistError(f"{what} {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise PtdistError(f"sweep spec {path} must be a mapping with keys: {', '.join(TOP_KEYS)}")
+        raise PtdistError(f"{what} {path} must be a mapping with keys: {', '.join(keys)}")
+    return raw
+
+
+def spec_from_raw(raw: dict, path: Path, what: str, **overrides: Any) -> SweepSpec:
+    """The sweep spec in ``raw``, read from the ``what`` file ``path`` (see `load_spec`)."""
+    raw = dict(raw)
     for key in PATH_KEYS:
         if raw.get(key) is not None and "://" not in str(raw[key]):
             raw[key] = str(path.parent.resolve() / Path(str(raw[key])).expanduser())
@@ -125,7 +137,7 @@ def load_spec(path: str | os.PathLike, **overrides: Any) -> SweepSpec:
     try:
         return parse_spec(raw, default_name=path.stem, base=path.parent)
     except PtdistError as exc:
-        raise PtdistError(f"sweep spec {path}: {exc}") from None
+        raise PtdistError(f"{what} {path}: {exc}") from None
 
 
 def parse_spec(raw: dict, default_name: str = "sweep", base: Path | None = None) -> SweepSpec:
