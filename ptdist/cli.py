@@ -202,18 +202,40 @@ def _neurons_indicators(args: argparse.Namespace) -> None:
 
 
 def _neurons_correlate(args: argparse.Namespace) -> None:
-    from ptdist.neurons.correlation import correlate
+    from ptdist.neurons.correlation import by_strength, correlate
     from ptdist.store.prompts import PromptStore
 
     result = correlate(args.model, PromptStore(args.store))
     lines = [f"{'indicator':<18}{'per target':>12}{'targets':>9}{'global':>9}{'pairs':>7}"]
-    for r in sorted(result.rows, key=lambda r: -(r["spearman_global"] or -2)):
+    for r in by_strength(result.rows):
         per_target = "-" if r["spearman_per_target"] is None else f"{r['spearman_per_target']:.3f}"
         lines.append(f"{r['indicator']:<18}{per_target:>12}{r['targets']:>9}"
                      f"{r['spearman_global']:>9.3f}{r['pairs']:>7}")
     lines.append(f"table: {result.table}\nlayer-wise ON curve: {result.layer_curve}")
     _emit(args, "\n".join(lines), {"table": str(result.table), "rows": result.rows,
                                     "layer_curve": str(result.layer_curve)})
+
+
+def _replicate(args: argparse.Namespace) -> None:
+    from ptdist.orchestration.graph import require_success
+    from ptdist.orchestration.replicate import report_dir, run_study, study_jobs
+    from ptdist.orchestration.resources import describe
+    from ptdist.orchestration.study import load_study
+
+    study = load_study(args.study, storage_path=args.storage_path, data_dir=args.data_dir,
+                       max_concurrent=args.max_concurrent)
+    if args.dry_run:
+        for job in study_jobs(study):
+            state = "stored" if job.done and job.done() else "to run"
+            print(f"  {job.id} [{state}] needs {len(job.needs)} job(s), "
+                  f"{describe(dict(job.resources))}")
+        return
+    outcome = run_study(study, address=args.address)
+    report = report_dir(study) / "report.md"
+    _emit(args, f"report: {report}" if report.exists() else "no report (see the failures)",
+          {"report": str(report), "jobs": [{"id": o.id, "status": o.status, "error": o.error}
+                                           for o in outcome.jobs]})
+    require_success(outcome)
 
 
 def _projector_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -471,6 +493,19 @@ def build_parser() -> argparse.ArgumentParser:
                 "target and global) and plot layer-wise ON", group=nsteps)
     r.add_argument("--model", required=True)
     r.add_argument("--store", default=None)
+
+    rep = command("replicate", _replicate, "the whole study as one Ray pipeline, with a report",
+                  "prompt tuning, transfer matrix, activations, indicators and their "
+                  "correlation, cross-model projectors and a report, as one dependency graph "
+                  "on Ray; a re-run does only what is missing (docs/replicate.md)")
+    rep.add_argument("--study", required=True, help="study YAML (a sweep spec plus 'stages')")
+    rep.add_argument("--address", default=None,
+                     help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
+    rep.add_argument("--storage-path", default=None, help="override the study's storage_path")
+    rep.add_argument("--data-dir", default=None, help="override the study's data_dir")
+    rep.add_argument("--max-concurrent", type=int, default=None,
+                     help="at most this many jobs at once")
+    rep.add_argument("--dry-run", action="store_true", help="list the jobs without running them")
 
     project = sub.add_parser("project", help="cross-model transfer: projectors, TPT_model",
                              description="project prompts of one model to another "

@@ -86,6 +86,15 @@ def correlate(model: str, store: PromptStore) -> CorrelationResult:
     return CorrelationResult(rows, out, _layer_curve(model, rows, folder / "layerwise_ON.png"))
 
 
+def by_strength(rows: list[dict]) -> list[dict]:
+    """Correlation rows from the strongest global correlation down (undefined ones last)."""
+    def key(row: dict) -> tuple[bool, float]:
+        rho = row["spearman_global"]
+        return rho is None, -(rho or 0.0)
+
+    return sorted(rows, key=key)
+
+
 def _row(model: str, name: str, table: dict, pairs: list[tuple]) -> dict:
     per_target = []
     for target in sorted({t for _, _, t, _ in pairs}):

@@ -143,12 +143,12 @@ def spec_from_raw(raw: dict, path: Path, what: str, **overrides: Any) -> SweepSp
 def parse_spec(raw: dict, default_name: str = "sweep", base: Path | None = None) -> SweepSpec:
     """Validate a spec given as data. Relative task-file and DeepSpeed-config paths are
     relative to ``base`` (the spec's folder; default the working directory)."""
-    _check_keys(raw, TOP_KEYS, "top level")
+    check_keys(raw, TOP_KEYS, "top level")
     for key in ("storage_path", "tasks", "models"):
         if not raw.get(key):
             raise PtdistError(f"'{key}' is required")
     train = dict(raw.get("train") or {})
-    _check_keys(train, TRAIN_KEYS, "train")
+    check_keys(train, TRAIN_KEYS, "train")
     models = raw["models"]
     if not isinstance(models, dict):
         raise PtdistError("'models' must map model names to their settings, e.g. "
@@ -191,10 +191,10 @@ def _validate(spec: SweepSpec) -> None:
 def _model_entry(name: str, entry: dict, base: Path) -> ModelEntry:
     if not isinstance(entry, dict):
         raise PtdistError(f"models.{name} must be a mapping with keys: {', '.join(MODEL_KEYS)}")
-    _check_keys(entry, MODEL_KEYS, f"models.{name}")
+    check_keys(entry, MODEL_KEYS, f"models.{name}")
     _check_model_name(name)
     resources = dict(entry.get("resources") or {})
-    _check_keys(resources, RESOURCE_KEYS, f"models.{name}.resources")
+    check_keys(resources, RESOURCE_KEYS, f"models.{name}.resources")
     res = Resources(workers=int(resources.get("workers", max(1, int(resources.get("gpus", 0))))),
                     gpus=int(resources.get("gpus", 0)), cpus=float(resources.get("cpus", 1)))
     if float(resources.get("gpus", 0)) != res.gpus:
@@ -217,7 +217,7 @@ def _model_entry(name: str, entry: dict, base: Path) -> ModelEntry:
                           f"{precision}; pick a ds_config that matches (e.g. zero2_bf16 for bf16, "
                           "zero2 for fp32) or drop 'precision'")
     train = dict(entry.get("train") or {})
-    _check_keys(train, TRAIN_KEYS, f"models.{name}.train")
+    check_keys(train, TRAIN_KEYS, f"models.{name}.train")
     return ModelEntry(name, res, ds_config, train, raw_ds)
 
 
@@ -236,7 +236,7 @@ def _check_model_name(name: str) -> None:
                           "local folder, pkg:PACKAGE/path, or a hub id like roberta-base")
 
 
-def _check_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> None:
+def check_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> None:
     if not isinstance(mapping, dict):
         raise PtdistError(f"{where} must be a mapping with keys: {', '.join(allowed)}")
     for key in mapping:

@@ -1,0 +1,138 @@
+"""The replication study as one graph of jobs on Ray (`ptdist replicate`).
+
+    prompt <model>/<task>/seed<s>/<init>   prompt tuning, every run of the study
+    matrix <model>                         zero-shot transfer matrix        (needs its prompts)
+    capture <model>                        FFN activations to Parquet       (needs its prompts)
+    indicators <model>                     E_*, D_*, ON for prompt pairs    (needs capture)
+    correlate <model>                      indicators vs transfer           (needs both above)
+    projector / eval <A> -> <B>            cross-model transfer             (docs/projection.md)
+    report                                 Markdown + figures + tables      (needs everything)
+
+A job starts when what it needs is done; independent jobs run at once. Prompts and projectors
+are content-addressed; every other stage leaves a stamp holding the key of its inputs (the
+settings and the ids of the prompts it read), so a re-run after a crash skips every stage whose
+inputs have not changed and does only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from ptdist.orchestration.graph import GraphOutcome, Job, run_graph
+from ptdist.orchestration.model_pairs import PairGraph, one_device, pair_jobs, prompt_jobs
+from ptdist.orchestration.study import Study
+from ptdist.orchestration.trial import run_bundle
+from ptdist.store.atomic import atomic_write_json
+from ptdist.store.keys import model_key
+
+STAMPS = "pipeline"
+
+
+def study_jobs(study: Study) -> list[Job]:
+    spec = study.spec
+    prompts = prompt_jobs(spec)
+    graph = pair_jobs(spec, study.projection, prompts) if study.projection else \
+        PairGraph(list(prompts.jobs.values()), {})
+    jobs = graph.jobs
+    stage = partial(_stage, study)
+    tasks = list(spec.tasks)
+    for model in spec.models:
+        m = model.name
+        mine = prompts.needs(m, spec.tasks)
+        device = run_bundle(one_device(model))
+        jobs.append(stage(f"capture {m}", mine, prompts.ids(mine), device,
+                          partial(_capture, spec.storage_path, m, tasks, spec.data_dir,
+                                  study.neurons)))
+        jobs.append(stage(f"indicators {m}", mine, (f"capture {m}",), {"CPU": 1.0},
+                          partial(_indicators, spec.storage_path, m,
+                                  study.neurons.get("protocol", "prompt"))))
+        if len(tasks) > 1:  # transfer needs two tasks
+            jobs.append(stage(f"matrix {m}", mine, prompts.ids(mine), device,
+                              partial(_matrix, spec.storage_path, m, tasks, spec.data_dir,
+                                      study.transfer)))
+            jobs.append(stage(f"correlate {m}", mine, (f"indicators {m}", f"matrix {m}"),
+                              {"CPU": 1.0}, partial(_correlate, spec.storage_path, m)))
+    everything = tuple(prompts.jobs) + tuple(graph.projectors.values())
+    jobs.append(stage("report", everything, tuple(j.id for j in jobs), {"CPU": 1.0},
+                      partial(_report, study, sorted(graph.projectors.values()))))
+    return jobs
+
+
+def run_study(study: Study, address: str | None = None) -> GraphOutcome:
+    from ptdist.orchestration.cluster import ray_session
+
+    jobs = study_jobs(study)
+    with ray_session(address):
+        return run_graph(jobs, max_concurrent=study.spec.max_concurrent)
+
+
+def report_dir(study: Study) -> Path:
+    return Path(study.spec.storage_path) / "reports" / model_key(study.spec.name)
+
+
+def _stage(study: Study, job_id: str, inputs: tuple[str, ...], needs: tuple[str, ...],
+           resources: dict[str, float], fn: partial) -> Job:
+    """A job whose completion is recorded in a stamp keyed by what it computes from: the
+    stage function, its settings, and the (content-addressed) ids of its input artifacts."""
+    stamp = Path(study.spec.storage_path) / STAMPS / model_key(study.spec.name) / \
+        f"{model_key(job_id)}.json"
+    payload = [job_id, sorted(inputs), fn.func.__name__, fn.args, fn.keywords]
+    key = hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()
+    return Job(job_id, partial(_stamped, fn, stamp, key), needs=needs,
+               done=partial(_has_stamp, stamp, key), resources=resources)
+
+
+def _stamped(fn: Callable[[], dict], stamp: Path, key: str) -> dict:
+    from ptdist.runtime import quiet_libraries
+
+    quiet_libraries()
+    result = fn()
+    atomic_write_json(stamp, {"key": key, "result": result})
+    return result
+
+
+def _has_stamp(stamp: Path, key: str) -> bool:
+    return stamp.exists() and json.loads(stamp.read_text())["key"] == key
+
+
+def _capture(root: str, model: str, tasks: list[str], data_dir: str | None,
+             settings: dict) -> dict:
+    from ptdist.neurons.collect import capture
+    from ptdist.store.prompts import PromptStore
+
+    result = capture(model, PromptStore(root), tasks=tasks, data_dir=data_dir, **settings)
+    return {"captured": result.captured, "folder": str(result.folder)}
+
+
+def _indicators(root: str, model: str, protocol: str) -> dict:
+    from ptdist.neurons.pairs import pairwise_indicators
+    from ptdist.store.prompts import PromptStore
+
+    return {"table": str(pairwise_indicators(model, PromptStore(root), protocol).table)}
+
+
+def _matrix(root: str, model: str, tasks: list[str], data_dir: str | None,
+            settings: dict) -> dict:
+    from ptdist.store.prompts import PromptStore
+    from ptdist.transfer.matrix import transfer_matrix
+
+    result = transfer_matrix(model, tasks, PromptStore(root), data_dir=data_dir, on_ray=False,
+                             **settings)
+    return {"table": str(result.table)}
+
+
+def _correlate(root: str, model: str) -> dict:
+    from ptdist.neurons.correlation import correlate
+    from ptdist.store.prompts import PromptStore
+
+    return {"table": str(correlate(model, PromptStore(root)).table)}
+
+
+def _report(study: Study, projectors: list[str]) -> dict:
+    from ptdist.reporting.report import write_report
+
+    return {"report": str(write_report(study, projectors, report_dir(study)))}

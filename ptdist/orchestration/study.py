@@ -1,0 +1,80 @@
+"""A study (YAML): a sweep spec (docs/sweeps.md) plus the settings of the stages that follow
+prompt tuning. Format and examples: docs/replicate.md.
+
+    stages:
+      transfer:   {eval_limit: 500, batch_size: 64}
+      neurons:    {protocol: prompt, examples: 32}
+      projection: {mode: distance, train_tasks: [sst2], eval_tasks: [...], variant: flat, ...}
+
+A stage left out of ``stages`` runs with its defaults; ``projection: null`` (or a study with
+one model) skips cross-model transfer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ptdist.errors import PtdistError
+from ptdist.orchestration.model_pairs import PairSettings
+from ptdist.orchestration.spec import (TOP_KEYS, SweepSpec, check_keys, read_yaml,
+                                       spec_from_raw)
+from ptdist.projection.config import ProjectorConfig
+
+STAGE_KEYS = ("transfer", "neurons", "projection")
+TRANSFER_KEYS = ("eval_limit", "batch_size")
+NEURON_KEYS = ("protocol", "examples", "batch_size")
+# ProjectorConfig settings a study may set; models, prompts and resources come from the spec.
+PROJECTOR_KEYS = tuple(f.name for f in fields(ProjectorConfig) if f.name not in (
+    "source_model", "target_model", "mode", "tasks", "source_prompts", "target_prompts",
+    "ds_config", "data_dir"))
+PROJECTION_KEYS = ("mode", "train_tasks", "eval_tasks", *PROJECTOR_KEYS)
+
+
+@dataclass(frozen=True)
+class Study:
+    spec: SweepSpec
+    transfer: dict[str, Any]
+    neurons: dict[str, Any]
+    projection: PairSettings | None  # None: no cross-model stage
+
+
+def load_study(path: str | os.PathLike, **overrides: Any) -> Study:
+    """Read and validate a study; ``overrides`` as for `load_spec`."""
+    path = Path(path)
+    raw = read_yaml(path, "study", (*TOP_KEYS, "stages"))
+    stages = raw.pop("stages", None) or {}
+    spec = spec_from_raw(raw, path, "study", **overrides)
+    try:
+        return _study(spec, stages)
+    except PtdistError as exc:
+        raise PtdistError(f"study {path}: {exc}") from None
+
+
+def _study(spec: SweepSpec, stages: dict) -> Study:
+    check_keys(stages, STAGE_KEYS, "stages")
+    transfer = dict(stages.get("transfer") or {})
+    check_keys(transfer, TRANSFER_KEYS, "stages.transfer")
+    neurons = dict(stages.get("neurons") or {})
+    check_keys(neurons, NEURON_KEYS, "stages.neurons")
+    if neurons.get("protocol", "prompt") not in ("prompt", "data"):
+        raise PtdistError(f"stages.neurons.protocol must be prompt or data "
+                          f"(got {neurons['protocol']!r})")
+    return Study(spec, transfer, neurons, _projection(spec, stages))
+
+
+def _projection(spec: SweepSpec, stages: dict) -> PairSettings | None:
+    if len(spec.models) < 2 or ("projection" in stages and stages["projection"] is None):
+        return None
+    raw = dict(stages.get("projection") or {})
+    check_keys(raw, PROJECTION_KEYS, "stages.projection")
+    settings = PairSettings(mode=raw.pop("mode", "distance"),
+                            train_tasks=tuple(raw.pop("train_tasks", spec.tasks)),
+                            eval_tasks=tuple(raw.pop("eval_tasks", spec.tasks)),
+                            projector=raw)
+    if settings.mode == "task" and len(settings.train_tasks) != 1:
+        raise PtdistError("stages.projection: task tuning trains on one task; set train_tasks "
+                          "to one of the study's tasks, or use mode: distance")
+    return settings
