@@ -218,17 +218,13 @@ def _neurons_correlate(args: argparse.Namespace) -> None:
 
 def _replicate(args: argparse.Namespace) -> None:
     from ptdist.orchestration.graph import require_success
-    from ptdist.orchestration.replicate import report_dir, run_study, study_jobs
-    from ptdist.orchestration.resources import describe
-    from ptdist.orchestration.study import load_study
+    from ptdist.orchestration.replicate import report_dir, run_study
+    from ptdist.orchestration.study import load_study, preset_path
 
-    study = load_study(args.study, storage_path=args.storage_path, data_dir=args.data_dir,
-                       max_concurrent=args.max_concurrent)
+    study = load_study(args.study or preset_path(args.preset), storage_path=args.storage_path,
+                       data_dir=args.data_dir, max_concurrent=args.max_concurrent)
     if args.dry_run:
-        for job in study_jobs(study):
-            state = "stored" if job.done and job.done() else "to run"
-            print(f"  {job.id} [{state}] needs {len(job.needs)} job(s), "
-                  f"{describe(dict(job.resources))}")
+        _print_plan(study)
         return
     outcome = run_study(study, address=args.address)
     report = report_dir(study) / "report.md"
@@ -236,6 +232,22 @@ def _replicate(args: argparse.Namespace) -> None:
           {"report": str(report), "jobs": [{"id": o.id, "status": o.status, "error": o.error}
                                            for o in outcome.jobs]})
     require_success(outcome)
+
+
+def _print_plan(study) -> None:
+    from ptdist.orchestration.estimate import describe_costs, study_costs
+    from ptdist.orchestration.replicate import study_jobs
+    from ptdist.orchestration.resources import describe
+
+    spec = study.spec
+    jobs = study_jobs(study)
+    print(f"study {spec.name}: {len(spec.models)} model(s), {len(spec.tasks)} task(s), "
+          f"{len(spec.seeds)} seed(s), {len(spec.inits)} init(s); store {spec.storage_path}")
+    for job in jobs:
+        state = "stored" if job.done and job.done() else "to run"
+        print(f"  {job.id} [{state}] needs {len(job.needs)} job(s), "
+              f"{describe(dict(job.resources))}")
+    print(describe_costs(study_costs(study, jobs)))
 
 
 def _projector_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -498,7 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
                   "prompt tuning, transfer matrix, activations, indicators and their "
                   "correlation, cross-model projectors and a report, as one dependency graph "
                   "on Ray; a re-run does only what is missing (docs/replicate.md)")
-    rep.add_argument("--study", required=True, help="study YAML (a sweep spec plus 'stages')")
+    which = rep.add_mutually_exclusive_group(required=True)
+    which.add_argument("--study", help="study YAML (a sweep spec plus 'stages')")
+    which.add_argument("--preset", help="a study in specs/: quickstart (offline, real models "
+                                        "and data, CPU) or paper (the paper's grid, GPUs)")
     rep.add_argument("--address", default=None,
                      help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
     rep.add_argument("--storage-path", default=None, help="override the study's storage_path")

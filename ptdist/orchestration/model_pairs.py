@@ -99,22 +99,33 @@ def pair_jobs(spec: SweepSpec, settings: PairSettings,
     prompts = prompts or prompt_jobs(spec)
     graph = PairGraph(list(prompts.jobs.values()), {})
     for source, target in itertools.permutations(spec.models, 2):
+        train_tasks = _shared(spec, source, target, settings.train_tasks)
+        eval_tasks = _shared(spec, source, target, settings.eval_tasks)
+        if not train_tasks or not eval_tasks:
+            continue  # e.g. an MLM and a T5 share no generation task
         config = ProjectorConfig(
             source_model=source.name, target_model=target.name, mode=settings.mode,
-            tasks=settings.train_tasks,
-            source_prompts=prompts.needs(source.name, settings.train_tasks),
-            target_prompts=prompts.needs(target.name, settings.train_tasks)
+            tasks=train_tasks, source_prompts=prompts.needs(source.name, train_tasks),
+            target_prompts=prompts.needs(target.name, train_tasks)
             if settings.mode == "distance" else (),
             ds_config=target.ds_config, data_dir=spec.data_dir, **settings.projector)
         pair = f"{source.name} -> {target.name}"
         graph.jobs.append(_projector_job(pair, config, spec, target, prompts.ids(
             config.source_prompts + config.target_prompts)))
-        evaluated = prompts.needs(source.name, settings.eval_tasks) + \
-            prompts.needs(target.name, settings.eval_tasks)
-        graph.jobs.append(_eval_job(pair, config, spec, target, settings.eval_tasks,
+        evaluated = prompts.needs(source.name, eval_tasks) + \
+            prompts.needs(target.name, eval_tasks)
+        graph.jobs.append(_eval_job(pair, config, spec, target, eval_tasks,
                                     prompts.ids(evaluated)))
         graph.projectors[f"eval {pair}"] = config.projector_id
     return graph
+
+
+def _shared(spec: SweepSpec, source: ModelEntry, target: ModelEntry,
+            tasks: tuple[str, ...]) -> tuple[str, ...]:
+    """The ``tasks`` that both models of a pair run."""
+    both = {get_task(t).name for t in spec.tasks_of(source)} & \
+        {get_task(t).name for t in spec.tasks_of(target)}
+    return tuple(t for t in tasks if get_task(t).name in both)
 
 
 def _projector_job(pair: str, config: ProjectorConfig, spec: SweepSpec, target: ModelEntry,

@@ -39,9 +39,8 @@ def study_jobs(study: Study) -> list[Job]:
         PairGraph(list(prompts.jobs.values()), {})
     jobs = graph.jobs
     stage = partial(_stage, study)
-    tasks = list(spec.tasks)
     for model in spec.models:
-        m = model.name
+        m, tasks = model.name, list(spec.tasks_of(model))
         mine = prompts.needs(m, spec.tasks)
         device = run_bundle(one_device(model))
         jobs.append(stage(f"capture {m}", mine, prompts.ids(mine), device,

@@ -26,7 +26,7 @@ from ptdist.training.loop import deepspeed_config, precision_of
 TOP_KEYS = ("name", "storage_path", "data_dir", "cluster", "tasks", "seeds", "inits", "train",
             "models", "max_concurrent", "max_failures")
 PATH_KEYS = ("storage_path", "data_dir", "cluster")
-MODEL_KEYS = ("resources", "ds_config", "precision", "train")
+MODEL_KEYS = ("resources", "ds_config", "precision", "train", "tasks")
 RESOURCE_KEYS = ("workers", "gpus", "cpus")
 # Set per run by the sweep itself, so not allowed under `train:`.
 SWEPT_FIELDS = ("model", "task", "seed", "init", "ds_config", "data_dir")
@@ -58,6 +58,7 @@ class ModelEntry:
     ds_config: str  # as the runs will look it up: a ds_configs/ name or an absolute path
     train: dict[str, Any]
     ds_settings: dict[str, Any]  # the DeepSpeed config's content, read once when validated
+    tasks: tuple[str, ...] | None = None  # a subset of the spec's tasks (None: all of them)
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,13 @@ class SweepSpec:
         return [RunSpec(TrainConfig(model=m.name, task=task, seed=seed, init=init_for(init, task),
                                     ds_config=m.ds_config, data_dir=self.data_dir,
                                     **{**self.train, **m.train}), m.resources)
-                for m in self.models for task in self.tasks for seed in self.seeds
+                for m in self.models for task in self.tasks_of(m) for seed in self.seeds
                 for init in self.inits]
+
+    def tasks_of(self, model: ModelEntry) -> tuple[str, ...]:
+        """The spec's tasks that ``model`` runs, in the spec's order."""
+        return self.tasks if model.tasks is None else \
+            tuple(t for t in self.tasks if _task_ref_name(t) in model.tasks)
 
 
 def init_for(init: str, task: str) -> str:
@@ -110,8 +116,9 @@ def load_spec(path: str | os.PathLike, **overrides: Any) -> SweepSpec:
     when not None, replace the file's values; their relative paths are relative to the
     working directory."""
     path = Path(path)
-    return spec_from_raw(read_yaml(path, "sweep spec", TOP_KEYS), path, "sweep spec",
-                         **overrides)
+    raw = read_yaml(path, "sweep spec", TOP_KEYS)
+    raw.pop("stages", None)  # a study (docs/replicate.md) is a sweep spec plus its stages
+    return spec_from_raw(raw, path, "sweep spec", **overrides)
 
 
 def read_yaml(path: Path, what: str, keys: tuple[str, ...]) -> dict:
@@ -174,6 +181,13 @@ def parse_spec(raw: dict, default_name: str = "sweep", base: Path | None = None)
 def _validate(spec: SweepSpec) -> None:
     for task in spec.tasks:
         get_task(task)
+    known = {_task_ref_name(t) for t in spec.tasks}
+    for model in spec.models:
+        outside = sorted(set(model.tasks or ()) - known)
+        if outside:
+            raise PtdistError(f"models.{model.name}.tasks: {', '.join(outside)} not among the "
+                              f"spec's tasks ({', '.join(sorted(known))}); a model runs a "
+                              "subset of them")
     for init in spec.inits:
         InitSpec.parse(init)
     for model in spec.models:
@@ -218,7 +232,11 @@ def _model_entry(name: str, entry: dict, base: Path) -> ModelEntry:
                           "zero2 for fp32) or drop 'precision'")
     train = dict(entry.get("train") or {})
     check_keys(train, TRAIN_KEYS, f"models.{name}.train")
-    return ModelEntry(name, res, ds_config, train, raw_ds)
+    tasks = entry.get("tasks")
+    return ModelEntry(name, res, ds_config, train, raw_ds,
+                      None if tasks is None else tuple(
+                          _task_ref_name(_task_ref(t, base))
+                          for t in _str_list(tasks, f"models.{name}.tasks")))
 
 
 def _check_model_name(name: str) -> None:
@@ -261,6 +279,10 @@ def _task_ref(task: str, base: Path) -> str:
     """A task YAML path made absolute (runs execute in other working directories); a
     registered name unchanged."""
     return str((base / task).resolve()) if task.endswith((".yaml", ".yml")) else task
+
+
+def _task_ref_name(task: str) -> str:
+    return get_task(task).name
 
 
 def _abs(value: Any) -> str | None:

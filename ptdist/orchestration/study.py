@@ -23,6 +23,8 @@ from ptdist.orchestration.spec import (TOP_KEYS, SweepSpec, check_keys, read_yam
                                        spec_from_raw)
 from ptdist.projection.config import ProjectorConfig
 
+# specs/ sits at the repository root, like ds_configs/ (see training/config.py).
+PRESET_DIRS = (Path(__file__).resolve().parents[2] / "specs", Path("specs"))
 STAGE_KEYS = ("transfer", "neurons", "projection")
 TRANSFER_KEYS = ("eval_limit", "batch_size")
 NEURON_KEYS = ("protocol", "examples", "batch_size")
@@ -51,6 +53,17 @@ def load_study(path: str | os.PathLike, **overrides: Any) -> Study:
         return _study(spec, stages)
     except PtdistError as exc:
         raise PtdistError(f"study {path}: {exc}") from None
+
+
+def preset_path(name: str) -> Path:
+    """The study file of a preset (``specs/<name>.yaml``)."""
+    found = [d / f"{name}.yaml" for d in PRESET_DIRS]
+    path = next((p for p in found if p.exists()), None)
+    if path is None:
+        names = sorted({p.stem for d in PRESET_DIRS for p in d.glob("*.yaml")})
+        raise PtdistError(f"unknown preset '{name}'; presets: {', '.join(names)} (or give "
+                          "--study FILE)")
+    return path
 
 
 def _study(spec: SweepSpec, stages: dict) -> Study:
