@@ -165,7 +165,7 @@ def parse_spec(raw: dict, default_name: str = "sweep", base: Path | None = None)
         storage_path=_storage_path(raw["storage_path"]),
         data_dir=_abs(raw.get("data_dir")),
         cluster=_abs(raw.get("cluster")),
-        tasks=tuple(_task_ref(t, base or Path.cwd()) for t in _str_list(raw["tasks"], "tasks")),
+        tasks=tuple(task_ref(t, base or Path.cwd()) for t in _str_list(raw["tasks"], "tasks")),
         seeds=tuple(_int_list(raw.get("seeds", [0]), "seeds")),
         inits=tuple(_str_list(raw.get("inits", ["random"]), "inits")),
         train=train,
@@ -206,6 +206,8 @@ def _model_entry(name: str, entry: dict, base: Path) -> ModelEntry:
     if not isinstance(entry, dict):
         raise PtdistError(f"models.{name} must be a mapping with keys: {', '.join(MODEL_KEYS)}")
     check_keys(entry, MODEL_KEYS, f"models.{name}")
+    if name.startswith(("./", "../")):  # a model folder beside the spec, like its data paths
+        name = str((base / name).resolve())
     _check_model_name(name)
     resources = dict(entry.get("resources") or {})
     check_keys(resources, RESOURCE_KEYS, f"models.{name}.resources")
@@ -235,7 +237,7 @@ def _model_entry(name: str, entry: dict, base: Path) -> ModelEntry:
     tasks = entry.get("tasks")
     return ModelEntry(name, res, ds_config, train, raw_ds,
                       None if tasks is None else tuple(
-                          _task_ref_name(_task_ref(t, base))
+                          _task_ref_name(task_ref(t, base))
                           for t in _str_list(tasks, f"models.{name}.tasks")))
 
 
@@ -246,6 +248,10 @@ def _check_model_name(name: str) -> None:
     resolve_model_path(name)
     if name in PRESETS or os.path.isdir(name) or name.startswith("pkg:"):
         return
+    if os.path.isabs(name):
+        raise PtdistError(f"model folder {name} does not exist; prepare it first (the "
+                          "quickstart's converted model: python examples/prepare_models.py "
+                          "models) or fix the path")
     close = difflib.get_close_matches(name, PRESETS, n=1, cutoff=0.8)
     if close:
         raise PtdistError(f"unknown model '{name}': did you mean the preset '{close[0]}'?")
@@ -275,7 +281,7 @@ def _storage_path(value: Any) -> str:
     return str(Path(text).expanduser().resolve())
 
 
-def _task_ref(task: str, base: Path) -> str:
+def task_ref(task: str, base: Path) -> str:
     """A task YAML path made absolute (runs execute in other working directories); a
     registered name unchanged."""
     return str((base / task).resolve()) if task.endswith((".yaml", ".yml")) else task

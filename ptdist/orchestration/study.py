@@ -20,7 +20,7 @@ from typing import Any
 from ptdist.errors import PtdistError
 from ptdist.orchestration.model_pairs import PairSettings
 from ptdist.orchestration.spec import (TOP_KEYS, SweepSpec, check_keys, read_yaml,
-                                       spec_from_raw)
+                                       spec_from_raw, task_ref)
 from ptdist.projection.config import ProjectorConfig
 
 # specs/ sits at the repository root, like ds_configs/ (see training/config.py).
@@ -50,7 +50,7 @@ def load_study(path: str | os.PathLike, **overrides: Any) -> Study:
     stages = raw.pop("stages", None) or {}
     spec = spec_from_raw(raw, path, "study", **overrides)
     try:
-        return _study(spec, stages)
+        return _study(spec, stages, path.parent)
     except PtdistError as exc:
         raise PtdistError(f"study {path}: {exc}") from None
 
@@ -66,7 +66,7 @@ def preset_path(name: str) -> Path:
     return path
 
 
-def _study(spec: SweepSpec, stages: dict) -> Study:
+def _study(spec: SweepSpec, stages: dict, base: Path) -> Study:
     check_keys(stages, STAGE_KEYS, "stages")
     transfer = dict(stages.get("transfer") or {})
     check_keys(transfer, TRANSFER_KEYS, "stages.transfer")
@@ -75,17 +75,20 @@ def _study(spec: SweepSpec, stages: dict) -> Study:
     if neurons.get("protocol", "prompt") not in ("prompt", "data"):
         raise PtdistError(f"stages.neurons.protocol must be prompt or data "
                           f"(got {neurons['protocol']!r})")
-    return Study(spec, transfer, neurons, _projection(spec, stages))
+    return Study(spec, transfer, neurons, _projection(spec, stages, base))
 
 
-def _projection(spec: SweepSpec, stages: dict) -> PairSettings | None:
+def _projection(spec: SweepSpec, stages: dict, base: Path) -> PairSettings | None:
     if len(spec.models) < 2 or ("projection" in stages and stages["projection"] is None):
         return None
     raw = dict(stages.get("projection") or {})
     check_keys(raw, PROJECTION_KEYS, "stages.projection")
+    # Task files are relative to the study, as in its 'tasks'.
     settings = PairSettings(mode=raw.pop("mode", "distance"),
-                            train_tasks=tuple(raw.pop("train_tasks", spec.tasks)),
-                            eval_tasks=tuple(raw.pop("eval_tasks", spec.tasks)),
+                            train_tasks=tuple(task_ref(t, base) for t in
+                                              raw.pop("train_tasks", spec.tasks)),
+                            eval_tasks=tuple(task_ref(t, base) for t in
+                                             raw.pop("eval_tasks", spec.tasks)),
                             projector=raw)
     if settings.mode == "task" and len(settings.train_tasks) != 1:
         raise PtdistError("stages.projection: task tuning trains on one task; set train_tasks "
