@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,13 +30,15 @@ def capture(model: str, store: PromptStore, *, tasks: list[str] | None = None,
             protocol: str = "prompt", examples: int = 32, data_dir: str | None = None,
             batch_size: int = 16, on_ray: bool = False, address: str | None = None,
             chunks: int = 2, cpus: float = 1, gpus: float = 0,
-            flush_rows: int = 64) -> CaptureResult:
-    """Capture every stored prompt of ``model`` (of ``tasks``, if given)."""
+            flush_rows: int = 64, among: Collection[str] | None = None) -> CaptureResult:
+    """Capture every stored prompt of ``model`` (of ``tasks``, and ``among`` these prompt
+    ids, if given)."""
     if protocol not in PROTOCOLS:
         raise PtdistError(f"unknown protocol '{protocol}'; use one of: {', '.join(PROTOCOLS)}")
     names = None if tasks is None else {get_task(t).name for t in tasks}
     prompts = [m for m in store.manifests()
-               if m["model"] == model and (names is None or m["task"] in names)]
+               if m["model"] == model and (names is None or m["task"] in names)
+               and (among is None or m["id"] in among)]
     if not prompts:
         raise PtdistError(f"no prompts of model '{model}' in store {store.root}"
                           + (f" for task(s) {', '.join(sorted(names))}" if names else ""))

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,15 +37,24 @@ def neurons_dir(store: PromptStore, model: str) -> Path:
     return store.root / "neurons" / model_key(model)
 
 
-def pairwise_indicators(model: str, store: PromptStore,
-                        protocol: str = "prompt") -> IndicatorResult:
-    states = read_states(store.root, model, protocol)
+def pairwise_indicators(model: str, store: PromptStore, protocol: str = "prompt",
+                        among: Collection[str] | None = None) -> IndicatorResult:
+    """Indicators for every pair of ``model``'s captured prompts (or of those ``among`` these
+    prompt ids)."""
+    states = {pid: state for pid, state in read_states(store.root, model, protocol).items()
+              if among is None or pid in among}
     if len(states) < 2:
         raise PtdistError(f"{len(states)} prompt(s) of '{model}' have captured activations "
                           f"({protocol} protocol) in {store.root}; run `ptdist neurons capture "
                           f"--model {model}` first (indicators need at least two)")
     ids = sorted(states, key=lambda pid: (states[pid][0], pid))
     prompts = {pid: store.load(pid)[0].numpy() for pid in ids}
+    shapes = sorted({prompt.shape for prompt in prompts.values()})
+    if len(shapes) > 1:
+        raise PtdistError(f"the captured prompts of '{model}' have shapes {shapes}; embedding "
+                          "indicators compare prompts of one length, so select one study's "
+                          "prompts (`ptdist replicate` does) or train them with one "
+                          "--prompt-length")
     rows = []
     for i, a in enumerate(ids):
         for b in ids[i:]:

@@ -129,13 +129,17 @@ def _stage_of(job_id: str) -> str:
     return job_id.split(" ", 1)[0]
 
 
+def _hours(value: float) -> str:
+    return f"{value:,.1f}" if value >= 0.05 or value == 0 else "<0.1"
+
+
 def describe_costs(costs: list[StageCost]) -> str:
     lines = [f"{'stage':<12}{'jobs':>7}{'to run':>8}{'GPU-hours (est.)':>18}"]
     for c in costs:
-        est = "unknown" if c.gpu_hours is None else f"{c.gpu_hours:,.1f}"
+        est = "unknown" if c.gpu_hours is None else _hours(c.gpu_hours)
         lines.append(f"{c.stage:<12}{c.jobs:>7}{c.to_run:>8}{est:>18}")
     known = [c.gpu_hours for c in costs if c.gpu_hours is not None]
-    total = "unknown" if len(known) < len(costs) else f"{sum(known):,.1f}"
+    total = "unknown" if len(known) < len(costs) else _hours(sum(known))
     lines.append(f"{'total':<12}{sum(c.jobs for c in costs):>7}"
                  f"{sum(c.to_run for c in costs):>8}{total:>18}")
     lines.append(f"(estimate: 4 x parameters FLOPs per training token, 2 x per evaluation "

@@ -53,10 +53,24 @@ class PairsOutcome:
     table: Path | None  # every pair's evaluation rows, <storage>/cross_model/<name>.parquet
 
 
+@dataclass(frozen=True)
+class Pair:
+    """One ordered model pair of the graph: its projector and the tasks it is evaluated on."""
+
+    source: ModelEntry
+    target: ModelEntry
+    projector_id: str
+    eval_tasks: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.source.name} -> {self.target.name}"
+
+
 @dataclass
 class PairGraph:
     jobs: list[Job]
-    projectors: dict[str, str]  # eval job id -> the id of the projector it evaluates
+    pairs: list[Pair]
 
 
 @dataclass
@@ -97,7 +111,7 @@ def pair_jobs(spec: SweepSpec, settings: PairSettings,
     (built here unless given)."""
     _check_tasks(spec, settings)
     prompts = prompts or prompt_jobs(spec)
-    graph = PairGraph(list(prompts.jobs.values()), {})
+    graph = PairGraph(list(prompts.jobs.values()), [])
     for source, target in itertools.permutations(spec.models, 2):
         train_tasks = _shared(spec, source, target, settings.train_tasks)
         eval_tasks = _shared(spec, source, target, settings.eval_tasks)
@@ -114,9 +128,9 @@ def pair_jobs(spec: SweepSpec, settings: PairSettings,
             config.source_prompts + config.target_prompts)))
         evaluated = prompts.needs(source.name, eval_tasks) + \
             prompts.needs(target.name, eval_tasks)
-        graph.jobs.append(_eval_job(pair, config, spec, target, eval_tasks,
+        graph.jobs.append(_eval_job(pair, config, spec, target, eval_tasks, evaluated,
                                     prompts.ids(evaluated)))
-        graph.projectors[f"eval {pair}"] = config.projector_id
+        graph.pairs.append(Pair(source, target, config.projector_id, eval_tasks))
     return graph
 
 
@@ -140,10 +154,12 @@ def _projector_job(pair: str, config: ProjectorConfig, spec: SweepSpec, target: 
 
 
 def _eval_job(pair: str, config: ProjectorConfig, spec: SweepSpec, target: ModelEntry,
-              tasks: tuple[str, ...], needs: tuple[str, ...]) -> Job:
+              tasks: tuple[str, ...], among: tuple[str, ...], needs: tuple[str, ...]) -> Job:
+    """Evaluation of the pair's projector on ``tasks``, with the prompts ``among`` the
+    sweep's runs."""
     return Job(f"eval {pair}",
                partial(_evaluate, spec.storage_path, config.projector_id, list(tasks),
-                       spec.data_dir, config.eval_limit),
+                       spec.data_dir, config.eval_limit, among),
                needs=(f"projector {pair}", *needs),
                done=partial(_evaluated, spec.storage_path, config.projector_id, list(tasks)),
                resources=run_bundle(_job_resources(target, "eval")))
@@ -173,7 +189,7 @@ def run_pairs(spec: SweepSpec, settings: PairSettings, address: str | None = Non
         raise PtdistError(f"projectors map between models; sweep {spec.name} has one "
                      f"({spec.models[0].name}); add a second model to its 'models'")
     graph = pair_jobs(spec, settings)
-    pairs = len(graph.projectors)
+    pairs = len(graph.pairs)
     print(f"projector pairs of {spec.name}: {len(spec.models)} models, {pairs} ordered pairs "
           f"({settings.mode}, trained on {', '.join(settings.train_tasks)}); "
           f"{len(graph.jobs)} jobs: {len(graph.jobs) - 2 * pairs} prompt-tuning runs, {pairs} "
@@ -197,9 +213,9 @@ def _combine(spec: SweepSpec, graph: PairGraph, outcome: GraphOutcome) -> Path |
 
     store = ProjectorStore(spec.storage_path)
     rows = []
-    for job_id, projector_id in graph.projectors.items():
-        if outcome.outcome(job_id).status in ("ran", "stored"):
-            rows += read_table(eval_table(store, projector_id))
+    for pair in graph.pairs:
+        if outcome.outcome(f"eval {pair.name}").status in ("ran", "stored"):
+            rows += read_table(eval_table(store, pair.projector_id))
     if not rows:
         return None
     return write_table(Path(spec.storage_path) / CROSS_MODEL_DIR / f"{model_key(spec.name)}"
@@ -244,13 +260,13 @@ def _projector_worker(loop_config: dict) -> None:
 
 
 def _evaluate(store_root: str, projector_id: str, tasks: list[str], data_dir: str | None,
-              eval_limit: int | None) -> dict:
+              eval_limit: int | None, among: tuple[str, ...]) -> dict:
     from ptdist.projection.evaluation import evaluate_projector
     from ptdist.runtime import quiet_libraries
 
     quiet_libraries()
     rows = evaluate_projector(store_root, projector_id, tasks, data_dir=data_dir,
-                              eval_limit=eval_limit)
+                              eval_limit=eval_limit, among=among)
     return {"projector": projector_id, "tasks": len(rows)}
 
 

@@ -22,10 +22,12 @@ from ptdist.orchestration.model_pairs import PairSettings
 from ptdist.orchestration.spec import (TOP_KEYS, SweepSpec, check_keys, read_yaml,
                                        spec_from_raw, task_ref)
 from ptdist.projection.config import ProjectorConfig
+from ptdist.tasks import get_task
 
 # specs/ sits at the repository root, like ds_configs/ (see training/config.py).
 PRESET_DIRS = (Path(__file__).resolve().parents[2] / "specs", Path("specs"))
-STAGE_KEYS = ("transfer", "neurons", "projection")
+STAGE_KEYS = ("transfer", "neurons", "projection", "tpt")
+TPT_KEYS = ("targets", "sources")
 TRANSFER_KEYS = ("eval_limit", "batch_size")
 NEURON_KEYS = ("protocol", "examples", "batch_size")
 # ProjectorConfig settings a study may set; models, prompts and resources come from the spec.
@@ -41,6 +43,16 @@ class Study:
     transfer: dict[str, Any]
     neurons: dict[str, Any]
     projection: PairSettings | None  # None: no cross-model stage
+    tpt: TptSettings | None  # None: no TPT runs
+
+
+@dataclass(frozen=True)
+class TptSettings:
+    """TPT_task on each model: every target task initialised from each source task's prompt;
+    TPT_model on each projector pair: every target from its projected prompt."""
+
+    targets: tuple[str, ...]
+    sources: tuple[str, ...]
 
 
 def load_study(path: str | os.PathLike, **overrides: Any) -> Study:
@@ -75,7 +87,24 @@ def _study(spec: SweepSpec, stages: dict, base: Path) -> Study:
     if neurons.get("protocol", "prompt") not in ("prompt", "data"):
         raise PtdistError(f"stages.neurons.protocol must be prompt or data "
                           f"(got {neurons['protocol']!r})")
-    return Study(spec, transfer, neurons, _projection(spec, stages, base))
+    return Study(spec, transfer, neurons, _projection(spec, stages, base),
+                 _tpt(spec, stages, base))
+
+
+def _tpt(spec: SweepSpec, stages: dict, base: Path) -> TptSettings | None:
+    raw = stages.get("tpt")
+    if raw is None:
+        return None
+    check_keys(raw, TPT_KEYS, "stages.tpt")
+    if not raw.get("targets"):
+        raise PtdistError("stages.tpt needs 'targets' (the tasks TPT runs are tuned on)")
+    settings = TptSettings(tuple(task_ref(t, base) for t in raw["targets"]),
+                           tuple(task_ref(t, base) for t in raw.get("sources") or ()))
+    known = {get_task(t).name for t in spec.tasks}
+    outside = [t for t in settings.targets + settings.sources if get_task(t).name not in known]
+    if outside:
+        raise PtdistError(f"stages.tpt: {', '.join(outside)} not among the study's tasks")
+    return settings
 
 
 def _projection(spec: SweepSpec, stages: dict, base: Path) -> PairSettings | None:

@@ -11,6 +11,7 @@ to the target's own prompt: on tasks outside the training set they are the held-
 from __future__ import annotations
 
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 import pyarrow as pa
@@ -46,12 +47,14 @@ def projected_path(store: ProjectorStore, projector_id: str, task: str) -> Path:
     return store.folder(projector_id) / "projected" / f"{get_task(task).name}.safetensors"
 
 
-def project_prompts(store_root: str, projector_id: str, tasks: list[str]) -> dict[str, Path]:
-    """The source model's best prompt for each task, projected, as prompt files in the
-    projector's folder (a ``prompt:PATH`` init starts TPT_model from one)."""
+def project_prompts(store_root: str, projector_id: str, tasks: list[str],
+                    among: Collection[str] | None = None) -> dict[str, Path]:
+    """The source model's best prompt for each task (of the store, or ``among`` these prompt
+    ids), projected, as prompt files in the projector's folder (a ``prompt:PATH`` init starts
+    TPT_model from one)."""
     projectors = ProjectorStore(store_root)
     projector, manifest = trained_projector(projectors, projector_id)
-    sources = best_prompts(PromptStore(store_root), manifest["source_model"], tasks)
+    sources = best_prompts(PromptStore(store_root), manifest["source_model"], tasks, among)
     paths = {}
     for task in tasks:
         source = sources[get_task(task).name]
@@ -66,18 +69,20 @@ def project_prompts(store_root: str, projector_id: str, tasks: list[str]) -> dic
 
 def evaluate_projector(store_root: str, projector_id: str, tasks: list[str], *,
                        data_dir: str | None = None, eval_limit: int | None = 1000,
-                       batch_size: int = 64, max_new_tokens: int = 64) -> list[dict]:
-    """Score the projected prompts of ``tasks`` on the target model; writes ``eval.parquet``
-    in the projector's folder and returns its rows."""
+                       batch_size: int = 64, max_new_tokens: int = 64,
+                       among: Collection[str] | None = None) -> list[dict]:
+    """Score the projected prompts of ``tasks`` on the target model (both models' best
+    prompts from the store, or ``among`` these prompt ids); writes ``eval.parquet`` in the
+    projector's folder and returns its rows."""
     from ptdist.training.evaluation import eval_backbone, score_prompts
 
     projectors, prompts = ProjectorStore(store_root), PromptStore(store_root)
     projector, manifest = trained_projector(projectors, projector_id)
     untrained = initial_projector(projector.shape, manifest["config"]["seed"]).eval()
     # Every missing prompt of either model is named before the target model is loaded.
-    sources = best_prompts(prompts, manifest["source_model"], tasks)
-    owns = best_prompts(prompts, manifest["target_model"], tasks)
-    paths = project_prompts(store_root, projector_id, tasks)
+    sources = best_prompts(prompts, manifest["source_model"], tasks, among)
+    owns = best_prompts(prompts, manifest["target_model"], tasks, among)
+    paths = project_prompts(store_root, projector_id, tasks, among)
     max_length = max(m["config"]["max_length"] for m in owns.values())
     backbone = eval_backbone(manifest["target_model"], max_length)
     rows = []

@@ -5,6 +5,7 @@ best prompt for that same task."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from ptdist.projection.evaluation import project_prompts
@@ -16,13 +17,14 @@ from ptdist.transfer.tpt import TptResult, TptSource, tpt_sweep
 
 
 def run_tpt_model(store_root: str, projector_id: str, targets: list[str], train: dict,
-                  **sweep: Any) -> TptResult:
-    """``train``: the runs' settings (steps, eval_every, lr, seed...); ``sweep``: data_dir,
+                  among: Collection[str] | None = None, **sweep: Any) -> TptResult:
+    """``train``: the runs' settings (steps, eval_every, lr, seed...); ``among``: the prompt
+    ids the source prompts are chosen from (default: the whole store); ``sweep``: data_dir,
     ds_config, resources, address. Results under the projector's folder, ``tpt/<target>/``."""
     projectors, prompts = ProjectorStore(store_root), PromptStore(store_root)
     manifest = projectors.manifest(projector_id)
-    sources = best_prompts(prompts, manifest["source_model"], targets)
-    files = project_prompts(store_root, projector_id, targets)
+    sources = best_prompts(prompts, manifest["source_model"], targets, among)
+    files = project_prompts(store_root, projector_id, targets, among)
     folder = next(iter(files.values())).parent
     source = TptSource(f"tpt_model from {manifest['source_model']}",
                        f"prompt:{folder}/{{task}}.safetensors",

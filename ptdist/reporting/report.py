@@ -26,6 +26,7 @@ from ptdist.store.prompts import PromptStore
 from ptdist.store.tables import read_table, write_table
 from ptdist.tasks import get_task
 from ptdist.transfer.matrix import model_dir
+from ptdist.transfer.tpt import SUMMARY_SCHEMA
 
 PROMPT_SCHEMA = pa.schema([
     ("model", pa.string()), ("task", pa.string()), ("task_type", pa.string()),
@@ -44,6 +45,8 @@ def write_report(study: Study, projectors: list[str], folder: Path) -> Path:
         sections.append(_indicator_section(store, model.name, folder))
     if projectors:
         sections.append(_cross_model_section(store, projectors, folder))
+    if study.tpt is not None:
+        sections.append(_tpt_section(study, store, projectors, folder))
     sections.append("## The paper's figures\n\nNo reference figures of the paper are bundled "
                     "with ptdist yet, so none is shown beside these results.\n")
     return atomic_write_text(folder / "report.md", "\n".join(s for s in sections if s))
@@ -135,6 +138,32 @@ def _cross_model_section(store: PromptStore, projectors: list[str], folder: Path
               f"{r['untrained_score']:.1f} | {r['own_score']:.1f} | {_num(r['relative'])} |"
               for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def _tpt_section(study: Study, store: PromptStore, projectors: list[str], folder: Path) -> str:
+    """Speed-ups of TPT_task (per model) and TPT_model (per projector), with their curves."""
+    targets = [get_task(t).name for t in study.tpt.targets]
+    places = [(model_key(m.name), model_dir(store, m.name) / "tpt") for m in study.spec.models]
+    places += [(pid, ProjectorStore(store.root).folder(pid) / "tpt") for pid in projectors]
+    rows, figures = [], []
+    for label, tpt_dir in places:
+        for target in targets:
+            summary = tpt_dir / target / "summary.parquet"
+            if summary.exists():
+                rows += read_table(summary)
+                figure = f"tpt_{label}_{target}.png"
+                shutil.copy(summary.with_name("curves.png"), folder / figure)
+                figures.append(f"![TPT on {target}]({figure})")
+    if not rows:
+        return ""
+    write_table(folder / "tpt.parquet", rows, SUMMARY_SCHEMA)
+    lines = ["## Transferred prompts as initialisation (TPT)\n",
+             "| model | target | run | best | steps to vanilla's best | speed-up |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['target_task']} | {r['run']} | {r['best_score']:.1f} | "
+              f"{r['steps_to_vanilla_best'] if r['steps_to_vanilla_best'] is not None else '-'}"
+              f" | {_num(r['speedup'])} |" for r in rows]
+    return "\n".join(lines + [""] + figures) + "\n"
 
 
 def _num(value: float | None) -> str:

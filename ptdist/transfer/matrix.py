@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,13 +59,13 @@ def score_sources(model: str, target: str, prompts: torch.Tensor, *, data_dir: s
 def transfer_matrix(model: str, tasks: list[str], store: PromptStore, *,
                     data_dir: str | None = None, eval_limit: int | None = 1000,
                     batch_size: int = 64, max_new_tokens: int = 64, on_ray: bool = True,
-                    address: str | None = None, cpus: float = 1,
-                    gpus: float = 0) -> MatrixResult:
-    """Evaluate the best stored prompt of each task on every task; write the table and the
-    heatmap under `model_dir`."""
+                    address: str | None = None, cpus: float = 1, gpus: float = 0,
+                    among: Collection[str] | None = None) -> MatrixResult:
+    """Evaluate the best stored prompt of each task (of the store, or ``among`` these prompt
+    ids) on every task; write the table and the heatmap under `model_dir`."""
     if len(set(tasks)) < 2:
         raise PtdistError("a transfer matrix needs at least two different tasks")
-    manifests = best_prompts(store, model, tasks)
+    manifests = best_prompts(store, model, tasks, among)
     records = {get_task(t).name: get_task(t) for t in tasks}
     refs = {get_task(t).name: t for t in tasks}
     order = sorted(manifests, key=lambda name: (records[name].type, name))

@@ -12,6 +12,7 @@ measurement with a projected prompt of another model as the start.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,13 +85,14 @@ class TptSource:
 
 
 def run_tpt(model: str, targets: list[str], sources: list[str], store: PromptStore,
-            train: dict, **sweep: Any) -> TptResult:
-    """TPT_task: vanilla PT and TPT from each source (a task's best prompt, or a prompt id) on
-    each target; ``train`` holds the runs' settings (steps, eval_every, lr, seed...);
-    ``sweep``: data_dir, ds_config, resources, address (as for `tpt_sweep`)."""
+            train: dict, among: Collection[str] | None = None, **sweep: Any) -> TptResult:
+    """TPT_task: vanilla PT and TPT from each source (a task's best prompt, ``among`` these
+    prompt ids if given, or a prompt id) on each target; ``train`` holds the runs' settings
+    (steps, eval_every, lr, seed...); ``sweep``: data_dir, ds_config, resources, address (as
+    for `tpt_sweep`)."""
     names = [get_task(t).name for t in targets]
     runs = [TptSource(f"tpt from {m['task']}", f"prompt:{m['id']}", dict.fromkeys(names, m))
-            for m in (resolve_source(store, model, s) for s in sources)]
+            for m in (resolve_source(store, model, s, among) for s in sources)]
     return tpt_sweep(model, targets, runs, store, train, model_dir(store, model) / "tpt",
                      f"tpt-{model_key(model)}", **sweep)
 
