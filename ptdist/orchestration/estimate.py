@@ -28,7 +28,7 @@ KNOWN_PARAMETERS = {
     "google/t5-v1_1-large": 783e6, "google/t5-v1_1-xl": 2.85e9, "google/t5-v1_1-xxl": 11.1e9,
 }
 STAGES = ("prompt", "matrix", "capture", "indicators", "correlate", "projector", "eval",
-          "report")
+          "tpt", "tpt_model", "report")
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,10 @@ def study_costs(study: Study, jobs: list[Job]) -> list[StageCost]:
                 / 3600
             hours["capture"] += 2 * n * len(runs) * c.prompt_length / _rate(model) / 3600
     hours.update(_projection_hours(study, sizes))
+    hours.update(_tpt_hours(study, sizes))
     return [StageCost(stage, counts[stage], to_run[stage],
-                      None if unknown and stage in ("prompt", "matrix", "capture", "projector",
-                                                    "eval") else hours[stage])
+                      None if unknown and stage not in ("indicators", "correlate", "report")
+                      else hours[stage])
             for stage in STAGES if counts[stage]]
 
 
@@ -107,6 +108,25 @@ def _projection_hours(study: Study, sizes: dict[str, float | None]) -> dict[str,
         rows = settings.projector.get("eval_limit", 1000) or 1000
         hours["eval"] += sources * 3 * len(settings.eval_tasks) * 2 * n * rows * \
             _tokens(runs[0]) / _rate(target) / 3600
+    return hours
+
+
+def _tpt_hours(study: Study, sizes: dict[str, float | None]) -> dict[str, float]:
+    """A TPT run costs what a prompt-tuning run of its target costs (vanilla PT is the
+    study's own run): sources x targets runs per model, and the targets per projector."""
+    if study.tpt is None:
+        return {}
+    spec = study.spec
+    hours = {"tpt": 0.0, "tpt_model": 0.0}
+    pairs = len(spec.models) - 1 if study.projection is not None else 0
+    for model in spec.models:
+        n = sizes[model.name]
+        runs = [r.config for r in spec.runs() if r.config.model == model.name]
+        if n is None or not runs:
+            continue
+        one = _train_flops(runs[0], n) / _rate(model) / 3600
+        hours["tpt"] += one * len(study.tpt.targets) * len(study.tpt.sources)
+        hours["tpt_model"] += one * len(study.tpt.targets) * pairs
     return hours
 
 
