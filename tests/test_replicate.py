@@ -68,7 +68,10 @@ def test_a_killed_study_finishes_on_rerun_without_redoing_stages(task_prompts, t
     for heading in ("## Prompt tuning", "## Zero-shot transfer: tiny-roberta",
                     "## Transferability indicators: tiny-t5-d96", "## Cross-model transfer"):
         assert heading in report
-    assert "Same-type transfer" in report or "cannot be compared" in report
+    findings = report.split("## Findings")[1].split("## Prompt tuning")[0]
+    assert "zero-shot transfer between tasks of the same type" in findings
+    assert "the indicator that correlates best with zero-shot transfer is" in findings
+    assert "Projected prompts on their training tasks reach" in findings
 
     third = _replicate(study)
     out, _ = third.communicate(timeout=600)
@@ -92,3 +95,47 @@ def test_study_settings_are_checked_when_read(task_prompts, tmp_path):
     loaded = load_study(study)
     assert loaded.projection.mode == "task" and loaded.projection.train_tasks == ("sst2",)
     assert loaded.transfer == {"eval_limit": 48} and loaded.neurons == {}
+    assert loaded.tpt is None
+    study.write_text(STUDY.format(root=tmp_path, data=data) + "  tpt: {targets: [imdb]}\n")
+    with pytest.raises(PtdistError, match=r"stages.tpt: imdb not among the study's tasks"):
+        load_study(study)
+
+
+def test_paper_preset_dry_run_prints_the_whole_plan(capsys):
+    from tests.test_cli import run
+
+    code, out, err = run(capsys, "replicate", "--preset", "paper", "--dry-run")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("study paper: 4 model(s), 17 task(s), 3 seed(s)")
+    jobs = [line for line in lines if line.startswith("  ")]
+    # RoBERTa runs the 13 classification tasks, the T5s all 17, three seeds each.
+    assert sum(job.startswith("  prompt ") for job in jobs) == (2 * 13 + 2 * 17) * 3
+    assert sum(job.startswith("  projector ") for job in jobs) == 12  # ordered pairs of 4
+    for stage in ("matrix", "capture", "indicators", "correlate", "tpt"):
+        assert sum(job.startswith(f"  {stage} ") for job in jobs) == 4, stage
+    table = {line.split()[0]: line.split() for line in lines
+             if line.split() and line.split()[0] in ("prompt", "tpt_model", "total")}
+    assert table["prompt"][1] == "180" and float(table["prompt"][3].replace(",", "")) > 1000
+    assert table["total"][1] == str(len(jobs))
+    assert "GPU-hours" in out and "A100" in out
+
+
+def test_gpu_hours_follow_the_flops_of_the_runs():
+    from ptdist.orchestration.estimate import PEAK_FLOPS, UTILISATION, parameters, study_costs
+    from ptdist.orchestration.replicate import study_jobs
+    from ptdist.orchestration.study import load_study, preset_path
+
+    assert parameters("roberta-large") == 355e6
+    assert 100e3 < parameters("tiny-roberta") < 1e6  # from its config, on the meta device
+    study = load_study(preset_path("paper"))
+    [prompt] = [c for c in study_costs(study, study_jobs(study)) if c.stage == "prompt"]
+    expected = 0.0
+    for run in study.spec.runs():
+        c = run.config
+        n = parameters(c.model)
+        tokens = c.prompt_length + c.max_length
+        flops = 4 * n * c.steps * c.batch_size * tokens + \
+            2 * n * (c.steps // c.eval_every) * c.eval_limit * tokens
+        expected += flops / (PEAK_FLOPS["bf16"] * UTILISATION) / 3600
+    assert prompt.gpu_hours == pytest.approx(expected)
