@@ -69,7 +69,8 @@ def test_a_killed_study_finishes_on_rerun_without_redoing_stages(task_prompts, t
                     "## Transferability indicators: tiny-t5-d96", "## Cross-model transfer"):
         assert heading in report
     findings = report.split("## Findings")[1].split("## Prompt tuning")[0]
-    assert "zero-shot transfer between tasks of the same type" in findings
+    # sst2 and topic are of different types: the comparison is declared impossible.
+    assert "tiny-roberta: the tasks are all of one type or all of different types" in findings
     assert "the indicator that correlates best with zero-shot transfer is" in findings
     assert "Projected prompts on their training tasks reach" in findings
 

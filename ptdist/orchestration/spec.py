@@ -245,13 +245,13 @@ def _check_model_name(name: str) -> None:
     """A preset, package path or local folder must exist; anything else must look like a hub
     id (checked when a run loads it, since the driver may have no hub access). A near-miss of
     a preset name is a typo, not a hub id."""
-    resolve_model_path(name)
-    if name in PRESETS or os.path.isdir(name) or name.startswith("pkg:"):
-        return
-    if os.path.isabs(name):
+    if os.path.isabs(name) and not os.path.isdir(name):
         raise PtdistError(f"model folder {name} does not exist; prepare it first (the "
                           "quickstart's converted model: python examples/prepare_models.py "
                           "models) or fix the path")
+    resolve_model_path(name)
+    if name in PRESETS or os.path.isdir(name) or name.startswith("pkg:"):
+        return
     close = difflib.get_close_matches(name, PRESETS, n=1, cutoff=0.8)
     if close:
         raise PtdistError(f"unknown model '{name}': did you mean the preset '{close[0]}'?")
