@@ -49,6 +49,32 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def load_example(name: str):
+    """An examples/ script (not a package) imported as the module ``name``."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and NamedTuples look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+# Two tiny models of different widths and architectures on two tasks of two types (sst2 and
+# the topic task of `task_prompts`): the sweep of the projector-pair and replicate tests.
+TWO_MODEL_SPEC = """name: {name}
+storage_path: {store}
+data_dir: {data}
+tasks: [sst2, {data}/topic.yaml]
+train: {{steps: 40, eval_every: 20, prompt_length: 8, batch_size: 16, lr: 0.1, eval_limit: 48}}
+models:
+  tiny-roberta: {{}}
+  tiny-t5-d96: {{}}
+"""
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

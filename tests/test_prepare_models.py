@@ -10,9 +10,7 @@ tiny random BertModel, so a correct conversion gives back its state dict exactly
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import sys
-from pathlib import Path
 
 import onnx
 import pytest
@@ -22,22 +20,14 @@ from transformers import BertConfig, BertModel
 
 from ptdist.backbones import load_backbone
 from ptdist.packaged import resolve_packaged
+from tests.conftest import load_example
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 VOCAB = 30522  # the borrowed tokenizer's vocabulary, which the embeddings must match
 TINY = {"hidden_size": 24, "num_hidden_layers": 2, "num_attention_heads": 12,
         "intermediate_size": 40, "max_position_embeddings": 16, "type_vocab_size": 2}
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("prepare_models", EXAMPLES / "prepare_models.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["prepare_models"] = module  # the NamedTuple needs its module registered
-    spec.loader.exec_module(module)
-    return module
-
-
-prep = _load_script()
+prep = load_example("prepare_models")
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from ptdist.projection.training import train_projector
 from ptdist.store.projectors import ProjectorStore
 from ptdist.store.prompts import PromptStore
 from ptdist.training import TrainConfig, train
-from tests.conftest import child_env
+from tests.conftest import TWO_MODEL_SPEC, child_env
 
 SOURCE, TARGET = "tiny-roberta", "tiny-t5-d96"
 TASKS = ("sst2", "imdb", "topic", "topic2")
@@ -179,15 +179,6 @@ def test_tpt_model_starts_from_the_projected_prompt(two_models, task_projector, 
             / "curves.png").exists()
 
 
-PAIRS_SPEC = """name: pairs
-storage_path: {store}
-data_dir: {data}
-tasks: [sst2, {data}/topic.yaml]
-train: {{steps: 40, eval_every: 20, prompt_length: 8, batch_size: 16, lr: 0.1, eval_limit: 48}}
-models:
-  tiny-roberta: {{}}
-  tiny-t5-d96: {{}}
-"""
 
 
 def _pairs(spec: Path, cwd: Path) -> tuple[subprocess.CompletedProcess, dict]:
@@ -203,7 +194,7 @@ def _pairs(spec: Path, cwd: Path) -> tuple[subprocess.CompletedProcess, dict]:
 def test_pair_scheduler_runs_each_job_once_after_its_inputs(two_models, tmp_path):
     _, data, _ = two_models
     spec = tmp_path / "pairs.yaml"
-    spec.write_text(PAIRS_SPEC.format(store=tmp_path / "store", data=data))
+    spec.write_text(TWO_MODEL_SPEC.format(name="pairs", store=tmp_path / "store", data=data))
     proc, out = _pairs(spec, tmp_path)
     jobs = {j["id"]: j for j in out["jobs"]}
     pairs = [f"{SOURCE} -> {TARGET}", f"{TARGET} -> {SOURCE}"]
@@ -241,7 +232,7 @@ def test_pair_scheduler_runs_each_job_once_after_its_inputs(two_models, tmp_path
 def test_task_tuning_through_a_multi_worker_target_runs_on_a_worker_group(two_models, tmp_path):
     _, data, _ = two_models
     spec = tmp_path / "pairs.yaml"
-    spec.write_text(PAIRS_SPEC.format(store=tmp_path / "store", data=data)
+    spec.write_text(TWO_MODEL_SPEC.format(name="pairs", store=tmp_path / "store", data=data)
                     .replace("tasks: [sst2, {}/topic.yaml]".format(data), "tasks: [sst2]")
                     .replace("tiny-t5-d96: {}", "tiny-t5-d96: {resources: {workers: 2}, "
                                                 "ds_config: zero2}"))

