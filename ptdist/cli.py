@@ -236,17 +236,14 @@ def _replicate(args: argparse.Namespace) -> None:
 
 def _print_plan(study) -> None:
     from ptdist.orchestration.estimate import describe_costs, study_costs
+    from ptdist.orchestration.graph import describe_jobs
     from ptdist.orchestration.replicate import study_jobs
-    from ptdist.orchestration.resources import describe
 
     spec = study.spec
     jobs = study_jobs(study)
     print(f"study {spec.name}: {len(spec.models)} model(s), {len(spec.tasks)} task(s), "
           f"{len(spec.seeds)} seed(s), {len(spec.inits)} init(s); store {spec.storage_path}")
-    for job in jobs:
-        state = "stored" if job.done and job.done() else "to run"
-        print(f"  {job.id} [{state}] needs {len(job.needs)} job(s), "
-              f"{describe(dict(job.resources))}")
+    print(describe_jobs(jobs))
     print(describe_costs(study_costs(study, jobs)))
 
 

@@ -90,6 +90,15 @@ def run_graph(jobs: Sequence[Job], *, max_concurrent: int | None = None, max_ret
     return _Schedule(jobs, max_concurrent, max_retries, say).run()
 
 
+def describe_jobs(jobs: Sequence[Job]) -> str:
+    """A dry run's listing: each job, whether its output is stored, what it needs and asks."""
+    from ptdist.orchestration.resources import describe
+
+    return "\n".join(f"  {job.id} [{'stored' if job.done and job.done() else 'to run'}] "
+                     f"needs {len(job.needs)} job(s), {describe(dict(job.resources))}"
+                     for job in jobs)
+
+
 def require_success(outcome: GraphOutcome) -> None:
     """Raise PtdistError naming every job that failed or was blocked, with its error."""
     if not outcome.failed:

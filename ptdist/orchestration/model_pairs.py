@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration.graph import GraphOutcome, Job, run_graph
-from ptdist.orchestration.resources import describe
+from ptdist.orchestration.graph import GraphOutcome, Job, describe_jobs, run_graph
 from ptdist.orchestration.spec import ModelEntry, Resources, SweepSpec
 from ptdist.orchestration.sweep import plan_sweep
 from ptdist.orchestration.trial import run_bundle, run_to_dict, train_run
@@ -195,10 +194,7 @@ def run_pairs(spec: SweepSpec, settings: PairSettings, address: str | None = Non
           f"{len(graph.jobs)} jobs: {len(graph.jobs) - 2 * pairs} prompt-tuning runs, {pairs} "
           f"projectors, {pairs} evaluations", flush=True)
     if dry_run:
-        for job in graph.jobs:
-            state = "stored" if job.done and job.done() else "to run"
-            print(f"  {job.id} [{state}] needs {len(job.needs)} job(s), "
-                  f"{describe(dict(job.resources))}", flush=True)
+        print(describe_jobs(graph.jobs), flush=True)
         return PairsOutcome(graph.jobs, GraphOutcome([]), None)
     with ray_session(address):
         outcome = run_graph(graph.jobs, max_concurrent=spec.max_concurrent)
