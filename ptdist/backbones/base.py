@@ -17,6 +17,7 @@ from torch import nn
 from ptdist.errors import PtdistError
 
 Batch = dict[str, torch.Tensor]
+IGNORE = -100  # target padding the loss skips
 
 
 class Backbone(nn.Module, ABC):
@@ -100,9 +101,39 @@ class Backbone(nn.Module, ABC):
     def collate(self, rows: Sequence[dict], label_words: Sequence[str] | None) -> Batch:
         """Tokenize task rows (``text`` plus ``label`` or ``target``) into a batch of tensors."""
 
-    @abstractmethod
     def loss(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Per-example training loss [B] under per-example prompts [B, L, d]."""
+        return self.losses(prompts, [batch])[0]
+
+    def losses(self, prompts: torch.Tensor, batches: Sequence[Batch]) -> list[torch.Tensor]:
+        """Per-example losses of several batches, each with its own label words or targets
+        (the runs of a packed job), from one forward of the model. ``prompts`` holds one
+        prompt per example of all batches, in order."""
+        merged = batches[0] if len(batches) == 1 else self._merge(batches)
+        outputs = self._training_outputs(prompts, merged)
+        sizes = [len(batch["input_ids"]) for batch in batches]
+        return [self._loss_from(out, batch) for out, batch in zip(outputs.split(sizes), batches)]
+
+    def _merge(self, batches: Sequence[Batch]) -> Batch:
+        """The model inputs of ``batches`` stacked, each padded to the widest. Padding sits
+        behind an attention mask of 0 (or ignored targets), so it changes no example's output."""
+        fill = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0,
+                "target_ids": IGNORE}
+        return {key: torch.cat([self._widen(b[key], max(b[key].shape[1] for b in batches), value)
+                                for b in batches])
+                for key, value in fill.items() if key in batches[0]}
+
+    @staticmethod
+    def _widen(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:
+        return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]), value=value)
+
+    @abstractmethod
+    def _training_outputs(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """What the loss is computed from, one row per example (logits at the readout)."""
+
+    @abstractmethod
+    def _loss_from(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Per-example loss [B] of ``batch`` from its rows of `_training_outputs`."""
 
     @abstractmethod
     def readout_logits(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -41,6 +41,9 @@ class MaskedLMBackbone(Backbone):
     def class_logits(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self.readout_logits(prompts, batch).gather(1, batch["label_ids"])
 
-    def loss(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return F.cross_entropy(self.class_logits(prompts, batch).float(), batch["labels"],
+    def _training_outputs(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return self.readout_logits(prompts, batch)
+
+    def _loss_from(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(outputs.gather(1, batch["label_ids"]).float(), batch["labels"],
                                reduction="none")

@@ -12,9 +12,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ptdist.backbones.base import Backbone, Batch
-
-IGNORE = -100
+from ptdist.backbones.base import IGNORE, Backbone, Batch
 
 
 class Seq2SeqBackbone(Backbone):
@@ -55,10 +53,17 @@ class Seq2SeqBackbone(Backbone):
     def class_logits(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self.readout_logits(prompts, batch).gather(1, batch["label_ids"])
 
-    def loss(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def _training_outputs(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Decoder logits [B, T, V] over the targets (teacher forcing)."""
         embeds, mask = self._embed_with_prompt(prompts, batch["input_ids"], batch["attention_mask"])
+        return self.model(inputs_embeds=embeds, attention_mask=mask,
+                          labels=batch["target_ids"]).logits
+
+    def _loss_from(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        # A packed forward may decode further than this batch's targets: the decoder is
+        # causal, so the first positions are this batch's own.
         targets = batch["target_ids"]
-        logits = self.model(inputs_embeds=embeds, attention_mask=mask, labels=targets).logits
+        logits = outputs[:, :targets.shape[1]]
         per_token = F.cross_entropy(logits.float().transpose(1, 2), targets,
                                     ignore_index=IGNORE, reduction="none")
         return per_token.sum(1) / (targets != IGNORE).sum(1).clamp(min=1)

@@ -30,7 +30,8 @@ def predict(backbone: Backbone, prompts: PromptFn, task: TaskRecord, rows, batch
 
 
 def predict_each(backbone: Backbone, prompts: torch.Tensor, task: TaskRecord, rows,
-                 batch_size: int, max_new_tokens: int) -> list[list]:
+                 batch_size: int, max_new_tokens: int, rank: int = 0,
+                 world: int = 1) -> list[list]:
     """Predictions of each of K prompts ``[K, L, d]`` on ``rows``, in one pass over the data:
     every batch of examples is repeated K times, each copy behind its own prompt, so the
     prompts are a batch dimension. ``batch_size`` bounds the forward batch (examples x
@@ -39,8 +40,17 @@ def predict_each(backbone: Backbone, prompts: torch.Tensor, task: TaskRecord, ro
     for group in prompts.split(batch_size):
         per_pass = max(1, batch_size // len(group))
         preds += _predict(backbone, lambda n, g=group: g.repeat_interleave(n, 0), len(group),
-                          task, rows, per_pass, max_new_tokens, 0, 1)
+                          task, rows, per_pass, max_new_tokens, rank, world)
     return preds
+
+
+def evaluate_each(backbone: Backbone, prompts: torch.Tensor, task: TaskRecord, rows,
+                  batch_size: int, max_new_tokens: int, rank: int = 0,
+                  world: int = 1) -> list[dict[str, float]]:
+    """The metrics of each of K prompts ``[K, L, d]`` on ``rows`` (`predict_each`)."""
+    refs = references(task, rows)
+    return [compute_metrics(task, p, refs) for p in
+            predict_each(backbone, prompts, task, rows, batch_size, max_new_tokens, rank, world)]
 
 
 def _predict(backbone: Backbone, prompts: PromptFn, copies: int, task: TaskRecord, rows,
@@ -102,9 +112,8 @@ def score_prompts(backbone: Backbone, task_ref: str, prompts: torch.Tensor, *,
     check_task_fits(task, backbone)
     rows = load_split(task, "eval", limit=limit, data_dir=data_dir).to_list()
     device = next(backbone.parameters()).device
-    preds = predict_each(backbone, prompts.to(device), task, rows, batch_size, max_new_tokens)
-    refs = references(task, rows)
-    return [compute_metrics(task, p, refs) for p in preds], len(rows)
+    return evaluate_each(backbone, prompts.to(device), task, rows, batch_size,
+                         max_new_tokens), len(rows)
 
 
 def score_prompt(model: str, store: PromptStore, prompt_ref: str, task_ref: str, *,

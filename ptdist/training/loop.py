@@ -23,12 +23,13 @@ from ptdist.errors import PtdistError
 from ptdist.store.prompts import PromptStore
 from ptdist.tasks import TaskRecord, get_task, load_split
 from ptdist.training.checkpoint import (TrainState, gather_state, load_checkpoint,
-                                        restore_optimizer_state, save_checkpoint)
+                                        restore_optimizer_state)
 from ptdist.training.config import TrainConfig, load_ds_config
 from ptdist.training.data import global_batch, rank_slice
 from ptdist.training.distributed import finish_together, init_distributed
 from ptdist.training.fingerprint import frozen_fingerprint
 from ptdist.training.evaluation import check_task_fits, evaluate, label_words
+from ptdist.training.tracking import RunTracker
 
 
 class PromptedModel(nn.Module):
@@ -68,7 +69,7 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _lr_lambda(config: TrainConfig) -> Callable[[int], float]:
+def lr_schedule(config: TrainConfig) -> Callable[[int], float]:
     warmup, total = config.warmup, config.steps
 
     def scale(step: int) -> float:
@@ -106,7 +107,7 @@ def precision_of(ds: dict) -> str:
     return "bf16" if ds.get("bf16", {}).get("enabled") else "fp32"
 
 
-class _Progress:
+class Progress:
     """Periodic one-line progress on stderr from rank 0 (readable in `ray job logs`)."""
 
     def __init__(self, config: TrainConfig, start_step: int, enabled: bool):
@@ -166,7 +167,7 @@ def train(config: TrainConfig, store: PromptStore | None = None) -> TrainResult:
     if store.has(plan.prompt_id):
         return stored_result(store, plan.prompt_id, skipped=True, t0=t0)
     fitted = fit(config, plan.task, plan.ds_config, store.run_dir(plan.prompt_id),
-                 lambda backbone: SoftPrompt(_fresh_prompt(config, plan, backbone)),
+                 lambda backbone: SoftPrompt(fresh_prompt(config, plan, backbone)),
                  f"run {plan.prompt_id}")
     state = fitted.state
     best = next(h for h in state.history if h["step"] == state.best_step)
@@ -177,7 +178,7 @@ def train(config: TrainConfig, store: PromptStore | None = None) -> TrainResult:
                          state.history)
     if fitted.rank == 0:
         store.put(plan.prompt_id, fitted.best["weight"], dict(
-            _manifest(config, plan.task, fitted.backbone, result, plan.precision, fitted.world,
+            run_manifest(config, plan.task, fitted.backbone, result, plan.precision, fitted.world,
                       fitted.ds_config),
             backbone_fingerprint=fitted.fingerprint))
     finish_together(fitted.world)
@@ -207,22 +208,9 @@ def fit(config: TrainConfig, task: TaskRecord, ds_raw: dict, run_folder: Path,
     and resumed from it. Call on every rank of the process group."""
     rank, world = init_distributed()
     ds_config = deepspeed_config(ds_raw, config, world)
-    if _zero_stage(ds_config) == 3:
-        from transformers.integrations import HfDeepSpeedConfig
-        # Read by from_pretrained (partitioned loading) and generate (synced ranks): keep alive.
-        zero3_marker = HfDeepSpeedConfig(ds_config)  # noqa: F841
     precision = precision_of(ds_config)
-    backbone = load_backbone(config.model, max_length=config.max_length,
-                             dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
-    check_task_fits(task, backbone)
-    # Subsets are drawn with a fixed seed: runs of every seed, and `ptdist eval`, see the same
-    # rows, so their scores compare; the run's seed only sets the init and the data order.
-    data = _Data(
-        train=load_split(task, "train", limit=config.train_limit,
-                         data_dir=config.data_dir).to_list(),
-        eval=load_split(task, "eval", limit=config.eval_limit,
-                        data_dir=config.data_dir).to_list(),
-        words=label_words(task, backbone))
+    backbone, zero3_marker = load_frozen(config, ds_config)  # the marker is held for the run
+    data = load_run_data(config, task, backbone)
 
     resumed = load_checkpoint(run_folder)
     saved, state = resumed if resumed is not None else ({}, TrainState())
@@ -237,39 +225,61 @@ def fit(config: TrainConfig, task: TaskRecord, ds_raw: dict, run_folder: Path,
         torch.set_rng_state(saved["rng"])
     else:
         torch.manual_seed(config.seed)
-    progress = _Progress(config, state.step, rank == 0)
+    progress = Progress(config, state.step, rank == 0)
     progress.line(f"[ptdist] {label}: {config.model} on {task.name}, "
                   f"{len(data.train)} train / {len(data.eval)} eval examples, {world} "
-                  f"process(es), {precision}, ZeRO-{_zero_stage(ds_config)}"
+                  f"process(es), {precision}, ZeRO-{zero_stage(ds_config)}"
                   + (f", resumed at step {state.step}" if resumed is not None else ""))
     resumed_from = state.step if resumed is not None else None
-    best_saved = {k[len(BEST):]: v for k, v in saved.items() if k.startswith(BEST)} or None
-    best = _fit(engine, params, task, data, config, state, best_saved, run_folder, progress,
-                time.time(), rank, world)
+    tracker = RunTracker.resumed(saved, state, run_folder, task.primary_metric, config.patience)
+    _fit(engine, params, task, data, config, tracker, progress, time.time(), rank, world)
 
     changed = frozen_fingerprint(engine.module.backbone) != fingerprint
     engine.destroy()  # releases ZeRO-3's hooks and buffers; the parameters are already gathered
     if changed:
         raise RuntimeError("the frozen backbone changed during training: a ptdist bug, please "
                            "report it with the DeepSpeed config used")
-    return Fitted(best, state, backbone, rank, world, ds_config, fingerprint, resumed_from)
+    return Fitted(tracker.best, state, backbone, rank, world, ds_config, fingerprint,
+                  resumed_from)
 
 
-BEST = "best."  # checkpoint key prefix of the parameters at the best evaluation
+def load_frozen(config: TrainConfig, ds_config: dict) -> tuple[Backbone, object | None]:
+    """``config.model`` in the precision ``ds_config`` runs, loaded partitioned under ZeRO-3;
+    and, under ZeRO-3, transformers' marker of it, read by from_pretrained (partitioned
+    loading) and generate (ranks kept in step): the caller holds it for the whole run."""
+    zero3_marker = None
+    if zero_stage(ds_config) == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+        zero3_marker = HfDeepSpeedConfig(ds_config)
+    dtype = torch.bfloat16 if precision_of(ds_config) == "bf16" else torch.float32
+    return load_backbone(config.model, max_length=config.max_length, dtype=dtype), zero3_marker
 
 
 @dataclass
-class _Data:
+class RunData:
     train: list[dict]
     eval: list[dict]
     words: list[str] | None  # label words for this backbone; None for generation tasks
 
 
-def _zero_stage(ds_config: dict) -> int:
+def load_run_data(config: TrainConfig, task: TaskRecord, backbone: Backbone) -> RunData:
+    """A run's training and evaluation rows, after checking the task suits the backbone."""
+    check_task_fits(task, backbone)
+    # Subsets are drawn with a fixed seed: runs of every seed, and `ptdist eval`, see the same
+    # rows, so their scores compare; the run's seed only sets the init and the data order.
+    return RunData(
+        train=load_split(task, "train", limit=config.train_limit,
+                         data_dir=config.data_dir).to_list(),
+        eval=load_split(task, "eval", limit=config.eval_limit,
+                        data_dir=config.data_dir).to_list(),
+        words=label_words(task, backbone))
+
+
+def zero_stage(ds_config: dict) -> int:
     return ds_config.get("zero_optimization", {}).get("stage", 0)
 
 
-def _fresh_prompt(config: TrainConfig, plan: RunPlan, backbone: Backbone) -> torch.Tensor:
+def fresh_prompt(config: TrainConfig, plan: RunPlan, backbone: Backbone) -> torch.Tensor:
     import deepspeed
 
     if plan.artifact is not None:
@@ -290,7 +300,7 @@ def _engine(config: TrainConfig, trainable: nn.Module, backbone: Backbone, ds_co
     model = PromptedModel(trainable, backbone)
     optimizer = torch.optim.AdamW(list(trainable.parameters()), lr=config.lr,
                                   weight_decay=config.weight_decay)
-    scale = _lr_lambda(config)  # a resumed schedule continues at its step
+    scale = lr_schedule(config)  # a resumed schedule continues at its step
     scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
         opt, lambda s: scale(s + start_step))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
@@ -298,16 +308,15 @@ def _engine(config: TrainConfig, trainable: nn.Module, backbone: Backbone, ds_co
     return engine
 
 
-def _fit(engine, params: dict[str, nn.Parameter], task: TaskRecord, data: _Data,
-         config: TrainConfig, state: TrainState, best: dict[str, torch.Tensor] | None,
-         run_folder: Path, progress: _Progress, t0: float, rank: int,
-         world: int) -> dict[str, torch.Tensor]:
-    """Train from ``state.step`` to the end (or an early stop); evaluate, keep the best
-    parameters and checkpoint every ``eval_every`` steps. Returns the best parameters."""
+def _fit(engine, params: dict[str, nn.Parameter], task: TaskRecord, data: RunData,
+         config: TrainConfig, tracker: RunTracker, progress: Progress, t0: float, rank: int,
+         world: int) -> None:
+    """Train from the tracker's step to the end (or an early stop), evaluating and
+    checkpointing every ``eval_every`` steps."""
     backbone = engine.module.backbone
     micro = engine.train_micro_batch_size_per_gpu()
-    stop = False
-    while state.step < config.steps and not stop:
+    state = tracker.state
+    while state.step < config.steps and not tracker.stopped:
         indices = rank_slice(global_batch(state.step, len(data.train), config.batch_size,
                                           config.seed), rank, world)
         losses = []
@@ -325,27 +334,11 @@ def _fit(engine, params: dict[str, nn.Parameter], task: TaskRecord, data: _Data,
             continue
         metrics = evaluate(backbone, engine.module.prompt, task, data.eval, micro * 2,
                            config.max_new_tokens, rank, world)
-        state.history.append({"step": state.step, "loss": loss, "time_s": time.time() - t0,
-                              **metrics})
-        tensors = gather_state(engine, params)
-        score = metrics[task.primary_metric]
-        if state.best_score is None or score > state.best_score:
-            state.best_score, state.best_step, state.evals_since_best = score, state.step, 0
-            best = {name: tensors[name].clone() for name in params}
-        else:
-            state.evals_since_best += 1
-        stop = config.patience is not None and state.evals_since_best >= config.patience
-        progress.line(f"eval @ {state.step}: " + " ".join(f"{k}={v:.2f}" for k, v in
-                                                          metrics.items())
-                      + f" (best {task.primary_metric}={state.best_score:.2f} @ "
-                      f"{state.best_step})" + (" - early stop" if stop else ""))
-        if rank == 0:
-            save_checkpoint(run_folder, dict(tensors, **{BEST + k: v for k, v in best.items()}),
-                            state)
-    return best
+        progress.line(tracker.record(loss, metrics, time.time() - t0,
+                                     gather_state(engine, params), list(params), rank == 0))
 
 
-def _manifest(config: TrainConfig, task: TaskRecord, backbone: Backbone, result: TrainResult,
+def run_manifest(config: TrainConfig, task: TaskRecord, backbone: Backbone, result: TrainResult,
               precision: str, world: int, ds_config: dict) -> dict:
     return {
         "model": config.model, "task": task.name, "task_type": task.type, "seed": config.seed,
@@ -353,7 +346,7 @@ def _manifest(config: TrainConfig, task: TaskRecord, backbone: Backbone, result:
         "metric": result.metric, "score": result.score, "metrics": result.metrics,
         "prompt_length": config.prompt_length, "width": backbone.hidden_size,
         "backbone_kind": backbone.kind, "precision": precision, "world_size": world,
-        "zero_stage": _zero_stage(ds_config),
+        "zero_stage": zero_stage(ds_config),
         "config": config.to_dict(), "config_hash": result.prompt_id,
         "resumed_from": result.resumed_from,
         "history": result.history, "wall_time_s": result.wall_time_s, "created": time.time(),

@@ -1,0 +1,52 @@
+"""What a run does with each evaluation: add it to the history, keep the parameters of the best
+one, decide early stopping, and checkpoint. One place for every training loop (a single run's,
+and each run of a packed job), so their runs stop and resume by the same rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ptdist.training.checkpoint import TrainState, save_checkpoint
+
+BEST = "best."  # checkpoint key prefix of the parameters at the best evaluation
+
+
+@dataclass
+class RunTracker:
+    state: TrainState
+    best: dict[str, torch.Tensor] | None  # the parameters at the best evaluation so far
+    folder: Path  # where the run's checkpoint lives
+    metric: str  # the primary metric; higher is better
+    patience: int | None  # evaluations without improvement before stopping early
+    stopped: bool = False
+
+    @classmethod
+    def resumed(cls, saved: dict[str, torch.Tensor], state: TrainState, folder: Path,
+                metric: str, patience: int | None) -> "RunTracker":
+        """A tracker continuing from checkpoint tensors ``saved`` (empty for a fresh run)."""
+        best = {k[len(BEST):]: v for k, v in saved.items() if k.startswith(BEST)} or None
+        return cls(state, best, folder, metric, patience)
+
+    def record(self, loss: float, metrics: dict[str, float], elapsed: float,
+               tensors: dict[str, torch.Tensor], names: list[str], save: bool) -> str:
+        """Record the evaluation at ``state.step``; ``tensors`` are the run's parameters (keys
+        ``names``) and optimizer state, checkpointed when ``save`` (rank 0). Returns the
+        progress line."""
+        state = self.state
+        state.history.append({"step": state.step, "loss": loss, "time_s": elapsed, **metrics})
+        score = metrics[self.metric]
+        if state.best_score is None or score > state.best_score:
+            state.best_score, state.best_step, state.evals_since_best = score, state.step, 0
+            self.best = {name: tensors[name].clone() for name in names}
+        else:
+            state.evals_since_best += 1
+        self.stopped = self.patience is not None and state.evals_since_best >= self.patience
+        if save:
+            save_checkpoint(self.folder, dict(tensors, **{BEST + k: v
+                                                          for k, v in self.best.items()}), state)
+        return (f"eval @ {state.step}: " + " ".join(f"{k}={v:.2f}" for k, v in metrics.items())
+                + f" (best {self.metric}={state.best_score:.2f} @ {state.best_step})"
+                + (" - early stop" if self.stopped else ""))
