@@ -110,7 +110,7 @@ metrics: [accuracy]
 """
 
 
-def _rows(n: int, seed: int, words: tuple[str, str], text_key: str) -> list[dict]:
+def keyword_rows(n: int, seed: int, words: tuple[str, str], text_key: str) -> list[dict]:
     """Filler sentences whose label is set by one keyword (words[label])."""
     rng = random.Random(seed)
     rows = []
@@ -136,8 +136,8 @@ def task_prompts(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
                              ("imdb", ("awful", "great"), "text"),
                              ("topic", ("football", "guitar"), "text"),
                              ("topic2", ("tennis", "piano"), "text")):
-        write_jsonl(data / task / "train.jsonl", _rows(256, 1, words, key))
-        write_jsonl(data / task / "eval.jsonl", _rows(96, 2, words, key))
+        write_jsonl(data / task / "train.jsonl", keyword_rows(256, 1, words, key))
+        write_jsonl(data / task / "eval.jsonl", keyword_rows(96, 2, words, key))
     for name, (first, second) in {"topic": ("sport", "music"),
                                   "topic2": ("game", "song")}.items():
         (data / f"{name}.yaml").write_text(TOPIC_YAML.format(name=name, first=first,

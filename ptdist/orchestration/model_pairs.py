@@ -26,7 +26,7 @@ from ptdist.errors import PtdistError
 from ptdist.orchestration.graph import GraphOutcome, Job, describe_jobs, run_graph
 from ptdist.orchestration.spec import ModelEntry, Resources, SweepSpec
 from ptdist.orchestration.sweep import plan_sweep
-from ptdist.orchestration.trial import run_bundle, run_to_dict, train_run
+from ptdist.orchestration.trial import job_bundle, job_to_dict, pack_runs, train_job
 from ptdist.projection.config import ProjectorConfig, config_from_dict
 from ptdist.store.keys import model_key
 from ptdist.store.projectors import ProjectorStore
@@ -86,18 +86,31 @@ class PromptJobs:
                      for pid in self.runs_of.get((model, get_task(t).name), []))
 
     def ids(self, prompt_ids: tuple[str, ...]) -> tuple[str, ...]:
-        """The job ids that produce ``prompt_ids``."""
-        return tuple(self.jobs[p].id for p in prompt_ids)
+        """The job ids that produce ``prompt_ids`` (a pack produces several)."""
+        return tuple(dict.fromkeys(self.jobs[p].id for p in prompt_ids))
+
+    def unique(self) -> list[Job]:
+        """Each job once, in order."""
+        return list({job.id: job for job in self.jobs.values()}.values())
+
+
+def _all_stored(store: PromptStore, prompt_ids: list[str]) -> bool:
+    return all(store.has(pid) for pid in prompt_ids)
 
 
 def prompt_jobs(spec: SweepSpec) -> PromptJobs:
     store = PromptStore(spec.storage_path)
     planned = plan_sweep(spec, store)
-    jobs = {pid: Job(f"prompt {run.label}",
-                     partial(train_run, run_to_dict(run, pid), store.root.as_posix(),
-                             spec.max_failures),
-                     done=partial(store.has, pid), resources=run_bundle(run.resources))
-            for run, pid in planned}
+    jobs = {}
+    # Packs are formed from the runs not yet stored, as a sweep forms them.
+    for group in pack_runs([(run, pid) for run, pid in planned if not store.has(pid)]) + \
+            [[(run, pid)] for run, pid in planned if store.has(pid)]:
+        job = job_to_dict(group)
+        graph_job = Job(f"prompt {job['label']}" if len(group) == 1 else job["label"],
+                        partial(train_job, job, store.root.as_posix(), spec.max_failures),
+                        done=partial(_all_stored, store, [pid for _, pid in group]),
+                        resources=job_bundle(group[0][0].resources))
+        jobs.update({pid: graph_job for _, pid in group})
     runs_of: dict[tuple[str, str], list[str]] = {}
     for run, pid in planned:
         runs_of.setdefault((run.config.model, get_task(run.config.task).name), []).append(pid)
@@ -110,7 +123,7 @@ def pair_jobs(spec: SweepSpec, settings: PairSettings,
     (built here unless given)."""
     _check_tasks(spec, settings)
     prompts = prompts or prompt_jobs(spec)
-    graph = PairGraph(list(prompts.jobs.values()), [])
+    graph = PairGraph(prompts.unique(), [])
     for source, target in itertools.permutations(spec.models, 2):
         train_tasks = _shared(spec, source, target, settings.train_tasks)
         eval_tasks = _shared(spec, source, target, settings.eval_tasks)
@@ -149,7 +162,7 @@ def _projector_job(pair: str, config: ProjectorConfig, spec: SweepSpec, target: 
                        spec.max_failures),
                needs=needs, done=partial(ProjectorStore(spec.storage_path).has,
                                          config.projector_id),
-               resources=run_bundle(resources))
+               resources=job_bundle(resources))
 
 
 def _eval_job(pair: str, config: ProjectorConfig, spec: SweepSpec, target: ModelEntry,
@@ -161,7 +174,7 @@ def _eval_job(pair: str, config: ProjectorConfig, spec: SweepSpec, target: Model
                        spec.data_dir, config.eval_limit, among),
                needs=(f"projector {pair}", *needs),
                done=partial(_evaluated, spec.storage_path, config.projector_id, list(tasks)),
-               resources=run_bundle(_job_resources(target, "eval")))
+               resources=job_bundle(_job_resources(target, "eval")))
 
 
 def _check_tasks(spec: SweepSpec, settings: PairSettings) -> None:

@@ -29,7 +29,7 @@ from ptdist.orchestration.model_pairs import (PairGraph, PromptJobs, one_device,
                                               prompt_jobs)
 from ptdist.orchestration.spec import ModelEntry, SweepSpec
 from ptdist.orchestration.study import Study
-from ptdist.orchestration.trial import COORDINATOR_CPU, run_bundle
+from ptdist.orchestration.trial import COORDINATOR_CPU, job_bundle
 from ptdist.store.atomic import atomic_write_json
 from ptdist.store.keys import model_key
 from ptdist.tasks import get_task
@@ -41,13 +41,13 @@ def study_jobs(study: Study) -> list[Job]:
     spec = study.spec
     prompts = prompt_jobs(spec)
     graph = pair_jobs(spec, study.projection, prompts) if study.projection else \
-        PairGraph(list(prompts.jobs.values()), [])
+        PairGraph(prompts.unique(), [])
     jobs = graph.jobs
     stage = partial(_stage, study)
     for model in spec.models:
         m, tasks = model.name, list(spec.tasks_of(model))
         mine = prompts.needs(m, spec.tasks)  # the study's own prompts, not all in the store
-        device = run_bundle(one_device(model))
+        device = job_bundle(one_device(model))
         jobs.append(stage(f"capture {m}", mine, prompts.ids(mine), device,
                           partial(_capture, spec.storage_path, m, tasks, spec.data_dir,
                                   study.neurons, mine)))

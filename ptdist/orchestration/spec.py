@@ -24,9 +24,9 @@ from ptdist.training.config import TrainConfig, load_ds_config
 from ptdist.training.loop import deepspeed_config, precision_of
 
 TOP_KEYS = ("name", "storage_path", "data_dir", "cluster", "tasks", "seeds", "inits", "train",
-            "models", "max_concurrent", "max_failures")
+            "models", "max_concurrent", "max_failures", "pack")
 PATH_KEYS = ("storage_path", "data_dir", "cluster")
-MODEL_KEYS = ("resources", "ds_config", "precision", "train", "tasks")
+MODEL_KEYS = ("resources", "ds_config", "precision", "train", "tasks", "pack")
 RESOURCE_KEYS = ("workers", "gpus", "cpus")
 # Set per run by the sweep itself, so not allowed under `train:`.
 SWEPT_FIELDS = ("model", "task", "seed", "init", "ds_config", "data_dir")
@@ -59,6 +59,7 @@ class ModelEntry:
     train: dict[str, Any]
     ds_settings: dict[str, Any]  # the DeepSpeed config's content, read once when validated
     tasks: tuple[str, ...] | None = None  # a subset of the spec's tasks (None: all of them)
+    pack: int = 1  # runs trained together on one copy of the backbone (ptdist.training.packed)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class RunSpec:
 
     config: TrainConfig
     resources: Resources
+    pack: int = 1  # how many runs of its model one job may train together
 
     @property
     def label(self) -> str:
@@ -93,7 +95,7 @@ class SweepSpec:
         """Every (model, task, seed, init) in the order the spec lists them."""
         return [RunSpec(TrainConfig(model=m.name, task=task, seed=seed, init=init_for(init, task),
                                     ds_config=m.ds_config, data_dir=self.data_dir,
-                                    **{**self.train, **m.train}), m.resources)
+                                    **{**self.train, **m.train}), m.resources, m.pack)
                 for m in self.models for task in self.tasks_of(m) for seed in self.seeds
                 for init in self.inits]
 
@@ -169,7 +171,8 @@ def parse_spec(raw: dict, default_name: str = "sweep", base: Path | None = None)
         seeds=tuple(_int_list(raw.get("seeds", [0]), "seeds")),
         inits=tuple(_str_list(raw.get("inits", ["random"]), "inits")),
         train=train,
-        models=tuple(_model_entry(name, entry or {}, base or Path.cwd())
+        models=tuple(_model_entry(name, entry or {}, base or Path.cwd(),
+                                  _positive(raw.get("pack", 1), "pack"))
                      for name, entry in models.items()),
         max_concurrent=_positive_or_none(raw.get("max_concurrent"), "max_concurrent"),
         max_failures=_non_negative(raw.get("max_failures", 3), "max_failures"),
@@ -202,7 +205,7 @@ def _validate(spec: SweepSpec) -> None:
                               f"ds_config {model.ds_config}): {exc}") from None
 
 
-def _model_entry(name: str, entry: dict, base: Path) -> ModelEntry:
+def _model_entry(name: str, entry: dict, base: Path, pack: int) -> ModelEntry:
     if not isinstance(entry, dict):
         raise PtdistError(f"models.{name} must be a mapping with keys: {', '.join(MODEL_KEYS)}")
     check_keys(entry, MODEL_KEYS, f"models.{name}")
@@ -238,7 +241,8 @@ def _model_entry(name: str, entry: dict, base: Path) -> ModelEntry:
     return ModelEntry(name, res, ds_config, train, raw_ds,
                       None if tasks is None else tuple(
                           _task_ref_name(task_ref(t, base))
-                          for t in _str_list(tasks, f"models.{name}.tasks")))
+                          for t in _str_list(tasks, f"models.{name}.tasks")),
+                      _positive(entry.get("pack", pack), f"models.{name}.pack"))
 
 
 def _check_model_name(name: str) -> None:
@@ -310,9 +314,11 @@ def _int_list(value: Any, key: str) -> list[int]:
 
 
 def _positive_or_none(value: Any, key: str) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, int) or value < 1:
+    return None if value is None else _positive(value, key)
+
+
+def _positive(value: Any, key: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise PtdistError(f"'{key}' must be a positive integer (got {value!r})")
     return value
 

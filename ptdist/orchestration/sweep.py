@@ -22,7 +22,7 @@ from ptdist.orchestration.resources import (HEAD_NODE_CONFIG, check_runs_fit, de
                                             node_types_from_cluster_config,
                                             node_types_from_live_cluster)
 from ptdist.orchestration.spec import RunSpec, SweepSpec
-from ptdist.orchestration.trial import run_to_dict
+from ptdist.orchestration.trial import Planned, job_to_dict, pack_runs
 from ptdist.store.prompts import PromptStore
 from ptdist.store.tables import write_table
 from ptdist.training.loop import plan_run
@@ -64,15 +64,23 @@ def run_sweep(spec: SweepSpec, address: str | None = None, dry_run: bool = False
     _say(f"sweep {spec.name}: {len(planned)} runs ({len(spec.models)} model(s) x "
          f"{len(spec.tasks)} task(s) x {len(spec.seeds)} seed(s) x {len(spec.inits)} init(s)); "
          f"{len(planned) - len(todo)} already in the store {store.root}, {len(todo)} to run")
+    jobs = pack_runs(todo)
+    if len(jobs) < len(todo):
+        _say(f"packed into {len(jobs)} job(s): runs of one model share its backbone")
     if dry_run:
-        for run, pid in todo:
-            res = run.resources
-            _say(f"  would run {pid} {run.label}: {run.config.steps} steps, {res.workers} "
-                 f"worker(s) x {describe(res.per_worker())}, {run.config.ds_config}")
+        for job in jobs:
+            res = job[0][0].resources
+            if len(job) > 1:
+                _say(f"  would run a pack of {len(job)} runs on {res.workers} worker(s) x "
+                     f"{describe(res.per_worker())}:")
+            for run, pid in job:
+                _say(f"  {'  ' if len(job) > 1 else ''}would run {pid} {run.label}: "
+                     f"{run.config.steps} steps, {res.workers} worker(s) x "
+                     f"{describe(res.per_worker())}, {run.config.ds_config}")
         return SweepOutcome([], None, 0)
     results: dict[str, dict] = {}
     if todo:
-        results = _run_on_ray(spec, todo, store, address)
+        results = _run_on_ray(spec, jobs, store, address)
     else:
         _say("nothing new to run: every prompt of this sweep is already in the store")
     rows = [_row(run, pid, store, results.get(pid)) for run, pid in planned]
@@ -84,47 +92,50 @@ def run_sweep(spec: SweepSpec, address: str | None = None, dry_run: bool = False
     return SweepOutcome(rows, table, trained)
 
 
-def _run_on_ray(spec: SweepSpec, todo: list[tuple[RunSpec, str]], store: PromptStore,
+def _run_on_ray(spec: SweepSpec, jobs: list[list[Planned]], store: PromptStore,
                 address: str | None) -> dict[str, dict]:
     with ray_session(address) as where:
-        return _tune(spec, todo, store, where)
+        return _tune(spec, jobs, store, where)
 
 
-def _tune(spec: SweepSpec, todo: list[tuple[RunSpec, str]], store: PromptStore,
+def _tune(spec: SweepSpec, jobs: list[list[Planned]], store: PromptStore,
           where: str) -> dict[str, dict]:
+    """Run each job as a Tune trial; returns each run's result (or error) by prompt id."""
     import ray
     from ray import tune
 
     from ptdist.orchestration.progress import SweepProgress
     from ptdist.orchestration.trial import run_trial, trial_resources
 
-    _check_resources(spec, [run for run, _ in todo], local=where.startswith("a local"))
-    _say(f"running {len(todo)} run(s) on {where}; cluster resources: "
+    runs = [run for job in jobs for run, _ in job]
+    _check_resources(spec, runs, local=where.startswith("a local"))
+    _say(f"running {len(runs)} run(s) in {len(jobs)} job(s) on {where}; cluster resources: "
          f"{describe(ray.cluster_resources())}")
     store.root.mkdir(parents=True, exist_ok=True)
-    runs = [run_to_dict(run, pid) for run, pid in todo]
     tuner = tune.Tuner(
         tune.with_resources(run_trial, trial_resources),
-        param_space={"run": tune.grid_search(runs), "store": str(store.root),
-                     "max_failures": spec.max_failures},
+        param_space={"job": tune.grid_search([job_to_dict(job) for job in jobs]),
+                     "store": str(store.root), "max_failures": spec.max_failures},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=spec.max_concurrent, reuse_actors=False,
-            trial_name_creator=lambda t: t.config["run"]["prompt_id"],
-            trial_dirname_creator=lambda t: t.config["run"]["prompt_id"]),
+            trial_name_creator=lambda t: t.config["job"]["id"],
+            trial_dirname_creator=lambda t: t.config["job"]["id"]),
         run_config=tune.RunConfig(
             name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(store.root / "ray" / "tune"), verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[SweepProgress(spec.name, len(todo))]),
+            callbacks=[SweepProgress(spec.name, len(runs))]),
     )
     results = {}
     for result in tuner.fit():
-        pid = result.config["run"]["prompt_id"]
+        job = result.config["job"]
         if result.error is not None:
-            results[pid] = {"error": _first_line(result.error)}
-            _say(f"run {pid} ({result.config['run']['label']}) failed: {result.error}")
-        else:
-            results[pid] = dict(result.metrics)  # {"error": ...} for a run's user error
+            _say(f"job {job['id']} ({job['label']}) failed: {result.error}")
+        metrics = result.metrics or {}
+        error = {"error": _first_line(result.error)} if result.error is not None else \
+            {"error": metrics["error"]} if "error" in metrics else None  # a user error
+        for run in job["runs"]:
+            results[run["prompt_id"]] = error or metrics["runs"][run["prompt_id"]]
     return results
 
 

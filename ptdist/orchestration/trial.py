@@ -1,10 +1,11 @@
-"""One sweep run inside a Ray Tune trial.
+"""Sweep jobs inside Ray Tune trials (or graph jobs): one run, or a pack of runs that share a
+backbone (`ptdist.training.packed`).
 
-A one-worker run trains in the trial's own process, on the CPUs and GPU Ray reserved for it. A
-run with more workers starts a Ray Train worker group from the trial; every worker runs the same
+A one-worker job trains in the trial's own process, on the CPUs and GPU Ray reserved for it. A
+job with more workers starts a Ray Train worker group from the trial; every worker runs the same
 DeepSpeed recipe, in one process group that Ray Train sets up. Either way a worker that dies is
-restarted by Ray (Tune's or Train's failure config) and `train` resumes from the run's last
-checkpoint in the store, so the run ends where an uninterrupted run would have.
+restarted by Ray (Tune's or Train's failure config) and each run resumes from its last
+checkpoint in the store, so it ends where an uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -15,22 +16,47 @@ from dataclasses import asdict
 from ptdist.errors import PtdistError
 from ptdist.orchestration.spec import Resources, RunSpec
 from ptdist.training.config import TrainConfig
+from ptdist.training.packed import SHARED
 
 # Tune requires a non-empty bundle per trial. A multi-worker trial only coordinates (its Ray
 # Train workers hold the real resources), so it reserves a sliver of a CPU.
 COORDINATOR_CPU = 0.05
 
-
-def run_to_dict(run: RunSpec, prompt_id: str) -> dict:
-    return {"config": run.config.to_dict(), "resources": asdict(run.resources),
-            "label": run.label, "prompt_id": prompt_id}
+Planned = tuple[RunSpec, str]  # a run and its prompt id
 
 
-def run_from_dict(data: dict) -> RunSpec:
-    return RunSpec(TrainConfig(**data["config"]), Resources(**data["resources"]))
+def pack_runs(runs: list[Planned]) -> list[list[Planned]]:
+    """The runs grouped into jobs: in order, each run joins the last open job of runs that can
+    share its backbone (same resources and `SHARED` settings) until that job holds the run's
+    ``pack`` runs. With ``pack`` 1 every run is its own job."""
+    jobs: list[list[Planned]] = []
+    open_jobs: dict[tuple, list[Planned]] = {}
+    for run, prompt_id in runs:
+        key = (run.resources, run.pack, *(getattr(run.config, name) for name in SHARED))
+        job = open_jobs.get(key)
+        if job is None or len(job) >= run.pack:
+            job = open_jobs[key] = []
+            jobs.append(job)
+        job.append((run, prompt_id))
+    return jobs
 
 
-def run_bundle(resources: Resources) -> dict[str, float]:
+def job_to_dict(job: list[Planned]) -> dict:
+    """A job as data a Ray task or trial carries: its runs, a name and a label."""
+    first, prompt_id = job[0]
+    return {"runs": [{"config": run.config.to_dict(), "resources": asdict(run.resources),
+                      "label": run.label, "prompt_id": pid} for run, pid in job],
+            "id": prompt_id if len(job) == 1 else f"pack-{prompt_id}+{len(job) - 1}",
+            "label": first.label if len(job) == 1 else
+            f"pack of {len(job)} runs of {first.config.model}",
+            "resources": asdict(first.resources)}
+
+
+def _configs(job: dict) -> list[TrainConfig]:
+    return [TrainConfig(**run["config"]) for run in job["runs"]]
+
+
+def job_bundle(resources: Resources) -> dict[str, float]:
     """What the process that runs a job reserves: its one worker's bundle, or, when the job
     starts a worker group (which reserves the real resources), a coordinator's sliver."""
     return resources.per_worker() if resources.workers == 1 else {"CPU": COORDINATOR_CPU}
@@ -40,19 +66,19 @@ def trial_resources(trial_config: dict):
     """The placement group of a trial."""
     from ray import tune
 
-    return tune.PlacementGroupFactory([run_bundle(run_from_dict(trial_config["run"]).resources)])
+    return tune.PlacementGroupFactory([job_bundle(Resources(**trial_config["job"]["resources"]))])
 
 
 def run_trial(trial_config: dict) -> None:
-    """Tune's function trainable: train the run, report its result once."""
+    """Tune's function trainable: train the job, report its runs' results once."""
     from ray import tune
 
     from ptdist.runtime import quiet_libraries
 
     quiet_libraries()
     try:
-        result = train_run(trial_config["run"], trial_config["store"],
-                           trial_config["max_failures"])
+        result = {"runs": train_job(trial_config["job"], trial_config["store"],
+                                    trial_config["max_failures"])}
     except PtdistError as exc:
         # A user error (a model the node cannot load, data without labels...) fails the same
         # way on every attempt: report it instead of raising, so Ray does not retry it.
@@ -60,32 +86,35 @@ def run_trial(trial_config: dict) -> None:
     tune.report(result)
 
 
-def train_run(run_dict: dict, store_root: str, max_failures: int) -> dict:
-    """Train one run (as `run_to_dict` gives it) from the process Ray placed it in: here for
-    one worker, else on a Ray Train worker group. Returns the result's scalars."""
-    run = run_from_dict(run_dict)
-    if run.resources.workers == 1:
-        return _train_here(run.config, store_root)
+def train_job(job: dict, store_root: str, max_failures: int) -> dict[str, dict]:
+    """Train a job (as `job_to_dict` gives it) from the process Ray placed it in: here for one
+    worker, else on a Ray Train worker group. Returns each run's result scalars by prompt id."""
     from ptdist.store.prompts import PromptStore
     from ptdist.training.loop import stored_result
 
-    on_worker_group(_worker_loop, {"config": run.config.to_dict(), "store": store_root},
-                    run.resources, run_dict["prompt_id"], store_root, max_failures)
-    # Rank 0 wrote the prompt and its manifest; whether the group was restarted (and from which
-    # step it resumed) is recorded there.
-    return _scalars(stored_result(PromptStore(store_root), run_dict["prompt_id"], skipped=False))
+    resources = Resources(**job["resources"])
+    if resources.workers == 1:
+        results = _train_here(_configs(job), store_root)
+    else:
+        on_worker_group(_worker_loop, {"configs": [c.to_dict() for c in _configs(job)],
+                                       "store": store_root},
+                        resources, job["id"], store_root, max_failures)
+        # Rank 0 stored every prompt and its manifest; whether the group was restarted (and
+        # from which step each run resumed) is recorded there.
+        store = PromptStore(store_root)
+        results = [stored_result(store, run["prompt_id"], skipped=False) for run in job["runs"]]
+    # The learning curve is in each prompt's manifest; a job reports scalars.
+    return {r.prompt_id: {k: v for k, v in r.to_dict().items() if k != "history"}
+            for r in results}
 
 
-def _train_here(config: TrainConfig, store_root: str) -> dict:
+def _train_here(configs: list[TrainConfig], store_root: str) -> list:
     from ptdist.store.prompts import PromptStore
     from ptdist.training import train
+    from ptdist.training.packed import train_packed
 
-    return _scalars(train(config, PromptStore(store_root)))
-
-
-def _scalars(result) -> dict:
-    # The learning curve is in the prompt's manifest; a trial reports scalars.
-    return {k: v for k, v in result.to_dict().items() if k != "history"}
+    store = PromptStore(store_root)
+    return [train(configs[0], store)] if len(configs) == 1 else train_packed(configs, store)
 
 
 def _worker_loop(loop_config: dict) -> None:
@@ -93,7 +122,7 @@ def _worker_loop(loop_config: dict) -> None:
     from ptdist.runtime import quiet_libraries
 
     quiet_libraries()
-    _train_here(TrainConfig(**loop_config["config"]), loop_config["store"])
+    _train_here([TrainConfig(**c) for c in loop_config["configs"]], loop_config["store"])
 
 
 def on_worker_group(loop: Callable[[dict], None], loop_config: dict, resources: Resources,

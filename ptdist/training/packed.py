@@ -1,0 +1,278 @@
+"""Packed multi-prompt tuning: K prompt-tuning runs on one copy of a frozen backbone.
+
+Prompt tuning spends nearly all its time in the frozen model, so runs that share a backbone (K
+tasks, seeds or inits) share its forwards: each micro-batch holds the micro-batch of every run,
+each example behind its own run's prompt. Everything else stays per run: data order, AdamW
+state, learning-rate schedule, gradient clipping, evaluation, best prompt, early stopping,
+checkpoint and stored result. A packed run's updates equal those of the same run trained alone
+(`train`) on the same batches, so it has the same prompt id: packing is a way to execute runs,
+not a different run, and a packed run and a separate one resume from each other's checkpoints.
+
+DeepSpeed holds the frozen backbone: its placement, precision and, under ZeRO-3, its
+partitioning across ranks. ZeRO-1/2 partition what a run trains, and a prompt is tiny: every rank
+keeps each prompt whole, averages the pack's gradients in one all-reduce and steps each run's
+own torch AdamW, clipped by the run's own gradient norm (as a separate run's engine clips its
+one prompt), never by the norm of the whole pack.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from ptdist.backbones import Backbone
+from ptdist.errors import PtdistError
+from ptdist.store.prompts import PromptStore
+from ptdist.training.checkpoint import ADAM_KEYS, TrainState, load_checkpoint
+from ptdist.training.config import TrainConfig
+from ptdist.training.data import global_batch, rank_slice
+from ptdist.training.distributed import finish_together, init_distributed
+from ptdist.training.evaluation import evaluate_each
+from ptdist.training.fingerprint import frozen_fingerprint
+from ptdist.training.loop import (Progress, RunData, RunPlan, TrainResult, deepspeed_config,
+                                  fresh_prompt, load_frozen, load_run_data, lr_schedule,
+                                  plan_run, precision_of, run_manifest, stored_result, zero_stage)
+from ptdist.training.tracking import RunTracker
+
+# What the runs of one pack must share: one backbone, one prompt shape, one DeepSpeed config.
+# Everything else (task, seed, init, learning rate, steps, batch size, patience...) may differ.
+SHARED = ("model", "prompt_length", "max_length", "ds_config")
+# The parameter name of a `SoftPrompt`: packed and separate runs read each other's checkpoints.
+PROMPT = "weight"
+
+
+def check_packable(configs: list[TrainConfig]) -> None:
+    if not configs:
+        raise PtdistError("a packed job needs at least one run")
+    for name in SHARED:
+        values = sorted({str(getattr(c, name)) for c in configs})
+        if len(values) > 1:
+            raise PtdistError(f"runs packed into one job must share their {name} (one frozen "
+                              f"backbone, one prompt shape, one DeepSpeed config); got "
+                              f"{', '.join(values)}. Pack only runs of one model entry, or run "
+                              "them separately")
+
+
+def train_packed(configs: list[TrainConfig], store: PromptStore | None = None) -> list[TrainResult]:
+    """Prompt-tune every run of ``configs`` together on one frozen backbone; one result per
+    config, in order. Runs already in the store are read from it; interrupted runs resume
+    from their checkpoints. Call on every rank of the process group."""
+    store = store or PromptStore()
+    t0 = time.time()
+    check_packable(configs)
+    plans = [plan_run(config, store) for config in configs]
+    results: dict[str, TrainResult] = {}
+    todo: dict[str, tuple[TrainConfig, RunPlan]] = {}
+    for config, plan in zip(configs, plans):
+        if store.has(plan.prompt_id):
+            results[plan.prompt_id] = stored_result(store, plan.prompt_id, skipped=True, t0=t0)
+        else:
+            todo.setdefault(plan.prompt_id, (config, plan))
+    if todo:
+        results.update(_train_pack(list(todo.values()), store, t0))
+    return [results[plan.prompt_id] for plan in plans]
+
+
+@dataclass
+class _Run:
+    """One run of a pack, with its own prompt, optimizer, schedule and bookkeeping."""
+
+    config: TrainConfig
+    plan: RunPlan
+    data: RunData
+    prompt: nn.Parameter
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    tracker: RunTracker
+    micro: int  # examples per micro-batch on this rank
+    ds_config: dict
+    resumed_from: int | None
+    losses: list[float]
+
+    @property
+    def label(self) -> str:
+        return f"run {self.plan.prompt_id} ({self.plan.task.name}, seed {self.config.seed})"
+
+    @property
+    def active(self) -> bool:
+        return self.tracker.state.step < self.config.steps and not self.tracker.stopped
+
+    @property
+    def eval_due(self) -> bool:
+        step = self.tracker.state.step
+        return step % self.config.eval_every == 0 or step == self.config.steps
+
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        """The prompt and its Adam state, keyed as `gather_state` keys a separate run's."""
+        state = self.optimizer.state[self.prompt]
+        tensors = {PROMPT: self.prompt.detach()}
+        tensors.update({f"{PROMPT}.{key}": state[key] for key in ADAM_KEYS if key in state})
+        out = {k: v.detach().float().cpu().clone() for k, v in tensors.items()}
+        out["adam_step"] = torch.tensor(float(state["step"]) if "step" in state else 0.0)
+        return out
+
+
+def _train_pack(todo: list[tuple[TrainConfig, RunPlan]], store: PromptStore,
+                t0: float) -> dict[str, TrainResult]:
+    import deepspeed
+
+    rank, world = init_distributed()
+    first = todo[0][0]
+    ds_config = deepspeed_config(todo[0][1].ds_config, first, world)
+    backbone, zero3_marker = load_frozen(first, ds_config)  # the marker is held for the pack
+    engine, *_ = deepspeed.initialize(model=backbone, config=_frozen_engine_config(ds_config))
+    backbone = engine.module
+    fingerprint = frozen_fingerprint(backbone)
+    runs = [_start_run(config, plan, backbone, store, engine.device, world)
+            for config, plan in todo]
+    progress = Progress(replace(first, steps=max(r.config.steps - r.tracker.state.step
+                                                   for r in runs)), 0, rank == 0)
+    progress.line(f"[ptdist] pack of {len(runs)} run(s) on {first.model}: {world} process(es), "
+                  f"{precision_of(ds_config)}, ZeRO-{zero_stage(ds_config)}")
+    for run in runs:
+        progress.line(f"  {run.label}: {len(run.data.train)} train / {len(run.data.eval)} eval "
+                      "examples" + (f", resumed at step {run.resumed_from}"
+                                    if run.resumed_from is not None else ""))
+    results: dict[str, TrainResult] = {}
+    pack = [run.plan.prompt_id for run in runs]
+    iteration = 0
+    while True:
+        for run in runs:  # stored as soon as it is done: a later failure cannot lose it
+            if not run.active and run.plan.prompt_id not in results:
+                results[run.plan.prompt_id] = _finish(run, backbone, fingerprint, store, rank,
+                                                      world, t0, pack)
+        active = [run for run in runs if run.active]
+        if not active:
+            break
+        _step(backbone, active, rank, world)
+        iteration += 1
+        progress.step(iteration, sum(r.losses[-1] for r in active) / len(active),
+                      active[0].scheduler.get_last_lr()[0])
+        _evaluate(backbone, [r for r in active if r.eval_due], rank, world, progress, t0)
+    changed = frozen_fingerprint(backbone) != fingerprint
+    engine.destroy()
+    if changed:
+        raise RuntimeError("the frozen backbone changed during packed training: a ptdist bug, "
+                           "please report it with the DeepSpeed config used")
+    finish_together(world)
+    return results
+
+
+def _frozen_engine_config(ds_config: dict) -> dict:
+    """The DeepSpeed config of the engine that holds only the frozen backbone. ZeRO-1/2
+    partition optimizer state and gradients, and a frozen model has neither (DeepSpeed also
+    refuses those stages without an optimizer): they run as stage 0. ZeRO-3 partitions the
+    parameters themselves and is kept."""
+    if zero_stage(ds_config) == 3:
+        return ds_config
+    return dict(ds_config, zero_optimization={"stage": 0})
+
+
+def _start_run(config: TrainConfig, plan: RunPlan, backbone: Backbone, store: PromptStore,
+               device: torch.device, world: int) -> _Run:
+    ds_config = deepspeed_config(plan.ds_config, config, world)
+    data = load_run_data(config, plan.task, backbone)
+    folder = store.run_dir(plan.prompt_id)
+    resumed = load_checkpoint(folder)
+    saved, state = resumed if resumed is not None else ({}, TrainState())
+    init = saved[PROMPT] if resumed is not None else fresh_prompt(config, plan, backbone)
+    prompt = nn.Parameter(init.float().to(device))
+    optimizer = torch.optim.AdamW([prompt], lr=config.lr, weight_decay=config.weight_decay)
+    scale, start = lr_schedule(config), state.step  # a resumed schedule continues at its step
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: scale(s + start))
+    if resumed is not None and f"{PROMPT}.{ADAM_KEYS[0]}" in saved:
+        optimizer.state[prompt] = {"step": saved["adam_step"].clone(),
+                                   **{key: saved[f"{PROMPT}.{key}"].to(device)
+                                      for key in ADAM_KEYS}}
+    tracker = RunTracker.resumed(saved, state, folder, plan.task.primary_metric, config.patience)
+    micro = ds_config["train_micro_batch_size_per_gpu"]
+    return _Run(config, plan, data, prompt, optimizer, scheduler, tracker, micro, ds_config,
+                state.step if resumed is not None else None, [])
+
+
+def _step(backbone: Backbone, runs: list[_Run], rank: int, world: int) -> None:
+    """One optimizer step of every run in ``runs``: micro-batch by micro-batch, one forward for
+    all runs; then each run's gradients averaged over ranks, clipped and applied."""
+    device = runs[0].prompt.device
+    accumulation = runs[0].ds_config["gradient_accumulation_steps"]
+    mine = [rank_slice(global_batch(r.tracker.state.step, len(r.data.train), r.config.batch_size,
+                                    r.config.seed), rank, world) for r in runs]
+    losses = torch.zeros(len(runs))
+    for part in range(accumulation):
+        batches, prompts = [], []
+        for run, indices in zip(runs, mine):
+            rows = [run.data.train[i] for i in indices[part * run.micro:(part + 1) * run.micro]]
+            batches.append({k: v.to(device) for k, v in
+                            backbone.collate(rows, run.data.words).items()})
+            prompts.append(run.prompt.unsqueeze(0).expand(len(rows), -1, -1))
+        means = torch.stack([loss.mean() for loss in backbone.losses(torch.cat(prompts),
+                                                                     batches)])
+        # Each run's loss is scaled as a separate run's engine scales it, per micro-batch.
+        (means.sum() / accumulation).backward()
+        losses += means.detach().float().cpu()
+    _average_over_ranks([run.prompt for run in runs], world)
+    for run, loss in zip(runs, (losses / accumulation).tolist()):
+        if run.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([run.prompt], run.config.grad_clip)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.tracker.state.step += 1
+        run.losses.append(loss)
+
+
+def _average_over_ranks(params: list[nn.Parameter], world: int) -> None:
+    """Average the gradients of ``params`` over the ranks, in one all-reduce."""
+    if world == 1:
+        return
+    import torch.distributed as dist
+
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world
+    for p, grad in zip(params, flat.split([p.numel() for p in params])):
+        p.grad.copy_(grad.view_as(p))
+
+
+def _evaluate(backbone: Backbone, runs: list[_Run], rank: int, world: int, progress: Progress,
+              t0: float) -> None:
+    """Evaluate ``runs``; the runs that score the same rows share each forward (their prompts
+    are a batch dimension)."""
+    groups: dict[tuple, list[_Run]] = {}
+    for run in runs:
+        c = run.config
+        key = (c.task, c.eval_limit, c.data_dir, c.max_new_tokens, run.micro)
+        groups.setdefault(key, []).append(run)
+    for group in groups.values():
+        head = group[0]
+        prompts = torch.stack([run.prompt.detach() for run in group])
+        metrics = evaluate_each(backbone, prompts, head.plan.task, head.data.eval,
+                                head.micro * 2 * len(group), head.config.max_new_tokens,
+                                rank, world)
+        for run, scores in zip(group, metrics):
+            line = run.tracker.record(run.losses[-1], scores, time.time() - t0,
+                                      run.checkpoint_tensors(), [PROMPT], rank == 0)
+            progress.line(f"{run.label} {line}")
+
+
+def _finish(run: _Run, backbone: Backbone, fingerprint: str, store: PromptStore, rank: int,
+            world: int, t0: float, pack: list[str]) -> TrainResult:
+    """Store a run that has finished (its steps done, or stopped early), as `train` would."""
+    state = run.tracker.state
+    best = next(h for h in state.history if h["step"] == state.best_step)
+    metrics = {k: v for k, v in best.items() if k not in ("step", "loss", "time_s")}
+    task = run.plan.task
+    result = TrainResult(run.plan.prompt_id, task.name, run.config.model, task.primary_metric,
+                         state.best_score, metrics, state.best_step, state.step,
+                         run.resumed_from, False, time.time() - t0, str(store.root),
+                         state.history)
+    if rank == 0:
+        store.put(run.plan.prompt_id, run.tracker.best[PROMPT], dict(
+            run_manifest(run.config, task, backbone, result, run.plan.precision, world,
+                      run.ds_config),
+            backbone_fingerprint=fingerprint, packed_with=pack))
+    return result
+
