@@ -55,9 +55,10 @@ def load_split(task: TaskRecord, split: str, *, limit: int | None = None,
     answer_column = task.label_column if task.is_classification else \
         task.target_column.split(".")[0]
 
+    inputs = task.input_columns  # parsed from the template: once, not once per row
     keep, answers, bad_answers, empty_inputs = [], [], Counter(), 0
     for i, value in enumerate(columns[answer_column]):
-        if any(columns[c][i] is None for c in task.input_columns):
+        if any(columns[c][i] is None for c in inputs):
             empty_inputs += 1
             continue
         parsed = answer(value)
@@ -71,7 +72,7 @@ def load_split(task: TaskRecord, split: str, *, limit: int | None = None,
     if limit is not None and limit < len(keep):
         chosen = np.sort(np.random.default_rng(seed).permutation(len(keep))[:limit])
         keep, answers = [keep[j] for j in chosen], [answers[j] for j in chosen]
-    texts = [_format(task, where, {c: columns[c][i] for c in task.input_columns}) for i in keep]
+    texts = [_format(task, where, {c: columns[c][i] for c in inputs}) for i in keep]
 
     import datasets  # here, not at the top: listing or parsing tasks should not pay for it
 

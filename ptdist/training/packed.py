@@ -126,8 +126,13 @@ def _train_pack(todo: list[tuple[TrainConfig, RunPlan]], store: PromptStore,
     engine, *_ = deepspeed.initialize(model=backbone, config=_frozen_engine_config(ds_config))
     backbone = engine.module
     fingerprint = frozen_fingerprint(backbone)
-    runs = [_start_run(config, plan, backbone, store, engine.device, world)
-            for config, plan in todo]
+    loaded: dict[tuple, RunData] = {}  # runs of one task (seeds, inits) share its rows
+    runs = []
+    for config, plan in todo:
+        key = (config.task, config.train_limit, config.eval_limit, config.data_dir)
+        if key not in loaded:
+            loaded[key] = load_run_data(config, plan.task, backbone)
+        runs.append(_start_run(config, plan, loaded[key], backbone, store, engine.device, world))
     progress = Progress(replace(first, steps=max(r.config.steps - r.tracker.state.step
                                                    for r in runs)), 0, rank == 0)
     progress.line(f"[ptdist] pack of {len(runs)} run(s) on {first.model}: {world} process(es), "
@@ -171,10 +176,9 @@ def _frozen_engine_config(ds_config: dict) -> dict:
     return dict(ds_config, zero_optimization={"stage": 0})
 
 
-def _start_run(config: TrainConfig, plan: RunPlan, backbone: Backbone, store: PromptStore,
-               device: torch.device, world: int) -> _Run:
+def _start_run(config: TrainConfig, plan: RunPlan, data: RunData, backbone: Backbone,
+               store: PromptStore, device: torch.device, world: int) -> _Run:
     ds_config = deepspeed_config(plan.ds_config, config, world)
-    data = load_run_data(config, plan.task, backbone)
     folder = store.run_dir(plan.prompt_id)
     resumed = load_checkpoint(folder)
     saved, state = resumed if resumed is not None else ({}, TrainState())
