@@ -486,7 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--protocol", choices=("prompt", "data"), default="prompt",
                    help="prompt: no task input (the paper's); data: mean over N examples")
     c.add_argument("--examples", type=int, default=32, help="N for the data protocol")
-    c.add_argument("--batch-size", type=int, default=16)
+    c.add_argument("--batch-size", type=int, default=16,
+                   help="examples per forward (data protocol), prompts per forward (prompt "
+                        "protocol)")
     c.add_argument("--chunks", type=int, default=2, help="Ray tasks to split the prompts over")
     c.add_argument("--local", action="store_true", help="capture in this process, not on Ray")
     _add_ray(c)
