@@ -43,7 +43,9 @@ def test_mlm_reads_the_mask_right_after_the_prompt():
     mask = torch.cat([torch.ones(2, 3, dtype=torch.long), batch["attention_mask"]], 1)
     full = backbone.model(inputs_embeds=embeds, attention_mask=mask).logits
     expected = full[:, 3].gather(1, backbone.label_token_ids(WORDS).expand(2, -1))
-    assert torch.allclose(backbone.class_logits(prompts, batch), expected)
+    # The head runs at the mask alone there, so equal up to float rounding, not bit for bit.
+    torch.testing.assert_close(backbone.class_logits(prompts, batch), expected, atol=1e-5,
+                               rtol=1e-5)
 
 
 def test_t5_classification_trains_on_label_text_and_reads_first_decoder_step():
