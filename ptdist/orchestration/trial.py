@@ -44,16 +44,12 @@ def pack_runs(runs: list[Planned]) -> list[list[Planned]]:
 def job_to_dict(job: list[Planned]) -> dict:
     """A job as data a Ray task or trial carries: its runs, a name and a label."""
     first, prompt_id = job[0]
-    return {"runs": [{"config": run.config.to_dict(), "resources": asdict(run.resources),
-                      "label": run.label, "prompt_id": pid} for run, pid in job],
+    return {"runs": [{"config": run.config.to_dict(), "label": run.label, "prompt_id": pid}
+                     for run, pid in job],
             "id": prompt_id if len(job) == 1 else f"pack-{prompt_id}+{len(job) - 1}",
             "label": first.label if len(job) == 1 else
             f"pack of {len(job)} runs of {first.config.model}",
             "resources": asdict(first.resources)}
-
-
-def _configs(job: dict) -> list[TrainConfig]:
-    return [TrainConfig(**run["config"]) for run in job["runs"]]
 
 
 def job_bundle(resources: Resources) -> dict[str, float]:
@@ -94,9 +90,10 @@ def train_job(job: dict, store_root: str, max_failures: int) -> dict[str, dict]:
 
     resources = Resources(**job["resources"])
     if resources.workers == 1:
-        results = _train_here(_configs(job), store_root)
+        results = _train_here([TrainConfig(**run["config"]) for run in job["runs"]],
+                              store_root)
     else:
-        on_worker_group(_worker_loop, {"configs": [c.to_dict() for c in _configs(job)],
+        on_worker_group(_worker_loop, {"configs": [run["config"] for run in job["runs"]],
                                        "store": store_root},
                         resources, job["id"], store_root, max_failures)
         # Rank 0 stored every prompt and its manifest; whether the group was restarted (and

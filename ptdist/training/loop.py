@@ -169,6 +169,20 @@ def train(config: TrainConfig, store: PromptStore | None = None) -> TrainResult:
     fitted = fit(config, plan.task, plan.ds_config, store.run_dir(plan.prompt_id),
                  lambda backbone: SoftPrompt(fresh_prompt(config, plan, backbone)),
                  f"run {plan.prompt_id}")
+    result = store_finished(config, plan, fitted, store, t0)
+    finish_together(fitted.world)
+    return result
+
+
+# The parameter name of a `SoftPrompt`, in checkpoints and in `Fitted.best`: packed and
+# separate runs key it alike, so they resume from each other's checkpoints.
+PROMPT = "weight"
+
+
+def store_finished(config: TrainConfig, plan: RunPlan, fitted: "Fitted", store: PromptStore,
+                   t0: float, **manifest: object) -> TrainResult:
+    """The result of a prompt-tuning run that has finished (its steps done, or stopped
+    early); rank 0 puts its best prompt and manifest (plus ``manifest``) in the store."""
     state = fitted.state
     best = next(h for h in state.history if h["step"] == state.best_step)
     metrics = {k: v for k, v in best.items() if k not in ("step", "loss", "time_s")}
@@ -177,11 +191,10 @@ def train(config: TrainConfig, store: PromptStore | None = None) -> TrainResult:
                          fitted.resumed_from, False, time.time() - t0, str(store.root),
                          state.history)
     if fitted.rank == 0:
-        store.put(plan.prompt_id, fitted.best["weight"], dict(
-            run_manifest(config, plan.task, fitted.backbone, result, plan.precision, fitted.world,
-                      fitted.ds_config),
-            backbone_fingerprint=fitted.fingerprint))
-    finish_together(fitted.world)
+        store.put(plan.prompt_id, fitted.best[PROMPT], dict(
+            _manifest(config, plan.task, fitted.backbone, result, plan.precision,
+                         fitted.world, fitted.ds_config),
+            backbone_fingerprint=fitted.fingerprint, **manifest))
     return result
 
 
@@ -338,7 +351,7 @@ def _fit(engine, params: dict[str, nn.Parameter], task: TaskRecord, data: RunDat
                                      gather_state(engine, params), list(params), rank == 0))
 
 
-def run_manifest(config: TrainConfig, task: TaskRecord, backbone: Backbone, result: TrainResult,
+def _manifest(config: TrainConfig, task: TaskRecord, backbone: Backbone, result: TrainResult,
               precision: str, world: int, ds_config: dict) -> dict:
     return {
         "model": config.model, "task": task.name, "task_type": task.type, "seed": config.seed,

@@ -32,16 +32,15 @@ from ptdist.training.data import global_batch, rank_slice
 from ptdist.training.distributed import finish_together, init_distributed
 from ptdist.training.evaluation import evaluate_each
 from ptdist.training.fingerprint import frozen_fingerprint
-from ptdist.training.loop import (Progress, RunData, RunPlan, TrainResult, deepspeed_config,
-                                  fresh_prompt, load_frozen, load_run_data, lr_schedule,
-                                  plan_run, precision_of, run_manifest, stored_result, zero_stage)
+from ptdist.training.loop import (PROMPT, Fitted, Progress, RunData, RunPlan, TrainResult,
+                                  deepspeed_config, fresh_prompt, load_frozen, load_run_data,
+                                  lr_schedule, plan_run, precision_of, store_finished,
+                                  stored_result, zero_stage)
 from ptdist.training.tracking import RunTracker
 
 # What the runs of one pack must share: one backbone, one prompt shape, one DeepSpeed config.
 # Everything else (task, seed, init, learning rate, steps, batch size, patience...) may differ.
 SHARED = ("model", "prompt_length", "max_length", "ds_config")
-# The parameter name of a `SoftPrompt`: packed and separate runs read each other's checkpoints.
-PROMPT = "weight"
 
 
 def check_packable(configs: list[TrainConfig]) -> None:
@@ -265,18 +264,6 @@ def _evaluate(backbone: Backbone, runs: list[_Run], rank: int, world: int, progr
 def _finish(run: _Run, backbone: Backbone, fingerprint: str, store: PromptStore, rank: int,
             world: int, t0: float, pack: list[str]) -> TrainResult:
     """Store a run that has finished (its steps done, or stopped early), as `train` would."""
-    state = run.tracker.state
-    best = next(h for h in state.history if h["step"] == state.best_step)
-    metrics = {k: v for k, v in best.items() if k not in ("step", "loss", "time_s")}
-    task = run.plan.task
-    result = TrainResult(run.plan.prompt_id, task.name, run.config.model, task.primary_metric,
-                         state.best_score, metrics, state.best_step, state.step,
-                         run.resumed_from, False, time.time() - t0, str(store.root),
-                         state.history)
-    if rank == 0:
-        store.put(run.plan.prompt_id, run.tracker.best[PROMPT], dict(
-            run_manifest(run.config, task, backbone, result, run.plan.precision, world,
-                      run.ds_config),
-            backbone_fingerprint=fingerprint, packed_with=pack))
-    return result
-
+    fitted = Fitted(run.tracker.best, run.tracker.state, backbone, rank, world, run.ds_config,
+                    fingerprint, run.resumed_from)
+    return store_finished(run.config, run.plan, fitted, store, t0, packed_with=pack)
