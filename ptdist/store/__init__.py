@@ -1,0 +1,37 @@
+"""The artifact store: prompts and projectors (safetensors + typed JSON manifests), result
+tables and activations (Parquet), under one root whose layout `StoreLayout` defines.
+
+`Store` is the one handle every stage, job and command takes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ptdist.store.layout import StoreLayout
+from ptdist.store.projectors import ProjectorStore
+from ptdist.store.prompts import PromptStore
+
+
+def default_store_root() -> Path:
+    return Path(os.environ.get("PTDIST_STORE", "store"))
+
+
+class Store:
+    """A store root: its layout, its prompts and its projectors."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root is not None else default_store_root()
+        self.layout = StoreLayout(self.root)
+        self.prompts = PromptStore(self.layout)
+        self.projectors = ProjectorStore(self.layout)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    def __reduce__(self):  # a Ray job carries the root, not the handles
+        return (Store, (str(self.root),))
+
+
+__all__ = ["Store", "StoreLayout", "default_store_root"]

@@ -1,6 +1,7 @@
-"""FFN activations in Parquet, partitioned like a Hive table:
+"""FFN activations in Parquet, partitioned like a Hive table under
+`StoreLayout.activations`:
 
-    <root>/activations/model=<model>/task=<task>/layer=<i>/part-<uuid>.parquet
+    activations/model=<model>/task=<task>/layer=<i>/part-<uuid>.parquet
 
 One row per (prompt, layer). Columns: ``prompt_id``, ``layer_name`` ("encoder.3"),
 ``protocol`` ("prompt" | "data"), ``examples`` (rows averaged; 0 for the prompt protocol),
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from ptdist.store.keys import model_key
+from ptdist.store.layout import StoreLayout
 
 
 def activation_schema(d_ff: int) -> pa.Schema:
@@ -37,15 +38,11 @@ def activation_schema(d_ff: int) -> pa.Schema:
     ])
 
 
-def activation_dir(root: str | os.PathLike, model: str) -> Path:
-    return Path(root) / "activations" / f"model={model_key(model)}"
-
-
 class ActivationWriter:
     """Streams activation rows of one model into its partitions."""
 
-    def __init__(self, root: str | os.PathLike, model: str, d_ff: int, flush_rows: int = 64):
-        self.dir = activation_dir(root, model)
+    def __init__(self, layout: StoreLayout, model: str, d_ff: int, flush_rows: int = 64):
+        self.dir = layout.activations(model)
         self.schema = activation_schema(d_ff)
         self.flush_rows = flush_rows
         self._buffers: dict[tuple[str, int], list[dict]] = {}
@@ -95,28 +92,28 @@ class ActivationWriter:
         self.close()
 
 
-def activation_dataset(root: str | os.PathLike, model: str) -> ds.Dataset | None:
+def activation_dataset(layout: StoreLayout, model: str) -> ds.Dataset | None:
     """The model's activations as a pyarrow dataset (partition keys as columns), or None."""
-    folder = activation_dir(root, model)
+    folder = layout.activations(model)
     if not folder.exists():
         return None
     return ds.dataset(folder, format="parquet", partitioning="hive",
                       exclude_invalid_files=True, ignore_prefixes=[".", "_"])
 
 
-def captured(root: str | os.PathLike, model: str, protocol: str) -> set[str]:
+def captured(layout: StoreLayout, model: str, protocol: str) -> set[str]:
     """Ids of the prompts whose activations are stored for ``protocol``."""
-    dataset = activation_dataset(root, model)
+    dataset = activation_dataset(layout, model)
     if dataset is None:
         return set()
     table = dataset.to_table(columns=["prompt_id"], filter=ds.field("protocol") == protocol)
     return set(table.column("prompt_id").to_pylist())
 
 
-def read_states(root: str | os.PathLike, model: str,
+def read_states(layout: StoreLayout, model: str,
                 protocol: str) -> dict[str, tuple[str, np.ndarray]]:
     """``{prompt id: (task, states [layers, d_ff] bool)}``, unpacked from the bit columns."""
-    dataset = activation_dataset(root, model)
+    dataset = activation_dataset(layout, model)
     if dataset is None:
         return {}
     table = dataset.to_table(columns=["prompt_id", "task", "layer", "states"],

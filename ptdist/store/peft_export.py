@@ -18,15 +18,17 @@ from ptdist.store.prompts import PEFT_KEY, PromptStore
 _TASK_TYPE = {"mlm": "FEATURE_EXTRACTION", "seq2seq": "SEQ_2_SEQ_LM"}
 
 
-def export_peft(store: PromptStore, prompt_id: str, out_dir: str | Path,
+def export_peft(prompts: PromptStore, prompt_id: str, out_dir: str | Path,
                 base_model: str | None = None) -> Path:
-    prompt, manifest = store.load(prompt_id)
+    """Write the stored prompt ``prompt_id`` as a PEFT adapter folder ``out_dir``."""
+    manifest = prompts.manifest(prompt_id)
+    prompt = prompts.tensor(prompt_id)
     out = Path(out_dir)
     length, width = prompt.shape
     config = {
         "peft_type": "PROMPT_TUNING",
-        "task_type": _TASK_TYPE[manifest["backbone_kind"]],
-        "base_model_name_or_path": base_model or manifest["model"],
+        "task_type": _TASK_TYPE[manifest.backbone_kind],
+        "base_model_name_or_path": base_model or manifest.model,
         "num_virtual_tokens": length,
         "token_dim": width,
         "num_transformer_submodules": 1,
@@ -37,5 +39,5 @@ def export_peft(store: PromptStore, prompt_id: str, out_dir: str | Path,
     atomic_write(out / "adapter_model.safetensors",
                  lambda tmp: save_file({PEFT_KEY: prompt.contiguous()}, tmp))
     atomic_write_json(out / "adapter_config.json", config)
-    atomic_write_json(out / "ptdist_manifest.json", manifest)
+    atomic_write_json(out / "ptdist_manifest.json", manifest.to_json())
     return out

@@ -1,18 +1,14 @@
 """The prompt store: one folder per trained prompt, named by its content-addressed id.
 
-    <root>/prompts/<id>/prompt.safetensors   the [L, d] tensor (key "prompt")
-    <root>/prompts/<id>/manifest.json        model, task, seed, init, steps, score, config hash...
-    <root>/runs/<id>/                        checkpoints of a run in progress
-
-Each prompt has its own folder, so many Ray workers can write to one store without a shared
-index to race on; the manifest is written last and marks the prompt complete. Only
-safetensors and JSON are ever read back: nothing is unpickled.
+Each prompt has its own folder (`StoreLayout.prompt_dir`), so many Ray workers can write to one
+store without a shared index to race on; the manifest is written last and marks the prompt
+complete. Only safetensors and JSON are ever read back: nothing is unpickled.
 """
 
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -21,66 +17,95 @@ from safetensors.torch import save_file
 
 from ptdist.errors import PtdistError
 from ptdist.store.atomic import atomic_write, atomic_write_json
+from ptdist.store.layout import StoreLayout
+from ptdist.store.manifests import PromptManifest
 
 PROMPT_KEY = "prompt"
 PEFT_KEY = "prompt_embeddings"
-
-
-def default_store_root() -> Path:
-    return Path(os.environ.get("PTDIST_STORE", "store"))
+MANIFEST = "manifest.json"
 
 
 class PromptStore:
-    def __init__(self, root: str | os.PathLike | None = None):
-        self.root = Path(root) if root is not None else default_store_root()
-
-    def prompt_dir(self, prompt_id: str) -> Path:
-        return self.root / "prompts" / prompt_id
-
-    def run_dir(self, prompt_id: str) -> Path:
-        return self.root / "runs" / prompt_id
+    def __init__(self, layout: StoreLayout):
+        self.layout = layout
 
     def has(self, prompt_id: str) -> bool:
-        return (self.prompt_dir(prompt_id) / "manifest.json").exists()
+        return (self.layout.prompt_dir(prompt_id) / MANIFEST).exists()
 
-    def put(self, prompt_id: str, prompt: torch.Tensor, manifest: dict) -> Path:
-        folder = self.prompt_dir(prompt_id)
-        write_prompt_file(folder / "prompt.safetensors", prompt, {"id": prompt_id})
-        atomic_write_json(folder / "manifest.json",
-                          dict(manifest, id=prompt_id, shape=list(prompt.shape)))
+    def put(self, prompt: torch.Tensor, manifest: PromptManifest) -> Path:
+        if list(prompt.shape) != list(manifest.shape):
+            raise ValueError(f"prompt of shape {list(prompt.shape)} stored with a manifest "
+                             f"saying {manifest.shape}")
+        folder = self.layout.prompt_dir(manifest.id)
+        write_prompt_file(folder / "prompt.safetensors", prompt, {"id": manifest.id})
+        atomic_write_json(folder / MANIFEST, manifest.to_json())
         return folder
 
-    def manifest(self, prompt_id: str) -> dict:
-        path = self.prompt_dir(prompt_id) / "manifest.json"
+    def manifest(self, prompt_id: str) -> PromptManifest:
+        path = self.layout.prompt_dir(prompt_id) / MANIFEST
         if not path.exists():
-            raise PtdistError(f"no prompt '{prompt_id}' in store {self.root}; `ptdist prompts "
-                              f"--store {self.root}` lists what it holds")
-        return json.loads(path.read_text())
+            raise PtdistError(f"no prompt '{prompt_id}' in store {self.layout.root}; `ptdist "
+                              f"prompts --store {self.layout.root}` lists what it holds")
+        return PromptManifest.from_json(json.loads(path.read_text()))
 
-    def manifests(self) -> list[dict]:
-        """Every complete prompt's manifest row, oldest first."""
-        rows = [json.loads(p.read_text())
-                for p in (self.root / "prompts").glob("*/manifest.json")]
-        return sorted(rows, key=lambda r: (r.get("created", 0), r["id"]))
+    def manifests(self) -> list[PromptManifest]:
+        """Every complete prompt's manifest, oldest first."""
+        rows = [PromptManifest.from_json(json.loads(p.read_text()))
+                for p in self.layout.prompts_dir().glob(f"*/{MANIFEST}")]
+        return sorted(rows, key=lambda m: (m.created, m.id))
 
-    def load(self, id_or_path: str) -> tuple[torch.Tensor, dict]:
-        """A prompt and its manifest, by store id or by path: a prompt .safetensors file, a
-        prompt folder, or an exported PEFT adapter folder."""
-        if self.has(id_or_path):
-            folder = self.prompt_dir(id_or_path)
-            return read_prompt_file(folder / "prompt.safetensors"), self.manifest(id_or_path)
-        path = Path(id_or_path)
+    def select(self, model: str, tasks: Collection[str] | None = None,
+               ids: Collection[str] | None = None) -> list[PromptManifest]:
+        """The prompts of ``model`` on the tasks named ``tasks`` (task names; None: any),
+        among the prompt ids ``ids`` (None: the whole store), oldest first."""
+        return [m for m in self.manifests()
+                if m.model == model and (tasks is None or m.task in tasks)
+                and (ids is None or m.id in ids)]
+
+    def tensor(self, prompt_id: str) -> torch.Tensor:
+        self.manifest(prompt_id)  # a clear error for an unknown id
+        return read_prompt_file(self.layout.prompt_dir(prompt_id) / "prompt.safetensors")
+
+    def load(self, ref: str) -> torch.Tensor:
+        """A prompt by store id or by path: a prompt .safetensors file, a prompt folder, or an
+        exported PEFT adapter folder."""
+        if self.has(ref):
+            return self.tensor(ref)
+        path = Path(ref)
         if path.is_dir():
             for name in ("prompt.safetensors", "adapter_model.safetensors"):
                 if (path / name).exists():
-                    manifests = [path / m for m in ("manifest.json", "ptdist_manifest.json")]
-                    found = next((m for m in manifests if m.exists()), None)
-                    meta = json.loads(found.read_text()) if found else {}
-                    return read_prompt_file(path / name), meta
+                    return read_prompt_file(path / name)
         elif path.suffix == ".safetensors" and path.exists():
-            return read_prompt_file(path), {}
-        raise PtdistError(f"'{id_or_path}' is neither a prompt id in store {self.root} nor a "
+            return read_prompt_file(path)
+        raise PtdistError(f"'{ref}' is neither a prompt id in store {self.layout.root} nor a "
                           "prompt file (.safetensors) or folder; `ptdist prompts` lists the ids")
+
+
+def best_of(manifests: Collection[PromptManifest]) -> PromptManifest:
+    """The best-scoring prompt; ties go to the larger id, so every caller picks the same one
+    whatever order the store lists them in."""
+    return max(manifests, key=lambda m: (m.score, m.id))
+
+
+def by_task(prompts: Collection[PromptManifest], tasks: list[str],
+            where: str) -> dict[str, list[PromptManifest]]:
+    """``{task name: its prompts}`` for each of ``tasks`` (names) among ``prompts``; every task
+    without a prompt is named in one error (``where``: which prompts were searched)."""
+    found: dict[str, list[PromptManifest]] = {}
+    for m in prompts:
+        found.setdefault(m.task, []).append(m)
+    missing = [t for t in tasks if t not in found]
+    if missing:
+        raise PtdistError(f"no prompt {where} for task(s): {', '.join(missing)}; train them "
+                          "first (`ptdist train` or a sweep), or leave them out")
+    return {t: found[t] for t in tasks}
+
+
+def best_per_task(prompts: Collection[PromptManifest], tasks: list[str],
+                  where: str) -> dict[str, PromptManifest]:
+    """``{task name: its best prompt}`` for each of ``tasks`` (`by_task`)."""
+    return {t: best_of(mine) for t, mine in by_task(prompts, tasks, where).items()}
 
 
 def write_prompt_file(path: Path, prompt: torch.Tensor, metadata: dict[str, str]) -> Path:

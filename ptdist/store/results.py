@@ -1,0 +1,153 @@
+"""The rows of every result table the store holds, as typed records (`tables.write_records`).
+
+``SCHEMA`` is each record's schema version: bump it when a field changes meaning or type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class MatrixRow:
+    """One cell of a zero-shot transfer matrix: a source task's prompt on a target task."""
+
+    SCHEMA: ClassVar[int] = 1
+    model: str
+    source_task: str
+    source_type: str
+    source_prompt: str
+    target_task: str
+    target_type: str
+    metric: str
+    score: float
+    own_score: float  # the target's own prompt, on the same rows
+    relative: float | None  # 100 x score / own_score; None when own_score is 0
+    eval_examples: int
+
+
+@dataclass(frozen=True)
+class IndicatorRow:
+    """One indicator's value for an ordered pair of a model's prompts."""
+
+    SCHEMA: ClassVar[int] = 1
+    model: str
+    protocol: str
+    prompt_a: str
+    task_a: str
+    prompt_b: str
+    task_b: str
+    indicator: str
+    value: float
+
+
+@dataclass(frozen=True)
+class CorrelationRow:
+    """How well one indicator predicts zero-shot transfer (Spearman's rho)."""
+
+    SCHEMA: ClassVar[int] = 1
+    model: str
+    indicator: str
+    spearman_per_target: float | None  # mean over targets with enough sources
+    targets: int
+    spearman_global: float  # NaN when undefined (constant values)
+    pairs: int
+
+
+@dataclass(frozen=True)
+class TptCurveRow:
+    """One evaluation of a vanilla or TPT run's learning curve."""
+
+    SCHEMA: ClassVar[int] = 1
+    model: str
+    target_task: str
+    run: str  # "vanilla", "tpt from <task>", "tpt_model from <model>"
+    source_task: str | None
+    prompt_id: str
+    step: int
+    score: float
+    time_s: float
+
+
+@dataclass(frozen=True)
+class TptSummaryRow:
+    """A vanilla or TPT run on one target, with its speed-up to vanilla's best score."""
+
+    SCHEMA: ClassVar[int] = 1
+    model: str
+    target_task: str
+    run: str
+    source_task: str | None
+    source_prompt: str | None
+    prompt_id: str
+    metric: str
+    best_score: float
+    best_step: int
+    vanilla_best: float
+    steps_to_vanilla_best: int | None
+    time_to_vanilla_best_s: float | None
+    speedup: float | None  # vanilla's steps to its best / this run's; None: never reached
+
+
+@dataclass(frozen=True)
+class ProjectorEvalRow:
+    """A projected prompt zero-shot on the target model, beside its baselines."""
+
+    SCHEMA: ClassVar[int] = 1
+    projector: str
+    source_model: str
+    target_model: str
+    mode: str
+    variant: str
+    task: str
+    task_type: str
+    in_training: bool
+    source_prompt: str
+    target_prompt: str
+    metric: str
+    score: float
+    untrained_score: float
+    own_score: float
+    relative: float | None
+    distance: float  # mean squared error to the target's own prompt
+    untrained_distance: float
+    eval_examples: int
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """What became of one run of a sweep."""
+
+    SCHEMA: ClassVar[int] = 1
+    prompt_id: str
+    model: str
+    task: str
+    seed: int
+    init: str
+    status: str  # trained | resumed | stored | failed
+    workers: int
+    gpus: int
+    metric: str | None = None
+    score: float | None = None
+    best_step: int | None = None
+    steps: int | None = None
+    resumed_from: int | None = None
+    wall_time_s: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """A study's prompt-tuning run, as its report lists it."""
+
+    SCHEMA: ClassVar[int] = 1
+    model: str
+    task: str
+    task_type: str
+    seed: int
+    init: str
+    prompt_id: str
+    metric: str
+    score: float
+    best_step: int
