@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 
+VERBOSE = "PTDIST_VERBOSE"  # set by --verbose; Ray workers inherit it from the driver
+
+
+def say(line: str) -> None:
+    """One ptdist diagnostic line on stderr, from rank 0 of a process group only."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr, flush=True)
+
+
 def quiet_libraries() -> None:
-    """Silence library chatter the user can do nothing about; keep ptdist's own progress."""
+    """Silence library chatter the user can do nothing about (transformers' load reports,
+    progress bars, DeepSpeed's info lines); keep ptdist's own progress. With ``--verbose``
+    (``PTDIST_VERBOSE=1``) the libraries keep their default verbosity."""
+    if os.environ.get(VERBOSE):
+        return
     # DeepSpeed calls torch collectives that torch has deprecated; under ZeRO-3 it would print
     # at every step.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -14,9 +13,7 @@ from ptdist.backbones.presets import PRESETS, preset_dir
 from ptdist.backbones.seq2seq import Seq2SeqBackbone
 from ptdist.errors import PtdistError
 from ptdist.packaged import is_packaged, resolve_packaged
-
-log = logging.getLogger(__name__)
-
+from ptdist.runtime import say
 
 def resolve_model_path(name: str) -> str:
     """A preset's cache folder, a folder inside an installed package (``pkg:NAME/path``), a
@@ -71,16 +68,24 @@ def load_backbone(name: str, *, dtype: torch.dtype = torch.float32,
             f"encoder-decoder model; ptdist prompt-tunes RoBERTa/BERT-style MLMs and T5-style "
             f"models ({_first_line(exc)})."
         ) from None
-    if info.get("missing_keys"):
-        log.warning("model '%s' lacks pretrained weights for %d tensors (%s...): they are "
-                    "randomly initialised and stay frozen", name, len(info["missing_keys"]),
-                    ", ".join(sorted(info["missing_keys"])[:3]))
+    _report_load(name, model, info.get("missing_keys") or [])
     tokenizer = AutoTokenizer.from_pretrained(path)
     if kind == "mlm" and tokenizer.mask_token_id is None:
         raise PtdistError(f"tokenizer of '{name}' has no mask token, so the MLM verbalizer "
                           "cannot be read; use an MLM-pretrained encoder (RoBERTa, BERT).")
     cls = Seq2SeqBackbone if kind == "seq2seq" else MaskedLMBackbone
     return cls(name, model, tokenizer, max_length=max_length)
+
+
+def _report_load(name: str, model, missing: list[str]) -> None:
+    """The one line a model load prints: what was loaded, and what the checkpoint lacked."""
+    params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    lacks = "" if not missing else (
+        f"; {len(missing)} tensor(s) not in the checkpoint, randomly initialised (seed 0) and "
+        f"frozen: {', '.join(sorted(missing)[:4])}{', ...' if len(missing) > 4 else ''}")
+    say(f"[ptdist] loaded {name}: {type(model).__name__}, {params / 1e6:.1f}M parameters, "
+        f"{dtype}{lacks}")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -38,6 +38,12 @@ class InitSpec:
         return f"{self.mode}:{self.arg}" if self.arg else self.mode
 
 
+# The parameter name of a `SoftPrompt`, in checkpoints and in a finished run's best
+# parameters: packed and separate runs key it alike, so they resume from each other's
+# checkpoints.
+PROMPT_PARAM = "weight"
+
+
 class SoftPrompt(nn.Module):
     """The only trainable tensor. A module (not a bare tensor) so that DeepSpeed ZeRO-3 gathers
     its partitioned parameter when forward is called."""

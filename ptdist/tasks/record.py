@@ -66,6 +66,13 @@ class TaskRecord:
         answer = self.label_column if self.is_classification else _root(self.target_column or "")
         return tuple(dict.fromkeys([*self.input_columns, answer]))
 
+    def words_for(self, backbone_kind: str) -> list[str] | None:
+        """The verbalizer a backbone of ``backbone_kind`` ("mlm" or "seq2seq") reads this task
+        with: one label word per class; None for a generation task (it decodes text)."""
+        if not self.is_classification:
+            return None
+        return list(self.label_words["mlm" if backbone_kind == "mlm" else "t5"])
+
     @property
     def source_label(self) -> str:
         """A short description of where the data comes from (for listings)."""

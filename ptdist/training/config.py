@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from ptdist.errors import PtdistError
-
-# ds_configs/ sits at the repository root: beside the package in a checkout or editable
-# install, and in the working directory of a `ray job submit --working-dir .` job.
-DS_CONFIG_DIRS = (Path(__file__).resolve().parents[2] / "ds_configs", Path("ds_configs"))
 
 
 @dataclass(frozen=True)
@@ -36,9 +29,9 @@ class TrainConfig:
     ds_config: str = "zero0"
     data_dir: str | None = field(default=None, compare=False)
 
-    # Fields that do not change what a run computes: excluded from its content hash, so the same
+    # Fields that do not change what a run computes: excluded from its prompt id, so the same
     # run submitted with another ZeRO stage or data folder is recognised as already done.
-    _NOT_HASHED = ("ds_config", "data_dir")
+    NOT_HASHED = ("ds_config", "data_dir")
 
     def __post_init__(self) -> None:
         for name in ("steps", "prompt_length", "batch_size", "eval_every", "max_length"):
@@ -55,27 +48,3 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    def content_hash(self, task_digest: str, init_digest: str, precision: str) -> str:
-        """Hash of everything that determines the result: settings, the task record's content
-        (not just its name), the init's content, and the numeric precision."""
-        payload = {k: v for k, v in self.to_dict().items() if k not in self._NOT_HASHED}
-        payload.update(task=task_digest, init=init_digest, precision=precision)
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def load_ds_config(name_or_path: str) -> tuple[dict, str]:
-    """A DeepSpeed config by short name (``zero2``, ``zero3_bf16`` ...) or JSON path."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        found = [d / f"{name_or_path}.json" for d in DS_CONFIG_DIRS]
-        path = next((p for p in found if p.exists()), found[0])
-    try:
-        return json.loads(path.read_text()), str(path)
-    except FileNotFoundError:
-        names = sorted({p.stem for d in DS_CONFIG_DIRS for p in d.glob("*.json")})
-        raise PtdistError(f"DeepSpeed config '{name_or_path}' not found; give a JSON file path "
-                          f"or one of: {', '.join(names)}") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PtdistError(f"cannot read DeepSpeed config {path}: {exc}. It must be a JSON "
-                          "object; see ds_configs/README.md for examples.") from None

@@ -8,18 +8,12 @@ import torch
 
 from ptdist.backbones import Backbone, load_backbone
 from ptdist.errors import PtdistError
-from ptdist.store.prompts import PromptStore
+from ptdist.store import Store
 from ptdist.tasks import TaskRecord, compute_metrics, get_task, load_split
 from ptdist.training.data import eval_shard
 from ptdist.training.distributed import gather_lists
 
 PromptFn = Callable[[int], torch.Tensor]  # batch size -> prompts [B, L, d]
-
-
-def label_words(task: TaskRecord, backbone: Backbone) -> list[str] | None:
-    if task.kind != "classification":
-        return None
-    return list(task.label_words["mlm" if backbone.kind == "mlm" else "t5"])
 
 
 @torch.no_grad()
@@ -57,7 +51,7 @@ def _predict(backbone: Backbone, prompts: PromptFn, copies: int, task: TaskRecor
              batch_size: int, max_new_tokens: int, rank: int, world: int) -> list[list]:
     """Each batch of examples is tiled ``copies`` times; ``prompts(n)`` gives the
     ``copies * n`` prompts, copy-major. Returns one prediction list per copy."""
-    words = label_words(task, backbone)
+    words = task.words_for(backbone.kind)
     indices, real = eval_shard(len(rows), rank, world)
     device = next(backbone.parameters()).device
     preds: list[list] = [[] for _ in range(copies)]
@@ -91,7 +85,7 @@ def check_task_fits(task: TaskRecord, backbone: Backbone) -> None:
     if task.kind == "generation" and backbone.kind != "seq2seq":
         raise PtdistError(f"task '{task.name}' generates text and needs an encoder-decoder model "
                           f"(T5); '{backbone.name}' is an encoder MLM")
-    words = label_words(task, backbone)
+    words = task.words_for(backbone.kind)
     if words is not None:
         backbone.label_token_ids(words)  # fails early on colliding label words
 
@@ -116,12 +110,12 @@ def score_prompts(backbone: Backbone, task_ref: str, prompts: torch.Tensor, *,
                          max_new_tokens), len(rows)
 
 
-def score_prompt(model: str, store: PromptStore, prompt_ref: str, task_ref: str, *,
+def score_prompt(model: str, store: Store, prompt_ref: str, task_ref: str, *,
                  limit: int | None = 1000, batch_size: int = 64, data_dir: str | None = None,
                  max_new_tokens: int = 64) -> dict[str, float]:
     """Evaluate one prompt (store id or file) on a task's evaluation split, in one process."""
     task = get_task(task_ref)
-    prompt, _ = store.load(prompt_ref)
+    prompt = store.prompts.load(prompt_ref)
     backbone = eval_backbone(model)
     backbone.check_prompt(prompt)
     check_task_fits(task, backbone)

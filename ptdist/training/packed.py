@@ -18,24 +18,26 @@ one prompt), never by the norm of the whole pack.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ptdist.backbones import Backbone
+from ptdist.backbones.prompt import PROMPT_PARAM
 from ptdist.errors import PtdistError
-from ptdist.store.prompts import PromptStore
+from ptdist.store import Store
 from ptdist.training.checkpoint import ADAM_KEYS, TrainState, load_checkpoint
 from ptdist.training.config import TrainConfig
 from ptdist.training.data import global_batch, rank_slice
 from ptdist.training.distributed import finish_together, init_distributed
+from ptdist.training.engine import (deepspeed_config, frozen_backbone, frozen_engine_config,
+                                    lr_schedule, precision_of, zero_stage)
 from ptdist.training.evaluation import evaluate_each
 from ptdist.training.fingerprint import frozen_fingerprint
-from ptdist.training.loop import (PROMPT, Fitted, Progress, RunData, RunPlan, TrainResult,
-                                  deepspeed_config, fresh_prompt, load_frozen, load_run_data,
-                                  lr_schedule, plan_run, precision_of, store_finished,
-                                  stored_result, zero_stage)
+from ptdist.training.progress import Progress
+from ptdist.training.run import (Fitted, RunData, RunPlan, TrainResult, fresh_prompt,
+                                 load_run_data, plan_run, store_finished, stored_result)
 from ptdist.training.tracking import RunTracker
 
 # What the runs of one pack must share: one backbone, one prompt shape, one DeepSpeed config.
@@ -55,18 +57,18 @@ def check_packable(configs: list[TrainConfig]) -> None:
                               "them separately")
 
 
-def train_packed(configs: list[TrainConfig], store: PromptStore | None = None) -> list[TrainResult]:
+def train_packed(configs: list[TrainConfig], store: Store | None = None) -> list[TrainResult]:
     """Prompt-tune every run of ``configs`` together on one frozen backbone; one result per
     config, in order. Runs already in the store are read from it; interrupted runs resume
     from their checkpoints. Call on every rank of the process group."""
-    store = store or PromptStore()
+    store = store or Store()
     t0 = time.time()
     check_packable(configs)
     plans = [plan_run(config, store) for config in configs]
     results: dict[str, TrainResult] = {}
     todo: dict[str, tuple[TrainConfig, RunPlan]] = {}
     for config, plan in zip(configs, plans):
-        if store.has(plan.prompt_id):
+        if store.prompts.has(plan.prompt_id):
             results[plan.prompt_id] = stored_result(store, plan.prompt_id, skipped=True, t0=t0)
         else:
             todo.setdefault(plan.prompt_id, (config, plan))
@@ -107,57 +109,37 @@ class _Run:
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
         """The prompt and its Adam state, keyed as `gather_state` keys a separate run's."""
         state = self.optimizer.state[self.prompt]
-        tensors = {PROMPT: self.prompt.detach()}
-        tensors.update({f"{PROMPT}.{key}": state[key] for key in ADAM_KEYS if key in state})
+        tensors = {PROMPT_PARAM: self.prompt.detach()}
+        tensors.update({f"{PROMPT_PARAM}.{key}": state[key] for key in ADAM_KEYS
+                        if key in state})
         out = {k: v.detach().float().cpu().clone() for k, v in tensors.items()}
         out["adam_step"] = torch.tensor(float(state["step"]) if "step" in state else 0.0)
         return out
 
 
-def _train_pack(todo: list[tuple[TrainConfig, RunPlan]], store: PromptStore,
+def _train_pack(todo: list[tuple[TrainConfig, RunPlan]], store: Store,
                 t0: float) -> dict[str, TrainResult]:
     import deepspeed
 
     rank, world = init_distributed()
     first = todo[0][0]
     ds_config = deepspeed_config(todo[0][1].ds_config, first, world)
-    backbone, zero3_marker = load_frozen(first, ds_config)  # the marker is held for the pack
-    engine, *_ = deepspeed.initialize(model=backbone, config=_frozen_engine_config(ds_config))
-    backbone = engine.module
-    fingerprint = frozen_fingerprint(backbone)
-    loaded: dict[tuple, RunData] = {}  # runs of one task (seeds, inits) share its rows
-    runs = []
-    for config, plan in todo:
-        key = (config.task, config.train_limit, config.eval_limit, config.data_dir)
-        if key not in loaded:
-            loaded[key] = load_run_data(config, plan.task, backbone)
-        runs.append(_start_run(config, plan, loaded[key], backbone, store, engine.device, world))
-    progress = Progress(replace(first, steps=max(r.config.steps - r.tracker.state.step
-                                                   for r in runs)), 0, rank == 0)
-    progress.line(f"[ptdist] pack of {len(runs)} run(s) on {first.model}: {world} process(es), "
-                  f"{precision_of(ds_config)}, ZeRO-{zero_stage(ds_config)}")
-    for run in runs:
-        progress.line(f"  {run.label}: {len(run.data.train)} train / {len(run.data.eval)} eval "
-                      "examples" + (f", resumed at step {run.resumed_from}"
-                                    if run.resumed_from is not None else ""))
-    results: dict[str, TrainResult] = {}
-    pack = [run.plan.prompt_id for run in runs]
-    iteration = 0
-    while True:
-        for run in runs:  # stored as soon as it is done: a later failure cannot lose it
-            if not run.active and run.plan.prompt_id not in results:
-                results[run.plan.prompt_id] = _finish(run, backbone, fingerprint, store, rank,
-                                                      world, t0, pack)
-        active = [run for run in runs if run.active]
-        if not active:
-            break
-        _step(backbone, active, rank, world)
-        iteration += 1
-        progress.step(iteration, sum(r.losses[-1] for r in active) / len(active),
-                      active[0].scheduler.get_last_lr()[0])
-        _evaluate(backbone, [r for r in active if r.eval_due], rank, world, progress, t0)
-    changed = frozen_fingerprint(backbone) != fingerprint
-    engine.destroy()
+    with frozen_backbone(first, ds_config) as backbone:
+        engine, *_ = deepspeed.initialize(model=backbone, config=frozen_engine_config(ds_config))
+        backbone = engine.module
+        fingerprint = frozen_fingerprint(backbone)
+        runs = _start_runs(todo, backbone, store, engine.device, world)
+        progress = Progress(max(r.config.steps - r.tracker.state.step for r in runs),
+                            first.eval_every, 0, rank == 0)
+        progress.line(f"[ptdist] pack of {len(runs)} run(s) on {first.model}: {world} "
+                      f"process(es), {precision_of(ds_config)}, ZeRO-{zero_stage(ds_config)}")
+        for run in runs:
+            progress.line(f"  {run.label}: {len(run.data.train)} train / {len(run.data.eval)} "
+                          "eval examples" + (f", resumed at step {run.resumed_from}"
+                                             if run.resumed_from is not None else ""))
+        results = _train_runs(runs, backbone, fingerprint, store, rank, world, progress, t0)
+        changed = frozen_fingerprint(backbone) != fingerprint
+        engine.destroy()
     if changed:
         raise RuntimeError("the frozen backbone changed during packed training: a ptdist bug, "
                            "please report it with the DeepSpeed config used")
@@ -165,30 +147,55 @@ def _train_pack(todo: list[tuple[TrainConfig, RunPlan]], store: PromptStore,
     return results
 
 
-def _frozen_engine_config(ds_config: dict) -> dict:
-    """The DeepSpeed config of the engine that holds only the frozen backbone. ZeRO-1/2
-    partition optimizer state and gradients, and a frozen model has neither (DeepSpeed also
-    refuses those stages without an optimizer): they run as stage 0. ZeRO-3 partitions the
-    parameters themselves and is kept."""
-    if zero_stage(ds_config) == 3:
-        return ds_config
-    return dict(ds_config, zero_optimization={"stage": 0})
+def _start_runs(todo: list[tuple[TrainConfig, RunPlan]], backbone: Backbone, store: Store,
+                device: torch.device, world: int) -> list[_Run]:
+    loaded: dict[tuple, RunData] = {}  # runs of one task (seeds, inits) share its rows
+    runs = []
+    for config, plan in todo:
+        key = (config.task, config.train_limit, config.eval_limit, config.data_dir)
+        if key not in loaded:
+            loaded[key] = load_run_data(config, plan.task, backbone)
+        runs.append(_start_run(config, plan, loaded[key], backbone, store, device, world))
+    return runs
+
+
+def _train_runs(runs: list[_Run], backbone: Backbone, fingerprint: str, store: Store,
+                rank: int, world: int, progress: Progress,
+                t0: float) -> dict[str, TrainResult]:
+    """Step the active runs together until every run is done; each is stored as soon as it is
+    done, so a later failure cannot lose it."""
+    results: dict[str, TrainResult] = {}
+    pack = [run.plan.prompt_id for run in runs]
+    iteration = 0
+    while True:
+        for run in runs:
+            if not run.active and run.plan.prompt_id not in results:
+                results[run.plan.prompt_id] = _finish(run, backbone, fingerprint, store, rank,
+                                                      world, t0, pack)
+        active = [run for run in runs if run.active]
+        if not active:
+            return results
+        _step(backbone, active, rank, world)
+        iteration += 1
+        progress.step(iteration, sum(r.losses[-1] for r in active) / len(active),
+                      active[0].scheduler.get_last_lr()[0])
+        _evaluate(backbone, [r for r in active if r.eval_due], rank, world, progress, t0)
 
 
 def _start_run(config: TrainConfig, plan: RunPlan, data: RunData, backbone: Backbone,
-               store: PromptStore, device: torch.device, world: int) -> _Run:
+               store: Store, device: torch.device, world: int) -> _Run:
     ds_config = deepspeed_config(plan.ds_config, config, world)
-    folder = store.run_dir(plan.prompt_id)
+    folder = store.layout.run_dir(plan.prompt_id)
     resumed = load_checkpoint(folder)
     saved, state = resumed if resumed is not None else ({}, TrainState())
-    init = saved[PROMPT] if resumed is not None else fresh_prompt(config, plan, backbone)
+    init = saved[PROMPT_PARAM] if resumed is not None else fresh_prompt(config, plan, backbone)
     prompt = nn.Parameter(init.float().to(device))
     optimizer = torch.optim.AdamW([prompt], lr=config.lr, weight_decay=config.weight_decay)
     scale, start = lr_schedule(config), state.step  # a resumed schedule continues at its step
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: scale(s + start))
-    if resumed is not None and f"{PROMPT}.{ADAM_KEYS[0]}" in saved:
+    if resumed is not None and f"{PROMPT_PARAM}.{ADAM_KEYS[0]}" in saved:
         optimizer.state[prompt] = {"step": saved["adam_step"].clone(),
-                                   **{key: saved[f"{PROMPT}.{key}"].to(device)
+                                   **{key: saved[f"{PROMPT_PARAM}.{key}"].to(device)
                                       for key in ADAM_KEYS}}
     tracker = RunTracker.resumed(saved, state, folder, plan.task.primary_metric, config.patience)
     micro = ds_config["train_micro_batch_size_per_gpu"]
@@ -257,11 +264,11 @@ def _evaluate(backbone: Backbone, runs: list[_Run], rank: int, world: int, progr
                                 rank, world)
         for run, scores in zip(group, metrics):
             line = run.tracker.record(run.losses[-1], scores, time.time() - t0,
-                                      run.checkpoint_tensors(), [PROMPT], rank == 0)
+                                      run.checkpoint_tensors(), [PROMPT_PARAM], rank == 0)
             progress.line(f"{run.label} {line}")
 
 
-def _finish(run: _Run, backbone: Backbone, fingerprint: str, store: PromptStore, rank: int,
+def _finish(run: _Run, backbone: Backbone, fingerprint: str, store: Store, rank: int,
             world: int, t0: float, pack: list[str]) -> TrainResult:
     """Store a run that has finished (its steps done, or stopped early), as `train` would."""
     fitted = Fitted(run.tracker.best, run.tracker.state, backbone, rank, world, run.ds_config,

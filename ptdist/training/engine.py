@@ -1,0 +1,141 @@
+"""The DeepSpeed side of a run: its config (batch sizes, precision, ZeRO stage), the frozen
+backbone loaded as that config asks, and the engine that trains only the prompt."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ptdist.backbones import Backbone, load_backbone, resolve_model_path
+from ptdist.errors import PtdistError
+from ptdist.training.config import TrainConfig
+
+# ds_configs/ sits at the repository root: beside the package in a checkout or editable
+# install, and in the working directory of a `ray job submit --working-dir .` job.
+DS_CONFIG_DIRS = (Path(__file__).resolve().parents[2] / "ds_configs", Path("ds_configs"))
+
+
+def load_ds_config(name_or_path: str) -> tuple[dict, str]:
+    """A DeepSpeed config by short name (``zero2``, ``zero3_bf16`` ...) or JSON path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        found = [d / f"{name_or_path}.json" for d in DS_CONFIG_DIRS]
+        path = next((p for p in found if p.exists()), found[0])
+    try:
+        return json.loads(path.read_text()), str(path)
+    except FileNotFoundError:
+        names = sorted({p.stem for d in DS_CONFIG_DIRS for p in d.glob("*.json")})
+        raise PtdistError(f"DeepSpeed config '{name_or_path}' not found; give a JSON file path "
+                          f"or one of: {', '.join(names)}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PtdistError(f"cannot read DeepSpeed config {path}: {exc}. It must be a JSON "
+                          "object; see ds_configs/README.md for examples.") from None
+
+
+def deepspeed_config(raw: dict, config: TrainConfig, world: int) -> dict:
+    """The DeepSpeed config a run of ``world`` processes gets: batch sizes and clipping from
+    ``config``; optimizer and scheduler removed (ptdist passes its own)."""
+    ds = json.loads(json.dumps(raw))
+    accum = int(ds.get("gradient_accumulation_steps", 1))
+    if config.batch_size % (world * accum):
+        raise PtdistError(
+            f"batch size {config.batch_size} does not split over {world} process(es) x "
+            f"{accum} accumulation step(s); use a multiple of {world * accum}"
+        )
+    ds.update(train_batch_size=config.batch_size, gradient_accumulation_steps=accum,
+              train_micro_batch_size_per_gpu=config.batch_size // (world * accum),
+              gradient_clipping=config.grad_clip, steps_per_print=10 ** 9)
+    ds.pop("optimizer", None)  # ptdist hands DeepSpeed a torch optimizer over the prompt only
+    ds.pop("scheduler", None)
+    return ds
+
+
+def precision_of(ds: dict) -> str:
+    """``bf16`` or ``fp32``, as a DeepSpeed config asks; fp16 is refused."""
+    if ds.get("fp16", {}).get("enabled"):
+        raise PtdistError("fp16 is not supported: T5 overflows in fp16, and ptdist keeps one "
+                          "precision policy for all backbones; use a bf16 config "
+                          "(e.g. --ds-config zero2_bf16) or fp32")
+    return "bf16" if ds.get("bf16", {}).get("enabled") else "fp32"
+
+
+def zero_stage(ds_config: dict) -> int:
+    return ds_config.get("zero_optimization", {}).get("stage", 0)
+
+
+def frozen_engine_config(ds_config: dict) -> dict:
+    """The DeepSpeed config of an engine that holds only a frozen backbone (a packed job's).
+    ZeRO-1/2 partition optimizer state and gradients, and a frozen model has neither (DeepSpeed
+    also refuses those stages without an optimizer): they run as stage 0. ZeRO-3 partitions
+    the parameters themselves and is kept."""
+    if zero_stage(ds_config) == 3:
+        return ds_config
+    return dict(ds_config, zero_optimization={"stage": 0})
+
+
+@contextmanager
+def frozen_backbone(config: TrainConfig, ds_config: dict) -> Iterator[Backbone]:
+    """``config.model`` in the precision ``ds_config`` runs, for the length of the block.
+
+    Under ZeRO-3 transformers' marker (`HfDeepSpeedConfig`) is alive for the whole block: it
+    makes from_pretrained load the weights partitioned, and generate keep the ranks in step.
+    The model's path is resolved (and a preset built) before the marker exists, so a preset is
+    never materialised from ZeRO-3's empty placeholders."""
+    resolve_model_path(config.model)
+    marker = None
+    if zero_stage(ds_config) == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+        marker = HfDeepSpeedConfig(ds_config)
+    dtype = torch.bfloat16 if precision_of(ds_config) == "bf16" else torch.float32
+    try:
+        yield load_backbone(config.model, max_length=config.max_length, dtype=dtype)
+    finally:
+        del marker
+
+
+def lr_schedule(config: TrainConfig) -> Callable[[int], float]:
+    """Linear warm-up to ``config.lr``, then linear decay to 0 at the last step."""
+    warmup, total = config.warmup, config.steps
+
+    def scale(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return scale
+
+
+class PromptedModel(nn.Module):
+    """What DeepSpeed wraps: the module that yields the prompt (trainable) and the frozen
+    backbone."""
+
+    def __init__(self, prompt: nn.Module, backbone: Backbone):
+        super().__init__()
+        self.prompt = prompt
+        self.backbone = backbone
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        prompts = self.prompt(batch["input_ids"].shape[0])
+        return self.backbone.loss(prompts, batch).mean()
+
+
+def prompt_engine(config: TrainConfig, trainable: nn.Module, backbone: Backbone,
+                  ds_config: dict, start_step: int):
+    """A DeepSpeed engine whose only trainable parameters are those of ``trainable``, with
+    AdamW and the run's schedule continuing at ``start_step``."""
+    import deepspeed
+
+    model = PromptedModel(trainable, backbone)
+    optimizer = torch.optim.AdamW(list(trainable.parameters()), lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    scale = lr_schedule(config)
+    scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
+        opt, lambda s: scale(s + start_step))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                           lr_scheduler=scheduler, config=ds_config)
+    return engine

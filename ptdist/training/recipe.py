@@ -1,0 +1,121 @@
+"""The prompt-tuning recipe, top to bottom: a frozen backbone, one trainable prompt, a
+DeepSpeed engine, evaluation with keep-best and early stopping, checkpoint and resume.
+
+`fit` is the recipe for anything that yields a prompt (a soft prompt, or a projector applied to
+another model's prompt); `train` is prompt tuning with it, idempotent through the store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ptdist.backbones import Backbone, SoftPrompt
+from ptdist.store import Store
+from ptdist.tasks import TaskRecord
+from ptdist.training.checkpoint import (TrainState, gather_state, load_checkpoint,
+                                        restore_optimizer_state)
+from ptdist.training.config import TrainConfig
+from ptdist.training.data import global_batch, rank_slice
+from ptdist.training.distributed import finish_together, init_distributed
+from ptdist.training.engine import (deepspeed_config, frozen_backbone, precision_of,
+                                    prompt_engine, zero_stage)
+from ptdist.training.evaluation import evaluate
+from ptdist.training.fingerprint import frozen_fingerprint
+from ptdist.training.progress import Progress
+from ptdist.training.run import (Fitted, RunData, TrainResult, fresh_prompt, load_run_data,
+                                 plan_run, store_finished, stored_result)
+from ptdist.training.tracking import RunTracker
+
+
+def train(config: TrainConfig, store: Store | None = None) -> TrainResult:
+    """Prompt-tune ``config.model`` on ``config.task`` and put the best prompt in the store.
+
+    Idempotent: a run whose prompt is already stored returns it without training. Resumable:
+    a run with a checkpoint continues from it and ends where the uninterrupted run would.
+    """
+    store = store or Store()
+    t0 = time.time()
+    plan = plan_run(config, store)
+    if store.prompts.has(plan.prompt_id):
+        return stored_result(store, plan.prompt_id, skipped=True, t0=t0)
+    fitted = fit(config, plan.task, plan.ds_config, store.layout.run_dir(plan.prompt_id),
+                 lambda backbone: SoftPrompt(fresh_prompt(config, plan, backbone)),
+                 f"run {plan.prompt_id}")
+    result = store_finished(config, plan, fitted, store, t0)
+    finish_together(fitted.world)
+    return result
+
+
+def fit(config: TrainConfig, task: TaskRecord, ds_raw: dict, run_folder: Path,
+        build: Callable[[Backbone], nn.Module], label: str) -> Fitted:
+    """The recipe every trained prompt shares: ``build(backbone)`` makes the module that yields
+    the prompts (called with a batch size, like `SoftPrompt`); it is the only thing DeepSpeed
+    trains, on ``task`` through the frozen ``config.model``, checkpointed in ``run_folder``
+    and resumed from it. Call on every rank of the process group."""
+    rank, world = init_distributed()
+    ds_config = deepspeed_config(ds_raw, config, world)
+    with frozen_backbone(config, ds_config) as backbone:
+        data = load_run_data(config, task, backbone)
+        resumed = load_checkpoint(run_folder)
+        saved, state = resumed if resumed is not None else ({}, TrainState())
+        trainable = build(backbone)
+        if resumed is not None:
+            trainable.load_state_dict({k: saved[k] for k in trainable.state_dict()})
+        engine = prompt_engine(config, trainable, backbone, ds_config, start_step=state.step)
+        params = dict(engine.module.prompt.named_parameters())
+        fingerprint = frozen_fingerprint(engine.module.backbone)
+        if resumed is not None:
+            restore_optimizer_state(engine, params, saved)
+            torch.set_rng_state(saved["rng"])
+        else:
+            torch.manual_seed(config.seed)
+        progress = Progress(config.steps, config.eval_every, state.step, rank == 0)
+        progress.line(f"[ptdist] {label}: {config.model} on {task.name}, "
+                      f"{len(data.train)} train / {len(data.eval)} eval examples, {world} "
+                      f"process(es), {precision_of(ds_config)}, ZeRO-{zero_stage(ds_config)}"
+                      + (f", resumed at step {state.step}" if resumed is not None else ""))
+        resumed_from = state.step if resumed is not None else None
+        tracker = RunTracker.resumed(saved, state, run_folder, task.primary_metric,
+                                     config.patience)
+        _loop(engine, params, task, data, config, tracker, progress, time.time(), rank, world)
+        changed = frozen_fingerprint(engine.module.backbone) != fingerprint
+        engine.destroy()  # releases ZeRO-3's hooks and buffers; the parameters are gathered
+    if changed:
+        raise RuntimeError("the frozen backbone changed during training: a ptdist bug, please "
+                           "report it with the DeepSpeed config used")
+    return Fitted(tracker.best, state, backbone, rank, world, ds_config, fingerprint,
+                  resumed_from)
+
+
+def _loop(engine, params: dict[str, nn.Parameter], task: TaskRecord, data: RunData,
+          config: TrainConfig, tracker: RunTracker, progress: Progress, t0: float, rank: int,
+          world: int) -> None:
+    """Train from the tracker's step to the end (or an early stop), evaluating and
+    checkpointing every ``eval_every`` steps."""
+    backbone = engine.module.backbone
+    micro = engine.train_micro_batch_size_per_gpu()
+    state = tracker.state
+    while state.step < config.steps and not tracker.stopped:
+        indices = rank_slice(global_batch(state.step, len(data.train), config.batch_size,
+                                          config.seed), rank, world)
+        losses = []
+        for start in range(0, len(indices), micro):
+            rows = [data.train[i] for i in indices[start:start + micro]]
+            batch = {k: v.to(engine.device) for k, v in backbone.collate(rows, data.words).items()}
+            loss = engine(batch)
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+        state.step += 1
+        loss = sum(losses) / len(losses)
+        progress.step(state.step, loss, engine.get_lr()[0])
+        if state.step % config.eval_every and state.step != config.steps:
+            continue
+        metrics = evaluate(backbone, engine.module.prompt, task, data.eval, micro * 2,
+                           config.max_new_tokens, rank, world)
+        progress.line(tracker.record(loss, metrics, time.time() - t0,
+                                     gather_state(engine, params), list(params), rank == 0))

@@ -1,0 +1,167 @@
+"""A prompt-tuning run as the store knows it: its plan and prompt id (known before any model
+loads), its data, and, once it has finished, its result and manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ptdist import __version__
+from ptdist.backbones import Backbone, InitSpec, initial_prompt
+from ptdist.backbones.prompt import PROMPT_PARAM
+from ptdist.store import Store
+from ptdist.store.manifests import PromptManifest
+from ptdist.tasks import TaskRecord, get_task, load_split
+from ptdist.training.checkpoint import TrainState
+from ptdist.training.config import TrainConfig
+from ptdist.training.engine import load_ds_config, precision_of, zero_stage
+from ptdist.training.evaluation import check_task_fits
+
+
+@dataclass
+class TrainResult:
+    prompt_id: str
+    task: str
+    model: str
+    metric: str
+    score: float
+    metrics: dict[str, float]
+    best_step: int
+    steps_run: int
+    resumed_from: int | None
+    skipped: bool
+    wall_time_s: float
+    store: str
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run is, before any model is loaded: enough to know its id (and so whether the
+    store already holds its prompt)."""
+
+    task: TaskRecord
+    init: InitSpec
+    artifact: torch.Tensor | None  # the source prompt of a prompt:... init
+    ds_config: dict  # as read, before batch sizes are filled in
+    precision: str
+    prompt_id: str
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def prompt_id_of(config: TrainConfig, task: TaskRecord, init_digest: str,
+                 precision: str) -> str:
+    """The run's content-addressed id: a hash of everything that determines its result (the
+    settings, the task record's content rather than its name, the init's content, the
+    precision), so the same run asked for twice is trained once."""
+    payload = {k: v for k, v in config.to_dict().items() if k not in TrainConfig.NOT_HASHED}
+    payload.update(task=_digest(asdict(task)), init=init_digest, precision=precision)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plan_run(config: TrainConfig, store: Store) -> RunPlan:
+    task = get_task(config.task)
+    init = InitSpec.parse(config.init)
+    artifact = store.prompts.load(init.arg) if init.mode == "prompt" else None
+    init_digest = hashlib.sha256(artifact.numpy().tobytes()).hexdigest() if artifact is not None \
+        else str(init)
+    ds_config, _ = load_ds_config(config.ds_config)
+    precision = precision_of(ds_config)
+    return RunPlan(task, init, artifact, ds_config, precision,
+                   prompt_id_of(config, task, init_digest, precision))
+
+
+@dataclass
+class RunData:
+    train: list[dict]
+    eval: list[dict]
+    words: list[str] | None  # label words for this backbone; None for generation tasks
+
+
+def load_run_data(config: TrainConfig, task: TaskRecord, backbone: Backbone) -> RunData:
+    """A run's training and evaluation rows, after checking the task suits the backbone."""
+    check_task_fits(task, backbone)
+    # Subsets are drawn with a fixed seed: runs of every seed, and `ptdist eval`, see the same
+    # rows, so their scores compare; the run's seed only sets the init and the data order.
+    return RunData(
+        train=load_split(task, "train", limit=config.train_limit,
+                         data_dir=config.data_dir).to_list(),
+        eval=load_split(task, "eval", limit=config.eval_limit,
+                        data_dir=config.data_dir).to_list(),
+        words=task.words_for(backbone.kind))
+
+
+def fresh_prompt(config: TrainConfig, plan: RunPlan, backbone: Backbone) -> torch.Tensor:
+    """The run's initial prompt, from its seed and init."""
+    import deepspeed
+
+    if plan.artifact is not None:
+        backbone.check_prompt(plan.artifact)
+    generator = torch.Generator().manual_seed(config.seed)
+    # Under ZeRO-3 the embedding matrix is partitioned; vocab/text init read its rows.
+    with deepspeed.zero.GatheredParameters([backbone.word_embeddings.weight]):
+        return initial_prompt(plan.init, backbone.word_embeddings, config.prompt_length,
+                              backbone.special_ids(), backbone.tokenizer, generator,
+                              plan.artifact)
+
+
+@dataclass
+class Fitted:
+    """What a finished run leaves: its trained parameters at its best evaluation, and the facts
+    of the run its caller records."""
+
+    best: dict[str, torch.Tensor]
+    state: TrainState
+    backbone: Backbone
+    rank: int
+    world: int
+    ds_config: dict
+    fingerprint: str
+    resumed_from: int | None
+
+
+def store_finished(config: TrainConfig, plan: RunPlan, fitted: Fitted, store: Store,
+                   t0: float, packed_with: list[str] | None = None) -> TrainResult:
+    """The result of a prompt-tuning run that has finished (its steps done, or stopped early);
+    rank 0 puts its best prompt and manifest in the store."""
+    state = fitted.state
+    best = next(h for h in state.history if h["step"] == state.best_step)
+    metrics = {k: v for k, v in best.items() if k not in ("step", "loss", "time_s")}
+    result = TrainResult(plan.prompt_id, plan.task.name, config.model, plan.task.primary_metric,
+                         state.best_score, metrics, state.best_step, state.step,
+                         fitted.resumed_from, False, time.time() - t0, str(store.root),
+                         state.history)
+    if fitted.rank == 0:
+        prompt = fitted.best[PROMPT_PARAM]
+        store.prompts.put(prompt, PromptManifest(
+            id=plan.prompt_id, model=config.model, task=plan.task.name,
+            task_type=plan.task.type, seed=config.seed, init=config.init,
+            metric=result.metric, score=result.score, metrics=result.metrics,
+            steps=result.steps_run, best_step=result.best_step, shape=list(prompt.shape),
+            backbone_kind=fitted.backbone.kind, precision=plan.precision,
+            config=config.to_dict(), history=result.history, world_size=fitted.world,
+            zero_stage=zero_stage(fitted.ds_config), resumed_from=result.resumed_from,
+            wall_time_s=result.wall_time_s, created=time.time(), ptdist_version=__version__,
+            backbone_fingerprint=fitted.fingerprint, packed_with=packed_with))
+    return result
+
+
+def stored_result(store: Store, prompt_id: str, skipped: bool,
+                  t0: float | None = None) -> TrainResult:
+    """The result of a run whose prompt is in the store. ``skipped``: this call did not train
+    it (its wall time is then that of the lookup since ``t0``, not of the training)."""
+    m = store.prompts.manifest(prompt_id)
+    wall = time.time() - t0 if skipped and t0 is not None else m.wall_time_s
+    return TrainResult(prompt_id, m.task, m.model, m.metric, m.score, m.metrics, m.best_step,
+                       m.steps, None if skipped else m.resumed_from, skipped, wall,
+                       str(store.root), m.history)
