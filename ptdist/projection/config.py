@@ -91,21 +91,3 @@ def config_from_dict(data: dict) -> ProjectorConfig:
     """The inverse of `ProjectorConfig.to_dict` (lists back to tuples)."""
     tuples = ("tasks", "source_prompts", "target_prompts")
     return ProjectorConfig(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
-
-
-def stored_inputs(store_root: str, model: str, tasks: tuple[str, ...]) -> tuple[str, ...]:
-    """Ids of every prompt the store holds of ``model`` on ``tasks``; every task without one
-    is named in one error."""
-    from ptdist.store.prompts import PromptStore
-    from ptdist.tasks import get_task
-
-    names = {get_task(t).name for t in tasks}
-    found = [m for m in PromptStore(store_root).manifests()
-             if m["model"] == model and m["task"] in names]
-    missing = sorted(names - {m["task"] for m in found})
-    if missing:
-        raise PtdistError(f"no prompt of '{model}' in store {store_root} for task(s): "
-                          f"{', '.join(missing)}; train them first (`ptdist train --model {model} "
-                          f"--task {missing[0]}`), or run `ptdist project pairs --spec`, which "
-                          "trains what a projector needs")
-    return tuple(sorted(m["id"] for m in found))

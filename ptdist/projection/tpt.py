@@ -5,30 +5,29 @@ best prompt for that same task."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Sequence
 from typing import Any
 
 from ptdist.projection.evaluation import project_prompts
-from ptdist.store.projectors import ProjectorStore
-from ptdist.store.prompts import PromptStore
+from ptdist.store import Store
+from ptdist.store.manifests import PromptManifest
+from ptdist.store.prompts import best_per_task
 from ptdist.tasks import get_task
-from ptdist.transfer.selection import best_prompts
-from ptdist.transfer.tpt import TptResult, TptSource, tpt_sweep
+from ptdist.transfer.tpt import TptPlan, TptSource, check_lengths
 
 
-def run_tpt_model(store_root: str, projector_id: str, targets: list[str], train: dict,
-                  among: Collection[str] | None = None, **sweep: Any) -> TptResult:
-    """``train``: the runs' settings (steps, eval_every, lr, seed...); ``among``: the prompt
-    ids the source prompts are chosen from (default: the whole store); ``sweep``: data_dir,
-    ds_config, resources, address. Results under the projector's folder, ``tpt/<target>/``."""
-    projectors, prompts = ProjectorStore(store_root), PromptStore(store_root)
-    manifest = projectors.manifest(projector_id)
-    sources = best_prompts(prompts, manifest["source_model"], targets, among)
-    files = project_prompts(store_root, projector_id, targets, among)
-    folder = next(iter(files.values())).parent
-    source = TptSource(f"tpt_model from {manifest['source_model']}",
-                       f"prompt:{folder}/{{task}}.safetensors",
-                       {get_task(t).name: sources[get_task(t).name] for t in targets})
-    return tpt_sweep(manifest["target_model"], targets, [source], prompts, train,
-                     projectors.folder(projector_id) / "tpt", f"tpt-model-{projector_id}",
-                     **sweep)
+def model_plan(store: Store, projector_id: str, targets: Sequence[str],
+               prompts: Sequence[PromptManifest], train: dict[str, Any],
+               **placement: Any) -> TptPlan:
+    """TPT_model on each target: vanilla PT on the projector's target model, and PT from the
+    projection of the source model's best prompt (among ``prompts``) for that task, written
+    into the projector's folder now; ``placement``: data_dir, ds_config."""
+    manifest = store.projectors.manifest(projector_id)
+    names = [get_task(t).name for t in targets]
+    sources = best_per_task([m for m in prompts if m.model == manifest.source_model], names,
+                            f"of model '{manifest.source_model}' among the prompts given")
+    project_prompts(store, projector_id, sources)
+    source = TptSource(f"tpt_model from {manifest.source_model}",
+                       f"prompt:{store.layout.projected_template(projector_id)}", sources)
+    return TptPlan(manifest.target_model, tuple(targets), (source,),
+                   check_lengths([source], train), projector=projector_id, **placement)

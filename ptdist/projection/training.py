@@ -5,7 +5,7 @@ distance  fit the projected source prompts to the target model's own prompts for
           prompts are involved, so it runs on one device without the models.
 task      tune the projector through the frozen target model on one task's data, with the
           source model's best prompt for that task as its input. This is prompt tuning with a
-          projector in the prompt's place: the same DeepSpeed recipe (`training.loop.fit`),
+          projector in the prompt's place: the same DeepSpeed recipe (`training.recipe.fit`),
           evaluation, checkpoints and resume, on the target model's resources.
 """
 
@@ -20,41 +20,41 @@ from ptdist import __version__
 from ptdist.errors import PtdistError
 from ptdist.projection.config import ProjectorConfig
 from ptdist.projection.projector import ProjectedPrompt, Projector, ProjectorShape
-from ptdist.store.projectors import ProjectorStore
-from ptdist.store.prompts import PromptStore
-from ptdist.transfer.selection import best_of
+from ptdist.store import Store
+from ptdist.store.manifests import ProjectorManifest, PromptManifest
+from ptdist.store.prompts import best_of
+from ptdist.tasks import get_task
+from ptdist.training.distributed import finish_together
+from ptdist.training.engine import load_ds_config
+from ptdist.training.recipe import fit
 
 
-def train_projector(config: ProjectorConfig, store_root: str) -> dict:
+def train_projector(config: ProjectorConfig, store: Store) -> ProjectorManifest:
     """Train the projector ``config`` describes and store it; returns its manifest. Idempotent:
     a stored projector is returned as it is."""
-    projectors = ProjectorStore(store_root)
-    if projectors.has(config.projector_id):
-        return projectors.manifest(config.projector_id)
+    if store.projectors.has(config.projector_id):
+        return store.projectors.manifest(config.projector_id)
     t0 = time.time()
-    prompts = PromptStore(store_root)
-    sources = _prompts(prompts, config.source_prompts, config.source_model)
+    sources = _prompts(store, config.source_prompts, config.source_model)
     if config.mode == "distance":
-        targets = _prompts(prompts, config.target_prompts, config.target_model)
-        weights, facts = _fit_distance(config, sources, targets)
+        targets = _prompts(store, config.target_prompts, config.target_model)
+        weights, facts = _fit_distance(config, store, sources, targets)
     else:
-        weights, facts = _fit_task(config, best_of(sources), store_root)
-    manifest = dict(facts, id=config.projector_id, config=config.to_dict(),
-                    source_model=config.source_model, target_model=config.target_model,
-                    mode=config.mode,
-                    tasks=list(config.tasks), wall_time_s=time.time() - t0,
-                    created=time.time(), ptdist_version=__version__)
+        weights, facts = _fit_task(config, store, best_of(sources))
+    manifest = ProjectorManifest(
+        id=config.projector_id, config=config.to_dict(), source_model=config.source_model,
+        target_model=config.target_model, mode=config.mode, tasks=list(config.tasks),
+        wall_time_s=time.time() - t0, created=time.time(), ptdist_version=__version__,
+        **facts)
     if weights is not None:  # None on the ranks other than 0 of a multi-process run
-        projectors.put(config.projector_id, weights, manifest)
+        store.projectors.put(weights, manifest)
     if config.mode == "task":
-        from ptdist.training.distributed import finish_together
-
-        finish_together(facts["world_size"])
+        finish_together(manifest.world_size)
     return manifest
 
 
-def shape_of(manifest: dict) -> ProjectorShape:
-    return ProjectorShape(**manifest["shape"])
+def shape_of(manifest: ProjectorManifest) -> ProjectorShape:
+    return ProjectorShape(**manifest.shape)
 
 
 def initial_projector(shape: ProjectorShape, seed: int) -> Projector:
@@ -64,25 +64,22 @@ def initial_projector(shape: ProjectorShape, seed: int) -> Projector:
     return Projector(shape)
 
 
-def _prompts(store: PromptStore, ids: tuple[str, ...], model: str) -> list[dict]:
-    """Manifests of ``ids`` with their tensors (key ``tensor``); each must be ``model``'s."""
-    missing = [i for i in ids if not store.has(i)]
+def _prompts(store: Store, ids: tuple[str, ...], model: str) -> list[PromptManifest]:
+    """The manifests of ``ids``; each must be ``model``'s."""
+    missing = [i for i in ids if not store.prompts.has(i)]
     if missing:
         raise PtdistError(f"prompt(s) {', '.join(missing)} of '{model}' are not in store "
                           f"{store.root}; train them first (the pair scheduler does, from a "
                           "sweep spec)")
-    rows = []
-    for prompt_id in ids:
-        tensor, manifest = store.load(prompt_id)
-        if manifest["model"] != model:
-            raise PtdistError(f"prompt {prompt_id} belongs to '{manifest['model']}', not to "
-                              f"'{model}'")
-        rows.append(dict(manifest, tensor=tensor))
-    return rows
+    manifests = [store.prompts.manifest(i) for i in ids]
+    for m in manifests:
+        if m.model != model:
+            raise PtdistError(f"prompt {m.id} belongs to '{m.model}', not to '{model}'")
+    return manifests
 
 
-def _length(sources: list[dict], targets: list[dict] | None = None) -> int:
-    lengths = {tuple(r["shape"])[0] for r in sources + (targets or [])}
+def _length(prompts: list[PromptManifest]) -> int:
+    lengths = {m.prompt_length for m in prompts}
     if len(lengths) > 1:
         raise PtdistError(f"the prompts have lengths {sorted(lengths)}; a projector maps prompts "
                           "of one length L to prompts of the same L, so train every prompt it "
@@ -90,11 +87,12 @@ def _length(sources: list[dict], targets: list[dict] | None = None) -> int:
     return lengths.pop()
 
 
-def _fit_distance(config: ProjectorConfig, sources: list[dict],
-                  targets: list[dict]) -> tuple[dict[str, torch.Tensor], dict]:
-    length = _length(sources, targets)
-    pairs = [(s["tensor"], t["tensor"]) for task in config.tasks for s in sources for t in targets
-             if s["task"] == t["task"] == _task_name(task)]
+def _fit_distance(config: ProjectorConfig, store: Store, sources: list[PromptManifest],
+                  targets: list[PromptManifest]) -> tuple[dict[str, torch.Tensor], dict]:
+    length = _length(sources + targets)
+    tensor = {m.id: store.prompts.tensor(m.id) for m in sources + targets}
+    pairs = [(tensor[s.id], tensor[t.id]) for task in config.tasks for s in sources
+             for t in targets if s.task == t.task == get_task(task).name]
     if not pairs:
         raise PtdistError(f"no task has prompts of both models among {', '.join(config.tasks)}")
     x = torch.stack([p[0] for p in pairs])
@@ -130,30 +128,26 @@ def _distance(projector: Projector, x: torch.Tensor, y: torch.Tensor) -> float:
     return torch.nn.functional.mse_loss(projector(x), y).item()
 
 
-def _fit_task(config: ProjectorConfig, source: dict,
-              store_root: str) -> tuple[dict[str, torch.Tensor] | None, dict]:
-    from ptdist.tasks import get_task
-    from ptdist.training.config import load_ds_config
-    from ptdist.training.loop import fit
-
-    length = _length([source])
-    run = config.tuning_run(length)
+def _fit_task(config: ProjectorConfig, store: Store,
+              source: PromptManifest) -> tuple[dict[str, torch.Tensor] | None, dict]:
+    run = config.tuning_run(source.prompt_length)
     task = get_task(run.task)
+    tensor = store.prompts.tensor(source.id)
     shapes: list[ProjectorShape] = []
 
     def build(backbone) -> ProjectedPrompt:
-        shape = ProjectorShape(config.variant, length, source["tensor"].shape[-1],
+        shape = ProjectorShape(config.variant, source.prompt_length, tensor.shape[-1],
                                backbone.hidden_size, config.hidden)
         shapes.append(shape)
-        return ProjectedPrompt(initial_projector(shape, config.seed), source["tensor"])
+        return ProjectedPrompt(initial_projector(shape, config.seed), tensor)
 
     ds_raw, _ = load_ds_config(config.ds_config)
-    fitted = fit(run, task, ds_raw, ProjectorStore(store_root).run_dir(config.projector_id),
+    fitted = fit(run, task, ds_raw, store.layout.projector_run_dir(config.projector_id),
                  build, f"projector {config.projector_id} ({config.source_model} -> "
                         f"{config.target_model}, task tuning)")
     state = fitted.state
-    facts = {"shape": shapes[0].to_dict(), "source_prompt": source["id"],
-             "prompts": [source["id"]], "metric": task.primary_metric,
+    facts = {"shape": shapes[0].to_dict(), "source_prompt": source.id,
+             "prompts": [source.id], "metric": task.primary_metric,
              "score": state.best_score, "best_step": state.best_step, "steps": state.step,
              "resumed_from": fitted.resumed_from, "history": state.history,
              "world_size": fitted.world}
@@ -161,12 +155,6 @@ def _fit_task(config: ProjectorConfig, source: dict,
         return None, facts
     prefix = "projector."
     return {k[len(prefix):]: v for k, v in fitted.best.items()}, facts
-
-
-def _task_name(task: str) -> str:
-    from ptdist.tasks import get_task
-
-    return get_task(task).name
 
 
 def _say(text: str) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ptdist.store.atomic import atomic_write  # noqa: E402
+from ptdist.store.results import (CorrelationRow, IndicatorRow, MatrixRow,  # noqa: E402
+                                  TptCurveRow, TptSummaryRow)
 
 
 def grouped_heatmap(values: np.ndarray, rows: list[str], cols: list[str], groups: list[str],
@@ -64,3 +68,63 @@ def _save(fig, path: str | os.PathLike) -> Path:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     finally:
         plt.close(fig)
+
+
+def matrix_figure(rows: Sequence[MatrixRow], path: str | os.PathLike) -> Path:
+    """The heatmap of a zero-shot transfer matrix (relative performance, %)."""
+    order = list(dict.fromkeys(r.source_task for r in rows))
+    types = {r.source_task: r.source_type for r in rows}
+    index = {name: i for i, name in enumerate(order)}
+    values = np.full((len(order), len(order)), np.nan)
+    for r in rows:
+        if r.relative is not None:
+            values[index[r.source_task], index[r.target_task]] = r.relative
+    return grouped_heatmap(values, order, order, [types[n] for n in order],
+                           f"zero-shot transfer, {rows[0].model}", path,
+                           "relative performance (%)")
+
+
+def indicator_figure(rows: Sequence[IndicatorRow], indicator: str,
+                     path: str | os.PathLike) -> Path:
+    """The heatmap of one indicator between every pair of prompts, grouped by task."""
+    tasks = {r.prompt_a: r.task_a for r in rows}
+    ids = sorted(tasks, key=lambda pid: (tasks[pid], pid))
+    index = {pid: k for k, pid in enumerate(ids)}
+    values = np.full((len(ids), len(ids)), np.nan)
+    for r in rows:
+        if r.indicator == indicator:
+            values[index[r.prompt_a], index[r.prompt_b]] = 100.0 * r.value
+    labels = [f"{tasks[pid]}:{pid[:6]}" for pid in ids]
+    return grouped_heatmap(values, labels, labels, [tasks[pid] for pid in ids],
+                           f"{indicator} between prompts, {rows[0].model}", path,
+                           f"{indicator} x 100", axis_labels=("prompt (task)", "prompt"))
+
+
+def layerwise_figure(rows: Sequence[CorrelationRow], path: str | os.PathLike) -> Path:
+    """Spearman's correlation of layer-wise ON with transfer, layer by layer."""
+    layers = sorted((int(m.group(1)), r) for r in rows
+                    if (m := re.fullmatch(r"ON_layer_(\d+)", r.indicator)))
+    curves = {"global": ([k for k, _ in layers], [r.spearman_global for _, r in layers])}
+    per_target = [(k, r.spearman_per_target) for k, r in layers
+                  if r.spearman_per_target is not None]
+    if per_target:
+        curves["mean over targets"] = ([k for k, _ in per_target], [v for _, v in per_target])
+    return learning_curves(curves, "Spearman correlation with transfer",
+                           f"layer-wise ON vs zero-shot transfer, {rows[0].model}", path,
+                           xlabel="layer (encoder, then decoder)")
+
+
+def tpt_figure(curves: Sequence[TptCurveRow], summary: Sequence[TptSummaryRow],
+               path: str | os.PathLike) -> Path:
+    """Vanilla PT's and each TPT run's learning curve on one target, with vanilla's best."""
+    speedups = {r.run: r.speedup for r in summary}
+    lines: dict[str, tuple[list[int], list[float]]] = {}
+    for r in curves:
+        label = r.run if r.run == "vanilla" else r.run + (
+            f" (speed-up {speedups[r.run]:.2f}x)" if speedups[r.run] else " (not reached)")
+        steps, scores = lines.setdefault(label, ([], []))
+        steps.append(r.step)
+        scores.append(r.score)
+    head = summary[0]
+    return learning_curves(lines, head.metric, f"{head.target_task} on {head.model}: vanilla "
+                           "PT vs TPT", path, hline=head.vanilla_best)

@@ -1,8 +1,12 @@
-"""Cross-task transfer: the zero-shot transfer matrix and TPT_task with its speed-up."""
+"""Cross-task transfer: the zero-shot transfer matrix and TPT_task with its speed-up. Stage
+functions: they take the store, their settings and the prompts to work on, and run in this
+process; `ptdist.orchestration` decides how they are split into jobs and where those run."""
 
-from ptdist.transfer.matrix import MatrixResult, transfer_matrix
-from ptdist.transfer.selection import best_prompts, resolve_source
-from ptdist.transfer.tpt import TptResult, first_reach, run_tpt, speedup_rows
+from ptdist.transfer.matrix import (MatrixResult, MatrixSettings, matrix_sources, score_target,
+                                    transfer_matrix, write_matrix)
+from ptdist.transfer.tpt import (TptPlan, TptResult, TptSource, first_reach, speedup_rows,
+                                 task_plan, tpt_summary)
 
-__all__ = ["MatrixResult", "TptResult", "best_prompts", "first_reach", "resolve_source",
-           "run_tpt", "speedup_rows", "transfer_matrix"]
+__all__ = ["MatrixResult", "MatrixSettings", "TptPlan", "TptResult", "TptSource",
+           "first_reach", "matrix_sources", "score_target", "speedup_rows", "task_plan",
+           "tpt_summary", "transfer_matrix", "write_matrix"]
