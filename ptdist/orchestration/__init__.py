@@ -1,8 +1,5 @@
-"""Ray orchestration: sweep specs, resources, and sweeps of prompt-tuning runs on Ray Tune
-(Ray Train for multi-worker runs), idempotent and fault tolerant through the prompt store."""
-
-from ptdist.orchestration.spec import Resources, RunSpec, SweepSpec, load_spec, parse_spec
-from ptdist.orchestration.sweep import SweepOutcome, plan_sweep, require_no_failures, run_sweep
-
-__all__ = ["Resources", "RunSpec", "SweepOutcome", "SweepSpec", "load_spec", "parse_spec",
-           "plan_sweep", "require_no_failures", "run_sweep"]
+"""Ray orchestration, the only package that imports Ray: it turns work into jobs (`graph.Job`),
+places them (`resources.py`, `worker_group.py`), runs them on Ray or in this process under one
+failure policy (`failures.py`), and builds the jobs of each command: sweeps of prompt-tuning
+runs on Ray Tune (`sweep.py`), projector pairs (`pairs.py`), the analysis stages
+(`stages.py`) and whole studies (`replicate.py`). Map: docs/architecture.md."""

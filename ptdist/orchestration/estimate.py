@@ -64,7 +64,7 @@ def study_costs(study: Study, jobs: list[Job]) -> list[StageCost]:
     spec = study.spec
     sizes = {m.name: parameters(m.name) for m in spec.models}
     counts = Counter(_stage_of(job.id) for job in jobs)
-    to_run = Counter(_stage_of(job.id) for job in jobs if not (job.done and job.done()))
+    to_run = Counter(_stage_of(job.id) for job in jobs if not job.stored())
     hours = {stage: 0.0 for stage in STAGES}
     unknown = set()
     for model in spec.models:
@@ -146,7 +146,8 @@ def _rate(model: ModelEntry) -> float:
 
 
 def _stage_of(job_id: str) -> str:
-    return job_id.split(" ", 1)[0]
+    stage = job_id.split(" ", 1)[0]
+    return "prompt" if stage == "pack" else stage
 
 
 def _hours(value: float) -> str:

@@ -1,19 +1,25 @@
-"""A dependency graph of jobs run as Ray tasks: each job starts as soon as the jobs it needs
-have succeeded, as many at once as the cluster's resources (and ``max_concurrent``) allow.
+"""A dependency graph of jobs: each job starts as soon as the jobs it needs have succeeded, on
+Ray (as many at once as the cluster's resources and ``max_concurrent`` allow) or, with
+``local``, one after another in this process.
 
-Jobs are idempotent and keep their outputs in a store: a job whose ``done()`` says its output
-is already there is skipped, so re-running a graph after a crash or a failure does only what is
-missing. An exception raised by a job is not retried: jobs are deterministic, so a user error
-fails the same way every time and a retry would only delay the report. Ray still re-runs a task
-whose worker process died (``max_retries``): that is the cluster's failure, not the job's. A
-failed job blocks the jobs that need it and nothing else; the caller decides whether that is
-fatal (`require_success`).
+Jobs are idempotent and keep their outputs in the store: a job whose ``done()`` says its output
+is already there is skipped, so re-running a graph after a crash does only what is missing.
+Failures follow the one policy of `failures.py`: a user error fails the job at once, anything
+else (an exception, a dead worker) is retried up to ``max_failures`` times; the driver counts the
+attempts. A failed job blocks the jobs that need it and nothing else; the caller decides whether
+that is fatal (`require_success`).
+
+A job may also be a *plan*: a job whose work can only be named once its inputs exist (a TPT
+comparison needs its source prompts' content to know its runs). When its needs are met, the
+driver calls ``plan()``, which returns the jobs that do the work; the one among them with the
+plan's own id takes its place, so the jobs that need the plan wait for it.
 """
 
 from __future__ import annotations
 
 import difflib
 import graphlib
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -21,30 +27,38 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ptdist.errors import PtdistError
+from ptdist.orchestration.failures import FailurePolicy, one_line
+from ptdist.orchestration.faults import begin_attempt
 
 
-def _print(line: str) -> None:
-    print(line, flush=True)
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
 class Job:
     """One unit of work. ``run`` executes in a Ray task (so it must be picklable) once every job
     named in ``needs`` has succeeded, and returns a small JSON-able summary. ``done`` runs on the
-    driver before anything is scheduled: True means the output is already stored."""
+    driver before anything is scheduled: True means the output is already stored. A job with
+    ``plan`` instead of ``run`` is a plan (see the module's docstring)."""
 
     id: str
-    run: Callable[[], dict]
+    run: Callable[[], dict] | None = None
     needs: tuple[str, ...] = ()
     done: Callable[[], bool] | None = None
     resources: Mapping[str, float] = field(default_factory=lambda: {"CPU": 1.0})
+    plan: Callable[[], list["Job"]] | None = None
+
+    def stored(self) -> bool:
+        return self.done is not None and self.done()
 
 
 @dataclass
 class JobOutcome:
     """What became of one job: "stored" (its output existed; it did not run), "ran", "failed",
     or "blocked" (a job it needs failed). While the graph runs it may be "waiting" or "running".
-    ``started`` and ``finished`` are the driver's clock at submission and at completion."""
+    ``started`` and ``finished`` are the driver's clock at the first submission and at the end;
+    ``attempts`` counts the attempts it was given."""
 
     id: str
     status: str
@@ -52,11 +66,12 @@ class JobOutcome:
     error: str | None = None
     started: float | None = None
     finished: float | None = None
+    attempts: int = 0
 
 
 @dataclass
 class GraphOutcome:
-    jobs: list[JobOutcome]  # in the order the jobs were given
+    jobs: list[JobOutcome]  # in the order the jobs were given; the jobs of a plan at the end
 
     @property
     def failed(self) -> list[JobOutcome]:
@@ -70,33 +85,34 @@ class GraphOutcome:
         raise KeyError(f"no job {job_id!r} in this graph")
 
 
-def run_graph(jobs: Sequence[Job], *, max_concurrent: int | None = None, max_retries: int = 2,
-              say: Callable[[str], None] = _print) -> GraphOutcome:
-    """Run every job that is not stored on the Ray cluster this process has joined, and return
-    once each has succeeded, failed or been blocked.
+def run_graph(jobs: Sequence[Job], *, policy: FailurePolicy, local: bool = False,
+              max_concurrent: int | None = None,
+              say: Callable[[str], None] = _stderr) -> GraphOutcome:
+    """Run every job that is not stored and return once each has succeeded, failed or been
+    blocked. On Ray (the cluster this process joined: `cluster.ray_session`) unless ``local``.
 
     The whole graph is checked first, so a mistyped need fails now rather than hours into a run.
     ``max_concurrent`` caps the jobs in flight; by default Ray queues them by their resources.
-    ``max_retries`` is how often Ray re-runs a job whose worker process died. ``say`` gets one
-    short progress line per event."""
-    import ray
-
+    ``say`` gets one short progress line per event."""
     _check_graph(jobs)
     if max_concurrent is not None and max_concurrent < 1:
         raise PtdistError(f"max_concurrent must be at least 1, not {max_concurrent}")
-    if not ray.is_initialized():
-        raise PtdistError("run_graph needs a Ray cluster: call it inside "
-                          "ptdist.orchestration.cluster.ray_session")
-    return _Schedule(jobs, max_concurrent, max_retries, say).run()
+    executor = _LocalExecutor() if local else _RayExecutor()
+    return _Schedule(jobs, policy, executor, 1 if local else max_concurrent, say).run()
 
 
 def describe_jobs(jobs: Sequence[Job]) -> str:
     """A dry run's listing: each job, whether its output is stored, what it needs and asks."""
     from ptdist.orchestration.resources import describe
 
-    return "\n".join(f"  {job.id} [{'stored' if job.done and job.done() else 'to run'}] "
-                     f"needs {len(job.needs)} job(s), {describe(dict(job.resources))}"
-                     for job in jobs)
+    def state(job: Job) -> str:
+        if job.stored():
+            return "stored"
+        return "to plan: its runs are named once its inputs are stored" if job.plan \
+            else "to run"
+
+    return "\n".join(f"  {job.id} [{state(job)}] needs {len(job.needs)} job(s), "
+                     f"{describe(dict(job.resources))}" for job in jobs)
 
 
 def require_success(outcome: GraphOutcome) -> None:
@@ -109,17 +125,20 @@ def require_success(outcome: GraphOutcome) -> None:
                       "only what is missing.")
 
 
-def _check_graph(jobs: Sequence[Job]) -> None:
-    """Stop before anything runs if some job could never start."""
+def _check_graph(jobs: Sequence[Job], known: Sequence[str] = ()) -> None:
+    """Stop before anything runs if some job could never start (``known``: ids of jobs that
+    are already in the graph)."""
     ids = [job.id for job in jobs]
     duplicates = sorted(job_id for job_id, count in Counter(ids).items() if count > 1)
     if duplicates:
         raise PtdistError(f"job ids must be unique; given more than once: {', '.join(duplicates)}")
-    known = set(ids)
+    every = set(ids) | set(known)
     for job in jobs:
+        if (job.run is None) == (job.plan is None):
+            raise ValueError(f"job '{job.id}' needs exactly one of run and plan")
         for need in job.needs:
-            if need not in known:
-                close = difflib.get_close_matches(need, ids, n=1)
+            if need not in every:
+                close = difflib.get_close_matches(need, sorted(every), n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise PtdistError(f"job '{job.id}' needs '{need}', which is no job of this "
                                   f"graph{hint}")
@@ -132,103 +151,164 @@ def _check_graph(jobs: Sequence[Job]) -> None:
                           f"{cycle} (each needs the next)") from None
 
 
-def _run_job(run: Callable[[], dict]) -> dict:
+def _attempt(job_id: str, run: Callable[[], dict]) -> dict:
+    """One attempt of a job, in the process that runs it."""
+    from ptdist.runtime import quiet_libraries
+
+    quiet_libraries()
+    begin_attempt(job_id)
     return run()
 
 
-def _task_options(resources: Mapping[str, float], max_retries: int) -> dict[str, Any]:
-    # Ray takes CPU and GPU as keywords of their own and rejects them among custom resources.
-    custom = {name: amount for name, amount in resources.items() if name not in ("CPU", "GPU")}
-    return {"num_cpus": resources.get("CPU", 0.0), "num_gpus": resources.get("GPU", 0.0),
-            "resources": custom, "max_retries": max_retries, "retry_exceptions": False}
+class _RayExecutor:
+    """Each attempt is a Ray task in a fresh worker process (``max_calls=1``), so nothing one
+    job leaves behind (a torch.distributed group, DeepSpeed state, cached GPU memory) reaches
+    the next. Ray itself retries nothing: the driver applies the failure policy."""
+
+    def __init__(self):
+        import ray
+
+        if not ray.is_initialized():
+            raise PtdistError("run_graph needs a Ray cluster: call it inside "
+                              "ptdist.orchestration.cluster.ray_session, or pass local=True")
+        self.remote = ray.remote(max_calls=1)(_attempt)
+        self.pending: dict[Any, str] = {}
+
+    def submit(self, job: Job) -> None:
+        custom = {k: v for k, v in job.resources.items() if k not in ("CPU", "GPU")}
+        ref = self.remote.options(
+            num_cpus=job.resources.get("CPU", 0.0), num_gpus=job.resources.get("GPU", 0.0),
+            resources=custom, max_retries=0, retry_exceptions=False).remote(job.id, job.run)
+        self.pending[ref] = job.id
+
+    def next_result(self) -> tuple[str, dict | None, BaseException | None]:
+        import ray
+        from ray.exceptions import RayError
+
+        [ref], _ = ray.wait(list(self.pending), num_returns=1)
+        job_id = self.pending.pop(ref)
+        try:
+            return job_id, ray.get(ref), None
+        except RayError as err:
+            return job_id, None, err
 
 
-def _one_line(err: Exception) -> str:
-    """``Type: message`` on one line. A job's exception reaches the driver wrapped in a
-    RayTaskError whose text is the whole remote traceback; its cause is what the job raised."""
-    from ray.exceptions import RayTaskError
+class _LocalExecutor:
+    """Attempts in this process, one at a time, in submission order."""
 
-    shown = err.cause if isinstance(err, RayTaskError) and err.cause is not None else err
-    message = " ".join(str(shown).split())
-    return f"{type(shown).__name__}: {message}" if message else type(shown).__name__
+    def __init__(self):
+        self.queue: deque[Job] = deque()
+
+    @property
+    def pending(self) -> deque[Job]:
+        return self.queue
+
+    def submit(self, job: Job) -> None:
+        self.queue.append(job)
+
+    def next_result(self) -> tuple[str, dict | None, BaseException | None]:
+        job = self.queue.popleft()
+        try:
+            return job.id, _attempt(job.id, job.run), None
+        except Exception as err:  # the policy decides; KeyboardInterrupt still stops it all
+            return job.id, None, err
 
 
 class _Schedule:
-    """One run of a graph: each job's outcome so far, and the Ray task of each running job."""
+    """One run of a graph: each job's outcome so far, and the jobs in flight."""
 
-    def __init__(self, jobs: Sequence[Job], max_concurrent: int | None, max_retries: int,
-                 say: Callable[[str], None]):
-        import ray
-
-        self.jobs = jobs
+    def __init__(self, jobs: Sequence[Job], policy: FailurePolicy, executor,
+                 max_concurrent: int | None, say: Callable[[str], None]):
+        self.jobs = {job.id: job for job in jobs}
+        self.policy, self.executor, self.say = policy, executor, say
         self.max_concurrent = max_concurrent
-        self.max_retries = max_retries
-        self.say = say
-        # max_calls=1: each job gets a fresh worker process, so nothing one job leaves behind
-        # (a torch.distributed group, DeepSpeed state, cached GPU memory) reaches the next.
-        self.remote = ray.remote(max_calls=1)(_run_job)
-        self.outcomes = {job.id: JobOutcome(job.id, "stored" if job.done and job.done()
-                                            else "waiting") for job in jobs}
-        self.running: dict[Any, Job] = {}  # Ray ObjectRef -> job
+        self.outcomes = {job.id: JobOutcome(job.id, "stored" if job.stored() else "waiting")
+                         for job in jobs}
+        self.began = time.time()
 
     def run(self) -> GraphOutcome:
         counts = self._counts()
         if counts["waiting"]:
             self.say(f"graph: {len(self.jobs)} jobs, {counts['stored']} already stored, "
                      f"{counts['waiting']} to run")
-            self._run_waiting()
+            self._submit_ready()
+            while self.executor.pending:
+                self._finish(*self.executor.next_result())
+                self._submit_ready()
+            counts = self._counts()
+            self.say(f"graph finished in {time.time() - self.began:.1f}s: {counts['ran']} ran, "
+                     f"{counts['stored']} stored, {counts['failed']} failed, "
+                     f"{counts['blocked']} blocked")
         else:
             self.say(f"nothing to run: all {len(self.jobs)} jobs are already stored")
         return GraphOutcome(list(self.outcomes.values()))
 
-    def _run_waiting(self) -> None:
-        import ray
-
-        began = time.time()
-        self._submit_ready()
-        while self.running:
-            [ref], _ = ray.wait(list(self.running), num_returns=1)
-            self._finish(ref)
-            self._submit_ready()
-        counts = self._counts()
-        self.say(f"graph finished in {time.time() - began:.1f}s: {counts['ran']} ran, "
-                 f"{counts['stored']} stored, {counts['failed']} failed, "
-                 f"{counts['blocked']} blocked")
+    def _ready(self) -> list[Job]:
+        return [job for job in self.jobs.values() if self.outcomes[job.id].status == "waiting"
+                and all(self.outcomes[n].status in ("stored", "ran") for n in job.needs)]
 
     def _submit_ready(self) -> None:
-        for job in self.jobs:
-            if self.max_concurrent is not None and len(self.running) >= self.max_concurrent:
-                return
-            if self.outcomes[job.id].status == "waiting" and all(
-                    self.outcomes[need].status in ("stored", "ran") for need in job.needs):
+        """Submit the jobs whose needs are met, up to the concurrency cap; a plan whose needs
+        are met is expanded first, and the jobs it names are considered in turn."""
+        expanded = True
+        while expanded:
+            expanded = False
+            for job in self._ready():
+                if job.plan is not None:
+                    self._expand(job)
+                    expanded = True
+                    break
+                if self.max_concurrent is not None and \
+                        len(self.executor.pending) >= self.max_concurrent:
+                    return
                 self._submit(job)
 
     def _submit(self, job: Job) -> None:
-        options = _task_options(job.resources, self.max_retries)
-        self.running[self.remote.options(**options).remote(job.run)] = job
         outcome = self.outcomes[job.id]
-        outcome.status, outcome.started = "running", time.time()
-        self.say(f"start {job.id}")
+        outcome.attempts += 1
+        outcome.status = "running"
+        outcome.started = outcome.started or time.time()
+        self.executor.submit(job)
+        self.say(f"start {job.id}" if outcome.attempts == 1 else
+                 f"retry {job.id} (attempt {outcome.attempts} of {self.policy.attempts})")
 
-    def _finish(self, ref: Any) -> None:
-        import ray
-        from ray.exceptions import RayError
-
-        outcome = self.outcomes[self.running.pop(ref).id]
-        outcome.finished = time.time()
-        seconds = outcome.finished - outcome.started
+    def _expand(self, plan: Job) -> None:
+        """Replace a plan by the jobs it names now that its inputs are stored."""
         try:
-            outcome.result = ray.get(ref)
-        except RayError as err:
-            outcome.status, outcome.error = "failed", _one_line(err)
-            blocked = self._block_dependents(outcome.id)
-            self.say(f"failed {outcome.id} after {seconds:.1f}s: {outcome.error} "
-                     f"{self._progress()}")
-            for job in blocked:
-                self.say(f"blocked {job.id}: {job.error}")
+            planned = plan.plan()
+            _check_graph(planned, known=[i for i in self.jobs if i != plan.id])
+            if plan.id not in {job.id for job in planned}:
+                raise ValueError(f"plan '{plan.id}' named no job with its own id")
+        except Exception as err:
+            self._fail(plan.id, err)
             return
-        outcome.status = "ran"
-        self.say(f"done {outcome.id} in {seconds:.1f}s {self._progress()}")
+        del self.jobs[plan.id]
+        del self.outcomes[plan.id]
+        for job in planned:
+            self.jobs[job.id] = job
+            self.outcomes[job.id] = JobOutcome(job.id, "stored" if job.stored() else "waiting")
+        self.say(f"planned {plan.id}: {len(planned) - 1} job(s) "
+                 f"({sum(j.stored() for j in planned)} already stored)")
+
+    def _finish(self, job_id: str, result: dict | None, error: BaseException | None) -> None:
+        outcome = self.outcomes[job_id]
+        seconds = time.time() - outcome.started
+        if error is None:
+            outcome.status, outcome.result, outcome.finished = "ran", result, time.time()
+            self.say(f"done {job_id} in {seconds:.1f}s {self._progress()}")
+        elif self.policy.retry(error, outcome.attempts):
+            outcome.status = "waiting"
+            self.say(f"attempt {outcome.attempts} of {job_id} failed: {one_line(error)}")
+        else:
+            self._fail(job_id, error)
+
+    def _fail(self, job_id: str, error: BaseException) -> None:
+        outcome = self.outcomes[job_id]
+        outcome.status, outcome.error, outcome.finished = "failed", one_line(error), time.time()
+        after = f" after {outcome.attempts} attempt(s)" if outcome.attempts else ""
+        self.say(f"failed {job_id}{after}: {outcome.error} {self._progress()}")
+        for blocked in self._block_dependents(job_id):
+            self.say(f"blocked {blocked.id}: {blocked.error}")
 
     def _block_dependents(self, failed: str) -> list[JobOutcome]:
         """Block every waiting job that needs ``failed``, directly or through other jobs."""
@@ -236,7 +316,7 @@ class _Schedule:
         lost = deque([failed])
         while lost:
             lost_id = lost.popleft()
-            for job in self.jobs:
+            for job in self.jobs.values():
                 outcome = self.outcomes[job.id]
                 if lost_id in job.needs and outcome.status == "waiting":
                     outcome.status, outcome.error = "blocked", f"waits for {failed}, which failed"
@@ -250,5 +330,36 @@ class _Schedule:
     def _progress(self) -> str:
         counts = self._counts()
         finished = len(self.jobs) - counts["waiting"] - counts["running"]
+        ran = counts["ran"] + counts["failed"]
+        elapsed = time.time() - self.began
+        left = counts["waiting"] + counts["running"]
+        eta = f", eta ~{elapsed / ran * left:.0f}s" if ran and left else ""
         return (f"[{finished}/{len(self.jobs)} finished, {counts['running']} running, "
-                f"{counts['waiting']} waiting]")
+                f"{counts['waiting']} waiting, {elapsed:.0f}s{eta}]")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where a command's jobs run, the same for every command: on Ray (the cluster at
+    ``address`` or $RAY_ADDRESS, else a local Ray started for the command) or, with ``local``,
+    one after another in this process; and the failure policy they run under."""
+
+    local: bool = False
+    address: str | None = None
+    max_concurrent: int | None = None
+    max_failures: int = 3
+
+    @property
+    def policy(self) -> FailurePolicy:
+        return FailurePolicy(self.max_failures)
+
+
+def execute(jobs: Sequence[Job], execution: Execution) -> GraphOutcome:
+    """Run a graph of jobs where ``execution`` says."""
+    from ptdist.orchestration.cluster import ray_session
+
+    if execution.local:
+        return run_graph(jobs, policy=execution.policy, local=True)
+    with ray_session(execution.address) as where:
+        _stderr(f"running on {where}")
+        return run_graph(jobs, policy=execution.policy, max_concurrent=execution.max_concurrent)

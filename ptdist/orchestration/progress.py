@@ -1,4 +1,4 @@
-"""Sweep progress on the driver's stdout (and so in `ray job logs`): one line per event, with
+"""Sweep progress on the driver's stderr (and so in `ray job logs`): one line per event, with
 the count of runs done / running / failed / pending and the best score so far per task. A trial
 is a job of one run or a pack of runs; counts are of runs."""
 
@@ -57,10 +57,14 @@ class SweepProgress(Callback):
         pending = self.total - self.done - self.failed - running
         best = "; ".join(f"{task} {metric} {score:.2f} ({label})"
                          for task, (score, metric, label) in sorted(self.best.items()))
-        print(f"[sweep {self.name} +{time.time() - self.t0:.0f}s] {event} | "
+        elapsed = time.time() - self.t0
+        finished = self.done + self.failed
+        eta = f", eta ~{elapsed / finished * (self.total - finished):.0f}s" \
+            if finished and finished < self.total else ""
+        print(f"[sweep {self.name} +{elapsed:.0f}s] {event} | "
               f"{self.done}/{self.total} done, {running} running, "
-              f"{self.failed} failed, {pending} pending"
-              + (f" | best: {best}" if best else ""), file=sys.stdout, flush=True)
+              f"{self.failed} failed, {pending} pending{eta}"
+              + (f" | best: {best}" if best else ""), file=sys.stderr, flush=True)
 
 
 def _label(trial) -> str:

@@ -20,8 +20,8 @@ import yaml
 from ptdist.backbones import PRESETS, InitSpec, resolve_model_path
 from ptdist.errors import PtdistError
 from ptdist.tasks import get_task
-from ptdist.training.config import TrainConfig, load_ds_config
-from ptdist.training.loop import deepspeed_config, precision_of
+from ptdist.training.config import TrainConfig
+from ptdist.training.engine import deepspeed_config, load_ds_config, precision_of
 
 TOP_KEYS = ("name", "storage_path", "data_dir", "cluster", "tasks", "seeds", "inits", "train",
             "models", "max_concurrent", "max_failures", "pack")

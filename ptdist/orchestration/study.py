@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration.model_pairs import PairSettings
+from ptdist.orchestration.pairs import PairSettings
 from ptdist.orchestration.spec import (TOP_KEYS, SweepSpec, check_keys, read_yaml,
                                        spec_from_raw, task_ref)
 from ptdist.projection.config import ProjectorConfig

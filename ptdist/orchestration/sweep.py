@@ -1,66 +1,59 @@
-"""Run a sweep on Ray: every run of the spec whose prompt is not in the store becomes a Ray
-Tune trial with the resources its model asks for; Ray runs as many at once as the cluster
-holds (and the spec's ``max_concurrent`` allows), adding nodes on an autoscaling cluster.
+"""Run a sweep: every run of the spec whose prompt is not in the store becomes a Ray Tune trial
+with the resources its model asks for (a job of one run, or a pack); Ray runs as many at once as
+the cluster holds (and the spec's ``max_concurrent`` allows), adding nodes on an autoscaling
+cluster. Tune is started from the driver and never nested in another Ray task. With a local
+execution the same jobs run one after another in this process instead.
 
 Re-running a sweep does only what is missing: runs are content-addressed (the prompt id of
 `plan_run`), finished ones are read from the store, and interrupted ones resume from their
-checkpoints. The outcome of every run is written to ``<storage>/sweeps/<name>.parquet``.
+checkpoints. The outcome of every run is written to `StoreLayout.sweep_table`.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-
-import pyarrow as pa
 
 from ptdist.errors import PtdistError
 from ptdist.orchestration.cluster import ray_session
+from ptdist.orchestration.failures import one_line
+from ptdist.orchestration.faults import begin_attempt
+from ptdist.orchestration.graph import Execution, Job, execute
 from ptdist.orchestration.resources import (HEAD_NODE_CONFIG, check_runs_fit, describe,
                                             node_types_from_cluster_config,
                                             node_types_from_live_cluster)
+from ptdist.orchestration.runs import (Planned, job_bundle, job_to_dict, pack_runs, plan_sweep,
+                                       train_job)
 from ptdist.orchestration.spec import RunSpec, SweepSpec
-from ptdist.orchestration.trial import Planned, job_to_dict, pack_runs
-from ptdist.store.prompts import PromptStore
-from ptdist.store.tables import write_table
-from ptdist.training.loop import plan_run
-
-RESULT_SCHEMA = pa.schema([
-    ("prompt_id", pa.string()), ("model", pa.string()), ("task", pa.string()),
-    ("seed", pa.int64()), ("init", pa.string()),
-    ("status", pa.string()),  # trained | resumed | stored | failed
-    ("metric", pa.string()), ("score", pa.float64()), ("best_step", pa.int64()),
-    ("steps", pa.int64()), ("resumed_from", pa.int64()), ("wall_time_s", pa.float64()),
-    ("workers", pa.int64()), ("gpus", pa.int64()), ("error", pa.string()),
-])
+from ptdist.store import Store
+from ptdist.store.results import SweepRow
+from ptdist.store.tables import write_records
 
 
 @dataclass
 class SweepOutcome:
-    rows: list[dict]
+    rows: list[SweepRow]
     table: Path | None
     trained: int  # runs this call trained (fresh or resumed)
 
     @property
-    def failed(self) -> list[dict]:
-        return [r for r in self.rows if r["status"] == "failed"]
+    def failed(self) -> list[SweepRow]:
+        return [r for r in self.rows if r.status == "failed"]
 
 
-def plan_sweep(spec: SweepSpec, store: PromptStore) -> list[tuple[RunSpec, str]]:
-    """Every distinct run of the spec with its prompt id (two entries that would compute the
-    same prompt are one run)."""
-    planned: dict[str, RunSpec] = {}
-    for run in spec.runs():
-        planned.setdefault(plan_run(run.config, store).prompt_id, run)
-    return [(run, prompt_id) for prompt_id, run in planned.items()]
-
-
-def run_sweep(spec: SweepSpec, address: str | None = None, dry_run: bool = False) -> SweepOutcome:
-    store = PromptStore(spec.storage_path)
+def run_sweep(spec: SweepSpec, execution: Execution | None = None,
+              dry_run: bool = False) -> SweepOutcome:
+    """Train every run of ``spec`` that is not stored; ``execution``'s address, concurrency and
+    retries default to the spec's."""
+    execution = execution or Execution()
+    execution = replace(execution, max_failures=spec.max_failures,
+                        max_concurrent=execution.max_concurrent or spec.max_concurrent)
+    store = Store(spec.storage_path)
     planned = plan_sweep(spec, store)
-    todo = [(run, pid) for run, pid in planned if not store.has(pid)]
+    todo = [(run, pid) for run, pid in planned if not store.prompts.has(pid)]
     _say(f"sweep {spec.name}: {len(planned)} runs ({len(spec.models)} model(s) x "
          f"{len(spec.tasks)} task(s) x {len(spec.seeds)} seed(s) x {len(spec.inits)} init(s)); "
          f"{len(planned) - len(todo)} already in the store {store.root}, {len(todo)} to run")
@@ -68,44 +61,60 @@ def run_sweep(spec: SweepSpec, address: str | None = None, dry_run: bool = False
     if len(jobs) < len(todo):
         _say(f"packed into {len(jobs)} job(s): runs of one model share its backbone")
     if dry_run:
-        for job in jobs:
-            res = job[0][0].resources
-            if len(job) > 1:
-                _say(f"  would run a pack of {len(job)} runs on {res.workers} worker(s) x "
-                     f"{describe(res.per_worker())}:")
-            for run, pid in job:
-                _say(f"  {'  ' if len(job) > 1 else ''}would run {pid} {run.label}: "
-                     f"{run.config.steps} steps, {res.workers} worker(s) x "
-                     f"{describe(res.per_worker())}, {run.config.ds_config}")
+        print(describe_sweep(jobs), flush=True)
         return SweepOutcome([], None, 0)
     results: dict[str, dict] = {}
-    if todo:
-        results = _run_on_ray(spec, jobs, store, address)
-    else:
+    if not todo:
         _say("nothing new to run: every prompt of this sweep is already in the store")
+    elif execution.local:
+        results = _run_here(jobs, store, execution)
+    else:
+        with ray_session(execution.address) as where:
+            results = _tune(spec, jobs, store, where, execution)
     rows = [_row(run, pid, store, results.get(pid)) for run, pid in planned]
-    table = write_table(store.root / "sweeps" / f"{spec.name}.parquet", rows, RESULT_SCHEMA)
-    trained = sum(r["status"] in ("trained", "resumed") for r in rows)
+    table = write_records(store.layout.sweep_table(spec.name), SweepRow, rows)
+    trained = sum(r.status in ("trained", "resumed") for r in rows)
     _say(f"sweep {spec.name} finished: {trained} trained, "
-         f"{sum(r['status'] == 'stored' for r in rows)} already stored, "
-         f"{sum(r['status'] == 'failed' for r in rows)} failed; results in {table}")
+         f"{sum(r.status == 'stored' for r in rows)} already stored, "
+         f"{sum(r.status == 'failed' for r in rows)} failed; results in {table}")
     return SweepOutcome(rows, table, trained)
 
 
-def _run_on_ray(spec: SweepSpec, jobs: list[list[Planned]], store: PromptStore,
-                address: str | None) -> dict[str, dict]:
-    with ray_session(address) as where:
-        return _tune(spec, jobs, store, where)
+def describe_sweep(jobs: list[list[Planned]]) -> str:
+    """A dry run's listing of a sweep's jobs."""
+    lines = []
+    for job in jobs:
+        res = job[0][0].resources
+        if len(job) > 1:
+            lines.append(f"  would run a pack of {len(job)} runs on {res.workers} worker(s) x "
+                         f"{describe(res.per_worker())}:")
+        for run, pid in job:
+            lines.append(f"  {'  ' if len(job) > 1 else ''}would run {pid} {run.label}: "
+                         f"{run.config.steps} steps, {res.workers} worker(s) x "
+                         f"{describe(res.per_worker())}, {run.config.ds_config}")
+    return "\n".join(lines)
 
 
-def _tune(spec: SweepSpec, jobs: list[list[Planned]], store: PromptStore,
-          where: str) -> dict[str, dict]:
+def _run_here(jobs: list[list[Planned]], store: Store,
+              execution: Execution) -> dict[str, dict]:
+    """The jobs one after another in this process, under the same failure policy."""
+    graph = [Job(job_to_dict(group)["id"], partial(train_job, job_to_dict(group), store),
+                 resources=job_bundle(group[0][0].resources)) for group in jobs]
+    outcome = execute(graph, execution)
+    results = {}
+    for group, job in zip(jobs, outcome.jobs):
+        for _, pid in group:
+            results[pid] = job.result[pid] if job.status == "ran" else {"error": job.error}
+    return results
+
+
+def _tune(spec: SweepSpec, jobs: list[list[Planned]], store: Store, where: str,
+          execution: Execution) -> dict[str, dict]:
     """Run each job as a Tune trial; returns each run's result (or error) by prompt id."""
     import ray
     from ray import tune
 
     from ptdist.orchestration.progress import SweepProgress
-    from ptdist.orchestration.trial import run_trial, trial_resources
 
     runs = [run for job in jobs for run, _ in job]
     _check_resources(spec, runs, local=where.startswith("a local"))
@@ -115,28 +124,53 @@ def _tune(spec: SweepSpec, jobs: list[list[Planned]], store: PromptStore,
     tuner = tune.Tuner(
         tune.with_resources(run_trial, trial_resources),
         param_space={"job": tune.grid_search([job_to_dict(job) for job in jobs]),
-                     "store": str(store.root), "max_failures": spec.max_failures},
+                     "store": str(store.root)},
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=spec.max_concurrent, reuse_actors=False,
+            max_concurrent_trials=execution.max_concurrent, reuse_actors=False,
             trial_name_creator=lambda t: t.config["job"]["id"],
-            trial_dirname_creator=lambda t: t.config["job"]["id"]),
+            trial_dirname_creator=lambda t: t.config["job"]["runs"][0]["prompt_id"]),
         run_config=tune.RunConfig(
             name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(store.root / "ray" / "tune"), verbose=0,
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            storage_path=str(store.layout.ray_dir("tune")), verbose=0,
+            failure_config=tune.FailureConfig(max_failures=execution.max_failures),
             callbacks=[SweepProgress(spec.name, len(runs))]),
     )
     results = {}
     for result in tuner.fit():
         job = result.config["job"]
-        if result.error is not None:
-            _say(f"job {job['id']} ({job['label']}) failed: {result.error}")
         metrics = result.metrics or {}
-        error = {"error": _first_line(result.error)} if result.error is not None else \
+        error = {"error": one_line(result.error)} if result.error is not None else \
             {"error": metrics["error"]} if "error" in metrics else None  # a user error
         for run in job["runs"]:
             results[run["prompt_id"]] = error or metrics["runs"][run["prompt_id"]]
     return results
+
+
+def trial_resources(trial_config: dict):
+    """The placement group of a trial."""
+    from ray import tune
+
+    from ptdist.orchestration.spec import Resources
+
+    return tune.PlacementGroupFactory([job_bundle(Resources(**trial_config["job"]["resources"]))])
+
+
+def run_trial(trial_config: dict) -> None:
+    """Tune's function trainable: one attempt of a job; reports its runs' results once."""
+    from ray import tune
+
+    from ptdist.runtime import quiet_libraries
+
+    quiet_libraries()
+    job = trial_config["job"]
+    try:
+        begin_attempt(job["id"])
+        result = {"runs": train_job(job, Store(trial_config["store"]))}
+    except PtdistError as exc:
+        # A user error fails the same way on every attempt: report it instead of raising, so
+        # Tune does not retry it (failures.py).
+        result = {"error": str(exc)}
+    tune.report(result)
 
 
 def _check_resources(spec: SweepSpec, runs: list[RunSpec], local: bool) -> None:
@@ -152,33 +186,28 @@ def _check_resources(spec: SweepSpec, runs: list[RunSpec], local: bool) -> None:
              "set 'cluster: cluster.yaml' in the spec to check them before scheduling")
 
 
-def _row(run: RunSpec, prompt_id: str, store: PromptStore, result: dict | None) -> dict:
+def _row(run: RunSpec, prompt_id: str, store: Store, result: dict | None) -> SweepRow:
     c, res = run.config, run.resources
-    row = {"prompt_id": prompt_id, "model": c.model, "task": c.task, "seed": c.seed,
-           "init": c.init, "workers": res.workers, "gpus": res.gpus}
+    row = dict(prompt_id=prompt_id, model=c.model, task=c.task, seed=c.seed, init=c.init,
+               workers=res.workers, gpus=res.gpus)
     if result is not None and "error" in result:
-        return dict(row, status="failed", error=result["error"])
-    m = store.manifest(prompt_id)
+        return SweepRow(status="failed", error=result["error"], **row)
+    m = store.prompts.manifest(prompt_id)
     resumed = (result or {}).get("resumed_from")
     status = "stored" if result is None or result.get("skipped") else (
         "resumed" if resumed is not None else "trained")
-    return dict(row, status=status, metric=m["metric"], score=m["score"],
-                best_step=m["best_step"], steps=m["steps"], resumed_from=resumed,
-                wall_time_s=(result or {}).get("wall_time_s"))
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    return SweepRow(status=status, metric=m.metric, score=m.score, best_step=m.best_step,
+                    steps=m.steps, resumed_from=resumed,
+                    wall_time_s=(result or {}).get("wall_time_s"), **row)
 
 
 def _say(text: str) -> None:
-    print(text, file=sys.stdout, flush=True)
+    print(text, file=sys.stderr, flush=True)
 
 
 def require_no_failures(outcome: SweepOutcome) -> None:
     if outcome.failed:
-        names = ", ".join(f"{r['model']}/{r['task']}/seed{r['seed']} ({r['error']})"
+        names = ", ".join(f"{r.model}/{r.task}/seed{r.seed} ({r.error})"
                           for r in outcome.failed)
         raise PtdistError(f"{len(outcome.failed)} run(s) failed: {names}. Finished runs are in "
                           "the store; run the same sweep again to retry only what is missing")

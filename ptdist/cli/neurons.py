@@ -1,0 +1,98 @@
+"""`ptdist neurons capture|indicators|correlate`: activated FFN neurons of one model's prompts.
+Capture runs as jobs (on Ray unless --local); indicators and correlation are one job each and
+run in this process."""
+
+from __future__ import annotations
+
+import argparse
+
+from ptdist.cli.options import (absolute, add_data, add_execution, add_job_resources,
+                                add_store, emit, execution, model_help, store_of, task_help)
+
+
+def capture(args: argparse.Namespace) -> None:
+    from ptdist.errors import PtdistError
+    from ptdist.neurons.collect import CaptureSettings
+    from ptdist.orchestration.stages import run_capture
+    from ptdist.tasks import get_task
+
+    store = store_of(args)
+    names = None if args.tasks is None else [get_task(t).name for t in args.tasks]
+    prompts = store.prompts.select(args.model, names)
+    if not prompts:
+        raise PtdistError(f"no prompts of model '{args.model}' in store {store.root}"
+                          + (f" for task(s) {', '.join(names)}" if names else ""))
+    settings = CaptureSettings(protocol=args.protocol, examples=args.examples,
+                               batch_size=args.batch_size, data_dir=absolute(args.data_dir))
+    result = run_capture(store, prompts, settings, args.chunks, execution(args),
+                         {"CPU": args.cpus, "GPU": args.gpus})
+    emit(args, f"captured {result.captured} prompt(s) ({result.skipped} already stored) "
+               f"into {result.folder}",
+         {"captured": result.captured, "skipped": result.skipped, "folder": str(result.folder)})
+
+
+def indicators(args: argparse.Namespace) -> None:
+    from ptdist.neurons.pairs import pairwise_indicators
+    from ptdist.reporting.figures import indicator_figure
+
+    store = store_of(args)
+    result = pairwise_indicators(store, args.model, store.prompts.select(args.model),
+                                 args.protocol)
+    figures = [indicator_figure(result.rows, name, store.layout.indicator_figure(args.model,
+                                                                                 name))
+               for name in ("ON", "E_concat")]
+    n = len(result.prompts)
+    emit(args, f"indicators for {n} prompts ({n * n} ordered pairs): {result.table}\n"
+               "heatmaps: " + ", ".join(str(p) for p in figures),
+         {"table": str(result.table), "heatmaps": [str(p) for p in figures]})
+
+
+def correlate(args: argparse.Namespace) -> None:
+    from ptdist.neurons.correlation import by_strength, correlate as correlate_stage
+    from ptdist.reporting.figures import layerwise_figure
+
+    store = store_of(args)
+    result = correlate_stage(store, args.model)
+    curve = layerwise_figure(result.rows, store.layout.layerwise_figure(args.model))
+    lines = [f"{'indicator':<18}{'per target':>12}{'targets':>9}{'global':>9}{'pairs':>7}"]
+    for r in by_strength(result.rows):
+        per_target = "-" if r.spearman_per_target is None else f"{r.spearman_per_target:.3f}"
+        lines.append(f"{r.indicator:<18}{per_target:>12}{r.targets:>9}"
+                     f"{r.spearman_global:>9.3f}{r.pairs:>7}")
+    lines.append(f"table: {result.table}\nlayer-wise ON curve: {curve}")
+    emit(args, "\n".join(lines), {"table": str(result.table), "rows": result.rows,
+                                  "layer_curve": str(curve)})
+
+
+def register(command, sub) -> None:
+    neurons = sub.add_parser("neurons", help="activated neurons: capture, indicators, correlation",
+                             description="activated FFN neurons of one model's prompts")
+    steps = neurons.add_subparsers(dest="neurons_command", required=True, metavar="STEP")
+    c = command("capture", capture, "record FFN activations of stored prompts to Parquet",
+                "record every layer's FFN activations of a model's stored prompts into the "
+                "store's activations (docs/neurons.md), in --chunks jobs", group=steps)
+    c.add_argument("--model", required=True, help=model_help())
+    c.add_argument("--tasks", nargs="+", default=None,
+                   help=task_help("only these tasks' prompts"))
+    c.add_argument("--protocol", choices=("prompt", "data"), default="prompt",
+                   help="prompt: no task input (the paper's); data: mean over N examples")
+    c.add_argument("--examples", type=int, default=32, help="N for the data protocol")
+    c.add_argument("--batch-size", type=int, default=16,
+                   help="examples per forward (data protocol), prompts per forward (prompt "
+                        "protocol)")
+    c.add_argument("--chunks", type=int, default=2, help="jobs to split the prompts over")
+    add_execution(c)
+    add_job_resources(c)
+    add_data(c)
+    add_store(c)
+    i = command("indicators", indicators, "indicators for every pair of captured prompts",
+                "E_concat, E_avg, E_tokmean, Euclidean variants, ON and layer-wise ON for every "
+                "pair of captured prompts", group=steps)
+    i.add_argument("--model", required=True, help=model_help())
+    i.add_argument("--protocol", choices=("prompt", "data"), default="prompt")
+    add_store(i)
+    r = command("correlate", correlate, "Spearman correlation of indicators with transfer",
+                "correlate each indicator with the zero-shot transfer matrix (per target and "
+                "global) and plot layer-wise ON", group=steps)
+    r.add_argument("--model", required=True, help=model_help())
+    add_store(r)

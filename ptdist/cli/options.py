@@ -1,0 +1,151 @@
+"""What every command shares: the option groups (one vocabulary: --store, --data-dir,
+--eval-limit, --local/--address, --json, --verbose mean the same everywhere), the help texts
+that name the presets and tasks, and how results are printed."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+Command = Callable[[argparse.Namespace], None]
+
+
+def is_rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def emit(args: argparse.Namespace, human: str, payload: dict[str, Any]) -> None:
+    """A command's result on stdout: the human summary, then (--json) one JSON object as the
+    last line. Progress and diagnostics go to stderr."""
+    if not is_rank0():
+        return
+    print(human, flush=True)
+    if args.json:
+        print(json.dumps(payload, default=_plain), flush=True)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+def model_help(what: str = "the model") -> str:
+    from ptdist.backbones import PRESETS
+
+    return (f"{what}: a preset ({', '.join(PRESETS)}; `ptdist models`), a local model folder, "
+            "pkg:PACKAGE/path, or a hub id")
+
+
+def task_help(what: str = "the task") -> str:
+    from ptdist.tasks import list_tasks
+
+    return (f"{what}: a registered task ({', '.join(t.name for t in list_tasks())}; "
+            "`ptdist tasks`) or a task YAML path")
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="also print one JSON object as the last line of stdout")
+    p.add_argument("--verbose", action="store_true",
+                   help="keep the libraries' own logs (transformers, datasets, DeepSpeed)")
+
+
+def add_store(p: argparse.ArgumentParser, spec: bool = False) -> None:
+    what = "override the spec's storage_path" if spec else \
+        "the store folder (default: $PTDIST_STORE or ./store)"
+    p.add_argument("--store", default=None, help=what)
+    if spec:  # the option's name before the CLI had one vocabulary
+        p.add_argument("--storage-path", dest="store", help=argparse.SUPPRESS)
+
+
+def add_data(p: argparse.ArgumentParser, spec: bool = False) -> None:
+    p.add_argument("--data-dir", default=None,
+                   help="override the spec's data_dir" if spec else
+                   "folder with <task>/train.jsonl and <task>/eval.jsonl (or .csv/.parquet) "
+                   "read instead of the hub (default: $PTDIST_DATA_DIR)")
+
+
+def add_eval(p: argparse.ArgumentParser, batch: int = 64) -> None:
+    p.add_argument("--eval-limit", type=int, default=1000,
+                   help="evaluation examples per task (0: the whole split; default 1000)")
+    p.add_argument("--batch-size", type=int, default=batch,
+                   help=f"examples x prompts per forward pass (default {batch})")
+
+
+def add_execution(p: argparse.ArgumentParser, spec: bool = False) -> None:
+    """Where a command's jobs run: Ray by default, --local in this process."""
+    p.add_argument("--local", action="store_true",
+                   help="run the jobs one after another in this process instead of on Ray")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray started "
+                        "for this command)")
+    p.add_argument("--max-concurrent", type=int, default=None,
+                   help="at most this many jobs at once (default: "
+                        + ("the spec's, else " if spec else "") + "as many as Ray holds)")
+    if not spec:  # a spec sets its own max_failures
+        p.add_argument("--max-failures", type=int, default=3,
+                       help="retries of a job that fails for another reason than a user error "
+                            "(default 3; docs/architecture.md)")
+
+
+def add_job_resources(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpus", type=int, default=0, help="GPUs per job (default 0)")
+    p.add_argument("--cpus", type=float, default=1, help="CPUs per job (default 1)")
+
+
+def execution(args: argparse.Namespace):
+    from ptdist.orchestration.graph import Execution
+
+    return Execution(local=args.local, address=args.address,
+                     max_concurrent=args.max_concurrent,
+                     max_failures=getattr(args, "max_failures", 3))
+
+
+def job_resources(args: argparse.Namespace):
+    """One job's resources from --gpus/--cpus; several GPUs mean one worker per GPU."""
+    from ptdist.orchestration.spec import Resources
+
+    return Resources(workers=max(1, args.gpus), gpus=args.gpus, cpus=args.cpus)
+
+
+def add_budget(p: argparse.ArgumentParser) -> None:
+    """A prompt-tuning run's settings (TrainConfig fields)."""
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate (default 0.01)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of --steps")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="global batch size over all processes (default 32)")
+    p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
+    p.add_argument("--eval-limit", type=int, default=1000,
+                   help="evaluation examples (0: the whole split; default 1000)")
+    p.add_argument("--train-limit", type=int, default=None, help="use a seeded subset of train")
+    p.add_argument("--max-length", type=int, default=128, help="text tokens (prompt excluded)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop after this many evaluations without improvement")
+    p.add_argument("--ds-config", default="zero0",
+                   help="DeepSpeed config name in ds_configs/ or JSON path (default zero0)")
+
+
+def budget(args: argparse.Namespace) -> dict[str, Any]:
+    """The run settings `add_budget` adds, as TrainConfig fields (ds_config apart)."""
+    return dict(seed=args.seed, steps=args.steps, lr=args.lr, warmup_steps=args.warmup_steps,
+                batch_size=args.batch_size, eval_every=args.eval_every,
+                eval_limit=args.eval_limit or None, train_limit=args.train_limit,
+                max_length=args.max_length, patience=args.patience)
+
+
+def store_of(args: argparse.Namespace):
+    from ptdist.store import Store
+
+    return Store(args.store)
+
+
+def absolute(path: str | None) -> str | None:
+    """A path given on the command line as the jobs (in other working directories) see it."""
+    return None if path is None else str(Path(path).expanduser().resolve())

@@ -1,0 +1,181 @@
+"""`ptdist project train|eval|tpt|pairs|list`: cross-model transfer through projectors
+(docs/projection.md). train and eval are one job each and run in this process; tpt and pairs
+run their jobs on Ray unless --local."""
+
+from __future__ import annotations
+
+import argparse
+
+from ptdist.cli.options import (absolute, add_budget, add_data, add_eval, add_execution,
+                                add_job_resources, add_store, budget, emit, execution,
+                                job_resources, model_help, store_of, task_help)
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    """The settings `_add_projector` adds, as ProjectorConfig fields."""
+    return {"variant": args.variant, "hidden": args.hidden, "seed": args.seed,
+            "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
+            "eval_every": args.eval_every, "eval_limit": args.eval_limit or None,
+            "train_limit": args.train_limit, "max_length": args.max_length}
+
+
+def train(args: argparse.Namespace) -> None:
+    from ptdist.projection.config import ProjectorConfig
+    from ptdist.projection.training import train_projector
+    from ptdist.store.prompts import by_task
+    from ptdist.tasks import get_task
+
+    store = store_of(args)
+    names = [get_task(t).name for t in args.tasks]
+
+    def inputs(model: str) -> tuple[str, ...]:
+        found = by_task(store.prompts.select(model, names), names,
+                        f"of model '{model}' in store {store.root}")
+        return tuple(sorted(m.id for mine in found.values() for m in mine))
+
+    config = ProjectorConfig(
+        source_model=args.source, target_model=args.target, mode=args.mode,
+        tasks=tuple(args.tasks), source_prompts=inputs(args.source),
+        target_prompts=inputs(args.target) if args.mode == "distance" else (),
+        ds_config=args.ds_config, data_dir=absolute(args.data_dir), **_settings(args))
+    m = train_projector(config, store)
+    result = (f"distance {m.initial_distance:.4f} -> {m.distance:.4f} over {m.pairs} "
+              "prompt pairs" if m.mode == "distance" else
+              f"{m.metric} = {m.score:.2f} on {m.tasks[0]} (best at step {m.best_step})")
+    emit(args, f"projector {config.projector_id}: {args.source} -> {args.target} "
+               f"({args.mode}, {m.shape['variant']}): {result}", m.to_json())
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from ptdist.projection.evaluation import EvalSettings, evaluate_projector
+
+    store = store_of(args)
+    manifest = store.projectors.manifest(args.projector)
+    prompts = [m for model in (manifest.source_model, manifest.target_model)
+               for m in store.prompts.select(model)]
+    rows = evaluate_projector(store, args.projector, args.tasks, prompts, EvalSettings(
+        eval_limit=args.eval_limit or None, batch_size=args.batch_size,
+        data_dir=absolute(args.data_dir)))
+    lines = [f"{'task':<22}{'projected':>10}{'untrained':>10}{'own':>8}{'relative':>10}"
+             f"{'distance':>10}  trained on it"]
+    lines += [f"{r.task:<22}{r.score:>10.2f}{r.untrained_score:>10.2f}"
+              f"{r.own_score:>8.2f}{r.relative or 0:>9.1f}%{r.distance:>10.4f}  "
+              f"{'yes' if r.in_training else 'no'}" for r in rows]
+    emit(args, "\n".join(lines), {"rows": rows})
+
+
+def tpt(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from ptdist.cli.transfer import show_tpt
+    from ptdist.orchestration.spec import task_ref
+    from ptdist.orchestration.stages import run_tpt
+    from ptdist.projection.tpt import model_plan
+
+    store = store_of(args)
+    manifest = store.projectors.manifest(args.projector)
+    targets = [task_ref(t, Path.cwd()) for t in args.targets]
+    plan = model_plan(store, args.projector, targets,
+                      store.prompts.select(manifest.source_model), budget(args),
+                      data_dir=absolute(args.data_dir), ds_config=args.ds_config)
+    show_tpt(args, run_tpt(store, plan, job_resources(args), execution(args)), store)
+
+
+def pairs(args: argparse.Namespace) -> None:
+    from ptdist.orchestration.graph import require_success
+    from ptdist.orchestration.pairs import PairSettings, run_pairs
+    from ptdist.orchestration.spec import load_spec
+
+    spec = load_spec(args.spec, storage_path=args.store, data_dir=args.data_dir,
+                     max_concurrent=args.max_concurrent)
+    settings = PairSettings(args.mode, tuple(args.train_tasks),
+                            tuple(args.eval_tasks or spec.tasks), _settings(args))
+    outcome = run_pairs(spec, settings, execution(args), dry_run=args.dry_run)
+    jobs = [{"id": o.id, "status": o.status, "error": o.error, "attempts": o.attempts,
+             "started": o.started, "finished": o.finished} for o in outcome.graph.jobs]
+    if not args.dry_run:
+        emit(args, f"cross-model table: {outcome.table}",
+             {"table": str(outcome.table), "jobs": jobs})
+    require_success(outcome.graph)
+
+
+def list_projectors(args: argparse.Namespace) -> None:
+    rows = store_of(args).projectors.manifests()
+    lines = [f"{r.id:<18}{r.source_model} -> {r.target_model} ({r.mode}, "
+             f"{r.shape['variant']}) on {', '.join(r.tasks)}" for r in rows]
+    emit(args, "\n".join(lines) if rows else "the store holds no projectors yet",
+         {"projectors": rows})
+
+
+def _add_projector(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=("distance", "task"), required=True,
+                   help="distance: fit the target's own prompts; task: tune through the target "
+                        "model on the (one) training task")
+    p.add_argument("--variant", choices=("flat", "token"), default="flat",
+                   help="flat: the reference MLP over the flattened prompt; token: per token "
+                        "(default flat)")
+    p.add_argument("--hidden", type=int, default=768, help="hidden units (default 768)")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="prompt pairs (distance) or examples (task) per step (default 32)")
+    p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
+    p.add_argument("--eval-limit", type=int, default=1000,
+                   help="evaluation examples (0: the whole split; default 1000)")
+    p.add_argument("--train-limit", type=int, default=None, help="use a seeded subset of train")
+    p.add_argument("--max-length", type=int, default=128, help="text tokens (prompt excluded)")
+
+
+def register(command, sub) -> None:
+    project = sub.add_parser("project", help="cross-model transfer: projectors, TPT_model",
+                             description="project prompts of one model to another "
+                                         "(docs/projection.md)")
+    steps = project.add_subparsers(dest="project_command", required=True, metavar="STEP")
+    t = command("train", train, "train a projector from stored prompts",
+                "train a projector SOURCE -> TARGET in this process from the prompts the store "
+                "holds of both models on --tasks", group=steps)
+    t.add_argument("--source", required=True, help=model_help("the model whose prompts are "
+                                                              "projected"))
+    t.add_argument("--target", required=True, help=model_help("the model they are projected "
+                                                              "to"))
+    t.add_argument("--tasks", nargs="+", required=True,
+                   help=task_help("training tasks (task mode: exactly one)"))
+    t.add_argument("--ds-config", default="zero0",
+                   help="task mode: DeepSpeed config of the target model (default zero0)")
+    _add_projector(t)
+    add_data(t)
+    add_store(t)
+    e = command("eval", evaluate, "projected prompts zero-shot on the target model",
+                "score the source model's best prompt of each task, projected, on the target "
+                "model, beside the untrained projector and the target's own prompt", group=steps)
+    e.add_argument("--projector", required=True, help="projector id (`ptdist project list`)")
+    e.add_argument("--tasks", nargs="+", required=True, help=task_help("tasks to evaluate on"))
+    add_eval(e)
+    add_data(e)
+    add_store(e)
+    p = command("tpt", tpt, "TPT_model: PT initialised with projected prompts",
+                "vanilla prompt tuning and prompt tuning initialised with the projected prompt, "
+                "on the target model, with the speed-up to vanilla's best score", group=steps)
+    p.add_argument("--projector", required=True, help="projector id (`ptdist project list`)")
+    p.add_argument("--targets", nargs="+", required=True, help=task_help("target tasks"))
+    add_budget(p)
+    add_execution(p)
+    add_job_resources(p)
+    add_data(p)
+    add_store(p)
+    pp = command("pairs", pairs, "projectors for every ordered pair of a sweep's models",
+                 "train (and first the prompts they need) and evaluate a projector for every "
+                 "ordered pair of the sweep spec's models, each job starting when its inputs "
+                 "are stored", group=steps)
+    pp.add_argument("--spec", required=True, help="sweep spec YAML with two or more models")
+    pp.add_argument("--train-tasks", nargs="+", required=True,
+                    help="tasks the projectors train on (task mode: one)")
+    pp.add_argument("--eval-tasks", nargs="+", default=None,
+                    help="tasks of the cross-model table (default: the spec's tasks)")
+    pp.add_argument("--dry-run", action="store_true", help="list the jobs without running them")
+    _add_projector(pp)
+    add_execution(pp, spec=True)
+    add_data(pp, spec=True)
+    add_store(pp, spec=True)
+    add_store(command("list", list_projectors, "list the projectors in a store", group=steps))

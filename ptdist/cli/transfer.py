@@ -1,0 +1,111 @@
+"""`ptdist transfer matrix|tpt`: cross-task transfer of one model's prompts, as jobs (on Ray
+unless --local)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ptdist.cli.options import (absolute, add_budget, add_data, add_eval, add_execution,
+                                add_job_resources, add_store, budget, emit, execution,
+                                job_resources, model_help, store_of, task_help)
+
+
+def matrix(args: argparse.Namespace) -> None:
+    from ptdist.orchestration.stages import run_matrix
+    from ptdist.reporting.figures import matrix_figure
+    from ptdist.store.prompts import by_task
+    from ptdist.tasks import get_task
+    from ptdist.transfer import MatrixSettings
+
+    store = store_of(args)
+    names = [get_task(t).name for t in args.tasks]
+    prompts = [m for mine in by_task(store.prompts.select(args.model, names), names,
+                                     f"of model '{args.model}' in store {store.root}").values()
+               for m in mine]
+    settings = MatrixSettings(eval_limit=args.eval_limit or None, batch_size=args.batch_size,
+                              data_dir=absolute(args.data_dir))
+    device = {"CPU": args.cpus, "GPU": args.gpus}
+    result = run_matrix(store, prompts, settings, execution(args), device)
+    figure = matrix_figure(result.rows, store.layout.matrix_figure(args.model))
+    width = max(len(t) for t in result.tasks) + 2
+    lines = [f"relative performance (%) of {args.model}'s prompts; rows: source, columns: target",
+             " " * width + "".join(f"{t[:10]:>11}" for t in result.tasks)]
+    cells = {(r.source_task, r.target_task): r.relative for r in result.rows}
+    for source in result.tasks:
+        lines.append(f"{source:<{width}}" + "".join(
+            f"{cells[source, t]:>11.1f}" if cells[source, t] is not None else f"{'-':>11}"
+            for t in result.tasks))
+    lines.append(f"table: {result.table}\nheatmap: {figure}")
+    emit(args, "\n".join(lines), {"table": str(result.table), "heatmap": str(figure),
+                                  "rows": result.rows})
+
+
+def tpt(args: argparse.Namespace) -> None:
+    from ptdist.orchestration.spec import task_ref
+    from ptdist.orchestration.stages import run_tpt
+    from ptdist.transfer import task_plan
+
+    store = store_of(args)
+    train = budget(args)
+    if args.prompt_length is not None:
+        train["prompt_length"] = args.prompt_length
+    targets = [task_ref(t, Path.cwd()) for t in args.targets]
+    plan = task_plan(store, args.model, targets, args.sources, store.prompts.select(args.model),
+                     train, data_dir=absolute(args.data_dir), ds_config=args.ds_config)
+    show_tpt(args, run_tpt(store, plan, job_resources(args), execution(args)), store)
+
+
+def show_tpt(args: argparse.Namespace, result, store) -> None:
+    """A TPT result: one line per run with its speed-up, and each target's figure."""
+    from ptdist.reporting.figures import tpt_figure
+    from ptdist.store.layout import TPT_CURVES, TPT_FIGURE
+    from ptdist.store.results import TptCurveRow
+    from ptdist.store.tables import read_records
+
+    lines = []
+    for r in result.summary:
+        reached = (f"reaches vanilla's best ({r.vanilla_best:.2f}) at step "
+                   f"{r.steps_to_vanilla_best}" if r.steps_to_vanilla_best is not None
+                   else "never reaches vanilla's best")
+        speed = f", speed-up {r.speedup:.2f}x" if r.speedup is not None else ""
+        lines.append(f"{r.target_task}: {r.run}: best {r.metric} {r.best_score:.2f} "
+                     f"@ {r.best_step}; {reached}{speed}")
+    for folder in result.folders:
+        summary = [r for r in result.summary if r.target_task == folder.name]
+        figure = tpt_figure(read_records(folder / TPT_CURVES, TptCurveRow), summary,
+                            folder / TPT_FIGURE)
+        lines.append(f"curves and tables: {folder} ({figure.name})")
+    emit(args, "\n".join(lines), {"summary": result.summary,
+                                  "folders": [str(f) for f in result.folders]})
+
+
+def register(command, sub) -> None:
+    transfer = sub.add_parser("transfer", help="cross-task transfer: the zero-shot matrix, TPT",
+                              description="cross-task transfer of one model's prompts")
+    steps = transfer.add_subparsers(dest="transfer_command", required=True, metavar="STEP")
+    m = command("matrix", matrix, "evaluate every task's best prompt on every task",
+                "zero-shot transfer matrix: raw and relative scores (Parquet) and a heatmap "
+                "(PNG) in the store; a job per target task", group=steps)
+    m.add_argument("--model", required=True, help=model_help())
+    m.add_argument("--tasks", nargs="+", required=True, help=task_help("the tasks (>= 2)"))
+    add_eval(m)
+    add_execution(m)
+    add_job_resources(m)
+    add_data(m)
+    add_store(m)
+    t = command("tpt", tpt, "vanilla PT vs PT initialised from other tasks' prompts",
+                "TPT_task: vanilla prompt tuning and prompt tuning initialised from each "
+                "source prompt, on each target, with the speed-up to vanilla's best score",
+                group=steps)
+    t.add_argument("--model", required=True, help=model_help())
+    t.add_argument("--targets", nargs="+", required=True, help=task_help("the target tasks"))
+    t.add_argument("--sources", nargs="+", required=True,
+                   help="source tasks (their best stored prompt) or prompt ids")
+    t.add_argument("--prompt-length", type=int, default=None,
+                   help="default: the source prompts' length")
+    add_budget(t)
+    add_execution(t)
+    add_job_resources(t)
+    add_data(t)
+    add_store(t)

@@ -1,0 +1,237 @@
+"""The analysis stages as jobs. The stage functions (`ptdist.transfer`, `ptdist.neurons`,
+`ptdist.projection`) run in one process on the prompts they are given; this module decides how
+each stage is split into jobs, what each job needs and what it asks for:
+
+    matrix <model> [k/n]      some target columns of the zero-shot matrix (the model loaded
+                              once per job), when the matrix is split over several jobs
+    matrix <model>            the matrix (of its columns, when it was split)
+    capture <model> [k/n]     FFN activations of a chunk of the model's prompts
+    indicators <model>        every indicator for every pair of its captured prompts
+    correlate <model>         indicators vs transfer
+    tpt <model>, tpt_model <A> -> <B>   a plan: once its source prompts are stored it names
+                              its runs (vanilla PT and PT from each source on each target,
+                              prompt-tuning jobs like any other) and the summary job
+
+Jobs carry prompt ids, never tensors: each reads what it needs from the store. The same jobs
+serve a study (`replicate.py`, which stamps them with the key of their inputs so a re-run skips
+them: `stage_key`, `with_stamp`) and the one-stage commands (`run_matrix`, `run_capture`,
+`run_tpt`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from ptdist.neurons.collect import CaptureResult, CaptureSettings, capture
+from ptdist.neurons.correlation import correlate
+from ptdist.neurons.pairs import pairwise_indicators
+from ptdist.orchestration.graph import Execution, Job, execute, require_success
+from ptdist.orchestration.runs import Planned, prompt_jobs
+from ptdist.orchestration.spec import Resources, RunSpec
+from ptdist.store import Store
+from ptdist.store.atomic import atomic_write_json
+from ptdist.store.manifests import PromptManifest
+from ptdist.store.results import MatrixRow
+from ptdist.store.tables import read_records, write_records
+from ptdist.training.evaluation import eval_backbone
+from ptdist.training.run import plan_run
+from ptdist.transfer.matrix import (MatrixResult, MatrixSettings, matrix_sources, score_target,
+                                    transfer_matrix, write_matrix)
+from ptdist.transfer.tpt import TptPlan, TptResult, tpt_summary
+
+LIGHT = {"CPU": 1.0}  # a job that reads tables or prompts, never a model
+
+
+# --- the zero-shot transfer matrix ---------------------------------------------------------
+
+def matrix_jobs(store: Store, model: str, tasks: Sequence[str], ids: Sequence[str] | None,
+                settings: MatrixSettings, chunks: int, needs: tuple[str, ...],
+                device: Mapping[str, float]) -> list[Job]:
+    """``matrix <model>`` of the best prompt per task (``tasks``: names) of ``model`` among
+    ``ids`` (None: the store): one job, or its target columns spread over ``chunks`` jobs
+    (each loads the model once) and an assembly job."""
+    select = partial(_sources, store, model, tuple(tasks), None if ids is None else tuple(ids))
+    parts = [tuple(tasks[i::chunks]) for i in range(min(chunks, len(tasks)))]
+    if len(parts) == 1:
+        return [Job(f"matrix {model}", partial(_matrix, store, select, settings), needs=needs,
+                    resources=device)]
+    columns = [Job(f"matrix {model} [{k + 1}/{len(parts)}]",
+                   partial(_score_columns, store, select, part, settings), needs=needs,
+                   resources=device) for k, part in enumerate(parts)]
+    assemble = Job(f"matrix {model}", partial(_assemble, store, select),
+                   needs=tuple(job.id for job in columns), resources=LIGHT)
+    return [*columns, assemble]
+
+
+def _sources(store: Store, model: str, tasks: tuple[str, ...],
+             ids: tuple[str, ...] | None) -> list[PromptManifest]:
+    return matrix_sources(store.prompts.select(model, tasks, ids))
+
+
+def _matrix(store: Store, select: Callable[[], list[PromptManifest]],
+            settings: MatrixSettings) -> dict:
+    return {"table": str(transfer_matrix(store, select(), settings).table)}
+
+
+def _score_columns(store: Store, select: Callable[[], list[PromptManifest]],
+                   targets: tuple[str, ...], settings: MatrixSettings) -> dict:
+    sources = select()
+    model = sources[0].model
+    backbone = eval_backbone(model, max(m.max_length for m in sources))
+    for target in targets:
+        rows = score_target(store, sources, target, settings, backbone)
+        write_records(store.layout.matrix_column(model, target), MatrixRow, rows)
+    return {"targets": list(targets)}
+
+
+def _assemble(store: Store, select: Callable[[], list[PromptManifest]]) -> dict:
+    sources = select()
+    rows = [r for m in sources
+            for r in read_records(store.layout.matrix_column(m.model, m.task), MatrixRow)]
+    return {"table": str(write_matrix(store, sources, rows).table)}
+
+
+def run_matrix(store: Store, prompts: Sequence[PromptManifest], settings: MatrixSettings,
+               execution: Execution, device: Mapping[str, float] = LIGHT) -> MatrixResult:
+    """The matrix of one model's ``prompts`` (the best per task), a job per target."""
+    sources = matrix_sources(prompts)
+    model, tasks = sources[0].model, [m.task for m in sources]
+    jobs = matrix_jobs(store, model, tasks, [m.id for m in sources], settings, len(tasks), (),
+                       device)
+    require_success(execute(jobs, execution))
+    return MatrixResult(read_records(store.layout.matrix(model), MatrixRow),
+                        store.layout.matrix(model), tasks)
+
+
+# --- activations, indicators, correlation --------------------------------------------------
+
+def capture_jobs(store: Store, model: str, ids: Sequence[str], settings: CaptureSettings,
+                 chunks: int, needs: tuple[str, ...], device: Mapping[str, float]) -> list[Job]:
+    """``capture <model>`` over the prompts ``ids`` of ``model``, split into ``chunks`` jobs
+    (each writes its own Parquet parts, so they may run at once)."""
+    parts = [tuple(ids[i::chunks]) for i in range(min(chunks, len(ids)))]
+    name = f"capture {model}"
+    return [Job(name if len(parts) == 1 else f"{name} [{k + 1}/{len(parts)}]",
+                partial(_capture, store, model, part, settings), needs=needs, resources=device)
+            for k, part in enumerate(parts)]
+
+
+def _capture(store: Store, model: str, ids: tuple[str, ...], settings: CaptureSettings) -> dict:
+    result = capture(store, store.prompts.select(model, ids=ids), settings)
+    return {"captured": result.captured, "skipped": result.skipped}
+
+
+def run_capture(store: Store, prompts: Sequence[PromptManifest], settings: CaptureSettings,
+                chunks: int, execution: Execution,
+                device: Mapping[str, float] = LIGHT) -> CaptureResult:
+    model = prompts[0].model
+    outcome = execute(capture_jobs(store, model, [m.id for m in prompts], settings, chunks, (),
+                                   device), execution)
+    require_success(outcome)
+    results = [job.result for job in outcome.jobs]
+    return CaptureResult(sum(r["captured"] for r in results),
+                         sum(r["skipped"] for r in results), store.layout.activations(model))
+
+
+def indicators_job(store: Store, model: str, ids: Sequence[str], protocol: str,
+                   needs: tuple[str, ...]) -> Job:
+    return Job(f"indicators {model}", partial(_indicators, store, model, tuple(ids), protocol),
+               needs=needs, resources=LIGHT)
+
+
+def _indicators(store: Store, model: str, ids: tuple[str, ...], protocol: str) -> dict:
+    result = pairwise_indicators(store, model, store.prompts.select(model, ids=ids), protocol)
+    return {"table": str(result.table)}
+
+
+def correlate_job(store: Store, model: str, needs: tuple[str, ...]) -> Job:
+    return Job(f"correlate {model}", partial(_correlate, store, model), needs=needs,
+               resources=LIGHT)
+
+
+def _correlate(store: Store, model: str) -> dict:
+    return {"table": str(correlate(store, model).table)}
+
+
+# --- TPT -----------------------------------------------------------------------------------
+
+def tpt_plan_job(job_id: str, make_plan: Callable[[], TptPlan], store: Store,
+                 resources: Resources, known: Mapping[str, str], needs: tuple[str, ...],
+                 stamp: Callable[[Job], Job] = lambda job: job) -> Job:
+    """A plan job: once ``needs`` are met, ``make_plan()`` names the runs; runs already produced
+    by a job of the graph (``known``: prompt id -> job id; vanilla PT is usually the study's
+    own run) are needed rather than trained again. ``stamp`` wraps the summary job."""
+    return stamp(Job(job_id, plan=partial(_expand_tpt, job_id, make_plan, store, resources,
+                                          dict(known), stamp), needs=needs))
+
+
+def _expand_tpt(job_id: str, make_plan: Callable[[], TptPlan], store: Store,
+                resources: Resources, known: dict[str, str],
+                stamp: Callable[[Job], Job]) -> list[Job]:
+    plan = make_plan()
+    planned: list[Planned] = [(RunSpec(config, resources), plan_run(config, store).prompt_id)
+                              for _, _, config in plan.runs()]
+    new = [(run, pid) for run, pid in planned if pid not in known]
+    runs = prompt_jobs(new, store) if new else None
+    needs = tuple(dict.fromkeys(known[pid] if pid in known else runs.jobs[pid].id
+                                for _, pid in planned))
+    summary = stamp(Job(job_id, partial(_summarize, store, plan), needs=needs, resources=LIGHT))
+    return [*(runs.unique() if runs else []), summary]
+
+
+def _summarize(store: Store, plan: TptPlan) -> dict:
+    result = tpt_summary(store, plan)
+    return {"folders": [str(f) for f in result.folders]}
+
+
+def run_tpt(store: Store, plan: TptPlan, resources: Resources,
+            execution: Execution) -> TptResult:
+    """The runs of a TPT plan (those not stored) as jobs, then its summary."""
+    jobs = _expand_tpt("tpt summary", lambda: plan, store, resources, {}, lambda job: job)
+    require_success(execute(jobs, execution))
+    return tpt_summary(store, plan)
+
+
+# --- stamps --------------------------------------------------------------------------------
+
+def stage_key(job_id: str, inputs: Sequence[str], what: Any) -> str:
+    """The key of a stage's result: its job id, the ids of its (content-addressed) input
+    artifacts, and what it computes (a function with its settings)."""
+    payload = [job_id, sorted(inputs), _describe(what)]
+    return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()
+
+
+def with_stamp(job: Job, *, store: Store, scope: str, key: str) -> Job:
+    """``job`` recorded as done by a stamp holding ``key``: the job writes it when it succeeds,
+    and the graph skips it while the stamp's key is the same. A plan is done when the summary
+    that takes its place (stamped with the same key) has run."""
+    path = str(store.layout.stamp(scope, job.id))
+    done = partial(_has_stamp, path, key)
+    if job.plan is not None:
+        return replace(job, done=done)
+    return replace(job, run=partial(_stamp_after, job.run, path, key), done=done)
+
+
+def _describe(fn: Any) -> Any:
+    """A partial's function and arguments (nested partials unwrapped), for a stamp's key."""
+    if isinstance(fn, partial):
+        return [fn.func.__name__, [_describe(a) for a in fn.args],
+                {k: _describe(v) for k, v in sorted(fn.keywords.items())}]
+    return getattr(fn, "__name__", fn)
+
+
+def _stamp_after(run: Callable[[], dict], path: str, key: str) -> dict:
+    result = run()
+    atomic_write_json(path, {"key": key, "result": result})
+    return result
+
+
+def _has_stamp(path: str, key: str) -> bool:
+    stamp = Path(path)
+    return stamp.exists() and json.loads(stamp.read_text())["key"] == key
