@@ -129,6 +129,13 @@ def _budget(args: argparse.Namespace) -> dict[str, Any]:
                 max_length=args.max_length, patience=args.patience)
 
 
+def _run_resources(args: argparse.Namespace) -> dict[str, Any]:
+    """A TPT run's resources as a sweep spec takes them: --gpus is a float (Ray tasks take a
+    fraction of a GPU), a run takes a whole number, and the spec converts no type."""
+    gpus = int(args.gpus) if args.gpus.is_integer() else args.gpus
+    return {"gpus": gpus, "cpus": args.cpus}
+
+
 def _transfer_matrix(args: argparse.Namespace) -> None:
     from ptdist.store.prompts import PromptStore
     from ptdist.transfer import transfer_matrix
@@ -159,7 +166,7 @@ def _transfer_tpt(args: argparse.Namespace) -> None:
         train["prompt_length"] = args.prompt_length
     result = run_tpt(args.model, args.targets, args.sources, PromptStore(args.store), train,
                      data_dir=args.data_dir, ds_config=args.ds_config,
-                     resources={"gpus": args.gpus, "cpus": args.cpus}, address=args.address)
+                     resources=_run_resources(args), address=args.address)
     _emit(args, _tpt_lines(result), {"summary": result.summary,
                                      "folders": [str(f) for f in result.folders]})
 
@@ -298,7 +305,7 @@ def _project_tpt(args: argparse.Namespace) -> None:
     result = run_tpt_model(str(args.store or default_store_root()), args.projector,
                            args.targets, _budget(args), data_dir=args.data_dir,
                            ds_config=args.ds_config,
-                           resources={"gpus": args.gpus, "cpus": args.cpus},
+                           resources=_run_resources(args),
                            address=args.address)
     _emit(args, _tpt_lines(result), {"summary": result.summary,
                                      "folders": [str(f) for f in result.folders]})
