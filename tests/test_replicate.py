@@ -96,6 +96,10 @@ def test_study_settings_are_checked_when_read(task_prompts, tmp_path):
     study.write_text(_study(tmp_path, data) + "  tpt: {targets: [imdb]}\n")
     with pytest.raises(PtdistError, match=r"stages.tpt: imdb not among the study's tasks"):
         load_study(study)
+    study.write_text(_study(tmp_path, data) + "  neurons: {protocol: 3}\n")
+    with pytest.raises(PtdistError, match=r"study .*'stages.neurons.protocol' must be 'prompt' "
+                                          r"or 'data' \(got 3\)"):
+        load_study(study)
 
 
 def test_paper_preset_dry_run_prints_the_whole_plan(capsys):

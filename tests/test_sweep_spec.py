@@ -45,7 +45,7 @@ def test_a_spec_expands_to_every_model_task_seed_init(tmp_path):
     ({"train": {"model": "x"}}, "unknown key 'model' in train"),
     ({"tasks": ["sst2", "sst3"]}, "sst3"),
     ({"inits": ["random", "zeros"]}, "unknown prompt init 'zeros'"),
-    ({"seeds": [0, "one"]}, "'seeds' must be a list of integers"),
+    ({"seeds": [0, "one"]}, "'seeds[1]' must be an integer (got 'one')"),
     ({"models": {"tiny-robrta": {}}}, "did you mean the preset 'tiny-roberta'"),
     ({"models": {"tiny-roberta": {"gpu": 1}}}, "unknown key 'gpu' in models.tiny-roberta"),
     ({"models": {"tiny-roberta": {"resources": {"gpu": 1}}}},
@@ -60,6 +60,21 @@ def test_a_spec_expands_to_every_model_task_seed_init(tmp_path):
     ({"train": {"steps": 0}}, "steps must be at least 1"),
     ({"storage_path": "s3://bucket/store"}, "must be a folder that every node mounts"),
     ({"max_concurrent": 0}, "'max_concurrent' must be a positive integer"),
+    # Strict: YAML types its values, so a value of another type is refused, not converted.
+    ({"models": {"tiny-roberta": {"resources": {"cpus": "two"}}}},
+     "'models.tiny-roberta.resources.cpus' must be a number (got 'two'); CPUs per worker"),
+    ({"models": {"tiny-roberta": {"resources": {"gpus": 1.5}}}},
+     "'models.tiny-roberta.resources.gpus' must be an integer (got 1.5)"),
+    ({"train": {"lr": "0.1"}}, "'train.lr' must be a number (got '0.1')"),
+    ({"models": {"tiny-t5": {"train": {"lr": True}}}},
+     "'models.tiny-t5.train.lr' must be a number (got True)"),
+    ({"train": {"steps": 1.5}}, "'train.steps' must be an integer (got 1.5)"),
+    ({"train": {"steps": True}}, "'train.steps' must be an integer (got True)"),
+    ({"max_failures": True}, "'max_failures' must be an integer (got True)"),
+    ({"max_failures": -1}, "'max_failures' must be a non-negative integer (got -1)"),
+    ({"storage_path": 5}, "'storage_path' must be a string (got 5)"),
+    ({"models": {"tiny-roberta": 3}}, "'models.tiny-roberta' must be a mapping (got 3); keys: "
+                                      "resources, ds_config"),
 ])
 def test_a_bad_spec_names_the_bad_key_or_value(tmp_path, change, message):
     with pytest.raises(PtdistError) as err:
@@ -70,8 +85,16 @@ def test_a_bad_spec_names_the_bad_key_or_value(tmp_path, change, message):
 def test_a_missing_required_key_is_named(tmp_path):
     raw = _spec(tmp_path)
     del raw["models"]
-    with pytest.raises(PtdistError, match="'models' is required"):
+    with pytest.raises(PtdistError, match="missing required key 'models'; map model names"):
         parse_spec(raw)
+
+
+def test_ints_stand_for_floats_and_one_name_for_a_list(tmp_path):
+    spec = parse_spec(_spec(tmp_path, tasks="sst2", seeds=3, train={"lr": 1},
+                            models={"tiny-roberta": {"resources": {"cpus": 2}}}))
+    run = spec.runs()[0]
+    assert spec.tasks == ("sst2",) and spec.seeds == (3,)
+    assert run.resources.cpus == 2.0 and run.config.lr == 1
 
 
 def test_runs_that_no_node_type_can_hold_are_refused(tmp_path):
@@ -100,6 +123,17 @@ def test_the_cli_stops_on_a_bad_spec_before_scheduling_anything(tmp_path):
            "'ds_config'?)" in proc.stderr
     assert "Ray" not in proc.stdout + proc.stderr  # no cluster was started
     assert not (tmp_path / "store").exists()
+
+
+def test_the_cli_names_a_value_of_the_wrong_type_in_one_line(tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(_spec(tmp_path, models={
+        "tiny-roberta": {"resources": {"cpus": "two"}}})))
+    proc = _run_cli("sweep", "--spec", str(path), "--dry-run")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"ptdist: error: sweep spec {path}: 'models.tiny-roberta.resources.cpus' must be a "
+        "number (got 'two'); CPUs per worker, e.g. cpus: 8"]
 
 
 def test_dry_run_lists_the_runs_without_running_them(tmp_path):

@@ -100,7 +100,8 @@ def test_get_task_by_yaml_path(tmp_path):
 
 @pytest.mark.parametrize("change, needles", [
     ({"lables": ["a"]}, ["unknown key 'lables'", "label_words"]),
-    ({"source": {"files": {"train": "t.jsonl"}, "hub_id": "x"}}, ["source.hub_id"]),
+    ({"source": {"files": {"train": "t.jsonl"}, "hub_id": "x"}},
+     ["unknown key 'hub_id' in source (did you mean 'hub'?)"]),
     ({"template": "{premise"}, ["template", "format string"]),
     ({"template": "no columns here"}, ["template", "columns in braces"]),
     ({"template": "{premise} {label}"}, ["label column 'label'"]),
@@ -114,6 +115,21 @@ def test_get_task_by_yaml_path(tmp_path):
     ({"type": "topic"}, ["type 'topic'", "kind"]),
     ({"label_map": {"E": "entailment", "X": "maybe"}}, ["label_map maps to 'maybe'"]),
     ({"source": {}}, ["source names no data"]),
+    # Strict: a value of another type is refused, not converted.
+    ({"classes": "a b"}, ["'classes' must be a list (got 'a b')"]),
+    ({"label_words": {"mlm": [True, False], "t5": ["yes", "no"]}},
+     ["'label_words.mlm[0]' must be a string (got True)", "quote it"]),
+    ({"label_words": {"mlm": ["a b", "no"], "t5": ["yes", "no"]}},
+     ["'label_words.mlm[0]' must be a single word"]),
+    ({"label_words": {"mlm": ["yes", "no"], "t5": ["yes", "no"], "bert": ["a", "b"]}},
+     ["unknown key 'bert' in label_words", "allowed: mlm, t5"]),
+    ({"metrics": ["accuracy", "accuracy"]},
+     ["'metrics' repeats a value (got ['accuracy', 'accuracy'])"]),
+    ({"kind": "regression"}, ["'kind' must be 'classification' or 'generation'"]),
+    ({"source": {"files": {"train": "train.txt"}}},
+     ["'source.files.train' must end in one of .jsonl, .csv, .parquet (got 'train.txt')"]),
+    ({"source": "my-org/data"}, ["'source' must be a mapping (got 'my-org/data')",
+                                 "source: {hub: <dataset id>"]),
 ])
 def test_invalid_yaml_names_the_file_the_key_and_the_fix(tmp_path, change, needles):
     body = nli_task()

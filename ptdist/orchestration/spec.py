@@ -1,9 +1,10 @@
 """A sweep spec (YAML): models x tasks x seeds x prompt inits, with each model's resources,
 DeepSpeed config and budgets, and one storage path. Format and examples: docs/sweeps.md.
 
-The whole spec is validated when it is read, before anything is scheduled: an unknown key,
-task, model, init or DeepSpeed config, a precision that contradicts the DeepSpeed config, or a
-batch that does not split over a run's processes stops with one message naming it.
+The whole spec is validated when it is read, before anything is scheduled: an unknown key, a
+value of the wrong type, an unknown task, model, init or DeepSpeed config, a precision that
+contradicts the DeepSpeed config, or a batch that does not split over a run's processes stops
+with one message naming it.
 """
 
 from __future__ import annotations
@@ -11,28 +12,66 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt
 
 from ptdist.backbones import PRESETS, InitSpec, resolve_model_path
 from ptdist.errors import PtdistError
 from ptdist.tasks import get_task
 from ptdist.training.config import TrainConfig
 from ptdist.training.engine import deepspeed_config, load_ds_config, precision_of
+from ptdist.validation import (Strict, Text, as_written, dataclass_shape, located, one_or_more,
+                               read_yaml, validate)
 
-TOP_KEYS = ("name", "storage_path", "data_dir", "cluster", "tasks", "seeds", "inits", "train",
-            "models", "max_concurrent", "max_failures", "pack")
 PATH_KEYS = ("storage_path", "data_dir", "cluster")
-MODEL_KEYS = ("resources", "ds_config", "precision", "train", "tasks", "pack")
-RESOURCE_KEYS = ("workers", "gpus", "cpus")
 # Set per run by the sweep itself, so not allowed under `train:`.
 SWEPT_FIELDS = ("model", "task", "seed", "init", "ds_config", "data_dir")
-TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in SWEPT_FIELDS)
 TASK_PLACEHOLDER = "{task}"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+Names = one_or_more(Text)
+Seeds = one_or_more(int)
+TrainSettings = as_written(dataclass_shape(TrainConfig, exclude=SWEPT_FIELDS))
+
+
+class _Resources(Strict):
+    workers: PositiveInt | None = Field(None, description="processes per run (default: one "
+                                                          "per GPU)")
+    gpus: NonNegativeInt = Field(0, description="GPUs per run in all, a whole number that "
+                                                "splits evenly over its workers")
+    cpus: NonNegativeFloat = Field(1.0, description="CPUs per worker, e.g. cpus: 8")
+
+
+class _Model(Strict):
+    resources: _Resources | None = None
+    ds_config: Text = "zero0"
+    precision: Text | None = None
+    train: TrainSettings | None = None
+    tasks: Names | None = None
+    pack: PositiveInt | None = None
+
+
+class _Spec(Strict):
+    name: Text | None = None
+    storage_path: Text = Field(description="the prompt store: a folder every node mounts")
+    data_dir: Text | None = None
+    cluster: Text | None = None
+    tasks: Names = Field(description="registered task names or task YAML files")
+    seeds: Seeds = [0]
+    inits: Names = ["random"]
+    train: TrainSettings | None = None
+    models: dict[Text, _Model | None] = Field(
+        min_length=1, description="map model names to their settings, e.g. "
+                                  "{roberta-base: {resources: {gpus: 1}, ds_config: zero0}}")
+    max_concurrent: PositiveInt | None = None
+    max_failures: NonNegativeInt = 3
+    pack: PositiveInt = 1
+
+
+TOP_KEYS = tuple(_Spec.model_fields)
 
 
 @dataclass(frozen=True)
@@ -123,59 +162,35 @@ def load_spec(path: str | os.PathLike, **overrides: Any) -> SweepSpec:
     return spec_from_raw(raw, path, "sweep spec", **overrides)
 
 
-def read_yaml(path: Path, what: str, keys: tuple[str, ...]) -> dict:
-    """A YAML mapping, with one clear error for a missing file, bad YAML or another shape."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise PtdistError(f"{what} {path} not found") from None
-    except yaml.YAMLError as exc:
-        raise PtdistError(f"{what} {path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise PtdistError(f"{what} {path} must be a mapping with keys: {', '.join(keys)}")
-    return raw
-
-
 def spec_from_raw(raw: dict, path: Path, what: str, **overrides: Any) -> SweepSpec:
     """The sweep spec in ``raw``, read from the ``what`` file ``path`` (see `load_spec`)."""
     raw = dict(raw)
     for key in PATH_KEYS:
-        if raw.get(key) is not None and "://" not in str(raw[key]):
-            raw[key] = str(path.parent.resolve() / Path(str(raw[key])).expanduser())
+        if isinstance(raw.get(key), str) and "://" not in raw[key]:
+            raw[key] = str(path.parent.resolve() / Path(raw[key]).expanduser())
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    try:
+    with located(f"{what} {path}"):
         return parse_spec(raw, default_name=path.stem, base=path.parent)
-    except PtdistError as exc:
-        raise PtdistError(f"{what} {path}: {exc}") from None
 
 
 def parse_spec(raw: dict, default_name: str = "sweep", base: Path | None = None) -> SweepSpec:
     """Validate a spec given as data. Relative task-file and DeepSpeed-config paths are
     relative to ``base`` (the spec's folder; default the working directory)."""
-    check_keys(raw, TOP_KEYS, "top level")
-    for key in ("storage_path", "tasks", "models"):
-        if not raw.get(key):
-            raise PtdistError(f"'{key}' is required")
-    train = dict(raw.get("train") or {})
-    check_keys(train, TRAIN_KEYS, "train")
-    models = raw["models"]
-    if not isinstance(models, dict):
-        raise PtdistError("'models' must map model names to their settings, e.g. "
-                          "{roberta-base: {resources: {gpus: 1}, ds_config: zero0}}")
+    shape = validate(_Spec, raw)
+    base = base or Path.cwd()
     spec = SweepSpec(
-        name=str(raw.get("name") or default_name),
-        storage_path=_storage_path(raw["storage_path"]),
-        data_dir=_abs(raw.get("data_dir")),
-        cluster=_abs(raw.get("cluster")),
-        tasks=tuple(task_ref(t, base or Path.cwd()) for t in _str_list(raw["tasks"], "tasks")),
-        seeds=tuple(_int_list(raw.get("seeds", [0]), "seeds")),
-        inits=tuple(_str_list(raw.get("inits", ["random"]), "inits")),
-        train=train,
-        models=tuple(_model_entry(name, entry or {}, base or Path.cwd(),
-                                  _positive(raw.get("pack", 1), "pack"))
-                     for name, entry in models.items()),
-        max_concurrent=_positive_or_none(raw.get("max_concurrent"), "max_concurrent"),
-        max_failures=_non_negative(raw.get("max_failures", 3), "max_failures"),
+        name=shape.name or default_name,
+        storage_path=_storage_path(shape.storage_path),
+        data_dir=_abs(shape.data_dir),
+        cluster=_abs(shape.cluster),
+        tasks=tuple(task_ref(t, base) for t in shape.tasks),
+        seeds=tuple(shape.seeds),
+        inits=tuple(shape.inits),
+        train=shape.train or {},
+        models=tuple(_model_entry(name, entry or _Model(), base, shape.pack)
+                     for name, entry in shape.models.items()),
+        max_concurrent=shape.max_concurrent,
+        max_failures=shape.max_failures,
     )
     _validate(spec)
     return spec
@@ -205,44 +220,28 @@ def _validate(spec: SweepSpec) -> None:
                               f"ds_config {model.ds_config}): {exc}") from None
 
 
-def _model_entry(name: str, entry: dict, base: Path, pack: int) -> ModelEntry:
-    if not isinstance(entry, dict):
-        raise PtdistError(f"models.{name} must be a mapping with keys: {', '.join(MODEL_KEYS)}")
-    check_keys(entry, MODEL_KEYS, f"models.{name}")
+def _model_entry(name: str, entry: _Model, base: Path, pack: int) -> ModelEntry:
     if name.startswith(("./", "../")):  # a model folder beside the spec, like its data paths
         name = str((base / name).resolve())
     _check_model_name(name)
-    resources = dict(entry.get("resources") or {})
-    check_keys(resources, RESOURCE_KEYS, f"models.{name}.resources")
-    res = Resources(workers=int(resources.get("workers", max(1, int(resources.get("gpus", 0))))),
-                    gpus=int(resources.get("gpus", 0)), cpus=float(resources.get("cpus", 1)))
-    if float(resources.get("gpus", 0)) != res.gpus:
-        raise PtdistError(f"models.{name}.resources.gpus must be a whole number of GPUs per run "
-                          f"(got {resources['gpus']})")
-    if res.workers < 1 or res.gpus < 0 or res.cpus < 0:
-        raise PtdistError(f"models.{name}.resources: workers must be >= 1 and gpus, cpus >= 0 "
-                          f"(got {resources})")
-    if res.gpus and res.gpus % res.workers:
+    given = entry.resources or _Resources()
+    res = Resources(workers=given.workers or max(1, given.gpus), gpus=given.gpus,
+                    cpus=given.cpus)
+    if res.gpus % res.workers:
         raise PtdistError(f"models.{name}.resources: {res.gpus} GPUs do not split evenly over "
                           f"{res.workers} workers; use a multiple of the worker count")
-    ds_config = str(entry.get("ds_config", "zero0"))
+    ds_config = entry.ds_config
     if Path(ds_config).suffix:  # a JSON file rather than a ds_configs/ name
         ds_config = str((base / ds_config).resolve())
     raw_ds, _ = load_ds_config(ds_config)
     precision = precision_of(raw_ds)
-    wanted = entry.get("precision")
-    if wanted is not None and wanted != precision:
-        raise PtdistError(f"models.{name}: precision '{wanted}' but ds_config '{ds_config}' runs "
-                          f"{precision}; pick a ds_config that matches (e.g. zero2_bf16 for bf16, "
-                          "zero2 for fp32) or drop 'precision'")
-    train = dict(entry.get("train") or {})
-    check_keys(train, TRAIN_KEYS, f"models.{name}.train")
-    tasks = entry.get("tasks")
-    return ModelEntry(name, res, ds_config, train, raw_ds,
-                      None if tasks is None else tuple(
-                          _task_ref_name(task_ref(t, base))
-                          for t in _str_list(tasks, f"models.{name}.tasks")),
-                      _positive(entry.get("pack", pack), f"models.{name}.pack"))
+    if entry.precision is not None and entry.precision != precision:
+        raise PtdistError(f"models.{name}: precision '{entry.precision}' but ds_config "
+                          f"'{ds_config}' runs {precision}; pick a ds_config that matches (e.g. "
+                          "zero2_bf16 for bf16, zero2 for fp32) or drop 'precision'")
+    tasks = None if entry.tasks is None else \
+        tuple(_task_ref_name(task_ref(t, base)) for t in entry.tasks)
+    return ModelEntry(name, res, ds_config, entry.train or {}, raw_ds, tasks, entry.pack or pack)
 
 
 def _check_model_name(name: str) -> None:
@@ -264,19 +263,7 @@ def _check_model_name(name: str) -> None:
                           "local folder, pkg:PACKAGE/path, or a hub id like roberta-base")
 
 
-def check_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> None:
-    if not isinstance(mapping, dict):
-        raise PtdistError(f"{where} must be a mapping with keys: {', '.join(allowed)}")
-    for key in mapping:
-        if key not in allowed:
-            hint = difflib.get_close_matches(str(key), allowed, n=1)
-            raise PtdistError(f"unknown key '{key}' in {where}"
-                              + (f" (did you mean '{hint[0]}'?)" if hint else "")
-                              + f"; allowed: {', '.join(allowed)}")
-
-
-def _storage_path(value: Any) -> str:
-    text = str(value)
+def _storage_path(text: str) -> str:
     if "://" in text:
         raise PtdistError(
             f"storage_path '{text}': the prompt store must be a folder that every node mounts "
@@ -295,35 +282,5 @@ def _task_ref_name(task: str) -> str:
     return get_task(task).name
 
 
-def _abs(value: Any) -> str | None:
-    return None if value is None else str(Path(str(value)).expanduser().resolve())
-
-
-def _str_list(value: Any, key: str) -> list[str]:
-    items = value if isinstance(value, list) else [value]
-    if not items or not all(isinstance(v, str) and v for v in items):
-        raise PtdistError(f"'{key}' must be a list of names (got {value!r})")
-    return items
-
-
-def _int_list(value: Any, key: str) -> list[int]:
-    items = value if isinstance(value, list) else [value]
-    if not items or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-        raise PtdistError(f"'{key}' must be a list of integers (got {value!r})")
-    return items
-
-
-def _positive_or_none(value: Any, key: str) -> int | None:
-    return None if value is None else _positive(value, key)
-
-
-def _positive(value: Any, key: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise PtdistError(f"'{key}' must be a positive integer (got {value!r})")
-    return value
-
-
-def _non_negative(value: Any, key: str) -> int:
-    if not isinstance(value, int) or value < 0:
-        raise PtdistError(f"'{key}' must be a non-negative integer (got {value!r})")
-    return value
+def _abs(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())

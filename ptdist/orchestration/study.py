@@ -13,28 +13,68 @@ one model) skips cross-model transfer.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, PositiveInt
 
 from ptdist.errors import PtdistError
 from ptdist.orchestration.pairs import PairSettings
-from ptdist.orchestration.spec import (TOP_KEYS, SweepSpec, check_keys, read_yaml,
-                                       spec_from_raw, task_ref)
-from ptdist.projection.config import ProjectorConfig
+from ptdist.orchestration.spec import TOP_KEYS, Names, SweepSpec, spec_from_raw, task_ref
+from ptdist.projection.config import MODES, ProjectorConfig
 from ptdist.tasks import get_task
+from ptdist.validation import Strict, as_written, dataclass_shape, located, read_yaml, validate
 
 # specs/ sits at the repository root, like ds_configs/ (see training/config.py).
 PRESET_DIRS = (Path(__file__).resolve().parents[2] / "specs", Path("specs"))
-STAGE_KEYS = ("transfer", "neurons", "projection", "tpt")
-TPT_KEYS = ("targets", "sources")
-TRANSFER_KEYS = ("eval_limit", "batch_size")
-NEURON_KEYS = ("protocol", "examples", "batch_size")
-# ProjectorConfig settings a study may set; models, prompts and resources come from the spec.
-PROJECTOR_KEYS = tuple(f.name for f in fields(ProjectorConfig) if f.name not in (
+
+
+# Defaults as in transfer_matrix and capture: the settings pass on to them as written.
+class _Transfer(Strict):
+    eval_limit: PositiveInt | None = 1000
+    batch_size: PositiveInt = 64
+
+
+class _Neurons(Strict):
+    protocol: Literal["prompt", "data"] = "prompt"
+    examples: PositiveInt = 32
+    batch_size: PositiveInt = 16
+
+
+class _Pairs(Strict):
+    mode: Literal[MODES] = "distance"
+    train_tasks: Names | None = None
+    eval_tasks: Names | None = None
+
+
+# The pair settings, then the ProjectorConfig settings a study may set; models, prompts and
+# resources come from the spec.
+_Projection = dataclass_shape(ProjectorConfig, base=_Pairs, exclude=(
     "source_model", "target_model", "mode", "tasks", "source_prompts", "target_prompts",
     "ds_config", "data_dir"))
-PROJECTION_KEYS = ("mode", "train_tasks", "eval_tasks", *PROJECTOR_KEYS)
+
+
+class _Tpt(Strict):
+    targets: Names = Field(description="list the tasks TPT runs are tuned on")
+    sources: Names | None = None
+
+
+TransferSettings = as_written(_Transfer)
+NeuronSettings = as_written(_Neurons)
+
+
+class _Stages(Strict):
+    transfer: TransferSettings | None = None
+    neurons: NeuronSettings | None = None
+    projection: _Projection | None = None
+    tpt: _Tpt | None = None
+
+
+class _StudyStages(Strict):
+    """The stages under their own key, so that messages name the path from the file's top."""
+
+    stages: _Stages | None = None
 
 
 @dataclass(frozen=True)
@@ -59,12 +99,13 @@ def load_study(path: str | os.PathLike, **overrides: Any) -> Study:
     """Read and validate a study; ``overrides`` as for `load_spec`."""
     path = Path(path)
     raw = read_yaml(path, "study", (*TOP_KEYS, "stages"))
-    stages = raw.pop("stages", None) or {}
+    raw_stages = raw.pop("stages", None)
     spec = spec_from_raw(raw, path, "study", **overrides)
-    try:
-        return _study(spec, stages, path.parent)
-    except PtdistError as exc:
-        raise PtdistError(f"study {path}: {exc}") from None
+    with located(f"study {path}"):
+        stages = validate(_StudyStages, {"stages": raw_stages}).stages or _Stages()
+        return Study(spec, stages.transfer or {}, stages.neurons or {},
+                     _projection(spec, stages, raw_stages or {}, path.parent),
+                     _tpt(spec, stages.tpt, path.parent))
 
 
 def preset_path(name: str) -> Path:
@@ -78,28 +119,11 @@ def preset_path(name: str) -> Path:
     return path
 
 
-def _study(spec: SweepSpec, stages: dict, base: Path) -> Study:
-    check_keys(stages, STAGE_KEYS, "stages")
-    transfer = dict(stages.get("transfer") or {})
-    check_keys(transfer, TRANSFER_KEYS, "stages.transfer")
-    neurons = dict(stages.get("neurons") or {})
-    check_keys(neurons, NEURON_KEYS, "stages.neurons")
-    if neurons.get("protocol", "prompt") not in ("prompt", "data"):
-        raise PtdistError(f"stages.neurons.protocol must be prompt or data "
-                          f"(got {neurons['protocol']!r})")
-    return Study(spec, transfer, neurons, _projection(spec, stages, base),
-                 _tpt(spec, stages, base))
-
-
-def _tpt(spec: SweepSpec, stages: dict, base: Path) -> TptSettings | None:
-    raw = stages.get("tpt")
-    if raw is None:
+def _tpt(spec: SweepSpec, tpt: _Tpt | None, base: Path) -> TptSettings | None:
+    if tpt is None:
         return None
-    check_keys(raw, TPT_KEYS, "stages.tpt")
-    if not raw.get("targets"):
-        raise PtdistError("stages.tpt needs 'targets' (the tasks TPT runs are tuned on)")
-    settings = TptSettings(tuple(task_ref(t, base) for t in raw["targets"]),
-                           tuple(task_ref(t, base) for t in raw.get("sources") or ()))
+    settings = TptSettings(tuple(task_ref(t, base) for t in tpt.targets),
+                           tuple(task_ref(t, base) for t in tpt.sources or ()))
     known = {get_task(t).name for t in spec.tasks}
     outside = [t for t in settings.targets + settings.sources if get_task(t).name not in known]
     if outside:
@@ -107,18 +131,20 @@ def _tpt(spec: SweepSpec, stages: dict, base: Path) -> TptSettings | None:
     return settings
 
 
-def _projection(spec: SweepSpec, stages: dict, base: Path) -> PairSettings | None:
-    if len(spec.models) < 2 or ("projection" in stages and stages["projection"] is None):
+def _projection(spec: SweepSpec, stages: _Stages, raw: dict, base: Path) -> PairSettings | None:
+    """``raw``: the stages as written, whose projector settings pass on to ProjectorConfig."""
+    if len(spec.models) < 2 or ("projection" in stages.model_fields_set and
+                                stages.projection is None):
         return None
-    raw = dict(stages.get("projection") or {})
-    check_keys(raw, PROJECTION_KEYS, "stages.projection")
+    pairs = stages.projection or _Projection()
     # Task files are relative to the study, as in its 'tasks'.
-    settings = PairSettings(mode=raw.pop("mode", "distance"),
+    settings = PairSettings(mode=pairs.mode,
                             train_tasks=tuple(task_ref(t, base) for t in
-                                              raw.pop("train_tasks", spec.tasks)),
+                                              pairs.train_tasks or spec.tasks),
                             eval_tasks=tuple(task_ref(t, base) for t in
-                                             raw.pop("eval_tasks", spec.tasks)),
-                            projector=raw)
+                                             pairs.eval_tasks or spec.tasks),
+                            projector={k: v for k, v in (raw.get("projection") or {}).items()
+                                       if k not in _Pairs.model_fields})
     if settings.mode == "task" and len(settings.train_tasks) != 1:
         raise PtdistError("stages.projection: task tuning trains on one task; set train_tasks "
                           "to one of the study's tasks, or use mode: distance")
