@@ -31,21 +31,21 @@ def _configs(args, k: int) -> list:
 
 
 def _separate(configs: list, root: Path) -> float:
-    from ptdist.store.prompts import PromptStore
+    from ptdist.store import Store
     from ptdist.training import train
 
     t0 = time.perf_counter()
     for config in configs:
-        train(config, PromptStore(root))
+        train(config, Store(root))
     return time.perf_counter() - t0
 
 
 def _packed(configs: list, root: Path) -> float:
-    from ptdist.store.prompts import PromptStore
+    from ptdist.store import Store
     from ptdist.training.packed import train_packed
 
     t0 = time.perf_counter()
-    train_packed(configs, PromptStore(root))
+    train_packed(configs, Store(root))
     return time.perf_counter() - t0
 
 

@@ -55,8 +55,9 @@ def long_rows(texts: list[dict], tokenizer, tokens: int, n: int) -> list[dict]:
 def ptdist_engine(backbone, init: torch.Tensor, batch_size: int):
     """The DeepSpeed engine `fit` builds: SoftPrompt + frozen backbone, ZeRO-0, fp32."""
     from ptdist.backbones import SoftPrompt
-    from ptdist.training.config import TrainConfig, load_ds_config
-    from ptdist.training.loop import _engine, deepspeed_config, precision_of
+    from ptdist.training.config import TrainConfig
+    from ptdist.training.engine import (deepspeed_config, load_ds_config, precision_of,
+                                        prompt_engine)
 
     single_process_group()
     config = TrainConfig(model=backbone.name, task=TWEETS, batch_size=batch_size,
@@ -64,7 +65,7 @@ def ptdist_engine(backbone, init: torch.Tensor, batch_size: int):
                          steps=10 ** 6, lr=0.01, data_dir=DATA_DIR)
     ds_config = deepspeed_config(load_ds_config(config.ds_config)[0], config, world=1)
     assert precision_of(ds_config) == "fp32"
-    return _engine(config, SoftPrompt(init), backbone, ds_config, start_step=0)
+    return prompt_engine(config, SoftPrompt(init), backbone, ds_config, start_step=0)
 
 
 def peft_model(model: str, init: torch.Tensor, text_length: int):
@@ -107,14 +108,13 @@ def main() -> None:
     setup()
     from ptdist.backbones import load_backbone
     from ptdist.tasks import get_task
-    from ptdist.training.evaluation import label_words
 
     bs, length = args.batch_size, args.prompt_length
     backbone = load_backbone(args.model, max_length=args.text_length)
     if backbone.kind != "mlm":
         raise SystemExit(f"{args.model} is not an encoder MLM: this benchmark compares the MLM "
                          "verbalizer objective (PEFT's seq2seq prompt tuning trains otherwise)")
-    words = label_words(get_task(TWEETS), backbone)
+    words = get_task(TWEETS).words_for(backbone.kind)
     init = torch.rand(length, backbone.hidden_size, generator=torch.Generator().manual_seed(0))
     init -= 0.5  # ptdist's random init
     engine = ptdist_engine(backbone, init, bs)

@@ -1,7 +1,7 @@
 """Entry point for `ray job submit`:
 
     ray job submit --working-dir . -- python ray_jobs/sweep.py --spec specs/tiny.yaml \
-        --storage-path /mnt/ptdist/store
+        --store /mnt/ptdist/store
 
 Takes the same arguments as `ptdist sweep`. In a submitted job RAY_ADDRESS is set, so the sweep
 runs on that cluster.

@@ -127,7 +127,7 @@ def task_prompts(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
     """(root, data folder, {task: prompt id}): prompts of tiny-roberta in root/store for four
     learnable tasks of two types, each keyed by its own words: sst2 and imdb (sentiment, built
     in) and topic and topic2 (user tasks in data/<name>.yaml)."""
-    from ptdist.store.prompts import PromptStore
+    from ptdist.store import Store
     from ptdist.training import TrainConfig, train
 
     root = tmp_path_factory.mktemp("transfer")
@@ -142,7 +142,7 @@ def task_prompts(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
                                   "topic2": ("game", "song")}.items():
         (data / f"{name}.yaml").write_text(TOPIC_YAML.format(name=name, first=first,
                                                              second=second))
-    store = PromptStore(root / "store")
+    store = Store(root / "store")
     ids = {}
     for task in ("sst2", "imdb", str(data / "topic.yaml"), str(data / "topic2.yaml")):
         result = train(TrainConfig(model="tiny-roberta", task=task, steps=80, eval_every=20,

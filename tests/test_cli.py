@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from ptdist.cli import main
-from ptdist.store.prompts import PromptStore
+from ptdist.cli import build_parser, main
+from ptdist.store import Store
 from tests.conftest import write_jsonl
+from tests.test_store import manifest
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -22,10 +23,58 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "export-peft", "tasks", "models", "prompts"])
+def _commands(parser=None, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and sub-command the parser knows, as argv prefixes."""
+    import argparse
+
+    parser = parser or build_parser()
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                nested = _commands(sub, prefix + (name,))
+                found += nested or [prefix + (name,)]
+    return found
+
+
+def test_there_are_eighteen_commands():
+    assert len(_commands()) == 18
+
+
+@pytest.mark.parametrize("command", _commands(), ids=" ".join)
 def test_every_command_has_help(capsys, command):
-    code, out, _ = run(capsys, command, "--help")
-    assert code == 0 and "usage: ptdist " + command in out and "--json" in out
+    code, out, _ = run(capsys, *command, "--help")
+    assert code == 0 and "usage: ptdist " + " ".join(command) in out
+    assert "--json" in out and "--verbose" in out
+
+
+def test_model_and_task_help_name_what_the_listings_show(capsys):
+    """Every --model, --source, --target and --task help names the presets of `ptdist models`
+    and the tasks of `ptdist tasks`."""
+    code, out, _ = run(capsys, "models", "--json")
+    presets = json.loads(out.strip().splitlines()[-1])["presets"]
+    code, out, _ = run(capsys, "tasks", "--json")
+    tasks = json.loads(out.strip().splitlines()[-1])["tasks"]
+    for command in _commands():
+        code, out, _ = run(capsys, *command, "--help")
+        text = " ".join(out.split())
+        for option in ("--model", "--source", "--target"):
+            if f"{option} " in out:
+                assert all(p in text for p in presets), (command, option)
+        if "--task " in out or "--tasks " in out or "--targets " in out:
+            assert all(t in text for t in tasks), command
+
+
+def test_one_vocabulary_for_the_shared_options(capsys):
+    """--store, --eval-limit, --local and --address mean the same on every command that
+    takes them; commands that run several jobs all take --local and --address."""
+    several_jobs = {("sweep",), ("replicate",), ("transfer", "matrix"), ("transfer", "tpt"),
+                    ("neurons", "capture"), ("project", "tpt"), ("project", "pairs")}
+    for command in _commands():
+        code, out, _ = run(capsys, *command, "--help")
+        assert ("--local" in out) == (command in several_jobs), command
+        assert ("--address" in out) == (command in several_jobs), command
+        assert "--limit " not in out and "--storage-path" not in out, command
 
 
 def test_tasks_and_models_list_what_is_available(capsys):
@@ -48,7 +97,7 @@ def test_train_eval_export_through_the_cli(capsys, tmp_path, sentiment_dir):
     result = json.loads(out.strip().splitlines()[-1])
     assert "prompt id: " + result["prompt_id"] in out
     code, out, _ = run(capsys, "eval", "--model", "tiny-roberta", "--prompt", result["prompt_id"],
-                       "--task", "sst2", "--limit", "0", "--data-dir", str(sentiment_dir),
+                       "--task", "sst2", "--eval-limit", "0", "--data-dir", str(sentiment_dir),
                        "--store", store, "--json")
     evaluated = json.loads(out.strip().splitlines()[-1])
     assert code == 0 and evaluated["metrics"]["accuracy"] == pytest.approx(result["score"])
@@ -84,7 +133,8 @@ def test_unknown_model(capsys, tmp_path, sentiment_dir):
 
 
 def test_prompt_of_the_wrong_width(capsys, tmp_path, sentiment_dir):
-    PromptStore(tmp_path).put("wide", torch.zeros(4, 32), {"model": "x", "task": "sst2"})
+    wide = torch.zeros(4, 32)
+    Store(tmp_path).prompts.put(wide, manifest("wide", wide, model="x"))
     code, _, err = run(capsys, *TRAIN, "--model", "tiny-roberta", "--task", "sst2",
                        "--init", "prompt:wide", "--data-dir", str(sentiment_dir),
                        "--store", str(tmp_path))

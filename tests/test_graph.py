@@ -1,5 +1,7 @@
-"""The job graph on a real local Ray: order of dependencies, resuming from stored outputs,
-failures that block only their dependents, graph validation, concurrency and resources.
+"""The job graph on a real local Ray and in this process: order of dependencies, resuming from
+stored outputs, the failure policy (user errors never retried, other errors and dead workers
+retried up to max_failures), failures that block only their dependents, plans, graph
+validation, concurrency and resources.
 
 Jobs run in Ray worker processes, so they talk to the test through files: each job checks its
 inputs' files exist, appends its id to runs.log and writes ``<id>.out`` holding the times it
@@ -8,6 +10,7 @@ started and ended."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +18,16 @@ from pathlib import Path
 import pytest
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration.graph import Job, run_graph, require_success
+from ptdist.orchestration.failures import FailurePolicy
+from ptdist.orchestration.graph import Job, require_success, run_graph as _run_graph
 from ptdist.runtime import ray_environment
+
+ONCE = FailurePolicy(max_failures=0)
+
+
+def run_graph(jobs, policy: FailurePolicy = ONCE, **kwargs):
+    """The graph with no retries unless a test asks for them."""
+    return _run_graph(jobs, policy=policy, **kwargs)
 
 CHAIN = {"a": (), "b": ("a",), "c": ("b",), "d": ()}
 
@@ -42,6 +53,7 @@ class Write:
     inputs: tuple[str, ...] = ()
     seconds: float = 0.0
     error: str | None = None
+    user_error: bool = False
 
     def __call__(self) -> dict:
         folder = Path(self.folder)
@@ -53,7 +65,7 @@ class Write:
         started = time.time()
         time.sleep(self.seconds)
         if self.error:
-            raise ValueError(self.error)
+            raise (PtdistError if self.user_error else ValueError)(self.error)
         (folder / f"{self.name}.out").write_text(f"{started} {time.time()}")
         return {"name": self.name}
 
@@ -65,15 +77,18 @@ def assigned_resources() -> dict:
 
 
 @dataclass(frozen=True)
-class DieOnce:
-    """A job's run whose first attempt kills its worker process, as a lost node would."""
+class Die:
+    """A job's run whose first ``times`` attempts kill their worker process, as a lost node
+    or the out-of-memory killer would."""
 
     folder: str
+    times: int = 1
 
     def __call__(self) -> dict:
-        attempt = Path(self.folder) / "attempted"
-        if not attempt.exists():
-            attempt.touch()
+        log = Path(self.folder) / "attempts"
+        with open(log, "a") as f:
+            f.write("attempt\n")
+        if len(log.read_text().split()) <= self.times:
             os._exit(1)
         return {"survived": True}
 
@@ -116,7 +131,7 @@ def test_runs_each_job_once_after_what_it_needs(ray_local, tmp_path):
     assert lines[0] == "graph: 4 jobs, 0 already stored, 4 to run"
     assert "start c" in lines
     assert any(line.startswith("done c in ") for line in lines)
-    assert lines[-2].endswith("s [4/4 finished, 0 running, 0 waiting]")
+    assert re.search(r" \[4/4 finished, 0 running, 0 waiting, \d+s\]$", lines[-2])
     assert lines[-1].startswith("graph finished in ") and "4 ran, 0 stored" in lines[-1]
     require_success(outcome)
 
@@ -152,7 +167,7 @@ def test_failure_blocks_dependents_only_and_is_not_retried(ray_local, tmp_path):
     assert "start c" not in lines
     failed_at = next(i for i, line in enumerate(lines) if line.startswith("failed b after "))
     assert "ValueError: boom [" in lines[failed_at]
-    assert lines[failed_at].endswith(" 0 waiting]")  # c is blocked before the line is said
+    assert " 0 waiting, " in lines[failed_at]  # c is blocked before the line is said
     assert lines[failed_at + 1] == "blocked c: waits for b, which failed"
     assert [job.id for job in outcome.failed] == ["b", "c"]
     with pytest.raises(PtdistError, match="2 of 4 jobs") as raised:
@@ -219,17 +234,69 @@ def test_resources_reach_the_task(ray_local):
     assert {job.id: job.result for job in outcome.jobs} == asked
 
 
-def test_a_dead_worker_is_retried(ray_local, tmp_path):
-    outcome = run_graph([Job("die", DieOnce(str(tmp_path)))], say=lambda line: None)
+@pytest.mark.parametrize("local", [False, True], ids=["ray", "local"])
+def test_an_error_is_attempted_max_failures_plus_one_times(ray_local, tmp_path, local):
+    lines: list[str] = []
+    outcome = run_graph(chain(tmp_path, fail="b"), FailurePolicy(max_failures=2), local=local,
+                        say=lines.append)
 
-    assert outcome.outcome("die").status == "ran"
+    assert runs(tmp_path).count("b") == 3 and outcome.outcome("b").attempts == 3
+    assert statuses(outcome) == {"a": "ran", "b": "failed", "c": "blocked", "d": "ran"}
+    assert "retry b (attempt 3 of 3)" in lines
+    assert any(line.startswith("failed b after 3 attempt(s): ValueError: boom") for line in lines)
+
+
+@pytest.mark.parametrize("local", [False, True], ids=["ray", "local"])
+def test_a_user_error_is_not_retried_and_its_message_reaches_the_driver(ray_local, tmp_path,
+                                                                         local):
+    jobs = [job(tmp_path, "a", error="no prompt for task 'x'; train it first", user_error=True)]
+    outcome = run_graph(jobs, FailurePolicy(max_failures=3), local=local, say=lambda line: None)
+
+    assert runs(tmp_path) == ["a"] and outcome.outcome("a").attempts == 1
+    assert outcome.outcome("a").error == "no prompt for task 'x'; train it first"
+
+
+def test_a_dead_worker_is_retried_once_per_death(ray_local, tmp_path):
+    lines: list[str] = []
+    outcome = run_graph([Job("die", Die(str(tmp_path), times=2))], FailurePolicy(2),
+                        say=lines.append)
+
+    assert outcome.outcome("die").status == "ran" and outcome.outcome("die").attempts == 3
     assert outcome.outcome("die").result == {"survived": True}
+    assert (tmp_path / "attempts").read_text().split() == ["attempt"] * 3
+    assert sum(line.startswith("attempt ") and "WorkerCrashedError" in line
+               for line in lines) == 2
 
 
 def test_a_dead_worker_fails_the_job_once_retries_are_spent(ray_local, tmp_path):
-    outcome = run_graph([Job("die", DieOnce(str(tmp_path)))], max_retries=0,
-                        say=lambda line: None)
+    outcome = run_graph([Job("die", Die(str(tmp_path)))], say=lambda line: None)
 
     assert outcome.outcome("die").status == "failed"
     assert outcome.outcome("die").error.startswith("WorkerCrashedError: ")
     assert "\n" not in outcome.outcome("die").error
+
+
+@dataclass(frozen=True)
+class PlanAfter:
+    """A plan that names a job per line of a file its need writes, and the job with its own
+    id that needs them all."""
+
+    folder: str
+
+    def __call__(self) -> list[Job]:
+        folder = Path(self.folder)
+        names = (folder / "a.out").read_text().split()[:0] + ["p1", "p2"]
+        work = [job(folder, name, ("a",)) for name in names]
+        return [*work, job(folder, "plan", tuple(names))]
+
+
+def test_a_plan_names_its_jobs_once_its_needs_are_stored(ray_local, tmp_path):
+    lines: list[str] = []
+    graph = [job(tmp_path, "a"), Job("plan", plan=PlanAfter(str(tmp_path)), needs=("a",)),
+             job(tmp_path, "after", ("plan",))]
+    outcome = run_graph(graph, say=lines.append)
+
+    assert statuses(outcome) == dict.fromkeys(["a", "after", "p1", "p2", "plan"], "ran")
+    assert runs(tmp_path).index("a") < runs(tmp_path).index("p1") < \
+        runs(tmp_path).index("plan") < runs(tmp_path).index("after")
+    assert "planned plan: 2 job(s) (0 already stored)" in lines

@@ -14,23 +14,25 @@ import torch
 from ptdist.backbones import load_backbone
 from ptdist.errors import PtdistError
 from ptdist.neurons.capture import ffn_sites
-from ptdist.neurons.collect import capture, capture_chunk
+from ptdist.neurons.collect import CaptureSettings, capture
 from ptdist.neurons.correlation import correlate, spearman
 from ptdist.neurons.indicators import embedding_indicators, neuron_indicators
 from ptdist.neurons.pairs import pairwise_indicators
-from ptdist.store.activations import activation_dir
-from ptdist.store.prompts import PromptStore
-from ptdist.transfer import transfer_matrix
+from ptdist.store import Store
+from ptdist.store.results import IndicatorRow, MatrixRow
+from ptdist.store.tables import read_records
+from ptdist.transfer import MatrixSettings, transfer_matrix
 from tests.conftest import child_env
+from tests.test_store import manifest
 
 
-def _store_with_prompts(root, model: str, n: int, seed: int = 0) -> PromptStore:
-    store = PromptStore(root)
+def _store_with_prompts(root, model: str, n: int, seed: int = 0) -> Store:
+    store = Store(root)
     width = load_backbone(model).hidden_size
     generator = torch.Generator().manual_seed(seed)
     for i in range(n):
-        store.put(f"{model}-{i:04d}", torch.randn(4, width, generator=generator),
-                  {"model": model, "task": "sst2", "config": {"task": "sst2"}, "created": i})
+        prompt = torch.randn(4, width, generator=generator)
+        store.prompts.put(prompt, manifest(f"{model}-{i:04d}", prompt, model=model, created=i))
     return store
 
 
@@ -65,14 +67,14 @@ def _reference(backbone, prompt: torch.Tensor) -> np.ndarray:
 @pytest.mark.parametrize("model", ["tiny-roberta", "tiny-t5-v1_1"])
 def test_parquet_activations_equal_forward_hooks_read_with_pyarrow_alone(tmp_path, model):
     store = _store_with_prompts(tmp_path, model, 3)
-    result = capture(model, store)
+    result = capture(store, store.prompts.select(model), CaptureSettings())
     assert result.captured == 3
     backbone = load_backbone(model)
     layers = len(ffn_sites(backbone))
-    table = pq.read_table(activation_dir(tmp_path, model)).to_pylist()  # pyarrow only
+    table = pq.read_table(store.layout.activations(model)).to_pylist()  # pyarrow only
     assert len(table) == 3 * layers
     for pid in ("0000", "0001", "0002"):
-        prompt, _ = store.load(f"{model}-{pid}")
+        prompt = store.prompts.tensor(f"{model}-{pid}")
         expected = _reference(backbone, prompt)
         rows = sorted((r for r in table if r["prompt_id"] == f"{model}-{pid}"),
                       key=lambda r: int(r["layer"]))
@@ -81,15 +83,15 @@ def test_parquet_activations_equal_forward_hooks_read_with_pyarrow_alone(tmp_pat
         bits = np.stack([np.unpackbits(np.array(r["states"], dtype=np.uint8)) for r in rows])
         assert (bits[:, :got.shape[1]].astype(bool) == (got > 0)).all()
         assert [r["n_active"] for r in rows] == list((got > 0).sum(1))
-    assert capture(model, store).captured == 0  # idempotent
+    assert capture(store, store.prompts.select(model), CaptureSettings()).captured == 0
 
 
 def test_ray_data_reads_the_same_activations(tmp_path):
     import ray
 
     store = _store_with_prompts(tmp_path, "tiny-roberta", 2)
-    capture("tiny-roberta", store)
-    folder = activation_dir(tmp_path, "tiny-roberta")
+    capture(store, store.prompts.select("tiny-roberta"), CaptureSettings())
+    folder = store.layout.activations("tiny-roberta")
     by_pyarrow = {(r["prompt_id"], int(r["layer"])): r["values"]
                   for r in pq.read_table(folder).to_pylist()}
     ray.init(address="local", num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1")
@@ -125,25 +127,30 @@ def test_indicators_match_a_hand_computed_example():
     assert embedding_indicators(p1, p1)["E_concat"] == pytest.approx(1.0)
 
 
-def test_spearman_handles_ties_and_matches_a_known_value():
+def test_spearman_handles_ties_and_equals_scipys():
+    from scipy.stats import spearmanr
+
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     # ranks x = 1, 2.5, 2.5, 4; y = 1, 3, 2, 4: Pearson of the ranks
     assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(0.9486832980505138)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x, y = rng.integers(0, 5, 12), rng.normal(size=12)  # with ties in x
+        assert spearman(list(x), list(y)) == pytest.approx(spearmanr(x, y).statistic)
 
 
 def test_capture_memory_stays_flat_as_prompts_grow(tmp_path):
     few, many = 40, 800
     store = _store_with_prompts(tmp_path, "tiny-roberta", few + many)
-    manifests = store.manifests()
-    job = dict(model="tiny-roberta", store_root=str(tmp_path), protocol="prompt", examples=0,
-               data_dir=None, batch_size=8, flush_rows=16)
-    capture_chunk(manifests[:4], **job)  # warm caches (tokenizer, preset) outside the measure
+    manifests = store.prompts.manifests()
+    settings = CaptureSettings(batch_size=8, flush_rows=16)
+    capture(store, manifests[:4], settings)  # warm caches (tokenizer, preset) outside the measure
 
-    def peak(chunk: list[dict]) -> int:
+    def peak(chunk: list) -> int:
         tracemalloc.start()
         try:
-            capture_chunk(chunk, **job)
+            capture(store, chunk, settings)
             return tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -156,49 +163,61 @@ def test_capture_memory_stays_flat_as_prompts_grow(tmp_path):
     assert large - small < accumulated / 2, (small, large)
 
 
-def test_the_correlation_table_comes_from_a_transfer_matrix_and_the_indicators(task_prompts):
+def test_the_correlation_table_equals_scipy_on_the_matrix_and_indicators(task_prompts):
+    from scipy.stats import spearmanr
+
     root, data, _ = task_prompts
-    store = PromptStore(root / "store")
+    store = Store(root / "store")
     with pytest.raises(PtdistError, match="run `ptdist transfer matrix --model tiny-t5` first"):
-        correlate("tiny-t5", store)
-    tasks = ["sst2", "imdb", str(data / "topic.yaml"), str(data / "topic2.yaml")]
-    transfer_matrix("tiny-roberta", tasks, store, data_dir=str(data), on_ray=False)
-    capture("tiny-roberta", store)
-    indicators = pairwise_indicators("tiny-roberta", store)
-    on_self = [r["value"] for r in indicators.rows
-               if r["indicator"] == "ON" and r["prompt_a"] == r["prompt_b"]]
-    assert on_self and all(v == pytest.approx(1.0) for v in on_self)
-    result = correlate("tiny-roberta", store)
-    by_name = {r["indicator"]: r for r in result.rows}
-    for name in ("ON", "ON_layer_0", "ON_layer_1", "E_concat", "E_avg", "E_tokmean",
-                 "D_concat", "D_avg", "D_tokmean"):
-        row = by_name[name]
-        assert row["pairs"] == 12 and row["targets"] == 4  # 4 targets x 3 sources each
-        assert -1.0 <= row["spearman_global"] <= 1.0
-    assert pq.read_table(result.table).num_rows == len(result.rows)
-    assert result.layer_curve.read_bytes()[:4] == b"\x89PNG"
-    for path in indicators.heatmaps:
-        assert path.exists()
+        correlate(store, "tiny-t5")
+    prompts = store.prompts.select("tiny-roberta")
+    transfer_matrix(store, prompts, MatrixSettings(data_dir=str(data)))
+    capture(store, prompts, CaptureSettings())
+    indicators = pairwise_indicators(store, "tiny-roberta", prompts)
+    on_self = [r.value for r in indicators.rows
+               if r.indicator == "ON" and r.prompt_a == r.prompt_b]
+    assert len(on_self) == 4 and all(v == pytest.approx(1.0) for v in on_self)
+    result = correlate(store, "tiny-roberta")
+    # The same numbers from the stored tables with scipy: per target over its 3 other
+    # sources, averaged; and globally over the 12 (source, target) pairs.
+    matrix = read_records(store.layout.matrix("tiny-roberta"), MatrixRow)
+    value = {(r.indicator, r.prompt_a, r.prompt_b): r.value
+             for r in read_records(store.layout.indicators("tiny-roberta"), IndicatorRow)}
+    own = {r.target_task: r.source_prompt for r in matrix if r.source_task == r.target_task}
+    off = [r for r in matrix if r.source_task != r.target_task]
+    for row in result.rows:
+        x = [value[(row.indicator, r.source_prompt, own[r.target_task])] for r in off]
+        y = [r.relative for r in off]
+        expected = spearmanr(x, y).statistic
+        assert row.pairs == 12 and row.spearman_global == pytest.approx(expected, nan_ok=True)
+        per_target = [spearmanr([x[i] for i, r in enumerate(off) if r.target_task == t],
+                                [y[i] for i, r in enumerate(off) if r.target_task == t])
+                      .statistic for t in own]
+        defined = [rho for rho in per_target if np.isfinite(rho)]
+        assert row.targets == len(defined)
+        assert row.spearman_per_target == (pytest.approx(np.mean(defined)) if defined else None)
+    assert {r.indicator for r in result.rows} >= {"ON", "ON_layer_0", "ON_layer_1",
+                                                  "E_concat", "E_avg", "D_avg"}
+    assert len(read_records(result.table, type(result.rows[0]))) == len(result.rows)
 
 
 def test_the_data_protocol_averages_activations_over_examples(task_prompts, tmp_path):
     from ptdist.neurons.capture import ffn_activations
     from ptdist.tasks import get_task, load_split
-    from ptdist.training.evaluation import label_words
 
     root, data, ids = task_prompts
-    store = PromptStore(root / "store")
-    capture("tiny-roberta", store, tasks=["sst2"], protocol="data", examples=5, batch_size=2,
-            data_dir=str(data))
-    rows = [r for r in pq.read_table(activation_dir(root / "store", "tiny-roberta")).to_pylist()
+    store = Store(root / "store")
+    capture(store, store.prompts.select("tiny-roberta", ["sst2"]),
+            CaptureSettings(protocol="data", examples=5, batch_size=2, data_dir=str(data)))
+    rows = [r for r in pq.read_table(store.layout.activations("tiny-roberta")).to_pylist()
             if r["protocol"] == "data"]
     assert {r["prompt_id"] for r in rows} == {ids["sst2"]} and {r["examples"] for r in rows} == {5}
     backbone = load_backbone("tiny-roberta")
     task = get_task("sst2")
     examples = load_split(task, "eval", limit=5, data_dir=str(data)).to_list()
-    prompt = store.load(ids["sst2"])[0]
+    prompt = store.prompts.tensor(ids["sst2"])
     one_by_one = torch.stack([ffn_activations(backbone, prompt[None], backbone.collate(
-        [row], label_words(task, backbone)))[0] for row in examples]).mean(0).numpy()
+        [row], task.words_for(backbone.kind)))[0] for row in examples]).mean(0).numpy()
     got = np.stack([r["values"] for r in sorted(rows, key=lambda r: int(r["layer"]))])
     np.testing.assert_allclose(got, one_by_one, atol=1e-5)
 
@@ -225,7 +244,7 @@ def test_the_neurons_commands_capture_on_ray_then_correlate(task_prompts, tmp_pa
            "--data-dir", str(data), "--local")
     captured = ptdist("neurons", "capture", "--model", "tiny-roberta", "--chunks", "2")
     assert "captured 4 prompt(s) (0 already stored)" in captured.stdout
-    assert "4/4 prompts captured (2/2 Ray tasks done)" in captured.stderr
+    assert "done capture tiny-roberta [2/2]" in captured.stderr and "local Ray" in captured.stderr
     ptdist("neurons", "indicators", "--model", "tiny-roberta")
     table = ptdist("neurons", "correlate", "--model", "tiny-roberta").stdout
     assert "ON_layer_1" in table and "E_concat" in table and "layer-wise ON curve" in table

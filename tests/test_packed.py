@@ -12,10 +12,11 @@ import torch
 import yaml
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration import load_spec, plan_sweep
-from ptdist.orchestration.trial import pack_runs
-from ptdist.store.prompts import PromptStore
-from ptdist.store.tables import read_table
+from ptdist.orchestration.runs import pack_runs, plan_sweep
+from ptdist.orchestration.spec import load_spec
+from ptdist.store import Store
+from ptdist.store.results import SweepRow
+from ptdist.store.tables import read_records
 from ptdist.training import TrainConfig, train
 from ptdist.training.checkpoint import load_checkpoint
 from ptdist.training.packed import train_packed
@@ -45,17 +46,17 @@ def _configs(data: Path, topic: str, **settings) -> list[TrainConfig]:
             TrainConfig(task=topic, seed=2, lr=0.1, **common)]
 
 
-def _assert_same_runs(separate, packed, a: PromptStore, b: PromptStore, atol: float) -> None:
+def _assert_same_runs(separate, packed, a: Store, b: Store, atol: float) -> None:
     """Same ids, step counts, prompts, Adam moments and evaluation history."""
     for one, pack in zip(separate, packed):
         assert one.prompt_id == pack.prompt_id  # packing does not change what a run is
         assert (one.steps_run, one.best_step) == (pack.steps_run, pack.best_step)
-        saved_one, _ = load_checkpoint(a.run_dir(one.prompt_id))
-        saved_pack, _ = load_checkpoint(b.run_dir(pack.prompt_id))
+        saved_one, _ = load_checkpoint(a.layout.run_dir(one.prompt_id))
+        saved_pack, _ = load_checkpoint(b.layout.run_dir(pack.prompt_id))
         for key in ("weight", "weight.exp_avg", "weight.exp_avg_sq", "best.weight", "adam_step"):
             torch.testing.assert_close(saved_pack[key], saved_one[key], atol=atol, rtol=0)
-        torch.testing.assert_close(b.load(pack.prompt_id)[0], a.load(one.prompt_id)[0],
-                                   atol=atol, rtol=0)
+        torch.testing.assert_close(b.prompts.tensor(pack.prompt_id),
+                                   a.prompts.tensor(one.prompt_id), atol=atol, rtol=0)
         assert [h["accuracy"] for h in pack.history] == [h["accuracy"] for h in one.history]
         for h_one, h_pack in zip(one.history, pack.history):
             assert h_pack["loss"] == pytest.approx(h_one["loss"], abs=1e-4)
@@ -68,11 +69,11 @@ def test_packed_runs_update_as_separate_runs(tmp_path, two_tasks):
     ds.write_text(json.dumps({"gradient_accumulation_steps": 2}))
     configs = _configs(*two_tasks, model="tiny-roberta", steps=6, eval_every=3,
                        ds_config=str(ds))
-    separate_store, packed_store = PromptStore(tmp_path / "one"), PromptStore(tmp_path / "pack")
+    separate_store, packed_store = Store(tmp_path / "one"), Store(tmp_path / "pack")
     separate = [train(c, separate_store) for c in configs]
     packed = train_packed(configs, packed_store)
     _assert_same_runs(separate, packed, separate_store, packed_store, atol=5e-5)
-    assert packed_store.manifest(packed[0].prompt_id)["packed_with"] == \
+    assert packed_store.prompts.manifest(packed[0].prompt_id).packed_with == \
         [r.prompt_id for r in packed]
     again = train_packed(configs, packed_store)
     assert all(r.skipped for r in again)
@@ -82,7 +83,7 @@ def test_packed_encoder_decoder_runs_update_as_separate_runs(tmp_path, two_tasks
     """T5 targets of different lengths share one decoder pass. (A random-weight T5 has huge
     logits: rounding differences of the padded pass grow faster, hence the looser bound.)"""
     configs = _configs(*two_tasks, model="tiny-t5", steps=2, eval_every=2)[::2]
-    separate_store, packed_store = PromptStore(tmp_path / "one"), PromptStore(tmp_path / "pack")
+    separate_store, packed_store = Store(tmp_path / "one"), Store(tmp_path / "pack")
     separate = [train(c, separate_store) for c in configs]
     packed = train_packed(configs, packed_store)
     _assert_same_runs(separate, packed, separate_store, packed_store, atol=1e-4)
@@ -91,7 +92,7 @@ def test_packed_encoder_decoder_runs_update_as_separate_runs(tmp_path, two_tasks
 def test_packed_runs_under_zero3_update_as_separate_runs(tmp_path, two_tasks):
     configs = _configs(*two_tasks, model="tiny-roberta", steps=2, eval_every=2,
                        ds_config="zero3")[:2]
-    separate_store, packed_store = PromptStore(tmp_path / "one"), PromptStore(tmp_path / "pack")
+    separate_store, packed_store = Store(tmp_path / "one"), Store(tmp_path / "pack")
     separate = [train(c, separate_store) for c in configs]
     packed = train_packed(configs, packed_store)
     _assert_same_runs(separate, packed, separate_store, packed_store, atol=1e-5)
@@ -100,7 +101,7 @@ def test_packed_runs_under_zero3_update_as_separate_runs(tmp_path, two_tasks):
 def test_an_interrupted_pack_resumes_each_run_from_its_checkpoint(tmp_path, two_tasks,
                                                                   monkeypatch):
     configs = _configs(*two_tasks, model="tiny-roberta", steps=4, eval_every=2)[:2]
-    reference = PromptStore(tmp_path / "reference")
+    reference = Store(tmp_path / "reference")
     uninterrupted = train_packed(configs, reference)
 
     record = RunTracker.record
@@ -110,7 +111,7 @@ def test_an_interrupted_pack_resumes_each_run_from_its_checkpoint(tmp_path, two_
             raise KeyboardInterrupt("interrupted")
         return record(tracker, *args, **kwargs)
 
-    store = PromptStore(tmp_path / "store")
+    store = Store(tmp_path / "store")
     monkeypatch.setattr(RunTracker, "record", crash_after_first_evaluations)
     with pytest.raises(KeyboardInterrupt):
         train_packed(configs, store)
@@ -133,7 +134,7 @@ def test_a_spec_packs_runs_of_one_model_up_to_its_pack_size(tmp_path):
         "storage_path": str(tmp_path / "store"), "tasks": ["sst2", "imdb"], "seeds": [0, 1, 2],
         "pack": 4, "train": {"steps": 2},
         "models": {"tiny-roberta": {}, "tiny-t5": {"pack": 1}}}))
-    jobs = pack_runs(plan_sweep(load_spec(spec), PromptStore(tmp_path / "store")))
+    jobs = pack_runs(plan_sweep(load_spec(spec), Store(tmp_path / "store")))
     assert [len(job) for job in jobs] == [4, 2] + [1] * 6
     assert {run.config.model for job in jobs[:2] for run, _ in job} == {"tiny-roberta"}
     spec.write_text(spec.read_text().replace("pack: 4", "pack: 0"))
@@ -157,15 +158,16 @@ def test_a_sweep_trains_a_pack_on_a_two_worker_group_and_reports_each_run(tmp_pa
     proc = subprocess.run([sys.executable, "-m", "ptdist", "sweep", "--spec", str(spec)],
                           cwd=REPO, env=child_env(), text=True, capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "packed into 1 job(s)" in proc.stdout and "2/2 done" in proc.stdout
-    rows = read_table(tmp_path / "store" / "sweeps" / "packed.parquet")
-    assert [r["status"] for r in rows] == ["trained", "trained"]
-    store = PromptStore(tmp_path / "store")
-    one_process = PromptStore(tmp_path / "one")
+    assert "packed into 1 job(s)" in proc.stderr and "2/2 done" in proc.stderr
+    store = Store(tmp_path / "store")
+    rows = read_records(store.layout.sweep_table("packed"), SweepRow)
+    assert [r.status for r in rows] == ["trained", "trained"]
+    one_process = Store(tmp_path / "one")
     configs = [run.config for run in load_spec(spec).runs()]
     for row, result in zip(rows, train_packed(configs, one_process)):
-        manifest = store.manifest(row["prompt_id"])
-        assert manifest["world_size"] == 2 and manifest["score"] == row["score"]
-        assert sorted(manifest["packed_with"]) == sorted(r["prompt_id"] for r in rows)
-        torch.testing.assert_close(store.load(row["prompt_id"])[0],
-                                   one_process.load(result.prompt_id)[0], atol=1e-5, rtol=0)
+        manifest = store.prompts.manifest(row.prompt_id)
+        assert manifest.world_size == 2 and manifest.score == row.score
+        assert sorted(manifest.packed_with) == sorted(r.prompt_id for r in rows)
+        torch.testing.assert_close(store.prompts.tensor(row.prompt_id),
+                                   one_process.prompts.tensor(result.prompt_id), atol=1e-5,
+                                   rtol=0)

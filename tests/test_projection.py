@@ -15,12 +15,15 @@ import pytest
 import torch
 
 from ptdist.errors import PtdistError
-from ptdist.projection.config import ProjectorConfig, stored_inputs
-from ptdist.projection.evaluation import evaluate_projector, project_prompts
+from ptdist.projection.config import ProjectorConfig
+from ptdist.projection.evaluation import EvalSettings, evaluate_projector, project_prompts
 from ptdist.projection.projector import Projector, ProjectorShape
 from ptdist.projection.training import train_projector
-from ptdist.store.projectors import ProjectorStore
-from ptdist.store.prompts import PromptStore
+from ptdist.store import Store
+from ptdist.store.manifests import ProjectorManifest
+from ptdist.store.prompts import best_per_task
+from ptdist.store.results import ProjectorEvalRow
+from ptdist.store.tables import read_records
 from ptdist.training import TrainConfig, train
 from tests.conftest import TWO_MODEL_SPEC, child_env
 
@@ -29,23 +32,22 @@ TASKS = ("sst2", "imdb", "topic", "topic2")
 
 
 @pytest.fixture(scope="module")
-def two_models(task_prompts, tmp_path_factory) -> tuple[str, Path, dict[str, str]]:
-    """(store root, data folder, {task: YAML path or name}): a copy of the tiny-roberta prompts
-    of `task_prompts`, plus tiny-t5-d96 prompts for the same four tasks."""
+def two_models(task_prompts, tmp_path_factory) -> tuple[Store, Path, dict[str, str]]:
+    """(store, data folder, {task: YAML path or name}): a copy of the tiny-roberta prompts of
+    `task_prompts`, plus tiny-t5-d96 prompts for the same four tasks."""
     root, data, _ = task_prompts
-    store = tmp_path_factory.mktemp("projection") / "store"
-    shutil.copytree(root / "store" / "prompts", store / "prompts")
+    store = Store(tmp_path_factory.mktemp("projection") / "store")
+    shutil.copytree(root / "store" / "prompts", store.layout.prompts_dir())
     refs = {"sst2": "sst2", "imdb": "imdb", "topic": str(data / "topic.yaml"),
             "topic2": str(data / "topic2.yaml")}
     for task in refs.values():
         train(TrainConfig(model=TARGET, task=task, steps=80, eval_every=20, prompt_length=8,
-                          batch_size=16, lr=0.1, eval_limit=None, data_dir=str(data)),
-              PromptStore(store))
-    return str(store), data, refs
+                          batch_size=16, lr=0.1, eval_limit=None, data_dir=str(data)), store)
+    return store, data, refs
 
 
 @pytest.fixture(scope="module")
-def task_projector(two_models) -> dict:
+def task_projector(two_models) -> ProjectorManifest:
     """The manifest of a projector tuned through tiny-t5-d96 on topic, from tiny-roberta's
     topic prompt."""
     store, data, refs = two_models
@@ -54,13 +56,19 @@ def task_projector(two_models) -> dict:
                                    data_dir=str(data)), store)
 
 
-def _config(store: str, refs: dict[str, str], mode: str, tasks: list[str], **settings):
-    train_refs = tuple(refs[t] for t in tasks)
+def _ids(store: Store, model: str, tasks: list[str]) -> tuple[str, ...]:
+    return tuple(sorted(m.id for m in store.prompts.select(model, tasks)))
+
+
+def _config(store: Store, refs: dict[str, str], mode: str, tasks: list[str], **settings):
     return ProjectorConfig(
-        source_model=SOURCE, target_model=TARGET, mode=mode, tasks=train_refs,
-        source_prompts=stored_inputs(store, SOURCE, train_refs),
-        target_prompts=stored_inputs(store, TARGET, train_refs) if mode == "distance" else (),
-        **settings)
+        source_model=SOURCE, target_model=TARGET, mode=mode,
+        tasks=tuple(refs[t] for t in tasks), source_prompts=_ids(store, SOURCE, tasks),
+        target_prompts=_ids(store, TARGET, tasks) if mode == "distance" else (), **settings)
+
+
+def _both(store: Store) -> list:
+    return store.prompts.select(SOURCE) + store.prompts.select(TARGET)
 
 
 @pytest.mark.parametrize("variant", ["flat", "token"])
@@ -85,9 +93,10 @@ def test_a_prompt_of_the_wrong_width_or_length_is_refused():
 
 
 def test_missing_prompts_are_named_before_anything_trains(two_models, tmp_path):
-    store, _, refs = two_models
-    with pytest.raises(PtdistError, match=r"no prompt of 'tiny-t5'.*sst2.*ptdist train"):
-        stored_inputs(store, "tiny-t5", ("sst2", refs["topic"]))
+    store, data, refs = two_models
+    with pytest.raises(PtdistError, match=r"no prompt of model 'tiny-t5'.*sst2.*ptdist train"):
+        best_per_task(store.prompts.select("tiny-t5"), ["sst2", "topic"],
+                      "of model 'tiny-t5'")
     with pytest.raises(PtdistError, match="task tuning trains on one task"):
         _config(store, refs, "task", ["sst2", "imdb"])
     missing = ProjectorConfig(source_model=SOURCE, target_model=TARGET, mode="task",
@@ -101,36 +110,38 @@ def test_distance_projector_gets_closer_on_held_out_tasks(two_models):
     config = _config(store, refs, "distance", ["sst2", "topic"], hidden=32, steps=200,
                      eval_every=50)
     manifest = train_projector(config, store)
-    assert manifest["pairs"] == 2 and manifest["distance"] < 0.5 * manifest["initial_distance"]
-    assert train_projector(config, store)["created"] == manifest["created"]  # stored: not redone
-    rows = evaluate_projector(store, config.projector_id, list(refs.values()),
-                              data_dir=str(data), eval_limit=None)
-    held_out = [r for r in rows if not r["in_training"]]
-    assert {r["task"] for r in held_out} == {"imdb", "topic2"}
+    assert manifest.pairs == 2 and manifest.distance < 0.5 * manifest.initial_distance
+    assert train_projector(config, store).created == manifest.created  # stored: not redone
+    rows = evaluate_projector(store, config.projector_id, list(refs.values()), _both(store),
+                              EvalSettings(data_dir=str(data), eval_limit=None))
+    held_out = [r for r in rows if not r.in_training]
+    assert {r.task for r in held_out} == {"imdb", "topic2"}
     for row in held_out:
-        assert row["distance"] < 0.75 * row["untrained_distance"], row
-    table = pq.read_table(ProjectorStore(store).folder(config.projector_id) / "eval.parquet")
-    assert table.to_pylist() == rows
+        assert row.distance < 0.75 * row.untrained_distance, row
+    table = read_records(store.layout.projector_eval(config.projector_id), ProjectorEvalRow)
+    assert table == rows
 
 
 def test_task_tuned_projector_beats_the_untrained_one_on_its_task(two_models, task_projector):
     store, data, refs = two_models
     manifest = task_projector
-    [row] = evaluate_projector(store, manifest["id"], [refs["topic"]], data_dir=str(data),
-                               eval_limit=None)
-    assert row["in_training"] and row["score"] == pytest.approx(manifest["score"])
-    assert row["score"] >= row["untrained_score"] + 10, row
-    assert manifest["shape"] == {"variant": "flat", "length": 8, "source_width": 64,
-                                 "target_width": 96, "hidden": 64}
+    [row] = evaluate_projector(store, manifest.id, [refs["topic"]], _both(store),
+                               EvalSettings(data_dir=str(data), eval_limit=None))
+    assert row.in_training and row.score == pytest.approx(manifest.score)
+    assert row.score >= row.untrained_score + 10, row
+    assert manifest.shape == {"variant": "flat", "length": 8, "source_width": 64,
+                              "target_width": 96, "hidden": 64}
 
 
 def test_a_projected_prompt_only_fits_the_target_model(two_models, task_projector):
     store, data, _ = two_models
-    path = project_prompts(store, task_projector["id"], ["imdb"])["imdb"]
-    assert PromptStore(store).load(str(path))[0].shape == (8, 96)
+    sources = best_per_task(store.prompts.select(SOURCE), ["imdb"], "of the source")
+    path = project_prompts(store, task_projector.id, sources)["imdb"]
+    assert path == store.layout.projected_prompt(task_projector.id, "imdb")
+    assert store.prompts.load(str(path)).shape == (8, 96)
     proc = subprocess.run(
         [sys.executable, "-m", "ptdist", "eval", "--model", SOURCE, "--prompt", str(path),
-         "--task", "imdb", "--data-dir", str(data), "--store", store],
+         "--task", "imdb", "--data-dir", str(data), "--store", str(store.root)],
         env=child_env(), text=True, capture_output=True, timeout=300)
     assert proc.returncode == 2
     assert "prompt width 96 does not match model 'tiny-roberta'" in proc.stderr
@@ -140,41 +151,42 @@ def test_train_eval_and_list_through_the_cli(two_models, capsys):
     from tests.test_cli import run
 
     store, data, refs = two_models
+    root = str(store.root)
     code, out, err = run(capsys, "project", "train", "--source", SOURCE, "--target", TARGET,
                          "--mode", "distance", "--tasks", "sst2", "imdb", "--variant", "token",
-                         "--hidden", "16", "--steps", "30", "--store", store, "--json")
+                         "--hidden", "16", "--steps", "30", "--store", root, "--json")
     assert code == 0, err
     manifest = json.loads(out.strip().splitlines()[-1])
     assert manifest["shape"]["variant"] == "token" and manifest["pairs"] == 2
     assert f"projector {manifest['id']}: {SOURCE} -> {TARGET} (distance, token)" in out
     code, out, err = run(capsys, "project", "eval", "--projector", manifest["id"], "--tasks",
                          refs["topic"], "--eval-limit", "0", "--data-dir", str(data), "--store",
-                         store, "--json")
+                         root, "--json")
     assert code == 0, err
     [row] = json.loads(out.strip().splitlines()[-1])["rows"]
     assert row["task"] == "topic" and not row["in_training"] and row["eval_examples"] == 96
-    code, out, _ = run(capsys, "project", "list", "--store", store)
+    code, out, _ = run(capsys, "project", "list", "--store", root)
     assert code == 0 and manifest["id"] in out
     code, _, err = run(capsys, "project", "train", "--source", SOURCE, "--target", "tiny-t5",
-                       "--mode", "distance", "--tasks", "sst2", "--store", store)
-    assert code == 2 and "ptdist: error: no prompt of 'tiny-t5'" in err and "sst2" in err
+                       "--mode", "distance", "--tasks", "sst2", "--store", root)
+    assert code == 2 and "ptdist: error: no prompt of model 'tiny-t5'" in err and "sst2" in err
 
 
 def test_tpt_model_starts_from_the_projected_prompt(two_models, task_projector, tmp_path):
     store, data, refs = two_models
     projector = task_projector
     proc = subprocess.run(
-        [sys.executable, "-m", "ptdist", "project", "tpt", "--projector", projector["id"],
+        [sys.executable, "-m", "ptdist", "project", "tpt", "--projector", projector.id,
          "--targets", refs["topic"], "--steps", "60", "--eval-every", "10", "--batch-size",
-         "16", "--lr", "0.1", "--eval-limit", "0", "--store", store, "--data-dir", str(data),
-         "--json"], cwd=tmp_path, env=child_env(), text=True, capture_output=True, timeout=600)
+         "16", "--lr", "0.1", "--eval-limit", "0", "--store", str(store.root), "--data-dir",
+         str(data), "--json"], cwd=tmp_path, env=child_env(), text=True, capture_output=True,
+        timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     vanilla, tpt = json.loads(proc.stdout.strip().splitlines()[-1])["summary"]
     assert tpt["run"] == f"tpt_model from {SOURCE}" and tpt["target_task"] == "topic"
-    started = PromptStore(store).manifest(tpt["prompt_id"])
-    projected = ProjectorStore(store).folder(projector["id"]) / "projected" / "topic.safetensors"
-    assert started["init"] == f"prompt:{projected}"
-    assert started["history"][0]["accuracy"] >= projector["score"] - 10
+    started = store.prompts.manifest(tpt["prompt_id"])
+    assert started.init == f"prompt:{store.layout.projected_prompt(projector.id, 'topic')}"
+    assert started.history[0]["accuracy"] >= projector.score - 10
     assert (Path(json.loads(proc.stdout.strip().splitlines()[-1])["folders"][0])
             / "curves.png").exists()
 
@@ -211,21 +223,22 @@ def test_pair_scheduler_runs_each_job_once_after_its_inputs(two_models, tmp_path
         for need in job["needs"]:
             assert jobs[need]["finished"] <= job["started"], (need, job["id"])
     for job_id in jobs:
-        assert proc.stdout.count(f"start {job_id}\n") == 1
-    projectors = ProjectorStore(tmp_path / "store").manifests()
-    assert sorted((m["source_model"], m["target_model"]) for m in projectors) == \
+        assert proc.stderr.count(f"start {job_id}\n") == 1
+    store = Store(tmp_path / "store")
+    projectors = store.projectors.manifests()
+    assert sorted((m.source_model, m.target_model) for m in projectors) == \
         sorted([(SOURCE, TARGET), (TARGET, SOURCE)])
     table = pq.read_table(out["table"]).to_pylist()
     assert len(table) == 4 and {r["task"] for r in table} == {"sst2", "topic"}
 
     # Idempotent: a second run does nothing; losing one table re-runs only that evaluation.
     proc, out = _pairs(spec, tmp_path)
-    assert "nothing to run" in proc.stdout
+    assert "nothing to run" in proc.stderr
     assert all(j["status"] == "stored" for j in out["jobs"])
-    (ProjectorStore(tmp_path / "store").folder(projectors[0]["id"]) / "eval.parquet").unlink()
+    store.layout.projector_eval(projectors[0].id).unlink()
     proc, out = _pairs(spec, tmp_path)
     assert [j["id"] for j in out["jobs"] if j["status"] == "ran"] == [
-        f"eval {projectors[0]['source_model']} -> {projectors[0]['target_model']}"]
+        f"eval {projectors[0].source_model} -> {projectors[0].target_model}"]
 
 
 @pytest.mark.slow
@@ -242,8 +255,8 @@ def test_task_tuning_through_a_multi_worker_target_runs_on_a_worker_group(two_mo
          "10", "--batch-size", "16", "--eval-limit", "48", "--json"],
         cwd=tmp_path, env=child_env(), text=True, capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    worlds = {(m["source_model"], m["target_model"]): m["world_size"]
-              for m in ProjectorStore(tmp_path / "store").manifests()}
+    worlds = {(m.source_model, m.target_model): m.world_size
+              for m in Store(tmp_path / "store").projectors.manifests()}
     # Task tuning runs through the target: ZeRO-2 on its two Ray Train workers for tiny-t5-d96.
     assert worlds == {(SOURCE, TARGET): 2, (TARGET, SOURCE): 1}
     table = pq.read_table(json.loads(proc.stdout.strip().splitlines()[-1])["table"])

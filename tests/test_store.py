@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,33 +7,64 @@ from peft import PeftModel
 
 from ptdist.backbones import load_backbone
 from ptdist.errors import PtdistError
+from ptdist.store import Store
+from ptdist.store.manifests import PromptManifest
 from ptdist.store.peft_export import export_peft
-from ptdist.store.prompts import PromptStore
 
 ROWS = [{"text": "the movie was great", "label": 1}, {"text": "awful plot", "label": 0}]
 WORDS = ["negative", "positive"]
 
 
-def _put(store: PromptStore, prompt: torch.Tensor, kind: str, model: str) -> str:
-    store.put("abc123", prompt, {"model": model, "task": "sst2", "backbone_kind": kind})
-    return "abc123"
+def manifest(prompt_id: str, prompt: torch.Tensor, **fields) -> PromptManifest:
+    """A manifest as training writes it, for a prompt made by hand."""
+    base = dict(id=prompt_id, model="tiny-roberta", task="sst2", task_type="sentiment", seed=0,
+                init="random", metric="accuracy", score=50.0, metrics={"accuracy": 50.0},
+                steps=1, best_step=1, shape=list(prompt.shape), backbone_kind="mlm",
+                precision="fp32", config={"task": "sst2", "max_length": 128}, history=[],
+                world_size=1, zero_stage=0, resumed_from=None, wall_time_s=0.0, created=1.0,
+                ptdist_version="0.1.0")
+    return PromptManifest(**{**base, **fields})
 
 
 def test_put_and_load_round_trip_only_safetensors_and_json(tmp_path):
-    store = PromptStore(tmp_path)
+    store = Store(tmp_path).prompts
     prompt = torch.randn(4, 8)
-    folder = store.put("p1", prompt, {"model": "m", "task": "t", "score": 1.0, "created": 1})
-    loaded, manifest = store.load("p1")
-    assert torch.equal(loaded, prompt)
-    assert manifest["shape"] == [4, 8] and manifest["id"] == "p1"
+    folder = store.put(prompt, manifest("p1", prompt))
+    assert torch.equal(store.tensor("p1"), prompt)
+    assert store.manifest("p1") == manifest("p1", prompt)
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "prompt.safetensors"]
-    assert store.load(str(folder))[0].equal(prompt)
-    assert store.load(str(folder / "prompt.safetensors"))[0].equal(prompt)
-    assert [m["id"] for m in store.manifests()] == ["p1"]
+    assert store.load(str(folder)).equal(prompt)
+    assert store.load(str(folder / "prompt.safetensors")).equal(prompt)
+    assert [m.id for m in store.manifests()] == ["p1"]
+    assert json.loads((folder / "manifest.json").read_text())["schema_version"] == 2
+
+
+def test_a_manifest_of_the_previous_layout_still_loads(tmp_path):
+    """A store written before manifests had a schema version (version 1: this file was
+    written by ptdist 0fc1983 for a tiny-roberta run) reads as the typed record."""
+    old = Path(__file__).with_name("data") / "manifest_v1.json"
+    folder = tmp_path / "prompts" / json.loads(old.read_text())["id"]
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(old.read_text())
+    m = Store(tmp_path).prompts.manifest(folder.name)
+    assert (m.model, m.task, m.seed, m.score, m.shape) == \
+        ("tiny-roberta", "sst2", 0, 68.75, [8, 64])
+    assert m.task_ref == "sst2" and m.max_length == 128 and m.prompt_length == 8
+    assert m.schema_version == 2
+
+
+def test_a_manifest_of_a_newer_schema_is_refused_clearly(tmp_path):
+    prompt = torch.randn(2, 4)
+    store = Store(tmp_path).prompts
+    folder = store.put(prompt, manifest("p1", prompt))
+    data = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps(dict(data, schema_version=3)))
+    with pytest.raises(PtdistError, match="schema version 3, newer than this ptdist reads"):
+        store.manifest("p1")
 
 
 def test_unknown_prompt_and_foreign_file_are_clear_errors(tmp_path):
-    store = PromptStore(tmp_path)
+    store = Store(tmp_path).prompts
     with pytest.raises(PtdistError, match="neither a prompt id"):
         store.load("nope")
     bad = tmp_path / "weights.safetensors"
@@ -49,10 +81,10 @@ def test_unknown_prompt_and_foreign_file_are_clear_errors(tmp_path):
 @pytest.mark.parametrize("model", ["tiny-roberta", "tiny-t5", "tiny-t5-v1_1"])
 def test_peft_adapter_gives_ptdist_logits(tmp_path, model):
     backbone = load_backbone(model)
-    store = PromptStore(tmp_path / "store")
+    store = Store(tmp_path / "store").prompts
     prompt = torch.randn(6, backbone.hidden_size) * 0.5
-    pid = _put(store, prompt, backbone.kind, model)
-    out = export_peft(store, pid, tmp_path / "adapter")
+    store.put(prompt, manifest("abc123", prompt, model=model, backbone_kind=backbone.kind))
+    out = export_peft(store, "abc123", tmp_path / "adapter")
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["peft_type"] == "PROMPT_TUNING" and config["num_virtual_tokens"] == 6
 
@@ -72,4 +104,4 @@ def test_peft_adapter_gives_ptdist_logits(tmp_path, model):
     theirs = logits.gather(1, batch["label_ids"])
     assert torch.allclose(ours, theirs, atol=1e-5), (ours, theirs)
     # the adapter reads back as a prompt, too
-    assert torch.equal(store.load(str(out))[0], prompt)
+    assert torch.equal(store.load(str(out)), prompt)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration import load_spec, parse_spec
+from ptdist.orchestration.spec import load_spec, parse_spec
 from ptdist.orchestration.resources import check_runs_fit, node_types_from_cluster_config
 from ptdist.tasks import get_task
 
@@ -142,7 +142,7 @@ def test_dry_run_lists_the_runs_without_running_them(tmp_path):
     proc = _run_cli("sweep", "--spec", str(path), "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert "16 runs (2 model(s) x 2 task(s) x 2 seed(s) x 2 init(s)); 0 already in the " \
-           "store" in proc.stdout
+           "store" in proc.stderr  # progress on stderr, the listing (the result) on stdout
     assert proc.stdout.count("would run") == 16
     assert "tiny-t5/imdb/seed1/vocab: 20 steps, 2 worker(s) x 0.5 CPU, 0 GPU, zero2" in proc.stdout
     assert not (tmp_path / "store" / "prompts").exists()

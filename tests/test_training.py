@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ptdist.store.prompts import PromptStore
+from ptdist.store import Store
 from ptdist.training import TrainConfig, train
 from tests.conftest import child_env
 
@@ -41,24 +41,25 @@ def _json_result(proc: subprocess.Popen, timeout: float = 300) -> dict:
 def test_prompt_tuning_learns_a_learnable_task(tmp_path, sentiment_dir, model, steps):
     config = TrainConfig(model=model, steps=steps, eval_every=steps // 3,
                          data_dir=str(sentiment_dir), **LEARN)
-    result = train(config, PromptStore(tmp_path))
+    result = train(config, Store(tmp_path))
     first, last = result.history[0], result.history[-1]
     assert last["loss"] < first["loss"]
     assert result.score >= 80.0, result.history  # chance is 50 %
-    prompt, manifest = PromptStore(tmp_path).load(result.prompt_id)
-    assert prompt.shape == (8, 64)
-    assert manifest["score"] == result.score and manifest["task"] == "sst2"
-    assert manifest["best_step"] in {h["step"] for h in result.history}
+    store = Store(tmp_path)
+    assert store.prompts.tensor(result.prompt_id).shape == (8, 64)
+    manifest = store.prompts.manifest(result.prompt_id)
+    assert manifest.score == result.score and manifest.task == "sst2"
+    assert manifest.best_step in {h["step"] for h in result.history}
 
 
 def test_the_same_run_is_not_trained_twice(tmp_path, sentiment_dir):
     config = TrainConfig(model="tiny-roberta", steps=4, eval_every=2,
                          data_dir=str(sentiment_dir), **LEARN)
-    first = train(config, PromptStore(tmp_path))
-    again = train(config, PromptStore(tmp_path))
+    first = train(config, Store(tmp_path))
+    again = train(config, Store(tmp_path))
     assert not first.skipped and again.skipped
     assert again.prompt_id == first.prompt_id and again.score == first.score
-    other_seed = train(TrainConfig(**{**config.to_dict(), "seed": 1}), PromptStore(tmp_path))
+    other_seed = train(TrainConfig(**{**config.to_dict(), "seed": 1}), Store(tmp_path))
     assert other_seed.prompt_id != first.prompt_id
 
 
@@ -66,7 +67,7 @@ def test_early_stopping_and_keep_best(tmp_path, sentiment_dir):
     config = TrainConfig(model="tiny-roberta", steps=400, eval_every=5, patience=2, lr=1.0,
                          data_dir=str(sentiment_dir), task="sst2", prompt_length=8,
                          batch_size=16, eval_limit=None)
-    result = train(config, PromptStore(tmp_path))
+    result = train(config, Store(tmp_path))
     assert result.steps_run < 400
     scores = [h["accuracy"] for h in result.history]
     assert result.score == max(scores)
@@ -92,7 +93,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, sentiment_dir)
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)  # a crash: no chance to clean up
     proc.communicate()
-    assert not PromptStore(store_b).has(reference["prompt_id"]), "killed too late"
+    assert not Store(store_b).prompts.has(reference["prompt_id"]), "killed too late"
 
     resumed = _json_result(_cli(*_train_args(store_b, sentiment_dir, steps)))
     assert resumed["resumed_from"] is not None and 0 < resumed["resumed_from"] < steps
@@ -100,8 +101,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, sentiment_dir)
     untimed = lambda r: [{k: v for k, v in h.items() if k != "time_s"}  # noqa: E731
                          for h in r["history"]]
     assert untimed(resumed) == untimed(reference)  # same losses and scores at every evaluation
-    a = PromptStore(tmp_path / "a").load(reference["prompt_id"])[0]
-    b = PromptStore(store_b).load(reference["prompt_id"])[0]
+    a = Store(tmp_path / "a").prompts.tensor(reference["prompt_id"])
+    b = Store(store_b).prompts.tensor(reference["prompt_id"])
     assert torch.equal(a, b)
 
 
@@ -137,18 +138,20 @@ def test_zero2_and_zero3_on_two_processes_match_zero0(tmp_path, sentiment_dir):
                                ("zero2-deepspeed-launcher", "zero2", deepspeed)):
         args = _train_args(tmp_path / name, sentiment_dir, steps, *final_only, "--ds-config", ds)
         runs[name] = _json_result(_cli(*args, launcher=launcher), timeout=600)
-    ref_prompt, ref_manifest = PromptStore(tmp_path / "zero0").load(reference["prompt_id"])
+    ref_prompt = Store(tmp_path / "zero0").prompts.tensor(reference["prompt_id"])
+    ref_manifest = Store(tmp_path / "zero0").prompts.manifest(reference["prompt_id"])
     from ptdist.backbones import load_backbone
     from ptdist.training.fingerprint import frozen_fingerprint
     pristine = frozen_fingerprint(load_backbone("tiny-roberta"))
-    assert ref_manifest["backbone_fingerprint"] == pristine
+    assert ref_manifest.backbone_fingerprint == pristine
     for name, result in runs.items():
-        prompt, manifest = PromptStore(tmp_path / name).load(result["prompt_id"])
-        assert manifest["world_size"] == 2 and manifest["zero_stage"] == int(name[4])
+        prompt = Store(tmp_path / name).prompts.tensor(result["prompt_id"])
+        manifest = Store(tmp_path / name).prompts.manifest(result["prompt_id"])
+        assert manifest.world_size == 2 and manifest.zero_stage == int(name[4])
         # Same global batches; only the order of floating-point reductions differs.
         assert torch.allclose(prompt, ref_prompt, atol=1e-4, rtol=0), \
             (name, (prompt - ref_prompt).abs().max())
-        assert manifest["backbone_fingerprint"] == pristine  # frozen weights untouched
+        assert manifest.backbone_fingerprint == pristine  # frozen weights untouched
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
@@ -180,32 +183,57 @@ def test_multi_process_run_resumes_under_another_zero_stage(tmp_path, sentiment_
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     _kill_tree(proc)
-    assert not PromptStore(store).has(reference["prompt_id"]), "killed too late"
+    assert not Store(store).prompts.has(reference["prompt_id"]), "killed too late"
 
     result = _json_result(_cli(*_train_args(store, sentiment_dir, steps, "--ds-config",
                                             configs[resumed]), launcher=torchrun), timeout=600)
     assert result["resumed_from"] is not None and 0 < result["resumed_from"] < steps
-    ours = PromptStore(store).load(result["prompt_id"])[0]
-    ref = PromptStore(tmp_path / "ref").load(reference["prompt_id"])[0]
+    ours = Store(store).prompts.tensor(result["prompt_id"])
+    ref = Store(tmp_path / "ref").prompts.tensor(reference["prompt_id"])
     # measured: ~1e-5 after 40 steps (reduction-order differences, amplified by Adam)
     assert torch.allclose(ours, ref, atol=1e-4, rtol=0), (ours - ref).abs().max()
 
 
-def test_generation_task_trains_and_is_scored_by_decoding(tmp_path):
-    """QA on T5: trains on the answer text, evaluates by greedy decoding with SQuAD EM/F1."""
+def test_generation_task_trains_and_decodes_the_expected_text(tmp_path):
+    """QA on T5: trains on the answer text and is scored by greedy decoding with SQuAD EM/F1.
+    The answer is the same word for every question, which a prompt on the frozen random tiny
+    T5 learns (measured: EM 0 at step 60, 100 from step 100 at lr 0.3), so the decoded text
+    must be exactly that word."""
+    from ptdist.tasks import get_task, load_split
+    from ptdist.training.evaluation import eval_backbone, predict
     from tests.conftest import write_jsonl
 
     rows = [{"question": f"what is {w}", "context": f"the answer is {w}",
-             "answers": {"text": [w], "answer_start": [14]}}
+             "answers": {"text": ["good"], "answer_start": [0]}}
             for w in ["good", "bad", "movie", "story", "music", "plot", "scene", "film"]]
-    write_jsonl(tmp_path / "data" / "squad" / "train.jsonl", rows * 4)
-    write_jsonl(tmp_path / "data" / "squad" / "eval.jsonl", rows)
-    config = TrainConfig(model="tiny-t5", task="squad", steps=40, eval_every=20, prompt_length=4,
-                         batch_size=8, lr=0.1, max_new_tokens=4, eval_limit=None,
-                         data_dir=str(tmp_path / "data"))
-    result = train(config, PromptStore(tmp_path / "store"))
+    data = tmp_path / "data"
+    write_jsonl(data / "squad" / "train.jsonl", rows * 4)
+    write_jsonl(data / "squad" / "eval.jsonl", rows)
+    config = TrainConfig(model="tiny-t5", task="squad", steps=120, eval_every=40,
+                         prompt_length=4, batch_size=8, lr=0.3, max_new_tokens=4,
+                         eval_limit=None, data_dir=str(data))
+    store = Store(tmp_path / "store")
+    result = train(config, store)
     assert result.metric == "f1" and set(result.metrics) == {"f1", "exact_match"}
-    assert [h["step"] for h in result.history] == [20, 40]
-    assert all(0.0 <= h[m] <= 100.0 for h in result.history for m in ("f1", "exact_match"))
-    # measured 10.2 -> 8.9 (a random tiny T5 cannot copy answers yet, so F1 stays near 0)
-    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert [h["step"] for h in result.history] == [40, 80, 120]
+    assert result.history[0]["exact_match"] < 50.0 and result.metrics["exact_match"] == 100.0
+    prompt = store.prompts.tensor(result.prompt_id)
+    task = get_task("squad")
+    decoded = predict(eval_backbone("tiny-t5"), lambda n: prompt.expand(n, -1, -1), task,
+                      load_split(task, "eval", data_dir=str(data)).to_list(), 8, 4)
+    assert decoded == ["good"] * len(rows)
+
+
+def test_a_run_keeps_the_prompt_id_and_result_of_the_previous_layout(tmp_path, task_prompts):
+    """The same run as before the store and training core were restructured (commit 0fc1983,
+    measured there on this data): the same prompt id (a hash of the settings, the task record
+    and the init) and the same evaluation losses and score."""
+    _, data, _ = task_prompts
+    config = TrainConfig(model="tiny-roberta", task="sst2", steps=40, eval_every=20,
+                         prompt_length=8, batch_size=16, lr=0.1, eval_limit=48,
+                         data_dir=str(data))
+    result = train(config, Store(tmp_path))
+    assert result.prompt_id == "7391d85713774d95"
+    assert result.score == 68.75
+    assert [h["loss"] for h in result.history] == pytest.approx([0.6037060022, 0.5680225491],
+                                                                abs=1e-6)

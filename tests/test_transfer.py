@@ -12,70 +12,81 @@ import pyarrow.parquet as pq
 import pytest
 
 from ptdist.errors import PtdistError
-from ptdist.store.prompts import PromptStore
+from ptdist.store import Store
+from ptdist.store.manifests import PromptManifest
+from ptdist.store.prompts import by_task
+from ptdist.store.results import MatrixRow
+from ptdist.store.tables import read_records
 from ptdist.training.evaluation import score_prompt
-from ptdist.transfer import speedup_rows, transfer_matrix
+from ptdist.transfer import MatrixSettings, speedup_rows, transfer_matrix
 from tests.conftest import child_env
 
 REPO = Path(__file__).resolve().parents[1]
+
+
 def test_the_matrix_has_every_pair_and_a_100_percent_diagonal(task_prompts):
     root, data, ids = task_prompts
-    store = PromptStore(root / "store")
-    tasks = ["topic.yaml", "sst2", "imdb"]
-    result = transfer_matrix("tiny-roberta", [str(data / "topic.yaml"), "sst2", "imdb"], store,
-                             data_dir=str(data), on_ray=False)
+    store = Store(root / "store")
+    prompts = store.prompts.select("tiny-roberta", ["topic", "sst2", "imdb"])
+    result = transfer_matrix(store, prompts, MatrixSettings(data_dir=str(data)))
     assert result.tasks == ["imdb", "sst2", "topic"]  # grouped by type: sentiment, then topic
-    assert len(result.rows) == len(tasks) ** 2
+    assert len(result.rows) == 3 ** 2
     for row in result.rows:
-        if row["source_task"] == row["target_task"]:
-            assert row["relative"] == pytest.approx(100.0)
-            assert row["score"] == row["own_score"] >= 80.0  # the tasks are learnable
-        assert row["source_prompt"] == ids[row["source_task"]]
-        assert row["eval_examples"] == 96
-    table = pq.read_table(result.table).to_pylist()
-    assert table == result.rows
-    assert result.heatmap.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        if row.source_task == row.target_task:
+            assert row.relative == pytest.approx(100.0)
+            assert row.score == row.own_score >= 80.0  # the tasks are learnable
+        assert row.source_prompt == ids[row.source_task]
+        assert row.eval_examples == 96
+    assert read_records(result.table, MatrixRow) == result.rows
+    assert result.table == store.layout.matrix("tiny-roberta")
 
 
 def test_batched_evaluation_equals_one_pair_at_a_time(task_prompts):
     root, data, ids = task_prompts
-    store = PromptStore(root / "store")
-    result = transfer_matrix("tiny-roberta", ["sst2", "imdb", str(data / "topic.yaml")], store,
-                             data_dir=str(data), on_ray=False, batch_size=8)
-    targets = {"sst2": "sst2", "imdb": "imdb", "topic": str(data / "topic.yaml")}
+    store = Store(root / "store")
+    result = transfer_matrix(store, store.prompts.select("tiny-roberta", ids),
+                             MatrixSettings(data_dir=str(data), batch_size=8))
+    targets = {"sst2": "sst2", "imdb": "imdb", "topic": str(data / "topic.yaml"),
+               "topic2": str(data / "topic2.yaml")}
     for row in result.rows:
-        alone = score_prompt("tiny-roberta", store, row["source_prompt"],
-                             targets[row["target_task"]], data_dir=str(data), batch_size=5)
-        assert alone["accuracy"] == row["score"], row
+        alone = score_prompt("tiny-roberta", store, row.source_prompt,
+                             targets[row.target_task], data_dir=str(data), batch_size=5)
+        assert alone["accuracy"] == row.score, row
 
 
 def test_tasks_without_prompts_are_named(task_prompts):
     root, data, _ = task_prompts
+    store = Store(root / "store")
+    names = ["sst2", "movie_rationales", "snli"]
     with pytest.raises(PtdistError) as err:
-        transfer_matrix("tiny-roberta", ["sst2", "movie_rationales", "snli"],
-                        PromptStore(root / "store"), data_dir=str(data), on_ray=False)
-    assert "for task(s): movie_rationales, snli" in str(err.value)
-    with pytest.raises(PtdistError, match="no prompt of model 'tiny-t5'"):
-        transfer_matrix("tiny-t5", ["sst2", "imdb"], PromptStore(root / "store"), on_ray=False)
+        by_task(store.prompts.select("tiny-roberta", names), names, "of model 'tiny-roberta'")
+    assert "no prompt of model 'tiny-roberta' for task(s): movie_rationales, snli" in \
+        str(err.value)
+    with pytest.raises(PtdistError, match="at least two different tasks; got sst2"):
+        transfer_matrix(store, store.prompts.select("tiny-roberta", ["sst2"]), MatrixSettings())
 
 
-def _manifest(pid: str, scores: list[float]) -> dict:
+def _manifest(pid: str, scores: list[float]) -> PromptManifest:
     history = [{"step": 10 * (i + 1), "accuracy": s, "time_s": 2.0 * (i + 1)}
                for i, s in enumerate(scores)]
     best = max(history, key=lambda h: h["accuracy"])
-    return {"id": pid, "model": "m", "task": "t", "metric": "accuracy", "score": best["accuracy"],
-            "best_step": best["step"], "history": history}
+    return PromptManifest(
+        id=pid, model="m", task="t", task_type="sentiment", seed=0, init="random",
+        metric="accuracy", score=best["accuracy"], metrics={}, steps=history[-1]["step"],
+        best_step=best["step"], shape=[1, 1], backbone_kind="mlm", precision="fp32",
+        config={}, history=history, world_size=1, zero_stage=0, resumed_from=None,
+        wall_time_s=0.0, created=0.0, ptdist_version="test")
 
 
 def test_speedup_is_read_off_the_curves():
     vanilla = _manifest("v", [50, 70, 80, 75])  # best 80, first reached at step 30
     fast = _manifest("a", [78, 81, 79])  # reaches 80 at step 20
     never = _manifest("b", [60, 65])
-    source = {"id": "s", "task": "src"}
+    source = _manifest("s", [90])
     rows = speedup_rows(vanilla, [("tpt a", source, fast), ("tpt b", source, never)])
-    assert [r["speedup"] for r in rows] == [1.0, 1.5, None]
-    assert [r["steps_to_vanilla_best"] for r in rows] == [30, 20, None]
-    assert rows[1]["time_to_vanilla_best_s"] == 4.0 and rows[1]["vanilla_best"] == 80
+    assert [r.speedup for r in rows] == [1.0, 1.5, None]
+    assert [r.steps_to_vanilla_best for r in rows] == [30, 20, None]
+    assert rows[1].time_to_vanilla_best_s == 4.0 and rows[1].vanilla_best == 80
 
 
 @pytest.mark.slow
@@ -108,7 +119,7 @@ def test_tpt_from_a_same_task_prompt_reaches_vanilla_in_fewer_steps(task_prompts
 
 
 @pytest.mark.slow
-def test_the_matrix_command_runs_targets_as_ray_tasks(task_prompts, tmp_path):
+def test_the_matrix_command_runs_a_job_per_target_on_ray(task_prompts, tmp_path):
     root, data, _ = task_prompts
     env = child_env()
     proc = subprocess.run(
@@ -116,7 +127,7 @@ def test_the_matrix_command_runs_targets_as_ray_tasks(task_prompts, tmp_path):
          "--tasks", "sst2", "imdb", "--store", str(root / "store"), "--data-dir", str(data),
          "--json"], cwd=tmp_path, env=env, text=True, capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "[transfer" in proc.stderr and "(2/2)" in proc.stderr
+    assert "start matrix tiny-roberta [2/2]" in proc.stderr and "local Ray" in proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(out["rows"]) == 4 and Path(out["heatmap"]).exists()
     assert "relative performance (%)" in proc.stdout

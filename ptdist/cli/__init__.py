@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 
 from ptdist.cli import neurons, project, prompts, study, transfer
 from ptdist.cli.options import Command, add_common, is_rank0
@@ -31,16 +32,24 @@ EXAMPLES = """examples:
 """
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help wrapped between words only: names like tiny-t5-v1_1 are never split at a hyphen."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ptdist", description="Soft-prompt tuning and transfer on frozen language models.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EXAMPLES, formatter_class=_Formatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, fn: Command, help: str, description: str | None = None,
                 group=sub) -> argparse.ArgumentParser:
         """A (sub-)command of ``group`` that runs ``fn`` and takes --json and --verbose."""
-        p = group.add_parser(name, help=help, description=description or help)
+        p = group.add_parser(name, help=help, description=description or help,
+                             formatter_class=_Formatter)
         p.set_defaults(fn=fn)
         add_common(p)
         return p

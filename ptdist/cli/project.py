@@ -91,8 +91,10 @@ def pairs(args: argparse.Namespace) -> None:
     settings = PairSettings(args.mode, tuple(args.train_tasks),
                             tuple(args.eval_tasks or spec.tasks), _settings(args))
     outcome = run_pairs(spec, settings, execution(args), dry_run=args.dry_run)
-    jobs = [{"id": o.id, "status": o.status, "error": o.error, "attempts": o.attempts,
-             "started": o.started, "finished": o.finished} for o in outcome.graph.jobs]
+    needs = {job.id: list(job.needs) for job in outcome.jobs}
+    jobs = [{"id": o.id, "needs": needs[o.id], "status": o.status, "error": o.error,
+             "attempts": o.attempts, "started": o.started, "finished": o.finished}
+            for o in outcome.graph.jobs]
     if not args.dry_run:
         emit(args, f"cross-model table: {outcome.table}",
              {"table": str(outcome.table), "jobs": jobs})

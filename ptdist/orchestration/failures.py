@@ -34,8 +34,10 @@ def _causes(error: BaseException):
 
 
 def user_error(error: BaseException) -> PtdistError | None:
-    """The ptdist user error ``error`` is or wraps, if any."""
-    return next((e for e in _causes(error) if isinstance(e, PtdistError)), None)
+    """The ptdist user error ``error`` is or wraps, if any. (A Ray task error is made an
+    instance of its cause's class too; the cause itself is what was raised.)"""
+    return next((e for e in _causes(error) if isinstance(e, PtdistError)
+                 and getattr(e, "cause", None) is None), None)
 
 
 def one_line(error: BaseException) -> str:

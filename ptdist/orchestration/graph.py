@@ -306,9 +306,10 @@ class _Schedule:
         outcome = self.outcomes[job_id]
         outcome.status, outcome.error, outcome.finished = "failed", one_line(error), time.time()
         after = f" after {outcome.attempts} attempt(s)" if outcome.attempts else ""
+        blocked = self._block_dependents(job_id)
         self.say(f"failed {job_id}{after}: {outcome.error} {self._progress()}")
-        for blocked in self._block_dependents(job_id):
-            self.say(f"blocked {blocked.id}: {blocked.error}")
+        for job in blocked:
+            self.say(f"blocked {job.id}: {job.error}")
 
     def _block_dependents(self, failed: str) -> list[JobOutcome]:
         """Block every waiting job that needs ``failed``, directly or through other jobs."""

@@ -11,8 +11,8 @@ from ray.tune import Callback
 
 
 class SweepProgress(Callback):
-    def __init__(self, name: str, total: int):
-        self.name, self.total = name, total
+    def __init__(self, name: str, total: int, attempts: int):
+        self.name, self.total, self.attempts = name, total, attempts
         self.running: dict[str, int] = {}  # trial id -> runs in it
         self.done = 0
         self.failed = 0
@@ -24,8 +24,9 @@ class SweepProgress(Callback):
         self._line(f"start {_label(trial)}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._line(f"retry {_label(trial)}: its worker failed; it resumes from its last "
-                   "checkpoint")
+        self._line(f"retry {_label(trial)} (attempt {trial.num_failures + 1} of "
+                   f"{self.attempts}): it failed or its worker died; its runs resume from their "
+                   "last checkpoints")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         labels = {run["prompt_id"]: run["label"] for run in trial.config["job"]["runs"]}

@@ -133,7 +133,7 @@ def _tune(spec: SweepSpec, jobs: list[list[Planned]], store: Store, where: str,
             name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(store.layout.ray_dir("tune")), verbose=0,
             failure_config=tune.FailureConfig(max_failures=execution.max_failures),
-            callbacks=[SweepProgress(spec.name, len(runs))]),
+            callbacks=[SweepProgress(spec.name, len(runs), execution.policy.attempts)]),
     )
     results = {}
     for result in tuner.fit():
