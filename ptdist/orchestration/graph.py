@@ -183,12 +183,18 @@ class _RayExecutor:
 
     def next_result(self) -> tuple[str, dict | None, BaseException | None]:
         import ray
-        from ray.exceptions import RayError
+        from ray.exceptions import LocalRayletDiedError, RayError
 
         [ref], _ = ray.wait(list(self.pending), num_returns=1)
         job_id = self.pending.pop(ref)
         try:
             return job_id, ray.get(ref), None
+        except LocalRayletDiedError:
+            # Every later attempt would fail the same way: no retry can help.
+            raise PtdistError("the Ray node this command runs on stopped (its raylet died: "
+                              "killed, out of memory, or `ray stop` run elsewhere); the jobs "
+                              "that finished are in the store: run the command again to do "
+                              "the rest") from None
         except RayError as err:
             return job_id, None, err
 
