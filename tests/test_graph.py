@@ -300,3 +300,28 @@ def test_a_plan_names_its_jobs_once_its_needs_are_stored(ray_local, tmp_path):
     assert runs(tmp_path).index("a") < runs(tmp_path).index("p1") < \
         runs(tmp_path).index("plan") < runs(tmp_path).index("after")
     assert "planned plan: 2 job(s) (0 already stored)" in lines
+
+
+def torch_threads() -> dict:
+    import torch
+
+    return {"threads": torch.get_num_threads()}
+
+
+def test_each_job_runs_as_many_torch_threads_as_cpus_it_asked(ray_local):
+    outcome = run_graph([Job(f"cpus {n}", torch_threads, resources={"CPU": n})
+                         for n in (1.0, 2.0, 0.05)], say=lambda line: None)
+
+    assert {job.id: job.result["threads"] for job in outcome.jobs} == \
+        {"cpus 1.0": 1, "cpus 2.0": 2, "cpus 0.05": 1}
+
+
+def test_jobs_never_ask_more_cpus_at_once_than_the_machine_has(ray_local, tmp_path):
+    """Six one-CPU jobs on a two-CPU Ray: at no moment do more than two run."""
+    outcome = run_graph([job(tmp_path, f"j{k}", seconds=0.5) for k in range(6)],
+                        say=lambda line: None)
+
+    assert set(statuses(outcome).values()) == {"ran"}
+    spans = [interval(tmp_path, f"j{k}") for k in range(6)]
+    busiest = max(sum(start <= moment < end for start, end in spans) for moment, _ in spans)
+    assert busiest == 2

@@ -28,7 +28,7 @@ from typing import Any
 
 from ptdist.errors import PtdistError
 from ptdist.orchestration.failures import FailurePolicy, one_line
-from ptdist.orchestration.faults import begin_attempt
+from ptdist.orchestration.attempt import begin
 
 
 def _stderr(line: str) -> None:
@@ -153,10 +153,7 @@ def _check_graph(jobs: Sequence[Job], known: Sequence[str] = ()) -> None:
 
 def _attempt(job_id: str, run: Callable[[], dict]) -> dict:
     """One attempt of a job, in the process that runs it."""
-    from ptdist.runtime import quiet_libraries
-
-    quiet_libraries()
-    begin_attempt(job_id)
+    begin(job_id)
     return run()
 
 

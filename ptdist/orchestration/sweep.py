@@ -20,7 +20,7 @@ from pathlib import Path
 from ptdist.errors import PtdistError
 from ptdist.orchestration.cluster import ray_session
 from ptdist.orchestration.failures import one_line
-from ptdist.orchestration.faults import begin_attempt
+from ptdist.orchestration.attempt import begin
 from ptdist.orchestration.graph import Execution, Job, execute
 from ptdist.orchestration.resources import (HEAD_NODE_CONFIG, check_runs_fit, describe,
                                             node_types_from_cluster_config,
@@ -159,12 +159,9 @@ def run_trial(trial_config: dict) -> None:
     """Tune's function trainable: one attempt of a job; reports its runs' results once."""
     from ray import tune
 
-    from ptdist.runtime import quiet_libraries
-
-    quiet_libraries()
     job = trial_config["job"]
     try:
-        begin_attempt(job["id"])
+        begin(job["id"])
         result = {"runs": train_job(job, Store(trial_config["store"]))}
     except PtdistError as exc:
         # A user error fails the same way on every attempt: report it instead of raising, so

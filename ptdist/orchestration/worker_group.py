@@ -14,7 +14,7 @@ from typing import Any
 
 from ptdist.errors import PtdistError
 from ptdist.orchestration.failures import user_error
-from ptdist.orchestration.faults import begin_attempt
+from ptdist.orchestration.attempt import begin
 from ptdist.orchestration.spec import Resources
 from ptdist.store import Store
 from ptdist.store.layout import segment
@@ -48,8 +48,5 @@ def on_worker_group(job_id: str, fn: Callable[..., Any], kwargs: dict[str, Any],
 
 def _worker(config: dict) -> None:
     """What each worker of the group runs."""
-    from ptdist.runtime import quiet_libraries
-
-    quiet_libraries()
-    begin_attempt(f"{config['job']}@worker")
+    begin(f"{config['job']}@worker")
     config["fn"](**config["kwargs"])

@@ -1,0 +1,28 @@
+"""What the process of every job attempt does first, whoever started it (a graph task, a Tune
+trial, a worker of a Ray Train group): library chatter off, torch's threads sized to the CPUs
+Ray reserved for it, and the attempt marked for failure rehearsal (`faults.py`)."""
+
+from __future__ import annotations
+
+from ptdist.orchestration.faults import begin_attempt
+from ptdist.runtime import quiet_libraries
+
+
+def begin(site: str) -> None:
+    """Prepare this process for an attempt of the job (or worker) ``site``."""
+    quiet_libraries()
+    size_threads()
+    begin_attempt(site)
+
+
+def size_threads() -> None:
+    """As many torch intra-op threads as CPUs Ray reserved for this process, so the jobs on a
+    node never run more compute threads than it has cores. A fractional request (a process
+    that only coordinates a worker group) gets one thread. Outside Ray nothing changes."""
+    import ray
+    import torch
+
+    if not ray.is_initialized():
+        return
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
+    torch.set_num_threads(max(1, int(cpus)))
