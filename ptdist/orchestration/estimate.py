@@ -13,6 +13,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 
+from ptdist.orchestration.costs import stage_of
 from ptdist.orchestration.graph import Job
 from ptdist.orchestration.spec import ModelEntry
 from ptdist.orchestration.study import Study
@@ -63,8 +64,8 @@ def parameters(model: str) -> float | None:
 def study_costs(study: Study, jobs: list[Job]) -> list[StageCost]:
     spec = study.spec
     sizes = {m.name: parameters(m.name) for m in spec.models}
-    counts = Counter(_stage_of(job.id) for job in jobs)
-    to_run = Counter(_stage_of(job.id) for job in jobs if not job.stored())
+    counts = Counter(stage_of(job.id) for job in jobs)
+    to_run = Counter(stage_of(job.id) for job in jobs if not job.stored())
     hours = {stage: 0.0 for stage in STAGES}
     unknown = set()
     for model in spec.models:
@@ -143,11 +144,6 @@ def _tokens(config: TrainConfig) -> int:
 def _rate(model: ModelEntry) -> float:
     bf16 = model.ds_settings.get("bf16", {}).get("enabled")
     return PEAK_FLOPS["bf16" if bf16 else "fp32"] * UTILISATION
-
-
-def _stage_of(job_id: str) -> str:
-    stage = job_id.split(" ", 1)[0]
-    return "prompt" if stage == "pack" else stage
 
 
 def _hours(value: float) -> str:

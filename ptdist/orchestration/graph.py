@@ -67,6 +67,8 @@ class JobOutcome:
     started: float | None = None
     finished: float | None = None
     attempts: int = 0
+    wall_s: float | None = None  # of the attempt that succeeded, measured where it ran
+    cpu_s: float | None = None  # CPU time of that attempt's process, all its threads
 
 
 @dataclass
@@ -85,20 +87,25 @@ class GraphOutcome:
         raise KeyError(f"no job {job_id!r} in this graph")
 
 
+Finished = Callable[[Job, JobOutcome], None]  # told of every job that ran or failed
+
+
 def run_graph(jobs: Sequence[Job], *, policy: FailurePolicy, local: bool = False,
-              max_concurrent: int | None = None,
-              say: Callable[[str], None] = _stderr) -> GraphOutcome:
+              max_concurrent: int | None = None, say: Callable[[str], None] = _stderr,
+              finished: Finished | None = None) -> GraphOutcome:
     """Run every job that is not stored and return once each has succeeded, failed or been
     blocked. On Ray (the cluster this process joined: `cluster.ray_session`) unless ``local``.
 
     The whole graph is checked first, so a mistyped need fails now rather than hours into a run.
     ``max_concurrent`` caps the jobs in flight; by default Ray queues them by their resources.
-    ``say`` gets one short progress line per event."""
+    ``say`` gets one short progress line per event; ``finished`` is called on the driver for
+    each job that ran or failed, before any job that needs it starts."""
     _check_graph(jobs)
     if max_concurrent is not None and max_concurrent < 1:
         raise PtdistError(f"max_concurrent must be at least 1, not {max_concurrent}")
     executor = _LocalExecutor() if local else _RayExecutor()
-    return _Schedule(jobs, policy, executor, 1 if local else max_concurrent, say).run()
+    return _Schedule(jobs, policy, executor, 1 if local else max_concurrent, say,
+                     finished or (lambda job, outcome: None)).run()
 
 
 def describe_jobs(jobs: Sequence[Job]) -> str:
@@ -151,10 +158,13 @@ def _check_graph(jobs: Sequence[Job], known: Sequence[str] = ()) -> None:
                           f"{cycle} (each needs the next)") from None
 
 
-def _attempt(job_id: str, run: Callable[[], dict]) -> dict:
-    """One attempt of a job, in the process that runs it."""
+def _attempt(job_id: str, run: Callable[[], dict]) -> tuple[dict, float, float]:
+    """One attempt of a job, in the process that runs it: its result, and the wall and CPU
+    seconds it took there."""
     begin(job_id)
-    return run()
+    wall, cpu = time.time(), time.process_time()
+    result = run()
+    return result, time.time() - wall, time.process_time() - cpu
 
 
 class _RayExecutor:
@@ -178,7 +188,7 @@ class _RayExecutor:
             resources=custom, max_retries=0, retry_exceptions=False).remote(job.id, job.run)
         self.pending[ref] = job.id
 
-    def next_result(self) -> tuple[str, dict | None, BaseException | None]:
+    def next_result(self) -> tuple[str, tuple | None, BaseException | None]:
         import ray
         from ray.exceptions import LocalRayletDiedError, RayError
 
@@ -209,7 +219,7 @@ class _LocalExecutor:
     def submit(self, job: Job) -> None:
         self.queue.append(job)
 
-    def next_result(self) -> tuple[str, dict | None, BaseException | None]:
+    def next_result(self) -> tuple[str, tuple | None, BaseException | None]:
         job = self.queue.popleft()
         try:
             return job.id, _attempt(job.id, job.run), None
@@ -221,9 +231,9 @@ class _Schedule:
     """One run of a graph: each job's outcome so far, and the jobs in flight."""
 
     def __init__(self, jobs: Sequence[Job], policy: FailurePolicy, executor,
-                 max_concurrent: int | None, say: Callable[[str], None]):
+                 max_concurrent: int | None, say: Callable[[str], None], finished: Finished):
         self.jobs = {job.id: job for job in jobs}
-        self.policy, self.executor, self.say = policy, executor, say
+        self.policy, self.executor, self.say, self.finished = policy, executor, say, finished
         self.max_concurrent = max_concurrent
         self.outcomes = {job.id: JobOutcome(job.id, "stored" if job.stored() else "waiting")
                          for job in jobs}
@@ -293,11 +303,13 @@ class _Schedule:
         self.say(f"planned {plan.id}: {len(planned) - 1} job(s) "
                  f"({sum(j.stored() for j in planned)} already stored)")
 
-    def _finish(self, job_id: str, result: dict | None, error: BaseException | None) -> None:
+    def _finish(self, job_id: str, attempt: tuple | None, error: BaseException | None) -> None:
         outcome = self.outcomes[job_id]
         seconds = time.time() - outcome.started
         if error is None:
-            outcome.status, outcome.result, outcome.finished = "ran", result, time.time()
+            outcome.status, outcome.finished = "ran", time.time()
+            outcome.result, outcome.wall_s, outcome.cpu_s = attempt
+            self.finished(self.jobs[job_id], outcome)
             self.say(f"done {job_id} in {seconds:.1f}s {self._progress()}")
         elif self.policy.retry(error, outcome.attempts):
             outcome.status = "waiting"
@@ -310,6 +322,8 @@ class _Schedule:
         outcome.status, outcome.error, outcome.finished = "failed", one_line(error), time.time()
         after = f" after {outcome.attempts} attempt(s)" if outcome.attempts else ""
         blocked = self._block_dependents(job_id)
+        if job_id in self.jobs:
+            self.finished(self.jobs[job_id], outcome)
         self.say(f"failed {job_id}{after}: {outcome.error} {self._progress()}")
         for job in blocked:
             self.say(f"blocked {job.id}: {job.error}")
@@ -358,12 +372,14 @@ class Execution:
         return FailurePolicy(self.max_failures)
 
 
-def execute(jobs: Sequence[Job], execution: Execution) -> GraphOutcome:
-    """Run a graph of jobs where ``execution`` says."""
+def execute(jobs: Sequence[Job], execution: Execution,
+            finished: Finished | None = None) -> GraphOutcome:
+    """Run a graph of jobs where ``execution`` says (``finished``: see `run_graph`)."""
     from ptdist.orchestration.cluster import ray_session
 
     if execution.local:
-        return run_graph(jobs, policy=execution.policy, local=True)
+        return run_graph(jobs, policy=execution.policy, local=True, finished=finished)
     with ray_session(execution.address) as where:
         _stderr(f"running on {where}")
-        return run_graph(jobs, policy=execution.policy, max_concurrent=execution.max_concurrent)
+        return run_graph(jobs, policy=execution.policy, max_concurrent=execution.max_concurrent,
+                         finished=finished)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from ptdist.neurons.collect import CaptureSettings
+from ptdist.orchestration.costs import CostLedger
 from ptdist.orchestration.graph import Execution, GraphOutcome, Job, execute
 from ptdist.orchestration.pairs import PairGraph, one_device, pair_jobs
 from ptdist.orchestration.runs import PromptJobs, job_bundle, plan_sweep, prompt_jobs
@@ -152,11 +153,13 @@ def _model_plan(store: Store, projector_id: str, source: str, targets: tuple[str
 
 
 def run_study(study: Study, report: Report, execution: Execution | None = None) -> GraphOutcome:
+    """Run a study's graph; each job's cost is recorded as it finishes (`CostLedger`)."""
     execution = execution or Execution()
     jobs = study_jobs(study, report)
+    ledger = CostLedger(Store(study.spec.storage_path), study.spec.name)
     return execute(jobs, Execution(execution.local, execution.address,
                                    execution.max_concurrent or study.spec.max_concurrent,
-                                   study.spec.max_failures))
+                                   study.spec.max_failures), ledger)
 
 
 def _report(report: Report, study: Study, projectors: list[str]) -> dict:

@@ -73,9 +73,10 @@ def job_bundle(resources: Resources) -> dict[str, float]:
     return resources.per_worker() if resources.workers == 1 else {"CPU": COORDINATOR_CPU}
 
 
-def train_job(job: dict, store: Store) -> dict[str, dict]:
+def train_job(job: dict, store: Store) -> dict:
     """Train a job (as `job_to_dict` gives it) from the process Ray placed it in: here for one
-    worker, else on a Ray Train worker group. Returns each run's result scalars by prompt id."""
+    worker, else on a Ray Train worker group. Returns each run's result scalars by prompt id
+    (``runs``) and the training examples the job processed (``examples``)."""
     resources = Resources(**job["resources"])
     configs = [run["config"] for run in job["runs"]]
     if resources.workers == 1:
@@ -87,8 +88,9 @@ def train_job(job: dict, store: Store) -> dict[str, dict]:
         # from which step each run resumed) is recorded there.
         results = [stored_result(store, run["prompt_id"], skipped=False) for run in job["runs"]]
     # The learning curve is in each prompt's manifest; a job reports scalars.
-    return {r.prompt_id: {k: v for k, v in r.to_dict().items() if k != "history"}
-            for r in results}
+    return {"runs": {r.prompt_id: {k: v for k, v in r.to_dict().items() if k != "history"}
+                     for r in results},
+            "examples": sum(r.examples for r in results)}
 
 
 def train_here(configs: list[dict], store: Store) -> list[TrainResult]:

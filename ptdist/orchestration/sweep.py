@@ -104,7 +104,8 @@ def _run_here(jobs: list[list[Planned]], store: Store,
     results = {}
     for group, job in zip(jobs, outcome.jobs):
         for _, pid in group:
-            results[pid] = job.result[pid] if job.status == "ran" else {"error": job.error}
+            results[pid] = job.result["runs"][pid] if job.status == "ran" else \
+                {"error": job.error}
     return results
 
 
@@ -162,7 +163,7 @@ def run_trial(trial_config: dict) -> None:
     job = trial_config["job"]
     try:
         begin(job["id"])
-        result = {"runs": train_job(job, Store(trial_config["store"]))}
+        result = train_job(job, Store(trial_config["store"]))
     except PtdistError as exc:
         # A user error fails the same way on every attempt: report it instead of raising, so
         # Tune does not retry it (failures.py).

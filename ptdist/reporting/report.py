@@ -18,6 +18,7 @@ from pathlib import Path
 from ptdist.neurons.correlation import by_strength
 from ptdist.orchestration.runs import plan_sweep
 from ptdist.orchestration.study import Study
+from ptdist.reporting.costs import cost_section
 from ptdist.reporting.figures import layerwise_figure, matrix_figure, tpt_figure
 from ptdist.store import Store
 from ptdist.store.atomic import atomic_write_text
@@ -50,6 +51,7 @@ def write_report(study: Study, projectors: list[str]) -> Path:
         sections.append(_cross_model_section(store, projectors, folder))
     if study.tpt is not None:
         sections.append(_tpt_section(study, store, projectors, folder))
+    sections.append((cost_section(store, study.spec.name, folder), []))
     findings = [f for _, found in sections for f in found]
     text = "\n".join([_header(study), "## Findings\n",
                       "\n".join(f"- {f}" for f in findings) or "- (no analysis stage ran)",

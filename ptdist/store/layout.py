@@ -9,7 +9,7 @@ the root: a stage asks the layout where its artifact lives.
     transfer/<model>/matrix.parquet, columns/, tpt/<target>/   zero-shot matrix, TPT_task
     neurons/<model>/indicators.parquet, correlation.parquet
     sweeps/<name>.parquet, cross_model/<name>.parquet   one table per sweep / pair graph
-    pipeline/<study>/<job>.json                         stamps of finished study stages
+    pipeline/<study>/<job>.json, costs.parquet          stamps of finished study stages, costs
     reports/<study>/                                    a study's report
     ray/tune, ray/train                                 Ray's own records
 
@@ -114,6 +114,10 @@ class StoreLayout:
 
     def stamp(self, study: str, job_id: str) -> Path:
         return self.root / "pipeline" / segment(study) / f"{segment(job_id)}.json"
+
+    def job_costs(self, study: str) -> Path:
+        """What each job of a study cost when it last ran (`JobCostRow`)."""
+        return self.root / "pipeline" / segment(study) / "costs.parquet"
 
     def report_dir(self, study: str) -> Path:
         return self.root / "reports" / segment(study)

@@ -151,3 +151,23 @@ class PromptRow:
     metric: str
     score: float
     best_step: int
+
+
+@dataclass(frozen=True)
+class JobCostRow:
+    """What one job of a study cost when it last ran: wall time and the CPU time of its
+    process (a worker group's coordinator only: its workers' processes are not counted)."""
+
+    SCHEMA: ClassVar[int] = 1
+    job: str
+    stage: str
+    status: str  # ran | failed
+    attempts: int
+    cpus: float  # CPUs the job asked Ray for
+    gpus: float
+    cores: float  # CPUs of the whole cluster (or machine) it ran on
+    wall_s: float | None  # of the successful attempt; None when it failed
+    cpu_s: float | None
+    examples: int | None  # prompt-tuning jobs: training examples processed
+    started: float  # the driver's clock at its first submission
+    finished: float

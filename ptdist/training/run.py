@@ -36,6 +36,7 @@ class TrainResult:
     skipped: bool
     wall_time_s: float
     store: str
+    examples: int  # training examples this call processed (0 when it found the prompt stored)
     history: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -137,10 +138,11 @@ def store_finished(config: TrainConfig, plan: RunPlan, fitted: Fitted, store: St
     state = fitted.state
     best = next(h for h in state.history if h["step"] == state.best_step)
     metrics = {k: v for k, v in best.items() if k not in ("step", "loss", "time_s")}
+    trained = (state.step - (fitted.resumed_from or 0)) * config.batch_size
     result = TrainResult(plan.prompt_id, plan.task.name, config.model, plan.task.primary_metric,
                          state.best_score, metrics, state.best_step, state.step,
                          fitted.resumed_from, False, time.time() - t0, str(store.root),
-                         state.history)
+                         trained, state.history)
     if fitted.rank == 0:
         prompt = fitted.best[PROMPT_PARAM]
         store.prompts.put(prompt, PromptManifest(
@@ -162,6 +164,7 @@ def stored_result(store: Store, prompt_id: str, skipped: bool,
     it (its wall time is then that of the lookup since ``t0``, not of the training)."""
     m = store.prompts.manifest(prompt_id)
     wall = time.time() - t0 if skipped and t0 is not None else m.wall_time_s
+    examples = 0 if skipped else (m.steps - (m.resumed_from or 0)) * m.config["batch_size"]
     return TrainResult(prompt_id, m.task, m.model, m.metric, m.score, m.metrics, m.best_step,
                        m.steps, None if skipped else m.resumed_from, skipped, wall,
-                       str(store.root), m.history)
+                       str(store.root), examples, m.history)
