@@ -116,6 +116,9 @@ def test_tpt_from_a_same_task_prompt_reaches_vanilla_in_fewer_steps(task_prompts
     assert tpt["speedup"] == first["vanilla"] / first[tpt["run"]]
     assert (folder / "curves.png").stat().st_size > 0
     assert "speed-up" in proc.stdout
+    # Seed 1 has no stored vanilla run: the command says why it trains one.
+    assert "training a vanilla run of tiny-roberta on sst2 (seed 1): the store holds no " \
+           "vanilla run of it with this seed" in proc.stderr
 
 
 @pytest.mark.slow
@@ -131,3 +134,20 @@ def test_the_matrix_command_runs_a_job_per_target_on_ray(task_prompts, tmp_path)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(out["rows"]) == 4 and Path(out["heatmap"]).exists()
     assert "relative performance (%)" in proc.stdout
+
+
+def test_tpt_says_why_it_trains_its_own_vanilla_run(task_prompts):
+    from ptdist.orchestration.stages import why_vanilla_is_trained
+    from ptdist.training import TrainConfig
+
+    root, data, ids = task_prompts
+    store = Store(root / "store")
+    # task_prompts trained sst2 with seed 0, 80 steps, eval_every 20, lr 0.1, eval_limit None
+    ours = TrainConfig(model="tiny-roberta", task="sst2", steps=40, eval_every=20,
+                       prompt_length=8, batch_size=16, lr=0.1, eval_limit=None)
+    assert why_vanilla_is_trained(store, ours, "sst2") == (
+        f"training a vanilla run of tiny-roberta on sst2 (seed 0): stored run {ids['sst2']} "
+        "differs in steps (40 here, 80 stored)")
+    other_seed = TrainConfig(**{**ours.to_dict(), "seed": 3})
+    assert why_vanilla_is_trained(store, other_seed, "sst2").endswith(
+        "the store holds no vanilla run of it with this seed")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
@@ -39,6 +40,7 @@ from ptdist.store.atomic import atomic_write_json
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.results import MatrixRow
 from ptdist.store.tables import read_records, write_records
+from ptdist.training.config import TrainConfig
 from ptdist.training.evaluation import eval_backbone
 from ptdist.training.run import plan_run
 from ptdist.transfer.matrix import (MatrixResult, MatrixSettings, matrix_sources, score_target,
@@ -178,11 +180,37 @@ def _expand_tpt(job_id: str, make_plan: Callable[[], TptPlan], store: Store,
     planned: list[Planned] = [(RunSpec(config, resources), plan_run(config, store).prompt_id)
                               for _, _, config in plan.runs()]
     new = [(run, pid) for run, pid in planned if pid not in known]
+    for (target, label, config), (_, pid) in zip(plan.runs(), planned):
+        if label == "vanilla" and pid not in known and not store.prompts.has(pid):
+            print(f"[{job_id}] {why_vanilla_is_trained(store, config, target)}",
+                  file=sys.stderr, flush=True)
     runs = prompt_jobs(new, store) if new else None
     needs = tuple(dict.fromkeys(known[pid] if pid in known else runs.jobs[pid].id
                                 for _, pid in planned))
     summary = stamp(Job(job_id, partial(_summarize, store, plan), needs=needs, resources=LIGHT))
     return [*(runs.unique() if runs else []), summary]
+
+
+def why_vanilla_is_trained(store: Store, config: TrainConfig, target: str) -> str:
+    """Why a TPT comparison trains its own vanilla run rather than reusing a stored one: the
+    settings in which the closest stored run (same model, task, seed, random init) differs."""
+    stored = [m for m in store.prompts.select(config.model, [target])
+              if m.init == "random" and m.seed == config.seed]
+    head = f"training a vanilla run of {config.model} on {target} (seed {config.seed}): "
+    if not stored:
+        return head + "the store holds no vanilla run of it with this seed"
+    ours = {k: v for k, v in config.to_dict().items() if k not in TrainConfig.NOT_HASHED}
+
+    def differences(m) -> dict:
+        return {k: (v, m.config.get(k)) for k, v in ours.items() if m.config.get(k) != v}
+
+    closest = min(stored, key=lambda m: len(differences(m)))
+    diff = differences(closest)
+    if not diff:
+        return head + (f"stored run {closest.id} has the same settings but another task "
+                       "record, init or precision")
+    return head + f"stored run {closest.id} differs in " + ", ".join(
+        f"{k} ({here} here, {there} stored)" for k, (here, there) in diff.items())
 
 
 def _summarize(store: Store, plan: TptPlan) -> dict:
