@@ -18,6 +18,7 @@ from ptdist.errors import PtdistError
 
 Batch = dict[str, torch.Tensor]
 IGNORE = -100  # target padding the loss skips
+ENCODED_CACHE = 200_000  # texts whose token ids a backbone keeps (a few hundred MB at most)
 
 
 class Backbone(nn.Module, ABC):
@@ -32,6 +33,7 @@ class Backbone(nn.Module, ABC):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self._label_ids: dict[tuple[str, ...], torch.Tensor] = {}
+        self._encoded: dict[str, list[int]] = {}  # text -> token ids (`_text_ids`)
         self.model.requires_grad_(False)
         self.model.eval()  # frozen: no dropout, so runs are deterministic and ranks agree
 
@@ -82,8 +84,16 @@ class Backbone(nn.Module, ABC):
         return torch.tensor(ids, dtype=torch.long)
 
     def _text_ids(self, texts: Sequence[str], budget: int) -> list[list[int]]:
-        encoded = self.tokenizer(list(texts), add_special_tokens=False).input_ids
-        return [ids[:budget] for ids in encoded]
+        """Token ids of each text, cut to ``budget``. A text is tokenized once per backbone
+        (training sees its rows every epoch, evaluation every eval): the ids are kept, up to
+        `ENCODED_CACHE` texts."""
+        new = [t for t in dict.fromkeys(texts) if t not in self._encoded]
+        if new:
+            if len(self._encoded) + len(new) > ENCODED_CACHE:
+                self._encoded.clear()
+            encoded = self.tokenizer(new, add_special_tokens=False).input_ids
+            self._encoded.update(zip(new, encoded))
+        return [self._encoded[t][:budget] for t in texts]
 
     def _pad(self, rows: list[list[int]], value: int) -> torch.Tensor:
         width = max(len(r) for r in rows)

@@ -53,6 +53,9 @@ def _predict(backbone: Backbone, prompts: PromptFn, copies: int, task: TaskRecor
     ``copies * n`` prompts, copy-major. Returns one prediction list per copy."""
     words = task.words_for(backbone.kind)
     indices, real = eval_shard(len(rows), rank, world)
+    # Rows of similar length share a batch, so little of each forward is padding. The padded
+    # tail that keeps ranks in step stays last; predictions go back to their rows' order below.
+    indices = sorted(indices[:real], key=lambda i: len(rows[i]["text"])) + indices[real:]
     device = next(backbone.parameters()).device
     preds: list[list] = [[] for _ in range(copies)]
     for start in range(0, len(indices), batch_size):
