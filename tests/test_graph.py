@@ -325,3 +325,19 @@ def test_jobs_never_ask_more_cpus_at_once_than_the_machine_has(ray_local, tmp_pa
     spans = [interval(tmp_path, f"j{k}") for k in range(6)]
     busiest = max(sum(start <= moment < end for start, end in spans) for moment, _ in spans)
     assert busiest == 2
+
+
+def pid() -> dict:
+    return {"pid": os.getpid()}
+
+
+def test_jobs_that_leave_nothing_behind_share_worker_processes(ray_local):
+    """Four one-after-another jobs: each gets a fresh process, unless it may reuse one."""
+    def chain_of(reuse: bool) -> list[Job]:
+        return [Job(f"j{k}", pid, needs=(f"j{k - 1}",) if k else (), reuse_process=reuse)
+                for k in range(4)]
+
+    fresh = run_graph(chain_of(False), say=lambda line: None)
+    reused = run_graph(chain_of(True), say=lambda line: None)
+    assert len({job.result["pid"] for job in fresh.jobs}) == 4
+    assert len({job.result["pid"] for job in reused.jobs}) == 1

@@ -48,6 +48,9 @@ class Job:
     done: Callable[[], bool] | None = None
     resources: Mapping[str, float] = field(default_factory=lambda: {"CPU": 1.0})
     plan: Callable[[], list["Job"]] | None = None
+    # A job that leaves nothing behind (no process group, no DeepSpeed state) may run in a
+    # CPU worker process an earlier such job used, and skip the imports a fresh one pays.
+    reuse_process: bool = False
 
     def stored(self) -> bool:
         return self.done is not None and self.done()
@@ -167,10 +170,17 @@ def _attempt(job_id: str, run: Callable[[], dict]) -> tuple[dict, float, float]:
     return result, time.time() - wall, time.process_time() - cpu
 
 
+def _attempt_in_a_used_process(job_id: str, run: Callable[[], dict]) -> tuple[dict, float, float]:
+    """`_attempt`, as a Ray task of its own so its workers may be reused (Ray sets how often a
+    worker is reused per remote function, not per call)."""
+    return _attempt(job_id, run)
+
+
 class _RayExecutor:
     """Each attempt is a Ray task in a fresh worker process (``max_calls=1``), so nothing one
     job leaves behind (a torch.distributed group, DeepSpeed state, cached GPU memory) reaches
-    the next. Ray itself retries nothing: the driver applies the failure policy."""
+    the next; a job that leaves nothing behind may reuse a CPU worker. Ray itself retries
+    nothing: the driver applies the failure policy."""
 
     def __init__(self):
         import ray
@@ -178,12 +188,15 @@ class _RayExecutor:
         if not ray.is_initialized():
             raise PtdistError("run_graph needs a Ray cluster: call it inside "
                               "ptdist.orchestration.cluster.ray_session, or pass local=True")
-        self.remote = ray.remote(max_calls=1)(_attempt)
+        self.fresh = ray.remote(max_calls=1)(_attempt)
+        self.reused = ray.remote(max_calls=0)(_attempt_in_a_used_process)
         self.pending: dict[Any, str] = {}
 
     def submit(self, job: Job) -> None:
         custom = {k: v for k, v in job.resources.items() if k not in ("CPU", "GPU")}
-        ref = self.remote.options(
+        # A GPU job always gets a fresh process: one that ends releases its cached memory.
+        reuse = job.reuse_process and not job.resources.get("GPU")
+        ref = (self.reused if reuse else self.fresh).options(
             num_cpus=job.resources.get("CPU", 0.0), num_gpus=job.resources.get("GPU", 0.0),
             resources=custom, max_retries=0, retry_exceptions=False).remote(job.id, job.run)
         self.pending[ref] = job.id

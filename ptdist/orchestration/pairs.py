@@ -105,7 +105,7 @@ def pair_jobs(spec: SweepSpec, settings: PairSettings, prompts: PromptJobs) -> P
                                          among, eval_settings),
             needs=(f"projector {pair.name}", *prompts.ids(among)),
             done=partial(evaluated, store, config.projector_id, eval_tasks),
-            resources=job_bundle(one_device(target))))
+            resources=job_bundle(one_device(target)), reuse_process=True))
         graph.pairs.append(pair)
     return graph
 

@@ -72,7 +72,8 @@ def study_jobs(study: Study, report: Report) -> list[Job]:
     projectors = sorted(pair.projector_id for pair in graph.pairs)
     everything = tuple(prompts.jobs) + tuple(projectors)
     build.add(Job("report", partial(_report, report, study, projectors),
-                  needs=tuple(j.id for j in build.jobs), resources=LIGHT), everything)
+                  needs=tuple(j.id for j in build.jobs), resources=LIGHT,
+                  reuse_process=True), everything)
     return build.jobs
 
 

@@ -62,12 +62,12 @@ def matrix_jobs(store: Store, model: str, tasks: Sequence[str], ids: Sequence[st
     parts = [tuple(tasks[i::chunks]) for i in range(min(chunks, len(tasks)))]
     if len(parts) == 1:
         return [Job(f"matrix {model}", partial(_matrix, store, select, settings), needs=needs,
-                    resources=device)]
+                    resources=device, reuse_process=True)]
     columns = [Job(f"matrix {model} [{k + 1}/{len(parts)}]",
                    partial(_score_columns, store, select, part, settings), needs=needs,
-                   resources=device) for k, part in enumerate(parts)]
+                   resources=device, reuse_process=True) for k, part in enumerate(parts)]
     assemble = Job(f"matrix {model}", partial(_assemble, store, select),
-                   needs=tuple(job.id for job in columns), resources=LIGHT)
+                   needs=tuple(job.id for job in columns), resources=LIGHT, reuse_process=True)
     return [*columns, assemble]
 
 
@@ -120,7 +120,8 @@ def capture_jobs(store: Store, model: str, ids: Sequence[str], settings: Capture
     parts = [tuple(ids[i::chunks]) for i in range(min(chunks, len(ids)))]
     name = f"capture {model}"
     return [Job(name if len(parts) == 1 else f"{name} [{k + 1}/{len(parts)}]",
-                partial(_capture, store, model, part, settings), needs=needs, resources=device)
+                partial(_capture, store, model, part, settings), needs=needs, resources=device,
+                reuse_process=True)
             for k, part in enumerate(parts)]
 
 
@@ -144,7 +145,7 @@ def run_capture(store: Store, prompts: Sequence[PromptManifest], settings: Captu
 def indicators_job(store: Store, model: str, ids: Sequence[str], protocol: str,
                    needs: tuple[str, ...]) -> Job:
     return Job(f"indicators {model}", partial(_indicators, store, model, tuple(ids), protocol),
-               needs=needs, resources=LIGHT)
+               needs=needs, resources=LIGHT, reuse_process=True)
 
 
 def _indicators(store: Store, model: str, ids: tuple[str, ...], protocol: str) -> dict:
@@ -154,7 +155,7 @@ def _indicators(store: Store, model: str, ids: tuple[str, ...], protocol: str) -
 
 def correlate_job(store: Store, model: str, needs: tuple[str, ...]) -> Job:
     return Job(f"correlate {model}", partial(_correlate, store, model), needs=needs,
-               resources=LIGHT)
+               resources=LIGHT, reuse_process=True)
 
 
 def _correlate(store: Store, model: str) -> dict:
@@ -187,7 +188,8 @@ def _expand_tpt(job_id: str, make_plan: Callable[[], TptPlan], store: Store,
     runs = prompt_jobs(new, store) if new else None
     needs = tuple(dict.fromkeys(known[pid] if pid in known else runs.jobs[pid].id
                                 for _, pid in planned))
-    summary = stamp(Job(job_id, partial(_summarize, store, plan), needs=needs, resources=LIGHT))
+    summary = stamp(Job(job_id, partial(_summarize, store, plan), needs=needs, resources=LIGHT,
+                        reuse_process=True))
     return [*(runs.unique() if runs else []), summary]
 
 
