@@ -3,6 +3,7 @@ autoscaling (fake multi-node) cluster. Everything binds to loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -66,17 +67,50 @@ def _ray(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return proc
 
 
+@contextlib.contextmanager
+def _ray_head(port: int, *args: str, env: dict | None = None):
+    """A Ray head started like a user would (`ray start --head`, here with --block), stopped by
+    killing its own process tree: `ray stop` would stop every Ray on this machine, a
+    developer's or another test run's too."""
+    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", f"--port={port}",
+                             "--disable-usage-stats", *args], env=env or _env(), text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while subprocess.run([str(BIN / "ray"), "status", f"--address=127.0.0.1:{port}"],
+                             env=_env(), capture_output=True).returncode:
+            assert head.poll() is None and time.time() < deadline, head.stderr.read()[-3000:]
+            time.sleep(1)
+        yield
+    finally:
+        tree = [psutil.Process(head.pid), *psutil.Process(head.pid).children(recursive=True)]
+        for proc in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(tree, timeout=60)
+
+
 @pytest.fixture
 def ray_head():
-    """A Ray head started like a user would (`ray start --head`), on loopback only."""
+    """A Ray head on loopback only; yields its job server's address once it answers."""
+    import urllib.error
+    import urllib.request
+
     dashboard = _free_port()
-    _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2",
-         "--disable-usage-stats", timeout=180)
-    try:
-        yield f"http://127.0.0.1:{dashboard}"
-    finally:
-        _ray("stop", "--force", timeout=180)
+    with _ray_head(_free_port(), "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+                   f"--dashboard-port={dashboard}", "--num-cpus=2"):
+        url, deadline = f"http://127.0.0.1:{dashboard}", time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/version", timeout=5)
+                break
+            except urllib.error.HTTPError:  # it answers (asking for its token): it is up
+                break
+            except OSError:
+                assert time.time() < deadline, "the head's job server never answered"
+                time.sleep(1)
+        yield url
 
 
 def test_ray_job_submit_runs_the_sweep_and_a_resubmission_runs_nothing(
@@ -210,13 +244,8 @@ def test_an_autoscaling_cluster_adds_worker_nodes_for_pending_runs(tmp_path, sen
                                       max_workers=2)
     env = dict(_env(), AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_FAKE_CLUSTER="1")
     port = 6379  # the fake provider's nodes join the GCS at Ray's default port
-    start = subprocess.run(
-        [str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=0",
-         f"--autoscaling-config={config}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={_free_port()}", "--disable-usage-stats"],
-        env=env, text=True, capture_output=True, timeout=180)
-    assert start.returncode == 0, start.stderr[-3000:]
-    try:
+    with _ray_head(port, "--num-cpus=0", f"--autoscaling-config={config}",
+                   "--dashboard-host=127.0.0.1", f"--dashboard-port={_free_port()}", env=env):
         sweep = subprocess.run(
             [sys.executable, "-m", "ptdist", "sweep", "--spec", str(spec), "--address", "auto",
              "--cluster", str(config)],
@@ -226,8 +255,6 @@ def test_an_autoscaling_cluster_adds_worker_nodes_for_pending_runs(tmp_path, sen
         assert "2/2 done" in sweep.stderr
         status = _ray("status", f"--address=127.0.0.1:{port}")
         assert re.search(r"\b[12] cpu_node\b", status.stdout), status.stdout
-    finally:
-        _ray("stop", "--force", timeout=180)
     assert [r.status for r in _rows(store, "autosweep")] == ["trained", "trained"]
 
 
