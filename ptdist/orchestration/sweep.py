@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration.cluster import ray_session
+from ptdist.orchestration.cluster import LOCAL_RAY, ray_session
 from ptdist.orchestration.failures import one_line
 from ptdist.orchestration.faults import begin_attempt
 from ptdist.orchestration.graph import Execution, Job, execute
@@ -117,7 +117,7 @@ def _tune(spec: SweepSpec, jobs: list[list[Planned]], store: Store, where: str,
     from ptdist.orchestration.progress import SweepProgress
 
     runs = [run for job in jobs for run, _ in job]
-    _check_resources(spec, runs, local=where.startswith("a local"))
+    _check_resources(spec, runs, local=where.startswith(LOCAL_RAY))
     _say(f"running {len(runs)} run(s) in {len(jobs)} job(s) on {where}; cluster resources: "
          f"{describe(ray.cluster_resources())}")
     store.root.mkdir(parents=True, exist_ok=True)
