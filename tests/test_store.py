@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,23 @@ def test_peft_adapter_gives_ptdist_logits(tmp_path, model):
     assert torch.allclose(ours, theirs, atol=1e-5), (ours, theirs)
     # the adapter reads back as a prompt, too
     assert torch.equal(store.load(str(out)), prompt)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_store_files_follow_the_umask(tmp_path, umask):
+    """A group sharing a store reads what any member wrote (umask 027: group read, no world)."""
+    from ptdist.store.results import SweepRow
+    from ptdist.store.tables import write_records
+
+    before = os.umask(umask)
+    try:
+        store = Store(tmp_path / "store")
+        prompt = torch.randn(2, 4)
+        folder = store.prompts.put(prompt, manifest("p1", prompt))
+        table = write_records(store.layout.sweep_table("s"), SweepRow, [])
+    finally:
+        os.umask(before)
+    for path in (folder / "prompt.safetensors", folder / "manifest.json", table):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
+    assert not list(folder.glob(".*"))  # no temp file left behind
