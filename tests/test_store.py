@@ -127,3 +127,28 @@ def test_store_files_follow_the_umask(tmp_path, umask):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
     assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
     assert not list(folder.glob(".*"))  # no temp file left behind
+
+
+HOSTILE = ["../../../../tmp/x", "/tmp/x", "..", ".", "", "a/../../b", "~/x", "x\x00y",
+           "C:\\x", "\u202e", "a" * 300, "google/t5-v1_1-xxl", "pkg:ptdist/models/x"]
+
+
+@pytest.mark.parametrize("name", HOSTILE, ids=range(len(HOSTILE)))
+def test_every_name_that_becomes_a_path_stays_inside_the_store(tmp_path, name):
+    """Whatever a model, task, sweep, job or prompt id is called, the layout gives one path
+    segment under the root: never a separator, `.`, `..`, a hidden name or one too long."""
+    import inspect
+
+    from ptdist.store.layout import segment
+
+    layout = Store(tmp_path / "store").layout
+    root = layout.root.resolve()
+    for method_name, method in inspect.getmembers(layout, inspect.ismethod):
+        if method_name.startswith("_") or method_name == "projected_template":
+            continue
+        path = method(*[name] * len(inspect.signature(method).parameters))
+        assert path.resolve().is_relative_to(root), (method_name, path)
+        assert path.resolve() != root
+    key = segment(name)
+    assert "/" not in key and "\x00" not in key and key not in (".", "..")
+    assert not key.startswith(".") and 0 < len(key.encode()) <= 255

@@ -29,6 +29,7 @@ from ptdist.orchestration.runs import (Planned, job_bundle, job_to_dict, pack_ru
                                        train_job)
 from ptdist.orchestration.spec import RunSpec, SweepSpec
 from ptdist.store import Store
+from ptdist.store.layout import segment
 from ptdist.store.results import SweepRow
 from ptdist.store.tables import write_records
 
@@ -130,7 +131,7 @@ def _tune(spec: SweepSpec, jobs: list[list[Planned]], store: Store, where: str,
             trial_name_creator=lambda t: t.config["job"]["id"],
             trial_dirname_creator=lambda t: t.config["job"]["runs"][0]["prompt_id"]),
         run_config=tune.RunConfig(
-            name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=f"{segment(spec.name)}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(store.layout.ray_dir("tune")), verbose=0,
             failure_config=tune.FailureConfig(max_failures=execution.max_failures),
             callbacks=[SweepProgress(spec.name, len(runs), execution.policy.attempts)]),
