@@ -168,3 +168,30 @@ def test_errors_also_come_as_json(capsys, tmp_path):
     code, out, _ = run(capsys, *TRAIN, "--model", "tiny-roberta", "--task", "sst3",
                        "--store", str(tmp_path), "--json")
     assert code == 2 and "sst3" in json.loads(out.strip().splitlines()[-1])["error"]
+
+
+@pytest.mark.parametrize("lr", ["inf", "nan", "-inf"])
+def test_a_learning_rate_that_is_not_finite_is_refused_up_front(capsys, tmp_path, lr):
+    code, _, err = run(capsys, *TRAIN, "--model", "tiny-roberta", "--task", "sst2", f"--lr={lr}",
+                       "--store", str(tmp_path / "store"))
+    _assert_one_clear_error(code, err, "lr must be a finite number")
+    assert not (tmp_path / "store").exists()
+
+
+def test_an_init_prompt_that_is_not_finite_is_refused_up_front(capsys, tmp_path, sentiment_dir):
+    from ptdist.store.prompts import write_prompt_file
+
+    nan = write_prompt_file(tmp_path / "nan.safetensors", torch.full((4, 64), float("nan")), {})
+    code, _, err = run(capsys, *TRAIN, "--model", "tiny-roberta", "--task", "sst2", "--init",
+                       f"prompt:{nan}", "--data-dir", str(sentiment_dir),
+                       "--store", str(tmp_path / "store"))
+    _assert_one_clear_error(code, err, str(nan), "256 non-finite value(s)")
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_diverging_run_is_one_clear_error_through_the_cli(capsys, tmp_path, sentiment_dir):
+    code, _, err = run(capsys, *TRAIN, "--model", "tiny-roberta", "--task", "sst2", "--lr",
+                       "1e30", "--steps", "4", "--data-dir", str(sentiment_dir),
+                       "--store", str(tmp_path / "store"))
+    _assert_one_clear_error(code, err, "diverged at step", "Lower the learning rate")
+    assert not (tmp_path / "store" / "prompts").exists()

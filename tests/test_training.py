@@ -74,6 +74,18 @@ def test_early_stopping_and_keep_best(tmp_path, sentiment_dir):
     assert result.steps_run - result.best_step == 2 * 5  # stopped two evaluations after the best
 
 
+def test_a_diverging_run_stops_with_a_clear_error_and_stores_nothing(tmp_path, sentiment_dir):
+    from ptdist.errors import PtdistError
+
+    config = TrainConfig(model="tiny-roberta", steps=6, eval_every=3,
+                         data_dir=str(sentiment_dir), **{**LEARN, "lr": 1e30})
+    with pytest.raises(PtdistError, match=r"diverged at step \d: the loss is not finite .*"
+                                          "nothing of it was stored. Lower the learning rate"):
+        train(config, Store(tmp_path))
+    assert Store(tmp_path).prompts.manifests() == []
+    assert not (tmp_path / "prompts").exists()
+
+
 def _train_args(store: Path, data: Path, steps: int, *extra: str) -> list[str]:
     return ["train", "--model", "tiny-roberta", "--task", "sst2", "--steps", str(steps),
             "--prompt-length", "8", "--lr", "0.1", "--batch-size", "16", "--eval-every", "5",

@@ -130,4 +130,9 @@ def read_prompt_file(path: Path) -> torch.Tensor:
         raise PtdistError(f"cannot read prompt file {path}: {exc}") from None
     if tensor.dim() != 2:
         raise PtdistError(f"prompt in {path} has shape {list(tensor.shape)}; expected [L, d]")
+    bad = int((~torch.isfinite(tensor)).sum())
+    if bad:
+        raise PtdistError(f"prompt in {path} holds {bad} non-finite value(s) (NaN or infinity) "
+                          f"of {tensor.numel()}: a diverged run's; train it again with a lower "
+                          "learning rate, or use another prompt")
     return tensor.float()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from ptdist.errors import PtdistError
@@ -37,6 +38,9 @@ class TrainConfig:
         for name in ("steps", "prompt_length", "batch_size", "eval_every", "max_length"):
             if getattr(self, name) < 1:
                 raise PtdistError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        for name in ("lr", "weight_decay", "grad_clip"):
+            if not math.isfinite(getattr(self, name)):
+                raise PtdistError(f"{name} must be a finite number (got {getattr(self, name)})")
         if self.lr <= 0:
             raise PtdistError(f"lr must be positive (got {self.lr})")
         if self.patience is not None and self.patience < 1:

@@ -66,3 +66,17 @@ def gather_lists(values: list) -> list:
     dist.all_gather_object(parts, values)
     return [v for part in parts for v in part]
 
+
+
+def on_every_rank(flags: list[bool]) -> list[bool]:
+    """Each flag, true only where it is true on every rank: a decision to stop that all ranks
+    take together (a rank that stopped alone would leave the others waiting in a collective)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return list(flags)
+    device = torch.device("cuda", torch.cuda.current_device()) \
+        if dist.get_backend() == "nccl" else torch.device("cpu")
+    values = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MIN)
+    return [bool(v) for v in values.tolist()]
