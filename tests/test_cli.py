@@ -195,3 +195,44 @@ def test_a_diverging_run_is_one_clear_error_through_the_cli(capsys, tmp_path, se
                        "--store", str(tmp_path / "store"))
     _assert_one_clear_error(code, err, "diverged at step", "Lower the learning rate")
     assert not (tmp_path / "store" / "prompts").exists()
+
+
+def _store_with_a_damaged_prompt(root) -> Store:
+    store = Store(root)
+    for i in range(2):
+        prompt = torch.randn(4, 64)
+        store.prompts.put(prompt, manifest(f"p{i}", prompt, created=float(i)))
+    (store.prompts.folder("p1") / "manifest.json").write_text('{"id": "p1", "model": ')
+    return store
+
+
+def test_a_damaged_manifest_is_named_by_listings_and_stops_commands_about_it(capsys, tmp_path):
+    store = _store_with_a_damaged_prompt(tmp_path / "store")
+    code, out, err = run(capsys, "prompts", "--store", str(store.root), "--json")
+    assert code == 0 and [p["id"] for p in json.loads(out.splitlines()[-1])["prompts"]] == ["p0"]
+    assert err.count("warning: prompt p1 is left out") == 1 and "Traceback" not in err
+    code, _, err = run(capsys, "export-peft", "p1", str(tmp_path / "peft"), "--store",
+                       str(store.root))
+    _assert_one_clear_error(code, err, "prompt p1", "is damaged: not valid JSON",
+                            "Remove its folder")
+    assert not (tmp_path / "peft").exists()
+    code, out, err = run(capsys, "prompts", "--check", "--store", str(store.root))
+    _assert_one_clear_error(code, err, "1 of 2 record(s)", "damaged: p1")
+    assert "p0                ok" in out and "p1                DAMAGED: manifest: not valid " \
+        "JSON" in out
+    (store.prompts.folder("p1") / "manifest.json").unlink()
+    code, out, _ = run(capsys, "prompts", "--check", "--store", str(store.root))
+    assert code == 0 and "incomplete: no manifest" in out and "0 damaged" in out
+
+
+def test_training_a_run_whose_stored_record_is_damaged_stops_with_one_line(capsys, tmp_path,
+                                                                          sentiment_dir):
+    args = [*TRAIN, "--model", "tiny-roberta", "--task", "sst2", "--eval-every", "2",
+            "--eval-limit", "8", "--data-dir", str(sentiment_dir), "--store",
+            str(tmp_path / "store"), "--json"]
+    code, out, _ = run(capsys, *args)
+    prompt_id = json.loads(out.splitlines()[-1])["prompt_id"]
+    folder = Store(tmp_path / "store").prompts.folder(prompt_id)
+    (folder / "manifest.json").write_text("{}")
+    code, _, err = run(capsys, *args)
+    _assert_one_clear_error(code, err, f"prompt {prompt_id}", "missing required key")

@@ -193,7 +193,10 @@ def _row(run: RunSpec, prompt_id: str, store: Store, result: dict | None) -> Swe
                workers=res.workers, gpus=res.gpus)
     if result is not None and "error" in result:
         return SweepRow(status="failed", error=result["error"], **row)
-    m = store.prompts.manifest(prompt_id)
+    try:
+        m = store.prompts.manifest(prompt_id)
+    except PtdistError as exc:  # a damaged record: this row fails, the sweep's others stand
+        return SweepRow(status="failed", error=str(exc), **row)
     resumed = (result or {}).get("resumed_from")
     status = "stored" if result is None or result.get("skipped") else (
         "resumed" if resumed is not None else "trained")
