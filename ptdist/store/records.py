@@ -10,7 +10,6 @@ record stops with one line saying what is wrong and what to do; `check` examines
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from collections.abc import Callable
@@ -18,20 +17,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from ptdist.checksum import file_sha256
 from ptdist.errors import PtdistError
 from ptdist.store.atomic import atomic_write, atomic_write_text
 from ptdist.store.manifests import NewerSchema, read_manifest
 
 MANIFEST = "manifest.json"
 M = TypeVar("M")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ class TrainConfig:
     data_dir: str | None = field(default=None, compare=False)
 
     # Fields that do not change what a run computes: excluded from its prompt id, so the same
-    # run submitted with another ZeRO stage or data folder is recognised as already done.
+    # run submitted with another ZeRO stage or data folder is recognised as already done (the
+    # content of the data files read is hashed instead: `training.run.prompt_id_of`).
     NOT_HASHED = ("ds_config", "data_dir")
 
     def __post_init__(self) -> None:
