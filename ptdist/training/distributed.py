@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from ptdist.training.op_builds import skip_unused_cpu_op, watched_builds
+
 
 def _loopback_interface() -> str | None:
     """The name of the network interface that holds 127.0.0.1 (``lo`` on Linux)."""
@@ -35,7 +37,9 @@ def init_distributed() -> tuple[int, int]:
             if loopback is not None:
                 os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        skip_unused_cpu_op()
+        with watched_builds():
+            deepspeed.init_distributed(dist_backend=backend, verbose=False)
         # A group still alive at interpreter teardown can abort a rank after its work is done
         # ("terminate called without an active exception"). No barrier: a rank that failed
         # alone must still be able to exit.

@@ -14,6 +14,7 @@ from torch import nn
 from ptdist.backbones import Backbone, load_backbone, resolve_model_path
 from ptdist.errors import PtdistError
 from ptdist.training.config import TrainConfig
+from ptdist.training.op_builds import watched_builds
 
 # ds_configs/ sits at the repository root: beside the package in a checkout or editable
 # install, and in the working directory of a `ray job submit --working-dir .` job.
@@ -136,6 +137,7 @@ def prompt_engine(config: TrainConfig, trainable: nn.Module, backbone: Backbone,
     scale = lr_schedule(config)
     scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
         opt, lambda s: scale(s + start_step))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                           lr_scheduler=scheduler, config=ds_config)
+    with watched_builds():
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                               lr_scheduler=scheduler, config=ds_config)
     return engine

@@ -36,6 +36,7 @@ from ptdist.training.engine import (deepspeed_config, frozen_backbone, frozen_en
                                     lr_schedule, precision_of, zero_stage)
 from ptdist.training.evaluation import evaluate_each
 from ptdist.training.fingerprint import frozen_fingerprint
+from ptdist.training.op_builds import watched_builds
 from ptdist.training.progress import Progress
 from ptdist.training.run import (Fitted, RunData, RunPlan, TrainResult, fresh_prompt,
                                  load_run_data, plan_run, store_finished, stored_result)
@@ -124,7 +125,9 @@ def _train_pack(todo: list[tuple[TrainConfig, RunPlan]], store: Store,
     first = todo[0][0]
     ds_config = deepspeed_config(todo[0][1].ds_config, first, world)
     with frozen_backbone(first, ds_config) as backbone:
-        engine, *_ = deepspeed.initialize(model=backbone, config=frozen_engine_config(ds_config))
+        with watched_builds():
+            engine, *_ = deepspeed.initialize(model=backbone,
+                                              config=frozen_engine_config(ds_config))
         backbone = engine.module
         fingerprint = frozen_fingerprint(backbone)
         runs = _start_runs(todo, backbone, store, engine.device, world)
