@@ -72,6 +72,13 @@ def dataclass_shape(cls: type, exclude: tuple[str, ...], base: type[Strict] = St
                            for f in fields(cls) if f.name not in exclude})
 
 
+def json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words (an array, null...)."""
+    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null", dict: "an object"}
+    return kinds.get(type(value), type(value).__name__)
+
+
 def read_yaml(path: Path, what: str, keys: Iterable[str]) -> dict:
     """The mapping in YAML file ``path`` (a ``what``: "sweep spec", "task file"...), with one
     clear error for an unreadable file, bad YAML or another shape."""

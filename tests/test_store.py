@@ -187,7 +187,7 @@ DAMAGE = {
     "truncated": (lambda folder: (folder / "manifest.json").write_text(
         (folder / "manifest.json").read_text()[:40]), "not valid JSON"),
     "empty": (_damage_manifest(""), "not valid JSON"),
-    "not an object": (_damage_manifest("[1, 2]"), "a manifest is a JSON object, not list"),
+    "not an object": (_damage_manifest("[1, 2]"), "a manifest is a JSON object, not an array"),
     "NaN score": (_edit_manifest(score=float("nan")), "NaN is not a JSON value"),
     "score of another type": (_edit_manifest(score="high"), "'score' must be a number"),
     "missing key": (_drop_key("model"), "missing required key 'model'"),

@@ -22,7 +22,7 @@ from functools import lru_cache
 from typing import Any, ClassVar, TypeVar
 
 from ptdist.errors import PtdistError
-from ptdist.validation import dataclass_shape, validate
+from ptdist.validation import dataclass_shape, json_kind, validate
 
 SCHEMA_VERSION = 3
 M = TypeVar("M")
@@ -61,7 +61,7 @@ def read_manifest(cls: type[M], kind: str, text: str) -> M:
     except ValueError as exc:  # JSONDecodeError is a ValueError too
         raise PtdistError(f"not valid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise PtdistError(f"a manifest is a JSON object, not {type(data).__name__}")
+        raise PtdistError(f"a manifest is a JSON object, not {json_kind(data)}")
     data = _upgrade(kind, data, getattr(cls, "_DROPPED_V1", ()))
     validate(_shape(cls), data)
     return cls(**data)

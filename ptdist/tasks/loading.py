@@ -51,7 +51,12 @@ def load_split(task: TaskRecord, split: str, *, limit: int | None = None,
                           f"{', '.join(sorted(known))}")
     raw, where = _raw_split(task, split, data_dir)
     _check_columns(raw, task, where)
-    columns = raw.select_columns(list(task.required_columns)).to_dict()
+    try:
+        columns = raw.select_columns(list(task.required_columns)).to_dict()
+    except UnicodeDecodeError as exc:  # the json and csv readers keep bytes they cannot decode
+        raise PtdistError(f"{where} is not UTF-8 text ({exc.reason} at byte {exc.start} of a "
+                          "value); save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE > "
+                          "NEW`") from None
     answer = _label_reader(task) if task.is_classification else _reference_reader(task, where)
     answer_column = task.label_column if task.is_classification else \
         task.target_column.split(".")[0]

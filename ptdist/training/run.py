@@ -95,8 +95,10 @@ class RunData:
 
 
 def load_run_data(config: TrainConfig, task: TaskRecord, backbone: Backbone) -> RunData:
-    """A run's training and evaluation rows, after checking the task suits the backbone."""
+    """A run's training and evaluation rows, after checking the task and the prompt length
+    suit the backbone."""
     check_task_fits(task, backbone)
+    backbone.check_length(config.prompt_length)
     # Subsets are drawn with a fixed seed: runs of every seed, and `ptdist eval`, see the same
     # rows, so their scores compare; the run's seed only sets the init and the data order.
     return RunData(
