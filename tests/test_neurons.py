@@ -1,13 +1,21 @@
 """Activated neurons: Parquet capture equals forward hooks, indicators on a hand example,
-bounded memory while capturing, and the correlation table on tiny presets."""
+bounded memory while capturing, a capture killed mid-commit repaired by running it again, and
+the correlation table on tiny presets."""
 
 from __future__ import annotations
 
 import math
+import shutil
+import signal
+import subprocess
+import sys
+import time
 import tracemalloc
+import uuid
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -20,6 +28,7 @@ from ptdist.neurons.correlation import correlate, spearman
 from ptdist.neurons.indicators import embedding_indicators, neuron_indicators
 from ptdist.neurons.pairs import pairwise_indicators
 from ptdist.store import Store
+from ptdist.store.activations import ActivationWriter, captured
 from ptdist.store.results import IndicatorRow, MatrixRow
 from ptdist.store.tables import read_records
 from ptdist.transfer import MatrixSettings, transfer_matrix
@@ -225,10 +234,6 @@ def test_the_data_protocol_averages_activations_over_examples(task_prompts, tmp_
 
 @pytest.mark.slow
 def test_the_neurons_commands_capture_on_ray_then_correlate(task_prompts, tmp_path):
-    import shutil
-    import subprocess
-    import sys
-
     root, data, _ = task_prompts
     shutil.copytree(root / "store" / "prompts", tmp_path / "store" / "prompts")
     env = child_env()
@@ -302,14 +307,6 @@ def _files(folder: Path) -> tuple[list[str], list[str], list[str]]:
                                                   ("after the last rename", 0, 2)])
 def test_a_capture_killed_mid_commit_is_repaired_by_running_it_again(tmp_path, uninterrupted,
                                                                      point, hidden, visible):
-    import shutil
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    import psutil
-
     reference_root, reference = uninterrupted
     shutil.copytree(reference_root / "prompts", tmp_path / "prompts")
     store = Store(tmp_path)
@@ -324,7 +321,6 @@ def test_a_capture_killed_mid_commit_is_repaired_by_running_it_again(tmp_path, u
     proc.wait()
     found = _files(folder)
     assert (len(found[0]), len(found[1]), found[2]) == (hidden, visible, []), found
-    from ptdist.store.activations import captured
     assert captured(store.layout, "tiny-roberta", "prompt") == set()  # nothing half-visible
 
     again = capture(store, store.prompts.select("tiny-roberta"), CaptureSettings())
@@ -339,8 +335,6 @@ def test_a_capture_killed_mid_commit_is_repaired_by_running_it_again(tmp_path, u
 def test_a_live_capture_is_never_cleaned_by_another(tmp_path):
     """Two captures of one model at once (capture --chunks): the second's clean-up leaves the
     first one's uncommitted files alone, and both end up captured."""
-    from ptdist.store.activations import ActivationWriter, captured
-
     store = _store_with_prompts(tmp_path, "tiny-roberta", 3)
     first, *others = store.prompts.select("tiny-roberta")
     writer = ActivationWriter(store.layout, "tiny-roberta", 128, flush_rows=1)
@@ -356,9 +350,6 @@ def test_activations_of_the_layout_before_commits_are_read_and_repaired(tmp_path
     """A store captured before commit records (part-<uuid>.parquet, no _commits) reads as it
     is; one broken by a capture killed between renames (a layer missing, a temp part left) is
     repaired by capturing again."""
-    import shutil
-    import uuid
-
     reference_root, reference = uninterrupted
     shutil.copytree(reference_root, tmp_path / "store")
     store = Store(tmp_path / "store")
@@ -369,7 +360,6 @@ def test_activations_of_the_layout_before_commits_are_read_and_repaired(tmp_path
     assert _indicator_values(store) == reference
     next(folder.glob("task=*/layer=1/part-*.parquet")).rename(
         folder / "task=sst2" / "layer=1" / f".part-{uuid.uuid4().hex}.parquet.tmp")
-    from ptdist.store.activations import captured
     assert captured(store.layout, "tiny-roberta", "prompt") == set()
     again = capture(store, store.prompts.select("tiny-roberta"), CaptureSettings())
     assert again.captured == 3 and _files(folder)[0] == []
