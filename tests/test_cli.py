@@ -328,3 +328,26 @@ def test_export_peft_onto_an_existing_file(capsys, tmp_path):
                        str(store.root))
     _assert_one_clear_error(code, err, f"{tmp_path / 'adapter'} is a file")
     assert _written(tmp_path) == before and (tmp_path / "adapter").read_text() == "mine"
+
+
+def test_a_sweep_whose_stored_prompt_is_damaged_fails_that_row_only(capsys, tmp_path,
+                                                                     sentiment_dir):
+    import yaml
+
+    from ptdist.store.results import SweepRow
+    from ptdist.store.tables import read_records
+
+    spec = {"name": "s", "storage_path": str(tmp_path / "store"),
+            "data_dir": str(sentiment_dir), "tasks": ["sst2"], "seeds": [0, 1],
+            "train": {"steps": 2, "eval_every": 2, "batch_size": 4, "prompt_length": 4,
+                      "eval_limit": 8},
+            "models": {"tiny-roberta": {}}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    code, _, _ = run(capsys, "sweep", "--spec", str(tmp_path / "spec.yaml"), "--local")
+    store = Store(tmp_path / "store")
+    first, second = read_records(store.layout.sweep_table("s"), SweepRow)
+    (store.prompts.folder(second.prompt_id) / "manifest.json").write_text("{")
+    code, out, err = run(capsys, "sweep", "--spec", str(tmp_path / "spec.yaml"), "--local")
+    _assert_one_clear_error(code, err, "1 run(s) failed", "is damaged: not valid JSON")
+    rows = read_records(store.layout.sweep_table("s"), SweepRow)
+    assert [r.status for r in rows] == ["stored", "failed"] and rows[0].score == first.score

@@ -364,3 +364,17 @@ def test_activations_of_the_layout_before_commits_are_read_and_repaired(tmp_path
     again = capture(store, store.prompts.select("tiny-roberta"), CaptureSettings())
     assert again.captured == 3 and _files(folder)[0] == []
     assert _indicator_values(store) == reference
+
+
+def test_a_committed_capture_that_lost_a_part_file_is_captured_again(tmp_path, uninterrupted,
+                                                                     capsys):
+    reference_root, reference = uninterrupted
+    shutil.copytree(reference_root, tmp_path / "store")
+    store = Store(tmp_path / "store")
+    folder = store.layout.activations("tiny-roberta")
+    next(folder.glob("task=*/layer=0/part-*.parquet")).unlink()
+    assert captured(store.layout, "tiny-roberta", "prompt") == set()
+    assert "misses 1 part file(s)" in capsys.readouterr().err
+    assert capture(store, store.prompts.select("tiny-roberta"), CaptureSettings()).captured == 3
+    assert _indicator_values(store) == reference
+    assert len(pq.read_table(folder)) == 3 * 2  # the broken commit's other part went too

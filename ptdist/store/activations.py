@@ -214,8 +214,9 @@ def _writer_alive(folder: Path, session: str) -> bool:
 
 def repair(layout: StoreLayout, model: str) -> int:
     """Clean what dead writers of ``model`` left (hidden temp files, parts no commit names,
-    unfinished commit records, lock files) and write down the commit of a store of the layout
-    before commits. Returns the number of files removed."""
+    unfinished commit records, lock files), remove commits that lost a part file, and write
+    down the commit of a store of the layout before commits. Returns the number of files
+    removed."""
     folder = layout.activations(model)
     if not folder.exists():
         return 0
@@ -230,8 +231,15 @@ def repair(layout: StoreLayout, model: str) -> int:
     # commit afterwards, so a part it committed is never taken for a leftover.
     alive = {session: _writer_alive(folder, session)
              for session in {_session(p) for p in candidates} - {None}}
-    named = {f for c in _commit_records(folder) for f in c.files}
-    removed = 0
+    removed, named = 0, set()
+    for commit in _commit_records(folder):
+        if all((folder / f).exists() for f in commit.files):
+            named.update(commit.files)
+        else:  # a commit that lost a file serves nothing: its other files and it go too
+            for path in [folder / f for f in commit.files] + [folder / COMMITS /
+                                                                f"{commit.name}.json"]:
+                removed += path.exists()
+                path.unlink(missing_ok=True)
     for path in candidates:
         session = _session(path)
         if session is None:
