@@ -29,6 +29,9 @@ def init_distributed() -> tuple[int, int]:
     import deepspeed
     import torch.distributed as dist
 
+    # Before any DeepSpeed call: deepspeed.initialize also starts DeepSpeed's comm backend
+    # (in a Ray Train worker, whose group Ray Train made), which would build the CPU op.
+    skip_unused_cpu_op()
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if "RANK" not in os.environ:
@@ -37,7 +40,6 @@ def init_distributed() -> tuple[int, int]:
             if loopback is not None:
                 os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-        skip_unused_cpu_op()
         with watched_builds():
             deepspeed.init_distributed(dist_backend=backend, verbose=False)
         # A group still alive at interpreter teardown can abort a rank after its work is done

@@ -8,7 +8,8 @@ the builder was killed.
 - When TORCH_EXTENSIONS_DIR is unset, each install (Python prefix) gets its own cache under
   ptdist's cache folder, so two virtual environments never wait on (or rebuild over) each
   other's builds.
-- On CPU, DeepSpeed builds its shared-memory comm op when the process group starts. It serves
+- On CPU, DeepSpeed builds its shared-memory comm op when its comm backend starts (at process
+  group start, or in deepspeed.initialize when Ray Train made the group). It serves
   only ``inference_all_reduce`` (tensor-parallel inference), which ptdist never calls, so ptdist
   marks it unavailable: no compiler needed, no first-run build, no lock.
 - Around the calls that may build an op (`watched_builds`), a stale lock (no process on this
