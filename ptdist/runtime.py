@@ -42,8 +42,20 @@ def quiet_libraries() -> None:
     datasets.logging.set_verbosity_error()
 
 
-def ray_environment() -> None:
-    """Keep Ray on loopback and private: no usage reporting, no cluster on a laptop's LAN.
-    Set before `ray` is imported, in the driver; workers inherit them."""
+RAY_AUTH_MODE = "RAY_AUTH_MODE"
+
+
+def ray_environment(local: bool = True) -> None:
+    """Ray's settings, set before `ray` is imported (in the driver; Ray's processes inherit
+    them): no usage reporting, and for the embedded local Ray (``local``) no cluster on the
+    machine's network: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is what keeps it on loopback
+    (otherwise Ray resolves the node address 127.0.0.1 to the machine's external address, and
+    its servers listen there and on every interface). A joined cluster keeps its own settings.
+
+    Token authentication (``RAY_AUTH_MODE``) is left to Ray, which turns it on for a local Ray
+    when the variable is unset: set here, after a program imported ray, it would reach Ray's
+    processes but not the driver, which could then not connect to them.
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if local:
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -64,11 +64,19 @@ def as_written(shape: type[Strict]) -> Any:
 def dataclass_shape(cls: type, exclude: tuple[str, ...], base: type[Strict] = Strict
                     ) -> type[Strict]:
     """The shape of a mapping of dataclass ``cls``'s fields but ``exclude``, with their types
-    and defaults: the keys a file may set follow the dataclass and cannot drift from it."""
+    and defaults (a field without one is required): the keys a file may set follow the
+    dataclass and cannot drift from it."""
     hints = get_type_hints(cls)
     return create_model(f"{cls.__name__}Settings", __base__=base,
-                        **{f.name: (hints[f.name], f.default) for f in fields(cls)
-                           if f.name not in exclude})
+                        **{f.name: (hints[f.name], ... if f.default is MISSING else f.default)
+                           for f in fields(cls) if f.name not in exclude})
+
+
+def json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words (an array, null...)."""
+    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null", dict: "an object"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def read_yaml(path: Path, what: str, keys: Iterable[str]) -> dict:

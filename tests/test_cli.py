@@ -168,3 +168,186 @@ def test_errors_also_come_as_json(capsys, tmp_path):
     code, out, _ = run(capsys, *TRAIN, "--model", "tiny-roberta", "--task", "sst3",
                        "--store", str(tmp_path), "--json")
     assert code == 2 and "sst3" in json.loads(out.strip().splitlines()[-1])["error"]
+
+
+@pytest.mark.parametrize("lr", ["inf", "nan", "-inf"])
+def test_a_learning_rate_that_is_not_finite_is_refused_up_front(capsys, tmp_path, lr):
+    code, _, err = run(capsys, *TRAIN, "--model", "tiny-roberta", "--task", "sst2", f"--lr={lr}",
+                       "--store", str(tmp_path / "store"))
+    _assert_one_clear_error(code, err, "lr must be a finite number")
+    assert not (tmp_path / "store").exists()
+
+
+def test_an_init_prompt_that_is_not_finite_is_refused_up_front(capsys, tmp_path, sentiment_dir):
+    from ptdist.store.prompts import write_prompt_file
+
+    nan = write_prompt_file(tmp_path / "nan.safetensors", torch.full((4, 64), float("nan")), {})
+    code, _, err = run(capsys, *TRAIN, "--model", "tiny-roberta", "--task", "sst2", "--init",
+                       f"prompt:{nan}", "--data-dir", str(sentiment_dir),
+                       "--store", str(tmp_path / "store"))
+    _assert_one_clear_error(code, err, str(nan), "256 non-finite value(s)")
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_diverging_run_is_one_clear_error_through_the_cli(capsys, tmp_path, sentiment_dir):
+    code, _, err = run(capsys, *TRAIN, "--model", "tiny-roberta", "--task", "sst2", "--lr",
+                       "1e30", "--steps", "4", "--data-dir", str(sentiment_dir),
+                       "--store", str(tmp_path / "store"))
+    _assert_one_clear_error(code, err, "diverged at step", "Lower the learning rate")
+    assert not (tmp_path / "store" / "prompts").exists()
+
+
+def _store_with_a_damaged_prompt(root) -> Store:
+    store = Store(root)
+    for i in range(2):
+        prompt = torch.randn(4, 64)
+        store.prompts.put(prompt, manifest(f"p{i}", prompt, created=float(i)))
+    (store.prompts.folder("p1") / "manifest.json").write_text('{"id": "p1", "model": ')
+    return store
+
+
+def test_a_damaged_manifest_is_named_by_listings_and_stops_commands_about_it(capsys, tmp_path):
+    store = _store_with_a_damaged_prompt(tmp_path / "store")
+    code, out, err = run(capsys, "prompts", "--store", str(store.root), "--json")
+    assert code == 0 and [p["id"] for p in json.loads(out.splitlines()[-1])["prompts"]] == ["p0"]
+    assert err.count("warning: prompt p1 is left out") == 1 and "Traceback" not in err
+    code, _, err = run(capsys, "export-peft", "p1", str(tmp_path / "peft"), "--store",
+                       str(store.root))
+    _assert_one_clear_error(code, err, "prompt p1", "is damaged: not valid JSON",
+                            "Remove its folder")
+    assert not (tmp_path / "peft").exists()
+    code, out, err = run(capsys, "prompts", "--check", "--store", str(store.root))
+    _assert_one_clear_error(code, err, "1 of 2 record(s)", "damaged: p1")
+    assert "p0                ok" in out and "p1                DAMAGED: manifest: not valid " \
+        "JSON" in out
+    (store.prompts.folder("p1") / "manifest.json").unlink()
+    code, out, _ = run(capsys, "prompts", "--check", "--store", str(store.root))
+    assert code == 0 and "incomplete: no manifest" in out and "0 damaged" in out
+
+
+def test_training_a_run_whose_stored_record_is_damaged_stops_with_one_line(capsys, tmp_path,
+                                                                          sentiment_dir):
+    args = [*TRAIN, "--model", "tiny-roberta", "--task", "sst2", "--eval-every", "2",
+            "--eval-limit", "8", "--data-dir", str(sentiment_dir), "--store",
+            str(tmp_path / "store"), "--json"]
+    code, out, _ = run(capsys, *args)
+    prompt_id = json.loads(out.splitlines()[-1])["prompt_id"]
+    folder = Store(tmp_path / "store").prompts.folder(prompt_id)
+    (folder / "manifest.json").write_text("{}")
+    code, _, err = run(capsys, *args)
+    _assert_one_clear_error(code, err, f"prompt {prompt_id}", "missing required key")
+
+
+def _written(root) -> list[str]:
+    """Every file under ``root`` (the test's folder), to see that a refused command wrote
+    nothing."""
+    from pathlib import Path
+
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("config,needles", [
+    ("[1, 2]", ["is an array, not a JSON object"]),
+    ('{"bf16": 1}', ["'bf16' must be a mapping (got 1)"]),
+    ('{"bf16": {"enabled": "yes"}}', ["'bf16.enabled' must be true or false"]),
+    ('{"zero_optimization": {"stage": 4}}', ["'zero_optimization.stage' must be 0, 1, 2 or 3"]),
+], ids=["a list", "bf16 as 1", "enabled as a string", "stage 4"])
+def test_a_deepspeed_config_of_the_wrong_shape(capsys, tmp_path, sentiment_dir, config,
+                                               needles):
+    (tmp_path / "ds.json").write_text(config)
+    before = _written(tmp_path)
+    code, _, err = run(capsys, *TRAIN, "--model", "tiny-roberta", "--task", "sst2",
+                       "--ds-config", str(tmp_path / "ds.json"), "--data-dir",
+                       str(sentiment_dir), "--store", str(tmp_path / "store"))
+    _assert_one_clear_error(code, err, f"DeepSpeed config {tmp_path / 'ds.json'}", *needles)
+    assert _written(tmp_path) == before
+
+
+@pytest.mark.parametrize("setting,needle", [
+    ({"models": {"tiny-roberta": {"resources": {"cpus": "two"}}}},
+     "'models.tiny-roberta.resources.cpus' must be a number (got 'two')"),
+    ({"train": {"lr": "0.1"}}, "'train.lr' must be a number (got '0.1')"),
+    ({"train": {"lr": float("inf")}}, "lr must be a finite number (got inf)"),
+    ({"name": "../../../../tmp/x"}, "'name' must be one plain name"),
+], ids=["cpus two", "lr as a string", "lr inf", "name outside the store"])
+def test_a_sweep_spec_with_a_bad_value(capsys, tmp_path, setting, needle):
+    import yaml
+
+    spec = {"storage_path": str(tmp_path / "store"), "tasks": ["sst2"],
+            "train": {"steps": 2, "batch_size": 4, "prompt_length": 4},
+            "models": {"tiny-roberta": {}}}
+    for key, value in setting.items():
+        spec[key] = {**spec[key], **value} if isinstance(spec.get(key), dict) else value
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    code, _, err = run(capsys, "sweep", "--spec", str(tmp_path / "spec.yaml"), "--local")
+    _assert_one_clear_error(code, err, needle)
+    assert _written(tmp_path) == ["spec.yaml"]
+
+
+def test_a_prompt_longer_than_the_model_positions(capsys, tmp_path, sentiment_dir):
+    """tiny-roberta has 512 positions (514 less RoBERTa's padding offset); 400 + 128 is more."""
+    code, _, err = run(capsys, *TRAIN[:5], "--prompt-length", "400", "--batch-size", "4",
+                       "--model", "tiny-roberta", "--task", "sst2", "--data-dir",
+                       str(sentiment_dir), "--store", str(tmp_path / "store"))
+    _assert_one_clear_error(code, err, "prompt length 400 plus max_length 128",
+                            "has 512", "--prompt-length 384 or less")
+    assert _written(tmp_path) == []
+
+
+def test_a_data_file_that_is_not_utf8(capsys, tmp_path):
+    data = tmp_path / "data" / "sst2"
+    data.mkdir(parents=True)
+    for split, label in (("train", 1), ("eval", 0)):
+        (data / f"{split}.jsonl").write_bytes(
+            f'{{"sentence": "caf\xe9 good", "label": {label}}}\n'.encode("latin-1"))
+    before = _written(tmp_path)
+    code, _, err = run(capsys, *TRAIN, "--model", "tiny-roberta", "--task", "sst2",
+                       "--data-dir", str(tmp_path / "data"), "--store", str(tmp_path / "store"))
+    _assert_one_clear_error(code, err, "train.jsonl is not UTF-8 text", "iconv")
+    assert _written(tmp_path) == before
+
+
+def test_a_store_that_is_a_file_is_refused_before_any_work(capsys, tmp_path, sentiment_dir):
+    (tmp_path / "store").write_text("not a folder")
+    code, _, err = run(capsys, *TRAIN, "--model", "tiny-roberta", "--task", "sst2",
+                       "--data-dir", str(sentiment_dir), "--store", str(tmp_path / "store"))
+    _assert_one_clear_error(code, err, f"{tmp_path / 'store'} is a file, not a folder")
+    assert "[ptdist] loaded" not in err  # refused before the model loads
+    assert _written(tmp_path) == ["store"] and (tmp_path / "store").read_text() == "not a folder"
+    code, _, err = run(capsys, "prompts", "--store", str(tmp_path / "store" / "below"))
+    _assert_one_clear_error(code, err, "is a file, not a folder")
+
+
+def test_export_peft_onto_an_existing_file(capsys, tmp_path):
+    store = Store(tmp_path / "store")
+    prompt = torch.randn(4, 64)
+    store.prompts.put(prompt, manifest("p0", prompt))
+    (tmp_path / "adapter").write_text("mine")
+    before = _written(tmp_path)
+    code, _, err = run(capsys, "export-peft", "p0", str(tmp_path / "adapter"), "--store",
+                       str(store.root))
+    _assert_one_clear_error(code, err, f"{tmp_path / 'adapter'} is a file")
+    assert _written(tmp_path) == before and (tmp_path / "adapter").read_text() == "mine"
+
+
+def test_a_sweep_whose_stored_prompt_is_damaged_fails_that_row_only(capsys, tmp_path,
+                                                                     sentiment_dir):
+    import yaml
+
+    from ptdist.store.results import SweepRow
+    from ptdist.store.tables import read_records
+
+    spec = {"name": "s", "storage_path": str(tmp_path / "store"),
+            "data_dir": str(sentiment_dir), "tasks": ["sst2"], "seeds": [0, 1],
+            "train": {"steps": 2, "eval_every": 2, "batch_size": 4, "prompt_length": 4,
+                      "eval_limit": 8},
+            "models": {"tiny-roberta": {}}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    code, _, _ = run(capsys, "sweep", "--spec", str(tmp_path / "spec.yaml"), "--local")
+    store = Store(tmp_path / "store")
+    first, second = read_records(store.layout.sweep_table("s"), SweepRow)
+    (store.prompts.folder(second.prompt_id) / "manifest.json").write_text("{")
+    code, out, err = run(capsys, "sweep", "--spec", str(tmp_path / "spec.yaml"), "--local")
+    _assert_one_clear_error(code, err, "1 run(s) failed", "is damaged: not valid JSON")
+    rows = read_records(store.layout.sweep_table("s"), SweepRow)
+    assert [r.status for r in rows] == ["stored", "failed"] and rows[0].score == first.score

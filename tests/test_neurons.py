@@ -1,12 +1,21 @@
 """Activated neurons: Parquet capture equals forward hooks, indicators on a hand example,
-bounded memory while capturing, and the correlation table on tiny presets."""
+bounded memory while capturing, a capture killed mid-commit repaired by running it again, and
+the correlation table on tiny presets."""
 
 from __future__ import annotations
 
 import math
+import shutil
+import signal
+import subprocess
+import sys
+import time
 import tracemalloc
+import uuid
+from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -19,6 +28,7 @@ from ptdist.neurons.correlation import correlate, spearman
 from ptdist.neurons.indicators import embedding_indicators, neuron_indicators
 from ptdist.neurons.pairs import pairwise_indicators
 from ptdist.store import Store
+from ptdist.store.activations import ActivationWriter, captured
 from ptdist.store.results import IndicatorRow, MatrixRow
 from ptdist.store.tables import read_records
 from ptdist.transfer import MatrixSettings, transfer_matrix
@@ -224,10 +234,6 @@ def test_the_data_protocol_averages_activations_over_examples(task_prompts, tmp_
 
 @pytest.mark.slow
 def test_the_neurons_commands_capture_on_ray_then_correlate(task_prompts, tmp_path):
-    import shutil
-    import subprocess
-    import sys
-
     root, data, _ = task_prompts
     shutil.copytree(root / "store" / "prompts", tmp_path / "store" / "prompts")
     env = child_env()
@@ -248,3 +254,127 @@ def test_the_neurons_commands_capture_on_ray_then_correlate(task_prompts, tmp_pa
     ptdist("neurons", "indicators", "--model", "tiny-roberta")
     table = ptdist("neurons", "correlate", "--model", "tiny-roberta").stdout
     assert "ON_layer_1" in table and "E_concat" in table and "layer-wise ON curve" in table
+
+
+# A capture in a child process that stops itself (SIGSTOP) at a chosen point of its commit, so
+# the test sees the store in exactly that state and kills it there for real (SIGKILL). The
+# store's code runs unchanged; only os.replace, which makes each file visible, is watched.
+KILLABLE_CAPTURE = """
+import os, signal, sys
+point, root = sys.argv[1], sys.argv[2]
+real_replace, parts = os.replace, []
+
+def replace(src, dst):
+    if str(dst).endswith(".parquet"):
+        if (point, len(parts)) in (("before the first rename", 0), ("between renames", 1)):
+            os.kill(os.getpid(), signal.SIGSTOP)
+        parts.append(dst)
+    elif "_commits" in str(dst) and point == "after the last rename":
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return real_replace(src, dst)
+
+os.replace = replace
+from ptdist.neurons.collect import CaptureSettings, capture
+from ptdist.store import Store
+store = Store(root)
+capture(store, store.prompts.select("tiny-roberta"), CaptureSettings())
+"""
+
+
+def _indicator_values(store: Store) -> dict:
+    result = pairwise_indicators(store, "tiny-roberta", store.prompts.select("tiny-roberta"))
+    return {(r.prompt_a, r.prompt_b, r.indicator): r.value for r in result.rows}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, dict]:
+    """Three prompts captured without a fault, and their indicators."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    store = _store_with_prompts(root, "tiny-roberta", 3)
+    capture(store, store.prompts.select("tiny-roberta"), CaptureSettings())
+    return root, _indicator_values(store)
+
+
+def _files(folder: Path) -> tuple[list[str], list[str], list[str]]:
+    """(hidden part files, visible part files, commit records) under an activation folder."""
+    parts = [p.name for p in folder.glob("task=*/layer=*/*")]
+    return ([n for n in parts if n.startswith(".")], [n for n in parts if not n.startswith(".")],
+            [p.name for p in (folder / "_commits").glob("*.json")])
+
+
+@pytest.mark.parametrize("point,hidden,visible", [("before the first rename", 2, 0),
+                                                  ("between renames", 1, 1),
+                                                  ("after the last rename", 0, 2)])
+def test_a_capture_killed_mid_commit_is_repaired_by_running_it_again(tmp_path, uninterrupted,
+                                                                     point, hidden, visible):
+    reference_root, reference = uninterrupted
+    shutil.copytree(reference_root / "prompts", tmp_path / "prompts")
+    store = Store(tmp_path)
+    folder = store.layout.activations("tiny-roberta")
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE_CAPTURE, point, str(tmp_path)],
+                            env=child_env(), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while psutil.Process(proc.pid).status() != psutil.STATUS_STOPPED:
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    found = _files(folder)
+    assert (len(found[0]), len(found[1]), found[2]) == (hidden, visible, []), found
+    assert captured(store.layout, "tiny-roberta", "prompt") == set()  # nothing half-visible
+
+    again = capture(store, store.prompts.select("tiny-roberta"), CaptureSettings())
+    assert (again.captured, again.skipped) == (3, 0)
+    hidden_after, visible_after, commits = _files(folder)
+    assert hidden_after == [] and len(visible_after) == 2 and len(commits) == 1
+    assert not list((folder / "_writers").glob("*"))
+    assert len(pq.read_table(folder)) == 3 * 2  # any Parquet reader sees one clean capture
+    assert _indicator_values(store) == reference
+
+
+def test_a_live_capture_is_never_cleaned_by_another(tmp_path):
+    """Two captures of one model at once (capture --chunks): the second's clean-up leaves the
+    first one's uncommitted files alone, and both end up captured."""
+    store = _store_with_prompts(tmp_path, "tiny-roberta", 3)
+    first, *others = store.prompts.select("tiny-roberta")
+    writer = ActivationWriter(store.layout, "tiny-roberta", 128, flush_rows=1)
+    writer.add(first.id, first.task, "prompt", 0, np.ones((2, 128)), ["encoder.0", "encoder.1"])
+    assert len(_files(store.layout.activations("tiny-roberta"))[0]) == 2
+    capture(store, others, CaptureSettings())
+    writer.close()
+    assert captured(store.layout, "tiny-roberta", "prompt") == {m.id for m in [first, *others]}
+    assert len(pq.read_table(store.layout.activations("tiny-roberta"))) == 3 * 2
+
+
+def test_activations_of_the_layout_before_commits_are_read_and_repaired(tmp_path, uninterrupted):
+    """A store captured before commit records (part-<uuid>.parquet, no _commits) reads as it
+    is; one broken by a capture killed between renames (a layer missing, a temp part left) is
+    repaired by capturing again."""
+    reference_root, reference = uninterrupted
+    shutil.copytree(reference_root, tmp_path / "store")
+    store = Store(tmp_path / "store")
+    folder = store.layout.activations("tiny-roberta")
+    shutil.rmtree(folder / "_commits")
+    for part in folder.glob("task=*/layer=*/part-*.parquet"):
+        part.rename(part.with_name(f"part-{uuid.uuid4().hex}.parquet"))
+    assert _indicator_values(store) == reference
+    next(folder.glob("task=*/layer=1/part-*.parquet")).rename(
+        folder / "task=sst2" / "layer=1" / f".part-{uuid.uuid4().hex}.parquet.tmp")
+    assert captured(store.layout, "tiny-roberta", "prompt") == set()
+    again = capture(store, store.prompts.select("tiny-roberta"), CaptureSettings())
+    assert again.captured == 3 and _files(folder)[0] == []
+    assert _indicator_values(store) == reference
+
+
+def test_a_committed_capture_that_lost_a_part_file_is_captured_again(tmp_path, uninterrupted,
+                                                                     capsys):
+    reference_root, reference = uninterrupted
+    shutil.copytree(reference_root, tmp_path / "store")
+    store = Store(tmp_path / "store")
+    folder = store.layout.activations("tiny-roberta")
+    next(folder.glob("task=*/layer=0/part-*.parquet")).unlink()
+    assert captured(store.layout, "tiny-roberta", "prompt") == set()
+    assert "misses 1 part file(s)" in capsys.readouterr().err
+    assert capture(store, store.prompts.select("tiny-roberta"), CaptureSettings()).captured == 3
+    assert _indicator_values(store) == reference
+    assert len(pq.read_table(folder)) == 3 * 2  # the broken commit's other part went too

@@ -171,3 +171,14 @@ def test_a_sweep_trains_a_pack_on_a_two_worker_group_and_reports_each_run(tmp_pa
         torch.testing.assert_close(store.prompts.tensor(row.prompt_id),
                                    one_process.prompts.tensor(result.prompt_id), atol=1e-5,
                                    rtol=0)
+
+
+def test_a_diverging_run_of_a_pack_is_named_and_the_others_are_stored(tmp_path, two_tasks):
+    """lr 1e30 sends the prompt to ~1e30 in one step: the next forward is no longer finite."""
+    sane, wild = _configs(*two_tasks, model="tiny-roberta", steps=4, eval_every=2)[:2]
+    wild = TrainConfig(**{**wild.to_dict(), "lr": 1e30})
+    store = Store(tmp_path)
+    with pytest.raises(PtdistError, match=r"diverged at step \d: the loss is not finite") as err:
+        train_packed([sane, wild], store)
+    assert "seed 1" in str(err.value) and "1 other run(s) of its pack" in str(err.value)
+    assert [m.seed for m in store.prompts.manifests()] == [0]

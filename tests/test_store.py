@@ -1,4 +1,8 @@
+import hashlib
 import json
+import os
+import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -31,12 +35,13 @@ def test_put_and_load_round_trip_only_safetensors_and_json(tmp_path):
     prompt = torch.randn(4, 8)
     folder = store.put(prompt, manifest("p1", prompt))
     assert torch.equal(store.tensor("p1"), prompt)
-    assert store.manifest("p1") == manifest("p1", prompt)
+    checksum = hashlib.sha256((folder / "prompt.safetensors").read_bytes()).hexdigest()
+    assert store.manifest("p1") == replace(manifest("p1", prompt), file_sha256=checksum)
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "prompt.safetensors"]
     assert store.load(str(folder)).equal(prompt)
     assert store.load(str(folder / "prompt.safetensors")).equal(prompt)
     assert [m.id for m in store.manifests()] == ["p1"]
-    assert json.loads((folder / "manifest.json").read_text())["schema_version"] == 2
+    assert json.loads((folder / "manifest.json").read_text())["schema_version"] == 3
 
 
 def test_a_manifest_of_the_previous_layout_still_loads(tmp_path):
@@ -50,7 +55,7 @@ def test_a_manifest_of_the_previous_layout_still_loads(tmp_path):
     assert (m.model, m.task, m.seed, m.score, m.shape) == \
         ("tiny-roberta", "sst2", 0, 68.75, [8, 64])
     assert m.task_ref == "sst2" and m.max_length == 128 and m.prompt_length == 8
-    assert m.schema_version == 2
+    assert m.schema_version == 3 and m.file_sha256 is None
 
 
 def test_a_manifest_of_a_newer_schema_is_refused_clearly(tmp_path):
@@ -58,8 +63,8 @@ def test_a_manifest_of_a_newer_schema_is_refused_clearly(tmp_path):
     store = Store(tmp_path).prompts
     folder = store.put(prompt, manifest("p1", prompt))
     data = json.loads((folder / "manifest.json").read_text())
-    (folder / "manifest.json").write_text(json.dumps(dict(data, schema_version=3)))
-    with pytest.raises(PtdistError, match="schema version 3, newer than this ptdist reads"):
+    (folder / "manifest.json").write_text(json.dumps(dict(data, schema_version=4)))
+    with pytest.raises(PtdistError, match="schema version 4, newer than this ptdist reads"):
         store.manifest("p1")
 
 
@@ -105,3 +110,134 @@ def test_peft_adapter_gives_ptdist_logits(tmp_path, model):
     assert torch.allclose(ours, theirs, atol=1e-5), (ours, theirs)
     # the adapter reads back as a prompt, too
     assert torch.equal(store.load(str(out)), prompt)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_store_files_follow_the_umask(tmp_path, umask):
+    """A group sharing a store reads what any member wrote (umask 027: group read, no world)."""
+    from ptdist.store.results import SweepRow
+    from ptdist.store.tables import write_records
+
+    before = os.umask(umask)
+    try:
+        store = Store(tmp_path / "store")
+        prompt = torch.randn(2, 4)
+        folder = store.prompts.put(prompt, manifest("p1", prompt))
+        table = write_records(store.layout.sweep_table("s"), SweepRow, [])
+    finally:
+        os.umask(before)
+    for path in (folder / "prompt.safetensors", folder / "manifest.json", table):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
+    assert not list(folder.glob(".*"))  # no temp file left behind
+
+
+HOSTILE = ["../../../../tmp/x", "/tmp/x", "..", ".", "", "a/../../b", "~/x", "x\x00y",
+           "C:\\x", "\u202e", "a" * 300, "google/t5-v1_1-xxl", "pkg:ptdist/models/x"]
+
+
+@pytest.mark.parametrize("name", HOSTILE, ids=range(len(HOSTILE)))
+def test_every_name_that_becomes_a_path_stays_inside_the_store(tmp_path, name):
+    """Whatever a model, task, sweep, job or prompt id is called, the layout gives one path
+    segment under the root: never a separator, `.`, `..`, a hidden name or one too long."""
+    import inspect
+
+    from ptdist.store.layout import segment
+
+    layout = Store(tmp_path / "store").layout
+    root = layout.root.resolve()
+    for method_name, method in inspect.getmembers(layout, inspect.ismethod):
+        if method_name.startswith("_") or method_name == "projected_template":
+            continue
+        path = method(*[name] * len(inspect.signature(method).parameters))
+        assert path.resolve().is_relative_to(root), (method_name, path)
+        assert path.resolve() != root
+    key = segment(name)
+    assert "/" not in key and "\x00" not in key and key not in (".", "..")
+    assert not key.startswith(".") and 0 < len(key.encode()) <= 255
+
+
+def _damage_manifest(text: str):
+    return lambda folder: (folder / "manifest.json").write_text(text)
+
+
+def _edit_manifest(**change):
+    def edit(folder: Path) -> None:
+        data = json.loads((folder / "manifest.json").read_text())
+        (folder / "manifest.json").write_text(json.dumps({**data, **change}))
+    return edit
+
+
+def _drop_key(key: str):
+    def edit(folder: Path) -> None:
+        data = json.loads((folder / "manifest.json").read_text())
+        (folder / "manifest.json").write_text(json.dumps({k: v for k, v in data.items()
+                                                          if k != key}))
+    return edit
+
+
+def _flip_a_byte(folder: Path) -> None:
+    path = folder / "prompt.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "truncated": (lambda folder: (folder / "manifest.json").write_text(
+        (folder / "manifest.json").read_text()[:40]), "not valid JSON"),
+    "empty": (_damage_manifest(""), "not valid JSON"),
+    "not an object": (_damage_manifest("[1, 2]"), "a manifest is a JSON object, not an array"),
+    "NaN score": (_edit_manifest(score=float("nan")), "NaN is not a JSON value"),
+    "score of another type": (_edit_manifest(score="high"), "'score' must be a number"),
+    "missing key": (_drop_key("model"), "missing required key 'model'"),
+    "unknown key": (_edit_manifest(colour="red"), "unknown key 'colour'"),
+    "binary garbage": (lambda folder: (folder / "manifest.json").write_bytes(b"\xff\xfe\x00"),
+                       "not valid JSON"),
+    "tensor file altered": (_flip_a_byte, "does not match the checksum"),
+    "tensor file missing": (lambda folder: (folder / "prompt.safetensors").unlink(),
+                            "prompt.safetensors is missing"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_record_is_named_and_the_others_still_serve(tmp_path, capsys, damage):
+    """Listing names the damaged prompt on stderr and carries on; a command about that prompt
+    stops with one clear error; `check` names the problem."""
+    hurt, problem = DAMAGE[damage]
+    store = Store(tmp_path)
+    for i in range(3):
+        prompt = torch.randn(2, 4)
+        store.prompts.put(prompt, manifest(f"p{i}", prompt, created=float(i)))
+    hurt(store.prompts.folder("p1"))
+    listed = [m.id for m in Store(tmp_path).prompts.select("tiny-roberta")]
+    manifest_damaged = damage not in ("tensor file altered", "tensor file missing")
+    assert listed == (["p0", "p2"] if manifest_damaged else ["p0", "p1", "p2"])
+    err = capsys.readouterr().err
+    assert ("warning: prompt p1 is left out" in err) == manifest_damaged
+    with pytest.raises(PtdistError, match=f"prompt p1 in store {tmp_path} is damaged: .*"
+                                          f"{problem}.*Remove its folder"):
+        store.prompts.tensor("p1")
+    assert torch.equal(store.prompts.tensor("p2"), store.prompts.tensor("p2"))
+    checked = {c.id: c.problem for c in store.prompts.check()}
+    assert checked["p0"] is None and checked["p2"] is None and problem in checked["p1"]
+
+
+def test_a_schema_2_manifest_reads_without_a_checksum(tmp_path):
+    store = Store(tmp_path).prompts
+    prompt = torch.randn(2, 4)
+    folder = store.put(prompt, manifest("p1", prompt))
+    data = json.loads((folder / "manifest.json").read_text())
+    del data["file_sha256"]
+    (folder / "manifest.json").write_text(json.dumps(dict(data, schema_version=2)))
+    assert store.manifest("p1").file_sha256 is None and torch.equal(store.tensor("p1"), prompt)
+    [checked] = store.check()
+    assert checked.problem is None and "no checksum recorded" in checked.note
+
+
+def test_a_manifest_that_is_not_strict_json_is_never_written(tmp_path):
+    store = Store(tmp_path).prompts
+    prompt = torch.randn(2, 4)
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        store.put(prompt, manifest("p1", prompt, score=float("nan")))
+    assert not store.folder("p1").exists()

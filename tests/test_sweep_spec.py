@@ -73,6 +73,9 @@ def test_a_spec_expands_to_every_model_task_seed_init(tmp_path):
     ({"max_failures": True}, "'max_failures' must be an integer (got True)"),
     ({"max_failures": -1}, "'max_failures' must be a non-negative integer (got -1)"),
     ({"storage_path": 5}, "'storage_path' must be a string (got 5)"),
+    ({"name": "../../../../tmp/x"}, "'name' must be one plain name (letters, digits"),
+    ({"name": "/tmp/x"}, "'name' must be one plain name"),
+    ({"name": ".."}, "'name' must be one plain name"),
     ({"models": {"tiny-roberta": 3}}, "'models.tiny-roberta' must be a mapping (got 3); keys: "
                                       "resources, ds_config"),
 ])

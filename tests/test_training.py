@@ -63,6 +63,28 @@ def test_the_same_run_is_not_trained_twice(tmp_path, sentiment_dir):
     assert other_seed.prompt_id != first.prompt_id
 
 
+def test_the_prompt_id_follows_the_rows_read_not_where_they_lie(tmp_path, sentiment_dir):
+    """The same rows in another folder are the same run; other rows are another run, even
+    with every setting equal (it used to answer "already in the store" with the old score)."""
+    import shutil
+    from dataclasses import replace
+
+    from tests.conftest import sentiment_rows, write_jsonl
+
+    store = Store(tmp_path / "store")
+    config = TrainConfig(model="tiny-roberta", steps=2, eval_every=2,
+                         data_dir=str(sentiment_dir), **LEARN)
+    first = train(config, store)
+    shutil.copytree(sentiment_dir / "sst2", tmp_path / "moved" / "sst2")
+    moved = train(replace(config, data_dir=str(tmp_path / "moved")), store)
+    assert moved.skipped and moved.prompt_id == first.prompt_id
+    shutil.copytree(sentiment_dir / "sst2", tmp_path / "other" / "sst2")
+    write_jsonl(tmp_path / "other" / "sst2" / "train.jsonl", sentiment_rows(256, seed=7))
+    other = train(replace(config, data_dir=str(tmp_path / "other")), store)
+    assert not other.skipped and other.prompt_id != first.prompt_id
+    assert len(store.prompts.manifests()) == 2
+
+
 def test_early_stopping_and_keep_best(tmp_path, sentiment_dir):
     config = TrainConfig(model="tiny-roberta", steps=400, eval_every=5, patience=2, lr=1.0,
                          data_dir=str(sentiment_dir), task="sst2", prompt_length=8,
@@ -72,6 +94,18 @@ def test_early_stopping_and_keep_best(tmp_path, sentiment_dir):
     scores = [h["accuracy"] for h in result.history]
     assert result.score == max(scores)
     assert result.steps_run - result.best_step == 2 * 5  # stopped two evaluations after the best
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_stores_nothing(tmp_path, sentiment_dir):
+    from ptdist.errors import PtdistError
+
+    config = TrainConfig(model="tiny-roberta", steps=6, eval_every=3,
+                         data_dir=str(sentiment_dir), **{**LEARN, "lr": 1e30})
+    with pytest.raises(PtdistError, match=r"diverged at step \d: the loss is not finite .*"
+                                          "nothing of it was stored. Lower the learning rate"):
+        train(config, Store(tmp_path))
+    assert Store(tmp_path).prompts.manifests() == []
+    assert not (tmp_path / "prompts").exists()
 
 
 def _train_args(store: Path, data: Path, steps: int, *extra: str) -> list[str]:
@@ -226,14 +260,16 @@ def test_generation_task_trains_and_decodes_the_expected_text(tmp_path):
 
 def test_a_run_keeps_the_prompt_id_and_result_of_the_previous_layout(tmp_path, task_prompts):
     """The same run as before the store and training core were restructured (commit 0fc1983,
-    measured there on this data): the same prompt id (a hash of the settings, the task record
-    and the init) and the same evaluation losses and score."""
+    measured there on this data): the same evaluation losses and score. Its prompt id was
+    7391d85713774d95 there (a hash of the settings, the task record and the init); since issue
+    16 the id also hashes the content of the local data files the run reads (a run on other
+    rows is another run), so it is now 7563892905f9a0c4, pinned here for this data."""
     _, data, _ = task_prompts
     config = TrainConfig(model="tiny-roberta", task="sst2", steps=40, eval_every=20,
                          prompt_length=8, batch_size=16, lr=0.1, eval_limit=48,
                          data_dir=str(data))
     result = train(config, Store(tmp_path))
-    assert result.prompt_id == "7391d85713774d95"
+    assert result.prompt_id == "7563892905f9a0c4"
     assert result.score == 68.75
     assert [h["loss"] for h in result.history] == pytest.approx([0.6037060022, 0.5680225491],
                                                                 abs=1e-6)

@@ -61,6 +61,23 @@ class Backbone(nn.Module, ABC):
                 "with `ptdist project`."
             )
 
+    def check_length(self, prompt_length: int) -> None:
+        """Refuse a prompt that, with the longest text a batch holds (``max_length`` tokens),
+        takes more positions than the model has. Models with relative positions (T5) have no
+        such limit; absolute ones (BERT, RoBERTa) do: RoBERTa's positions start after its
+        padding index."""
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if self.kind != "mlm" or limit is None:
+            return
+        padding = getattr(self.model.base_model.embeddings, "padding_idx", None)
+        usable = limit - (padding + 1 if padding is not None else 0)
+        if prompt_length + self.max_length > usable:
+            raise PtdistError(
+                f"prompt length {prompt_length} plus max_length {self.max_length} text tokens "
+                f"need {prompt_length + self.max_length} positions, but '{self.name}' has "
+                f"{usable}; use --prompt-length {max(usable - self.max_length, 0)} or less, or "
+                "a smaller --max-length")
+
     def label_token_ids(self, words: Sequence[str]) -> torch.Tensor:
         """First sub-token of each label word (with a leading space, as it appears mid-text).
         Tokenized once per word list: every batch's collate asks for it."""

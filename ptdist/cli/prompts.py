@@ -67,12 +67,34 @@ def models(args: argparse.Namespace) -> None:
 
 
 def prompts(args: argparse.Namespace) -> None:
+    if args.check:
+        return check(args)
     rows = store_of(args).prompts.manifests()
     lines = [f"{'id':<18}{'model':<16}{'task':<22}{'seed':<6}{'steps':<7}score"]
     lines += [f"{r.id:<18}{r.model:<16}{r.task:<22}{r.seed:<6}{r.steps:<7}"
               f"{r.metric}={r.score:.2f}" for r in rows]
     emit(args, "\n".join(lines) if rows else "the store holds no prompts yet",
          {"prompts": rows})
+
+
+def check(args: argparse.Namespace) -> None:
+    """Every prompt and projector record: manifest, tensor file, checksum and contents."""
+    from ptdist.errors import PtdistError
+
+    store = store_of(args)
+    found = [(records.kind, c) for records in (store.prompts, store.projectors)
+             for c in records.check()]
+    lines = [f"{'record':<11}{'id':<18}status"]
+    lines += [f"{kind:<11}{c.id:<18}" + (f"DAMAGED: {c.problem}" if c.problem else
+                                         "ok" + (f" ({c.note})" if c.note else ""))
+              for kind, c in found]
+    damaged = [c.id for _, c in found if c.problem]
+    emit(args, "\n".join(lines) + f"\n{len(found)} record(s) checked, {len(damaged)} damaged",
+         {"checked": len(found), "damaged": damaged})
+    if damaged:
+        raise PtdistError(f"{len(damaged)} of {len(found)} record(s) in store {store.root} are "
+                          f"damaged: {', '.join(damaged)}; remove their folders and run the "
+                          "commands that made them again, or restore them from a backup")
 
 
 def register(command) -> None:
@@ -105,4 +127,8 @@ def register(command) -> None:
 
     command("tasks", tasks, "list the registered tasks")
     command("models", models, "list the built-in model presets")
-    add_store(command("prompts", prompts, "list the prompts in a store"))
+    p = command("prompts", prompts, "list the prompts in a store, or check every record")
+    p.add_argument("--check", action="store_true",
+                   help="verify every prompt and projector record (manifest, tensor file, "
+                        "checksum, values) and name the damaged ones; exit status 2 if any")
+    add_store(p)

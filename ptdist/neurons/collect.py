@@ -1,7 +1,8 @@
 """Capture the FFN activations of a model's stored prompts into the Parquet activation store,
 with one copy of the model in this process. Prompts already captured (same model, protocol) are
-skipped, so a re-run only does what is missing; how the prompts of a study are split over jobs
-is the orchestration's choice."""
+skipped, so a re-run only does what is missing, and what a killed capture left is cleaned first
+(`activations.repair`): re-running the command repairs the store. How the prompts of a study
+are split over jobs is the orchestration's choice."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ptdist.backbones import load_backbone
 from ptdist.errors import PtdistError
 from ptdist.neurons.capture import PROTOCOLS, bare_rows, ffn_activations, ffn_sites
 from ptdist.store import Store
-from ptdist.store.activations import ActivationWriter, captured
+from ptdist.store.activations import ActivationWriter, captured, repair
 from ptdist.store.manifests import PromptManifest
 from ptdist.tasks import get_task, load_split
 
@@ -29,6 +30,7 @@ class CaptureSettings:
     batch_size: int = 16  # prompts per forward (prompt protocol), examples (data protocol)
     data_dir: str | None = None
     flush_rows: int = 64
+    commit_every: int = 256  # prompts made visible at once (what a killed capture redoes)
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -52,6 +54,10 @@ def capture(store: Store, prompts: Sequence[PromptManifest],
     if len(models) > 1:
         raise PtdistError(f"capture reads one model's prompts at a time; got {models}")
     model = models[0]
+    cleaned = repair(store.layout, model)
+    if cleaned:
+        print(f"capture {model}: removed {cleaned} file(s) left by an interrupted capture",
+              file=sys.stderr, flush=True)
     done = captured(store.layout, model, settings.protocol)
     todo = [m for m in prompts if m.id not in done]
     print(f"capture {model} ({settings.protocol} protocol): {len(todo)} prompt(s) to capture, "
@@ -72,7 +78,8 @@ def _capture(store: Store, model: str, manifests: list[PromptManifest],
     # The bare-prompt protocol reads one forward per prompt: batch_size prompts share one
     # (2.7x the prompts/s of one per forward on MiniLM-L6, benchmarks/capture.py).
     per_forward = settings.batch_size if settings.protocol == "prompt" else 1
-    with ActivationWriter(store.layout, model, d_ff, settings.flush_rows) as writer:
+    with ActivationWriter(store.layout, model, d_ff, settings.flush_rows,
+                          settings.commit_every) as writer:
         for start in range(0, len(manifests), per_forward):
             group = manifests[start:start + per_forward]
             prompts = [store.prompts.tensor(m.id) for m in group]

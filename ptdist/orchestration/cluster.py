@@ -1,4 +1,12 @@
-"""Joining a Ray cluster, or starting the embedded local one."""
+"""Joining a Ray cluster, or starting the embedded local one on loopback.
+
+The local Ray's servers (GCS, raylet, workers and the driver's core worker, dashboard, dashboard
+and runtime-env agents) all listen on 127.0.0.1, and its clients authenticate with Ray's token
+(docs/reliability.md). One listener of a local run is not Ray's: a job of several workers (a Ray
+Train worker group) rendezvouses through torch's TCP store, which torch binds to every
+interface, for the length of that job. A cluster given with --address or $RAY_ADDRESS is the
+user's: ptdist joins it as configured.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +14,50 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ptdist.runtime import ray_environment
+from ptdist.runtime import RAY_AUTH_MODE, ray_environment
+
+LOOPBACK = "127.0.0.1"
+LOCAL_RAY = "a local Ray on this machine"
 
 
 def connect_ray(address: str | None) -> str:
     """Join the cluster at ``address`` (or $RAY_ADDRESS, which `ray job submit` sets), or start
-    the embedded local Ray, bound to loopback. Returns where the work runs, in words."""
-    ray_environment()
+    the embedded local Ray on loopback. Returns where the work runs, in words."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    ray_environment(local=not address)
     import ray
 
-    address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return "the Ray instance this process already joined"
     if address:
         ray.init(address=address)
         return f"the Ray cluster at {address}"
+    _loopback_in_loaded_ray()
     # Ray Train's controller queries the state API, which the dashboard serves.
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True,
-             dashboard_host="127.0.0.1")
-    return "a local Ray on this machine"
+    ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=True,
+             dashboard_host=LOOPBACK)
+    gcs = ray.get_runtime_context().gcs_address
+    if not gcs.startswith(f"{LOOPBACK}:"):
+        ray.shutdown()
+        raise RuntimeError(f"the local Ray came up at {gcs}, not on loopback: this Ray version "
+                           "does not honour RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; please report "
+                           "it with `ray --version`")
+    auth = os.environ.get(RAY_AUTH_MODE)
+    return (f"{LOCAL_RAY} (listening on {LOOPBACK} only; token authentication "
+            + ("on" if auth == "token" else f"OFF: {RAY_AUTH_MODE}={auth}")
+            + "; a job of several workers also opens torch's rendezvous port on all "
+              "interfaces while it runs)")
+
+
+def _loopback_in_loaded_ray() -> None:
+    """Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported. A program that imported
+    ray before ptdist set it would still resolve 127.0.0.1 to the external address, so the
+    loaded module gets the setting too (the address check after ray.init catches a Ray that
+    no longer reads it from there)."""
+    from ray._private import ray_constants
+
+    if hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
+        ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 @contextmanager

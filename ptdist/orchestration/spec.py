@@ -14,17 +14,18 @@ import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt
 
 from ptdist.backbones import PRESETS, InitSpec, resolve_model_path
 from ptdist.errors import PtdistError
+from ptdist.store.layout import is_plain_name, segment
 from ptdist.tasks import get_task
 from ptdist.training.config import TrainConfig
 from ptdist.training.engine import deepspeed_config, load_ds_config, precision_of
 from ptdist.validation import (Strict, Text, as_written, dataclass_shape, located, one_or_more,
-                               read_yaml, validate)
+                               read_yaml, rule, validate)
 
 PATH_KEYS = ("storage_path", "data_dir", "cluster")
 # Set per run by the sweep itself, so not allowed under `train:`.
@@ -33,6 +34,9 @@ TASK_PLACEHOLDER = "{task}"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 Names = one_or_more(Text)
+PlainName = Annotated[str, rule(is_plain_name, "must be one plain name (letters, digits, '.', "
+                                "'_' or '-', starting with a letter or digit, at most 100 "
+                                "characters): it names files in the store")]
 Seeds = one_or_more(int)
 TrainSettings = as_written(dataclass_shape(TrainConfig, exclude=SWEPT_FIELDS))
 
@@ -55,7 +59,7 @@ class _Model(Strict):
 
 
 class _Spec(Strict):
-    name: Text | None = None
+    name: PlainName | None = None
     storage_path: Text = Field(description="the prompt store: a folder every node mounts")
     data_dir: Text | None = None
     cluster: Text | None = None
@@ -170,7 +174,7 @@ def spec_from_raw(raw: dict, path: Path, what: str, **overrides: Any) -> SweepSp
             raw[key] = str(path.parent.resolve() / Path(raw[key]).expanduser())
     raw.update({k: v for k, v in overrides.items() if v is not None})
     with located(f"{what} {path}"):
-        return parse_spec(raw, default_name=path.stem, base=path.parent)
+        return parse_spec(raw, default_name=segment(path.stem), base=path.parent)
 
 
 def parse_spec(raw: dict, default_name: str = "sweep", base: Path | None = None) -> SweepSpec:

@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration.cluster import ray_session
+from ptdist.orchestration.cluster import LOCAL_RAY, ray_session
 from ptdist.orchestration.failures import one_line
 from ptdist.orchestration.attempt import begin
 from ptdist.orchestration.graph import Execution, Job, execute
@@ -29,6 +29,7 @@ from ptdist.orchestration.runs import (Planned, job_bundle, job_to_dict, pack_ru
                                        train_job)
 from ptdist.orchestration.spec import RunSpec, SweepSpec
 from ptdist.store import Store
+from ptdist.store.layout import segment
 from ptdist.store.results import SweepRow
 from ptdist.store.tables import write_records
 
@@ -118,7 +119,7 @@ def _tune(spec: SweepSpec, jobs: list[list[Planned]], store: Store, where: str,
     from ptdist.orchestration.progress import SweepProgress
 
     runs = [run for job in jobs for run, _ in job]
-    _check_resources(spec, runs, local=where.startswith("a local"))
+    _check_resources(spec, runs, local=where.startswith(LOCAL_RAY))
     _say(f"running {len(runs)} run(s) in {len(jobs)} job(s) on {where}; cluster resources: "
          f"{describe(ray.cluster_resources())}")
     store.root.mkdir(parents=True, exist_ok=True)
@@ -131,7 +132,7 @@ def _tune(spec: SweepSpec, jobs: list[list[Planned]], store: Store, where: str,
             trial_name_creator=lambda t: t.config["job"]["id"],
             trial_dirname_creator=lambda t: t.config["job"]["runs"][0]["prompt_id"]),
         run_config=tune.RunConfig(
-            name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=f"{segment(spec.name)}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(store.layout.ray_dir("tune")), verbose=0,
             failure_config=tune.FailureConfig(max_failures=execution.max_failures),
             callbacks=[SweepProgress(spec.name, len(runs), execution.policy.attempts)]),
@@ -190,7 +191,10 @@ def _row(run: RunSpec, prompt_id: str, store: Store, result: dict | None) -> Swe
                workers=res.workers, gpus=res.gpus)
     if result is not None and "error" in result:
         return SweepRow(status="failed", error=result["error"], **row)
-    m = store.prompts.manifest(prompt_id)
+    try:
+        m = store.prompts.manifest(prompt_id)
+    except PtdistError as exc:  # a damaged record: this row fails, the sweep's others stand
+        return SweepRow(status="failed", error=str(exc), **row)
     resumed = (result or {}).get("resumed_from")
     status = "stored" if result is None or result.get("skipped") else (
         "resumed" if resumed is not None else "trained")

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 from ptdist.errors import PtdistError
 from ptdist.projection.projector import VARIANTS
+from ptdist.tasks import data_fingerprint, get_task
 from ptdist.training.config import TrainConfig
 
 MODES = ("distance", "task")
@@ -71,9 +72,15 @@ class ProjectorConfig:
 
     @property
     def projector_id(self) -> str:
+        """A hash of the settings and the prompts it learns from; task tuning's also hashes the
+        content of the local data files it reads, as a prompt id does."""
         payload = {k: v for k, v in self.to_dict().items() if k not in self._NOT_HASHED}
         payload["source_prompts"] = sorted(self.source_prompts)
         payload["target_prompts"] = sorted(self.target_prompts)
+        data = data_fingerprint(get_task(self.tasks[0]), ("train", "eval"), self.data_dir) \
+            if self.mode == "task" else {}
+        if data:
+            payload["data"] = data
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def tuning_run(self, prompt_length: int) -> TrainConfig:

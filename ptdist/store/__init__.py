@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ptdist.errors import PtdistError
 from ptdist.store.layout import StoreLayout
 from ptdist.store.projectors import ProjectorStore
 from ptdist.store.prompts import PromptStore
@@ -23,6 +24,7 @@ class Store:
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else default_store_root()
+        _check_root(self.root)
         self.layout = StoreLayout(self.root)
         self.prompts = PromptStore(self.layout)
         self.projectors = ProjectorStore(self.layout)
@@ -32,6 +34,18 @@ class Store:
 
     def __reduce__(self):  # a Ray job carries the root, not the handles
         return (Store, (str(self.root),))
+
+
+def _check_root(root: Path) -> None:
+    """A store root is a folder, or a path that can become one: refused at once otherwise,
+    before a command does work it could not store."""
+    for path in (root, *root.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise PtdistError(f"store {root}: {path} is a file, not a folder; give --store "
+                                  "(or $PTDIST_STORE, or storage_path) a folder path (it is "
+                                  "created if missing)")
+            return
 
 
 __all__ = ["Store", "StoreLayout", "default_store_root"]

@@ -13,12 +13,17 @@ the root: a stage asks the layout where its artifact lives.
     reports/<study>/                                    a study's report
     ray/tune, ray/train                                 Ray's own records
 
-Model names (hub ids, paths, ``pkg:`` references) and study, sweep and job names become one
-path segment each (`segment`), so no name can reach outside the root.
+Names become one path segment each, so no name can reach outside the root:
+- model names (hub ids such as ``google/t5-v1_1-xxl``, folders, ``pkg:`` references), task and
+  job names hold ``/`` and other characters by nature: `segment` maps them to one safe segment;
+- the names a user picks only to name files (a sweep's or study's ``name``) must already be one
+  (`is_plain_name`): the spec reader refuses another with a clear error rather than writing
+  under a name the user did not choose (two names that map to one segment would share a file).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +32,24 @@ from pathlib import Path
 TPT_CURVES, TPT_SUMMARY, TPT_FIGURE = "curves.parquet", "summary.parquet", "curves.png"
 
 
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_MAX_SEGMENT = 100
+
+
+def is_plain_name(name: str) -> bool:
+    """One path segment as it is: letters, digits, ``.``, ``_``, ``-``, starting with a letter
+    or digit (so never ``.``, ``..`` or hidden), at most 100 characters."""
+    return PLAIN_NAME.fullmatch(name) is not None
+
+
 def segment(name: str) -> str:
-    """A user-given name (model, task, sweep, job) as one safe path segment."""
-    key = re.sub(r"[^\w.-]+", "_", name).strip("_.")
-    return key or "_"
+    """A name (model, task, sweep, job) as one safe path segment: no separator, never ``.`` or
+    ``..``, never hidden, and short enough for any file system (a long name keeps its start and
+    a digest of the whole)."""
+    key = re.sub(r"[^\w.-]+", "_", name).strip("_.") or "_"
+    if len(key) > _MAX_SEGMENT:
+        key = f"{key[:_MAX_SEGMENT - 17]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return key
 
 
 @dataclass(frozen=True)

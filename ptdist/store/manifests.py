@@ -1,9 +1,13 @@
 """The store's records of what it holds: typed manifests with a schema version.
 
-A manifest is JSON on disk and a frozen dataclass in memory; only the store reads and writes
-them (`PromptStore`, `ProjectorStore`). Each carries ``schema_version``:
+A manifest is strict JSON on disk and a frozen dataclass in memory; only the store reads and
+writes them (`PromptStore`, `ProjectorStore`). Reading one checks it whole (`read_manifest`):
+valid JSON without NaN or infinity, a mapping, known keys, every required key, and each value of
+its declared type; the first problem is one `PtdistError`. Each carries ``schema_version``:
 
-- version 2 (this one) is written by this ptdist;
+- version 3 (this one) is written by this ptdist: it adds ``file_sha256``, the checksum of the
+  record's tensor file, which the store verifies when it reads the file;
+- version 2 is read as it is, with no checksum to verify (``file_sha256`` None);
 - version 1 (no ``schema_version`` key) was written before the store owned its records; it is
   read and upgraded in memory (its redundant ``config_hash``, ``prompt_length`` and ``width``
   are dropped: they are the id and the shape);
@@ -12,19 +16,27 @@ them (`PromptStore`, `ProjectorStore`). Each carries ``schema_version``:
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any, ClassVar
+import json
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Any, ClassVar, TypeVar
 
 from ptdist.errors import PtdistError
+from ptdist.validation import dataclass_shape, json_kind, validate
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+M = TypeVar("M")
+
+
+class NewerSchema(PtdistError):
+    """A manifest written by a newer ptdist: sound, but not readable by this one."""
 
 
 def _upgrade(kind: str, data: dict[str, Any], dropped: tuple[str, ...]) -> dict[str, Any]:
     """``data`` as the current schema has it, or a clear error for a newer one."""
     version = data.get("schema_version", 1)
     if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise PtdistError(f"{kind} manifest {data.get('id', '?')} has schema version {version!r}, "
+        raise NewerSchema(f"{kind} manifest {data.get('id', '?')} has schema version {version!r}, "
                           f"newer than this ptdist reads ({SCHEMA_VERSION}); upgrade ptdist "
                           "(pip install -U ptdist) to read this store")
     if version == 1:
@@ -32,17 +44,26 @@ def _upgrade(kind: str, data: dict[str, Any], dropped: tuple[str, ...]) -> dict[
     return dict(data, schema_version=SCHEMA_VERSION)
 
 
-def _build(cls, kind: str, data: dict[str, Any]):
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    missing = sorted(f.name for f in fields(cls) if f.name not in data
-                     and f.default is MISSING and f.default_factory is MISSING)
-    if unknown or missing:
-        raise PtdistError(f"{kind} manifest {data.get('id', '?')} does not match schema "
-                          f"version {SCHEMA_VERSION}: "
-                          + "; ".join(p for p in (f"unknown keys {unknown}" if unknown else "",
-                                                  f"missing keys {missing}" if missing else "")
-                                      if p))
+def _not_strict(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+@lru_cache(maxsize=None)
+def _shape(cls: type):
+    return dataclass_shape(cls, exclude=())
+
+
+def read_manifest(cls: type[M], kind: str, text: str) -> M:
+    """The manifest of type ``cls`` (a ``kind``: "prompt", "projector") in JSON ``text``,
+    checked whole; the first problem raises one PtdistError naming it."""
+    try:
+        data = json.loads(text, parse_constant=_not_strict)
+    except ValueError as exc:  # JSONDecodeError is a ValueError too
+        raise PtdistError(f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise PtdistError(f"a manifest is a JSON object, not {json_kind(data)}")
+    data = _upgrade(kind, data, getattr(cls, "_DROPPED_V1", ()))
+    validate(_shape(cls), data)
     return cls(**data)
 
 
@@ -75,6 +96,7 @@ class PromptManifest:
     ptdist_version: str
     backbone_fingerprint: str | None = None
     packed_with: list[str] | None = None  # the prompt ids of its pack, if it trained in one
+    file_sha256: str | None = None  # of prompt.safetensors; None in a version-2 manifest
     schema_version: int = SCHEMA_VERSION
 
     _DROPPED_V1: ClassVar[tuple[str, ...]] = ("config_hash", "prompt_length", "width")
@@ -98,10 +120,6 @@ class PromptManifest:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "PromptManifest":
-        return _build(cls, "prompt", _upgrade("prompt", data, cls._DROPPED_V1))
 
 
 @dataclass(frozen=True)
@@ -131,12 +149,9 @@ class ProjectorManifest:
     steps: int | None = None
     resumed_from: int | None = None
     world_size: int | None = None
+    file_sha256: str | None = None  # of projector.safetensors; None in a version-2 manifest
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ProjectorManifest":
-        return _build(cls, "projector", _upgrade("projector", data, ()))
 

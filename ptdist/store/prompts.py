@@ -1,13 +1,14 @@
-"""The prompt store: one folder per trained prompt, named by its content-addressed id.
+"""The prompt store: one folder per trained prompt, named by its content-addressed id
+(`records.RecordFolders`: ``prompt.safetensors`` and a manifest written last, with the file's
+checksum).
 
 Each prompt has its own folder (`StoreLayout.prompt_dir`), so many Ray workers can write to one
-store without a shared index to race on; the manifest is written last and marks the prompt
-complete. Only safetensors and JSON are ever read back: nothing is unpickled.
+store without a shared index to race on. Only safetensors and JSON are ever read back: nothing
+is unpickled.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from pathlib import Path
 
@@ -16,43 +17,36 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ptdist.errors import PtdistError
-from ptdist.store.atomic import atomic_write, atomic_write_json
+from ptdist.store.atomic import atomic_write
 from ptdist.store.layout import StoreLayout
 from ptdist.store.manifests import PromptManifest
+from ptdist.store.records import RecordFolders
 
 PROMPT_KEY = "prompt"
 PEFT_KEY = "prompt_embeddings"
-MANIFEST = "manifest.json"
+PROMPT_FILE = "prompt.safetensors"
 
 
-class PromptStore:
+class PromptStore(RecordFolders[PromptManifest]):
     def __init__(self, layout: StoreLayout):
+        super().__init__(layout.root, layout.prompts_dir(), layout.prompt_dir, PromptManifest,
+                         "prompt", PROMPT_FILE, "ptdist prompts")
         self.layout = layout
-
-    def has(self, prompt_id: str) -> bool:
-        return (self.layout.prompt_dir(prompt_id) / MANIFEST).exists()
 
     def put(self, prompt: torch.Tensor, manifest: PromptManifest) -> Path:
         if list(prompt.shape) != list(manifest.shape):
             raise ValueError(f"prompt of shape {list(prompt.shape)} stored with a manifest "
                              f"saying {manifest.shape}")
-        folder = self.layout.prompt_dir(manifest.id)
-        write_prompt_file(folder / "prompt.safetensors", prompt, {"id": manifest.id})
-        atomic_write_json(folder / MANIFEST, manifest.to_json())
-        return folder
+        return self.write(manifest, _prompt_writer(prompt, {"id": manifest.id}))
 
-    def manifest(self, prompt_id: str) -> PromptManifest:
-        path = self.layout.prompt_dir(prompt_id) / MANIFEST
-        if not path.exists():
-            raise PtdistError(f"no prompt '{prompt_id}' in store {self.layout.root}; `ptdist "
-                              f"prompts --store {self.layout.root}` lists what it holds")
-        return PromptManifest.from_json(json.loads(path.read_text()))
-
-    def manifests(self) -> list[PromptManifest]:
-        """Every complete prompt's manifest, oldest first."""
-        rows = [PromptManifest.from_json(json.loads(p.read_text()))
-                for p in self.layout.prompts_dir().glob(f"*/{MANIFEST}")]
-        return sorted(rows, key=lambda m: (m.created, m.id))
+    def content_problem(self, path: Path, manifest: PromptManifest) -> str | None:
+        try:
+            tensor = read_prompt_file(path)
+        except PtdistError as exc:
+            return str(exc)
+        if list(tensor.shape) != list(manifest.shape):
+            return f"{PROMPT_FILE} has shape {list(tensor.shape)}, its manifest {manifest.shape}"
+        return None
 
     def select(self, model: str, tasks: Collection[str] | None = None,
                ids: Collection[str] | None = None) -> list[PromptManifest]:
@@ -63,8 +57,7 @@ class PromptStore:
                 and (ids is None or m.id in ids)]
 
     def tensor(self, prompt_id: str) -> torch.Tensor:
-        self.manifest(prompt_id)  # a clear error for an unknown id
-        return read_prompt_file(self.layout.prompt_dir(prompt_id) / "prompt.safetensors")
+        return read_prompt_file(self.tensor_path(prompt_id))
 
     def load(self, ref: str) -> torch.Tensor:
         """A prompt by store id or by path: a prompt .safetensors file, a prompt folder, or an
@@ -73,7 +66,7 @@ class PromptStore:
             return self.tensor(ref)
         path = Path(ref)
         if path.is_dir():
-            for name in ("prompt.safetensors", "adapter_model.safetensors"):
+            for name in (PROMPT_FILE, "adapter_model.safetensors"):
                 if (path / name).exists():
                     return read_prompt_file(path / name)
         elif path.suffix == ".safetensors" and path.exists():
@@ -108,10 +101,14 @@ def best_per_task(prompts: Collection[PromptManifest], tasks: list[str],
     return {t: best_of(mine) for t, mine in by_task(prompts, tasks, where).items()}
 
 
+def _prompt_writer(prompt: torch.Tensor, metadata: dict[str, str]):
+    tensor = prompt.detach().float().cpu().contiguous()
+    return lambda tmp: save_file({PROMPT_KEY: tensor}, tmp, metadata=metadata)
+
+
 def write_prompt_file(path: Path, prompt: torch.Tensor, metadata: dict[str, str]) -> Path:
     """A prompt as a file that `PromptStore.load` and ``prompt:PATH`` inits read."""
-    tensor = prompt.detach().float().cpu().contiguous()
-    return atomic_write(path, lambda tmp: save_file({PROMPT_KEY: tensor}, tmp, metadata=metadata))
+    return atomic_write(path, _prompt_writer(prompt, metadata))
 
 
 def read_prompt_file(path: Path) -> torch.Tensor:
@@ -130,4 +127,9 @@ def read_prompt_file(path: Path) -> torch.Tensor:
         raise PtdistError(f"cannot read prompt file {path}: {exc}") from None
     if tensor.dim() != 2:
         raise PtdistError(f"prompt in {path} has shape {list(tensor.shape)}; expected [L, d]")
+    bad = int((~torch.isfinite(tensor)).sum())
+    if bad:
+        raise PtdistError(f"prompt in {path} holds {bad} non-finite value(s) (NaN or infinity) "
+                          f"of {tensor.numel()}: a diverged run's; train it again with a lower "
+                          "learning rate, or use another prompt")
     return tensor.float()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from ptdist.checksum import file_sha256
 from ptdist.errors import PtdistError
 from ptdist.tasks.parsing import FILE_SUFFIXES
 from ptdist.tasks.record import TaskRecord
@@ -50,7 +51,12 @@ def load_split(task: TaskRecord, split: str, *, limit: int | None = None,
                           f"{', '.join(sorted(known))}")
     raw, where = _raw_split(task, split, data_dir)
     _check_columns(raw, task, where)
-    columns = raw.select_columns(list(task.required_columns)).to_dict()
+    try:
+        columns = raw.select_columns(list(task.required_columns)).to_dict()
+    except UnicodeDecodeError as exc:  # the json and csv readers keep bytes they cannot decode
+        raise PtdistError(f"{where} is not UTF-8 text ({exc.reason} at byte {exc.start} of a "
+                          "value); save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE > "
+                          "NEW`") from None
     answer = _label_reader(task) if task.is_classification else _reference_reader(task, where)
     answer_column = task.label_column if task.is_classification else \
         task.target_column.split(".")[0]
@@ -83,6 +89,14 @@ def load_split(task: TaskRecord, split: str, *, limit: int | None = None,
 
 
 def _raw_split(task: TaskRecord, split: str, data_dir: str | None) -> tuple[Any, str]:
+    path, searched = _local_file(task, split, data_dir)
+    if path is not None:
+        return _read_file(path), str(path)
+    return _from_hub(task, split, searched), _hub_label(task, split)
+
+
+def _local_file(task: TaskRecord, split: str, data_dir: str | None) -> tuple[Path | None, str]:
+    """The local file ``split`` is read from (None: the hub), and what was searched for."""
     folder = data_dir or os.environ.get("PTDIST_DATA_DIR")
     searched = ""
     if folder:
@@ -92,15 +106,36 @@ def _raw_split(task: TaskRecord, split: str, data_dir: str | None) -> tuple[Any,
             raise PtdistError(f"{base} holds {len(found)} {split} files "
                               f"({', '.join(p.name for p in found)}); keep only one")
         if found:
-            return _read_file(found[0]), str(found[0])
+            return found[0], ""
         searched = f"no {base}/{split}.{{jsonl,csv,parquet}}"
     if split in task.source.files:
         path = Path(task.source.files[split])
         if not path.is_file():
             raise PtdistError(f"task '{task.name}': {split} file {path} (source.files.{split}) "
                               "does not exist; fix the path in the task YAML")
-        return _read_file(path), str(path)
-    return _from_hub(task, split, searched), _hub_label(task, split)
+        return path, ""
+    return None, searched
+
+
+def data_fingerprint(task: TaskRecord, splits: tuple[str, ...],
+                     data_dir: str | None) -> dict[str, str]:
+    """``{split: sha256 of its file}`` for each of ``splits`` read from a local file: what a
+    run's rows are, known without reading them (the task record and the run's settings say
+    which rows of the file it takes). A split from the hub has no entry: the task record's
+    source (dataset id, config, revision) identifies it."""
+    found = {split: _local_file(task, split, data_dir)[0] for split in splits}
+    return {split: _file_digest(path) for split, path in found.items() if path is not None}
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime): digest, per process
+
+
+def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_sha256(path)
+    return _DIGESTS[key]
 
 
 def _read_file(path: Path):

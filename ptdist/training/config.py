@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from ptdist.errors import PtdistError
@@ -30,13 +31,17 @@ class TrainConfig:
     data_dir: str | None = field(default=None, compare=False)
 
     # Fields that do not change what a run computes: excluded from its prompt id, so the same
-    # run submitted with another ZeRO stage or data folder is recognised as already done.
+    # run submitted with another ZeRO stage or data folder is recognised as already done (the
+    # content of the data files read is hashed instead: `training.run.prompt_id_of`).
     NOT_HASHED = ("ds_config", "data_dir")
 
     def __post_init__(self) -> None:
         for name in ("steps", "prompt_length", "batch_size", "eval_every", "max_length"):
             if getattr(self, name) < 1:
                 raise PtdistError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        for name in ("lr", "weight_decay", "grad_clip"):
+            if not math.isfinite(getattr(self, name)):
+                raise PtdistError(f"{name} must be a finite number (got {getattr(self, name)})")
         if self.lr <= 0:
             raise PtdistError(f"lr must be positive (got {self.lr})")
         if self.patience is not None and self.patience < 1:

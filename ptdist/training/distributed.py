@@ -4,32 +4,44 @@ from __future__ import annotations
 
 import atexit
 import os
-import socket
 
 import torch
 
+from ptdist.training.op_builds import skip_unused_cpu_op, watched_builds
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+def _loopback_interface() -> str | None:
+    """The name of the network interface that holds 127.0.0.1 (``lo`` on Linux)."""
+    import psutil
+
+    return next((name for name, addrs in psutil.net_if_addrs().items()
+                 if any(a.address == "127.0.0.1" for a in addrs)), None)
 
 
 def init_distributed() -> tuple[int, int]:
     """Join (or create, for a lone process) the process group; returns (rank, world size).
 
-    A lone process gets the rendezvous variables a launcher would set, on loopback, so the
-    same DeepSpeed code path serves `ptdist train` and `torchrun -m ptdist train`.
+    A lone process gets the rank variables a launcher would set, so the same DeepSpeed code
+    path serves `ptdist train` and `torchrun -m ptdist train`. It needs no rendezvous: its group
+    is built on an in-memory store, where torch's TCP store would listen on every interface,
+    and gloo's socket is bound to the loopback interface.
     """
     import deepspeed
     import torch.distributed as dist
 
+    # Before any DeepSpeed call: deepspeed.initialize also starts DeepSpeed's comm backend
+    # (in a Ray Train worker, whose group Ray Train made), which would build the CPU op.
+    skip_unused_cpu_op()
     if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
-                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        if "RANK" not in os.environ:
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+            loopback = _loopback_interface()
+            if loopback is not None:
+                os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        with watched_builds():
+            deepspeed.init_distributed(dist_backend=backend, verbose=False)
         # A group still alive at interpreter teardown can abort a rank after its work is done
         # ("terminate called without an active exception"). No barrier: a rank that failed
         # alone must still be able to exit.
@@ -60,3 +72,17 @@ def gather_lists(values: list) -> list:
     dist.all_gather_object(parts, values)
     return [v for part in parts for v in part]
 
+
+
+def on_every_rank(flags: list[bool]) -> list[bool]:
+    """Each flag, true only where it is true on every rank: a decision to stop that all ranks
+    take together (a rank that stopped alone would leave the others waiting in a collective)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return list(flags)
+    device = torch.device("cuda", torch.cuda.current_device()) \
+        if dist.get_backend() == "nccl" else torch.device("cpu")
+    values = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MIN)
+    return [bool(v) for v in values.tolist()]

@@ -7,27 +7,54 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, PositiveInt
 from torch import nn
 
 from ptdist.backbones import Backbone, load_backbone, resolve_model_path
 from ptdist.errors import PtdistError
 from ptdist.training.config import TrainConfig
+from ptdist.training.op_builds import watched_builds
+from ptdist.validation import json_kind, located, validate
 
 # ds_configs/ sits at the repository root: beside the package in a checkout or editable
 # install, and in the working directory of a `ray job submit --working-dir .` job.
 DS_CONFIG_DIRS = (Path(__file__).resolve().parents[2] / "ds_configs", Path("ds_configs"))
 
 
+class _Section(BaseModel):
+    """A part of a DeepSpeed config that ptdist reads: its keys are checked, the others are
+    DeepSpeed's to check."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+
+class _Switch(_Section):
+    enabled: bool = False
+
+
+class _Zero(_Section):
+    stage: Literal[0, 1, 2, 3] = 0
+
+
+class _DeepSpeedConfig(_Section):
+    fp16: _Switch | None = None
+    bf16: _Switch | None = None
+    zero_optimization: _Zero | None = None
+    gradient_accumulation_steps: PositiveInt = 1
+
+
 def load_ds_config(name_or_path: str) -> tuple[dict, str]:
-    """A DeepSpeed config by short name (``zero2``, ``zero3_bf16`` ...) or JSON path."""
+    """A DeepSpeed config by short name (``zero2``, ``zero3_bf16`` ...) or JSON path: a JSON
+    object whose precision, ZeRO and accumulation settings have the types DeepSpeed wants."""
     path = Path(name_or_path)
     if not path.suffix:
         found = [d / f"{name_or_path}.json" for d in DS_CONFIG_DIRS]
         path = next((p for p in found if p.exists()), found[0])
     try:
-        return json.loads(path.read_text()), str(path)
+        raw = json.loads(path.read_text())
     except FileNotFoundError:
         names = sorted({p.stem for d in DS_CONFIG_DIRS for p in d.glob("*.json")})
         raise PtdistError(f"DeepSpeed config '{name_or_path}' not found; give a JSON file path "
@@ -35,6 +62,12 @@ def load_ds_config(name_or_path: str) -> tuple[dict, str]:
     except (OSError, json.JSONDecodeError) as exc:
         raise PtdistError(f"cannot read DeepSpeed config {path}: {exc}. It must be a JSON "
                           "object; see ds_configs/README.md for examples.") from None
+    if not isinstance(raw, dict):
+        raise PtdistError(f"DeepSpeed config {path} is {json_kind(raw)}, not a JSON object; "
+                          "see ds_configs/README.md for examples")
+    with located(f"DeepSpeed config {path}", "ds_configs/README.md"):
+        validate(_DeepSpeedConfig, raw)
+    return raw, str(path)
 
 
 def deepspeed_config(raw: dict, config: TrainConfig, world: int) -> dict:
@@ -136,6 +169,7 @@ def prompt_engine(config: TrainConfig, trainable: nn.Module, backbone: Backbone,
     scale = lr_schedule(config)
     scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
         opt, lambda s: scale(s + start_step))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                           lr_scheduler=scheduler, config=ds_config)
+    with watched_builds():
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                               lr_scheduler=scheduler, config=ds_config)
     return engine

@@ -121,6 +121,7 @@ def score_prompt(model: str, store: Store, prompt_ref: str, task_ref: str, *,
     prompt = store.prompts.load(prompt_ref)
     backbone = eval_backbone(model)
     backbone.check_prompt(prompt)
+    backbone.check_length(prompt.shape[0])
     check_task_fits(task, backbone)
     prompt = prompt.to(next(backbone.parameters()).device)
     rows = load_split(task, "eval", limit=limit, data_dir=data_dir).to_list()

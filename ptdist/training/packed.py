@@ -17,6 +17,7 @@ one prompt), never by the norm of the whole pack.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -30,15 +31,16 @@ from ptdist.store import Store
 from ptdist.training.checkpoint import ADAM_KEYS, TrainState, load_checkpoint
 from ptdist.training.config import TrainConfig
 from ptdist.training.data import global_batch, rank_slice
-from ptdist.training.distributed import finish_together, init_distributed
+from ptdist.training.distributed import finish_together, init_distributed, on_every_rank
 from ptdist.training.engine import (deepspeed_config, frozen_backbone, frozen_engine_config,
                                     lr_schedule, precision_of, zero_stage)
 from ptdist.training.evaluation import evaluate_each
 from ptdist.training.fingerprint import frozen_fingerprint
+from ptdist.training.op_builds import watched_builds
 from ptdist.training.progress import Progress
 from ptdist.training.run import (Fitted, RunData, RunPlan, TrainResult, fresh_prompt,
                                  load_run_data, plan_run, store_finished, stored_result)
-from ptdist.training.tracking import RunTracker
+from ptdist.training.tracking import Diverged, RunTracker
 
 # What the runs of one pack must share: one backbone, one prompt shape, one DeepSpeed config.
 # Everything else (task, seed, init, learning rate, steps, batch size, patience...) may differ.
@@ -92,14 +94,12 @@ class _Run:
     ds_config: dict
     resumed_from: int | None
     losses: list[float]
-
-    @property
-    def label(self) -> str:
-        return f"run {self.plan.prompt_id} ({self.plan.task.name}, seed {self.config.seed})"
+    diverged: Diverged | None = None  # a diverged run stops; the others of its pack go on
 
     @property
     def active(self) -> bool:
-        return self.tracker.state.step < self.config.steps and not self.tracker.stopped
+        return (self.tracker.state.step < self.config.steps and not self.tracker.stopped
+                and self.diverged is None)
 
     @property
     def eval_due(self) -> bool:
@@ -125,7 +125,9 @@ def _train_pack(todo: list[tuple[TrainConfig, RunPlan]], store: Store,
     first = todo[0][0]
     ds_config = deepspeed_config(todo[0][1].ds_config, first, world)
     with frozen_backbone(first, ds_config) as backbone:
-        engine, *_ = deepspeed.initialize(model=backbone, config=frozen_engine_config(ds_config))
+        with watched_builds():
+            engine, *_ = deepspeed.initialize(model=backbone,
+                                              config=frozen_engine_config(ds_config))
         backbone = engine.module
         fingerprint = frozen_fingerprint(backbone)
         runs = _start_runs(todo, backbone, store, engine.device, world)
@@ -134,7 +136,8 @@ def _train_pack(todo: list[tuple[TrainConfig, RunPlan]], store: Store,
         progress.line(f"[ptdist] pack of {len(runs)} run(s) on {first.model}: {world} "
                       f"process(es), {precision_of(ds_config)}, ZeRO-{zero_stage(ds_config)}")
         for run in runs:
-            progress.line(f"  {run.label}: {len(run.data.train)} train / {len(run.data.eval)} "
+            progress.line(f"  {run.tracker.label}: {len(run.data.train)} train / "
+                          f"{len(run.data.eval)} "
                           "eval examples" + (f", resumed at step {run.resumed_from}"
                                              if run.resumed_from is not None else ""))
         results = _train_runs(runs, backbone, fingerprint, store, rank, world, progress, t0)
@@ -163,23 +166,29 @@ def _train_runs(runs: list[_Run], backbone: Backbone, fingerprint: str, store: S
                 rank: int, world: int, progress: Progress,
                 t0: float) -> dict[str, TrainResult]:
     """Step the active runs together until every run is done; each is stored as soon as it is
-    done, so a later failure cannot lose it."""
+    done, so a later failure cannot lose it. Runs that diverged are named in one error once the
+    others are stored."""
     results: dict[str, TrainResult] = {}
     pack = [run.plan.prompt_id for run in runs]
     iteration = 0
     while True:
         for run in runs:
-            if not run.active and run.plan.prompt_id not in results:
+            if not run.active and run.diverged is None and run.plan.prompt_id not in results:
                 results[run.plan.prompt_id] = _finish(run, backbone, fingerprint, store, rank,
                                                       world, t0, pack)
         active = [run for run in runs if run.active]
         if not active:
+            diverged = [str(run.diverged) for run in runs if run.diverged is not None]
+            if diverged:
+                raise Diverged(" | ".join(diverged) + f" ({len(results)} other run(s) of its "
+                               "pack finished and are stored)")
             return results
         _step(backbone, active, rank, world)
         iteration += 1
         progress.step(iteration, sum(r.losses[-1] for r in active) / len(active),
                       active[0].scheduler.get_last_lr()[0])
-        _evaluate(backbone, [r for r in active if r.eval_due], rank, world, progress, t0)
+        _evaluate(backbone, [r for r in active if r.eval_due and r.diverged is None], rank, world,
+                  progress, t0)
 
 
 def _start_run(config: TrainConfig, plan: RunPlan, data: RunData, backbone: Backbone,
@@ -197,7 +206,8 @@ def _start_run(config: TrainConfig, plan: RunPlan, data: RunData, backbone: Back
         optimizer.state[prompt] = {"step": saved["adam_step"].clone(),
                                    **{key: saved[f"{PROMPT_PARAM}.{key}"].to(device)
                                       for key in ADAM_KEYS}}
-    tracker = RunTracker.resumed(saved, state, folder, plan.task.primary_metric, config.patience)
+    tracker = RunTracker.resumed(saved, state, folder, plan.task.primary_metric, config.patience,
+                                 f"run {plan.prompt_id} ({plan.task.name}, seed {config.seed})")
     micro = ds_config["train_micro_batch_size_per_gpu"]
     return _Run(config, plan, data, prompt, optimizer, scheduler, tracker, micro, ds_config,
                 state.step if resumed is not None else None, [])
@@ -224,7 +234,11 @@ def _step(backbone: Backbone, runs: list[_Run], rank: int, world: int) -> None:
         (means.sum() / accumulation).backward()
         losses += means.detach().float().cpu()
     _average_over_ranks([run.prompt for run in runs], world)
-    for run, loss in zip(runs, (losses / accumulation).tolist()):
+    losses = (losses / accumulation).tolist()
+    for run, finite in zip(runs, on_every_rank([math.isfinite(loss) for loss in losses])):
+        if not finite:
+            run.diverged = run.tracker.diverged("the loss")
+    for run, loss in zip(runs, losses):
         if run.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_([run.prompt], run.config.grad_clip)
         run.optimizer.step()
@@ -263,9 +277,13 @@ def _evaluate(backbone: Backbone, runs: list[_Run], rank: int, world: int, progr
                                 head.micro * 2 * len(group), head.config.max_new_tokens,
                                 rank, world)
         for run, scores in zip(group, metrics):
-            line = run.tracker.record(run.losses[-1], scores, time.time() - t0,
-                                      run.checkpoint_tensors(), [PROMPT_PARAM], rank == 0)
-            progress.line(f"{run.label} {line}")
+            try:
+                line = run.tracker.record(run.losses[-1], scores, time.time() - t0,
+                                          run.checkpoint_tensors(), [PROMPT_PARAM], rank == 0)
+            except Diverged as exc:
+                run.diverged = exc
+                continue
+            progress.line(f"{run.tracker.label} {line}")
 
 
 def _finish(run: _Run, backbone: Backbone, fingerprint: str, store: Store, rank: int,

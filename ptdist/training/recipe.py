@@ -6,6 +6,7 @@ another model's prompt); `train` is prompt tuning with it, idempotent through th
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from ptdist.training.checkpoint import (TrainState, gather_state, load_checkpoin
                                         restore_optimizer_state)
 from ptdist.training.config import TrainConfig
 from ptdist.training.data import global_batch, rank_slice
-from ptdist.training.distributed import finish_together, init_distributed
+from ptdist.training.distributed import finish_together, init_distributed, on_every_rank
 from ptdist.training.engine import (deepspeed_config, frozen_backbone, precision_of,
                                     prompt_engine, zero_stage)
 from ptdist.training.evaluation import evaluate
@@ -80,7 +81,7 @@ def fit(config: TrainConfig, task: TaskRecord, ds_raw: dict, run_folder: Path,
                       + (f", resumed at step {state.step}" if resumed is not None else ""))
         resumed_from = state.step if resumed is not None else None
         tracker = RunTracker.resumed(saved, state, run_folder, task.primary_metric,
-                                     config.patience)
+                                     config.patience, label)
         _loop(engine, params, task, data, config, tracker, progress, time.time(), rank, world)
         changed = frozen_fingerprint(engine.module.backbone) != fingerprint
         engine.destroy()  # releases ZeRO-3's hooks and buffers; the parameters are gathered
@@ -112,6 +113,8 @@ def _loop(engine, params: dict[str, nn.Parameter], task: TaskRecord, data: RunDa
             losses.append(loss.item())
         state.step += 1
         loss = sum(losses) / len(losses)
+        if not on_every_rank([math.isfinite(loss)])[0]:
+            raise tracker.diverged("the loss")
         progress.step(state.step, loss, engine.get_lr()[0])
         if state.step % config.eval_every and state.step != config.steps:
             continue

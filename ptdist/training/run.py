@@ -15,7 +15,7 @@ from ptdist.backbones import Backbone, InitSpec, initial_prompt
 from ptdist.backbones.prompt import PROMPT_PARAM
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
-from ptdist.tasks import TaskRecord, get_task, load_split
+from ptdist.tasks import TaskRecord, data_fingerprint, get_task, load_split
 from ptdist.training.checkpoint import TrainState
 from ptdist.training.config import TrainConfig
 from ptdist.training.engine import load_ds_config, precision_of, zero_stage
@@ -60,13 +60,18 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def prompt_id_of(config: TrainConfig, task: TaskRecord, init_digest: str,
-                 precision: str) -> str:
+def prompt_id_of(config: TrainConfig, task: TaskRecord, init_digest: str, precision: str,
+                 data: dict[str, str]) -> str:
     """The run's content-addressed id: a hash of everything that determines its result (the
     settings, the task record's content rather than its name, the init's content, the
-    precision), so the same run asked for twice is trained once."""
+    precision, and the content of the local data files it reads: `data_fingerprint`), so the
+    same run asked for twice is trained once, and a run on other rows is another run wherever
+    its files lie. A run on hub data only hashes as it did before data was hashed: the task
+    record names its dataset and revision."""
     payload = {k: v for k, v in config.to_dict().items() if k not in TrainConfig.NOT_HASHED}
     payload.update(task=_digest(asdict(task)), init=init_digest, precision=precision)
+    if data:
+        payload["data"] = data
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -78,8 +83,9 @@ def plan_run(config: TrainConfig, store: Store) -> RunPlan:
         else str(init)
     ds_config, _ = load_ds_config(config.ds_config)
     precision = precision_of(ds_config)
+    data = data_fingerprint(task, ("train", "eval"), config.data_dir)
     return RunPlan(task, init, artifact, ds_config, precision,
-                   prompt_id_of(config, task, init_digest, precision))
+                   prompt_id_of(config, task, init_digest, precision, data))
 
 
 @dataclass
@@ -90,8 +96,10 @@ class RunData:
 
 
 def load_run_data(config: TrainConfig, task: TaskRecord, backbone: Backbone) -> RunData:
-    """A run's training and evaluation rows, after checking the task suits the backbone."""
+    """A run's training and evaluation rows, after checking the task and the prompt length
+    suit the backbone."""
     check_task_fits(task, backbone)
+    backbone.check_length(config.prompt_length)
     # Subsets are drawn with a fixed seed: runs of every seed, and `ptdist eval`, see the same
     # rows, so their scores compare; the run's seed only sets the init and the data order.
     return RunData(

@@ -1,6 +1,10 @@
 """What a run does with each evaluation: add it to the history, keep the parameters of the best
 one, decide early stopping, and checkpoint. One place for every training loop (a single run's,
-and each run of a packed job), so their runs stop and resume by the same rules."""
+and each run of a packed job), so their runs stop and resume by the same rules.
+
+A run whose loss or parameters stop being finite has diverged: it stops with `Diverged`, a user
+error (the same run diverges again on every attempt), before anything of it is checkpointed or
+stored."""
 
 from __future__ import annotations
 
@@ -9,9 +13,14 @@ from pathlib import Path
 
 import torch
 
+from ptdist.errors import PtdistError
 from ptdist.training.checkpoint import TrainState, save_checkpoint
 
 BEST = "best."  # checkpoint key prefix of the parameters at the best evaluation
+
+
+class Diverged(PtdistError):
+    """A run whose loss or trained parameters became NaN or infinite."""
 
 
 @dataclass
@@ -21,20 +30,28 @@ class RunTracker:
     folder: Path  # where the run's checkpoint lives
     metric: str  # the primary metric; higher is better
     patience: int | None  # evaluations without improvement before stopping early
+    label: str  # the run, as its error names it
     stopped: bool = False
 
     @classmethod
     def resumed(cls, saved: dict[str, torch.Tensor], state: TrainState, folder: Path,
-                metric: str, patience: int | None) -> "RunTracker":
+                metric: str, patience: int | None, label: str) -> "RunTracker":
         """A tracker continuing from checkpoint tensors ``saved`` (empty for a fresh run)."""
         best = {k[len(BEST):]: v for k, v in saved.items() if k.startswith(BEST)} or None
-        return cls(state, best, folder, metric, patience)
+        return cls(state, best, folder, metric, patience, label)
+
+    def diverged(self, what: str) -> Diverged:
+        return Diverged(f"{self.label} diverged at step {self.state.step}: {what} is not finite "
+                        "(NaN or infinity), so nothing of it was stored. Lower the learning rate "
+                        "or check the init, then run again")
 
     def record(self, loss: float, metrics: dict[str, float], elapsed: float,
                tensors: dict[str, torch.Tensor], names: list[str], save: bool) -> str:
         """Record the evaluation at ``state.step``; ``tensors`` are the run's parameters (keys
         ``names``) and optimizer state, checkpointed when ``save`` (rank 0). Returns the
         progress line."""
+        if not all(bool(torch.isfinite(tensors[name]).all()) for name in names):
+            raise self.diverged("its trained parameters")
         state = self.state
         state.history.append({"step": state.step, "loss": loss, "time_s": elapsed, **metrics})
         score = metrics[self.metric]
