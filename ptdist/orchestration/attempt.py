@@ -8,21 +8,21 @@ from ptdist.orchestration.faults import begin_attempt
 from ptdist.runtime import quiet_libraries
 
 
-def begin(site: str) -> None:
-    """Prepare this process for an attempt of the job (or worker) ``site``."""
+def begin(site: str, in_ray_worker: bool = True) -> None:
+    """Prepare this process for an attempt of the job (or worker) ``site``; a job that runs
+    in the calling process (--local) keeps that process's threads."""
     quiet_libraries()
-    size_threads()
+    if in_ray_worker:
+        size_threads()
     begin_attempt(site)
 
 
 def size_threads() -> None:
-    """As many torch intra-op threads as CPUs Ray reserved for this process, so the jobs on a
-    node never run more compute threads than it has cores. A fractional request (a process
-    that only coordinates a worker group) gets one thread. Outside Ray nothing changes."""
+    """As many torch intra-op threads as CPUs Ray reserved for this worker process, so the
+    jobs on a node never run more compute threads than it has cores. A fractional request (a
+    process that only coordinates a worker group) gets one thread."""
     import ray
     import torch
 
-    if not ray.is_initialized():
-        return
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
     torch.set_num_threads(max(1, int(cpus)))

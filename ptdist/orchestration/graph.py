@@ -161,10 +161,11 @@ def _check_graph(jobs: Sequence[Job], known: Sequence[str] = ()) -> None:
                           f"{cycle} (each needs the next)") from None
 
 
-def _attempt(job_id: str, run: Callable[[], dict]) -> tuple[dict, float, float]:
+def _attempt(job_id: str, run: Callable[[], dict],
+             in_ray_worker: bool = True) -> tuple[dict, float, float]:
     """One attempt of a job, in the process that runs it: its result, and the wall and CPU
     seconds it took there."""
-    begin(job_id)
+    begin(job_id, in_ray_worker)
     wall, cpu = time.time(), time.process_time()
     result = run()
     return result, time.time() - wall, time.process_time() - cpu
@@ -235,7 +236,7 @@ class _LocalExecutor:
     def next_result(self) -> tuple[str, tuple | None, BaseException | None]:
         job = self.queue.popleft()
         try:
-            return job.id, _attempt(job.id, job.run), None
+            return job.id, _attempt(job.id, job.run, in_ray_worker=False), None
         except Exception as err:  # the policy decides; KeyboardInterrupt still stops it all
             return job.id, None, err
 
