@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -73,6 +75,16 @@ models:
   tiny-roberta: {{}}
   tiny-t5-d96: {{}}
 """
+
+
+def zero3_every_tensor_partitioned(tmp_path: Path) -> Path:
+    """ds_configs/zero3.json, but with no small-tensor exemption: a tiny model has no tensor
+    above the production persistence threshold, so this makes ZeRO-3 really partition it."""
+    config = json.loads((REPO / "ds_configs" / "zero3.json").read_text())
+    config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    path = tmp_path / "zero3_partition_all.json"
+    path.write_text(json.dumps(config))
+    return path
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -22,14 +22,20 @@ def init_distributed() -> tuple[int, int]:
     same DeepSpeed code path serves `ptdist train` and `torchrun -m ptdist train`.
     """
     import deepspeed
+    import deepspeed.comm
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
-                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    made_here = not dist.is_initialized()
+    if made_here and "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    if not deepspeed.comm.is_initialized():
+        # Also when the group exists already (a Ray Train worker made it): DeepSpeed's comm
+        # must wrap it before any zero.Init, whose config otherwise reads world size 1
+        # (DeepSpeed issue 3341) and fails its batch-size check.
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    if made_here:
         # A group still alive at interpreter teardown can abort a rank after its work is done
         # ("terminate called without an active exception"). No barrier: a rank that failed
         # alone must still be able to exit.
