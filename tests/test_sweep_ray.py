@@ -300,14 +300,23 @@ def test_a_run_with_a_user_error_fails_once_and_the_rest_of_the_sweep_finishes(
     assert Store(store).prompts.has(rows["sst2"].prompt_id)
 
 
-def test_a_run_no_node_can_hold_is_refused_before_any_trial_starts(tmp_path, sentiment_dir):
+@pytest.mark.parametrize("model,expected", [
+    ({"tiny-roberta": {"resources": {"gpus": 1, "cpus": 1}}},
+     "model tiny-roberta asks for 1 CPU, 1 GPU (1 worker): no node of this machine's local Ray "
+     "can hold that"),
+    # The case: each worker fits this 2-CPU machine, but the group (2 CPU on one node)
+    # and the job that starts it (0.05 CPU) do not; it used to wait for ever.
+    ({"tiny-t5-v1_1": {"resources": {"workers": 2, "cpus": 1}, "ds_config": "zero3"}},
+     "model tiny-t5-v1_1 runs a worker group of 2 workers x 1 CPU, 0 GPU, which needs 2 CPU, "
+     "0 GPU on one node, plus 0.05 CPU, 0 GPU for the job that starts it: no node of this "
+     "machine's local Ray can hold that"),
+], ids=["gpu", "group"])
+def test_a_run_no_node_can_hold_is_refused_before_any_trial_starts(tmp_path, sentiment_dir,
+                                                                    model, expected):
     store = tmp_path / "store"
-    spec = _write_spec(tmp_path / "gpusweep.yaml",
-                       {"tiny-roberta": {"resources": {"gpus": 1, "cpus": 1}}},
-                       store, sentiment_dir, steps=10)
+    spec = _write_spec(tmp_path / "refused.yaml", model, store, sentiment_dir, steps=10)
     proc = subprocess.run([sys.executable, "-m", "ptdist", "sweep", "--spec", str(spec)],
                           cwd=tmp_path, env=_env(), text=True, capture_output=True, timeout=300)
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "model tiny-roberta asks for 1 CPU, 1 GPU per worker (1 worker(s)), more than any " \
-           "node of this machine's local Ray offers" in proc.stderr
+    assert expected in proc.stderr
     assert "[sweep" not in proc.stderr and not (store / "runs").exists()

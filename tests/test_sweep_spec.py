@@ -102,11 +102,32 @@ def test_runs_that_no_node_type_can_hold_are_refused(tmp_path):
     runs = parse_spec(raw).runs()
     with pytest.raises(PtdistError) as err:
         check_runs_fit(runs, node_types_from_cluster_config(REPO / "cluster.yaml"), "cluster.yaml")
-    assert "tiny-t5 asks for 1 CPU, 16 GPU per worker" in str(err.value)
+    assert "tiny-t5 asks for 1 CPU, 16 GPU (1 worker)" in str(err.value)
     assert "gpu_8x: 96 CPU, 8 GPU" in str(err.value)
+    # A worker group is one node: 16 GPUs over 8 workers still need 16 GPUs on one node.
     split = parse_spec(_spec(tmp_path, models={"tiny-t5": {"resources": {"gpus": 16,
                                                                          "workers": 8}}}))
-    check_runs_fit(split.runs(), node_types_from_cluster_config(REPO / "cluster.yaml"), "x")
+    with pytest.raises(PtdistError, match="worker group of 8 workers x 1 CPU, 2 GPU, which "
+                                          "needs 8 CPU, 16 GPU on one node"):
+        check_runs_fit(split.runs(), node_types_from_cluster_config(REPO / "cluster.yaml"), "x")
+    node = parse_spec(_spec(tmp_path, models={"tiny-t5": {"resources": {"gpus": 8, "cpus": 12,
+                                                                        "workers": 8}}}))
+    check_runs_fit(node.runs(), node_types_from_cluster_config(REPO / "cluster.yaml"), "x")
+    # 8 x 12 CPUs take all 96 of gpu_8x: the job's coordinator goes to another node (the head)
+
+
+def test_a_model_is_pinned_to_a_gpu_type_or_a_custom_resource(tmp_path):
+    spec = parse_spec(_spec(tmp_path, models={"tiny-t5": {"resources": {
+        "gpus": 2, "cpus": 4, "accelerator_type": "H100", "custom": {"gpu_80gb": 1},
+        "start_timeout_s": 60}}}))
+    res = spec.runs()[0].resources
+    assert res.per_worker() == {"CPU": 4.0, "GPU": 1.0, "accelerator_type:H100": 0.001,
+                                "gpu_80gb": 1.0}
+    assert res.group() == {"CPU": 8.0, "GPU": 2.0, "accelerator_type:H100": 0.002,
+                           "gpu_80gb": 2.0}
+    assert res.start_timeout_s == 60 and res.one_device().per_worker()["GPU"] == 1
+    with pytest.raises(PtdistError, match="accelerator_type:H100"):  # no H100 node type
+        check_runs_fit(spec.runs(), node_types_from_cluster_config(REPO / "cluster.yaml"), "x")
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:

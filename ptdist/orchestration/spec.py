@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from ptdist.backbones import PRESETS, InitSpec, resolve_model_path
 from ptdist.errors import PtdistError
@@ -30,6 +30,9 @@ PATH_KEYS = ("storage_path", "data_dir", "cluster")
 # Set per run by the sweep itself, so not allowed under `train:`.
 SWEPT_FIELDS = ("model", "task", "seed", "init", "ds_config", "data_dir")
 TASK_PLACEHOLDER = "{task}"
+COORDINATOR_CPU = 0.05
+ACCELERATOR_SHARE = 0.001
+DEFAULT_START_TIMEOUT_S = 900.0  # an autoscaled GPU node takes minutes to boot
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 Names = one_or_more(Text)
@@ -43,6 +46,14 @@ class _Resources(Strict):
     gpus: NonNegativeInt = Field(0, description="GPUs per run in all, a whole number that "
                                                 "splits evenly over its workers")
     cpus: NonNegativeFloat = Field(1.0, description="CPUs per worker, e.g. cpus: 8")
+    accelerator_type: Text | None = Field(None, description="the GPU type every worker needs, "
+                                          "as Ray names it (A100, H100, L40S...)")
+    custom: dict[Text, PositiveFloat] | None = Field(
+        None, description="custom Ray resources per worker, e.g. {gpu_80gb: 1}; node types "
+                          "declare them in cluster.yaml")
+    start_timeout_s: PositiveFloat = Field(
+        DEFAULT_START_TIMEOUT_S, description="seconds a worker group may wait for a node with "
+                                             "room for all its workers before its job fails")
 
 
 class _Model(Strict):
@@ -77,17 +88,49 @@ TOP_KEYS = tuple(_Spec.model_fields)
 @dataclass(frozen=True)
 class Resources:
     """What one run of a model needs. ``workers`` processes (Ray Train workers when more than
-    one), ``gpus`` in all, spread evenly over them, and ``cpus`` for each worker."""
+    one, all on one node), ``gpus`` in all, spread evenly over them, ``cpus`` for each worker,
+    and, to pin a model to a kind of node, a GPU type (Ray's ``accelerator_type:<T>``
+    resource) or custom resources per worker. A worker group that finds no node with room for
+    it within ``start_timeout_s`` fails its attempt."""
 
     workers: int = 1
     gpus: int = 0
     cpus: float = 1.0
+    accelerator_type: str | None = None
+    custom: tuple[tuple[str, float], ...] = ()
+    start_timeout_s: float = DEFAULT_START_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        # A job carries its resources as data (a mapping or pairs): kept sorted and hashable,
+        # since runs are packed by equal resources.
+        object.__setattr__(self, "custom",
+                           tuple(sorted((str(k), float(v)) for k, v in dict(self.custom).items())))
 
     def per_worker(self) -> dict[str, float]:
         bundle = {"CPU": float(self.cpus)}
         if self.gpus:
             bundle["GPU"] = self.gpus / self.workers
+        if self.accelerator_type:
+            # Ray's convention: a node with that GPU offers 1 of the resource; each worker asks
+            # a sliver, so all of a node's workers fit.
+            bundle[f"accelerator_type:{self.accelerator_type}"] = ACCELERATOR_SHARE
+        bundle.update(self.custom)
         return bundle
+
+    def group(self) -> dict[str, float]:
+        """Everything the workers hold together, on one node."""
+        return {k: v * self.workers for k, v in self.per_worker().items()}
+
+    def job_bundle(self) -> dict[str, float]:
+        """What the process that runs a job reserves: its one worker's bundle, or, when the job
+        starts a worker group (which reserves the real resources), a coordinator's sliver of a
+        CPU (Ray needs a non-empty bundle)."""
+        return self.per_worker() if self.workers == 1 else {"CPU": COORDINATOR_CPU}
+
+    def one_device(self) -> Resources:
+        """One of these workers with at most one GPU, pinned alike: what a job that evaluates
+        the model on one device asks."""
+        return replace(self, workers=1, gpus=min(self.gpus, 1))
 
 
 @dataclass(frozen=True)
@@ -226,7 +269,9 @@ def _model_entry(name: str, entry: _Model, base: Path, pack: int) -> ModelEntry:
     _check_model_name(name)
     given = entry.resources or _Resources()
     res = Resources(workers=given.workers or max(1, given.gpus), gpus=given.gpus,
-                    cpus=given.cpus)
+                    cpus=given.cpus, accelerator_type=given.accelerator_type,
+                    custom=tuple((given.custom or {}).items()),
+                    start_timeout_s=given.start_timeout_s)
     if res.gpus % res.workers:
         raise PtdistError(f"models.{name}.resources: {res.gpus} GPUs do not split evenly over "
                           f"{res.workers} workers; use a multiple of the worker count")

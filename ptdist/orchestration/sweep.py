@@ -25,8 +25,7 @@ from ptdist.orchestration.graph import Execution, Job, execute
 from ptdist.orchestration.resources import (HEAD_NODE_CONFIG, check_runs_fit, describe,
                                             node_types_from_cluster_config,
                                             node_types_from_live_cluster)
-from ptdist.orchestration.runs import (Planned, job_bundle, job_to_dict, pack_runs, plan_sweep,
-                                       train_job)
+from ptdist.orchestration.runs import Planned, job_to_dict, pack_runs, plan_sweep, train_job
 from ptdist.orchestration.spec import RunSpec, SweepSpec
 from ptdist.store import Store
 from ptdist.store.results import SweepRow
@@ -99,7 +98,7 @@ def _run_here(jobs: list[list[Planned]], store: Store,
               execution: Execution) -> dict[str, dict]:
     """The jobs one after another in this process, under the same failure policy."""
     graph = [Job(job_to_dict(group)["id"], partial(train_job, job_to_dict(group), store),
-                 resources=job_bundle(group[0][0].resources)) for group in jobs]
+                 resources=group[0][0].resources.job_bundle()) for group in jobs]
     outcome = execute(graph, execution)
     results = {}
     for group, job in zip(jobs, outcome.jobs):
@@ -152,7 +151,7 @@ def trial_resources(trial_config: dict):
 
     from ptdist.orchestration.spec import Resources
 
-    return tune.PlacementGroupFactory([job_bundle(Resources(**trial_config["job"]["resources"]))])
+    return tune.PlacementGroupFactory([Resources(**trial_config["job"]["resources"]).job_bundle()])
 
 
 def run_trial(trial_config: dict) -> None:
@@ -180,7 +179,8 @@ def _check_resources(spec: SweepSpec, runs: list[RunSpec], local: bool) -> None:
         check_runs_fit(runs, node_types_from_cluster_config(HEAD_NODE_CONFIG),
                        str(HEAD_NODE_CONFIG))
     elif local:
-        check_runs_fit(runs, node_types_from_live_cluster(), "this machine's local Ray")
+        check_runs_fit(runs, node_types_from_live_cluster(), "this machine's local Ray",
+                       fixed=True)
     else:
         _say("note: resources are not checked against node types (no cluster config given); "
              "set 'cluster: cluster.yaml' in the spec to check them before scheduling")
