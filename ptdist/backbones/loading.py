@@ -15,6 +15,18 @@ from ptdist.errors import PtdistError
 from ptdist.packaged import is_packaged, resolve_packaged
 from ptdist.runtime import say
 
+# The precisions ptdist runs a model in; T5 overflows in fp16, so there is none.
+PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def dtype_of(precision: str) -> torch.dtype:
+    """The torch dtype of precision ``bf16`` or ``fp32``."""
+    if precision not in PRECISIONS:
+        raise PtdistError(f"unknown precision '{precision}'; use one of: "
+                          f"{', '.join(PRECISIONS)} (fp16 overflows in T5)")
+    return PRECISIONS[precision]
+
+
 def resolve_model_path(name: str) -> str:
     """A preset's cache folder, a folder inside an installed package (``pkg:NAME/path``), a
     local folder, or the hub id unchanged."""

@@ -77,6 +77,12 @@ def add_eval(p: argparse.ArgumentParser, batch: int = 64) -> None:
                    help=f"examples x prompts per forward pass (default {batch})")
 
 
+def add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
+                   help="precision of the frozen model (default: the one the prompts were "
+                        "trained in, from their manifests)")
+
+
 def add_execution(p: argparse.ArgumentParser, spec: bool = False) -> None:
     """Where a command's jobs run: Ray by default, --local in this process."""
     p.add_argument("--local", action="store_true",

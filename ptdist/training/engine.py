@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ptdist.backbones import Backbone, load_backbone, resolve_model_path
+from ptdist.backbones import Backbone, dtype_of, load_backbone, resolve_model_path
 from ptdist.errors import PtdistError
 from ptdist.training.config import TrainConfig
 
@@ -91,9 +91,9 @@ def frozen_backbone(config: TrainConfig, ds_config: dict) -> Iterator[Backbone]:
     if zero_stage(ds_config) == 3:
         from transformers.integrations import HfDeepSpeedConfig
         marker = HfDeepSpeedConfig(ds_config)
-    dtype = torch.bfloat16 if precision_of(ds_config) == "bf16" else torch.float32
     try:
-        yield load_backbone(config.model, max_length=config.max_length, dtype=dtype)
+        yield load_backbone(config.model, max_length=config.max_length,
+                            dtype=dtype_of(precision_of(ds_config)))
     finally:
         del marker
 
