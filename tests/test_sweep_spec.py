@@ -165,7 +165,11 @@ def test_dry_run_lists_the_runs_without_running_them(tmp_path):
     assert "16 runs (2 model(s) x 2 task(s) x 2 seed(s) x 2 init(s)); 0 already in the " \
            "store" in proc.stderr  # progress on stderr, the listing (the result) on stdout
     assert proc.stdout.count("would run") == 16
-    assert "tiny-t5/imdb/seed1/vocab: 20 steps, 2 worker(s) x 0.5 CPU, 0 GPU, zero2" in proc.stdout
+    assert "tiny-t5/imdb/seed1/vocab: 20 steps, 2 worker(s) x 0.5 CPU, 0 GPU = 1 CPU, 0 GPU " \
+           "on one node, zero2" in proc.stdout
+    # The memory plan of each model, from its config (no weights loaded): per process on CPU.
+    assert "  tiny-t5: 2 worker(s) on one node holding 1 CPU, 0 GPU, ZeRO-2, fp32" in proc.stdout
+    assert "MB) per process (no GPU)" in proc.stdout
     assert not (tmp_path / "store" / "prompts").exists()
 
 

@@ -48,6 +48,9 @@ class Job:
     done: Callable[[], bool] | None = None
     resources: Mapping[str, float] = field(default_factory=lambda: {"CPU": 1.0})
     plan: Callable[[], list["Job"]] | None = None
+    # Everything the job holds while it runs, when more than its own bundle (`resources`): a
+    # worker group's workers, which reserve their own resources.
+    holds: Mapping[str, float] | None = None
 
     def stored(self) -> bool:
         return self.done is not None and self.done()
@@ -111,8 +114,13 @@ def describe_jobs(jobs: Sequence[Job]) -> str:
         return "to plan: its runs are named once its inputs are stored" if job.plan \
             else "to run"
 
-    return "\n".join(f"  {job.id} [{state(job)}] needs {len(job.needs)} job(s), "
-                     f"{describe(dict(job.resources))}" for job in jobs)
+    def holds(job: Job) -> str:
+        if job.holds is None:
+            return describe(dict(job.resources))
+        return f"{describe(dict(job.holds))} (a worker group on one node)"
+
+    return "\n".join(f"  {job.id} [{state(job)}] needs {len(job.needs)} job(s), {holds(job)}"
+                     for job in jobs)
 
 
 def require_success(outcome: GraphOutcome) -> None:

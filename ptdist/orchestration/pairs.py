@@ -97,7 +97,7 @@ def pair_jobs(spec: SweepSpec, settings: PairSettings, prompts: PromptJobs) -> P
                                               resources),
             needs=prompts.ids(config.source_prompts + config.target_prompts),
             done=partial(store.projectors.has, config.projector_id),
-            resources=resources.job_bundle()))
+            resources=resources.job_bundle(), holds=resources.worker_group()))
         among = prompts.needs(source.name, eval_tasks) + prompts.needs(target.name, eval_tasks)
         eval_settings = EvalSettings(eval_limit=config.eval_limit, data_dir=spec.data_dir)
         graph.jobs.append(Job(

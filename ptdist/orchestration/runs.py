@@ -117,9 +117,10 @@ def prompt_jobs(planned: list[Planned], store: Store) -> PromptJobs:
     jobs = {}
     for group in pack_runs(todo) + done:
         job = job_to_dict(group)
+        res = group[0][0].resources
         graph_job = Job(job["id"], partial(train_job, job, store),
                         done=partial(_all_stored, store, tuple(pid for _, pid in group)),
-                        resources=group[0][0].resources.job_bundle())
+                        resources=res.job_bundle(), holds=res.worker_group())
         jobs.update({pid: graph_job for _, pid in group})
     runs_of: dict[tuple[str, str], list[str]] = {}
     for run, pid in planned:

@@ -121,6 +121,10 @@ class Resources:
         """Everything the workers hold together, on one node."""
         return {k: v * self.workers for k, v in self.per_worker().items()}
 
+    def worker_group(self) -> dict[str, float] | None:
+        """What a job's worker group holds, or None for a job of one worker (its bundle)."""
+        return self.group() if self.workers > 1 else None
+
     def job_bundle(self) -> dict[str, float]:
         """What the process that runs a job reserves: its one worker's bundle, or, when the job
         starts a worker group (which reserves the real resources), a coordinator's sliver of a

@@ -22,6 +22,7 @@ from ptdist.orchestration.cluster import ray_session
 from ptdist.orchestration.failures import one_line
 from ptdist.orchestration.faults import begin_attempt
 from ptdist.orchestration.graph import Execution, Job, execute
+from ptdist.orchestration.plans import describe_plans, model_plans
 from ptdist.orchestration.resources import (HEAD_NODE_CONFIG, check_runs_fit, describe,
                                             node_types_from_cluster_config,
                                             node_types_from_live_cluster)
@@ -61,6 +62,7 @@ def run_sweep(spec: SweepSpec, execution: Execution | None = None,
         _say(f"packed into {len(jobs)} job(s): runs of one model share its backbone")
     if dry_run:
         print(describe_sweep(jobs), flush=True)
+        print(describe_plans(model_plans(spec)), flush=True)
         return SweepOutcome([], None, 0)
     results: dict[str, dict] = {}
     if not todo:
@@ -80,17 +82,17 @@ def run_sweep(spec: SweepSpec, execution: Execution | None = None,
 
 
 def describe_sweep(jobs: list[list[Planned]]) -> str:
-    """A dry run's listing of a sweep's jobs."""
+    """A dry run's listing of a sweep's jobs, with what each holds while it runs."""
     lines = []
     for job in jobs:
         res = job[0][0].resources
+        where = f"{res.workers} worker(s) x {describe(res.per_worker())}" + (
+            f" = {describe(res.group())} on one node" if res.workers > 1 else "")
         if len(job) > 1:
-            lines.append(f"  would run a pack of {len(job)} runs on {res.workers} worker(s) x "
-                         f"{describe(res.per_worker())}:")
+            lines.append(f"  would run a pack of {len(job)} runs on {where}:")
         for run, pid in job:
             lines.append(f"  {'  ' if len(job) > 1 else ''}would run {pid} {run.label}: "
-                         f"{run.config.steps} steps, {res.workers} worker(s) x "
-                         f"{describe(res.per_worker())}, {run.config.ds_config}")
+                         f"{run.config.steps} steps, {where}, {run.config.ds_config}")
     return "\n".join(lines)
 
 

@@ -80,7 +80,8 @@ def frozen_engine_config(ds_config: dict) -> dict:
 
 @contextmanager
 def frozen_backbone(config: TrainConfig, ds_config: dict) -> Iterator[Backbone]:
-    """``config.model`` in the precision ``ds_config`` runs, for the length of the block.
+    """``config.model`` in the precision ``ds_config`` runs (its activations checkpointed if
+    the config asks), for the length of the block.
 
     Under ZeRO-3 transformers' marker (`HfDeepSpeedConfig`) is alive for the whole block: it
     makes from_pretrained load the weights partitioned, and generate keep the ranks in step.
@@ -92,8 +93,11 @@ def frozen_backbone(config: TrainConfig, ds_config: dict) -> Iterator[Backbone]:
         from transformers.integrations import HfDeepSpeedConfig
         marker = HfDeepSpeedConfig(ds_config)
     try:
-        yield load_backbone(config.model, max_length=config.max_length,
-                            dtype=dtype_of(precision_of(ds_config)))
+        backbone = load_backbone(config.model, max_length=config.max_length,
+                                 dtype=dtype_of(precision_of(ds_config)))
+        if config.activation_checkpointing:
+            backbone.checkpoint_activations()
+        yield backbone
     finally:
         del marker
 
