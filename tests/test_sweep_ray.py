@@ -164,16 +164,21 @@ def test_a_zero3_worker_group_under_ptdist_sweep_equals_torchrun(tmp_path, senti
     """The issue's reproduction: a 2-worker group with the stock zero3 config under `ptdist
     sweep` failed at model load (DeepSpeed's comm not set up on Ray Train's process group, so
     zero.Init saw world size 1 and refused the batch sizes)."""
-    store = tmp_path / "store"
+    store, records = tmp_path / "store", tmp_path / "ray-records"
     spec = _write_spec(tmp_path / "zero3sweep.yaml", {
         "tiny-t5-v1_1": {"resources": {"workers": 2, "cpus": 0.5}, "ds_config": "zero3"},
-    }, store, sentiment_dir, steps=10, max_failures=0)
+    }, store, sentiment_dir, steps=10, max_failures=0, ray_storage=str(records))
     proc = subprocess.run([sys.executable, "-m", "ptdist", "sweep", "--spec", str(spec)],
                           cwd=tmp_path, env=_env(), text=True, capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (row,) = _rows(store, "zero3sweep")
     manifest = Store(store).prompts.manifest(row.prompt_id)
     assert row.status == "trained" and manifest.world_size == 2 and manifest.zero_stage == 3
+    # Tune's and Train's records went to ray_storage (an S3 URI on a cluster); the store keeps
+    # only the mark the group left when it started.
+    assert any((records / "tune").iterdir()) and any((records / "train").iterdir())
+    assert [p.suffix for p in (store / "ray" / "train").iterdir()] == [".started"]
+    assert not (store / "ray" / "tune").exists()
     torch.testing.assert_close(Store(store).prompts.tensor(row.prompt_id),
                                _torchrun_prompt(tmp_path, spec, "tiny-t5-v1_1", sentiment_dir,
                                                 row.prompt_id), atol=1e-6, rtol=0)

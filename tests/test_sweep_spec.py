@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +59,11 @@ def test_a_spec_expands_to_every_model_task_seed_init(tmp_path):
     ({"models": {"tiny-t5": {"resources": {"workers": 3}}}},
      "batch size 8 does not split over 3 process(es)"),
     ({"train": {"steps": 0}}, "steps must be at least 1"),
-    ({"storage_path": "s3://bucket/store"}, "must be a folder that every node mounts"),
+    ({"storage_path": "s3://bucket/store"},
+     "must be a POSIX folder that every node mounts (EFS, FSx, Filestore, NFS), as cluster.yaml "
+     "sets up under /mnt/ptdist: it writes every file atomically by renaming it, which object "
+     "stores and their FUSE mounts (mountpoint-s3, s3fs) do not offer. To keep Ray Tune's and "
+     "Train's records in S3, set 'ray_storage: s3://bucket/prefix'"),
     ({"max_concurrent": 0}, "'max_concurrent' must be a positive integer"),
     # Strict: YAML types its values, so a value of another type is refused, not converted.
     ({"models": {"tiny-roberta": {"resources": {"cpus": "two"}}}},
@@ -114,6 +119,17 @@ def test_runs_that_no_node_type_can_hold_are_refused(tmp_path):
                                                                         "workers": 8}}}))
     check_runs_fit(node.runs(), node_types_from_cluster_config(REPO / "cluster.yaml"), "x")
     # 8 x 12 CPUs take all 96 of gpu_8x: the job's coordinator goes to another node (the head)
+
+
+def test_ray_records_go_to_ray_storage_and_the_store_stays_on_its_file_system(tmp_path):
+    spec = parse_spec(_spec(tmp_path, ray_storage="s3://bucket/ptdist-ray"))
+    store = spec.store()
+    assert store.root == tmp_path / "store"
+    assert store.ray_records("tune") == "s3://bucket/ptdist-ray/tune"
+    assert pickle.loads(pickle.dumps(store)).ray_records("train") == \
+        "s3://bucket/ptdist-ray/train"  # as a job carries it
+    assert parse_spec(_spec(tmp_path)).store().ray_records("tune") == \
+        str(tmp_path / "store" / "ray" / "tune")
 
 
 def test_a_model_is_pinned_to_a_gpu_type_or_a_custom_resource(tmp_path):

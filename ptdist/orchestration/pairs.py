@@ -77,7 +77,7 @@ class PairGraph:
 def pair_jobs(spec: SweepSpec, settings: PairSettings, prompts: PromptJobs) -> PairGraph:
     """Projector and evaluation jobs for every ordered model pair, after ``prompts``'s jobs."""
     _check_tasks(spec, settings)
-    store = Store(spec.storage_path)
+    store = spec.store()
     graph = PairGraph(prompts.unique(), [])
     for source, target in itertools.permutations(spec.models, 2):
         train_tasks = _shared(spec, source, target, settings.train_tasks)
@@ -139,7 +139,7 @@ def run_pairs(spec: SweepSpec, settings: PairSettings, execution: Execution | No
     if len(spec.models) < 2:
         raise PtdistError(f"projectors map between models; sweep {spec.name} has one "
                           f"({spec.models[0].name}); add a second model to its 'models'")
-    store = Store(spec.storage_path)
+    store = spec.store()
     graph = pair_jobs(spec, settings, prompt_jobs(plan_sweep(spec, store), store))
     pairs = len(graph.pairs)
     print(f"projector pairs of {spec.name}: {len(spec.models)} models, {pairs} ordered pairs "

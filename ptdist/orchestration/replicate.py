@@ -59,7 +59,7 @@ class _Builder:
 
 def study_jobs(study: Study, report: Report) -> list[Job]:
     spec = study.spec
-    store = Store(spec.storage_path)
+    store = spec.store()
     prompts = prompt_jobs(plan_sweep(spec, store), store)
     graph = pair_jobs(spec, study.projection, prompts) if study.projection else \
         PairGraph(prompts.unique(), [])

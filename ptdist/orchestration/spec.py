@@ -20,13 +20,14 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 
 from ptdist.backbones import PRESETS, InitSpec, resolve_model_path
 from ptdist.errors import PtdistError
+from ptdist.store import Store
 from ptdist.tasks import get_task
 from ptdist.training.config import TrainConfig
 from ptdist.training.engine import deepspeed_config, load_ds_config, precision_of
 from ptdist.validation import (Strict, Text, as_written, dataclass_shape, located, one_or_more,
                                read_yaml, validate)
 
-PATH_KEYS = ("storage_path", "data_dir", "cluster")
+PATH_KEYS = ("storage_path", "data_dir", "cluster", "ray_storage")
 # Set per run by the sweep itself, so not allowed under `train:`.
 SWEPT_FIELDS = ("model", "task", "seed", "init", "ds_config", "data_dir")
 TASK_PLACEHOLDER = "{task}"
@@ -68,6 +69,8 @@ class _Model(Strict):
 class _Spec(Strict):
     name: Text | None = None
     storage_path: Text = Field(description="the prompt store: a folder every node mounts")
+    ray_storage: Text | None = Field(None, description="where Ray Tune's and Train's records "
+                                                       "go, e.g. s3://bucket/ptdist-ray")
     data_dir: Text | None = None
     cluster: Text | None = None
     tasks: Names = Field(description="registered task names or task YAML files")
@@ -167,6 +170,7 @@ class RunSpec:
 class SweepSpec:
     name: str
     storage_path: str
+    ray_storage: str | None  # a URI or folder for Ray's own records (None: under the store)
     data_dir: str | None
     cluster: str | None  # a Ray cluster config whose node types bound what a run may ask for
     tasks: tuple[str, ...]
@@ -184,6 +188,9 @@ class SweepSpec:
                                     **{**self.train, **m.train}), m.resources, m.pack)
                 for m in self.models for task in self.tasks_of(m) for seed in self.seeds
                 for init in self.inits]
+
+    def store(self) -> Store:
+        return Store(self.storage_path, self.ray_storage)
 
     def tasks_of(self, model: ModelEntry) -> tuple[str, ...]:
         """The spec's tasks that ``model`` runs, in the spec's order."""
@@ -228,6 +235,7 @@ def parse_spec(raw: dict, default_name: str = "sweep", base: Path | None = None)
     spec = SweepSpec(
         name=shape.name or default_name,
         storage_path=_storage_path(shape.storage_path),
+        ray_storage=shape.ray_storage,
         data_dir=_abs(shape.data_dir),
         cluster=_abs(shape.cluster),
         tasks=tuple(task_ref(t, base) for t in shape.tasks),
@@ -315,9 +323,11 @@ def _check_model_name(name: str) -> None:
 def _storage_path(text: str) -> str:
     if "://" in text:
         raise PtdistError(
-            f"storage_path '{text}': the prompt store must be a folder that every node mounts "
-            "(NFS, EFS, Filestore, or an S3 bucket mounted with mountpoint-s3/s3fs); give that "
-            "mount's path, as cluster.yaml sets up under /mnt/ptdist")
+            f"storage_path '{text}': the prompt store must be a POSIX folder that every node "
+            "mounts (EFS, FSx, Filestore, NFS), as cluster.yaml sets up under /mnt/ptdist: it "
+            "writes every file atomically by renaming it, which object stores and their FUSE "
+            "mounts (mountpoint-s3, s3fs) do not offer. To keep Ray Tune's and Train's records "
+            "in S3, set 'ray_storage: s3://bucket/prefix' (docs/scale.md)")
     return str(Path(text).expanduser().resolve())
 
 

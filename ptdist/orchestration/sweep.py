@@ -51,7 +51,7 @@ def run_sweep(spec: SweepSpec, execution: Execution | None = None,
     execution = execution or Execution()
     execution = replace(execution, max_failures=spec.max_failures,
                         max_concurrent=execution.max_concurrent or spec.max_concurrent)
-    store = Store(spec.storage_path)
+    store = spec.store()
     planned = plan_sweep(spec, store)
     todo = [(run, pid) for run, pid in planned if not store.prompts.has(pid)]
     _say(f"sweep {spec.name}: {len(planned)} runs ({len(spec.models)} model(s) x "
@@ -125,14 +125,14 @@ def _tune(spec: SweepSpec, jobs: list[list[Planned]], store: Store, where: str,
     tuner = tune.Tuner(
         tune.with_resources(run_trial, trial_resources),
         param_space={"job": tune.grid_search([job_to_dict(job) for job in jobs]),
-                     "store": str(store.root)},
+                     "store": str(store.root), "ray_storage": store.ray_storage},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=execution.max_concurrent, reuse_actors=False,
             trial_name_creator=lambda t: t.config["job"]["id"],
             trial_dirname_creator=lambda t: t.config["job"]["runs"][0]["prompt_id"]),
         run_config=tune.RunConfig(
             name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(store.layout.ray_dir("tune")), verbose=0,
+            storage_path=store.ray_records("tune"), verbose=0,
             failure_config=tune.FailureConfig(max_failures=execution.max_failures),
             callbacks=[SweepProgress(spec.name, len(runs), execution.policy.attempts)]),
     )
@@ -166,7 +166,8 @@ def run_trial(trial_config: dict) -> None:
     job = trial_config["job"]
     try:
         begin_attempt(job["id"])
-        result = {"runs": train_job(job, Store(trial_config["store"]))}
+        store = Store(trial_config["store"], trial_config["ray_storage"])
+        result = {"runs": train_job(job, store)}
     except PtdistError as exc:
         # A user error fails the same way on every attempt: report it instead of raising, so
         # Tune does not retry it (failures.py).

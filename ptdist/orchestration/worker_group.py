@@ -65,7 +65,7 @@ def on_worker_group(job_id: str, fn: Callable[..., Any], kwargs: dict[str, Any],
             resources_per_worker=resources.per_worker(), placement_strategy="STRICT_PACK"),
         torch_config=TorchConfig(backend="nccl" if resources.gpus else "gloo"),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=str(store.layout.ray_dir("train")),
+            name=name, storage_path=store.ray_records("train"),
             failure_config=ray.train.FailureConfig(max_failures=0, controller_failure_limit=0,
                                                    max_preemption_failures=0)),
     )
