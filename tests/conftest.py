@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -73,6 +77,37 @@ models:
   tiny-roberta: {{}}
   tiny-t5-d96: {{}}
 """
+
+
+def zero3_every_tensor_partitioned(tmp_path: Path) -> Path:
+    """ds_configs/zero3.json, but with no small-tensor exemption: a tiny model has no tensor
+    above the production persistence threshold, so this makes ZeRO-3 really partition it."""
+    config = json.loads((REPO / "ds_configs" / "zero3.json").read_text())
+    config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    path = tmp_path / "zero3_partition_all.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@contextmanager
+def model_forwards() -> Iterator[list[tuple[str, str]]]:
+    """The (dtype, device) of the weights of every Hugging Face model forward run inside the
+    block (a global torch forward hook): what precision and device a stage really used."""
+    import torch
+    from transformers import PreTrainedModel
+
+    seen: list[tuple[str, str]] = []
+
+    def record(module, _inputs, _output) -> None:
+        if isinstance(module, PreTrainedModel):
+            weight = next(module.parameters())
+            seen.append((str(weight.dtype).removeprefix("torch."), weight.device.type))
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        yield seen
+    finally:
+        hook.remove()
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

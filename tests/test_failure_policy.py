@@ -19,7 +19,7 @@ import yaml
 from ptdist.store import Store
 from ptdist.store.results import SweepRow
 from ptdist.store.tables import read_records
-from tests.conftest import TWO_MODEL_SPEC, child_env
+from tests.conftest import TWO_MODEL_SPEC, child_env, zero3_every_tensor_partitioned
 
 pytestmark = pytest.mark.slow
 TRAIN = {"steps": 20, "eval_every": 10, "prompt_length": 4, "batch_size": 16, "lr": 0.1,
@@ -75,24 +75,41 @@ def test_a_sweep_counts_attempts_once_per_trial(tmp_path, task_prompts):
     assert rows[("topic", 1)].status == "trained"
 
 
-def test_a_worker_group_inside_a_trial_is_not_retried_by_ray_train(tmp_path, sentiment_dir):
-    """Tune retries the trial; Ray Train (max_failures=0) does not restart the group, so the
-    two workers log one attempt each per trial attempt: 2 x (max_failures + 1) lines."""
+def test_a_zero3_worker_group_inside_a_trial_is_not_retried_by_ray_train(tmp_path,
+                                                                       sentiment_dir):
+    """A ZeRO-3 group (every tensor partitioned over two workers): a worker killed 30 s in
+    (after the partitioned model has loaded, usually mid-training, its peer waiting in a
+    collective) fails the trial; Tune retries it once and Ray Train (max_failures=0) never
+    restarts the group on its own, so each of the two workers logs one attempt per trial
+    attempt. A real user error inside the group (a task without data, raised after the model
+    loaded) is attempted once."""
     spec = tmp_path / "group.yaml"
+    zero3 = str(zero3_every_tensor_partitioned(tmp_path))
+    group = {"resources": {"workers": 2, "cpus": 0.5}, "ds_config": zero3}
     spec.write_text(yaml.safe_dump({
         "name": "group", "storage_path": str(tmp_path / "store"), "data_dir": str(sentiment_dir),
-        "tasks": ["sst2"], "max_failures": 1, "train": TRAIN,
-        "models": {"tiny-t5": {"resources": {"workers": 2, "cpus": 0.5},
-                               "ds_config": "zero2"}}}))
-    errors, users = tmp_path / "error.log", tmp_path / "user.log"
-    proc = _ptdist(tmp_path, [_fault(errors, "*@worker", "error")], "sweep", "--spec",
+        "tasks": ["sst2"], "max_failures": 1, "train": dict(TRAIN, steps=300, eval_every=50),
+        "models": {"tiny-t5-v1_1": group}}))
+    kills, users = tmp_path / "kill.log", tmp_path / "user.log"
+    proc = _ptdist(tmp_path, [_fault(kills, "*@worker", "kill", times=1, after_s=30)],
+                   "sweep", "--spec", str(spec))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(_attempts(kills).values()) == [4]  # 2 workers x (1 killed + 1 retry)
+    assert "retry tiny-t5-v1_1/sst2/seed0/random" in proc.stderr
+    (row,) = read_records(Store(tmp_path / "store").layout.sweep_table("group"), SweepRow)
+    assert row.status in ("trained", "resumed")
+    assert Store(tmp_path / "store").prompts.manifest(row.prompt_id).zero_stage == 3
+
+    spec_data = yaml.safe_load(spec.read_text())
+    spec_data.update(name="usergroup", tasks=["imdb"])  # no local imdb data, no hub in tests
+    spec.write_text(yaml.safe_dump(spec_data))
+    # times 0: the rule only logs each worker's attempts
+    proc = _ptdist(tmp_path, [_fault(users, "*@worker", "kill", times=0)], "sweep", "--spec",
                    str(spec))
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert list(_attempts(errors).values()) == [4]
-    proc = _ptdist(tmp_path, [_fault(users, "*@worker", "user-error")], "sweep", "--spec",
-                   str(spec))
-    assert proc.returncode == 2 and list(_attempts(users).values()) == [2]  # one attempt
-    assert "injected user error at prompt tiny-t5/sst2/seed0/random@worker" in proc.stderr
+    assert list(_attempts(users).values()) == [2]  # one attempt of the group, not retried
+    assert "could not load stanfordnlp/imdb" in proc.stderr
+    assert "retry tiny-t5-v1_1" not in proc.stderr
 
 
 def test_a_study_graph_follows_the_same_policy(tmp_path, task_prompts):

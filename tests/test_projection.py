@@ -25,7 +25,7 @@ from ptdist.store.prompts import best_per_task
 from ptdist.store.results import ProjectorEvalRow
 from ptdist.store.tables import read_records
 from ptdist.training import TrainConfig, train
-from tests.conftest import TWO_MODEL_SPEC, child_env
+from tests.conftest import TWO_MODEL_SPEC, child_env, model_forwards
 
 SOURCE, TARGET = "tiny-roberta", "tiny-t5-d96"
 TASKS = ("sst2", "imdb", "topic", "topic2")
@@ -131,6 +131,19 @@ def test_task_tuned_projector_beats_the_untrained_one_on_its_task(two_models, ta
     assert row.score >= row.untrained_score + 10, row
     assert manifest.shape == {"variant": "flat", "length": 8, "source_width": 64,
                               "target_width": 96, "hidden": 64}
+
+
+def test_projector_evaluation_runs_the_target_in_its_prompts_precision(two_models,
+                                                                        task_projector):
+    """The target's own prompts were trained in fp32: evaluated in fp32 unless the setting
+    says bf16 (then every forward of the target model is bf16, on the device given)."""
+    store, data, refs = two_models
+    for precision, dtype in ((None, "float32"), ("bf16", "bfloat16")):
+        with model_forwards() as seen:
+            evaluate_projector(store, task_projector.id, [refs["topic"]], _both(store),
+                               EvalSettings(data_dir=str(data), eval_limit=16,
+                                            precision=precision, device="cpu"))
+        assert set(seen) == {(dtype, "cpu")}
 
 
 def test_a_projected_prompt_only_fits_the_target_model(two_models, task_projector):

@@ -109,7 +109,8 @@ def test_paper_preset_dry_run_prints_the_whole_plan(capsys):
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("study paper: 4 model(s), 17 task(s), 3 seed(s)")
-    jobs = [line for line in lines if line.startswith("  ")]
+    listing = lines[:next(i for i, line in enumerate(lines) if line.startswith("memory plan"))]
+    jobs = [line for line in listing if line.startswith("  ")]
     # RoBERTa runs the 13 classification tasks, the T5s all 17, three seeds each.
     assert sum(job.startswith("  prompt ") for job in jobs) == (2 * 13 + 2 * 17) * 3
     assert sum(job.startswith("  projector ") for job in jobs) == 12  # ordered pairs of 4
@@ -120,22 +121,34 @@ def test_paper_preset_dry_run_prints_the_whole_plan(capsys):
     assert table["prompt"][1] == "180" and float(table["prompt"][3].replace(",", "")) > 1000
     assert table["total"][1] == str(len(jobs))
     assert "GPU-hours" in out and "A100" in out
+    # Each job's real resources, and the memory plan of each model (offline: bundled configs).
+    xxl = [job for job in jobs if job.startswith("  prompt google/t5-v1_1-xxl/")]
+    assert len(xxl) == 51 and all(job.endswith("8 CPU, 1 GPU, accelerator_type:A100")
+                                  for job in xxl)
+    plan = out[out.index("memory plan"):]
+    block = plan[plan.index("  google/t5-v1_1-xxl:"):].splitlines()[:3]
+    assert "activation checkpointing" in block[0]
+    assert "(weights 22.0 GB," in block[1] and "per GPU: fits one A100 (80 GB)" in block[1]
+    assert block[2] == "    cheapest placement on that card: 1 GPU, ZeRO-0, activation " \
+                       "checkpointing (" + " ".join(block[1].split()[:2]) + ")"
 
 
 def test_gpu_hours_of_a_known_run_equal_a_hand_computed_number(tmp_path):
-    """One RoBERTa-base run (125M parameters, from the bundled table) with the default budget:
-    1000 steps x 32 examples x (100 prompt + 128 text) tokens at 4 x 125M FLOPs each, plus 10
-    evaluations of 1000 examples at 2 x 125M FLOPs per token, at 30 % of 312 TFLOP/s (bf16):
-    (4 * 125e6 * 1000 * 32 * 228 + 2 * 125e6 * 10 * 1000 * 228) / (0.3 * 312e12) / 3600
-    = 4.218e15 FLOPs / 9.36e13 FLOP/s = 45.06 s = 0.012518 GPU-hours."""
+    """One RoBERTa-base run (124,697,433 parameters: its bundled config built on the meta
+    device) with the default budget: 1000 steps x 32 examples x (100 prompt + 128 text) tokens
+    at 4 x P FLOPs each, plus 10 evaluations of 1000 examples at 2 x P FLOPs per token, at
+    30 % of 312 TFLOP/s (an A100, bf16): 4.2075e15 FLOPs / 9.36e13 FLOP/s = 0.0124875
+    GPU-hours. On 8 GPUs with ZeRO-3 the run holds all eight, at 70 % efficiency: 0.0178393."""
     from ptdist.orchestration.estimate import study_costs
     from ptdist.orchestration.replicate import study_jobs
     from ptdist.reporting.report import write_report
 
     study = tmp_path / "one.yaml"
-    study.write_text(f"name: one\nstorage_path: {tmp_path / 'store'}\ntasks: [sst2]\n"
-                     "models: {roberta-base: {ds_config: zero0_bf16}}\n")
-    loaded = load_study(study)
-    costs = {c.stage: c for c in study_costs(loaded, study_jobs(loaded, write_report))}
-    assert costs["prompt"].jobs == 1 and costs["prompt"].to_run == 1
-    assert costs["prompt"].gpu_hours == pytest.approx(0.012518, abs=1e-6)
+    for resources, hours in (("{}", 0.0124875), ("{gpus: 8}", 0.0178393)):
+        study.write_text(f"name: one\nstorage_path: {tmp_path / 'store'}\ntasks: [sst2]\n"
+                         f"models: {{roberta-base: {{ds_config: zero0_bf16, resources: "
+                         f"{resources}}}}}\n")
+        loaded = load_study(study)
+        costs = {c.stage: c for c in study_costs(loaded, study_jobs(loaded, write_report))}
+        assert costs["prompt"].jobs == 1 and costs["prompt"].to_run == 1
+        assert costs["prompt"].gpu_hours == pytest.approx(hours, abs=1e-6)

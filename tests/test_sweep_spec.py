@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +59,11 @@ def test_a_spec_expands_to_every_model_task_seed_init(tmp_path):
     ({"models": {"tiny-t5": {"resources": {"workers": 3}}}},
      "batch size 8 does not split over 3 process(es)"),
     ({"train": {"steps": 0}}, "steps must be at least 1"),
-    ({"storage_path": "s3://bucket/store"}, "must be a folder that every node mounts"),
+    ({"storage_path": "s3://bucket/store"},
+     "must be a POSIX folder that every node mounts (EFS, FSx, Filestore, NFS), as cluster.yaml "
+     "sets up under /mnt/ptdist: it writes every file atomically by renaming it, which object "
+     "stores and their FUSE mounts (mountpoint-s3, s3fs) do not offer. To keep Ray Tune's and "
+     "Train's records in S3, set 'ray_storage: s3://bucket/prefix'"),
     ({"max_concurrent": 0}, "'max_concurrent' must be a positive integer"),
     # Strict: YAML types its values, so a value of another type is refused, not converted.
     ({"models": {"tiny-roberta": {"resources": {"cpus": "two"}}}},
@@ -105,11 +110,43 @@ def test_runs_that_no_node_type_can_hold_are_refused(tmp_path):
     runs = parse_spec(raw).runs()
     with pytest.raises(PtdistError) as err:
         check_runs_fit(runs, node_types_from_cluster_config(REPO / "cluster.yaml"), "cluster.yaml")
-    assert "tiny-t5 asks for 1 CPU, 16 GPU per worker" in str(err.value)
+    assert "tiny-t5 asks for 1 CPU, 16 GPU (1 worker)" in str(err.value)
     assert "gpu_8x: 96 CPU, 8 GPU" in str(err.value)
+    # A worker group is one node: 16 GPUs over 8 workers still need 16 GPUs on one node.
     split = parse_spec(_spec(tmp_path, models={"tiny-t5": {"resources": {"gpus": 16,
                                                                          "workers": 8}}}))
-    check_runs_fit(split.runs(), node_types_from_cluster_config(REPO / "cluster.yaml"), "x")
+    with pytest.raises(PtdistError, match="worker group of 8 workers x 1 CPU, 2 GPU, which "
+                                          "needs 8 CPU, 16 GPU on one node"):
+        check_runs_fit(split.runs(), node_types_from_cluster_config(REPO / "cluster.yaml"), "x")
+    node = parse_spec(_spec(tmp_path, models={"tiny-t5": {"resources": {"gpus": 8, "cpus": 12,
+                                                                        "workers": 8}}}))
+    check_runs_fit(node.runs(), node_types_from_cluster_config(REPO / "cluster.yaml"), "x")
+    # 8 x 12 CPUs take all 96 of gpu_8x: the job's coordinator goes to another node (the head)
+
+
+def test_ray_records_go_to_ray_storage_and_the_store_stays_on_its_file_system(tmp_path):
+    spec = parse_spec(_spec(tmp_path, ray_storage="s3://bucket/ptdist-ray"))
+    store = spec.store()
+    assert store.root == tmp_path / "store"
+    assert store.ray_records("tune") == "s3://bucket/ptdist-ray/tune"
+    assert pickle.loads(pickle.dumps(store)).ray_records("train") == \
+        "s3://bucket/ptdist-ray/train"  # as a job carries it
+    assert parse_spec(_spec(tmp_path)).store().ray_records("tune") == \
+        str(tmp_path / "store" / "ray" / "tune")
+
+
+def test_a_model_is_pinned_to_a_gpu_type_or_a_custom_resource(tmp_path):
+    spec = parse_spec(_spec(tmp_path, models={"tiny-t5": {"resources": {
+        "gpus": 2, "cpus": 4, "accelerator_type": "H100", "custom": {"gpu_80gb": 1},
+        "start_timeout_s": 60}}}))
+    res = spec.runs()[0].resources
+    assert res.per_worker() == {"CPU": 4.0, "GPU": 1.0, "accelerator_type:H100": 0.001,
+                                "gpu_80gb": 1.0}
+    assert res.group() == {"CPU": 8.0, "GPU": 2.0, "accelerator_type:H100": 0.002,
+                           "gpu_80gb": 2.0}
+    assert res.start_timeout_s == 60 and res.one_device().per_worker()["GPU"] == 1
+    with pytest.raises(PtdistError, match="accelerator_type:H100"):  # no H100 node type
+        check_runs_fit(spec.runs(), node_types_from_cluster_config(REPO / "cluster.yaml"), "x")
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -147,7 +184,11 @@ def test_dry_run_lists_the_runs_without_running_them(tmp_path):
     assert "16 runs (2 model(s) x 2 task(s) x 2 seed(s) x 2 init(s)); 0 already in the " \
            "store" in proc.stderr  # progress on stderr, the listing (the result) on stdout
     assert proc.stdout.count("would run") == 16
-    assert "tiny-t5/imdb/seed1/vocab: 20 steps, 2 worker(s) x 0.5 CPU, 0 GPU, zero2" in proc.stdout
+    assert "tiny-t5/imdb/seed1/vocab: 20 steps, 2 worker(s) x 0.5 CPU, 0 GPU = 1 CPU, 0 GPU " \
+           "on one node, zero2" in proc.stdout
+    # The memory plan of each model, from its config (no weights loaded): per process on CPU.
+    assert "  tiny-t5: 2 worker(s) on one node holding 1 CPU, 0 GPU, ZeRO-2, fp32" in proc.stdout
+    assert "MB) per process (no GPU)" in proc.stdout
     assert not (tmp_path / "store" / "prompts").exists()
 
 

@@ -15,7 +15,7 @@ import torch
 
 from ptdist.store import Store
 from ptdist.training import TrainConfig, train
-from tests.conftest import child_env
+from tests.conftest import child_env, zero3_every_tensor_partitioned
 
 REPO = Path(__file__).resolve().parents[1]
 LEARN = dict(task="sst2", prompt_length=8, lr=0.1, batch_size=16, eval_limit=None)
@@ -146,16 +146,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _zero3_every_tensor_partitioned(tmp_path: Path) -> Path:
-    """ds_configs/zero3.json, but with no small-tensor exemption: a tiny model has no tensor
-    above the production persistence threshold, so this makes ZeRO-3 really partition it."""
-    config = json.loads((REPO / "ds_configs" / "zero3.json").read_text())
-    config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
-    path = tmp_path / "zero3_partition_all.json"
-    path.write_text(json.dumps(config))
-    return path
-
-
 @pytest.mark.slow
 def test_zero2_and_zero3_on_two_processes_match_zero0(tmp_path, sentiment_dir):
     steps = 10
@@ -166,7 +156,7 @@ def test_zero2_and_zero3_on_two_processes_match_zero0(tmp_path, sentiment_dir):
                 "--nproc_per_node", "2", "-m"]
     deepspeed = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "2",
                  "--master_port", str(_free_port()), "--module"]
-    zero3 = str(_zero3_every_tensor_partitioned(tmp_path))
+    zero3 = str(zero3_every_tensor_partitioned(tmp_path))
     runs = {}
     for name, ds, launcher in (("zero2", "zero2", torchrun), ("zero3", zero3, torchrun),
                                ("zero2-deepspeed-launcher", "zero2", deepspeed)):
@@ -188,6 +178,33 @@ def test_zero2_and_zero3_on_two_processes_match_zero0(tmp_path, sentiment_dir):
         assert manifest.backbone_fingerprint == pristine  # frozen weights untouched
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_fresh_preset_cache_under_zero3_builds_whole_weights_and_trains(
+        tmp_path, sentiment_dir, processes):
+    """Each rank builds the preset itself on an empty cache, before ZeRO-3's zero.Init exists:
+    built inside it, the preset would be written with ZeRO-3's empty placeholders and poison
+    every later run."""
+    from safetensors.torch import load_file
+
+    from ptdist.backbones.presets import preset_dir
+
+    cache = tmp_path / "empty-cache"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2", "-m"]
+    args = _train_args(tmp_path / "store", sentiment_dir, 10, "--ds-config",
+                       str(zero3_every_tensor_partitioned(tmp_path)))
+    result = _json_result(_cli(*args, env_extra={"PTDIST_CACHE": str(cache)},
+                               launcher=torchrun if processes == 2 else None), timeout=600)
+    manifest = Store(tmp_path / "store").prompts.manifest(result["prompt_id"])
+    assert manifest.world_size == processes and manifest.zero_stage == 3
+    assert result["steps_run"] == 10 and result["history"][-1]["loss"] > 0
+    built = load_file(next(cache.glob("presets/tiny-roberta-v*/model.safetensors")))
+    reference = load_file(preset_dir("tiny-roberta") / "model.safetensors")  # no DeepSpeed
+    assert built.keys() == reference.keys()
+    assert all(torch.equal(built[k], reference[k]) for k in reference)
+
+
 def _kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL a launcher and its workers (torchrun puts workers in their own process group)."""
     import psutil
@@ -205,7 +222,7 @@ def test_multi_process_run_resumes_under_another_zero_stage(tmp_path, sentiment_
     """Checkpoints hold Adam's moments whole, so a run killed under one ZeRO stage resumes
     under another; both DeepSpeed restore paths (ZeRO-1/2 fragments, ZeRO-3 partitions) run."""
     steps = 40
-    configs = {"zero2": "zero2", "zero3": str(_zero3_every_tensor_partitioned(tmp_path))}
+    configs = {"zero2": "zero2", "zero3": str(zero3_every_tensor_partitioned(tmp_path))}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node", "2", "-m"]
     reference = _json_result(_cli(*_train_args(tmp_path / "ref", sentiment_dir, steps)))

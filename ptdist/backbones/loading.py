@@ -15,6 +15,20 @@ from ptdist.errors import PtdistError
 from ptdist.packaged import is_packaged, resolve_packaged
 from ptdist.runtime import say
 
+# Configs of the paper's hub models (no weights): what the memory planner reads offline.
+BUNDLED_CONFIGS = Path(__file__).resolve().parent / "model_configs"
+# The precisions ptdist runs a model in; T5 overflows in fp16, so there is none.
+PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def dtype_of(precision: str) -> torch.dtype:
+    """The torch dtype of precision ``bf16`` or ``fp32``."""
+    if precision not in PRECISIONS:
+        raise PtdistError(f"unknown precision '{precision}'; use one of: "
+                          f"{', '.join(PRECISIONS)} (fp16 overflows in T5)")
+    return PRECISIONS[precision]
+
+
 def resolve_model_path(name: str) -> str:
     """A preset's cache folder, a folder inside an installed package (``pkg:NAME/path``), a
     local folder, or the hub id unchanged."""
@@ -41,18 +55,10 @@ def load_backbone(name: str, *, dtype: torch.dtype = torch.float32,
                   max_length: int = 128) -> Backbone:
     """Load ``name`` frozen. Under DeepSpeed ZeRO-3, create ``HfDeepSpeedConfig`` first so the
     weights are partitioned as they load instead of materialising the whole model per rank."""
-    from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     path = resolve_model_path(name)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise PtdistError(
-            f"could not load model '{name}': it is not a preset ({', '.join(PRESETS)}), not a "
-            f"local folder, and loading it from the Hugging Face hub failed ({_first_line(exc)}). "
-            f"Without hub access, download it elsewhere (`hf download {name} --local-dir DIR`) "
-            "and pass --model DIR."
-        ) from None
+    config = _config_at(path, name)
     kind = model_kind(config)
     auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForMaskedLM
     try:
@@ -75,6 +81,28 @@ def load_backbone(name: str, *, dtype: torch.dtype = torch.float32,
                           "cannot be read; use an MLM-pretrained encoder (RoBERTa, BERT).")
     cls = Seq2SeqBackbone if kind == "seq2seq" else MaskedLMBackbone
     return cls(name, model, tokenizer, max_length=max_length)
+
+
+def model_config(name: str):
+    """``name``'s transformers config, without its weights: shipped with ptdist for the paper's
+    hub models (`model_configs/`, so a plan needs no hub), else from its folder (a preset, a
+    local or package folder) or the hub."""
+    bundled = BUNDLED_CONFIGS / f"{name.replace('/', '--')}.json"
+    return _config_at(str(bundled) if bundled.exists() else resolve_model_path(name), name)
+
+
+def _config_at(path: str, name: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise PtdistError(
+            f"could not load model '{name}': it is not a preset ({', '.join(PRESETS)}), not a "
+            f"local folder, and loading it from the Hugging Face hub failed ({_first_line(exc)}). "
+            f"Without hub access, download it elsewhere (`hf download {name} --local-dir DIR`) "
+            "and pass --model DIR."
+        ) from None
 
 
 def _report_load(name: str, model, missing: list[str]) -> None:

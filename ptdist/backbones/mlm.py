@@ -35,7 +35,7 @@ class MaskedLMBackbone(Backbone):
 
     def readout_logits(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Full-vocabulary MLM logits [B, V] at the mask position."""
-        embeds, mask = self._embed_with_prompt(prompts, batch["input_ids"], batch["attention_mask"])
+        embeds, mask = self._embed_with_prompt(prompts, batch)
         hidden = self.model.base_model(inputs_embeds=embeds, attention_mask=mask)[0]
         # The head is position-wise and only the mask is read: applied to every position it
         # was half the forward of MiniLM (a 30k-word vocabulary), measured in benchmarks/.

@@ -45,7 +45,7 @@ class Seq2SeqBackbone(Backbone):
 
     def readout_logits(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Full-vocabulary logits [B, V] of the first decoder step."""
-        embeds, mask = self._embed_with_prompt(prompts, batch["input_ids"], batch["attention_mask"])
+        embeds, mask = self._embed_with_prompt(prompts, batch)
         start = self._decoder_start(embeds.shape[0], embeds.device)
         return self.model(inputs_embeds=embeds, attention_mask=mask,
                           decoder_input_ids=start).logits[:, 0]
@@ -55,7 +55,7 @@ class Seq2SeqBackbone(Backbone):
 
     def _training_outputs(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Decoder logits [B, T, V] over the targets (teacher forcing)."""
-        embeds, mask = self._embed_with_prompt(prompts, batch["input_ids"], batch["attention_mask"])
+        embeds, mask = self._embed_with_prompt(prompts, batch)
         return self.model(inputs_embeds=embeds, attention_mask=mask,
                           labels=batch["target_ids"]).logits
 
@@ -70,7 +70,7 @@ class Seq2SeqBackbone(Backbone):
 
     @torch.no_grad()
     def generate(self, prompts: torch.Tensor, batch: Batch, max_new_tokens: int) -> list[str]:
-        embeds, mask = self._embed_with_prompt(prompts, batch["input_ids"], batch["attention_mask"])
+        embeds, mask = self._embed_with_prompt(prompts, batch)
         out = self.model.generate(inputs_embeds=embeds, attention_mask=mask,
                                   max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
         return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]

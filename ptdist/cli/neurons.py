@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 
 from ptdist.cli.options import (absolute, add_data, add_execution, add_job_resources,
-                                add_store, emit, execution, model_help, store_of, task_help)
+                                add_precision, add_store, emit, execution, model_help, store_of,
+                                task_help)
 
 
 def capture(args: argparse.Namespace) -> None:
@@ -23,7 +24,8 @@ def capture(args: argparse.Namespace) -> None:
         raise PtdistError(f"no prompts of model '{args.model}' in store {store.root}"
                           + (f" for task(s) {', '.join(names)}" if names else ""))
     settings = CaptureSettings(protocol=args.protocol, examples=args.examples,
-                               batch_size=args.batch_size, data_dir=absolute(args.data_dir))
+                               batch_size=args.batch_size, data_dir=absolute(args.data_dir),
+                               precision=args.precision)
     result = run_capture(store, prompts, settings, args.chunks, execution(args),
                          {"CPU": args.cpus, "GPU": args.gpus})
     emit(args, f"captured {result.captured} prompt(s) ({result.skipped} already stored) "
@@ -81,6 +83,7 @@ def register(command, sub) -> None:
                    help="examples per forward (data protocol), prompts per forward (prompt "
                         "protocol)")
     c.add_argument("--chunks", type=int, default=2, help="jobs to split the prompts over")
+    add_precision(c)
     add_execution(c)
     add_job_resources(c)
     add_data(c)

@@ -77,6 +77,12 @@ def add_eval(p: argparse.ArgumentParser, batch: int = 64) -> None:
                    help=f"examples x prompts per forward pass (default {batch})")
 
 
+def add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
+                   help="precision of the frozen model (default: the one the prompts were "
+                        "trained in, from their manifests)")
+
+
 def add_execution(p: argparse.ArgumentParser, spec: bool = False) -> None:
     """Where a command's jobs run: Ray by default, --local in this process."""
     p.add_argument("--local", action="store_true",
@@ -130,6 +136,9 @@ def add_budget(p: argparse.ArgumentParser) -> None:
                    help="stop after this many evaluations without improvement")
     p.add_argument("--ds-config", default="zero0",
                    help="DeepSpeed config name in ds_configs/ or JSON path (default zero0)")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each layer's activations in the backward instead of "
+                        "keeping them: less memory, ~1/3 more compute, the same prompt")
 
 
 def budget(args: argparse.Namespace) -> dict[str, Any]:
@@ -137,7 +146,8 @@ def budget(args: argparse.Namespace) -> dict[str, Any]:
     return dict(seed=args.seed, steps=args.steps, lr=args.lr, warmup_steps=args.warmup_steps,
                 batch_size=args.batch_size, eval_every=args.eval_every,
                 eval_limit=args.eval_limit or None, train_limit=args.train_limit,
-                max_length=args.max_length, patience=args.patience)
+                max_length=args.max_length, patience=args.patience,
+                activation_checkpointing=args.activation_checkpointing)
 
 
 def store_of(args: argparse.Namespace):

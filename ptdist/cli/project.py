@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 
 from ptdist.cli.options import (absolute, add_budget, add_data, add_eval, add_execution,
-                                add_job_resources, add_store, budget, emit, execution,
-                                job_resources, model_help, store_of, task_help)
+                                add_job_resources, add_precision, add_store, budget, emit,
+                                execution, job_resources, model_help, store_of, task_help)
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -55,7 +55,7 @@ def evaluate(args: argparse.Namespace) -> None:
                for m in store.prompts.select(model)]
     rows = evaluate_projector(store, args.projector, args.tasks, prompts, EvalSettings(
         eval_limit=args.eval_limit or None, batch_size=args.batch_size,
-        data_dir=absolute(args.data_dir)))
+        data_dir=absolute(args.data_dir), precision=args.precision))
     lines = [f"{'task':<22}{'projected':>10}{'untrained':>10}{'own':>8}{'relative':>10}"
              f"{'distance':>10}  trained on it"]
     lines += [f"{r.task:<22}{r.score:>10.2f}{r.untrained_score:>10.2f}"
@@ -154,6 +154,7 @@ def register(command, sub) -> None:
     e.add_argument("--projector", required=True, help="projector id (`ptdist project list`)")
     e.add_argument("--tasks", nargs="+", required=True, help=task_help("tasks to evaluate on"))
     add_eval(e)
+    add_precision(e)
     add_data(e)
     add_store(e)
     p = command("tpt", tpt, "TPT_model: PT initialised with projected prompts",

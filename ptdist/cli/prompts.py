@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import argparse
 
-from ptdist.cli.options import (absolute, add_budget, add_data, add_eval, add_store, budget,
-                                emit, model_help, store_of, task_help)
+from ptdist.cli.options import (absolute, add_budget, add_data, add_eval, add_precision,
+                                add_store, budget, emit, model_help, store_of, task_help)
 
 
 def train(args: argparse.Namespace) -> None:
@@ -30,7 +30,7 @@ def evaluate(args: argparse.Namespace) -> None:
 
     metrics = score_prompt(args.model, store_of(args), args.prompt, args.task,
                            limit=args.eval_limit or None, batch_size=args.batch_size,
-                           data_dir=args.data_dir)
+                           data_dir=args.data_dir, precision=args.precision)
     summary = " ".join(f"{k}={v:.2f}" for k, v in metrics.items())
     emit(args, f"prompt {args.prompt} on {args.task} with {args.model}: {summary}",
          {"prompt": args.prompt, "task": args.task, "model": args.model, "metrics": metrics})
@@ -113,6 +113,7 @@ def register(command) -> None:
     e.add_argument("--prompt", required=True, help="store id, .safetensors file, or folder")
     e.add_argument("--task", required=True, help=task_help())
     add_eval(e)
+    add_precision(e)
     e.add_argument("--limit", dest="eval_limit", type=int, default=argparse.SUPPRESS,
                    help=argparse.SUPPRESS)  # the option's name before --eval-limit
     add_data(e)

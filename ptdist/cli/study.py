@@ -53,6 +53,7 @@ def replicate(args: argparse.Namespace) -> None:
 def _print_plan(study) -> None:
     from ptdist.orchestration.estimate import describe_costs, study_costs
     from ptdist.orchestration.graph import describe_jobs
+    from ptdist.orchestration.plans import describe_plans, model_plans
     from ptdist.orchestration.replicate import study_jobs
     from ptdist.reporting.report import write_report
 
@@ -61,6 +62,7 @@ def _print_plan(study) -> None:
     print(f"study {spec.name}: {len(spec.models)} model(s), {len(spec.tasks)} task(s), "
           f"{len(spec.seeds)} seed(s), {len(spec.inits)} init(s); store {spec.storage_path}")
     print(describe_jobs(jobs))
+    print(describe_plans(model_plans(spec)))
     print(describe_costs(study_costs(study, jobs)), flush=True)
 
 

@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 
 from ptdist.cli.options import (absolute, add_budget, add_data, add_eval, add_execution,
-                                add_job_resources, add_store, budget, emit, execution,
-                                job_resources, model_help, store_of, task_help)
+                                add_job_resources, add_precision, add_store, budget, emit,
+                                execution, job_resources, model_help, store_of, task_help)
 
 
 def matrix(args: argparse.Namespace) -> None:
@@ -24,7 +24,7 @@ def matrix(args: argparse.Namespace) -> None:
                                      f"of model '{args.model}' in store {store.root}").values()
                for m in mine]
     settings = MatrixSettings(eval_limit=args.eval_limit or None, batch_size=args.batch_size,
-                              data_dir=absolute(args.data_dir))
+                              data_dir=absolute(args.data_dir), precision=args.precision)
     device = {"CPU": args.cpus, "GPU": args.gpus}
     result = run_matrix(store, prompts, settings, execution(args), device)
     figure = matrix_figure(result.rows, store.layout.matrix_figure(args.model))
@@ -90,6 +90,7 @@ def register(command, sub) -> None:
     m.add_argument("--model", required=True, help=model_help())
     m.add_argument("--tasks", nargs="+", required=True, help=task_help("the tasks (>= 2)"))
     add_eval(m)
+    add_precision(m)
     add_execution(m)
     add_job_resources(m)
     add_data(m)

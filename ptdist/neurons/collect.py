@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 
-from ptdist.backbones import load_backbone
+from ptdist.backbones import dtype_of
 from ptdist.errors import PtdistError
 from ptdist.neurons.capture import PROTOCOLS, bare_rows, ffn_activations, ffn_sites
 from ptdist.store import Store
 from ptdist.store.activations import ActivationWriter, captured, repair
 from ptdist.store.manifests import PromptManifest
 from ptdist.tasks import get_task, load_split
+from ptdist.training.evaluation import eval_backbone, inference_precision
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,15 @@ class CaptureSettings:
     data_dir: str | None = None
     flush_rows: int = 64
     commit_every: int = 256  # prompts made visible at once (what a killed capture redoes)
+    precision: str | None = None  # bf16 | fp32; None: the prompts' own (inference_precision)
+    device: str | None = None  # None: the GPU the job holds, else the CPU
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise PtdistError(f"unknown protocol '{self.protocol}'; use one of: "
                               f"{', '.join(PROTOCOLS)}")
+        if self.precision is not None:
+            dtype_of(self.precision)
 
 
 @dataclass
@@ -69,8 +74,11 @@ def capture(store: Store, prompts: Sequence[PromptManifest],
 
 def _capture(store: Store, model: str, manifests: list[PromptManifest],
              settings: CaptureSettings) -> None:
-    """Capture ``manifests``' prompts with one copy of the model; rows stream to Parquet."""
-    backbone = load_backbone(model)
+    """Capture ``manifests``' prompts with one copy of the model, in their precision on the
+    job's device; rows stream to Parquet (activations in fp32 whatever the precision)."""
+    backbone = eval_backbone(model, precision=inference_precision(manifests, settings.precision),
+                             device=settings.device)
+    device = next(backbone.parameters()).device
     sites = ffn_sites(backbone)
     config = backbone.model.config
     d_ff = getattr(config, "intermediate_size", None) or config.d_ff
@@ -82,7 +90,7 @@ def _capture(store: Store, model: str, manifests: list[PromptManifest],
                           settings.commit_every) as writer:
         for start in range(0, len(manifests), per_forward):
             group = manifests[start:start + per_forward]
-            prompts = [store.prompts.tensor(m.id) for m in group]
+            prompts = [store.prompts.tensor(m.id).to(device) for m in group]
             if settings.protocol == "prompt":
                 acts = [(a, 0) for a in _bare_activations(backbone, prompts)]
             else:
@@ -93,8 +101,8 @@ def _capture(store: Store, model: str, manifests: list[PromptManifest],
                                          task.words_for(backbone.kind), settings.batch_size),
                          len(rows))]
             for manifest, (values, n) in zip(group, acts):
-                writer.add(manifest.id, manifest.task, settings.protocol, n, values.numpy(),
-                           [s.name for s in sites])
+                writer.add(manifest.id, manifest.task, settings.protocol, n,
+                           values.cpu().numpy(), [s.name for s in sites])
             done = start + len(group)
             if done // 10 > start // 10 or done == len(manifests):
                 print(f"[capture] {done}/{len(manifests)} prompts, "
@@ -106,7 +114,7 @@ def _bare_activations(backbone, prompts: list[torch.Tensor]) -> list[torch.Tenso
     (prompts of other lengths in one group: one forward each)."""
     if len({prompt.shape for prompt in prompts}) > 1:
         return [acts for prompt in prompts for acts in _bare_activations(backbone, [prompt])]
-    batch = backbone.collate(bare_rows(backbone) * len(prompts), None)
+    batch = _on(backbone.collate(bare_rows(backbone) * len(prompts), None), prompts[0].device)
     return list(ffn_activations(backbone, torch.stack(prompts), batch))
 
 
@@ -115,6 +123,10 @@ def _mean_over_rows(backbone, prompt: torch.Tensor, rows: list[dict], words, bat
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         acts = ffn_activations(backbone, prompt.expand(len(chunk), -1, -1),
-                               backbone.collate(chunk, words)).sum(0)
+                               _on(backbone.collate(chunk, words), prompt.device)).sum(0)
         total = acts if total is None else total + acts
     return total / len(rows)
+
+
+def _on(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}

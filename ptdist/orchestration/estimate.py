@@ -2,32 +2,32 @@
 
 The estimate counts the FLOPs of the forward and backward passes through each frozen model
 (a frozen model still back-propagates to its input, so a training token costs about 4 x
-parameters FLOPs, an evaluation token 2 x parameters) and divides by a stated throughput.
-It is an order of magnitude to plan a budget with, not a measurement: early stopping makes
-runs shorter, small batches and ZeRO-3 communication make them slower.
+parameters FLOPs, an evaluation token 2 x parameters; activation checkpointing adds a forward,
+6 x) and divides by a stated throughput of the GPU a run lands on (its ``accelerator_type``,
+else an A100). A run on several GPUs (ZeRO-3 across a node) holds them all for its whole time,
+and spends part of it communicating: its GPU-hours are its FLOPs at `ZERO3_EFFICIENCY` of the
+throughput. It is an order of magnitude to plan a budget with, not a measurement: early
+stopping makes runs shorter, small batches make them slower.
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass
 
 from ptdist.orchestration.costs import stage_of
+from ptdist.errors import PtdistError
 from ptdist.orchestration.graph import Job
 from ptdist.orchestration.spec import ModelEntry
 from ptdist.orchestration.study import Study
 from ptdist.training.config import TrainConfig
+from ptdist.training.memory import DEFAULT_GPU, model_memory
 
-PEAK_FLOPS = {"bf16": 312e12, "fp32": 156e12}  # A100 (cluster.yaml's p4de): bf16; TF32
+# Dense bf16 tensor-core peaks (TF32 for fp32 is half of it) by Ray's accelerator type.
+PEAK_BF16 = {"A100": 312e12, "A100-40G": 312e12, "A100-80G": 312e12, "H100": 989e12,
+             "H200": 989e12, "L40S": 362e12, "L4": 121e12, "A10G": 125e12}
 UTILISATION = 0.3
-# Parameter counts of hub models a planning machine may not have (the dry-run needs no hub).
-KNOWN_PARAMETERS = {
-    "roberta-base": 125e6, "roberta-large": 355e6, "bert-base-uncased": 110e6,
-    "bert-large-uncased": 336e6, "t5-small": 60e6, "t5-base": 223e6, "t5-large": 738e6,
-    "t5-3b": 2.85e9, "t5-11b": 11.3e9, "google/t5-v1_1-base": 248e6,
-    "google/t5-v1_1-large": 783e6, "google/t5-v1_1-xl": 2.85e9, "google/t5-v1_1-xxl": 11.1e9,
-}
+ZERO3_EFFICIENCY = 0.7  # assumed: ZeRO-3 gathers every layer's weights at every step
 STAGES = ("prompt", "matrix", "capture", "indicators", "correlate", "projector", "eval",
           "tpt", "tpt_model", "report")
 
@@ -41,23 +41,11 @@ class StageCost:
 
 
 def parameters(model: str) -> float | None:
-    """A model's parameter count: from the table above, else from its config (a local folder,
-    preset or package path), without loading weights; None when neither is available."""
-    if model in KNOWN_PARAMETERS:
-        return KNOWN_PARAMETERS[model]
+    """A model's parameter count from its config on the meta device (the paper's hub models
+    are planned from configs ptdist ships); None when no config is reachable."""
     try:
-        import torch
-        from transformers import AutoConfig, AutoModel
-
-        from ptdist.backbones import resolve_model_path
-
-        path = resolve_model_path(model)
-        if not os.path.isdir(path):
-            return None
-        with torch.device("meta"):
-            built = AutoModel.from_config(AutoConfig.from_pretrained(path))
-        return float(sum(p.numel() for p in built.parameters()))
-    except (OSError, ValueError, ImportError):
+        return float(model_memory(model, "bf16").parameters)
+    except PtdistError:
         return None
 
 
@@ -74,7 +62,7 @@ def study_costs(study: Study, jobs: list[Job]) -> list[StageCost]:
             unknown.add(model.name)
             continue
         runs = [r.config for r in spec.runs() if r.config.model == model.name]
-        hours["prompt"] += sum(_train_flops(c, n) for c in runs) / _rate(model) / 3600
+        hours["prompt"] += sum(_train_flops(c, n) for c in runs) / _train_rate(model) / 3600
         if runs:
             c, tasks = runs[0], len(spec.tasks_of(model))
             eval_rows = study.transfer.get("eval_limit", 1000) or 1000
@@ -105,7 +93,7 @@ def _projection_hours(study: Study, sizes: dict[str, float | None]) -> dict[str,
         steps = settings.projector.get("steps", 1000)
         if settings.mode == "task":
             hours["projector"] += sources * 4 * n * steps * runs[0].batch_size * \
-                _tokens(runs[0]) / _rate(target) / 3600
+                _tokens(runs[0]) / _train_rate(target) / 3600
         rows = settings.projector.get("eval_limit", 1000) or 1000
         hours["eval"] += sources * 3 * len(settings.eval_tasks) * 2 * n * rows * \
             _tokens(runs[0]) / _rate(target) / 3600
@@ -125,7 +113,7 @@ def _tpt_hours(study: Study, sizes: dict[str, float | None]) -> dict[str, float]
         runs = [r.config for r in spec.runs() if r.config.model == model.name]
         if n is None or not runs:
             continue
-        one = _train_flops(runs[0], n) / _rate(model) / 3600
+        one = _train_flops(runs[0], n) / _train_rate(model) / 3600
         hours["tpt"] += one * len(study.tpt.targets) * len(study.tpt.sources)
         hours["tpt_model"] += one * len(study.tpt.targets) * pairs
     return hours
@@ -133,7 +121,8 @@ def _tpt_hours(study: Study, sizes: dict[str, float | None]) -> dict[str, float]
 
 def _train_flops(config: TrainConfig, n: float) -> float:
     evals = config.steps // config.eval_every
-    return 4 * n * config.steps * config.batch_size * _tokens(config) + \
+    per_token = 6 if config.activation_checkpointing else 4
+    return per_token * n * config.steps * config.batch_size * _tokens(config) + \
         2 * n * evals * (config.eval_limit or 1000) * _tokens(config)
 
 
@@ -142,8 +131,16 @@ def _tokens(config: TrainConfig) -> int:
 
 
 def _rate(model: ModelEntry) -> float:
+    """FLOP/s of one GPU of the model's runs (evaluation jobs hold one GPU)."""
+    peak = PEAK_BF16.get(model.resources.accelerator_type or DEFAULT_GPU, PEAK_BF16[DEFAULT_GPU])
     bf16 = model.ds_settings.get("bf16", {}).get("enabled")
-    return PEAK_FLOPS["bf16" if bf16 else "fp32"] * UTILISATION
+    return peak * (1 if bf16 else 0.5) * UTILISATION
+
+
+def _train_rate(model: ModelEntry) -> float:
+    """FLOP/s per GPU-hour of a training run: a run on several GPUs spends part of its time
+    communicating, on every GPU it holds."""
+    return _rate(model) * (ZERO3_EFFICIENCY if model.resources.gpus > 1 else 1.0)
 
 
 def _hours(value: float) -> str:
@@ -159,8 +156,10 @@ def describe_costs(costs: list[StageCost]) -> str:
     total = "unknown" if len(known) < len(costs) else _hours(sum(known))
     lines.append(f"{'total':<12}{sum(c.jobs for c in costs):>7}"
                  f"{sum(c.to_run for c in costs):>8}{total:>18}")
-    lines.append(f"(estimate: 4 x parameters FLOPs per training token, 2 x per evaluation "
-                 f"token, at {UTILISATION:.0%} of an A100's {PEAK_FLOPS['bf16'] / 1e12:.0f} "
-                 f"TFLOP/s bf16 or {PEAK_FLOPS['fp32'] / 1e12:.0f} TF32; the full step "
-                 "budget of every run, no early stopping)")
+    lines.append(f"(estimate: 4 x parameters FLOPs per training token (6 x with activation "
+                 f"checkpointing), 2 x per evaluation token, at {UTILISATION:.0%} of the bf16 "
+                 f"peak of each model's GPU (an A100's {PEAK_BF16[DEFAULT_GPU] / 1e12:.0f} "
+                 f"TFLOP/s unless pinned; half for fp32), {ZERO3_EFFICIENCY:.0%} of it for a "
+                 "run on several GPUs, each GPU held counted; the full step budget of every "
+                 "run, no early stopping)")
     return "\n".join(lines)

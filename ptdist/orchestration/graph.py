@@ -51,6 +51,9 @@ class Job:
     # A job that leaves nothing behind (no process group, no DeepSpeed state) may run in a
     # CPU worker process an earlier such job used, and skip the imports a fresh one pays.
     reuse_process: bool = False
+    # Everything the job holds while it runs, when more than its own bundle (`resources`): a
+    # worker group's workers, which reserve their own resources.
+    holds: Mapping[str, float] | None = None
 
     def stored(self) -> bool:
         return self.done is not None and self.done()
@@ -121,8 +124,13 @@ def describe_jobs(jobs: Sequence[Job]) -> str:
         return "to plan: its runs are named once its inputs are stored" if job.plan \
             else "to run"
 
-    return "\n".join(f"  {job.id} [{state(job)}] needs {len(job.needs)} job(s), "
-                     f"{describe(dict(job.resources))}" for job in jobs)
+    def holds(job: Job) -> str:
+        if job.holds is None:
+            return describe(dict(job.resources))
+        return f"{describe(dict(job.holds))} (a worker group on one node)"
+
+    return "\n".join(f"  {job.id} [{state(job)}] needs {len(job.needs)} job(s), {holds(job)}"
+                     for job in jobs)
 
 
 def require_success(outcome: GraphOutcome) -> None:

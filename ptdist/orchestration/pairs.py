@@ -25,7 +25,7 @@ from typing import Any
 
 from ptdist.errors import PtdistError
 from ptdist.orchestration.graph import Execution, GraphOutcome, Job, describe_jobs, execute
-from ptdist.orchestration.runs import PromptJobs, job_bundle, plan_sweep, prompt_jobs
+from ptdist.orchestration.runs import PromptJobs, plan_sweep, prompt_jobs
 from ptdist.orchestration.spec import ModelEntry, Resources, SweepSpec
 from ptdist.orchestration.worker_group import on_worker_group
 from ptdist.projection.config import ProjectorConfig, config_from_dict
@@ -77,7 +77,7 @@ class PairGraph:
 def pair_jobs(spec: SweepSpec, settings: PairSettings, prompts: PromptJobs) -> PairGraph:
     """Projector and evaluation jobs for every ordered model pair, after ``prompts``'s jobs."""
     _check_tasks(spec, settings)
-    store = Store(spec.storage_path)
+    store = spec.store()
     graph = PairGraph(prompts.unique(), [])
     for source, target in itertools.permutations(spec.models, 2):
         train_tasks = _shared(spec, source, target, settings.train_tasks)
@@ -91,13 +91,13 @@ def pair_jobs(spec: SweepSpec, settings: PairSettings, prompts: PromptJobs) -> P
             if settings.mode == "distance" else (),
             ds_config=target.ds_config, data_dir=spec.data_dir, **settings.projector)
         pair = Pair(source, target, config.projector_id, eval_tasks)
-        resources = target.resources if config.mode == "task" else one_device(target)
+        resources = target.resources if config.mode == "task" else target.resources.one_device()
         graph.jobs.append(Job(
             f"projector {pair.name}", partial(_train_projector, config.to_dict(), store,
                                               resources),
             needs=prompts.ids(config.source_prompts + config.target_prompts),
             done=partial(store.projectors.has, config.projector_id),
-            resources=job_bundle(resources)))
+            resources=resources.job_bundle(), holds=resources.worker_group()))
         among = prompts.needs(source.name, eval_tasks) + prompts.needs(target.name, eval_tasks)
         eval_settings = EvalSettings(eval_limit=config.eval_limit, data_dir=spec.data_dir)
         graph.jobs.append(Job(
@@ -105,7 +105,7 @@ def pair_jobs(spec: SweepSpec, settings: PairSettings, prompts: PromptJobs) -> P
                                          among, eval_settings),
             needs=(f"projector {pair.name}", *prompts.ids(among)),
             done=partial(evaluated, store, config.projector_id, eval_tasks),
-            resources=job_bundle(one_device(target)), reuse_process=True))
+            resources=target.resources.one_device().job_bundle(), reuse_process=True))
         graph.pairs.append(pair)
     return graph
 
@@ -139,7 +139,7 @@ def run_pairs(spec: SweepSpec, settings: PairSettings, execution: Execution | No
     if len(spec.models) < 2:
         raise PtdistError(f"projectors map between models; sweep {spec.name} has one "
                           f"({spec.models[0].name}); add a second model to its 'models'")
-    store = Store(spec.storage_path)
+    store = spec.store()
     graph = pair_jobs(spec, settings, prompt_jobs(plan_sweep(spec, store), store))
     pairs = len(graph.pairs)
     print(f"projector pairs of {spec.name}: {len(spec.models)} models, {pairs} ordered pairs "
@@ -166,11 +166,6 @@ def _combine(spec: SweepSpec, store: Store, graph: PairGraph,
     if not rows:
         return None
     return write_records(store.layout.cross_model_table(spec.name), ProjectorEvalRow, rows)
-
-
-def one_device(model: ModelEntry) -> Resources:
-    """What evaluating ``model`` needs: one of its workers, with at most one GPU."""
-    return Resources(workers=1, gpus=min(model.resources.gpus, 1), cpus=model.resources.cpus)
 
 
 def _train_projector(config: dict, store: Store, resources: Resources) -> dict:

@@ -26,8 +26,8 @@ from functools import partial
 from ptdist.neurons.collect import CaptureSettings
 from ptdist.orchestration.costs import CostLedger
 from ptdist.orchestration.graph import Execution, GraphOutcome, Job, execute
-from ptdist.orchestration.pairs import PairGraph, one_device, pair_jobs
-from ptdist.orchestration.runs import PromptJobs, job_bundle, plan_sweep, prompt_jobs
+from ptdist.orchestration.pairs import PairGraph, pair_jobs
+from ptdist.orchestration.runs import PromptJobs, plan_sweep, prompt_jobs
 from ptdist.orchestration.spec import ModelEntry, SweepSpec
 from ptdist.orchestration.stages import (LIGHT, capture_jobs, correlate_job, indicators_job,
                                          matrix_jobs, stage_key, tpt_plan_job, with_stamp)
@@ -60,7 +60,7 @@ class _Builder:
 
 def study_jobs(study: Study, report: Report) -> list[Job]:
     spec = study.spec
-    store = Store(spec.storage_path)
+    store = spec.store()
     prompts = prompt_jobs(plan_sweep(spec, store), store)
     graph = pair_jobs(spec, study.projection, prompts) if study.projection else \
         PairGraph(prompts.unique(), [])
@@ -82,7 +82,7 @@ def _model_stages(build: _Builder, model: ModelEntry) -> None:
     spec, store, prompts = build.study.spec, build.store, build.prompts
     m, tasks = model.name, [get_task(t).name for t in spec.tasks_of(model)]
     mine = prompts.needs(m, spec.tasks)  # the study's own prompts, not all in the store
-    device = job_bundle(one_device(model))
+    device = model.resources.one_device().job_bundle()
     neurons = build.study.neurons
     settings = CaptureSettings(data_dir=spec.data_dir, **neurons)
     for job in capture_jobs(store, m, mine, settings, 1, prompts.ids(mine), device):

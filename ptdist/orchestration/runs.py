@@ -23,10 +23,6 @@ from ptdist.training import TrainConfig, train
 from ptdist.training.packed import SHARED, train_packed
 from ptdist.training.run import TrainResult, plan_run, stored_result
 
-# A job that starts a worker group only coordinates it (the workers hold the real resources),
-# but Ray needs a non-empty bundle for it: a sliver of a CPU.
-COORDINATOR_CPU = 0.05
-
 Planned = tuple[RunSpec, str]  # a run and its prompt id
 
 
@@ -65,12 +61,6 @@ def job_to_dict(job: list[Planned]) -> dict:
             "label": first.label if len(job) == 1 else
             f"pack of {len(job)} runs of {first.config.model}",
             "resources": asdict(first.resources)}
-
-
-def job_bundle(resources: Resources) -> dict[str, float]:
-    """What the process that runs a job reserves: its one worker's bundle, or, when the job
-    starts a worker group (which reserves the real resources), a coordinator's sliver."""
-    return resources.per_worker() if resources.workers == 1 else {"CPU": COORDINATOR_CPU}
 
 
 def train_job(job: dict, store: Store) -> dict:
@@ -129,9 +119,10 @@ def prompt_jobs(planned: list[Planned], store: Store) -> PromptJobs:
     jobs = {}
     for group in pack_runs(todo) + done:
         job = job_to_dict(group)
+        res = group[0][0].resources
         graph_job = Job(job["id"], partial(train_job, job, store),
                         done=partial(_all_stored, store, tuple(pid for _, pid in group)),
-                        resources=job_bundle(group[0][0].resources))
+                        resources=res.job_bundle(), holds=res.worker_group())
         jobs.update({pid: graph_job for _, pid in group})
     runs_of: dict[tuple[str, str], list[str]] = {}
     for run, pid in planned:

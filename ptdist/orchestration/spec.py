@@ -16,21 +16,25 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from ptdist.backbones import PRESETS, InitSpec, resolve_model_path
 from ptdist.errors import PtdistError
 from ptdist.store.layout import is_plain_name, segment
+from ptdist.store import Store
 from ptdist.tasks import get_task
 from ptdist.training.config import TrainConfig
 from ptdist.training.engine import deepspeed_config, load_ds_config, precision_of
 from ptdist.validation import (Strict, Text, as_written, dataclass_shape, located, one_or_more,
                                read_yaml, rule, validate)
 
-PATH_KEYS = ("storage_path", "data_dir", "cluster")
+PATH_KEYS = ("storage_path", "data_dir", "cluster", "ray_storage")
 # Set per run by the sweep itself, so not allowed under `train:`.
 SWEPT_FIELDS = ("model", "task", "seed", "init", "ds_config", "data_dir")
 TASK_PLACEHOLDER = "{task}"
+COORDINATOR_CPU = 0.05
+ACCELERATOR_SHARE = 0.001
+DEFAULT_START_TIMEOUT_S = 900.0  # an autoscaled GPU node takes minutes to boot
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 Names = one_or_more(Text)
@@ -47,6 +51,14 @@ class _Resources(Strict):
     gpus: NonNegativeInt = Field(0, description="GPUs per run in all, a whole number that "
                                                 "splits evenly over its workers")
     cpus: NonNegativeFloat = Field(1.0, description="CPUs per worker, e.g. cpus: 8")
+    accelerator_type: Text | None = Field(None, description="the GPU type every worker needs, "
+                                          "as Ray names it (A100, H100, L40S...)")
+    custom: dict[Text, PositiveFloat] | None = Field(
+        None, description="custom Ray resources per worker, e.g. {gpu_80gb: 1}; node types "
+                          "declare them in cluster.yaml")
+    start_timeout_s: PositiveFloat = Field(
+        DEFAULT_START_TIMEOUT_S, description="seconds a worker group may wait for a node with "
+                                             "room for all its workers before its job fails")
 
 
 class _Model(Strict):
@@ -61,6 +73,8 @@ class _Model(Strict):
 class _Spec(Strict):
     name: PlainName | None = None
     storage_path: Text = Field(description="the prompt store: a folder every node mounts")
+    ray_storage: Text | None = Field(None, description="where Ray Tune's and Train's records "
+                                                       "go, e.g. s3://bucket/ptdist-ray")
     data_dir: Text | None = None
     cluster: Text | None = None
     tasks: Names = Field(description="registered task names or task YAML files")
@@ -81,17 +95,53 @@ TOP_KEYS = tuple(_Spec.model_fields)
 @dataclass(frozen=True)
 class Resources:
     """What one run of a model needs. ``workers`` processes (Ray Train workers when more than
-    one), ``gpus`` in all, spread evenly over them, and ``cpus`` for each worker."""
+    one, all on one node), ``gpus`` in all, spread evenly over them, ``cpus`` for each worker,
+    and, to pin a model to a kind of node, a GPU type (Ray's ``accelerator_type:<T>``
+    resource) or custom resources per worker. A worker group that finds no node with room for
+    it within ``start_timeout_s`` fails its attempt."""
 
     workers: int = 1
     gpus: int = 0
     cpus: float = 1.0
+    accelerator_type: str | None = None
+    custom: tuple[tuple[str, float], ...] = ()
+    start_timeout_s: float = DEFAULT_START_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        # A job carries its resources as data (a mapping or pairs): kept sorted and hashable,
+        # since runs are packed by equal resources.
+        object.__setattr__(self, "custom",
+                           tuple(sorted((str(k), float(v)) for k, v in dict(self.custom).items())))
 
     def per_worker(self) -> dict[str, float]:
         bundle = {"CPU": float(self.cpus)}
         if self.gpus:
             bundle["GPU"] = self.gpus / self.workers
+        if self.accelerator_type:
+            # Ray's convention: a node with that GPU offers 1 of the resource; each worker asks
+            # a sliver, so all of a node's workers fit.
+            bundle[f"accelerator_type:{self.accelerator_type}"] = ACCELERATOR_SHARE
+        bundle.update(self.custom)
         return bundle
+
+    def group(self) -> dict[str, float]:
+        """Everything the workers hold together, on one node."""
+        return {k: v * self.workers for k, v in self.per_worker().items()}
+
+    def worker_group(self) -> dict[str, float] | None:
+        """What a job's worker group holds, or None for a job of one worker (its bundle)."""
+        return self.group() if self.workers > 1 else None
+
+    def job_bundle(self) -> dict[str, float]:
+        """What the process that runs a job reserves: its one worker's bundle, or, when the job
+        starts a worker group (which reserves the real resources), a coordinator's sliver of a
+        CPU (Ray needs a non-empty bundle)."""
+        return self.per_worker() if self.workers == 1 else {"CPU": COORDINATOR_CPU}
+
+    def one_device(self) -> Resources:
+        """One of these workers with at most one GPU, pinned alike: what a job that evaluates
+        the model on one device asks."""
+        return replace(self, workers=1, gpus=min(self.gpus, 1))
 
 
 @dataclass(frozen=True)
@@ -124,6 +174,7 @@ class RunSpec:
 class SweepSpec:
     name: str
     storage_path: str
+    ray_storage: str | None  # a URI or folder for Ray's own records (None: under the store)
     data_dir: str | None
     cluster: str | None  # a Ray cluster config whose node types bound what a run may ask for
     tasks: tuple[str, ...]
@@ -141,6 +192,9 @@ class SweepSpec:
                                     **{**self.train, **m.train}), m.resources, m.pack)
                 for m in self.models for task in self.tasks_of(m) for seed in self.seeds
                 for init in self.inits]
+
+    def store(self) -> Store:
+        return Store(self.storage_path, self.ray_storage)
 
     def tasks_of(self, model: ModelEntry) -> tuple[str, ...]:
         """The spec's tasks that ``model`` runs, in the spec's order."""
@@ -185,6 +239,7 @@ def parse_spec(raw: dict, default_name: str = "sweep", base: Path | None = None)
     spec = SweepSpec(
         name=shape.name or default_name,
         storage_path=_storage_path(shape.storage_path),
+        ray_storage=shape.ray_storage,
         data_dir=_abs(shape.data_dir),
         cluster=_abs(shape.cluster),
         tasks=tuple(task_ref(t, base) for t in shape.tasks),
@@ -230,7 +285,9 @@ def _model_entry(name: str, entry: _Model, base: Path, pack: int) -> ModelEntry:
     _check_model_name(name)
     given = entry.resources or _Resources()
     res = Resources(workers=given.workers or max(1, given.gpus), gpus=given.gpus,
-                    cpus=given.cpus)
+                    cpus=given.cpus, accelerator_type=given.accelerator_type,
+                    custom=tuple((given.custom or {}).items()),
+                    start_timeout_s=given.start_timeout_s)
     if res.gpus % res.workers:
         raise PtdistError(f"models.{name}.resources: {res.gpus} GPUs do not split evenly over "
                           f"{res.workers} workers; use a multiple of the worker count")
@@ -270,9 +327,11 @@ def _check_model_name(name: str) -> None:
 def _storage_path(text: str) -> str:
     if "://" in text:
         raise PtdistError(
-            f"storage_path '{text}': the prompt store must be a folder that every node mounts "
-            "(NFS, EFS, Filestore, or an S3 bucket mounted with mountpoint-s3/s3fs); give that "
-            "mount's path, as cluster.yaml sets up under /mnt/ptdist")
+            f"storage_path '{text}': the prompt store must be a POSIX folder that every node "
+            "mounts (EFS, FSx, Filestore, NFS), as cluster.yaml sets up under /mnt/ptdist: it "
+            "writes every file atomically by renaming it, which object stores and their FUSE "
+            "mounts (mountpoint-s3, s3fs) do not offer. To keep Ray Tune's and Train's records "
+            "in S3, set 'ray_storage: s3://bucket/prefix' (docs/scale.md)")
     return str(Path(text).expanduser().resolve())
 
 

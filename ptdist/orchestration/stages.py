@@ -41,10 +41,9 @@ from ptdist.store.manifests import PromptManifest
 from ptdist.store.results import MatrixRow
 from ptdist.store.tables import read_records, write_records
 from ptdist.training.config import TrainConfig
-from ptdist.training.evaluation import eval_backbone
 from ptdist.training.run import plan_run
-from ptdist.transfer.matrix import (MatrixResult, MatrixSettings, matrix_sources, score_target,
-                                    transfer_matrix, write_matrix)
+from ptdist.transfer.matrix import (MatrixResult, MatrixSettings, matrix_backbone, matrix_sources,
+                                    score_target, transfer_matrix, write_matrix)
 from ptdist.transfer.tpt import TptPlan, TptResult, tpt_summary
 
 LIGHT = {"CPU": 1.0}  # a job that reads tables or prompts, never a model
@@ -85,7 +84,7 @@ def _score_columns(store: Store, select: Callable[[], list[PromptManifest]],
                    targets: tuple[str, ...], settings: MatrixSettings) -> dict:
     sources = select()
     model = sources[0].model
-    backbone = eval_backbone(model, max(m.max_length for m in sources))
+    backbone = matrix_backbone(sources, settings)
     for target in targets:
         rows = score_target(store, sources, target, settings, backbone)
         write_records(store.layout.matrix_column(model, target), MatrixRow, rows)

@@ -30,16 +30,20 @@ from ptdist.validation import Strict, as_written, dataclass_shape, located, read
 PRESET_DIRS = (Path(__file__).resolve().parents[2] / "specs", Path("specs"))
 
 
-# Defaults as in transfer_matrix and capture: the settings pass on to them as written.
+# Defaults as in transfer_matrix and capture: the settings pass on to them as written. A
+# precision left out is the one each model's prompts were trained in.
+Precision = Literal["bf16", "fp32"]
 class _Transfer(Strict):
     eval_limit: PositiveInt | None = 1000
     batch_size: PositiveInt = 64
+    precision: Precision | None = None
 
 
 class _Neurons(Strict):
     protocol: Literal["prompt", "data"] = "prompt"
     examples: PositiveInt = 32
     batch_size: PositiveInt = 16
+    precision: Precision | None = None
 
 
 class _Pairs(Strict):

@@ -22,11 +22,11 @@ from ptdist.orchestration.cluster import LOCAL_RAY, ray_session
 from ptdist.orchestration.failures import one_line
 from ptdist.orchestration.attempt import begin
 from ptdist.orchestration.graph import Execution, Job, execute
+from ptdist.orchestration.plans import describe_plans, model_plans
 from ptdist.orchestration.resources import (HEAD_NODE_CONFIG, check_runs_fit, describe,
                                             node_types_from_cluster_config,
                                             node_types_from_live_cluster)
-from ptdist.orchestration.runs import (Planned, job_bundle, job_to_dict, pack_runs, plan_sweep,
-                                       train_job)
+from ptdist.orchestration.runs import Planned, job_to_dict, pack_runs, plan_sweep, train_job
 from ptdist.orchestration.spec import RunSpec, SweepSpec
 from ptdist.store import Store
 from ptdist.store.layout import segment
@@ -52,7 +52,7 @@ def run_sweep(spec: SweepSpec, execution: Execution | None = None,
     execution = execution or Execution()
     execution = replace(execution, max_failures=spec.max_failures,
                         max_concurrent=execution.max_concurrent or spec.max_concurrent)
-    store = Store(spec.storage_path)
+    store = spec.store()
     planned = plan_sweep(spec, store)
     todo = [(run, pid) for run, pid in planned if not store.prompts.has(pid)]
     _say(f"sweep {spec.name}: {len(planned)} runs ({len(spec.models)} model(s) x "
@@ -63,6 +63,7 @@ def run_sweep(spec: SweepSpec, execution: Execution | None = None,
         _say(f"packed into {len(jobs)} job(s): runs of one model share its backbone")
     if dry_run:
         print(describe_sweep(jobs), flush=True)
+        print(describe_plans(model_plans(spec)), flush=True)
         return SweepOutcome([], None, 0)
     results: dict[str, dict] = {}
     if not todo:
@@ -82,17 +83,17 @@ def run_sweep(spec: SweepSpec, execution: Execution | None = None,
 
 
 def describe_sweep(jobs: list[list[Planned]]) -> str:
-    """A dry run's listing of a sweep's jobs."""
+    """A dry run's listing of a sweep's jobs, with what each holds while it runs."""
     lines = []
     for job in jobs:
         res = job[0][0].resources
+        where = f"{res.workers} worker(s) x {describe(res.per_worker())}" + (
+            f" = {describe(res.group())} on one node" if res.workers > 1 else "")
         if len(job) > 1:
-            lines.append(f"  would run a pack of {len(job)} runs on {res.workers} worker(s) x "
-                         f"{describe(res.per_worker())}:")
+            lines.append(f"  would run a pack of {len(job)} runs on {where}:")
         for run, pid in job:
             lines.append(f"  {'  ' if len(job) > 1 else ''}would run {pid} {run.label}: "
-                         f"{run.config.steps} steps, {res.workers} worker(s) x "
-                         f"{describe(res.per_worker())}, {run.config.ds_config}")
+                         f"{run.config.steps} steps, {where}, {run.config.ds_config}")
     return "\n".join(lines)
 
 
@@ -100,7 +101,7 @@ def _run_here(jobs: list[list[Planned]], store: Store,
               execution: Execution) -> dict[str, dict]:
     """The jobs one after another in this process, under the same failure policy."""
     graph = [Job(job_to_dict(group)["id"], partial(train_job, job_to_dict(group), store),
-                 resources=job_bundle(group[0][0].resources)) for group in jobs]
+                 resources=group[0][0].resources.job_bundle()) for group in jobs]
     outcome = execute(graph, execution)
     results = {}
     for group, job in zip(jobs, outcome.jobs):
@@ -126,14 +127,14 @@ def _tune(spec: SweepSpec, jobs: list[list[Planned]], store: Store, where: str,
     tuner = tune.Tuner(
         tune.with_resources(run_trial, trial_resources),
         param_space={"job": tune.grid_search([job_to_dict(job) for job in jobs]),
-                     "store": str(store.root)},
+                     "store": str(store.root), "ray_storage": store.ray_storage},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=execution.max_concurrent, reuse_actors=False,
             trial_name_creator=lambda t: t.config["job"]["id"],
             trial_dirname_creator=lambda t: t.config["job"]["runs"][0]["prompt_id"]),
         run_config=tune.RunConfig(
             name=f"{segment(spec.name)}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(store.layout.ray_dir("tune")), verbose=0,
+            storage_path=store.ray_records("tune"), verbose=0,
             failure_config=tune.FailureConfig(max_failures=execution.max_failures),
             callbacks=[SweepProgress(spec.name, len(runs), execution.policy.attempts)]),
     )
@@ -154,7 +155,7 @@ def trial_resources(trial_config: dict):
 
     from ptdist.orchestration.spec import Resources
 
-    return tune.PlacementGroupFactory([job_bundle(Resources(**trial_config["job"]["resources"]))])
+    return tune.PlacementGroupFactory([Resources(**trial_config["job"]["resources"]).job_bundle()])
 
 
 def run_trial(trial_config: dict) -> None:
@@ -164,7 +165,7 @@ def run_trial(trial_config: dict) -> None:
     job = trial_config["job"]
     try:
         begin(job["id"])
-        result = train_job(job, Store(trial_config["store"]))
+        result = train_job(job, Store(trial_config["store"], trial_config["ray_storage"]))
     except PtdistError as exc:
         # A user error fails the same way on every attempt: report it instead of raising, so
         # Tune does not retry it (failures.py).
@@ -179,7 +180,8 @@ def _check_resources(spec: SweepSpec, runs: list[RunSpec], local: bool) -> None:
         check_runs_fit(runs, node_types_from_cluster_config(HEAD_NODE_CONFIG),
                        str(HEAD_NODE_CONFIG))
     elif local:
-        check_runs_fit(runs, node_types_from_live_cluster(), "this machine's local Ray")
+        check_runs_fit(runs, node_types_from_live_cluster(), "this machine's local Ray",
+                       fixed=True)
     else:
         _say("note: resources are not checked against node types (no cluster config given); "
              "set 'cluster: cluster.yaml' in the spec to check them before scheduling")

@@ -1,52 +1,132 @@
 """Jobs that need several processes (a ZeRO-3 run over 8 GPUs): a Ray Train worker group, one
 process group (NCCL on GPUs, gloo on CPUs), every worker running the same function.
 
-Ray Train retries nothing here (``max_failures=0``): the job that started the group is what
-the failure policy retries, so attempts are counted once (`failures.py`). A user error on any
-worker is raised as itself, so the policy sees it and does not retry.
+A group is placed on one node (``STRICT_PACK``): ZeRO-3 gathers every layer's weights at every
+step, and across nodes that traffic would leave the intra-node links for the network.
+
+Ray Train retries nothing here: not a worker failure (``max_failures=0``), not a node
+preemption (``max_preemption_failures=0``), and not a group that cannot start
+(``controller_failure_limit=0``; by default Train waits for the group's resources again and
+again without end). The job that started the group is what the failure policy retries, so
+attempts are counted once (`failures.py`). A user error on any worker is raised as itself, so
+the policy sees it and does not retry it.
+
+A group that cannot start (no node has room for all its workers: busy, or still being added by
+the autoscaler) waits ``start_timeout_s`` for its resources; after ``REPORT_EVERY_S`` without
+starting, and again every ``REPORT_EVERY_S``, the job says so on stderr (which Ray forwards to
+the driver), and when the wait is over its attempt fails with an error that says why.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from ptdist.errors import PtdistError
 from ptdist.orchestration.failures import user_error
 from ptdist.orchestration.attempt import begin
+from ptdist.orchestration.resources import describe
 from ptdist.orchestration.spec import Resources
 from ptdist.store import Store
 from ptdist.store.layout import segment
 
+# Ray Train's own wait for a group's placement group, read by its controller (which Ray Train
+# gives the environment of the process that starts it).
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+REPORT_EVERY_S = 60.0
+
+
+class GroupNotStarted(RuntimeError):
+    """A worker group found no room within its wait: retried under the policy (a busy cluster
+    may have room later), not a user error."""
+
 
 def on_worker_group(job_id: str, fn: Callable[..., Any], kwargs: dict[str, Any],
                     resources: Resources, store: Store) -> None:
-    """Run ``fn(**kwargs)`` on ``resources.workers`` Ray Train workers in one process group."""
+    """Run ``fn(**kwargs)`` on ``resources.workers`` Ray Train workers in one process group,
+    on one node."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    name = f"{segment(job_id)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    started = store.layout.group_started(name)
+    os.environ[START_TIMEOUT_ENV] = f"{resources.start_timeout_s:g}"
     trainer = TorchTrainer(
-        _worker, train_loop_config={"job": job_id, "fn": fn, "kwargs": kwargs},
+        _worker, train_loop_config={"job": job_id, "fn": fn, "kwargs": kwargs,
+                                    "started": str(started)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers, use_gpu=resources.gpus > 0,
-            resources_per_worker=resources.per_worker()),
+            resources_per_worker=resources.per_worker(), placement_strategy="STRICT_PACK"),
         torch_config=TorchConfig(backend="nccl" if resources.gpus else "gloo"),
         run_config=ray.train.RunConfig(
-            name=f"{segment(job_id)}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(store.layout.ray_dir("train")),
-            failure_config=ray.train.FailureConfig(max_failures=0)),
+            name=name, storage_path=store.ray_records("train"),
+            failure_config=ray.train.FailureConfig(max_failures=0, controller_failure_limit=0,
+                                                   max_preemption_failures=0)),
     )
     try:
-        trainer.fit()
+        with _report_while_waiting(started, job_id, resources):
+            trainer.fit()
     except Exception as err:
         user = user_error(err)
         if user is not None:
             raise PtdistError(str(user)) from None
+        if _start_timed_out(err):
+            raise GroupNotStarted(
+                f"{job_id}: its worker group did not start within {resources.start_timeout_s:g}"
+                f" s (resources.start_timeout_s): no node had room for {_shape(resources)}. "
+                "Free or add such a node, or give the group a longer wait") from None
         raise
+
+
+@contextmanager
+def _report_while_waiting(started: Path, job_id: str, resources: Resources) -> Iterator[None]:
+    """While the block runs, say every `REPORT_EVERY_S` that the group has not started yet."""
+    done = threading.Event()
+
+    def watch() -> None:
+        waited = 0.0
+        while not done.wait(REPORT_EVERY_S):
+            waited += REPORT_EVERY_S
+            if started.exists():
+                return
+            print(f"[ptdist] {job_id}: its worker group has not started after {waited:g} s: "
+                  f"no node has room for {_shape(resources)} yet (busy, or being added by the "
+                  f"autoscaler); waiting up to {resources.start_timeout_s:g} s",
+                  file=sys.stderr, flush=True)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+def _start_timed_out(err: Exception) -> bool:
+    import ray.train
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    return isinstance(err, ray.train.ControllerError) and \
+        isinstance(err.controller_failure, WorkerGroupStartupTimeoutError)
+
+
+def _shape(resources: Resources) -> str:
+    return (f"its {resources.workers} workers x {describe(resources.per_worker())} "
+            f"({describe(resources.group())} on one node)")
 
 
 def _worker(config: dict) -> None:
     """What each worker of the group runs."""
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() == 0:
+        Path(config["started"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(config["started"]).touch()
     begin(f"{config['job']}@worker")
     config["fn"](**config["kwargs"])

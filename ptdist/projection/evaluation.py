@@ -26,7 +26,7 @@ from ptdist.store.prompts import best_per_task, write_prompt_file
 from ptdist.store.results import ProjectorEvalRow
 from ptdist.store.tables import read_records, write_records
 from ptdist.tasks import get_task
-from ptdist.training.evaluation import eval_backbone, score_prompts
+from ptdist.training.evaluation import eval_backbone, inference_precision, score_prompts
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ class EvalSettings:
     batch_size: int = 64
     max_new_tokens: int = 64
     data_dir: str | None = None
+    precision: str | None = None  # None: that of the target model's own prompts
+    device: str | None = None  # None: the GPU the job holds, else the CPU
 
 
 def trained_projector(store: Store, projector_id: str) -> tuple[Projector, ProjectorManifest]:
@@ -74,7 +76,9 @@ def evaluate_projector(store: Store, projector_id: str, tasks: Sequence[str],
     owns = best_per_task([m for m in prompts if m.model == manifest.target_model], names,
                          where.format(manifest.target_model))
     paths = project_prompts(store, projector_id, sources)
-    backbone = eval_backbone(manifest.target_model, max(m.max_length for m in owns.values()))
+    backbone = eval_backbone(manifest.target_model, max(m.max_length for m in owns.values()),
+                             inference_precision(list(owns.values()), settings.precision),
+                             settings.device)
     trained_on = {get_task(t).name for t in manifest.tasks}
     rows = []
     for ref, name in zip(tasks, names):

@@ -20,20 +20,30 @@ def default_store_root() -> Path:
 
 
 class Store:
-    """A store root: its layout, its prompts and its projectors."""
+    """A store root: its layout, its prompts and its projectors; and where Ray Tune's and Ray
+    Train's own records go: under the root, or under ``ray_storage``, a URI Ray writes to
+    natively (``s3://bucket/prefix``) when the store's file system is not the place for them."""
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, ray_storage: str | None = None):
         self.root = Path(root) if root is not None else default_store_root()
         _check_root(self.root)
+        self.ray_storage = ray_storage
         self.layout = StoreLayout(self.root)
         self.prompts = PromptStore(self.layout)
         self.projectors = ProjectorStore(self.layout)
+
+    def ray_records(self, what: str) -> str:
+        """Where Ray's records of ``what`` (``tune``, ``train``) go: a Tune or Train
+        ``storage_path``."""
+        if self.ray_storage is None:
+            return str(self.layout.ray_dir(what))
+        return f"{self.ray_storage.rstrip('/')}/{what}"
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
 
     def __reduce__(self):  # a Ray job carries the root, not the handles
-        return (Store, (str(self.root),))
+        return (Store, (str(self.root), self.ray_storage))
 
 
 def _check_root(root: Path) -> None:

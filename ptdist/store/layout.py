@@ -11,7 +11,8 @@ the root: a stage asks the layout where its artifact lives.
     sweeps/<name>.parquet, cross_model/<name>.parquet   one table per sweep / pair graph
     pipeline/<study>/<job>.json, costs.parquet          stamps of finished study stages, costs
     reports/<study>/                                    a study's report
-    ray/tune, ray/train                                 Ray's own records
+    ray/tune, ray/train                                 Ray's own records (and
+                                                        ray/train/<run>.started)
 
 Names become one path segment each, so no name can reach outside the root:
 - model names (hub ids such as ``google/t5-v1_1-xxl``, folders, ``pkg:`` references), task and
@@ -144,3 +145,8 @@ class StoreLayout:
     def ray_dir(self, what: str) -> Path:
         """Ray Tune's (``tune``) or Ray Train's (``train``) own records."""
         return self.root / "ray" / segment(what)
+
+    def group_started(self, run_name: str) -> Path:
+        """The mark the first worker of Ray Train run ``run_name`` leaves when its group has
+        started (what the job waiting for it watches)."""
+        return self.ray_dir("train") / f"{segment(run_name)}.started"

@@ -29,11 +29,14 @@ class TrainConfig:
     patience: int | None = None  # evaluations without improvement before stopping early
     ds_config: str = "zero0"
     data_dir: str | None = field(default=None, compare=False)
+    # Recompute layer activations in the backward (Backbone.checkpoint_activations): less
+    # memory, the same result.
+    activation_checkpointing: bool = False
 
     # Fields that do not change what a run computes: excluded from its prompt id, so the same
-    # run submitted with another ZeRO stage or data folder is recognised as already done (the
-    # content of the data files read is hashed instead: `training.run.prompt_id_of`).
-    NOT_HASHED = ("ds_config", "data_dir")
+    # run submitted with another ZeRO stage, data folder or memory trade-off is recognised as
+    # already done.
+    NOT_HASHED = ("ds_config", "data_dir", "activation_checkpointing")
 
     def __post_init__(self) -> None:
         for name in ("steps", "prompt_length", "batch_size", "eval_every", "max_length"):

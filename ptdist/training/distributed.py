@@ -27,21 +27,27 @@ def init_distributed() -> tuple[int, int]:
     and gloo's socket is bound to the loopback interface.
     """
     import deepspeed
+    import deepspeed.comm
     import torch.distributed as dist
 
     # Before any DeepSpeed call: deepspeed.initialize also starts DeepSpeed's comm backend
     # (in a Ray Train worker, whose group Ray Train made), which would build the CPU op.
     skip_unused_cpu_op()
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if "RANK" not in os.environ:
-            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-            loopback = _loopback_interface()
-            if loopback is not None:
-                os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    made_here = not dist.is_initialized()
+    if made_here and "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+        loopback = _loopback_interface()
+        if loopback is not None:
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    if not deepspeed.comm.is_initialized():
+        # Also when the group exists already (a Ray Train worker made it): DeepSpeed's comm
+        # must wrap it before any zero.Init, whose config otherwise reads world size 1
+        # (DeepSpeed issue 3341) and fails its batch-size check.
         with watched_builds():
             deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    if made_here:
         # A group still alive at interpreter teardown can abort a rank after its work is done
         # ("terminate called without an active exception"). No barrier: a rank that failed
         # alone must still be able to exit.

@@ -13,7 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, PositiveInt
 from torch import nn
 
-from ptdist.backbones import Backbone, load_backbone, resolve_model_path
+from ptdist.backbones import Backbone, dtype_of, load_backbone, resolve_model_path
 from ptdist.errors import PtdistError
 from ptdist.training.config import TrainConfig
 from ptdist.training.op_builds import watched_builds
@@ -113,7 +113,8 @@ def frozen_engine_config(ds_config: dict) -> dict:
 
 @contextmanager
 def frozen_backbone(config: TrainConfig, ds_config: dict) -> Iterator[Backbone]:
-    """``config.model`` in the precision ``ds_config`` runs, for the length of the block.
+    """``config.model`` in the precision ``ds_config`` runs (its activations checkpointed if
+    the config asks), for the length of the block.
 
     Under ZeRO-3 transformers' marker (`HfDeepSpeedConfig`) is alive for the whole block: it
     makes from_pretrained load the weights partitioned, and generate keep the ranks in step.
@@ -124,9 +125,12 @@ def frozen_backbone(config: TrainConfig, ds_config: dict) -> Iterator[Backbone]:
     if zero_stage(ds_config) == 3:
         from transformers.integrations import HfDeepSpeedConfig
         marker = HfDeepSpeedConfig(ds_config)
-    dtype = torch.bfloat16 if precision_of(ds_config) == "bf16" else torch.float32
     try:
-        yield load_backbone(config.model, max_length=config.max_length, dtype=dtype)
+        backbone = load_backbone(config.model, max_length=config.max_length,
+                                 dtype=dtype_of(precision_of(ds_config)))
+        if config.activation_checkpointing:
+            backbone.checkpoint_activations()
+        yield backbone
     finally:
         del marker
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Callable
 
 import torch
 
-from ptdist.backbones import Backbone, load_backbone
+from ptdist.backbones import Backbone, dtype_of, load_backbone
 from ptdist.errors import PtdistError
 from ptdist.store import Store
+from ptdist.store.manifests import PromptManifest
 from ptdist.tasks import TaskRecord, compute_metrics, get_task, load_split
 from ptdist.training.data import eval_shard
 from ptdist.training.distributed import gather_lists
@@ -93,10 +95,28 @@ def check_task_fits(task: TaskRecord, backbone: Backbone) -> None:
         backbone.label_token_ids(words)  # fails early on colliding label words
 
 
-def eval_backbone(model: str, max_length: int = 128) -> Backbone:
-    """``model`` loaded for evaluation, on the GPU when there is one."""
-    backbone = load_backbone(model, max_length=max_length)
-    return backbone.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+def inference_precision(prompts: Sequence[PromptManifest], given: str | None) -> str:
+    """The precision a stage runs a frozen model in to score or read ``prompts``: ``given``
+    (a stage setting), else the one they were trained in (their manifests): a prompt trained
+    in bf16 is scored in bf16. Prompts trained in different precisions are read in fp32."""
+    if given is not None:
+        dtype_of(given)  # names a known precision, or stops
+        return given
+    trained = {m.precision for m in prompts}
+    return trained.pop() if len(trained) == 1 else "fp32"
+
+
+def inference_device(device: str | None) -> torch.device:
+    """``device``, else the GPU this process holds (Ray gives a job the GPUs it reserved),
+    else the CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def eval_backbone(model: str, max_length: int = 128, precision: str = "fp32",
+                  device: str | None = None) -> Backbone:
+    """``model`` loaded for inference in ``precision``, on ``device`` (`inference_device`)."""
+    backbone = load_backbone(model, max_length=max_length, dtype=dtype_of(precision))
+    return backbone.to(inference_device(device))
 
 
 def score_prompts(backbone: Backbone, task_ref: str, prompts: torch.Tensor, *,
@@ -115,11 +135,15 @@ def score_prompts(backbone: Backbone, task_ref: str, prompts: torch.Tensor, *,
 
 def score_prompt(model: str, store: Store, prompt_ref: str, task_ref: str, *,
                  limit: int | None = 1000, batch_size: int = 64, data_dir: str | None = None,
-                 max_new_tokens: int = 64) -> dict[str, float]:
-    """Evaluate one prompt (store id or file) on a task's evaluation split, in one process."""
+                 max_new_tokens: int = 64, precision: str | None = None,
+                 device: str | None = None) -> dict[str, float]:
+    """Evaluate one prompt (store id or file) on a task's evaluation split, in one process:
+    in ``precision`` (default: the one a stored prompt was trained in; fp32 for a file)."""
     task = get_task(task_ref)
     prompt = store.prompts.load(prompt_ref)
-    backbone = eval_backbone(model)
+    trained = [store.prompts.manifest(prompt_ref)] if store.prompts.has(prompt_ref) else []
+    backbone = eval_backbone(model, precision=inference_precision(trained, precision),
+                             device=device)
     backbone.check_prompt(prompt)
     backbone.check_length(prompt.shape[0])
     check_task_fits(task, backbone)

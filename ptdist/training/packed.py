@@ -44,7 +44,7 @@ from ptdist.training.tracking import Diverged, RunTracker
 
 # What the runs of one pack must share: one backbone, one prompt shape, one DeepSpeed config.
 # Everything else (task, seed, init, learning rate, steps, batch size, patience...) may differ.
-SHARED = ("model", "prompt_length", "max_length", "ds_config")
+SHARED = ("model", "prompt_length", "max_length", "ds_config", "activation_checkpointing")
 
 
 def check_packable(configs: list[TrainConfig]) -> None:

@@ -24,7 +24,7 @@ from ptdist.store.prompts import best_of
 from ptdist.store.results import MatrixRow
 from ptdist.store.tables import write_records
 from ptdist.tasks import get_task
-from ptdist.training.evaluation import eval_backbone, score_prompts
+from ptdist.training.evaluation import eval_backbone, inference_precision, score_prompts
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,15 @@ class MatrixSettings:
     batch_size: int = 64  # examples x prompts per forward pass
     max_new_tokens: int = 64  # generation targets
     data_dir: str | None = None
+    precision: str | None = None  # bf16 | fp32; None: the prompts' own (inference_precision)
+    device: str | None = None  # None: the GPU the job holds, else the CPU
+
+
+def matrix_backbone(sources: Sequence[PromptManifest], settings: MatrixSettings):
+    """The model of ``sources`` as the matrix runs it: in their precision (or the setting's),
+    on the job's device, long enough for every source's texts."""
+    return eval_backbone(sources[0].model, max(m.max_length for m in sources),
+                         inference_precision(sources, settings.precision), settings.device)
 
 
 @dataclass
@@ -68,7 +77,7 @@ def score_target(store: Store, sources: Sequence[PromptManifest], target: str,
     prompt on the target's evaluation rows. ``backbone``: the model, already loaded."""
     own = next(m for m in sources if m.task == target)
     if backbone is None:
-        backbone = eval_backbone(own.model, own.max_length)
+        backbone = matrix_backbone(sources, settings)
     backbone.max_length = own.max_length  # the target's own prompt was trained with it
     prompts = torch.stack([store.prompts.tensor(m.id) for m in sources])
     scores, n = score_prompts(backbone, own.task_ref, prompts, data_dir=settings.data_dir,
@@ -105,7 +114,7 @@ def transfer_matrix(store: Store, prompts: Sequence[PromptManifest],
                     settings: MatrixSettings) -> MatrixResult:
     """The whole matrix of one model's ``prompts`` (the best per task), in this process."""
     sources = matrix_sources(prompts)
-    backbone = eval_backbone(sources[0].model, max(m.max_length for m in sources))
+    backbone = matrix_backbone(sources, settings)
     rows = []
     for k, target in enumerate(m.task for m in sources):
         rows += score_target(store, sources, target, settings, backbone)

@@ -1,0 +1,96 @@
+"""What each model of a spec holds while a run of it trains, and whether that fits: the
+spec's placement (GPUs, workers, ZeRO stage, activation checkpointing), its memory per GPU from
+the planner (`ptdist.training.memory`), the card it lands on (its ``accelerator_type``, else
+`DEFAULT_GPU`), and the cheapest placement the planner would pick. Shown by the dry runs of
+`ptdist sweep` and `ptdist replicate`; no model weights are read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ptdist.errors import PtdistError
+from ptdist.orchestration.resources import describe
+from ptdist.orchestration.spec import ModelEntry, SweepSpec
+from ptdist.tasks import get_task
+from ptdist.training.config import TrainConfig
+from ptdist.training.engine import precision_of, zero_stage
+from ptdist.training.memory import (DEFAULT_GPU, GB, USABLE, Memory, Placement, RunShape,
+                                    gpu_memory_gb, model_memory, plan_placement, size)
+
+CLASS_TARGET = 4  # decoder tokens of a label word and </s>, with room for a multi-piece word
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    model: str
+    holds: dict[str, float]  # every resource a run holds (all its workers), on one node
+    workers: int
+    zero_stage: int
+    precision: str
+    checkpointing: bool
+    gpu: str  # the card a run lands on
+    memory: Memory | None  # per GPU (per process on CPU); None: the model's config is unknown
+    cheapest: Placement | None  # None: unknown, or no placement of up to 8 GPUs fits
+    note: str = ""  # why the memory is unknown
+
+    @property
+    def fits(self) -> bool | None:
+        if self.memory is None or not self.holds.get("GPU"):
+            return None
+        return self.memory.total <= USABLE * gpu_memory_gb(self.gpu) * GB
+
+
+def run_shape(config: TrainConfig, precision: str, micro_batch: int,
+              tasks: tuple[str, ...]) -> RunShape:
+    """What a run's memory depends on; generation tasks decode up to ``max_new_tokens``."""
+    generates = any(get_task(t).kind == "generation" for t in tasks)
+    return RunShape(precision, micro_batch, config.prompt_length, config.max_length,
+                    config.max_new_tokens if generates else CLASS_TARGET)
+
+
+def model_plans(spec: SweepSpec) -> list[ModelPlan]:
+    return [_plan(spec, model) for model in spec.models]
+
+
+def _plan(spec: SweepSpec, model: ModelEntry) -> ModelPlan:
+    config = next(r.config for r in spec.runs() if r.config.model == model.name)
+    res, ds = model.resources, model.ds_settings
+    precision, stage = precision_of(ds), zero_stage(ds)
+    accum = int(ds.get("gradient_accumulation_steps", 1))
+    shape = run_shape(config, precision, config.batch_size // (res.workers * accum),
+                      spec.tasks_of(model))
+    gpu = res.accelerator_type or DEFAULT_GPU
+    base = dict(model=model.name, holds=res.group(), workers=res.workers, zero_stage=stage,
+                precision=precision, checkpointing=config.activation_checkpointing, gpu=gpu)
+    try:
+        memory = model_memory(model.name, precision)
+    except PtdistError as exc:
+        return ModelPlan(**base, memory=None, cheapest=None, note=str(exc).split(";")[0])
+    need = memory.estimate(shape, res.workers, stage, config.activation_checkpointing)
+    cheapest = plan_placement(memory, shape, config.batch_size // accum, gpu_memory_gb(gpu))
+    return ModelPlan(**base, memory=need, cheapest=cheapest)
+
+
+def describe_plans(plans: list[ModelPlan]) -> str:
+    """The dry run's memory section: one block per model."""
+    lines = ["memory plan (the model's config on the meta device, no weights; "
+             "docs/scale.md):"]
+    for p in plans:
+        how = (f"{p.workers} worker(s) on one node holding {describe(p.holds)}, "
+               f"ZeRO-{p.zero_stage}, {p.precision}"
+               + (", activation checkpointing" if p.checkpointing else ""))
+        lines.append(f"  {p.model}: {how}")
+        if p.memory is None:
+            lines.append(f"    memory unknown: {p.note}")
+            continue
+        if p.fits is None:
+            lines.append(f"    {p.memory.describe()} per process (no GPU)")
+            continue
+        fits = "fits" if p.fits else "DOES NOT FIT"
+        lines.append(f"    {p.memory.describe()} per GPU: {fits} one {p.gpu} "
+                     f"({gpu_memory_gb(p.gpu):g} GB)")
+        lines.append("    cheapest placement on that card: " +
+                     (f"{p.cheapest.describe()} ({size(p.cheapest.memory.total)})"
+                      if p.cheapest else "none of up to 8 GPUs"))
+    return "\n".join(lines)
