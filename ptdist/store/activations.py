@@ -112,17 +112,23 @@ def captured(layout: StoreLayout, model: str, protocol: str) -> set[str]:
 
 def read_states(layout: StoreLayout, model: str,
                 protocol: str) -> dict[str, tuple[str, np.ndarray]]:
-    """``{prompt id: (task, states [layers, d_ff] bool)}``, unpacked from the bit columns."""
+    """``{prompt id: (task, states [layers, d_ff] bool)}``, unpacked from the bit columns.
+
+    A T5 prompt's states are its decoder layers: captures made before ON read T5's decoder
+    only also hold encoder rows, which are left out here (the decoder rows are the same)."""
     dataset = activation_dataset(layout, model)
     if dataset is None:
         return {}
-    table = dataset.to_table(columns=["prompt_id", "task", "layer", "states"],
+    table = dataset.to_table(columns=["prompt_id", "task", "layer", "layer_name", "states"],
                              filter=ds.field("protocol") == protocol)
     d_ff = dataset.schema.field("values").type.list_size
-    grouped: dict[str, tuple[str, dict[int, np.ndarray]]] = {}
+    grouped: dict[str, tuple[str, dict[tuple[bool, int], np.ndarray]]] = {}
     for row in table.to_pylist():
         bits = np.unpackbits(np.asarray(row["states"], dtype=np.uint8))
-        grouped.setdefault(row["prompt_id"], (row["task"], {}))[1][int(row["layer"])] = \
-            bits[:d_ff].astype(bool)
-    return {pid: (task, np.stack([layers[i] for i in sorted(layers)]))
-            for pid, (task, layers) in grouped.items()}
+        key = (row["layer_name"].startswith("decoder"), int(row["layer"]))
+        grouped.setdefault(row["prompt_id"], (row["task"], {}))[1][key] = bits[:d_ff].astype(bool)
+    out = {}
+    for pid, (task, layers) in grouped.items():
+        decoder = any(is_decoder for is_decoder, _ in layers)
+        out[pid] = (task, np.stack([layers[k] for k in sorted(layers) if k[0] == decoder]))
+    return out
