@@ -15,11 +15,12 @@ from ptdist.backbones import load_backbone
 from ptdist.errors import PtdistError
 from ptdist.neurons.capture import ffn_sites
 from ptdist.neurons.collect import CaptureSettings, capture
-from ptdist.neurons.correlation import correlate, spearman
+from ptdist.neurons.correlation import correlate
 from ptdist.neurons.indicators import embedding_indicators, neuron_indicators
 from ptdist.neurons.pairs import pairwise_indicators
 from ptdist.store import Store
 from ptdist.store.results import IndicatorRow, MatrixRow
+from ptdist.statistics import spearman
 from ptdist.store.tables import read_records
 from ptdist.transfer import MatrixSettings, transfer_matrix
 from tests.conftest import child_env
@@ -37,14 +38,14 @@ def _store_with_prompts(root, model: str, n: int, seed: int = 0) -> Store:
 
 
 def _reference(backbone, prompt: torch.Tensor) -> np.ndarray:
-    """FFN activations [layers, d_ff] from hooks placed here, on the paper's bare input."""
+    """FFN activations [layers, d_ff] from hooks placed here, on the paper's bare input: an
+    MLM's encoder layers at the mask, T5's decoder layers at the first decoding step."""
     model, tok, length = backbone.model, backbone.tokenizer, prompt.shape[0]
     if backbone.kind == "mlm":
         modules = [layer.intermediate for layer in model.roberta.encoder.layer]
         ids = [tok.mask_token_id, tok.sep_token_id]
     else:
-        modules = [block.layer[-1].DenseReluDense.act
-                   for block in (*model.encoder.block, *model.decoder.block)]
+        modules = [block.layer[-1].DenseReluDense.act for block in model.decoder.block]
         ids = [tok.convert_tokens_to_ids("<extra_id_0>"), tok.eos_token_id]
     seen = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: seen.append(out)) for m in modules]
@@ -57,11 +58,8 @@ def _reference(backbone, prompt: torch.Tensor) -> np.ndarray:
             model(inputs_embeds=embeds, decoder_input_ids=start)
     for hook in hooks:
         hook.remove()
-    if backbone.kind == "mlm":
-        return torch.stack([out[0, length] for out in seen]).numpy()
-    half = len(seen) // 2  # encoder layers run first: mean over positions; decoder: step 0
-    return torch.stack([out[0].mean(0) for out in seen[:half]]
-                       + [out[0, 0] for out in seen[half:]]).numpy()
+    position = length if backbone.kind == "mlm" else 0
+    return torch.stack([out[0, position] for out in seen]).numpy()
 
 
 @pytest.mark.parametrize("model", ["tiny-roberta", "tiny-t5-v1_1"])
@@ -113,7 +111,9 @@ def test_indicators_match_a_hand_computed_example():
     assert e["E_avg"] == pytest.approx(0.5)  # token-pair cosines 1, 1, 0, 0
     assert e["E_tokmean"] == pytest.approx(1 / math.sqrt(2))
     assert e["D_concat"] == pytest.approx(1 / (1 + math.sqrt(2)))
-    assert e["D_avg"] == pytest.approx((1 + 1 + 2 / (1 + math.sqrt(2))) / 4)
+    # token-pair distances 0, 0, sqrt(2), sqrt(2): D_avg = 1 / (1 + their mean), as the
+    # reference computes it (not the mean of 1 / (1 + d), which is 0.707)
+    assert e["D_avg"] == pytest.approx(1 / (1 + math.sqrt(2) / 2))
     assert e["D_tokmean"] == pytest.approx(1 / (1 + math.sqrt(0.5)))
     s1 = np.array([[1, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 1]], dtype=bool)
     s2 = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1]], dtype=bool)
@@ -248,3 +248,51 @@ def test_the_neurons_commands_capture_on_ray_then_correlate(task_prompts, tmp_pa
     ptdist("neurons", "indicators", "--model", "tiny-roberta")
     table = ptdist("neurons", "correlate", "--model", "tiny-roberta").stdout
     assert "ON_layer_1" in table and "E_concat" in table and "layer-wise ON curve" in table
+
+
+def test_on_of_t5_reads_the_decoder_at_the_first_step_only(tmp_path):
+    from ptdist.store.activations import ActivationWriter, read_states
+
+    backbone = load_backbone("tiny-t5")
+    decoder_layers = backbone.model.config.num_decoder_layers
+    assert [s.name for s in ffn_sites(backbone)] == [f"decoder.{k}"
+                                                      for k in range(decoder_layers)]
+    # A capture written when T5's encoder layers (averaged over positions) were read too:
+    # its states are the decoder rows alone, which are the same as a capture made now.
+    store = Store(tmp_path)
+    d_ff = backbone.model.config.d_ff
+    rng = np.random.default_rng(0)
+    encoder, decoder = rng.normal(size=(2, d_ff)), rng.normal(size=(decoder_layers, d_ff))
+    with ActivationWriter(store.layout, "tiny-t5", d_ff) as writer:
+        writer.add("old", "sst2", "prompt", 0, np.concatenate([encoder, decoder]),
+                   ["encoder.0", "encoder.1"] + [f"decoder.{k}" for k in range(decoder_layers)])
+    task, states = read_states(store.layout, "tiny-t5", "prompt")["old"]
+    assert task == "sst2" and (states == (decoder > 0)).all()
+
+
+def test_the_per_target_spearman_drives_the_ranking_not_the_global_one():
+    from ptdist.neurons.correlation import Transfer, rank_indicators
+
+    # Two targets with three sources each. Indicator "within" orders every target's sources
+    # exactly as their transfer (per target +1) but puts the better-transferring target's
+    # sources lower (global -0.77); "across" does the opposite (per target -1, global +0.77).
+    relative = {"s1": 10, "s2": 20, "s3": 30, "s4": 70, "s5": 80, "s6": 90}
+    target = {s: "t1" if s in ("s1", "s2", "s3") else "t2" for s in relative}
+    own = {"t1": "o1", "t2": "o2"}
+    within = dict(zip(relative, [0.7, 0.8, 0.9, 0.1, 0.2, 0.3]))
+    across = dict(zip(relative, [0.3, 0.2, 0.1, 0.9, 0.8, 0.7]))
+    pairs = [Transfer(s, f"task_{s}", target[s], r) for s, r in relative.items()]
+    values = {name: {**{(s, own[target[s]]): v for s, v in table.items()},
+                     **{(o, o): 1.0 for o in own.values()}}
+              for name, table in (("across", across), ("within", within))}
+    rows = rank_indicators("m", pairs, {t: [o] for t, o in own.items()}, values)
+    assert [r.indicator for r in rows] == ["within", "across"]
+    first, second = rows
+    assert first.spearman_per_target == pytest.approx(1.0) and first.targets == 2
+    assert second.spearman_per_target == pytest.approx(-1.0)
+    assert second.spearman_global > first.spearman_global
+    assert second.spearman_global == pytest.approx(spearman(list(across.values()),
+                                                            list(relative.values())))
+    # Each coefficient has its bootstrap interval around it.
+    assert first.per_target_low <= 1.0 <= first.per_target_high
+    assert first.global_low <= first.spearman_global <= first.global_high

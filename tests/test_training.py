@@ -15,6 +15,7 @@ import torch
 
 from ptdist.store import Store
 from ptdist.training import TrainConfig, train
+from ptdist.training.checkpoint import load_checkpoint
 from tests.conftest import child_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +43,9 @@ def test_prompt_tuning_learns_a_learnable_task(tmp_path, sentiment_dir, model, s
     config = TrainConfig(model=model, steps=steps, eval_every=steps // 3,
                          data_dir=str(sentiment_dir), **LEARN)
     result = train(config, Store(tmp_path))
-    first, last = result.history[0], result.history[-1]
+    start, first, last = result.history[0], result.history[1], result.history[-1]
+    # The starting prompt is evaluated before the first step (no loss yet).
+    assert start["step"] == 0 and start["loss"] is None and start["accuracy"] < 80.0
     assert last["loss"] < first["loss"]
     assert result.score >= 80.0, result.history  # chance is 50 %
     store = Store(tmp_path)
@@ -87,9 +90,14 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, sentiment_dir)
 
     store_b = tmp_path / "b"
     proc = _cli(*_train_args(store_b, sentiment_dir, steps))
-    checkpoint = store_b / "runs" / reference["prompt_id"] / "checkpoint.safetensors"
+    folder = store_b / "runs" / reference["prompt_id"]
+
+    def trained_checkpoint() -> bool:  # the first checkpoint is the starting prompt's (step 0)
+        saved = load_checkpoint(folder)
+        return saved is not None and saved[1].step > 0
+
     deadline = time.time() + 240
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+    while not trained_checkpoint() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)  # a crash: no chance to clean up
     proc.communicate()
@@ -215,8 +223,8 @@ def test_generation_task_trains_and_decodes_the_expected_text(tmp_path):
     store = Store(tmp_path / "store")
     result = train(config, store)
     assert result.metric == "f1" and set(result.metrics) == {"f1", "exact_match"}
-    assert [h["step"] for h in result.history] == [40, 80, 120]
-    assert result.history[0]["exact_match"] < 50.0 and result.metrics["exact_match"] == 100.0
+    assert [h["step"] for h in result.history] == [0, 40, 80, 120]
+    assert result.history[1]["exact_match"] < 50.0 and result.metrics["exact_match"] == 100.0
     prompt = store.prompts.tensor(result.prompt_id)
     task = get_task("squad")
     decoded = predict(eval_backbone("tiny-t5"), lambda n: prompt.expand(n, -1, -1), task,
@@ -235,5 +243,7 @@ def test_a_run_keeps_the_prompt_id_and_result_of_the_previous_layout(tmp_path, t
     result = train(config, Store(tmp_path))
     assert result.prompt_id == "7391d85713774d95"
     assert result.score == 68.75
-    assert [h["loss"] for h in result.history] == pytest.approx([0.6037060022, 0.5680225491],
-                                                                abs=1e-6)
+    # Evaluating the starting prompt (step 0, no loss yet) changes no update.
+    assert result.history[0]["loss"] is None
+    assert [h["loss"] for h in result.history[1:]] == pytest.approx(
+        [0.6037060022, 0.5680225491], abs=1e-6)

@@ -19,6 +19,7 @@ from ptdist.store.results import MatrixRow
 from ptdist.store.tables import read_records
 from ptdist.training.evaluation import score_prompt
 from ptdist.transfer import MatrixSettings, speedup_rows, transfer_matrix
+from ptdist.transfer.matrix import unusable_tasks
 from tests.conftest import child_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,12 +67,14 @@ def test_tasks_without_prompts_are_named(task_prompts):
         transfer_matrix(store, store.prompts.select("tiny-roberta", ["sst2"]), MatrixSettings())
 
 
-def _manifest(pid: str, scores: list[float]) -> PromptManifest:
-    history = [{"step": 10 * (i + 1), "accuracy": s, "time_s": 2.0 * (i + 1)}
+def _manifest(pid: str, scores: list[float], task: str = "t", seed: int = 0,
+              start: int = 1) -> PromptManifest:
+    """A prompt with a learning curve: one evaluation every 10 steps from step 10 x start."""
+    history = [{"step": 10 * (i + start), "accuracy": s, "time_s": 2.0 * (i + start)}
                for i, s in enumerate(scores)]
     best = max(history, key=lambda h: h["accuracy"])
     return PromptManifest(
-        id=pid, model="m", task="t", task_type="sentiment", seed=0, init="random",
+        id=pid, model="m", task=task, task_type="sentiment", seed=seed, init="random",
         metric="accuracy", score=best["accuracy"], metrics={}, steps=history[-1]["step"],
         best_step=best["step"], shape=[1, 1], backbone_kind="mlm", precision="fp32",
         config={}, history=history, world_size=1, zero_stage=0, resumed_from=None,
@@ -87,6 +90,63 @@ def test_speedup_is_read_off_the_curves():
     assert [r.speedup for r in rows] == [1.0, 1.5, None]
     assert [r.steps_to_vanilla_best for r in rows] == [30, 20, None]
     assert rows[1].time_to_vanilla_best_s == 4.0 and rows[1].vanilla_best == 80
+
+
+def test_speedup_with_a_tolerance_on_a_hand_made_curve_evaluated_from_step_0():
+    # Vanilla: 50 at step 0, reaches its best (90) only at step 50 and 89.2 (>= 0.99 x 90 =
+    # 89.1) at step 20. TPT starts at 85 and reaches 89.5 at step 10, never 90.
+    vanilla = _manifest("v", [50, 70, 89.2, 88, 89, 90], start=0)
+    tpt = _manifest("a", [85, 89.5, 88, 89], start=0)
+    started = _manifest("b", [89.3, 85], start=0)  # at the threshold before any update
+    source = _manifest("s", [90])
+    rows = speedup_rows(vanilla, [("tpt a", source, tpt), ("tpt b", source, started)],
+                        tolerance=0.99)
+    assert [r.start_score for r in rows] == [50, 85, 89.3]
+    assert [r.steps_to_vanilla_best for r in rows] == [50, None, None]
+    assert [r.speedup for r in rows] == [1.0, None, None]  # TPT never reaches 90 itself
+    assert [r.steps_to_tolerance for r in rows] == [20, 10, 0]
+    assert [r.speedup_tolerance for r in rows] == [1.0, 2.0, float("inf")]
+    assert {r.tolerance for r in rows} == {0.99}
+
+
+def _scored(references: list[int], predictions: list[list[int]]):
+    from ptdist.tasks import compute_metrics, get_task
+    from ptdist.training.evaluation import Scored
+
+    task = get_task("sst2")
+    return Scored(task, references, predictions,
+                  [compute_metrics(task, p, references) for p in predictions])
+
+
+def test_chance_normalised_transfer_equals_a_hand_computed_value():
+    from ptdist.transfer.matrix import column_rows
+
+    # 20 rows, 12 negative: the majority class scores 60 %.
+    refs = [0] * 12 + [1] * 8
+    own = list(refs)  # 100 %
+    source = [0] * 12 + [1] * 4 + [0] * 4  # 16 of 20: 80 %
+    at_majority = [0] * 20  # another seed's own prompt: 60 %, the majority class
+    random_start = [1] * 20  # the random prompt of seed 0: 40 %
+    random_other = [0] * 20  # of seed 1: 60 %
+    sources = [_manifest("own", [100], task="sst2"), _manifest("lazy", [60], task="sst2", seed=1),
+               _manifest("src", [80], task="imdb")]
+    rows = column_rows(sources, "sst2", [0, 1],
+                       _scored(refs, [own, at_majority, source, random_start, random_other]))
+    by_id = {r.source_prompt: r for r in rows}
+    cell = by_id["src"]
+    assert cell.score == 80 and cell.chance == 60 and cell.own_score == 80  # mean of 100, 60
+    assert cell.relative == pytest.approx(100.0)  # 80 / 80
+    # 100 x (80 - 60) / (80 - 60): the source recovers all of the own prompts' mean gain
+    assert cell.normalized == pytest.approx(100.0)
+    assert cell.random_score == 50  # the mean of the two random prompts
+    assert cell.clearly_above is None  # not an own prompt
+    assert by_id["own"].normalized == pytest.approx(100 * (100 - 60) / (80 - 60))
+    assert by_id["own"].clearly_above is True and by_id["own"].above_chance_low > 0
+    # At its majority rate: not clearly above (its difference to the majority class is 0 on
+    # every resample), so the task does not count toward findings.
+    lazy = by_id["lazy"]
+    assert lazy.above_chance_low == 0 and lazy.clearly_above is False
+    assert unusable_tasks(rows) == ["sst2"]
 
 
 @pytest.mark.slow

@@ -48,20 +48,33 @@ def indicators(args: argparse.Namespace) -> None:
 
 
 def correlate(args: argparse.Namespace) -> None:
-    from ptdist.neurons.correlation import by_strength, correlate as correlate_stage
+    from ptdist.neurons.correlation import correlate as correlate_stage
     from ptdist.reporting.figures import layerwise_figure
 
     store = store_of(args)
     result = correlate_stage(store, args.model)
     curve = layerwise_figure(result.rows, store.layout.layerwise_figure(args.model))
-    lines = [f"{'indicator':<18}{'per target':>12}{'targets':>9}{'global':>9}{'pairs':>7}"]
-    for r in by_strength(result.rows):
-        per_target = "-" if r.spearman_per_target is None else f"{r.spearman_per_target:.3f}"
-        lines.append(f"{r.indicator:<18}{per_target:>12}{r.targets:>9}"
-                     f"{r.spearman_global:>9.3f}{r.pairs:>7}")
+    lines = correlation_lines(result.rows)
     lines.append(f"table: {result.table}\nlayer-wise ON curve: {curve}")
     emit(args, "\n".join(lines), {"table": str(result.table), "rows": result.rows,
                                   "layer_curve": str(curve)})
+
+
+def correlation_lines(rows) -> list[str]:
+    """Correlation rows as a table, strongest mean per-target coefficient first, each with its
+    95 % bootstrap interval."""
+    from ptdist.statistics import Interval
+
+    lines = [f"{'indicator':<18}{'per target [95% CI]':>26}{'targets':>9}"
+             f"{'global [95% CI]':>26}{'pairs':>7}"]
+    for r in rows:
+        per_target = Interval.of(r.spearman_per_target, r.per_target_low, r.per_target_high)
+        overall = Interval.of(r.spearman_global, r.global_low, r.global_high)
+        lines.append(f"{r.indicator:<18}{str(per_target):>26}{r.targets:>9}"
+                     f"{str(overall):>26}{r.pairs:>7}")
+    if rows and rows[0].left_out:
+        lines.append(f"left out (own prompts not clearly above chance): {rows[0].left_out}")
+    return lines
 
 
 def register(command, sub) -> None:

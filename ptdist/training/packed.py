@@ -166,6 +166,7 @@ def _train_runs(runs: list[_Run], backbone: Backbone, fingerprint: str, store: S
     done, so a later failure cannot lose it."""
     results: dict[str, TrainResult] = {}
     pack = [run.plan.prompt_id for run in runs]
+    _evaluate(backbone, [r for r in runs if r.tracker.at_start], rank, world, progress, t0)
     iteration = 0
     while True:
         for run in runs:
@@ -263,7 +264,8 @@ def _evaluate(backbone: Backbone, runs: list[_Run], rank: int, world: int, progr
                                 head.micro * 2 * len(group), head.config.max_new_tokens,
                                 rank, world)
         for run, scores in zip(group, metrics):
-            line = run.tracker.record(run.losses[-1], scores, time.time() - t0,
+            line = run.tracker.record(run.losses[-1] if run.losses else None, scores,
+                                      time.time() - t0,
                                       run.checkpoint_tensors(), [PROMPT_PARAM], rank == 0)
             progress.line(f"{run.label} {line}")
 
