@@ -15,7 +15,7 @@ from ptdist.backbones import Backbone, InitSpec, initial_prompt
 from ptdist.backbones.prompt import PROMPT_PARAM
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
-from ptdist.tasks import TaskRecord, get_task, load_split
+from ptdist.tasks import TaskRecord, data_origin, get_task, load_split
 from ptdist.training.checkpoint import TrainState
 from ptdist.training.config import TrainConfig
 from ptdist.training.engine import load_ds_config, precision_of, zero_stage
@@ -63,9 +63,13 @@ def prompt_id_of(config: TrainConfig, task: TaskRecord, init_digest: str,
                  precision: str) -> str:
     """The run's content-addressed id: a hash of everything that determines its result (the
     settings, the task record's content rather than its name, the init's content, the
-    precision), so the same run asked for twice is trained once."""
+    precision), so the same run asked for twice is trained once. The data folder is not
+    hashed (the same data may sit anywhere), but a run on a record's standard data files is
+    told apart from one on the hub's splits, which can differ (TweetEval, QNLI, MRPC)."""
     payload = {k: v for k, v in config.to_dict().items() if k not in TrainConfig.NOT_HASHED}
     payload.update(task=_digest(asdict(task)), init=init_digest, precision=precision)
+    if data_origin(task, "train", config.data_dir).kind == "local":
+        payload["data"] = "local"
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
