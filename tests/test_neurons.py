@@ -296,3 +296,63 @@ def test_the_per_target_spearman_drives_the_ranking_not_the_global_one():
     # Each coefficient has its bootstrap interval around it.
     assert first.per_target_low <= 1.0 <= first.per_target_high
     assert first.global_low <= first.spearman_global <= first.global_high
+
+
+def test_embedding_indicators_of_prompts_alone_from_the_store_and_from_peft_adapters(
+        task_prompts, tmp_path, capsys):
+    """No activations: the store's prompts with its matrix, and the same prompts exported as
+    PEFT adapters with the matrix as a CSV of scores, give the embedding indicators and the
+    same correlations as the activation-based stage does for those indicators."""
+    import csv
+    import shutil
+
+    from ptdist.store.peft_export import export_peft
+    from ptdist.store.results import CorrelationRow
+    from tests.test_cli import run
+
+    root, data, ids = task_prompts
+    store = Store(tmp_path / "store")
+    shutil.copytree(root / "store" / "prompts", store.layout.prompts_dir())
+    prompts = store.prompts.select("tiny-roberta")
+    transfer_matrix(store, prompts, MatrixSettings(data_dir=str(data)))
+    capture(store, prompts, CaptureSettings())
+    pairwise_indicators(store, "tiny-roberta", prompts)
+    with_activations = {r.indicator: r for r in correlate(store, "tiny-roberta").rows}
+
+    code, out, err = run(capsys, "neurons", "embedding", "--model", "tiny-roberta", "--store",
+                         str(store.root))
+    assert code == 0, err
+    from_store = {r.indicator: r for r in read_records(
+        store.layout.embedding_correlation("tiny-roberta"), CorrelationRow)}
+    assert set(from_store) == {"E_concat", "E_avg", "E_tokmean", "D_concat", "D_avg",
+                               "D_tokmean"}
+    for name, row in from_store.items():
+        assert row == with_activations[name], name
+    assert "per target [95% CI]" in out and "E_concat" in out
+
+    adapters = tmp_path / "adapters"
+    for task, pid in ids.items():
+        export_peft(store.prompts, pid, adapters / task)
+    with open(tmp_path / "matrix.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["source", "target", "score"])
+        writer.writerows((r.source_task, r.target_task, r.score)
+                         for r in read_records(store.layout.matrix("tiny-roberta"), MatrixRow))
+    code, out, err = run(capsys, "neurons", "embedding", "--prompts", str(adapters),
+                         "--matrix", str(tmp_path / "matrix.csv"), "--out",
+                         str(tmp_path / "out"), "--json")
+    assert code == 0, err
+    from_files = {r.indicator: r for r in read_records(
+        tmp_path / "out" / "embedding_correlation.parquet", CorrelationRow)}
+    for name, row in from_files.items():
+        assert row.spearman_global == pytest.approx(from_store[name].spearman_global), name
+        assert row.spearman_per_target == pytest.approx(from_store[name].spearman_per_target)
+    values = {(r.prompt_a, r.prompt_b, r.indicator): r.value for r in read_records(
+        tmp_path / "out" / "embedding_indicators.parquet", IndicatorRow)}
+    expected = embedding_indicators(store.prompts.tensor(ids["sst2"]).numpy(),
+                                    store.prompts.tensor(ids["topic"]).numpy())
+    for name, value in expected.items():
+        assert values[("sst2", "topic", name)] == pytest.approx(value)
+
+    code, _, err = run(capsys, "neurons", "embedding", "--prompts", str(adapters / "sst2"))
+    assert code == 2 and "embedding indicators compare prompts pairwise; got 1" in err
