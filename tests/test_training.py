@@ -15,8 +15,7 @@ import torch
 
 from ptdist.store import Store
 from ptdist.training import TrainConfig, train
-from ptdist.training.checkpoint import load_checkpoint
-from tests.conftest import child_env
+from tests.conftest import child_env, has_trained_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 LEARN = dict(task="sst2", prompt_length=8, lr=0.1, batch_size=16, eval_limit=None)
@@ -84,21 +83,20 @@ def _train_args(store: Path, data: Path, steps: int, *extra: str) -> list[str]:
             *extra]
 
 
+def _wait_for_a_trained_checkpoint(folder: Path, proc: subprocess.Popen) -> None:
+    """Until the run in ``proc`` has checkpointed a trained step, or has ended."""
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline and not has_trained_checkpoint(folder):
+        time.sleep(0.02)
+
+
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, sentiment_dir):
     steps = 40
     reference = _json_result(_cli(*_train_args(tmp_path / "a", sentiment_dir, steps)))
 
     store_b = tmp_path / "b"
     proc = _cli(*_train_args(store_b, sentiment_dir, steps))
-    folder = store_b / "runs" / reference["prompt_id"]
-
-    def trained_checkpoint() -> bool:  # the first checkpoint is the starting prompt's (step 0)
-        saved = load_checkpoint(folder)
-        return saved is not None and saved[1].step > 0
-
-    deadline = time.time() + 240
-    while not trained_checkpoint() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    _wait_for_a_trained_checkpoint(store_b / "runs" / reference["prompt_id"], proc)
     proc.send_signal(signal.SIGKILL)  # a crash: no chance to clean up
     proc.communicate()
     assert not Store(store_b).prompts.has(reference["prompt_id"]), "killed too late"
@@ -186,10 +184,7 @@ def test_multi_process_run_resumes_under_another_zero_stage(tmp_path, sentiment_
     store = tmp_path / "run"
     proc = _cli(*_train_args(store, sentiment_dir, steps, "--ds-config", configs[killed]),
                 launcher=torchrun)
-    checkpoint = store / "runs" / reference["prompt_id"] / "checkpoint.safetensors"
-    deadline = time.time() + 240
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    _wait_for_a_trained_checkpoint(store / "runs" / reference["prompt_id"], proc)
     _kill_tree(proc)
     assert not Store(store).prompts.has(reference["prompt_id"]), "killed too late"
 

@@ -67,12 +67,15 @@ def gather_state(engine, params: dict[str, torch.nn.Parameter]) -> dict[str, tor
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
     inner = innermost_optimizer(engine.optimizer)
+    # torch creates Adam state at the first step; before it (the evaluation at step 0) there
+    # are no moments to read, and ZeRO's accessors fail rather than return None.
+    stepped = any(inner.state.values())
     out: dict[str, torch.Tensor] = {}
     for name, param in params.items():
         if _is_wrapped(param):
             tensors = {name: safe_get_full_fp32_param(param)}
-            for key in ADAM_KEYS:
-                value = _optimizer_state(safe_get_full_optimizer_state, param, key)
+            for key in ADAM_KEYS if stepped else ():
+                value = safe_get_full_optimizer_state(param, key)
                 if value is not None:
                     tensors[f"{name}.{key}"] = value
         else:
@@ -85,15 +88,6 @@ def gather_state(engine, params: dict[str, torch.nn.Parameter]) -> dict[str, tor
     steps = [s["step"] for s in inner.state.values() if "step" in s]
     out["adam_step"] = torch.tensor(float(steps[0]) if steps else 0.0)
     return out
-
-
-def _optimizer_state(read, param: torch.nn.Parameter, key: str) -> torch.Tensor | None:
-    """A wrapped parameter's Adam state ``key``; None before the first step, when the
-    optimizer has none yet (ZeRO-3 raises rather than return None then)."""
-    try:
-        return read(param, key)
-    except KeyError:
-        return None
 
 
 def restore_optimizer_state(engine, params: dict[str, torch.nn.Parameter],
