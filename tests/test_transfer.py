@@ -125,28 +125,39 @@ def test_chance_normalised_transfer_equals_a_hand_computed_value():
     refs = [0] * 12 + [1] * 8
     own = list(refs)  # 100 %
     source = [0] * 12 + [1] * 4 + [0] * 4  # 16 of 20: 80 %
-    at_majority = [0] * 20  # another seed's own prompt: 60 %, the majority class
     random_start = [1] * 20  # the random prompt of seed 0: 40 %
-    random_other = [0] * 20  # of seed 1: 60 %
+    sources = [_manifest("own", [100], task="sst2"), _manifest("src", [80], task="imdb")]
+    rows = {r.source_prompt: r for r in column_rows(
+        sources, "sst2", [0], _scored(refs, [own, source, random_start]))}
+    cell = rows["src"]
+    assert cell.score == 80 and cell.chance == 60 and cell.own_score == 100
+    assert cell.relative == pytest.approx(80.0)  # 80 / 100
+    # 100 x (80 - 60) / (100 - 60): the source recovers half of the own prompt's gain
+    assert cell.normalized == pytest.approx(50.0)
+    assert cell.random_score == 40 and cell.clearly_above is None  # not an own prompt
+    assert rows["own"].normalized == pytest.approx(100.0)
+    assert rows["own"].clearly_above is True and rows["own"].above_chance_low > 0
+
+
+def test_an_own_prompt_at_its_majority_rate_is_flagged():
+    from ptdist.transfer.matrix import column_rows
+
+    refs = [0] * 12 + [1] * 8  # majority class: 60 %
     sources = [_manifest("own", [100], task="sst2"), _manifest("lazy", [60], task="sst2", seed=1),
                _manifest("src", [80], task="imdb")]
-    rows = column_rows(sources, "sst2", [0, 1],
-                       _scored(refs, [own, at_majority, source, random_start, random_other]))
-    by_id = {r.source_prompt: r for r in rows}
-    cell = by_id["src"]
-    assert cell.score == 80 and cell.chance == 60 and cell.own_score == 80  # mean of 100, 60
-    assert cell.relative == pytest.approx(100.0)  # 80 / 80
-    # 100 x (80 - 60) / (80 - 60): the source recovers all of the own prompts' mean gain
-    assert cell.normalized == pytest.approx(100.0)
-    assert cell.random_score == 50  # the mean of the two random prompts
-    assert cell.clearly_above is None  # not an own prompt
-    assert by_id["own"].normalized == pytest.approx(100 * (100 - 60) / (80 - 60))
-    assert by_id["own"].clearly_above is True and by_id["own"].above_chance_low > 0
-    # At its majority rate: not clearly above (its difference to the majority class is 0 on
-    # every resample), so the task does not count toward findings.
-    lazy = by_id["lazy"]
+    predictions = [list(refs), [0] * 20, [0] * 12 + [1] * 4 + [0] * 4,
+                   [1] * 20, [0] * 20]  # own (100), lazy (60), src (80), randoms of seeds 0, 1
+    rows = {r.source_prompt: r for r in column_rows(sources, "sst2", [0, 1],
+                                                    _scored(refs, predictions))}
+    # Its difference to the majority class is 0 on every resample of the rows.
+    lazy = rows["lazy"]
     assert lazy.above_chance_low == 0 and lazy.clearly_above is False
-    assert unusable_tasks(rows) == ["sst2"]
+    assert rows["own"].clearly_above is True
+    assert rows["src"].own_score == 80 and rows["src"].relative == pytest.approx(100.0)
+    assert rows["src"].random_score == 50  # the mean of the two random prompts
+    # An own prompt without a clear gain over chance leaves the normalisation undefined.
+    assert all(r.normalized is None for r in rows.values())
+    assert unusable_tasks(rows.values()) == ["sst2"]
 
 
 @pytest.mark.slow

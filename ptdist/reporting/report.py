@@ -269,8 +269,9 @@ def _best_indicator(who: str, shown: list[CorrelationRow], per_target: dict[str,
     if not defined:
         finite = [k for k in overall if math.isfinite(overall[k].estimate)]
         strongest = (f"over all pairs the strongest indicator is {finite[0]} (Spearman "
-                     f"{overall[finite[0]]})" if finite else "no global correlation is defined "
-                     "either (constant values)")
+                     f"{overall[finite[0]]})" if finite else
+                     f"with {shown[0].pairs} counted (source, target) pairs no global "
+                     "correlation is defined either")
         return (f"{who}: no target has {MIN_SOURCES} or more counted sources, so no "
                 f"per-target correlation is defined; {strongest}.")
     best = defined[0]
@@ -386,6 +387,8 @@ def _speedup_words(speedup: float | None, what: str) -> str:
         return f"never reaches vanilla PT's {what}"
     if speedup == float("inf"):
         return f"reaches vanilla PT's {what} at step 0, before any update"
+    if speedup == 0:
+        return f"is slower to reach vanilla PT's {what}, which vanilla PT has at step 0"
     if speedup == 1:
         return f"reaches vanilla PT's {what} at the same step"
     return (f"reaches vanilla PT's {what} in {speedup:.2f}x fewer steps" if speedup > 1

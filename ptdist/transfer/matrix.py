@@ -9,8 +9,9 @@ prompts (`predict_each`: prompts as a batch dimension):
 - ``relative`` = 100 x score / own_score, the paper's raw relative performance;
 - ``chance``: the majority-class score of the rows (`ptdist.transfer.baselines`);
 - ``normalized`` = 100 x (score - chance) / (own_score - chance): the share of the own
-  prompts' gain over chance that the source recovers (None when the own prompts do not beat
-  chance, or for a generation target, which has no majority class);
+  prompts' gain over chance that the source recovers (None when an own prompt is not clearly
+  above its baselines, so that the denominator may be nothing but noise, or for a generation
+  target, which has no majority class);
 - ``random_score``: the mean score of random-init starting prompts, one per seed of the
   target's own prompts.
 
@@ -110,24 +111,26 @@ def column_rows(sources: Sequence[PromptManifest], target: str, seeds: list[int]
     chance = None if majority is None else compute_metrics(task, majority, refs)[metric]
     own_score = statistics.mean(s for m, s in zip(sources, scores) if m.task == target)
     random_score = statistics.mean(scores[i] for i in randoms.values())
-    rows = []
-    for k, (m, score) in enumerate(zip(sources, scores)):
-        own = m.task == target
-        above_chance = margin_low(task, metric, scored.predictions[k], majority, refs) \
-            if own and majority is not None else None
-        above_random = margin_low(task, metric, scored.predictions[k],
-                                  scored.predictions[randoms[m.seed]], refs) if own else None
-        rows.append(MatrixRow(
-            model=m.model, source_task=m.task, source_type=m.task_type, source_prompt=m.id,
-            source_seed=m.seed, target_task=target, target_type=task.type, metric=metric,
-            score=score, own_score=own_score,
-            relative=100.0 * score / own_score if own_score else None,
-            chance=chance, normalized=_normalized(score, own_score, chance),
-            random_score=random_score, eval_examples=len(refs),
-            above_chance_low=above_chance, above_random_low=above_random,
-            clearly_above=None if not own else
-            above_random > 0 and (above_chance is None or above_chance > 0)))
-    return rows
+    margins = {k: (margin_low(task, metric, scored.predictions[k], majority, refs)
+                   if majority is not None else None,
+                   margin_low(task, metric, scored.predictions[k],
+                              scored.predictions[randoms[m.seed]], refs))
+               for k, m in enumerate(sources) if m.task == target}
+    clear = {k: above_random > 0 and (above_chance is None or above_chance > 0)
+             for k, (above_chance, above_random) in margins.items()}
+    # The own prompts' gain over chance is the normalisation's denominator: undefined unless
+    # every own prompt clearly has one.
+    denominator = chance if all(clear.values()) else None
+    return [MatrixRow(
+        model=m.model, source_task=m.task, source_type=m.task_type, source_prompt=m.id,
+        source_seed=m.seed, target_task=target, target_type=task.type, metric=metric,
+        score=score, own_score=own_score,
+        relative=100.0 * score / own_score if own_score else None,
+        chance=chance, normalized=_normalized(score, own_score, denominator),
+        random_score=random_score, eval_examples=len(refs),
+        above_chance_low=margins.get(k, (None, None))[0],
+        above_random_low=margins.get(k, (None, None))[1], clearly_above=clear.get(k))
+        for k, (m, score) in enumerate(zip(sources, scores))]
 
 
 def _normalized(score: float, own_score: float, chance: float | None) -> float | None:
