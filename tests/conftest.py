@@ -53,6 +53,15 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def has_trained_checkpoint(folder: Path) -> bool:
+    """Whether a run's folder holds a checkpoint of a trained step: a run's first checkpoint
+    is its starting prompt's (step 0), so a run killed then resumes from nothing trained."""
+    from ptdist.training.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(folder)
+    return saved is not None and saved[1].step > 0
+
+
 def load_example(name: str):
     """An examples/ script (not a package) imported as the module ``name``."""
     import importlib.util

@@ -37,8 +37,8 @@ def _commands(parser=None, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]
     return found
 
 
-def test_there_are_eighteen_commands():
-    assert len(_commands()) == 18
+def test_there_are_nineteen_commands():
+    assert len(_commands()) == 19
 
 
 @pytest.mark.parametrize("command", _commands(), ids=" ".join)

@@ -24,12 +24,13 @@ from ptdist.backbones import load_backbone
 from ptdist.errors import PtdistError
 from ptdist.neurons.capture import ffn_sites
 from ptdist.neurons.collect import CaptureSettings, capture
-from ptdist.neurons.correlation import correlate, spearman
+from ptdist.neurons.correlation import correlate
 from ptdist.neurons.indicators import embedding_indicators, neuron_indicators
 from ptdist.neurons.pairs import pairwise_indicators
 from ptdist.store import Store
 from ptdist.store.activations import ActivationWriter, captured
 from ptdist.store.results import IndicatorRow, MatrixRow
+from ptdist.statistics import spearman
 from ptdist.store.tables import read_records
 from ptdist.transfer import MatrixSettings, transfer_matrix
 from tests.conftest import child_env
@@ -47,14 +48,14 @@ def _store_with_prompts(root, model: str, n: int, seed: int = 0) -> Store:
 
 
 def _reference(backbone, prompt: torch.Tensor) -> np.ndarray:
-    """FFN activations [layers, d_ff] from hooks placed here, on the paper's bare input."""
+    """FFN activations [layers, d_ff] from hooks placed here, on the paper's bare input: an
+    MLM's encoder layers at the mask, T5's decoder layers at the first decoding step."""
     model, tok, length = backbone.model, backbone.tokenizer, prompt.shape[0]
     if backbone.kind == "mlm":
         modules = [layer.intermediate for layer in model.roberta.encoder.layer]
         ids = [tok.mask_token_id, tok.sep_token_id]
     else:
-        modules = [block.layer[-1].DenseReluDense.act
-                   for block in (*model.encoder.block, *model.decoder.block)]
+        modules = [block.layer[-1].DenseReluDense.act for block in model.decoder.block]
         ids = [tok.convert_tokens_to_ids("<extra_id_0>"), tok.eos_token_id]
     seen = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: seen.append(out)) for m in modules]
@@ -67,11 +68,8 @@ def _reference(backbone, prompt: torch.Tensor) -> np.ndarray:
             model(inputs_embeds=embeds, decoder_input_ids=start)
     for hook in hooks:
         hook.remove()
-    if backbone.kind == "mlm":
-        return torch.stack([out[0, length] for out in seen]).numpy()
-    half = len(seen) // 2  # encoder layers run first: mean over positions; decoder: step 0
-    return torch.stack([out[0].mean(0) for out in seen[:half]]
-                       + [out[0, 0] for out in seen[half:]]).numpy()
+    position = length if backbone.kind == "mlm" else 0
+    return torch.stack([out[0, position] for out in seen]).numpy()
 
 
 @pytest.mark.parametrize("model", ["tiny-roberta", "tiny-t5-v1_1"])
@@ -123,7 +121,9 @@ def test_indicators_match_a_hand_computed_example():
     assert e["E_avg"] == pytest.approx(0.5)  # token-pair cosines 1, 1, 0, 0
     assert e["E_tokmean"] == pytest.approx(1 / math.sqrt(2))
     assert e["D_concat"] == pytest.approx(1 / (1 + math.sqrt(2)))
-    assert e["D_avg"] == pytest.approx((1 + 1 + 2 / (1 + math.sqrt(2))) / 4)
+    # token-pair distances 0, 0, sqrt(2), sqrt(2): D_avg = 1 / (1 + their mean), as the
+    # reference computes it (not the mean of 1 / (1 + d), which is 0.707)
+    assert e["D_avg"] == pytest.approx(1 / (1 + math.sqrt(2) / 2))
     assert e["D_tokmean"] == pytest.approx(1 / (1 + math.sqrt(0.5)))
     s1 = np.array([[1, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 1]], dtype=bool)
     s2 = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1]], dtype=bool)
@@ -378,3 +378,109 @@ def test_a_committed_capture_that_lost_a_part_file_is_captured_again(tmp_path, u
     assert capture(store, store.prompts.select("tiny-roberta"), CaptureSettings()).captured == 3
     assert _indicator_values(store) == reference
     assert len(pq.read_table(folder)) == 3 * 2  # the broken commit's other part went too
+def test_on_of_t5_reads_the_decoder_at_the_first_step_only(tmp_path):
+    from ptdist.store.activations import ActivationWriter, read_states
+
+    backbone = load_backbone("tiny-t5")
+    decoder_layers = backbone.model.config.num_decoder_layers
+    assert [s.name for s in ffn_sites(backbone)] == [f"decoder.{k}"
+                                                      for k in range(decoder_layers)]
+    # A capture written when T5's encoder layers (averaged over positions) were read too:
+    # its states are the decoder rows alone, which are the same as a capture made now.
+    store = Store(tmp_path)
+    d_ff = backbone.model.config.d_ff
+    rng = np.random.default_rng(0)
+    encoder, decoder = rng.normal(size=(2, d_ff)), rng.normal(size=(decoder_layers, d_ff))
+    with ActivationWriter(store.layout, "tiny-t5", d_ff) as writer:
+        writer.add("old", "sst2", "prompt", 0, np.concatenate([encoder, decoder]),
+                   ["encoder.0", "encoder.1"] + [f"decoder.{k}" for k in range(decoder_layers)])
+    task, states = read_states(store.layout, "tiny-t5", "prompt")["old"]
+    assert task == "sst2" and (states == (decoder > 0)).all()
+
+
+def test_the_per_target_spearman_drives_the_ranking_not_the_global_one():
+    from ptdist.neurons.correlation import Transfer, rank_indicators
+
+    # Two targets with three sources each. Indicator "within" orders every target's sources
+    # exactly as their transfer (per target +1) but puts the better-transferring target's
+    # sources lower (global -0.77); "across" does the opposite (per target -1, global +0.77).
+    relative = {"s1": 10, "s2": 20, "s3": 30, "s4": 70, "s5": 80, "s6": 90}
+    target = {s: "t1" if s in ("s1", "s2", "s3") else "t2" for s in relative}
+    own = {"t1": "o1", "t2": "o2"}
+    within = dict(zip(relative, [0.7, 0.8, 0.9, 0.1, 0.2, 0.3]))
+    across = dict(zip(relative, [0.3, 0.2, 0.1, 0.9, 0.8, 0.7]))
+    pairs = [Transfer(s, f"task_{s}", target[s], r) for s, r in relative.items()]
+    values = {name: {**{(s, own[target[s]]): v for s, v in table.items()},
+                     **{(o, o): 1.0 for o in own.values()}}
+              for name, table in (("across", across), ("within", within))}
+    rows = rank_indicators("m", pairs, {t: [o] for t, o in own.items()}, values)
+    assert [r.indicator for r in rows] == ["within", "across"]
+    first, second = rows
+    assert first.spearman_per_target == pytest.approx(1.0) and first.targets == 2
+    assert second.spearman_per_target == pytest.approx(-1.0)
+    assert second.spearman_global > first.spearman_global
+    assert second.spearman_global == pytest.approx(spearman(list(across.values()),
+                                                            list(relative.values())))
+    # Each coefficient has its bootstrap interval around it.
+    assert first.per_target_low <= 1.0 <= first.per_target_high
+    assert first.global_low <= first.spearman_global <= first.global_high
+
+
+def test_embedding_indicators_of_prompts_alone_from_the_store_and_from_peft_adapters(
+        task_prompts, tmp_path, capsys):
+    """No activations: the store's prompts with its matrix, and the same prompts exported as
+    PEFT adapters with the matrix as a CSV of scores, give the embedding indicators and the
+    same correlations as the activation-based stage does for those indicators."""
+    import csv
+    import shutil
+
+    from ptdist.store.peft_export import export_peft
+    from ptdist.store.results import CorrelationRow
+    from tests.test_cli import run
+
+    root, data, ids = task_prompts
+    store = Store(tmp_path / "store")
+    shutil.copytree(root / "store" / "prompts", store.layout.prompts_dir())
+    prompts = store.prompts.select("tiny-roberta")
+    transfer_matrix(store, prompts, MatrixSettings(data_dir=str(data)))
+    capture(store, prompts, CaptureSettings())
+    pairwise_indicators(store, "tiny-roberta", prompts)
+    with_activations = {r.indicator: r for r in correlate(store, "tiny-roberta").rows}
+
+    code, out, err = run(capsys, "neurons", "embedding", "--model", "tiny-roberta", "--store",
+                         str(store.root))
+    assert code == 0, err
+    from_store = {r.indicator: r for r in read_records(
+        store.layout.embedding_correlation("tiny-roberta"), CorrelationRow)}
+    assert set(from_store) == {"E_concat", "E_avg", "E_tokmean", "D_concat", "D_avg",
+                               "D_tokmean"}
+    for name, row in from_store.items():
+        assert row == with_activations[name], name
+    assert "per target [95% CI]" in out and "E_concat" in out
+
+    adapters = tmp_path / "adapters"
+    for task, pid in ids.items():
+        export_peft(store.prompts, pid, adapters / task)
+    with open(tmp_path / "matrix.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["source", "target", "score"])
+        writer.writerows((r.source_task, r.target_task, r.score)
+                         for r in read_records(store.layout.matrix("tiny-roberta"), MatrixRow))
+    code, out, err = run(capsys, "neurons", "embedding", "--prompts", str(adapters),
+                         "--matrix", str(tmp_path / "matrix.csv"), "--out",
+                         str(tmp_path / "out"), "--json")
+    assert code == 0, err
+    from_files = {r.indicator: r for r in read_records(
+        tmp_path / "out" / "embedding_correlation.parquet", CorrelationRow)}
+    for name, row in from_files.items():
+        assert row.spearman_global == pytest.approx(from_store[name].spearman_global), name
+        assert row.spearman_per_target == pytest.approx(from_store[name].spearman_per_target)
+    values = {(r.prompt_a, r.prompt_b, r.indicator): r.value for r in read_records(
+        tmp_path / "out" / "embedding_indicators.parquet", IndicatorRow)}
+    expected = embedding_indicators(store.prompts.tensor(ids["sst2"]).numpy(),
+                                    store.prompts.tensor(ids["topic"]).numpy())
+    for name, value in expected.items():
+        assert values[("sst2", "topic", name)] == pytest.approx(value)
+
+    code, _, err = run(capsys, "neurons", "embedding", "--prompts", str(adapters / "sst2"))
+    assert code == 2 and "embedding indicators compare prompts pairwise; got 1" in err

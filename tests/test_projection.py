@@ -97,8 +97,6 @@ def test_missing_prompts_are_named_before_anything_trains(two_models, tmp_path):
     with pytest.raises(PtdistError, match=r"no prompt of model 'tiny-t5'.*sst2.*ptdist train"):
         best_per_task(store.prompts.select("tiny-t5"), ["sst2", "topic"],
                       "of model 'tiny-t5'")
-    with pytest.raises(PtdistError, match="task tuning trains on one task"):
-        _config(store, refs, "task", ["sst2", "imdb"])
     missing = ProjectorConfig(source_model=SOURCE, target_model=TARGET, mode="task",
                               tasks=("sst2",), source_prompts=("0123456789abcdef",))
     with pytest.raises(PtdistError, match="0123456789abcdef of 'tiny-roberta' are not in store"):
@@ -144,6 +142,43 @@ def test_projector_evaluation_runs_the_target_in_its_prompts_precision(two_model
                                EvalSettings(data_dir=str(data), eval_limit=16,
                                             precision=precision, device="cpu"))
         assert set(seen) == {(dtype, "cpu")}
+def test_a_projector_tuned_on_two_tasks_of_a_type_is_tested_on_a_third(two_models,
+                                                                        tmp_path_factory):
+    """The paper's task tuning: one projector trained through the target model on two topic
+    tasks at once, evaluated on an unseen topic task (and on a task of another type)."""
+    from tests.conftest import TOPIC_YAML, keyword_rows, write_jsonl
+
+    store, data, refs = two_models
+    third = tmp_path_factory.mktemp("third")
+    write_jsonl(third / "topic3" / "train.jsonl",
+                keyword_rows(256, 1, ("cricket", "violin"), "text"))
+    write_jsonl(third / "topic3" / "eval.jsonl", keyword_rows(96, 2, ("cricket", "violin"), "text"))
+    (third / "topic3.yaml").write_text(TOPIC_YAML.format(name="topic3", first="match",
+                                                         second="tune"))
+    refs = dict(refs, topic3=str(third / "topic3.yaml"))
+    for model in (SOURCE, TARGET):
+        train(TrainConfig(model=model, task=refs["topic3"], steps=80, eval_every=20,
+                          prompt_length=8, batch_size=16, lr=0.1, eval_limit=None,
+                          data_dir=str(third)), store)
+    config = _config(store, refs, "task", ["topic", "topic2"], hidden=64, steps=160,
+                     eval_every=40, lr=0.003, batch_size=16, eval_limit=None,
+                     data_dir=str(data))
+    manifest = train_projector(config, store)
+    assert manifest.tasks == [refs["topic"], refs["topic2"]] and manifest.metric == "mean_primary"
+    assert len(manifest.prompts) == 2  # the source model's best prompt of each task
+    last = manifest.history[-1]
+    assert last["mean_primary"] == pytest.approx((last["topic/accuracy"]
+                                                  + last["topic2/accuracy"]) / 2)
+    assert manifest.score == max(h["mean_primary"] for h in manifest.history)
+    assert manifest.history[0]["step"] == 0
+    rows = {r.task: r for r in evaluate_projector(
+        store, manifest.id, [refs["topic"], refs["topic2"], refs["topic3"], "sst2"],
+        _both(store), EvalSettings(data_dir=str(data), eval_limit=None))}
+    assert [(t, r.in_training, r.type_in_training) for t, r in rows.items()] == [
+        ("topic", True, True), ("topic2", True, True), ("topic3", False, True),
+        ("sst2", False, False)]
+    for task in ("topic", "topic2"):  # each training task is learnt through its own prompt
+        assert rows[task].score >= rows[task].untrained_score + 10, rows[task]
 
 
 def test_a_projected_prompt_only_fits_the_target_model(two_models, task_projector):

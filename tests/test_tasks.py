@@ -77,6 +77,21 @@ def test_label_encodings_of_the_benchmarks():
     assert get_task("tweet_eval_sentiment").primary_metric == "macro_recall"
 
 
+def test_paraphrase_verbalizers_differ_from_nli_ones():
+    """As in the reference implementation: paraphrase reads false/true, NLI yes/(maybe)/no,
+    so no label word is shared between the two types (a shared word would let a prompt of
+    one type score on the other by its verbalizer alone)."""
+    by_type: dict[str, set[str]] = {}
+    for t in list_tasks():
+        if t.type in ("nli", "paraphrase"):
+            for family in ("mlm", "t5"):
+                by_type.setdefault(t.type, set()).update(t.label_words[family])
+    assert by_type["paraphrase"] == {"false", "true"}
+    assert by_type["nli"] == {"yes", "maybe", "no"}
+    assert get_task("mrpc").words_for("mlm") == ["false", "true"]  # not_equivalent, equivalent
+    assert get_task("qqp").words_for("seq2seq") == ["false", "true"]
+
+
 def test_get_task_by_name_is_case_insensitive():
     assert get_task("SST2") is get_task("sst2")
     assert get_task("Ethics-Justice").name == "ethics_justice"

@@ -15,7 +15,7 @@ import torch
 
 from ptdist.store import Store
 from ptdist.training import TrainConfig, train
-from tests.conftest import child_env, zero3_every_tensor_partitioned
+from tests.conftest import child_env, has_trained_checkpoint, zero3_every_tensor_partitioned
 
 REPO = Path(__file__).resolve().parents[1]
 LEARN = dict(task="sst2", prompt_length=8, lr=0.1, batch_size=16, eval_limit=None)
@@ -42,7 +42,9 @@ def test_prompt_tuning_learns_a_learnable_task(tmp_path, sentiment_dir, model, s
     config = TrainConfig(model=model, steps=steps, eval_every=steps // 3,
                          data_dir=str(sentiment_dir), **LEARN)
     result = train(config, Store(tmp_path))
-    first, last = result.history[0], result.history[-1]
+    start, first, last = result.history[0], result.history[1], result.history[-1]
+    # The starting prompt is evaluated before the first step (no loss yet).
+    assert start["step"] == 0 and start["loss"] is None and start["accuracy"] < 80.0
     assert last["loss"] < first["loss"]
     assert result.score >= 80.0, result.history  # chance is 50 %
     store = Store(tmp_path)
@@ -115,16 +117,20 @@ def _train_args(store: Path, data: Path, steps: int, *extra: str) -> list[str]:
             *extra]
 
 
+def _wait_for_a_trained_checkpoint(folder: Path, proc: subprocess.Popen) -> None:
+    """Until the run in ``proc`` has checkpointed a trained step, or has ended."""
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline and not has_trained_checkpoint(folder):
+        time.sleep(0.02)
+
+
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, sentiment_dir):
     steps = 40
     reference = _json_result(_cli(*_train_args(tmp_path / "a", sentiment_dir, steps)))
 
     store_b = tmp_path / "b"
     proc = _cli(*_train_args(store_b, sentiment_dir, steps))
-    checkpoint = store_b / "runs" / reference["prompt_id"] / "checkpoint.safetensors"
-    deadline = time.time() + 240
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    _wait_for_a_trained_checkpoint(store_b / "runs" / reference["prompt_id"], proc)
     proc.send_signal(signal.SIGKILL)  # a crash: no chance to clean up
     proc.communicate()
     assert not Store(store_b).prompts.has(reference["prompt_id"]), "killed too late"
@@ -229,10 +235,7 @@ def test_multi_process_run_resumes_under_another_zero_stage(tmp_path, sentiment_
     store = tmp_path / "run"
     proc = _cli(*_train_args(store, sentiment_dir, steps, "--ds-config", configs[killed]),
                 launcher=torchrun)
-    checkpoint = store / "runs" / reference["prompt_id"] / "checkpoint.safetensors"
-    deadline = time.time() + 240
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    _wait_for_a_trained_checkpoint(store / "runs" / reference["prompt_id"], proc)
     _kill_tree(proc)
     assert not Store(store).prompts.has(reference["prompt_id"]), "killed too late"
 
@@ -266,8 +269,8 @@ def test_generation_task_trains_and_decodes_the_expected_text(tmp_path):
     store = Store(tmp_path / "store")
     result = train(config, store)
     assert result.metric == "f1" and set(result.metrics) == {"f1", "exact_match"}
-    assert [h["step"] for h in result.history] == [40, 80, 120]
-    assert result.history[0]["exact_match"] < 50.0 and result.metrics["exact_match"] == 100.0
+    assert [h["step"] for h in result.history] == [0, 40, 80, 120]
+    assert result.history[1]["exact_match"] < 50.0 and result.metrics["exact_match"] == 100.0
     prompt = store.prompts.tensor(result.prompt_id)
     task = get_task("squad")
     decoded = predict(eval_backbone("tiny-t5"), lambda n: prompt.expand(n, -1, -1), task,
@@ -288,5 +291,7 @@ def test_a_run_keeps_the_prompt_id_and_result_of_the_previous_layout(tmp_path, t
     result = train(config, Store(tmp_path))
     assert result.prompt_id == "7563892905f9a0c4"
     assert result.score == 68.75
-    assert [h["loss"] for h in result.history] == pytest.approx([0.6037060022, 0.5680225491],
-                                                                abs=1e-6)
+    # Evaluating the starting prompt (step 0, no loss yet) changes no update.
+    assert result.history[0]["loss"] is None
+    assert [h["loss"] for h in result.history[1:]] == pytest.approx(
+        [0.6037060022, 0.5680225491], abs=1e-6)

@@ -19,6 +19,7 @@ from ptdist.store.results import MatrixRow
 from ptdist.store.tables import read_records
 from ptdist.training.evaluation import score_prompt
 from ptdist.transfer import MatrixSettings, speedup_rows, transfer_matrix
+from ptdist.transfer.matrix import own_prompts, unusable_tasks
 from tests.conftest import child_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,12 +67,14 @@ def test_tasks_without_prompts_are_named(task_prompts):
         transfer_matrix(store, store.prompts.select("tiny-roberta", ["sst2"]), MatrixSettings())
 
 
-def _manifest(pid: str, scores: list[float]) -> PromptManifest:
-    history = [{"step": 10 * (i + 1), "accuracy": s, "time_s": 2.0 * (i + 1)}
+def _manifest(pid: str, scores: list[float], task: str = "t", seed: int = 0,
+              start: int = 1) -> PromptManifest:
+    """A prompt with a learning curve: one evaluation every 10 steps from step 10 x start."""
+    history = [{"step": 10 * (i + start), "accuracy": s, "time_s": 2.0 * (i + start)}
                for i, s in enumerate(scores)]
     best = max(history, key=lambda h: h["accuracy"])
     return PromptManifest(
-        id=pid, model="m", task="t", task_type="sentiment", seed=0, init="random",
+        id=pid, model="m", task=task, task_type="sentiment", seed=seed, init="random",
         metric="accuracy", score=best["accuracy"], metrics={}, steps=history[-1]["step"],
         best_step=best["step"], shape=[1, 1], backbone_kind="mlm", precision="fp32",
         config={}, history=history, world_size=1, zero_stage=0, resumed_from=None,
@@ -87,6 +90,74 @@ def test_speedup_is_read_off_the_curves():
     assert [r.speedup for r in rows] == [1.0, 1.5, None]
     assert [r.steps_to_vanilla_best for r in rows] == [30, 20, None]
     assert rows[1].time_to_vanilla_best_s == 4.0 and rows[1].vanilla_best == 80
+
+
+def test_speedup_with_a_tolerance_on_a_hand_made_curve_evaluated_from_step_0():
+    # Vanilla: 50 at step 0, reaches its best (90) only at step 50 and 89.2 (>= 0.99 x 90 =
+    # 89.1) at step 20. TPT starts at 85 and reaches 89.5 at step 10, never 90.
+    vanilla = _manifest("v", [50, 70, 89.2, 88, 89, 90], start=0)
+    tpt = _manifest("a", [85, 89.5, 88, 89], start=0)
+    started = _manifest("b", [89.3, 85], start=0)  # at the threshold before any update
+    source = _manifest("s", [90])
+    rows = speedup_rows(vanilla, [("tpt a", source, tpt), ("tpt b", source, started)],
+                        tolerance=0.99)
+    assert [r.start_score for r in rows] == [50, 85, 89.3]
+    assert [r.steps_to_vanilla_best for r in rows] == [50, None, None]
+    assert [r.speedup for r in rows] == [1.0, None, None]  # TPT never reaches 90 itself
+    assert [r.steps_to_tolerance for r in rows] == [20, 10, 0]
+    assert [r.speedup_tolerance for r in rows] == [1.0, 2.0, float("inf")]
+    assert {r.tolerance for r in rows} == {0.99}
+
+
+def _scored(references: list[int], predictions: list[list[int]]):
+    from ptdist.tasks import compute_metrics, get_task
+    from ptdist.training.evaluation import Scored
+
+    task = get_task("sst2")
+    return Scored(task, references, predictions,
+                  [compute_metrics(task, p, references) for p in predictions])
+
+
+def test_chance_normalised_transfer_equals_a_hand_computed_value():
+    from ptdist.transfer.matrix import column_rows
+
+    # 20 rows, 12 negative: the majority class scores 60 %.
+    refs = [0] * 12 + [1] * 8
+    own = list(refs)  # 100 %
+    source = [0] * 12 + [1] * 4 + [0] * 4  # 16 of 20: 80 %
+    random_start = [1] * 20  # the random prompt of seed 0: 40 %
+    sources = [_manifest("own", [100], task="sst2"), _manifest("src", [80], task="imdb")]
+    rows = {r.source_prompt: r for r in column_rows(
+        sources, "sst2", [0], _scored(refs, [own, source, random_start]))}
+    cell = rows["src"]
+    assert cell.score == 80 and cell.chance == 60 and cell.own_score == 100
+    assert cell.relative == pytest.approx(80.0)  # 80 / 100
+    # 100 x (80 - 60) / (100 - 60): the source recovers half of the own prompt's gain
+    assert cell.normalized == pytest.approx(50.0)
+    assert cell.random_score == 40 and cell.clearly_above is None  # not an own prompt
+    assert rows["own"].normalized == pytest.approx(100.0)
+    assert rows["own"].clearly_above is True and rows["own"].above_chance_low > 0
+
+
+def test_an_own_prompt_at_its_majority_rate_is_flagged():
+    from ptdist.transfer.matrix import column_rows
+
+    refs = [0] * 12 + [1] * 8  # majority class: 60 %
+    sources = [_manifest("own", [100], task="sst2"), _manifest("lazy", [60], task="sst2", seed=1),
+               _manifest("src", [80], task="imdb")]
+    predictions = [list(refs), [0] * 20, [0] * 12 + [1] * 4 + [0] * 4,
+                   [1] * 20, [0] * 20]  # own (100), lazy (60), src (80), randoms of seeds 0, 1
+    rows = {r.source_prompt: r for r in column_rows(sources, "sst2", [0, 1],
+                                                    _scored(refs, predictions))}
+    # Its difference to the majority class is 0 on every resample of the rows.
+    lazy = rows["lazy"]
+    assert lazy.above_chance_low == 0 and lazy.clearly_above is False
+    assert rows["own"].clearly_above is True
+    assert rows["src"].own_score == 80 and rows["src"].relative == pytest.approx(100.0)
+    assert rows["src"].random_score == 50  # the mean of the two random prompts
+    # An own prompt without a clear gain over chance leaves the normalisation undefined.
+    assert all(r.normalized is None for r in rows.values())
+    assert unusable_tasks(rows.values()) == ["sst2"]
 
 
 @pytest.mark.slow
@@ -106,16 +177,24 @@ def test_tpt_from_a_same_task_prompt_reaches_vanilla_in_fewer_steps(task_prompts
     vanilla, tpt = out["summary"]
     assert vanilla["run"] == "vanilla" and vanilla["speedup"] == 1.0
     assert tpt["source_prompt"] == ids["sst2"]
+    # Both curves start at step 0: TPT where its (trained) source prompt is, vanilla at chance.
+    assert tpt["start_score"] >= 80.0 > vanilla["start_score"]
     assert tpt["steps_to_vanilla_best"] < vanilla["steps_to_vanilla_best"]
-    assert tpt["speedup"] == vanilla["steps_to_vanilla_best"] / tpt["steps_to_vanilla_best"] > 1
     folder = Path(out["folders"][0])
     curves = pq.read_table(folder / "curves.parquet").to_pylist()
-    first = {run: next(c["step"] for c in curves if c["run"] == run
-                       and c["score"] >= vanilla["vanilla_best"])
-             for run in ("vanilla", tpt["run"])}
-    assert tpt["speedup"] == first["vanilla"] / first[tpt["run"]]
+    assert {c["step"] for c in curves if c["run"] == "vanilla"} >= {0, 10, 120}
+
+    def first(run: str, threshold: float) -> int:
+        return next(c["step"] for c in curves if c["run"] == run and c["score"] >= threshold)
+
+    for field, threshold in (("speedup", vanilla["vanilla_best"]),
+                             ("speedup_tolerance", 0.99 * vanilla["vanilla_best"])):
+        steps = first(tpt["run"], threshold)
+        expected = first("vanilla", threshold) / steps if steps else float("inf")
+        assert tpt[field] == expected > 1, field
+    assert tpt["tolerance"] == 0.99
     assert (folder / "curves.png").stat().st_size > 0
-    assert "speed-up" in proc.stdout
+    assert "speed-up" in proc.stdout and "99% of it" in proc.stdout
     # Seed 1 has no stored vanilla run: the command says why it trains one.
     assert "training a vanilla run of tiny-roberta on sst2 (seed 1): the store holds no " \
            "vanilla run of it with this seed" in proc.stderr
@@ -132,8 +211,10 @@ def test_the_matrix_command_runs_a_job_per_target_on_ray(task_prompts, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "start matrix tiny-roberta [2/2]" in proc.stderr and "local Ray" in proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(out["rows"]) == 4 and Path(out["heatmap"]).exists()
-    assert "relative performance (%)" in proc.stdout
+    # Every own prompt of the two tasks is a source (other tests may have added seeds).
+    sources = own_prompts(Store(root / "store").prompts.select("tiny-roberta", ["sst2", "imdb"]))
+    assert len(out["rows"]) == 2 * len(sources) and Path(out["heatmap"]).exists()
+    assert "relative performance (%)" in proc.stdout and "chance-normalised" in proc.stdout
 
 
 def test_tpt_says_why_it_trains_its_own_vanilla_run(task_prompts):

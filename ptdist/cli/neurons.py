@@ -1,6 +1,6 @@
-"""`ptdist neurons capture|indicators|correlate`: activated FFN neurons of one model's prompts.
-Capture runs as jobs (on Ray unless --local); indicators and correlation are one job each and
-run in this process."""
+"""`ptdist neurons capture|indicators|correlate|embedding`: activated FFN neurons of one
+model's prompts, and embedding indicators of any prompts. Capture runs as jobs (on Ray unless
+--local); the others run in this process."""
 
 from __future__ import annotations
 
@@ -50,25 +50,79 @@ def indicators(args: argparse.Namespace) -> None:
 
 
 def correlate(args: argparse.Namespace) -> None:
-    from ptdist.neurons.correlation import by_strength, correlate as correlate_stage
+    from ptdist.neurons.correlation import correlate as correlate_stage
     from ptdist.reporting.figures import layerwise_figure
 
     store = store_of(args)
     result = correlate_stage(store, args.model)
     curve = layerwise_figure(result.rows, store.layout.layerwise_figure(args.model))
-    lines = [f"{'indicator':<18}{'per target':>12}{'targets':>9}{'global':>9}{'pairs':>7}"]
-    for r in by_strength(result.rows):
-        per_target = "-" if r.spearman_per_target is None else f"{r.spearman_per_target:.3f}"
-        lines.append(f"{r.indicator:<18}{per_target:>12}{r.targets:>9}"
-                     f"{r.spearman_global:>9.3f}{r.pairs:>7}")
+    lines = correlation_lines(result.rows)
     lines.append(f"table: {result.table}\nlayer-wise ON curve: {curve}")
     emit(args, "\n".join(lines), {"table": str(result.table), "rows": result.rows,
                                   "layer_curve": str(curve)})
 
 
+def embedding(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from ptdist.errors import PtdistError
+    from ptdist.neurons.embedding import (embedding_study, prompts_from_paths, store_inputs,
+                                          transfers_from_table)
+    from ptdist.store.results import CorrelationRow, IndicatorRow
+    from ptdist.store.tables import write_records
+
+    if (args.model is None) == (args.prompts is None):
+        raise PtdistError("give either --model (a model's prompts in the store) or --prompts "
+                          "(prompt files or PEFT adapters)")
+    if args.prompts is not None:
+        prompts, found, left_out = prompts_from_paths(args.prompts), [], []
+        name = args.name
+        out = Path(args.out)
+        tables = out / "embedding_indicators.parquet", out / "embedding_correlation.parquet"
+    else:
+        store = store_of(args)
+        prompts, found, left_out = store_inputs(store, args.model)
+        name = args.model
+        tables = (store.layout.embedding_indicators(args.model),
+                  store.layout.embedding_correlation(args.model))
+    if args.matrix is not None:
+        found, left_out = transfers_from_table(Path(args.matrix), prompts), []
+    result = embedding_study(name, prompts, found, left_out)
+    write_records(tables[0], IndicatorRow, result.indicators)
+    lines = [f"embedding indicators of {len(prompts)} prompts ({len(prompts) ** 2} ordered "
+             f"pairs): {tables[0]}"]
+    if result.correlation:
+        write_records(tables[1], CorrelationRow, result.correlation)
+        lines += correlation_lines(result.correlation) + [f"table: {tables[1]}"]
+    else:
+        lines.append("no transfer matrix: indicators only (give --matrix, or run `ptdist "
+                     "transfer matrix` for the model's prompts)")
+    emit(args, "\n".join(lines), {"indicators": str(tables[0]),
+                                  "correlation": str(tables[1]) if result.correlation else None,
+                                  "rows": result.correlation})
+
+
+def correlation_lines(rows) -> list[str]:
+    """Correlation rows as a table, strongest mean per-target coefficient first, each with its
+    95 % bootstrap interval."""
+    from ptdist.statistics import Interval
+
+    lines = [f"{'indicator':<18}{'per target [95% CI]':>26}{'targets':>9}"
+             f"{'global [95% CI]':>26}{'pairs':>7}"]
+    for r in rows:
+        per_target = Interval.of(r.spearman_per_target, r.per_target_low, r.per_target_high)
+        overall = Interval.of(r.spearman_global, r.global_low, r.global_high)
+        lines.append(f"{r.indicator:<18}{str(per_target):>26}{r.targets:>9}"
+                     f"{str(overall):>26}{r.pairs:>7}")
+    if rows and rows[0].left_out:
+        lines.append(f"left out (own prompts not clearly above chance): {rows[0].left_out}")
+    return lines
+
+
 def register(command, sub) -> None:
-    neurons = sub.add_parser("neurons", help="activated neurons: capture, indicators, correlation",
-                             description="activated FFN neurons of one model's prompts")
+    neurons = sub.add_parser("neurons", help="activated neurons and transferability indicators",
+                             description="activated FFN neurons of one model's prompts, and "
+                                         "embedding indicators of any prompts")
     steps = neurons.add_subparsers(dest="neurons_command", required=True, metavar="STEP")
     c = command("capture", capture, "record FFN activations of stored prompts to Parquet",
                 "record every layer's FFN activations of a model's stored prompts into the "
@@ -94,6 +148,24 @@ def register(command, sub) -> None:
     i.add_argument("--model", required=True, help=model_help())
     i.add_argument("--protocol", choices=("prompt", "data"), default="prompt")
     add_store(i)
+    b = command("embedding", embedding, "embedding indicators of prompts alone, no activations",
+                "E_concat, E_avg, E_tokmean and their Euclidean variants for any set of prompts "
+                "(a model's prompts in the store, or prompt files / PEFT adapters) and, with a "
+                "transfer matrix, their Spearman correlation with transfer; no model is loaded",
+                group=steps)
+    b.add_argument("--model", default=None,
+                   help=model_help("use the prompts in the store of the model (and its "
+                                   "transfer matrix), the model"))
+    b.add_argument("--prompts", nargs="+", default=None, metavar="[TASK=]PATH",
+                   help="prompt files (.safetensors), PEFT adapter folders, or folders of them; "
+                        "a prompt's task is TASK, else its file or folder name")
+    b.add_argument("--matrix", default=None,
+                   help="transfer matrix (.csv/.parquet: source, target, relative or score)")
+    b.add_argument("--out", default="embedding_indicators",
+                   help="folder for the tables with --prompts (default ./embedding_indicators)")
+    b.add_argument("--name", default="prompts", help="the model name the tables carry with "
+                                                     "--prompts (default: prompts)")
+    add_store(b)
     r = command("correlate", correlate, "Spearman correlation of indicators with transfer",
                 "correlate each indicator with the zero-shot transfer matrix (per target and "
                 "global) and plot layer-wise ON", group=steps)

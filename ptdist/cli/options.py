@@ -141,6 +141,13 @@ def add_budget(p: argparse.ArgumentParser) -> None:
                         "keeping them: less memory, ~1/3 more compute, the same prompt")
 
 
+def add_tolerance(p: argparse.ArgumentParser) -> None:
+    """TPT's tolerance speed-up (docs/transfer.md)."""
+    p.add_argument("--tolerance", type=float, default=0.99,
+                   help="also read the speed-up at this fraction of vanilla PT's best score "
+                        "(default 0.99)")
+
+
 def budget(args: argparse.Namespace) -> dict[str, Any]:
     """The run settings `add_budget` adds, as TrainConfig fields (ds_config apart)."""
     return dict(seed=args.seed, steps=args.steps, lr=args.lr, warmup_steps=args.warmup_steps,

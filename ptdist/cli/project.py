@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 
 from ptdist.cli.options import (absolute, add_budget, add_data, add_eval, add_execution,
-                                add_job_resources, add_precision, add_store, budget, emit,
+                                add_job_resources, add_precision, add_store, add_tolerance,
+                                budget, emit,
                                 execution, job_resources, model_help, store_of, task_help)
 
 
@@ -41,7 +42,8 @@ def train(args: argparse.Namespace) -> None:
     m = train_projector(config, store)
     result = (f"distance {m.initial_distance:.4f} -> {m.distance:.4f} over {m.pairs} "
               "prompt pairs" if m.mode == "distance" else
-              f"{m.metric} = {m.score:.2f} on {m.tasks[0]} (best at step {m.best_step})")
+              f"{m.metric} = {m.score:.2f} on {', '.join(m.tasks)} (best at step "
+              f"{m.best_step})")
     emit(args, f"projector {config.projector_id}: {args.source} -> {args.target} "
                f"({args.mode}, {m.shape['variant']}): {result}", m.to_json())
 
@@ -77,7 +79,8 @@ def tpt(args: argparse.Namespace) -> None:
     targets = [task_ref(t, Path.cwd()) for t in args.targets]
     plan = model_plan(store, args.projector, targets,
                       store.prompts.select(manifest.source_model), budget(args),
-                      data_dir=absolute(args.data_dir), ds_config=args.ds_config)
+                      data_dir=absolute(args.data_dir), ds_config=args.ds_config,
+                      tolerance=args.tolerance)
     show_tpt(args, run_tpt(store, plan, job_resources(args), execution(args)), store)
 
 
@@ -112,7 +115,7 @@ def list_projectors(args: argparse.Namespace) -> None:
 def _add_projector(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("distance", "task"), required=True,
                    help="distance: fit the target's own prompts; task: tune through the target "
-                        "model on the (one) training task")
+                        "model on the training tasks (the paper: several of one type)")
     p.add_argument("--variant", choices=("flat", "token"), default="flat",
                    help="flat: the reference MLP over the flattened prompt; token: per token "
                         "(default flat)")
@@ -121,7 +124,8 @@ def _add_projector(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
     p.add_argument("--batch-size", type=int, default=32,
-                   help="prompt pairs (distance) or examples (task) per step (default 32)")
+                   help="prompt pairs (distance) or examples of each task (task) per step "
+                        "(default 32)")
     p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
     p.add_argument("--eval-limit", type=int, default=1000,
                    help="evaluation examples (0: the whole split; default 1000)")
@@ -142,7 +146,7 @@ def register(command, sub) -> None:
     t.add_argument("--target", required=True, help=model_help("the model they are projected "
                                                               "to"))
     t.add_argument("--tasks", nargs="+", required=True,
-                   help=task_help("training tasks (task mode: exactly one)"))
+                   help=task_help("training tasks"))
     t.add_argument("--ds-config", default="zero0",
                    help="task mode: DeepSpeed config of the target model (default zero0)")
     _add_projector(t)
@@ -163,6 +167,7 @@ def register(command, sub) -> None:
     p.add_argument("--projector", required=True, help="projector id (`ptdist project list`)")
     p.add_argument("--targets", nargs="+", required=True, help=task_help("target tasks"))
     add_budget(p)
+    add_tolerance(p)
     add_execution(p)
     add_job_resources(p)
     add_data(p)
@@ -173,7 +178,7 @@ def register(command, sub) -> None:
                  "are stored", group=steps)
     pp.add_argument("--spec", required=True, help="sweep spec YAML with two or more models")
     pp.add_argument("--train-tasks", nargs="+", required=True,
-                    help="tasks the projectors train on (task mode: one)")
+                    help="tasks the projectors train on")
     pp.add_argument("--eval-tasks", nargs="+", default=None,
                     help="tasks of the cross-model table (default: the spec's tasks)")
     pp.add_argument("--dry-run", action="store_true", help="list the jobs without running them")

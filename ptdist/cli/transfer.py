@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 
 from ptdist.cli.options import (absolute, add_budget, add_data, add_eval, add_execution,
-                                add_job_resources, add_precision, add_store, budget, emit,
+                                add_job_resources, add_precision, add_store, add_tolerance,
+                                budget, emit,
                                 execution, job_resources, model_help, store_of, task_help)
 
 
@@ -16,7 +17,8 @@ def matrix(args: argparse.Namespace) -> None:
     from ptdist.reporting.figures import matrix_figure
     from ptdist.store.prompts import by_task
     from ptdist.tasks import get_task
-    from ptdist.transfer import MatrixSettings
+    from ptdist.transfer import MatrixSettings, cells
+    from ptdist.transfer.matrix import unusable_tasks
 
     store = store_of(args)
     names = [get_task(t).name for t in args.tasks]
@@ -28,17 +30,28 @@ def matrix(args: argparse.Namespace) -> None:
     device = {"CPU": args.cpus, "GPU": args.gpus}
     result = run_matrix(store, prompts, settings, execution(args), device)
     figure = matrix_figure(result.rows, store.layout.matrix_figure(args.model))
-    width = max(len(t) for t in result.tasks) + 2
-    lines = [f"relative performance (%) of {args.model}'s prompts; rows: source, columns: target",
-             " " * width + "".join(f"{t[:10]:>11}" for t in result.tasks)]
-    cells = {(r.source_task, r.target_task): r.relative for r in result.rows}
-    for source in result.tasks:
-        lines.append(f"{source:<{width}}" + "".join(
-            f"{cells[source, t]:>11.1f}" if cells[source, t] is not None else f"{'-':>11}"
-            for t in result.tasks))
+    lines = [f"relative performance (%) of {args.model}'s prompts, mean over each task's "
+             "prompts; rows: source, columns: target",
+             *_grid(result.tasks, cells(result.rows)),
+             "chance-normalised (%): 100 x (score - majority class) / (own - majority class)",
+             *_grid(result.tasks, cells(result.rows, "normalized"))]
+    flagged = unusable_tasks(result.rows)
+    if flagged:
+        lines.append("own prompts not clearly above the majority class or a random prompt: "
+                     + ", ".join(flagged))
     lines.append(f"table: {result.table}\nheatmap: {figure}")
     emit(args, "\n".join(lines), {"table": str(result.table), "heatmap": str(figure),
                                   "rows": result.rows})
+
+
+def _grid(tasks: list[str], values: dict[tuple[str, str], list[float]]) -> list[str]:
+    width = max(len(t) for t in tasks) + 2
+    lines = [" " * width + "".join(f"{t[:10]:>11}" for t in tasks)]
+    for source in tasks:
+        lines.append(f"{source:<{width}}" + "".join(
+            f"{sum(v) / len(v):>11.1f}" if (v := values[source, t]) else f"{'-':>11}"
+            for t in tasks))
+    return lines
 
 
 def tpt(args: argparse.Namespace) -> None:
@@ -52,7 +65,8 @@ def tpt(args: argparse.Namespace) -> None:
         train["prompt_length"] = args.prompt_length
     targets = [task_ref(t, Path.cwd()) for t in args.targets]
     plan = task_plan(store, args.model, targets, args.sources, store.prompts.select(args.model),
-                     train, data_dir=absolute(args.data_dir), ds_config=args.ds_config)
+                     train, data_dir=absolute(args.data_dir), ds_config=args.ds_config,
+                     tolerance=args.tolerance)
     show_tpt(args, run_tpt(store, plan, job_resources(args), execution(args)), store)
 
 
@@ -69,8 +83,12 @@ def show_tpt(args: argparse.Namespace, result, store) -> None:
                    f"{r.steps_to_vanilla_best}" if r.steps_to_vanilla_best is not None
                    else "never reaches vanilla's best")
         speed = f", speed-up {r.speedup:.2f}x" if r.speedup is not None else ""
-        lines.append(f"{r.target_task}: {r.run}: best {r.metric} {r.best_score:.2f} "
-                     f"@ {r.best_step}; {reached}{speed}")
+        near = (f"; {r.tolerance:.0%} of it at step {r.steps_to_tolerance}, speed-up "
+                f"{r.speedup_tolerance:.2f}x" if r.steps_to_tolerance is not None else
+                f"; never reaches {r.tolerance:.0%} of it")
+        start = "-" if r.start_score is None else f"{r.start_score:.2f}"
+        lines.append(f"{r.target_task}: {r.run}: {r.metric} {start} at step 0, best "
+                     f"{r.best_score:.2f} @ {r.best_step}; {reached}{speed}{near}")
     for folder in result.folders:
         summary = [r for r in result.summary if r.target_task == folder.name]
         figure = tpt_figure(read_records(folder / TPT_CURVES, TptCurveRow), summary,
@@ -84,9 +102,11 @@ def register(command, sub) -> None:
     transfer = sub.add_parser("transfer", help="cross-task transfer: the zero-shot matrix, TPT",
                               description="cross-task transfer of one model's prompts")
     steps = transfer.add_subparsers(dest="transfer_command", required=True, metavar="STEP")
-    m = command("matrix", matrix, "evaluate every task's best prompt on every task",
-                "zero-shot transfer matrix: raw and relative scores (Parquet) and a heatmap "
-                "(PNG) in the store; a job per target task", group=steps)
+    m = command("matrix", matrix, "evaluate every task's prompts on every task",
+                "zero-shot transfer matrix of every stored prompt of the tasks (all seeds): "
+                "raw, relative and chance-normalised scores with each target's majority-class "
+                "and random-prompt baselines (Parquet) and a heatmap (PNG) in the store; a job "
+                "per target task", group=steps)
     m.add_argument("--model", required=True, help=model_help())
     m.add_argument("--tasks", nargs="+", required=True, help=task_help("the tasks (>= 2)"))
     add_eval(m)
@@ -106,6 +126,7 @@ def register(command, sub) -> None:
     t.add_argument("--prompt-length", type=int, default=None,
                    help="default: the source prompts' length")
     add_budget(t)
+    add_tolerance(t)
     add_execution(t)
     add_job_resources(t)
     add_data(t)

@@ -1,10 +1,13 @@
 """Activated FFN neurons: what each layer's feed-forward intermediate activation is when the
 frozen model reads a prompt.
 
-Where it is read (forward hooks on the activation that feeds each FFN's output projection):
+Where it is read (forward hooks on the activation that feeds each FFN's output projection),
+as the paper defines ON:
 - encoder MLM (RoBERTa, BERT): every layer, at the mask position right after the prompt;
-- T5: every decoder layer at the first decoding step, and every encoder layer averaged over the
-  input positions (prompt and tokens).
+- T5: every decoder layer, at the first decoding step only (where the class is read). The
+  encoder's FFNs are not read: the prompt reaches the decoder through cross-attention, and an
+  encoder neuron has no single position to be read at (averaged over the input, a ReLU neuron
+  would count as active if it fired anywhere).
 
 Protocols:
 - ``prompt`` (the paper's): the prompt with no task input. MLM: ``P <mask> </s>``; T5: ``P``
@@ -31,27 +34,23 @@ from ptdist.backbones import Backbone
 
 PROTOCOLS = ("prompt", "data")
 _MLM_SITE = re.compile(r"encoder\.layer\.(\d+)\.intermediate$")
-_T5_SITE = re.compile(r"(encoder|decoder)\.block\.(\d+)\.layer\.\d+\.DenseReluDense\.act$")
+_T5_SITE = re.compile(r"decoder\.block\.(\d+)\.layer\.\d+\.DenseReluDense\.act$")
 
 
 @dataclass(frozen=True)
 class FfnSite:
-    name: str  # "encoder.3", "decoder.0"
-    index: int  # position in the concatenation over layers (encoder first, then decoder)
+    name: str  # "encoder.3" (MLM), "decoder.0" (T5)
+    index: int  # position in the concatenation over layers
     module: nn.Module
 
 
 def ffn_sites(backbone: Backbone) -> list[FfnSite]:
-    """Each FFN's activation module, in layer order (encoder, then decoder)."""
-    found = []
-    for name, module in backbone.model.named_modules():
-        if backbone.kind == "mlm" and (m := _MLM_SITE.search(name)):
-            found.append((0, int(m.group(1)), f"encoder.{m.group(1)}", module))
-        elif backbone.kind == "seq2seq" and (m := _T5_SITE.search(name)):
-            stack = m.group(1)
-            found.append((stack == "decoder", int(m.group(2)), f"{stack}.{m.group(2)}", module))
-    found.sort(key=lambda f: (f[0], f[1]))
-    return [FfnSite(name, i, module) for i, (_, _, name, module) in enumerate(found)]
+    """Each FFN activation module ON reads, in layer order: an MLM's encoder layers, T5's
+    decoder layers."""
+    stack, pattern = ("encoder", _MLM_SITE) if backbone.kind == "mlm" else ("decoder", _T5_SITE)
+    found = sorted((int(m.group(1)), module) for name, module in backbone.model.named_modules()
+                   if (m := pattern.search(name)))
+    return [FfnSite(f"{stack}.{layer}", i, module) for i, (layer, module) in enumerate(found)]
 
 
 def bare_rows(backbone: Backbone) -> list[dict]:
@@ -74,16 +73,6 @@ def ffn_activations(backbone: Backbone, prompts: torch.Tensor,
     finally:
         for hook in hooks:
             hook.remove()
-    length = prompts.shape[1]
-    mask = torch.cat([batch["attention_mask"].new_ones(prompts.shape[0], length),
-                      batch["attention_mask"]], dim=1).unsqueeze(-1).float()
-    read = []
-    for site in sites:
-        act = outputs[site.index].float()
-        if backbone.kind == "mlm":
-            read.append(act[:, length])  # the mask
-        elif site.name.startswith("decoder"):
-            read.append(act[:, 0])  # the first decoding step
-        else:
-            read.append((act * mask).sum(1) / mask.sum(1))
-    return torch.stack(read, dim=1)
+    # The mask follows the prompt (MLM); the decoder's first step is its position 0 (T5).
+    position = prompts.shape[1] if backbone.kind == "mlm" else 0
+    return torch.stack([outputs[s.index].float()[:, position] for s in sites], dim=1)

@@ -1,28 +1,53 @@
 """How well each indicator predicts zero-shot transfer: Spearman's rank correlation between
 indicator(P_source, P_target) and the relative performance of P_source on the target task.
 
-- per target: across the source prompts of the transfer matrix, the target's own prompt
-  excluded; then averaged over the targets that have at least 3 sources (fewer give no
-  usable ranking);
-- global: across all (source, target) pairs with source != target.
+Each source prompt (every seed) is one observation per target; its indicator value is the mean
+of indicator(P_source, P_own) over the target's own prompts (its seeds).
+
+- **per target** (the paper's protocol, and the ranking's): across the source prompts of other
+  tasks, for each target with at least 3 of them; then averaged over the targets;
+- **global**: across all (source prompt, target) pairs of different tasks.
+
+Each coefficient has a 95 % percentile bootstrap interval (`ptdist.statistics`): the global one
+resamples the pairs; the per-target one resamples each target's sources, then averages over
+the targets. Pairs whose source or target task has own prompts that are not clearly above
+chance (`MatrixRow.clearly_above`) are left out: transfer to or from a prompt that learned
+nothing is not evidence about transfer.
 
 Inputs are the transfer matrix (`ptdist transfer matrix`) and the indicator table
-(`ptdist neurons indicators`) of the same model; output: `StoreLayout.correlation`.
+(`ptdist neurons indicators`, or `ptdist neurons embedding` for prompts alone) of the same
+model; output: `StoreLayout.correlation`.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ptdist.errors import PtdistError
+from ptdist.statistics import (RESAMPLES, SEED, Interval, percentile_interval, resamples,
+                               spearman)
 from ptdist.store import Store
 from ptdist.store.results import CorrelationRow, IndicatorRow, MatrixRow
 from ptdist.store.tables import read_records, write_records
+from ptdist.transfer.matrix import unusable_tasks
 
 MIN_SOURCES = 3
+Values = Mapping[str, Mapping[tuple[str, str], float]]  # indicator -> (prompt a, b) -> value
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One source prompt on one target task."""
+
+    source: str  # the source prompt (id or name)
+    source_task: str
+    target_task: str
+    relative: float
 
 
 @dataclass
@@ -31,22 +56,11 @@ class CorrelationResult:
     table: Path
 
 
-def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman's rho: Pearson's correlation of the ranks (ties get their average rank)."""
-    rx, ry = _ranks(np.asarray(x, dtype=np.float64)), _ranks(np.asarray(y, dtype=np.float64))
-    if rx.std() == 0 or ry.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    order = values.argsort(kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(len(values), dtype=np.float64)
-    for value in np.unique(values):
-        tied = values == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
+def transfers(rows: Sequence[MatrixRow], left_out: Sequence[str]) -> list[Transfer]:
+    """The matrix's cells between different tasks, neither of them ``left_out``."""
+    return [Transfer(r.source_prompt, r.source_task, r.target_task, r.relative) for r in rows
+            if r.source_task != r.target_task and r.relative is not None
+            and r.source_task not in left_out and r.target_task not in left_out]
 
 
 def correlate(store: Store, model: str) -> CorrelationResult:
@@ -56,44 +70,104 @@ def correlate(store: Store, model: str) -> CorrelationResult:
         if not path.exists():
             raise PtdistError(f"{path} does not exist; run `{command} --model {model}` first")
     matrix = read_records(matrix_path, MatrixRow)
-    own = {r.target_task: r.source_prompt for r in matrix if r.source_task == r.target_task}
+    owns: dict[str, list[str]] = {}
+    for r in matrix:
+        if r.source_task == r.target_task:
+            owns.setdefault(r.target_task, []).append(r.source_prompt)
+    left_out = unusable_tasks(matrix)
+    rows = rank_indicators(model, transfers(matrix, left_out), owns,
+                           indicator_values(read_records(indicator_path, IndicatorRow)), left_out)
+    return CorrelationResult(rows, write_records(store.layout.correlation(model),
+                                                 CorrelationRow, rows))
+
+
+def indicator_values(rows: Iterable[IndicatorRow]) -> dict[str, dict[tuple[str, str], float]]:
     values: dict[str, dict[tuple[str, str], float]] = {}
-    for r in read_records(indicator_path, IndicatorRow):
+    for r in rows:
         values.setdefault(r.indicator, {})[(r.prompt_a, r.prompt_b)] = r.value
-    pairs = [(r.source_prompt, own[r.target_task], r.target_task, r.relative)
-             for r in matrix if r.source_task != r.target_task and r.relative is not None]
-    missing = sorted({p for a, b, _, _ in pairs for p in (a, b)} -
-                     {a for a, _ in next(iter(values.values()))})
+    return values
+
+
+def rank_indicators(model: str, pairs: Sequence[Transfer], owns: Mapping[str, Sequence[str]],
+                    values: Values, left_out: Sequence[str] = ()) -> list[CorrelationRow]:
+    """One row per indicator, strongest first (`by_strength`). ``owns``: each target task's
+    own prompts; ``values``: every indicator for ordered prompt pairs."""
+    if not values:
+        raise PtdistError("no indicator values to correlate")
+    known = {a for a, _ in next(iter(values.values()))}
+    missing = sorted({p for t in pairs for p in (t.source, *owns[t.target_task])} - known)
     if missing:
         raise PtdistError(f"the transfer matrix uses prompts without indicators: "
-                          f"{', '.join(missing)}; capture them (`ptdist neurons capture`) and "
-                          "recompute the indicators")
-    rows = [_row(model, name, table, pairs) for name, table in values.items()]
-    out = write_records(store.layout.correlation(model), CorrelationRow, rows)
-    return CorrelationResult(rows, out)
+                          f"{', '.join(missing)}; compute their indicators (`ptdist neurons "
+                          "capture` then `indicators`, or `ptdist neurons embedding`)")
+    rows = [_row(model, name, table, pairs, owns, ", ".join(left_out))
+            for name, table in values.items()]
+    return by_strength(rows)
 
 
 def by_strength(rows: list[CorrelationRow]) -> list[CorrelationRow]:
-    """Correlation rows from the strongest global correlation down (undefined ones last)."""
-    def key(row: CorrelationRow) -> tuple[bool, float]:
-        rho = row.spearman_global
-        return not np.isfinite(rho), -(rho if np.isfinite(rho) else 0.0)
+    """Correlation rows from the strongest mean per-target correlation down, then by the
+    global one (undefined ones last)."""
+    def key(row: CorrelationRow) -> tuple:
+        return tuple(x for v in (row.spearman_per_target, row.spearman_global)
+                     for x in (not _finite(v), -(v if _finite(v) else 0.0)))
 
     return sorted(rows, key=key)
 
 
-def _row(model: str, name: str, table: dict, pairs: list[tuple]) -> CorrelationRow:
-    per_target = []
-    for target in sorted({t for _, _, t, _ in pairs}):
-        mine = [(table[(s, own)], rel) for s, own, t, rel in pairs if t == target]
-        if len(mine) >= MIN_SOURCES:
-            rho = spearman([v for v, _ in mine], [r for _, r in mine])
-            if np.isfinite(rho):
-                per_target.append(rho)
+def _finite(value: float | None) -> bool:
+    return value is not None and bool(np.isfinite(value))
+
+
+def _row(model: str, name: str, table: Mapping[tuple[str, str], float],
+         pairs: Sequence[Transfer], owns: Mapping[str, Sequence[str]],
+         left_out: str) -> CorrelationRow:
+    x = np.array([np.mean([table[(t.source, o)] for o in owns[t.target_task]]) for t in pairs])
+    y = np.array([t.relative for t in pairs])
+    per_target = _per_target(x, y, [t.target_task for t in pairs])
+    overall = _global(x, y)
     return CorrelationRow(
-        model=model, indicator=name,
-        spearman_per_target=float(np.mean(per_target)) if per_target else None,
-        targets=len(per_target),
-        spearman_global=spearman([table[(s, o)] for s, o, _, _ in pairs],
-                                 [r for *_, r in pairs]),
-        pairs=len(pairs))
+        model=model, indicator=name, spearman_per_target=per_target.estimate
+        if per_target is not None else None,
+        per_target_low=_bound(per_target, "low"), per_target_high=_bound(per_target, "high"),
+        targets=0 if per_target is None else per_target.targets,
+        spearman_global=overall.estimate, global_low=_bound(overall, "low"),
+        global_high=_bound(overall, "high"), pairs=len(pairs), left_out=left_out)
+
+
+@dataclass(frozen=True)
+class _PerTarget(Interval):
+    targets: int = 0
+
+
+def _per_target(x: np.ndarray, y: np.ndarray, targets: list[str]) -> _PerTarget | None:
+    """The mean of the per-target coefficients, over targets with at least `MIN_SOURCES`
+    sources and a defined coefficient; its interval resamples each target's sources."""
+    groups = [np.flatnonzero([t == target for t in targets]) for target in dict.fromkeys(targets)]
+    groups = [g for g in groups if len(g) >= MIN_SOURCES and np.isfinite(spearman(x[g], y[g]))]
+    if not groups:
+        return None
+    replicates = np.full((len(groups), RESAMPLES), np.nan)
+    for k, g in enumerate(groups):
+        for r, idx in enumerate(resamples(len(g), RESAMPLES, SEED + k)):
+            replicates[k, r] = spearman(x[g][idx], y[g][idx])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample may leave none defined
+        means = np.nanmean(replicates, axis=0)
+    interval = percentile_interval(float(np.mean([spearman(x[g], y[g]) for g in groups])),
+                                   means)
+    return _PerTarget(interval.estimate, interval.low, interval.high, len(groups))
+
+
+def _global(x: np.ndarray, y: np.ndarray) -> Interval:
+    rho = spearman(x, y)
+    if not np.isfinite(rho):
+        return Interval(rho, float("nan"), float("nan"))
+    return percentile_interval(rho, [spearman(x[idx], y[idx])
+                                     for idx in resamples(len(x), RESAMPLES, SEED)])
+
+
+def _bound(interval: Interval | None, side: str) -> float | None:
+    if interval is None or not interval.defined:
+        return None
+    return getattr(interval, side)

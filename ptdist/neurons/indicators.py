@@ -6,8 +6,10 @@ Embedding similarity, on prompts P1, P2 in R^{L x d}:
   reference code computes it;
 - ``E_tokmean``: the cosine of the token-averaged prompts (what the paper's text describes as
   averaging; a different number from ``E_avg``);
-- the Euclidean variants ``D_concat``, ``D_avg``, ``D_tokmean``: the same constructions with
-  1 / (1 + Euclidean distance) in place of the cosine.
+- the Euclidean variants, 1 / (1 + distance) for a Euclidean distance: ``D_concat`` of the
+  flattened prompts; ``D_avg`` of the distance averaged over all pairs of prompt tokens,
+  1 / (1 + mean_ij |P1_i - P2_j|), as the reference code computes it (the average is taken
+  before the 1 / (1 + d), not after); ``D_tokmean`` of the token-averaged prompts.
 
 Model stimulation similarity, on activation states AS(P) (activation > 0 of every FFN neuron,
 see `ptdist.neurons.capture`):
@@ -45,7 +47,7 @@ def embedding_indicators(p1: np.ndarray, p2: np.ndarray) -> dict[str, float]:
         "E_avg": float((n1 @ n2.T).mean()),
         "E_tokmean": _cos(p1.mean(0), p2.mean(0)),
         "D_concat": _near(p1.ravel(), p2.ravel()),
-        "D_avg": float((1.0 / (1.0 + pair_dist)).mean()),
+        "D_avg": float(1.0 / (1.0 + pair_dist.mean())),
         "D_tokmean": _near(p1.mean(0), p2.mean(0)),
     }
 

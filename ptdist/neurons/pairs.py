@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ptdist.errors import PtdistError
 from ptdist.neurons.indicators import embedding_indicators, neuron_indicators
 from ptdist.store import Store
@@ -42,21 +44,32 @@ def pairwise_indicators(store: Store, model: str, prompts: Sequence[PromptManife
                           f"--model {model}` first (indicators need at least two)")
     order = sorted(states, key=lambda pid: (states[pid][0], pid))
     tensors = {pid: store.prompts.tensor(pid).numpy() for pid in order}
+    rows = pair_rows(model, protocol, {pid: states[pid][0] for pid in order}, tensors,
+                     {pid: states[pid][1] for pid in order})
+    table = write_records(store.layout.indicators(model), IndicatorRow, rows)
+    return IndicatorResult(rows, table, order)
+
+
+def pair_rows(model: str, protocol: str, tasks: dict[str, str], tensors: dict[str, np.ndarray],
+              states: dict[str, np.ndarray] | None = None) -> list[IndicatorRow]:
+    """Every indicator of every ordered pair of prompts (``tasks``: prompt -> its task, in
+    order): the embedding indicators of ``tensors``, and ON of ``states`` when given."""
     shapes = sorted({t.shape for t in tensors.values()})
     if len(shapes) > 1:
-        raise PtdistError(f"the captured prompts of '{model}' have shapes {shapes}; embedding "
+        raise PtdistError(f"the prompts of '{model}' have shapes {shapes}; embedding "
                           "indicators compare prompts of one length, so select one study's "
                           "prompts (`ptdist replicate` does) or train them with one "
                           "--prompt-length")
+    order = list(tasks)
     rows = []
     for i, a in enumerate(order):
         for b in order[i:]:
-            values = {**embedding_indicators(tensors[a], tensors[b]),
-                      **neuron_indicators(states[a][1], states[b][1])}
+            values = embedding_indicators(tensors[a], tensors[b])
+            if states is not None:
+                values.update(neuron_indicators(states[a], states[b]))
             for first, second in {(a, b), (b, a)}:
                 rows += [IndicatorRow(model=model, protocol=protocol, prompt_a=first,
-                                      task_a=states[first][0], prompt_b=second,
-                                      task_b=states[second][0], indicator=name, value=value)
+                                      task_a=tasks[first], prompt_b=second,
+                                      task_b=tasks[second], indicator=name, value=value)
                          for name, value in values.items()]
-    table = write_records(store.layout.indicators(model), IndicatorRow, rows)
-    return IndicatorResult(rows, table, order)
+    return rows

@@ -120,7 +120,7 @@ def _tpt_hours(study: Study, sizes: dict[str, float | None]) -> dict[str, float]
 
 
 def _train_flops(config: TrainConfig, n: float) -> float:
-    evals = config.steps // config.eval_every
+    evals = config.steps // config.eval_every + 1  # and the starting prompt's, at step 0
     per_token = 6 if config.activation_checkpointing else 4
     return per_token * n * config.steps * config.batch_size * _tokens(config) + \
         2 * n * evals * (config.eval_limit or 1000) * _tokens(config)

@@ -106,7 +106,7 @@ def _tpt_jobs(build: _Builder, graph: PairGraph) -> None:
         if targets and sources:
             inputs = prompts.needs(model.name, targets + sources)
             make = partial(_task_plan, store, model.name, targets, sources, inputs,
-                           *_tpt_settings(spec, model))
+                           *_tpt_settings(build.study, model))
             _add_plan(build, f"tpt {model.name}", make, model, known, inputs,
                       prompts.ids(inputs))
     for pair in graph.pairs:
@@ -115,7 +115,7 @@ def _tpt_jobs(build: _Builder, graph: PairGraph) -> None:
             inputs = prompts.needs(pair.source.name, targets) + \
                 prompts.needs(pair.target.name, targets)
             make = partial(_model_plan, store, pair.projector_id, pair.source.name, targets,
-                           inputs, *_tpt_settings(spec, pair.target))
+                           inputs, *_tpt_settings(build.study, pair.target))
             _add_plan(build, f"tpt_model {pair.name}", make, pair.target, known,
                       inputs + (pair.projector_id,),
                       (f"projector {pair.name}", *prompts.ids(inputs)))
@@ -134,11 +134,14 @@ def _runs_on(spec: SweepSpec, model: ModelEntry, tasks: tuple[str, ...]) -> tupl
     return tuple(t for t in tasks if get_task(t).name in names)
 
 
-def _tpt_settings(spec: SweepSpec, model: ModelEntry) -> tuple[dict, dict]:
+def _tpt_settings(study: Study, model: ModelEntry) -> tuple[dict, dict]:
     """The TPT runs' training settings (the study's own, so vanilla PT is the study's run of
-    the target and is not trained again) and where their data and DeepSpeed config are."""
+    the target and is not trained again), where their data and DeepSpeed config are, and the
+    speed-up's tolerance."""
+    spec = study.spec
     train = {**spec.train, **model.train, "seed": spec.seeds[0]}
-    return train, {"data_dir": spec.data_dir, "ds_config": model.ds_config}
+    return train, {"data_dir": spec.data_dir, "ds_config": model.ds_config,
+                   "tolerance": study.tpt.tolerance}
 
 
 def _task_plan(store: Store, model: str, targets: tuple[str, ...], sources: tuple[str, ...],

@@ -54,9 +54,9 @@ LIGHT = {"CPU": 1.0}  # a job that reads tables or prompts, never a model
 def matrix_jobs(store: Store, model: str, tasks: Sequence[str], ids: Sequence[str] | None,
                 settings: MatrixSettings, chunks: int, needs: tuple[str, ...],
                 device: Mapping[str, float]) -> list[Job]:
-    """``matrix <model>`` of the best prompt per task (``tasks``: names) of ``model`` among
-    ``ids`` (None: the store): one job, or its target columns spread over ``chunks`` jobs
-    (each loads the model once) and an assembly job."""
+    """``matrix <model>`` of the own prompts of ``tasks`` (names) of ``model`` among ``ids``
+    (None: the store): one job, or its target columns spread over ``chunks`` jobs (each loads
+    the model once) and an assembly job."""
     select = partial(_sources, store, model, tuple(tasks), None if ids is None else tuple(ids))
     parts = [tuple(tasks[i::chunks]) for i in range(min(chunks, len(tasks)))]
     if len(parts) == 1:
@@ -93,16 +93,16 @@ def _score_columns(store: Store, select: Callable[[], list[PromptManifest]],
 
 def _assemble(store: Store, select: Callable[[], list[PromptManifest]]) -> dict:
     sources = select()
-    rows = [r for m in sources
-            for r in read_records(store.layout.matrix_column(m.model, m.task), MatrixRow)]
+    rows = [r for task in dict.fromkeys(m.task for m in sources)
+            for r in read_records(store.layout.matrix_column(sources[0].model, task), MatrixRow)]
     return {"table": str(write_matrix(store, sources, rows).table)}
 
 
 def run_matrix(store: Store, prompts: Sequence[PromptManifest], settings: MatrixSettings,
                execution: Execution, device: Mapping[str, float] = LIGHT) -> MatrixResult:
-    """The matrix of one model's ``prompts`` (the best per task), a job per target."""
+    """The matrix of one model's own ``prompts``, a job per target."""
     sources = matrix_sources(prompts)
-    model, tasks = sources[0].model, [m.task for m in sources]
+    model, tasks = sources[0].model, list(dict.fromkeys(m.task for m in sources))
     jobs = matrix_jobs(store, model, tasks, [m.id for m in sources], settings, len(tasks), (),
                        device)
     require_success(execute(jobs, execution))

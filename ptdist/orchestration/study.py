@@ -24,6 +24,7 @@ from ptdist.orchestration.pairs import PairSettings
 from ptdist.orchestration.spec import TOP_KEYS, Names, SweepSpec, spec_from_raw, task_ref
 from ptdist.projection.config import MODES, ProjectorConfig
 from ptdist.tasks import get_task
+from ptdist.transfer.tpt import TOLERANCE
 from ptdist.validation import Strict, as_written, dataclass_shape, located, read_yaml, validate
 
 # specs/ sits at the repository root, like ds_configs/ (see training/config.py).
@@ -62,6 +63,8 @@ _Projection = dataclass_shape(ProjectorConfig, base=_Pairs, exclude=(
 class _Tpt(Strict):
     targets: Names = Field(description="list the tasks TPT runs are tuned on")
     sources: Names | None = None
+    tolerance: float = Field(TOLERANCE, gt=0, le=1, description="a fraction of vanilla PT's "
+                             "best score, e.g. 0.99")
 
 
 TransferSettings = as_written(_Transfer)
@@ -97,6 +100,7 @@ class TptSettings:
 
     targets: tuple[str, ...]
     sources: tuple[str, ...]
+    tolerance: float = TOLERANCE  # the tolerance speed-up's fraction of vanilla's best
 
 
 def load_study(path: str | os.PathLike, **overrides: Any) -> Study:
@@ -127,7 +131,7 @@ def _tpt(spec: SweepSpec, tpt: _Tpt | None, base: Path) -> TptSettings | None:
     if tpt is None:
         return None
     settings = TptSettings(tuple(task_ref(t, base) for t in tpt.targets),
-                           tuple(task_ref(t, base) for t in tpt.sources or ()))
+                           tuple(task_ref(t, base) for t in tpt.sources or ()), tpt.tolerance)
     known = {get_task(t).name for t in spec.tasks}
     outside = [t for t in settings.targets + settings.sources if get_task(t).name not in known]
     if outside:
@@ -149,7 +153,4 @@ def _projection(spec: SweepSpec, stages: _Stages, raw: dict, base: Path) -> Pair
                                              pairs.eval_tasks or spec.tasks),
                             projector={k: v for k, v in (raw.get("projection") or {}).items()
                                        if k not in _Pairs.model_fields})
-    if settings.mode == "task" and len(settings.train_tasks) != 1:
-        raise PtdistError("stages.projection: task tuning trains on one task; set train_tasks "
-                          "to one of the study's tasks, or use mode: distance")
     return settings

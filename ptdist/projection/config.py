@@ -24,7 +24,7 @@ class ProjectorConfig:
     source_model: str
     target_model: str
     mode: str  # distance: fit the target's own prompts; task: tune through the target model
-    tasks: tuple[str, ...]  # training tasks; task tuning takes exactly one
+    tasks: tuple[str, ...]  # training tasks (the paper: several tasks of one type)
     source_prompts: tuple[str, ...]  # prompt ids of the source model on `tasks`
     target_prompts: tuple[str, ...] = ()  # distance mode: the target's prompts on `tasks`
     variant: str = "flat"
@@ -56,9 +56,6 @@ class ProjectorConfig:
                               f"'{self.source_model}'")
         if not self.tasks:
             raise PtdistError("a projector needs at least one training task")
-        if self.mode == "task" and len(self.tasks) != 1:
-            raise PtdistError(f"task tuning trains on one task (got {', '.join(self.tasks)}); "
-                              "run one projector per task, or use --mode distance")
         if not self.source_prompts:
             raise PtdistError(f"no prompt of '{self.source_model}' for {', '.join(self.tasks)}")
         if self.mode == "distance" and not self.target_prompts:
@@ -84,7 +81,8 @@ class ProjectorConfig:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def tuning_run(self, prompt_length: int) -> TrainConfig:
-        """Task tuning's run through the target model: its budget, batch and DeepSpeed config."""
+        """Task tuning's run through the target model: its budget, batch (per training task)
+        and DeepSpeed config."""
         return TrainConfig(model=self.target_model, task=self.tasks[0], seed=self.seed,
                            steps=self.steps, prompt_length=prompt_length, lr=self.lr,
                            weight_decay=self.weight_decay, batch_size=self.batch_size,

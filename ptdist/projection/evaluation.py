@@ -4,9 +4,11 @@ target model.
 For each task the table (`StoreLayout.projector_eval`) holds the projected prompt's score, the
 score of the same source prompt through the untrained projector (the projector's starting point,
 same seed), and the target model's own prompt's score, all on the same evaluation rows; relative
-= projected / own x 100, as in the zero-shot transfer matrix. The distance columns are the mean
-squared error to the target's own prompt: on tasks outside the training set they are the
-held-out distance.
+= projected / own x 100, as in the zero-shot transfer matrix. ``in_training`` says whether the
+projector trained on the task, ``type_in_training`` whether on a task of its type (the paper
+tests task-tuned projectors on unseen tasks of the training tasks' type). The distance columns
+are the mean squared error to the target's own prompt: on tasks outside the training set they
+are the held-out distance.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ def evaluate_projector(store: Store, projector_id: str, tasks: Sequence[str],
                              inference_precision(list(owns.values()), settings.precision),
                              settings.device)
     trained_on = {get_task(t).name for t in manifest.tasks}
+    trained_types = {get_task(t).type for t in manifest.tasks}
     rows = []
     for ref, name in zip(tasks, names):
         record = get_task(ref)
@@ -88,20 +91,22 @@ def evaluate_projector(store: Store, projector_id: str, tasks: Sequence[str],
             candidates = torch.stack([store.prompts.load(str(paths[name])),
                                       untrained(store.prompts.tensor(source.id)),
                                       store.prompts.tensor(own.id)])
-        scores, n = score_prompts(backbone, ref, candidates, data_dir=settings.data_dir,
-                                  limit=settings.eval_limit, batch_size=settings.batch_size,
-                                  max_new_tokens=settings.max_new_tokens)
+        scored = score_prompts(backbone, ref, candidates, data_dir=settings.data_dir,
+                               limit=settings.eval_limit, batch_size=settings.batch_size,
+                               max_new_tokens=settings.max_new_tokens)
         metric = record.primary_metric
-        projected, base, reference = (s[metric] for s in scores)
+        projected, base, reference = (s[metric] for s in scored.metrics)
         rows.append(ProjectorEvalRow(
             projector=projector_id, source_model=manifest.source_model,
             target_model=manifest.target_model, mode=manifest.mode,
             variant=projector.shape.variant, task=name, task_type=record.type,
-            in_training=name in trained_on, source_prompt=source.id, target_prompt=own.id,
+            in_training=name in trained_on, type_in_training=record.type in trained_types,
+            source_prompt=source.id, target_prompt=own.id,
             metric=metric, score=projected, untrained_score=base, own_score=reference,
             relative=100.0 * projected / reference if reference else None,
             distance=_mse(candidates[0], candidates[2]),
-            untrained_distance=_mse(candidates[1], candidates[2]), eval_examples=n))
+            untrained_distance=_mse(candidates[1], candidates[2]),
+            eval_examples=len(scored.references)))
         print(f"{name}: projected {projected:.2f} / untrained projector {base:.2f} / "
               f"own prompt {reference:.2f} ({metric})", file=sys.stderr, flush=True)
     write_records(store.layout.projector_eval(projector_id), ProjectorEvalRow, rows)

@@ -79,14 +79,15 @@ class Projector(nn.Module):
 
 
 class ProjectedPrompt(nn.Module):
-    """A projector applied to a fixed source prompt: the trainable 'prompt' of task tuning
-    (called with a batch size, like `SoftPrompt`, so the training recipe serves both)."""
+    """A projector applied to fixed source prompts, one per training task: the trainable
+    'prompt' of task tuning (called with a batch size, and the task's index, like
+    `SoftPrompt`, so the training recipe serves both)."""
 
-    def __init__(self, projector: Projector, source: torch.Tensor):
+    def __init__(self, projector: Projector, sources: torch.Tensor):
         super().__init__()
         self.projector = projector
-        # Not in the state dict: the checkpoint holds what is trained, the source is an input.
-        self.register_buffer("source", source.detach().float().clone(), persistent=False)
+        # Not in the state dict: the checkpoint holds what is trained, the sources are inputs.
+        self.register_buffer("sources", sources.detach().float().clone(), persistent=False)
 
-    def forward(self, batch_size: int) -> torch.Tensor:
-        return self.projector(self.source).unsqueeze(0).expand(batch_size, -1, -1)
+    def forward(self, batch_size: int, source: int = 0) -> torch.Tensor:
+        return self.projector(self.sources[source]).unsqueeze(0).expand(batch_size, -1, -1)

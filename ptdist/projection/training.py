@@ -3,10 +3,13 @@
 distance  fit the projected source prompts to the target model's own prompts for the same
           tasks (mean squared error over every source x target prompt pair of a task). Only
           prompts are involved, so it runs on one device without the models.
-task      tune the projector through the frozen target model on one task's data, with the
-          source model's best prompt for that task as its input. This is prompt tuning with a
-          projector in the prompt's place: the same DeepSpeed recipe (`training.recipe.fit`),
-          evaluation, checkpoints and resume, on the target model's resources.
+task      tune the projector through the frozen target model on the data of its training
+          tasks (the paper: several tasks of one type, tested on unseen tasks of that type),
+          each task's rows behind the projection of the source model's best prompt for that
+          task; every step takes a batch of each task. This is prompt tuning with a projector
+          in the prompt's place: the same DeepSpeed recipe (`training.recipe.fit`), evaluation,
+          checkpoints and resume, on the target model's resources; keep-best follows the mean
+          of the tasks' primary metrics.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ from ptdist.projection.config import ProjectorConfig
 from ptdist.projection.projector import ProjectedPrompt, Projector, ProjectorShape
 from ptdist.store import Store
 from ptdist.store.manifests import ProjectorManifest, PromptManifest
-from ptdist.store.prompts import best_of
+from ptdist.store.prompts import best_per_task
 from ptdist.tasks import get_task
 from ptdist.training.distributed import finish_together
 from ptdist.training.engine import load_ds_config
-from ptdist.training.recipe import fit
+from ptdist.training.recipe import fit, fit_metric
 
 
 def train_projector(config: ProjectorConfig, store: Store) -> ProjectorManifest:
@@ -40,7 +43,7 @@ def train_projector(config: ProjectorConfig, store: Store) -> ProjectorManifest:
         targets = _prompts(store, config.target_prompts, config.target_model)
         weights, facts = _fit_distance(config, store, sources, targets)
     else:
-        weights, facts = _fit_task(config, store, best_of(sources))
+        weights, facts = _fit_task(config, store, sources)
     manifest = ProjectorManifest(
         id=config.projector_id, config=config.to_dict(), source_model=config.source_model,
         target_model=config.target_model, mode=config.mode, tasks=list(config.tasks),
@@ -129,25 +132,31 @@ def _distance(projector: Projector, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def _fit_task(config: ProjectorConfig, store: Store,
-              source: PromptManifest) -> tuple[dict[str, torch.Tensor] | None, dict]:
-    run = config.tuning_run(source.prompt_length)
-    task = get_task(run.task)
-    tensor = store.prompts.tensor(source.id)
+              sources: list[PromptManifest]) -> tuple[dict[str, torch.Tensor] | None, dict]:
+    """Tune the projector through the target model on every training task at once, each
+    task's data behind the projection of the source model's best prompt for that task."""
+    tasks = [get_task(t) for t in config.tasks]
+    best = best_per_task(sources, [t.name for t in tasks],
+                         f"of '{config.source_model}' among the projector's source prompts")
+    inputs = [best[t.name] for t in tasks]
+    run = config.tuning_run(_length(inputs))
+    tensors = torch.stack([store.prompts.tensor(m.id) for m in inputs])
     shapes: list[ProjectorShape] = []
 
     def build(backbone) -> ProjectedPrompt:
-        shape = ProjectorShape(config.variant, source.prompt_length, tensor.shape[-1],
+        shape = ProjectorShape(config.variant, tensors.shape[1], tensors.shape[-1],
                                backbone.hidden_size, config.hidden)
         shapes.append(shape)
-        return ProjectedPrompt(initial_projector(shape, config.seed), tensor)
+        return ProjectedPrompt(initial_projector(shape, config.seed), tensors)
 
     ds_raw, _ = load_ds_config(config.ds_config)
-    fitted = fit(run, task, ds_raw, store.layout.projector_run_dir(config.projector_id),
+    fitted = fit(run, tasks, ds_raw, store.layout.projector_run_dir(config.projector_id),
                  build, f"projector {config.projector_id} ({config.source_model} -> "
                         f"{config.target_model}, task tuning)")
     state = fitted.state
-    facts = {"shape": shapes[0].to_dict(), "source_prompt": source.id,
-             "prompts": [source.id], "metric": task.primary_metric,
+    facts = {"shape": shapes[0].to_dict(),
+             "source_prompt": inputs[0].id if len(inputs) == 1 else None,
+             "prompts": [m.id for m in inputs], "metric": fit_metric(tasks),
              "score": state.best_score, "best_step": state.best_step, "steps": state.step,
              "resumed_from": fitted.resumed_from, "history": state.history,
              "world_size": fitted.world}

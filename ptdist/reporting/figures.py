@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 from ptdist.store.atomic import atomic_write  # noqa: E402
 from ptdist.store.results import (CorrelationRow, IndicatorRow, MatrixRow,  # noqa: E402
                                   TptCurveRow, TptSummaryRow)
+from ptdist.transfer.matrix import cells  # noqa: E402
 
 
 def grouped_heatmap(values: np.ndarray, rows: list[str], cols: list[str], groups: list[str],
@@ -70,18 +71,21 @@ def _save(fig, path: str | os.PathLike) -> Path:
         plt.close(fig)
 
 
-def matrix_figure(rows: Sequence[MatrixRow], path: str | os.PathLike) -> Path:
-    """The heatmap of a zero-shot transfer matrix (relative performance, %)."""
+def matrix_figure(rows: Sequence[MatrixRow], path: str | os.PathLike,
+                  field: str = "relative") -> Path:
+    """The heatmap of a zero-shot transfer matrix: ``field`` (relative or normalized, %),
+    each cell the mean over the source task's prompts."""
     order = list(dict.fromkeys(r.source_task for r in rows))
     types = {r.source_task: r.source_type for r in rows}
     index = {name: i for i, name in enumerate(order)}
     values = np.full((len(order), len(order)), np.nan)
-    for r in rows:
-        if r.relative is not None:
-            values[index[r.source_task], index[r.target_task]] = r.relative
+    for (source, target), found in cells(rows, field).items():
+        if found:
+            values[index[source], index[target]] = float(np.mean(found))
+    label = {"relative": "relative performance (%)",
+             "normalized": "chance-normalised transfer (%)"}[field]
     return grouped_heatmap(values, order, order, [types[n] for n in order],
-                           f"zero-shot transfer, {rows[0].model}", path,
-                           "relative performance (%)")
+                           f"zero-shot transfer, {rows[0].model}", path, label)
 
 
 def indicator_figure(rows: Sequence[IndicatorRow], indicator: str,

@@ -337,23 +337,26 @@ def captured(layout: StoreLayout, model: str, protocol: str) -> set[str]:
 def read_states(layout: StoreLayout, model: str,
                 protocol: str) -> dict[str, tuple[str, np.ndarray]]:
     """``{prompt id: (task, states [layers, d_ff] bool)}`` of every committed capture,
-    unpacked from the bit columns; a capture without all its layers is a clear error."""
+    unpacked from the bit columns; a capture without all its layers is a clear error.
+
+    A T5 prompt's states are its decoder layers: captures made before ON read T5's decoder
+    only also hold encoder rows, which are left out here (the decoder rows are the same)."""
     latest = _latest(layout, model, protocol)
     by_commit: dict[str, tuple[Commit, set[str]]] = {}
     for pid, (commit, _) in latest.items():
         by_commit.setdefault(commit.name, (commit, set()))[1].add(pid)
     folder = layout.activations(model)
-    grouped: dict[str, dict[int, np.ndarray]] = {}
+    grouped: dict[str, dict[int, tuple[bool, np.ndarray]]] = {}
     for commit, pids in by_commit.values():
         dataset = _dataset(folder, list(commit.files))
         d_ff = dataset.schema.field("values").type.list_size
-        table = dataset.to_table(columns=["prompt_id", "layer", "states"],
+        table = dataset.to_table(columns=["prompt_id", "layer", "layer_name", "states"],
                                  filter=(ds.field("protocol") == protocol)
                                  & ds.field("prompt_id").isin(sorted(pids)))
         for row in table.to_pylist():
             bits = np.unpackbits(np.asarray(row["states"], dtype=np.uint8))
             grouped.setdefault(row["prompt_id"], {})[int(row["layer"])] = \
-                bits[:d_ff].astype(bool)
+                (row["layer_name"].startswith("decoder"), bits[:d_ff].astype(bool))
     incomplete = sorted(pid for pid, (commit, _) in latest.items()
                         if sorted(grouped.get(pid, {})) != list(range(commit.layers)))
     if incomplete:
@@ -361,8 +364,14 @@ def read_states(layout: StoreLayout, model: str,
                           f"({protocol} protocol) lack layers: {', '.join(incomplete)}; their "
                           f"part files in {folder} were altered. Delete {folder} and run "
                           f"`ptdist neurons capture --model {model}` again")
-    return {pid: (latest[pid][1], np.stack([layers[i] for i in sorted(layers)]))
-            for pid, layers in grouped.items()}
+    return {pid: (latest[pid][1], _ffn_states(layers)) for pid, layers in grouped.items()}
+
+
+def _ffn_states(layers: dict[int, tuple[bool, np.ndarray]]) -> np.ndarray:
+    """One prompt's states ``[layers, d_ff]``: its decoder layers when it has any, else all."""
+    decoder = any(is_decoder for is_decoder, _ in layers.values())
+    return np.stack([states for _, (is_decoder, states) in sorted(layers.items())
+                     if is_decoder == decoder])
 
 
 def activation_dataset(layout: StoreLayout, model: str) -> ds.Dataset | None:

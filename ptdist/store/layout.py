@@ -7,7 +7,7 @@ the root: a stage asks the layout where its artifact lives.
                     projected/<task>.safetensors, tpt/<target>/   (`ProjectorStore`)
     activations/model=<model>/task=<t>/layer=<i>/       FFN activations (`activations.py`)
     transfer/<model>/matrix.parquet, columns/, tpt/<target>/   zero-shot matrix, TPT_task
-    neurons/<model>/indicators.parquet, correlation.parquet
+    neurons/<model>/indicators.parquet, correlation.parquet, embedding_*.parquet
     sweeps/<name>.parquet, cross_model/<name>.parquet   one table per sweep / pair graph
     pipeline/<study>/<job>.json, costs.parquet          stamps of finished study stages, costs
     reports/<study>/                                    a study's report
@@ -121,6 +121,13 @@ class StoreLayout:
 
     def correlation(self, model: str) -> Path:
         return self.neurons_dir(model) / "correlation.parquet"
+
+    def embedding_indicators(self, model: str) -> Path:
+        """Indicators of prompts alone (`ptdist neurons embedding`), no activations needed."""
+        return self.neurons_dir(model) / "embedding_indicators.parquet"
+
+    def embedding_correlation(self, model: str) -> Path:
+        return self.neurons_dir(model) / "embedding_correlation.parquet"
 
     def layerwise_figure(self, model: str) -> Path:
         return self.neurons_dir(model) / "layerwise_ON.png"

@@ -11,20 +11,30 @@ from typing import ClassVar
 
 @dataclass(frozen=True)
 class MatrixRow:
-    """One cell of a zero-shot transfer matrix: a source task's prompt on a target task."""
+    """One cell of a zero-shot transfer matrix: a source prompt on a target task, with the
+    target's baselines on the same rows (`ptdist.transfer.matrix`)."""
 
-    SCHEMA: ClassVar[int] = 1
+    SCHEMA: ClassVar[int] = 2
     model: str
     source_task: str
     source_type: str
     source_prompt: str
+    source_seed: int
     target_task: str
     target_type: str
     metric: str
     score: float
-    own_score: float  # the target's own prompt, on the same rows
+    own_score: float  # the mean of the target's own prompts (its seeds), on the same rows
     relative: float | None  # 100 x score / own_score; None when own_score is 0
+    chance: float | None  # the majority-class score; None for a generation target
+    normalized: float | None  # 100 x (score - chance) / (own_score - chance); None if undefined
+    random_score: float  # the mean of random-init prompts (one per own seed)
     eval_examples: int
+    # An own prompt on its own task (None on other rows): the lower ends of the 95 %
+    # paired-bootstrap intervals of (score - majority class) and (score - random prompt).
+    above_chance_low: float | None = None
+    above_random_low: float | None = None
+    clearly_above: bool | None = None  # both lower ends above 0 (no majority: random only)
 
 
 @dataclass(frozen=True)
@@ -44,15 +54,21 @@ class IndicatorRow:
 
 @dataclass(frozen=True)
 class CorrelationRow:
-    """How well one indicator predicts zero-shot transfer (Spearman's rho)."""
+    """How well one indicator predicts zero-shot transfer (Spearman's rho), with the 95 %
+    bootstrap interval of each coefficient (`ptdist.neurons.correlation`)."""
 
-    SCHEMA: ClassVar[int] = 1
+    SCHEMA: ClassVar[int] = 2
     model: str
     indicator: str
-    spearman_per_target: float | None  # mean over targets with enough sources
+    spearman_per_target: float | None  # mean over targets with enough sources (primary)
+    per_target_low: float | None
+    per_target_high: float | None
     targets: int
     spearman_global: float  # NaN when undefined (constant values)
+    global_low: float | None
+    global_high: float | None
     pairs: int
+    left_out: str  # tasks whose own prompts are not clearly above chance, comma-separated
 
 
 @dataclass(frozen=True)
@@ -72,9 +88,10 @@ class TptCurveRow:
 
 @dataclass(frozen=True)
 class TptSummaryRow:
-    """A vanilla or TPT run on one target, with its speed-up to vanilla's best score."""
+    """A vanilla or TPT run on one target, with its speed-ups to vanilla's best score and to
+    ``tolerance`` x that score (`ptdist.transfer.tpt`)."""
 
-    SCHEMA: ClassVar[int] = 1
+    SCHEMA: ClassVar[int] = 2
     model: str
     target_task: str
     run: str
@@ -82,19 +99,23 @@ class TptSummaryRow:
     source_prompt: str | None
     prompt_id: str
     metric: str
+    start_score: float | None  # at step 0, before any update (None: not evaluated there)
     best_score: float
     best_step: int
     vanilla_best: float
     steps_to_vanilla_best: int | None
     time_to_vanilla_best_s: float | None
     speedup: float | None  # vanilla's steps to its best / this run's; None: never reached
+    tolerance: float
+    steps_to_tolerance: int | None  # first step at tolerance x vanilla's best
+    speedup_tolerance: float | None  # vanilla's steps to that threshold / this run's
 
 
 @dataclass(frozen=True)
 class ProjectorEvalRow:
     """A projected prompt zero-shot on the target model, beside its baselines."""
 
-    SCHEMA: ClassVar[int] = 1
+    SCHEMA: ClassVar[int] = 2
     projector: str
     source_model: str
     target_model: str
@@ -102,7 +123,8 @@ class ProjectorEvalRow:
     variant: str
     task: str
     task_type: str
-    in_training: bool
+    in_training: bool  # the projector trained on this task
+    type_in_training: bool  # ... or on a task of its type
     source_prompt: str
     target_prompt: str
     metric: str
@@ -171,3 +193,18 @@ class JobCostRow:
     examples: int | None  # prompt-tuning jobs: training examples processed
     started: float  # the driver's clock at its first submission
     finished: float
+
+
+@dataclass(frozen=True)
+class EstimateRow:
+    """A quantity a report's findings rest on, with its 95 % bootstrap interval
+    (`ptdist.reporting.report`)."""
+
+    SCHEMA: ClassVar[int] = 1
+    section: str  # transfer | indicators | cross_model
+    model: str
+    quantity: str  # e.g. "same-type relative transfer"
+    estimate: float
+    low: float | None
+    high: float | None
+    n: int  # the observations resampled (task pairs, sources, tasks)

@@ -6,8 +6,10 @@ rows: ``text``, ``target`` (the training target: the first reference) and ``refe
 Where a split comes from, first match wins:
 1. ``<data_dir>/<task name>/<split>.{jsonl,csv,parquet}``, with data_dir from the argument or
    $PTDIST_DATA_DIR;
-2. the record's ``source.files``;
-3. the Hugging Face hub, ``datasets.load_dataset(hub, config, split=...)``.
+2. the record's ``source.local``: its standard data files in ``<data_dir>/<folder>/``
+   (`ptdist.tasks.formats`), laid out as the original downloads are;
+3. the record's ``source.files``;
+4. the Hugging Face hub, ``datasets.load_dataset(hub, config, split=...)``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -22,8 +25,9 @@ import numpy as np
 
 from ptdist.checksum import file_sha256
 from ptdist.errors import PtdistError
+from ptdist.tasks.formats import reader, split_files
 from ptdist.tasks.parsing import FILE_SUFFIXES
-from ptdist.tasks.record import TaskRecord
+from ptdist.tasks.record import Holdout, LocalSource, TaskRecord
 
 if TYPE_CHECKING:
     import datasets
@@ -45,19 +49,17 @@ def load_split(task: TaskRecord, split: str, *, limit: int | None = None,
     if limit is not None and limit < 1:
         raise PtdistError(f"limit must be a positive number of examples, got {limit}; use "
                           "limit=None for the whole split")
-    known = {"train", "eval", *task.source.splits, *task.source.files}
+    local = task.source.local
+    known = {"train", "eval", *task.source.splits, *task.source.files,
+             *(local.splits if local else ())}
     if split not in known:
         raise PtdistError(f"task '{task.name}' has no split '{split}'; use one of "
                           f"{', '.join(sorted(known))}")
-    raw, where = _raw_split(task, split, data_dir)
+    raw, where, label_map = _raw_split(task, split, data_dir)
     _check_columns(raw, task, where)
-    try:
-        columns = raw.select_columns(list(task.required_columns)).to_dict()
-    except UnicodeDecodeError as exc:  # the json and csv readers keep bytes they cannot decode
-        raise PtdistError(f"{where} is not UTF-8 text ({exc.reason} at byte {exc.start} of a "
-                          "value); save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE > "
-                          "NEW`") from None
-    answer = _label_reader(task) if task.is_classification else _reference_reader(task, where)
+    columns = _columns(raw, task, where)
+    answer = _label_reader(task, label_map) if task.is_classification else \
+        _reference_reader(task, where)
     answer_column = task.label_column if task.is_classification else \
         task.target_column.split(".")[0]
 
@@ -88,43 +90,68 @@ def load_split(task: TaskRecord, split: str, *, limit: int | None = None,
         {"text": texts, "target": [refs[0] for refs in answers], "references": answers})
 
 
-def _raw_split(task: TaskRecord, split: str, data_dir: str | None) -> tuple[Any, str]:
-    path, searched = _local_file(task, split, data_dir)
-    if path is not None:
-        return _read_file(path), str(path)
-    return _from_hub(task, split, searched), _hub_label(task, split)
+def _columns(raw: Any, task: TaskRecord, where: str) -> dict[str, list]:
+    """The record's columns of ``raw``; a file with bytes that are not UTF-8 is a clear error
+    (the json and csv readers keep bytes they cannot decode until the values are read)."""
+    try:
+        return raw.select_columns(list(task.required_columns)).to_dict()
+    except UnicodeDecodeError as exc:
+        raise PtdistError(f"{where} is not UTF-8 text ({exc.reason} at byte {exc.start} of a "
+                          "value); save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE > "
+                          "NEW`") from None
 
 
-def _local_file(task: TaskRecord, split: str, data_dir: str | None) -> tuple[Path | None, str]:
-    """The local file ``split`` is read from (None: the hub), and what was searched for."""
+@dataclass(frozen=True)
+class Origin:
+    """Where a split is read from: ``folder`` (ptdist's ``<data_dir>/<task>/<split>.*``),
+    ``local`` (the record's standard data files), ``files`` (``source.files``) or ``hub``."""
+
+    kind: str
+    path: Path | None = None
+    files: tuple[Path, ...] = ()  # what is read (a split in TweetEval's format is two files)
+    searched: str = ""  # the local places looked at before the hub
+
+
+def data_origin(task: TaskRecord, split: str, data_dir: str | None) -> Origin:
+    """Where ``split`` of ``task`` comes from (the first of the module docstring's places that
+    holds it), without reading it."""
     folder = data_dir or os.environ.get("PTDIST_DATA_DIR")
-    searched = ""
+    searched = []
     if folder:
-        base = Path(folder).expanduser() / task.name
-        found = [base / f"{split}{s}" for s in FILE_SUFFIXES if (base / f"{split}{s}").is_file()]
+        base = Path(folder).expanduser()
+        mine = base / task.name
+        found = [mine / f"{split}{s}" for s in FILE_SUFFIXES if (mine / f"{split}{s}").is_file()]
         if len(found) > 1:
-            raise PtdistError(f"{base} holds {len(found)} {split} files "
+            raise PtdistError(f"{mine} holds {len(found)} {split} files "
                               f"({', '.join(p.name for p in found)}); keep only one")
         if found:
-            return found[0], ""
-        searched = f"no {base}/{split}.{{jsonl,csv,parquet}}"
+            return Origin("folder", found[0], (found[0],))
+        searched.append(f"{mine}/{split}.{{jsonl,csv,parquet}}")
+        local = task.source.local
+        if local is not None and split in local.splits:
+            name = local.holdout.file if local.holdout else local.files[split]
+            paths = split_files(local.format, base / local.folder, name)
+            if all(p.is_file() for p in paths):
+                return Origin("local", base / local.folder / name, tuple(paths))
+            searched.append(", ".join(str(p) for p in paths))
     if split in task.source.files:
         path = Path(task.source.files[split])
         if not path.is_file():
             raise PtdistError(f"task '{task.name}': {split} file {path} (source.files.{split}) "
                               "does not exist; fix the path in the task YAML")
-        return path, ""
-    return None, searched
+        return Origin("files", path, (path,))
+    return Origin("hub", searched="no " + " nor ".join(searched) if searched else "")
 
 
 def data_fingerprint(task: TaskRecord, splits: tuple[str, ...],
                      data_dir: str | None) -> dict[str, str]:
-    """``{split: sha256 of its file}`` for each of ``splits`` read from a local file: what a
+    """``{split: sha256 of its files}`` for each of ``splits`` read from local files: what a
     run's rows are, known without reading them (the task record and the run's settings say
-    which rows of the file it takes). A split from the hub has no entry: the task record's
+    which rows of the files it takes). A split from the hub has no entry: the task record's
     source (dataset id, config, revision) identifies it."""
-    found = {split: _local_file(task, split, data_dir)[0] for split in splits}
-    return {split: _file_digest(path) for split, path in found.items() if path is not None}
+    origins = {split: data_origin(task, split, data_dir) for split in splits}
+    return {split: "+".join(_file_digest(p) for p in origin.files)
+            for split, origin in origins.items() if origin.files}
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime): digest, per process
@@ -136,6 +163,39 @@ def _file_digest(path: Path) -> str:
     if key not in _DIGESTS:
         _DIGESTS[key] = file_sha256(path)
     return _DIGESTS[key]
+
+
+def _raw_split(task: TaskRecord, split: str,
+               data_dir: str | None) -> tuple[Any, str, dict[str, str] | None]:
+    """The split's raw rows, where they were read, and the label map that applies to them."""
+    origin = data_origin(task, split, data_dir)
+    if origin.kind == "local":
+        local = task.source.local
+        return (_read_local(local, origin.path, split), str(origin.path),
+                local.label_map or task.label_map)
+    if origin.kind in ("folder", "files"):
+        return _read_file(origin.path), str(origin.path), task.label_map
+    return _from_hub(task, split, origin.searched), _hub_label(task, split), task.label_map
+
+
+def _read_local(local: LocalSource, path: Path, split: str):
+    """One split of a task's standard data files, columns renamed as the record says."""
+    import datasets
+
+    columns = {local.columns.get(name, name): values
+               for name, values in reader(local.format)(path).items()}
+    if local.holdout is not None:
+        columns = _held_out(columns, local.holdout, split)
+    return datasets.Dataset.from_dict(columns)
+
+
+def _held_out(columns: dict[str, list], holdout: Holdout, split: str) -> dict[str, list]:
+    """``split`` (train or eval) of the rows in ``columns``, by the record's holdout rule."""
+    n = len(next(iter(columns.values())))
+    order = np.random.default_rng(holdout.seed).permutation(n)
+    cut = int(n * holdout.eval_fraction)
+    chosen = np.sort(order[:cut] if split == "eval" else order[cut:])
+    return {name: [values[i] for i in chosen] for name, values in columns.items()}
 
 
 def _read_file(path: Path):
@@ -204,16 +264,20 @@ def _check_columns(raw, task: TaskRecord, where: str) -> None:
 
 
 def _plain(value: Any) -> Any:
-    # CSV label columns with a gap come back as floats (1.0); treat whole floats as ints.
+    # CSV label columns with a gap come back as floats (1.0); treat whole floats as ints, and
+    # integers written as text (standard data files are read as text) as ints too.
     if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
     return value
 
 
-def _label_reader(task: TaskRecord) -> Callable[[Any], int | None]:
+def _label_reader(task: TaskRecord,
+                  label_map: dict[str, str] | None) -> Callable[[Any], int | None]:
     index = {name: i for i, name in enumerate(task.classes)}
-    if task.label_map is not None:
-        mapping = {key: index[name] for key, name in task.label_map.items()}
+    if label_map is not None:
+        mapping = {key: index[name] for key, name in label_map.items()}
         return lambda value: mapping.get(str(_plain(value)))
 
     def read(value: Any) -> int | None:

@@ -9,9 +9,10 @@ from typing import Annotated, Any, Literal, NoReturn
 from pydantic import AfterValidator, Field, create_model
 
 from ptdist.errors import PtdistError
+from ptdist.tasks.formats import FORMATS
 from ptdist.tasks.metrics import CLASSIFICATION_METRICS, GENERATION_METRICS
-from ptdist.tasks.record import (BACKBONE_FAMILIES, KINDS, TYPE_KINDS, Source, TaskRecord,
-                                 template_columns)
+from ptdist.tasks.record import (BACKBONE_FAMILIES, KINDS, TYPE_KINDS, Holdout, LocalSource,
+                                 Source, TaskRecord, template_columns)
 from ptdist.validation import Strict, Text, located, read_yaml, rule, validate
 
 FILE_SUFFIXES = (".jsonl", ".csv", ".parquet")
@@ -45,6 +46,22 @@ FolderName = Annotated[Text, rule(lambda name: name.translate(_SEPARATORS).isaln
                                   "may only hold letters, digits, '_', '-' and '.'")]
 
 
+class _Holdout(Strict):
+    file: Text
+    eval_fraction: float = Field(gt=0, lt=1)
+    seed: int = 0
+
+
+class _Local(Strict):
+    folder: FolderName
+    format: Literal[FORMATS]
+    files: dict[str, Text] | None = Field(None, description="map splits to file names in the "
+                                          "folder, e.g. {train: train.tsv, eval: dev.tsv}")
+    holdout: _Holdout | None = None
+    columns: dict[str, Text] | None = None
+    label_map: dict[Any, Text] | None = Field(None, min_length=1)
+
+
 class _Source(Strict):
     hub: Text | None = None
     config: Text | None = None
@@ -52,6 +69,7 @@ class _Source(Strict):
     data_dir: Text | None = None
     splits: dict[str, Text] | None = None
     files: dict[str, DataFile] | None = None
+    local: _Local | None = None
 
 
 # One word list per backbone family.
@@ -127,12 +145,26 @@ def _source(source: _Source, base_dir: Path | None) -> Source:
     files = source.files or {}
     if base_dir is not None:
         files = {k: str((base_dir / Path(v).expanduser()).resolve()) for k, v in files.items()}
-    if not source.hub and not files:
-        _fail("source names no data", "give source.hub (a `datasets` id) or source.files")
+    if not source.hub and not files and not source.local:
+        _fail("source names no data", "give source.hub (a `datasets` id), source.files or "
+              "source.local")
     # Without a hub id the split mapping has nothing to map to.
     splits = {**DEFAULT_SPLITS, **(source.splits or {})} if source.hub else {}
     return Source(hub=source.hub, config=source.config, revision=source.revision,
-                  data_dir=source.data_dir, splits=splits, files=files)
+                  data_dir=source.data_dir, splits=splits, files=files,
+                  local=_local(source.local) if source.local else None)
+
+
+def _local(local: _Local) -> LocalSource:
+    if (local.files is None) == (local.holdout is None):
+        _fail("source.local needs exactly one of 'files' and 'holdout'",
+              "map splits to files (files: {train: ..., eval: ...}), or split one file "
+              "(holdout: {file: ..., eval_fraction: 0.2, seed: 0})")
+    holdout = Holdout(**local.holdout.model_dump()) if local.holdout else None
+    # Label values compared as text, as label_map's (a file may hold "-1" where YAML reads -1).
+    label_map = {str(k): v for k, v in local.label_map.items()} if local.label_map else None
+    return LocalSource(folder=local.folder, format=local.format, files=local.files or {},
+                       holdout=holdout, columns=local.columns or {}, label_map=label_map)
 
 
 def _classification(task: _Task, backbones: str, columns: tuple[str, ...]) -> dict[str, Any]:
@@ -147,11 +179,14 @@ def _classification(task: _Task, backbones: str, columns: tuple[str, ...]) -> di
         _fail(f"template reads the label column '{label_column}'",
               "the input would contain the answer; remove it from the template")
     label_map = task.label_map
-    if label_map is not None:
-        wrong = [v for v in label_map.values() if v not in classes]
+    for where, mapping in (("label_map", label_map),
+                           ("source.local.label_map", task.source.local and
+                            task.source.local.label_map)):
+        wrong = [v for v in (mapping or {}).values() if v not in classes]
         if wrong:
-            _fail(f"label_map maps to {wrong[0]!r}, which is not a class",
+            _fail(f"{where} maps to {wrong[0]!r}, which is not a class",
                   f"map to one of {', '.join(classes)}")
+    if label_map is not None:
         # Keys compared as text: YAML reads `1:` as an int while a CSV may hold "1".
         label_map = {str(k): v for k, v in label_map.items()}
     given = task.label_words.model_dump(exclude_none=True) if task.label_words else {}

@@ -23,9 +23,40 @@ BACKBONE_FAMILIES = ("mlm", "t5")  # label-word lists, one per backbone family
 
 
 @dataclass(frozen=True)
+class Holdout:
+    """Train and eval split off one file: a seeded shuffle (``numpy.random.default_rng(seed)
+    .permutation``) of its rows; the first ``int(n x eval_fraction)`` are eval, the rest train,
+    each kept in file order."""
+
+    file: str
+    eval_fraction: float
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    """A task's data in its standard distribution format (`ptdist.tasks.formats`), in a folder
+    ``<data dir>/<folder>/``: ``files`` maps ptdist split names to file names there (or a
+    ``holdout`` splits one file), ``columns`` renames the file's columns to the template's,
+    ``label_map`` maps the file's label values to class names."""
+
+    folder: str
+    format: str
+    files: dict[str, str] = field(default_factory=dict)
+    holdout: Holdout | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    label_map: dict[str, str] | None = None
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return ("train", "eval") if self.holdout else tuple(self.files)
+
+
+@dataclass(frozen=True)
 class Source:
     """Where a task's rows come from. ``splits`` maps ptdist split names (train, eval) to the
-    hub dataset's split names; ``files`` maps them to local files (absolute paths)."""
+    hub dataset's split names; ``files`` maps them to local files (absolute paths); ``local``
+    names the task's standard data files in a data folder."""
 
     hub: str | None = None
     config: str | None = None
@@ -33,6 +64,7 @@ class Source:
     data_dir: str | None = None  # a subfolder of the hub repo (one config of a parquet export)
     splits: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    local: LocalSource | None = None
 
 
 @dataclass(frozen=True)
@@ -78,7 +110,7 @@ class TaskRecord:
         """A short description of where the data comes from (for listings)."""
         src = self.source
         if not src.hub:
-            return "local files"
+            return f"local files ({src.local.folder}/)" if src.local else "local files"
         return src.hub + (f" [{src.config}]" if src.config else "")
 
 

@@ -67,11 +67,14 @@ def gather_state(engine, params: dict[str, torch.nn.Parameter]) -> dict[str, tor
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
     inner = innermost_optimizer(engine.optimizer)
+    # torch creates Adam state at the first step; before it (the evaluation at step 0) there
+    # are no moments to read, and ZeRO's accessors fail rather than return None.
+    stepped = any(inner.state.values())
     out: dict[str, torch.Tensor] = {}
     for name, param in params.items():
         if _is_wrapped(param):
             tensors = {name: safe_get_full_fp32_param(param)}
-            for key in ADAM_KEYS:
+            for key in ADAM_KEYS if stepped else ():
                 value = safe_get_full_optimizer_state(param, key)
                 if value is not None:
                     tensors[f"{name}.{key}"] = value

@@ -70,9 +70,10 @@ def load_ds_config(name_or_path: str) -> tuple[dict, str]:
     return raw, str(path)
 
 
-def deepspeed_config(raw: dict, config: TrainConfig, world: int) -> dict:
+def deepspeed_config(raw: dict, config: TrainConfig, world: int, tasks: int = 1) -> dict:
     """The DeepSpeed config a run of ``world`` processes gets: batch sizes and clipping from
-    ``config``; optimizer and scheduler removed (ptdist passes its own)."""
+    ``config``; optimizer and scheduler removed (ptdist passes its own). A fit on several
+    ``tasks`` accumulates each task's batch into one update."""
     ds = json.loads(json.dumps(raw))
     accum = int(ds.get("gradient_accumulation_steps", 1))
     if config.batch_size % (world * accum):
@@ -80,7 +81,8 @@ def deepspeed_config(raw: dict, config: TrainConfig, world: int) -> dict:
             f"batch size {config.batch_size} does not split over {world} process(es) x "
             f"{accum} accumulation step(s); use a multiple of {world * accum}"
         )
-    ds.update(train_batch_size=config.batch_size, gradient_accumulation_steps=accum,
+    ds.update(train_batch_size=config.batch_size * tasks,
+              gradient_accumulation_steps=accum * tasks,
               train_micro_batch_size_per_gpu=config.batch_size // (world * accum),
               gradient_clipping=config.grad_clip, steps_per_print=10 ** 9)
     ds.pop("optimizer", None)  # ptdist hands DeepSpeed a torch optimizer over the prompt only
@@ -156,8 +158,9 @@ class PromptedModel(nn.Module):
         self.prompt = prompt
         self.backbone = backbone
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        prompts = self.prompt(batch["input_ids"].shape[0])
+    def forward(self, batch: dict[str, torch.Tensor], *select: int) -> torch.Tensor:
+        """The batch's mean loss; ``select``: which task's prompt (a fit on several tasks)."""
+        prompts = self.prompt(batch["input_ids"].shape[0], *select)
         return self.backbone.loss(prompts, batch).mean()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -119,18 +120,29 @@ def eval_backbone(model: str, max_length: int = 128, precision: str = "fp32",
     return backbone.to(inference_device(device))
 
 
+@dataclass
+class Scored:
+    """K prompts on a task's evaluation rows: each prompt's predictions and metrics."""
+
+    task: TaskRecord
+    references: list  # class indices, or lists of reference strings
+    predictions: list[list]  # one list per prompt, row by row
+    metrics: list[dict[str, float]]  # one per prompt
+
+
 def score_prompts(backbone: Backbone, task_ref: str, prompts: torch.Tensor, *,
                   data_dir: str | None, limit: int | None, batch_size: int,
-                  max_new_tokens: int) -> tuple[list[dict[str, float]], int]:
-    """Metrics of each prompt ``[K, L, d]`` on the task's evaluation rows (read once for all
-    of them, `predict_each`), and how many rows there were."""
+                  max_new_tokens: int) -> Scored:
+    """Predictions and metrics of each prompt ``[K, L, d]`` on the task's evaluation rows
+    (read once for all of them, `predict_each`)."""
     task = get_task(task_ref)
     backbone.check_prompt(prompts[0])
     check_task_fits(task, backbone)
     rows = load_split(task, "eval", limit=limit, data_dir=data_dir).to_list()
     device = next(backbone.parameters()).device
-    return evaluate_each(backbone, prompts.to(device), task, rows, batch_size,
-                         max_new_tokens), len(rows)
+    preds = predict_each(backbone, prompts.to(device), task, rows, batch_size, max_new_tokens)
+    refs = references(task, rows)
+    return Scored(task, refs, preds, [compute_metrics(task, p, refs) for p in preds])
 
 
 def score_prompt(model: str, store: Store, prompt_ref: str, task_ref: str, *,

@@ -170,6 +170,7 @@ def _train_runs(runs: list[_Run], backbone: Backbone, fingerprint: str, store: S
     others are stored."""
     results: dict[str, TrainResult] = {}
     pack = [run.plan.prompt_id for run in runs]
+    _evaluate(backbone, [r for r in runs if r.tracker.at_start], rank, world, progress, t0)
     iteration = 0
     while True:
         for run in runs:
@@ -278,8 +279,9 @@ def _evaluate(backbone: Backbone, runs: list[_Run], rank: int, world: int, progr
                                 rank, world)
         for run, scores in zip(group, metrics):
             try:
-                line = run.tracker.record(run.losses[-1], scores, time.time() - t0,
-                                          run.checkpoint_tensors(), [PROMPT_PARAM], rank == 0)
+                line = run.tracker.record(run.losses[-1] if run.losses else None, scores,
+                                          time.time() - t0, run.checkpoint_tensors(),
+                                          [PROMPT_PARAM], rank == 0)
             except Diverged as exc:
                 run.diverged = exc
                 continue

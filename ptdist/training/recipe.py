@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -31,6 +31,8 @@ from ptdist.training.run import (Fitted, RunData, TrainResult, fresh_prompt, loa
                                  plan_run, store_finished, stored_result)
 from ptdist.training.tracking import RunTracker
 
+MEAN_METRIC = "mean_primary"  # a fit on several tasks: the mean of their primary metrics
+
 
 def train(config: TrainConfig, store: Store | None = None) -> TrainResult:
     """Prompt-tune ``config.model`` on ``config.task`` and put the best prompt in the store.
@@ -43,7 +45,7 @@ def train(config: TrainConfig, store: Store | None = None) -> TrainResult:
     plan = plan_run(config, store)
     if store.prompts.has(plan.prompt_id):
         return stored_result(store, plan.prompt_id, skipped=True, t0=t0)
-    fitted = fit(config, plan.task, plan.ds_config, store.layout.run_dir(plan.prompt_id),
+    fitted = fit(config, [plan.task], plan.ds_config, store.layout.run_dir(plan.prompt_id),
                  lambda backbone: SoftPrompt(fresh_prompt(config, plan, backbone)),
                  f"run {plan.prompt_id}")
     result = store_finished(config, plan, fitted, store, t0)
@@ -51,16 +53,21 @@ def train(config: TrainConfig, store: Store | None = None) -> TrainResult:
     return result
 
 
-def fit(config: TrainConfig, task: TaskRecord, ds_raw: dict, run_folder: Path,
+def fit(config: TrainConfig, tasks: Sequence[TaskRecord], ds_raw: dict, run_folder: Path,
         build: Callable[[Backbone], nn.Module], label: str) -> Fitted:
     """The recipe every trained prompt shares: ``build(backbone)`` makes the module that yields
-    the prompts (called with a batch size, like `SoftPrompt`); it is the only thing DeepSpeed
-    trains, on ``task`` through the frozen ``config.model``, checkpointed in ``run_folder``
-    and resumed from it. Call on every rank of the process group."""
+    the prompts (called with a batch size, like `SoftPrompt`; with several ``tasks``, also with
+    the task's index); it is the only thing DeepSpeed trains, on ``tasks`` through the frozen
+    ``config.model``, checkpointed in ``run_folder`` and resumed from it. Call on every rank
+    of the process group.
+
+    With several tasks, every step takes a batch of ``config.batch_size`` rows of each task
+    (accumulated, so each task weighs the same in the update), and the score that keep-best
+    and early stopping follow is the mean of the tasks' primary metrics (`fit_metric`)."""
     rank, world = init_distributed()
-    ds_config = deepspeed_config(ds_raw, config, world)
+    ds_config = deepspeed_config(ds_raw, config, world, tasks=len(tasks))
     with frozen_backbone(config, ds_config) as backbone:
-        data = load_run_data(config, task, backbone)
+        data = [load_run_data(config, task, backbone) for task in tasks]
         resumed = load_checkpoint(run_folder)
         saved, state = resumed if resumed is not None else ({}, TrainState())
         trainable = build(backbone)
@@ -75,14 +82,17 @@ def fit(config: TrainConfig, task: TaskRecord, ds_raw: dict, run_folder: Path,
         else:
             torch.manual_seed(config.seed)
         progress = Progress(config.steps, config.eval_every, state.step, rank == 0)
-        progress.line(f"[ptdist] {label}: {config.model} on {task.name}, "
-                      f"{len(data.train)} train / {len(data.eval)} eval examples, {world} "
+        sizes = " + ".join(f"{len(d.train)}" for d in data)
+        progress.line(f"[ptdist] {label}: {config.model} on "
+                      f"{', '.join(t.name for t in tasks)}, {sizes} train / "
+                      f"{sum(len(d.eval) for d in data)} eval examples, {world} "
                       f"process(es), {precision_of(ds_config)}, ZeRO-{zero_stage(ds_config)}"
                       + (f", resumed at step {state.step}" if resumed is not None else ""))
         resumed_from = state.step if resumed is not None else None
-        tracker = RunTracker.resumed(saved, state, run_folder, task.primary_metric,
+        tracker = RunTracker.resumed(saved, state, run_folder, fit_metric(tasks),
                                      config.patience, label)
-        _loop(engine, params, task, data, config, tracker, progress, time.time(), rank, world)
+        _loop(engine, params, list(zip(tasks, data)), config, tracker, progress, time.time(),
+              rank, world)
         changed = frozen_fingerprint(engine.module.backbone) != fingerprint
         engine.destroy()  # releases ZeRO-3's hooks and buffers; the parameters are gathered
     if changed:
@@ -92,33 +102,62 @@ def fit(config: TrainConfig, task: TaskRecord, ds_raw: dict, run_folder: Path,
                   resumed_from)
 
 
-def _loop(engine, params: dict[str, nn.Parameter], task: TaskRecord, data: RunData,
+def fit_metric(tasks: Sequence[TaskRecord]) -> str:
+    """The score a fit keeps the best of: the task's primary metric, or with several tasks
+    `MEAN_METRIC`, the mean of theirs."""
+    return tasks[0].primary_metric if len(tasks) == 1 else MEAN_METRIC
+
+
+def _loop(engine, params: dict[str, nn.Parameter], tasks: list[tuple[TaskRecord, RunData]],
           config: TrainConfig, tracker: RunTracker, progress: Progress, t0: float, rank: int,
           world: int) -> None:
     """Train from the tracker's step to the end (or an early stop), evaluating and
-    checkpointing every ``eval_every`` steps."""
+    checkpointing every ``eval_every`` steps, and once before the first step."""
     backbone = engine.module.backbone
     micro = engine.train_micro_batch_size_per_gpu()
     state = tracker.state
+    # One task: the prompt module is called with a batch size; several: also the task index.
+    select = [()] if len(tasks) == 1 else [(k,) for k in range(len(tasks))]
+
+    def evaluate_now(loss: float | None) -> None:
+        metrics = [evaluate(backbone, lambda n, k=k: engine.module.prompt(n, *k), task,
+                            data.eval, micro * 2, config.max_new_tokens, rank, world)
+                   for (task, data), k in zip(tasks, select)]
+        progress.line(tracker.record(loss, _combined(tasks, metrics), time.time() - t0,
+                                     gather_state(engine, params), list(params), rank == 0))
+
+    if tracker.at_start:
+        evaluate_now(None)
     while state.step < config.steps and not tracker.stopped:
-        indices = rank_slice(global_batch(state.step, len(data.train), config.batch_size,
-                                          config.seed), rank, world)
         losses = []
-        for start in range(0, len(indices), micro):
-            rows = [data.train[i] for i in indices[start:start + micro]]
-            batch = {k: v.to(engine.device) for k, v in backbone.collate(rows, data.words).items()}
-            loss = engine(batch)
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.item())
+        for (task, data), k in zip(tasks, select):
+            indices = rank_slice(global_batch(state.step, len(data.train), config.batch_size,
+                                              config.seed), rank, world)
+            for start in range(0, len(indices), micro):
+                rows = [data.train[i] for i in indices[start:start + micro]]
+                batch = {key: v.to(engine.device)
+                         for key, v in backbone.collate(rows, data.words).items()}
+                loss = engine(batch, *k)
+                engine.backward(loss)
+                engine.step()
+                losses.append(loss.item())
         state.step += 1
         loss = sum(losses) / len(losses)
         if not on_every_rank([math.isfinite(loss)])[0]:
             raise tracker.diverged("the loss")
         progress.step(state.step, loss, engine.get_lr()[0])
-        if state.step % config.eval_every and state.step != config.steps:
-            continue
-        metrics = evaluate(backbone, engine.module.prompt, task, data.eval, micro * 2,
-                           config.max_new_tokens, rank, world)
-        progress.line(tracker.record(loss, metrics, time.time() - t0,
-                                     gather_state(engine, params), list(params), rank == 0))
+        if state.step % config.eval_every == 0 or state.step == config.steps:
+            evaluate_now(loss)
+
+
+def _combined(tasks: list[tuple[TaskRecord, RunData]],
+              metrics: list[dict[str, float]]) -> dict[str, float]:
+    """One task's metrics as they are; several tasks' as ``<task>/<metric>`` and their mean
+    primary metric."""
+    if len(tasks) == 1:
+        return metrics[0]
+    out = {f"{task.name}/{name}": value for (task, _), scores in zip(tasks, metrics)
+           for name, value in scores.items()}
+    out[MEAN_METRIC] = sum(scores[task.primary_metric]
+                           for (task, _), scores in zip(tasks, metrics)) / len(tasks)
+    return out

@@ -45,11 +45,17 @@ class RunTracker:
                         "(NaN or infinity), so nothing of it was stored. Lower the learning rate "
                         "or check the init, then run again")
 
-    def record(self, loss: float, metrics: dict[str, float], elapsed: float,
+    @property
+    def at_start(self) -> bool:
+        """Nothing trained or evaluated yet: the starting prompt is evaluated first (step 0),
+        so a learning curve starts where its prompt did and keep-best may keep it."""
+        return self.state.step == 0 and not self.state.history
+
+    def record(self, loss: float | None, metrics: dict[str, float], elapsed: float,
                tensors: dict[str, torch.Tensor], names: list[str], save: bool) -> str:
-        """Record the evaluation at ``state.step``; ``tensors`` are the run's parameters (keys
-        ``names``) and optimizer state, checkpointed when ``save`` (rank 0). Returns the
-        progress line."""
+        """Record the evaluation at ``state.step`` (``loss``: of the last step; None before
+        the first); ``tensors`` are the run's parameters (keys ``names``) and optimizer state,
+        checkpointed when ``save`` (rank 0). Returns the progress line."""
         if not all(bool(torch.isfinite(tensors[name]).all()) for name in names):
             raise self.diverged("its trained parameters")
         state = self.state

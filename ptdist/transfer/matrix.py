@@ -1,17 +1,34 @@
-"""The zero-shot transfer matrix of one model: every source task's prompt on every target task.
+"""The zero-shot transfer matrix of one model: every source prompt on every target task.
 
-Relative performance = score of the source prompt on the target / score of the target's own
-prompt on the target (x 100), both measured here on the same evaluation rows, so the diagonal
-is 100 % by construction. Each target's evaluation data is passed once for all source prompts
-(`predict_each`: prompts as a batch dimension). A target's column depends on nothing but the
-sources and that target, so the matrix can be computed a column at a time (`score_target`) and
-assembled (`write_matrix`): how the columns are spread over jobs is the orchestration's choice.
+Every prompt given is a source: all seeds (and inits) of each task, so a cell of the matrix
+has a spread. Prompts initialised from another prompt (``prompt:`` inits: TPT runs) are not a
+task's own prompts and are left out. On each target's evaluation rows, read once for all
+prompts (`predict_each`: prompts as a batch dimension):
+
+- ``own_score``: the mean score of the target's own prompts (its seeds);
+- ``relative`` = 100 x score / own_score, the paper's raw relative performance;
+- ``chance``: the majority-class score of the rows (`ptdist.transfer.baselines`);
+- ``normalized`` = 100 x (score - chance) / (own_score - chance): the share of the own
+  prompts' gain over chance that the source recovers (None when an own prompt is not clearly
+  above its baselines, so that the denominator may be nothing but noise, or for a generation
+  target, which has no majority class);
+- ``random_score``: the mean score of random-init starting prompts, one per seed of the
+  target's own prompts.
+
+A row of an own prompt on its own task also says whether it is clearly above the majority
+class and above the random prompt of its seed (a paired bootstrap over the rows); a task whose
+own prompts are not all clearly above both does not count toward findings.
+
+A target's column depends on nothing but the sources and that target, so the matrix can be
+computed a column at a time (`score_target`) and assembled (`write_matrix`): how the columns
+are spread over jobs is the orchestration's choice.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +37,12 @@ import torch
 from ptdist.errors import PtdistError
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
-from ptdist.store.prompts import best_of
 from ptdist.store.results import MatrixRow
 from ptdist.store.tables import write_records
-from ptdist.tasks import get_task
-from ptdist.training.evaluation import eval_backbone, inference_precision, score_prompts
+from ptdist.tasks import compute_metrics
+from ptdist.training.evaluation import (Scored, eval_backbone, inference_precision,
+                                        score_prompts)
+from ptdist.transfer.baselines import majority_predictions, margin_low, random_prompts
 
 
 @dataclass(frozen=True)
@@ -51,73 +69,128 @@ class MatrixResult:
     tasks: list[str]  # in the matrix's order: grouped by task type
 
 
+def own_prompts(prompts: Sequence[PromptManifest]) -> list[PromptManifest]:
+    """``prompts`` without those initialised from another prompt (TPT runs)."""
+    return [m for m in prompts if not m.init.startswith("prompt:")]
+
+
 def matrix_sources(prompts: Sequence[PromptManifest]) -> list[PromptManifest]:
-    """The best prompt of each task among ``prompts`` (one model's), in the matrix's order:
-    by task type, then name. They must be of one shape: they are evaluated as one batch."""
-    by_task: dict[str, list[PromptManifest]] = {}
-    for m in prompts:
-        by_task.setdefault(m.task, []).append(m)
-    if len(by_task) < 2:
+    """The own prompts among ``prompts`` (one model's), in the matrix's order: by task type,
+    task, seed, id. They must be of one shape: they are evaluated as one batch."""
+    sources = sorted(own_prompts(prompts), key=lambda m: (m.task_type, m.task, m.seed, m.id))
+    tasks = list(dict.fromkeys(m.task for m in sources))
+    if len(tasks) < 2:
         raise PtdistError(f"a transfer matrix needs prompts of at least two different tasks; "
-                          f"got {', '.join(by_task) or 'none'}")
-    sources = sorted((best_of(mine) for mine in by_task.values()),
-                     key=lambda m: (m.task_type, m.task))
-    shapes = {m.task: tuple(m.shape) for m in sources}
+                          f"got {', '.join(tasks) or 'none'}")
+    shapes = {m.id: tuple(m.shape) for m in sources}
     if len(set(shapes.values())) > 1:
         raise PtdistError("the source prompts differ in shape (" + ", ".join(
-            f"{n}: {list(s)}" for n, s in shapes.items()) + "); the matrix evaluates them as "
-            "one batch, so select prompts of one length (train them with the same "
-            "--prompt-length)")
+            f"{m.task} {m.id}: {list(shapes[m.id])}" for m in sources) + "); the matrix "
+            "evaluates them as one batch, so select prompts of one length (train them with "
+            "the same --prompt-length)")
     return sources
 
 
 def score_target(store: Store, sources: Sequence[PromptManifest], target: str,
                  settings: MatrixSettings, backbone=None) -> list[MatrixRow]:
     """The matrix's column of ``target`` (a task name among the sources'): every source
-    prompt on the target's evaluation rows. ``backbone``: the model, already loaded."""
-    own = next(m for m in sources if m.task == target)
+    prompt on the target's evaluation rows, with the target's baselines. ``backbone``: the
+    model, already loaded."""
+    owns = [m for m in sources if m.task == target]
     if backbone is None:
         backbone = matrix_backbone(sources, settings)
-    backbone.max_length = own.max_length  # the target's own prompt was trained with it
-    prompts = torch.stack([store.prompts.tensor(m.id) for m in sources])
-    scores, n = score_prompts(backbone, own.task_ref, prompts, data_dir=settings.data_dir,
-                              limit=settings.eval_limit, batch_size=settings.batch_size,
-                              max_new_tokens=settings.max_new_tokens)
-    record = get_task(own.task_ref)
-    metric = record.primary_metric
-    own_score = scores[sources.index(own)][metric]
-    return [MatrixRow(model=own.model, source_task=m.task, source_type=m.task_type,
-                      source_prompt=m.id, target_task=target, target_type=record.type,
-                      metric=metric, score=s[metric], own_score=own_score,
-                      relative=100.0 * s[metric] / own_score if own_score else None,
-                      eval_examples=n)
-            for m, s in zip(sources, scores)]
+    backbone.max_length = owns[0].max_length  # the target's own prompts were trained with it
+    seeds = sorted({m.seed for m in owns})
+    prompts = torch.cat([torch.stack([store.prompts.tensor(m.id) for m in sources]),
+                         random_prompts(backbone, seeds, owns[0].prompt_length)])
+    scored = score_prompts(backbone, owns[0].task_ref, prompts, data_dir=settings.data_dir,
+                           limit=settings.eval_limit, batch_size=settings.batch_size,
+                           max_new_tokens=settings.max_new_tokens)
+    return column_rows(sources, target, seeds, scored)
+
+
+def column_rows(sources: Sequence[PromptManifest], target: str, seeds: list[int],
+                scored: Scored) -> list[MatrixRow]:
+    """The rows of ``target``'s column from the scores of the ``sources`` followed by one
+    random prompt per seed of ``seeds``."""
+    task, refs = scored.task, scored.references
+    metric = task.primary_metric
+    scores = [m[metric] for m in scored.metrics]
+    randoms = dict(zip(seeds, range(len(sources), len(scores))))  # seed -> its random prompt
+    majority = majority_predictions(refs) if task.is_classification else None
+    chance = None if majority is None else compute_metrics(task, majority, refs)[metric]
+    own_score = statistics.mean(s for m, s in zip(sources, scores) if m.task == target)
+    random_score = statistics.mean(scores[i] for i in randoms.values())
+    margins = {k: (margin_low(task, metric, scored.predictions[k], majority, refs)
+                   if majority is not None else None,
+                   margin_low(task, metric, scored.predictions[k],
+                              scored.predictions[randoms[m.seed]], refs))
+               for k, m in enumerate(sources) if m.task == target}
+    clear = {k: above_random > 0 and (above_chance is None or above_chance > 0)
+             for k, (above_chance, above_random) in margins.items()}
+    # The own prompts' gain over chance is the normalisation's denominator: undefined unless
+    # every own prompt clearly has one.
+    denominator = chance if all(clear.values()) else None
+    return [MatrixRow(
+        model=m.model, source_task=m.task, source_type=m.task_type, source_prompt=m.id,
+        source_seed=m.seed, target_task=target, target_type=task.type, metric=metric,
+        score=score, own_score=own_score,
+        relative=100.0 * score / own_score if own_score else None,
+        chance=chance, normalized=_normalized(score, own_score, denominator),
+        random_score=random_score, eval_examples=len(refs),
+        above_chance_low=margins.get(k, (None, None))[0],
+        above_random_low=margins.get(k, (None, None))[1], clearly_above=clear.get(k))
+        for k, (m, score) in enumerate(zip(sources, scores))]
+
+
+def _normalized(score: float, own_score: float, chance: float | None) -> float | None:
+    if chance is None or own_score <= chance:
+        return None
+    return 100.0 * (score - chance) / (own_score - chance)
+
+
+def cells(rows: Sequence[MatrixRow], field: str = "relative") -> dict[tuple[str, str], list[float]]:
+    """``{(source task, target task): the values of ``field`` over the source's prompts}``
+    (undefined values left out), in the matrix's order."""
+    out: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        values = out.setdefault((r.source_task, r.target_task), [])
+        if getattr(r, field) is not None:
+            values.append(getattr(r, field))
+    return out
+
+
+def unusable_tasks(rows: Iterable[MatrixRow]) -> list[str]:
+    """Tasks with an own prompt that is not clearly above its baselines: they do not count
+    toward findings."""
+    return sorted({r.target_task for r in rows if r.clearly_above is False})
 
 
 def write_matrix(store: Store, sources: Sequence[PromptManifest],
                  rows: Sequence[MatrixRow]) -> MatrixResult:
     """The matrix of ``sources`` from its columns, stored at `StoreLayout.matrix`."""
-    order = [m.task for m in sources]
-    ids = {m.id for m in sources}
-    mine = [r for r in rows if r.source_prompt in ids]
+    order = list(dict.fromkeys(m.task for m in sources))
+    position = {m.id: i for i, m in enumerate(sources)}
+    mine = [r for r in rows if r.source_prompt in position]
     missing = sorted(set(order) - {r.target_task for r in mine})
     if missing:
         raise PtdistError(f"the transfer matrix has no column for target(s) "
                           f"{', '.join(missing)}; score them first")
     index = {task: i for i, task in enumerate(order)}
-    mine.sort(key=lambda r: (index[r.target_task], index[r.source_task]))
+    mine.sort(key=lambda r: (index[r.target_task], position[r.source_prompt]))
     model = sources[0].model
     return MatrixResult(mine, write_records(store.layout.matrix(model), MatrixRow, mine), order)
 
 
 def transfer_matrix(store: Store, prompts: Sequence[PromptManifest],
                     settings: MatrixSettings) -> MatrixResult:
-    """The whole matrix of one model's ``prompts`` (the best per task), in this process."""
+    """The whole matrix of one model's own ``prompts``, in this process."""
     sources = matrix_sources(prompts)
+    targets = list(dict.fromkeys(m.task for m in sources))
     backbone = matrix_backbone(sources, settings)
     rows = []
-    for k, target in enumerate(m.task for m in sources):
+    for k, target in enumerate(targets):
         rows += score_target(store, sources, target, settings, backbone)
-        print(f"[transfer] {sources[0].model}: target {target} scored ({k + 1}/{len(sources)})",
+        print(f"[transfer] {sources[0].model}: target {target} scored ({k + 1}/{len(targets)})",
               file=sys.stderr, flush=True)
     return write_matrix(store, sources, rows)

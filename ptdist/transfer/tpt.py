@@ -1,9 +1,15 @@
 """TPT: prompt tuning on a target task initialised from another prompt (the prompt only:
 optimizer state, schedule and step counter start fresh, as for any ``prompt:`` init), run beside
-vanilla prompt tuning, with the speed-up read off their learning curves:
+vanilla prompt tuning, with the speed-up read off their learning curves (every run is
+evaluated at step 0, before its first update, so a curve starts where its prompt did):
 
     speed-up = steps vanilla PT needs to reach its best evaluation score
                / steps TPT needs to first reach that score
+
+and, with a tolerance t (default 0.99), the same ratio for the first step at which each run
+reaches t x vanilla's best: a best score reached once, late, by a noisy curve no longer decides
+the whole comparison. A run that reaches the threshold at step 0 (its starting prompt already
+does) has an infinite speed-up; two runs that both start there have a speed-up of 1.
 
 A `TptPlan` says which runs a comparison needs (vanilla and each source on each target); the
 runs are ordinary prompt-tuning runs, trained (or found in the store) by whoever runs the plan,
@@ -31,6 +37,7 @@ from ptdist.training.config import TrainConfig
 from ptdist.training.run import plan_run
 
 TASK_PLACEHOLDER = "{task}"
+TOLERANCE = 0.99
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class TptPlan:
     data_dir: str | None = None
     ds_config: str = "zero0"
     projector: str | None = None  # TPT_model: the projector of the sources' prompts
+    tolerance: float = TOLERANCE  # the tolerance speed-up's threshold, x vanilla's best
 
     def runs(self) -> list[tuple[str, str, TrainConfig]]:
         """``(target name, run label, config)`` of every run, vanilla first per target."""
@@ -117,24 +125,39 @@ def first_reach(history: list[dict], metric: str, threshold: float) -> dict | No
     return next((h for h in history if h[metric] >= threshold), None)
 
 
+def speedup(vanilla_steps: int, steps: int | None) -> float | None:
+    """Vanilla's steps over a run's (None: the run never got there)."""
+    if steps is None:
+        return None
+    if steps == 0:
+        return float("inf") if vanilla_steps else 1.0
+    return vanilla_steps / steps
+
+
 def speedup_rows(vanilla: PromptManifest,
-                 runs: list[tuple[str, PromptManifest | None, PromptManifest]]
-                 ) -> list[TptSummaryRow]:
+                 runs: list[tuple[str, PromptManifest | None, PromptManifest]],
+                 tolerance: float = TOLERANCE) -> list[TptSummaryRow]:
     """Summary rows for the vanilla run and each (label, source prompt, TPT run)."""
     metric = vanilla.metric
     best = max(h[metric] for h in vanilla.history)
+    target = tolerance * best
     vanilla_hit = first_reach(vanilla.history, metric, best)
+    vanilla_near = first_reach(vanilla.history, metric, target)
     rows = []
     for label, source, run in [("vanilla", None, vanilla), *runs]:
-        hit = first_reach(run.history, metric, best)
+        hit, near = first_reach(run.history, metric, best), first_reach(run.history, metric,
+                                                                        target)
+        start = next((h[metric] for h in run.history if h["step"] == 0), None)
         rows.append(TptSummaryRow(
             model=vanilla.model, target_task=vanilla.task, run=label,
             source_task=source.task if source else None,
             source_prompt=source.id if source else None, prompt_id=run.id, metric=metric,
-            best_score=run.score, best_step=run.best_step, vanilla_best=best,
-            steps_to_vanilla_best=hit["step"] if hit else None,
+            start_score=start, best_score=run.score, best_step=run.best_step,
+            vanilla_best=best, steps_to_vanilla_best=hit["step"] if hit else None,
             time_to_vanilla_best_s=hit["time_s"] if hit else None,
-            speedup=vanilla_hit["step"] / hit["step"] if hit else None))
+            speedup=speedup(vanilla_hit["step"], hit["step"] if hit else None),
+            tolerance=tolerance, steps_to_tolerance=near["step"] if near else None,
+            speedup_tolerance=speedup(vanilla_near["step"], near["step"] if near else None)))
     return rows
 
 
@@ -148,7 +171,7 @@ def tpt_summary(store: Store, plan: TptPlan) -> TptResult:
         vanilla = store.prompts.manifest(ids[(target, "vanilla")])
         runs = [(s.label, s.prompts[target], store.prompts.manifest(ids[(target, s.label)]))
                 for s in plan.sources]
-        rows = speedup_rows(vanilla, runs)
+        rows = speedup_rows(vanilla, runs, plan.tolerance)
         folder = plan.folder(store, target)
         curves = [TptCurveRow(model=vanilla.model, target_task=target, run=label,
                               source_task=source.task if source else None, prompt_id=m.id,

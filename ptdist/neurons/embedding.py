@@ -1,0 +1,167 @@
+"""Embedding indicators on prompts alone: E_concat, E_avg, E_tokmean and their Euclidean
+variants for any set of prompts, and their correlation with a transfer matrix, without a model
+or captured activations (`ptdist neurons embedding`).
+
+Prompts come from a store (a model's prompts, with its transfer matrix) or from files: ptdist
+prompt files and PEFT prompt-tuning adapters (`adapter_model.safetensors`, key
+``prompt_embeddings``). A transfer matrix from elsewhere is a CSV or Parquet table with columns
+``source`` (a prompt's name, or a task that has one prompt), ``target`` (a task) and either
+``relative`` (%) or ``score``, relative then being score / the mean score of the target's own
+prompts x 100 (the table's diagonal).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from ptdist.errors import PtdistError
+from ptdist.neurons.correlation import Transfer, indicator_values, rank_indicators, transfers
+from ptdist.neurons.pairs import pair_rows
+from ptdist.store import Store
+from ptdist.store.prompts import read_prompt_file
+from ptdist.store.results import CorrelationRow, IndicatorRow, MatrixRow
+from ptdist.store.tables import read_records
+from ptdist.transfer.matrix import own_prompts, unusable_tasks
+
+PROTOCOL = "embedding"  # the IndicatorRow protocol of indicators computed without activations
+ADAPTER_FILES = ("adapter_model.safetensors", "prompt.safetensors")
+
+
+@dataclass(frozen=True)
+class NamedPrompt:
+    name: str  # unique among the prompts
+    task: str
+    tensor: np.ndarray  # [L, d]
+
+
+@dataclass
+class EmbeddingResult:
+    indicators: list[IndicatorRow]
+    correlation: list[CorrelationRow]  # empty without a transfer matrix
+
+
+def embedding_study(model: str, prompts: Sequence[NamedPrompt],
+                    transfers: Sequence[Transfer] = (),
+                    left_out: Sequence[str] = ()) -> EmbeddingResult:
+    """Every embedding indicator of every ordered pair of ``prompts``, and (given
+    ``transfers``) each indicator's correlation with transfer (`rank_indicators`)."""
+    if len(prompts) < 2:
+        raise PtdistError(f"embedding indicators compare prompts pairwise; got {len(prompts)}")
+    names = [p.name for p in prompts]
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise PtdistError(f"prompt names must be unique; {', '.join(twice)} appear twice "
+                          "(name a file's task with TASK=PATH, or rename the files)")
+    order = sorted(prompts, key=lambda p: (p.task, p.name))
+    rows = pair_rows(model, PROTOCOL, {p.name: p.task for p in order},
+                     {p.name: p.tensor for p in order})
+    if not transfers:
+        return EmbeddingResult(rows, [])
+    owns: dict[str, list[str]] = {}
+    for p in order:
+        owns.setdefault(p.task, []).append(p.name)
+    missing = sorted({t.target_task for t in transfers} - set(owns))
+    if missing:
+        raise PtdistError(f"the transfer matrix has targets without an own prompt: "
+                          f"{', '.join(missing)}; give a prompt of each target task")
+    return EmbeddingResult(rows, rank_indicators(model, transfers, owns,
+                                                 indicator_values(rows), left_out))
+
+
+def prompts_from_paths(specs: Sequence[str]) -> list[NamedPrompt]:
+    """Prompts named by ``specs``: ``PATH`` or ``TASK=PATH``, where PATH is a prompt file
+    (``.safetensors``), an adapter or prompt folder, or a folder of those. A prompt is named
+    by its file stem or folder name; its task is TASK, else its name."""
+    out = []
+    for spec in specs:
+        task, _, path = spec.rpartition("=")
+        for name, file in _prompt_files(Path(path).expanduser()):
+            out.append(NamedPrompt(name, task or name, read_prompt_file(file).numpy()))
+    return out
+
+
+def _prompt_files(path: Path) -> list[tuple[str, Path]]:
+    if path.is_file() and path.suffix == ".safetensors":
+        return [(path.stem, path)]
+    if path.is_dir():
+        if (own := _own_file(path)) is not None:
+            return [(path.name, own)]
+        found = [(f.stem, f) for f in sorted(path.glob("*.safetensors"))]
+        found += [(sub.name, own) for sub in sorted(p for p in path.iterdir() if p.is_dir())
+                  if (own := _own_file(sub)) is not None]
+        if found:
+            return found
+    raise PtdistError(f"{path} is neither a prompt file (.safetensors) nor a folder holding "
+                      "prompt files or PEFT adapters (adapter_model.safetensors)")
+
+
+def _own_file(folder: Path) -> Path | None:
+    """The prompt of a PEFT adapter or ptdist prompt folder."""
+    return next((folder / f for f in ADAPTER_FILES if (folder / f).is_file()), None)
+
+
+def store_inputs(store: Store, model: str) -> tuple[list[NamedPrompt], list[Transfer],
+                                                    list[str]]:
+    """A model's prompts in ``store`` with its transfer matrix when there is one (the
+    matrix's prompts, its cells, the tasks it leaves out), else its own prompts alone."""
+    path = store.layout.matrix(model)
+    if path.exists():
+        matrix = read_records(path, MatrixRow)
+        left_out = unusable_tasks(matrix)
+        tasks = {r.source_prompt: r.source_task for r in matrix}
+        prompts = [NamedPrompt(pid, task, store.prompts.tensor(pid).numpy())
+                   for pid, task in tasks.items()]
+        return prompts, transfers(matrix, left_out), left_out
+    mine = own_prompts(store.prompts.select(model))
+    return [NamedPrompt(m.id, m.task, store.prompts.tensor(m.id).numpy()) for m in mine], [], []
+
+
+def transfers_from_table(path: Path, prompts: Sequence[NamedPrompt]) -> list[Transfer]:
+    """The off-diagonal cells of a transfer matrix file (module docstring), each source
+    resolved to one of ``prompts``."""
+    table = _read_table(path)
+    needed = {"source", "target"}
+    if not needed <= set(table) or not {"relative", "score"} & set(table):
+        raise PtdistError(f"{path} has columns {', '.join(table)}; a transfer matrix needs "
+                          "source, target and relative (or score)")
+    by_name = {p.name: p for p in prompts}
+    by_task: dict[str, list[NamedPrompt]] = {}
+    for p in prompts:
+        by_task.setdefault(p.task, []).append(p)
+
+    def resolve(source: str) -> NamedPrompt:
+        if source in by_name:
+            return by_name[source]
+        if len(by_task.get(source, [])) == 1:
+            return by_task[source][0]
+        raise PtdistError(f"{path}: source '{source}' names no prompt (nor a task with one "
+                          f"prompt) among {', '.join(sorted(by_name))}")
+
+    cells = [(resolve(str(s)), str(t), float(v)) for s, t, v in
+             zip(table["source"], table["target"], table.get("relative") or table["score"])]
+    if "relative" not in table:
+        own = {t: np.mean([v for p, tt, v in cells if tt == t and p.task == t])
+               for t in {t for _, t, _ in cells}}
+        if any(np.isnan(v) for v in own.values()):
+            raise PtdistError(f"{path} gives scores but not every target's own prompt's "
+                              "score on it (the diagonal); give relative instead, or add it")
+        cells = [(p, t, 100.0 * v / own[t]) for p, t, v in cells]
+    return [Transfer(p.name, p.task, t, v) for p, t, v in cells if p.task != t]
+
+
+def _read_table(path: Path) -> dict[str, list]:
+    if not path.is_file():
+        raise PtdistError(f"transfer matrix {path} does not exist")
+    if path.suffix == ".parquet":
+        return pq.read_table(path).to_pydict()
+    if path.suffix == ".csv":
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.DictReader(f))
+        return {k: [r[k] for r in rows] for k in (rows[0] if rows else {})}
+    raise PtdistError(f"{path}: a transfer matrix is a .csv or .parquet table")

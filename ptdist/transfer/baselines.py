@@ -1,0 +1,59 @@
+"""What a prompt's score is compared with on a task's evaluation rows, and how clearly it beats
+them.
+
+- the **majority-class score**: the task's primary metric of predicting, for every row, the
+  class most frequent among those rows (classification only). It is the chance level of the
+  chance-normalised transfer;
+- the **random-prompt score**: a prompt drawn as a random-init run starts (uniform in
+  [-0.5, 0.5], `ptdist.backbones.initial_prompt`, with the run's seed), scored on the same
+  rows through the same frozen model.
+
+A prompt is *clearly above* a baseline when the paired bootstrap of the difference (the rows
+resampled with replacement, both predictions recomputed on the same resample) puts the lower
+end of its 95 % interval above zero.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ptdist.backbones import Backbone, InitSpec, initial_prompt
+from ptdist.statistics import LEVEL, RESAMPLES, SEED, resamples
+from ptdist.tasks import TaskRecord, compute_metrics
+
+
+def majority_predictions(references: Sequence[int]) -> list[int]:
+    """The most frequent class of ``references`` (ties: the lowest index), for every row."""
+    counts = Counter(references)
+    top = max(counts.values())
+    return [min(c for c, k in counts.items() if k == top)] * len(references)
+
+
+def random_prompts(backbone: Backbone, seeds: Sequence[int], length: int) -> torch.Tensor:
+    """One random-init starting prompt ``[L, d]`` per seed, as a batch ``[len(seeds), L, d]``."""
+    spec = InitSpec.parse("random")
+    return torch.stack([initial_prompt(spec, backbone.word_embeddings, length, set(), None,
+                                       torch.Generator().manual_seed(seed)) for seed in seeds])
+
+
+def resampled_scores(task: TaskRecord, metric: str, predictions: Sequence, references: Sequence,
+                     draws: np.ndarray) -> np.ndarray:
+    """``metric`` of ``predictions`` on each resample of rows (``draws``: ``[count, n]``)."""
+    if metric == "accuracy":  # a mean over rows: one vectorised pass
+        correct = np.array([p == r for p, r in zip(predictions, references)], dtype=np.float64)
+        return 100.0 * correct[draws].mean(axis=1)
+    return np.array([compute_metrics(task, [predictions[i] for i in idx],
+                                     [references[i] for i in idx])[metric] for idx in draws])
+
+
+def margin_low(task: TaskRecord, metric: str, predictions: Sequence, baseline: Sequence,
+               references: Sequence) -> float:
+    """The lower end of the 95 % paired-bootstrap interval of (prompt - baseline) on the rows."""
+    draws = resamples(len(references), RESAMPLES, SEED)
+    diff = resampled_scores(task, metric, predictions, references, draws) - \
+        resampled_scores(task, metric, baseline, references, draws)
+    return float(np.percentile(diff, 100 * (1 - LEVEL) / 2))
