@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 
 from ptdist.cli.options import (absolute, add_data, add_execution, add_job_resources,
-                                add_precision, add_store, emit, execution, model_help, store_of,
-                                task_help)
+                                add_precision, add_store, emit, execution, model_help, one_job,
+                                store_of, task_help)
 
 
 def capture(args: argparse.Namespace) -> None:
@@ -27,7 +27,7 @@ def capture(args: argparse.Namespace) -> None:
                                batch_size=args.batch_size, data_dir=absolute(args.data_dir),
                                precision=args.precision)
     result = run_capture(store, prompts, settings, args.chunks, execution(args),
-                         {"CPU": args.cpus, "GPU": args.gpus})
+                         one_job(args))
     emit(args, f"captured {result.captured} prompt(s) ({result.skipped} already stored) "
                f"into {result.folder}",
          {"captured": result.captured, "skipped": result.skipped, "folder": str(result.folder)})

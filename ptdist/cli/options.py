@@ -112,6 +112,13 @@ def execution(args: argparse.Namespace):
                      max_failures=getattr(args, "max_failures", 3))
 
 
+def one_job(args: argparse.Namespace):
+    """One process's resources from --gpus/--cpus (a job that runs a whole model)."""
+    from ptdist.orchestration.spec import Resources
+
+    return Resources(gpus=args.gpus, cpus=args.cpus)
+
+
 def job_resources(args: argparse.Namespace):
     """One job's resources from --gpus/--cpus; several GPUs mean one worker per GPU."""
     from ptdist.orchestration.spec import Resources

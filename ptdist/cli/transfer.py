@@ -9,7 +9,8 @@ from pathlib import Path
 from ptdist.cli.options import (absolute, add_budget, add_data, add_eval, add_execution,
                                 add_job_resources, add_precision, add_store, add_tolerance,
                                 budget, emit,
-                                execution, job_resources, model_help, store_of, task_help)
+                                execution, job_resources, model_help, one_job, store_of,
+                                task_help)
 
 
 def matrix(args: argparse.Namespace) -> None:
@@ -27,8 +28,7 @@ def matrix(args: argparse.Namespace) -> None:
                for m in mine]
     settings = MatrixSettings(eval_limit=args.eval_limit or None, batch_size=args.batch_size,
                               data_dir=absolute(args.data_dir), precision=args.precision)
-    device = {"CPU": args.cpus, "GPU": args.gpus}
-    result = run_matrix(store, prompts, settings, execution(args), device)
+    result = run_matrix(store, prompts, settings, execution(args), one_job(args))
     figure = matrix_figure(result.rows, store.layout.matrix_figure(args.model))
     lines = [f"relative performance (%) of {args.model}'s prompts, mean over each task's "
              "prompts; rows: source, columns: target",
