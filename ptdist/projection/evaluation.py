@@ -82,12 +82,12 @@ def evaluate_projector(store: Store, projector_id: str, tasks: Sequence[str],
                             where.format(manifest.source_model))
     owns = best_per_task([m for m in prompts if m.model == manifest.target_model], names,
                          where.format(manifest.target_model))
-    if leads():  # the projected prompts' files (TPT_model starts from them)
-        project_prompts(store, projector_id, sources)
     rows = []
     with inference_backbone(manifest.target_model, max(m.max_length for m in owns.values()),
                             inference_precision(list(owns.values()), settings.precision),
                             settings.device, settings.ds_config) as backbone:
+        if leads():  # the projected prompts' files, which TPT_model starts from
+            project_prompts(store, projector_id, sources)
         for ref, name in zip(tasks, names):
             source, own = sources[name], owns[name]
             with torch.no_grad():
