@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 
 from ptdist.cli.options import (absolute, add_data, add_execution, add_job_resources,
-                                add_precision, add_store, emit, execution, model_help, store_of,
-                                task_help)
+                                add_precision, add_sharding, add_store, emit, execution,
+                                frozen_model_job, model_help, store_of, task_help)
 
 
 def capture(args: argparse.Namespace) -> None:
@@ -17,6 +17,7 @@ def capture(args: argparse.Namespace) -> None:
     from ptdist.orchestration.stages import run_capture
     from ptdist.tasks import get_task
 
+    resources, sharded = frozen_model_job(args)
     store = store_of(args)
     names = None if args.tasks is None else [get_task(t).name for t in args.tasks]
     prompts = store.prompts.select(args.model, names)
@@ -25,9 +26,8 @@ def capture(args: argparse.Namespace) -> None:
                           + (f" for task(s) {', '.join(names)}" if names else ""))
     settings = CaptureSettings(protocol=args.protocol, examples=args.examples,
                                batch_size=args.batch_size, data_dir=absolute(args.data_dir),
-                               precision=args.precision)
-    result = run_capture(store, prompts, settings, args.chunks, execution(args),
-                         {"CPU": args.cpus, "GPU": args.gpus})
+                               precision=args.precision, ds_config=sharded)
+    result = run_capture(store, prompts, settings, args.chunks, execution(args), resources)
     emit(args, f"captured {result.captured} prompt(s) ({result.skipped} already stored) "
                f"into {result.folder}",
          {"captured": result.captured, "skipped": result.skipped, "folder": str(result.folder)})
@@ -140,6 +140,7 @@ def register(command, sub) -> None:
     add_precision(c)
     add_execution(c)
     add_job_resources(c)
+    add_sharding(c)
     add_data(c)
     add_store(c)
     i = command("indicators", indicators, "indicators for every pair of captured prompts",

@@ -112,6 +112,33 @@ def execution(args: argparse.Namespace):
                      max_failures=getattr(args, "max_failures", 3))
 
 
+def add_sharding(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shard", type=int, default=1, metavar="N",
+                   help="partition the model over a Ray Train worker group of N processes on "
+                        "one node (DeepSpeed ZeRO-3, --ds-config), each holding 1/N of its "
+                        "weights and --gpus/N GPUs: for a model whose weights do not fit one "
+                        "GPU (default 1: the whole model in one process)")
+    p.add_argument("--ds-config", default="zero3",
+                   help="the ZeRO-3 config --shard partitions the model under (ds_configs/ "
+                        "name or JSON path; default zero3; the precision is the prompts')")
+
+
+def frozen_model_job(args: argparse.Namespace):
+    """The resources of a job that runs a frozen model (--gpus/--cpus, --shard) and the
+    DeepSpeed config it partitions the model under (None: whole, in one process)."""
+    from ptdist.errors import PtdistError
+    from ptdist.orchestration.spec import Resources
+    from ptdist.training.engine import load_ds_config
+
+    if args.shard < 1:
+        raise PtdistError(f"--shard {args.shard}: give the number of processes the model is "
+                          "partitioned over (1: the whole model in one process)")
+    if args.shard == 1:
+        return Resources(gpus=args.gpus, cpus=args.cpus), None
+    load_ds_config(args.ds_config)  # a config that does not exist stops here, not in a job
+    return Resources(workers=args.shard, gpus=args.gpus, cpus=args.cpus), args.ds_config
+
+
 def job_resources(args: argparse.Namespace):
     """One job's resources from --gpus/--cpus; several GPUs mean one worker per GPU."""
     from ptdist.orchestration.spec import Resources

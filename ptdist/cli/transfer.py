@@ -7,9 +7,9 @@ import argparse
 from pathlib import Path
 
 from ptdist.cli.options import (absolute, add_budget, add_data, add_eval, add_execution,
-                                add_job_resources, add_precision, add_store, add_tolerance,
-                                budget, emit,
-                                execution, job_resources, model_help, store_of, task_help)
+                                add_job_resources, add_precision, add_sharding, add_store,
+                                add_tolerance, budget, emit, execution, frozen_model_job,
+                                job_resources, model_help, store_of, task_help)
 
 
 def matrix(args: argparse.Namespace) -> None:
@@ -20,15 +20,16 @@ def matrix(args: argparse.Namespace) -> None:
     from ptdist.transfer import MatrixSettings, cells
     from ptdist.transfer.matrix import unusable_tasks
 
+    resources, sharded = frozen_model_job(args)
     store = store_of(args)
     names = [get_task(t).name for t in args.tasks]
     prompts = [m for mine in by_task(store.prompts.select(args.model, names), names,
                                      f"of model '{args.model}' in store {store.root}").values()
                for m in mine]
     settings = MatrixSettings(eval_limit=args.eval_limit or None, batch_size=args.batch_size,
-                              data_dir=absolute(args.data_dir), precision=args.precision)
-    device = {"CPU": args.cpus, "GPU": args.gpus}
-    result = run_matrix(store, prompts, settings, execution(args), device)
+                              data_dir=absolute(args.data_dir), precision=args.precision,
+                              ds_config=sharded)
+    result = run_matrix(store, prompts, settings, execution(args), resources)
     figure = matrix_figure(result.rows, store.layout.matrix_figure(args.model))
     lines = [f"relative performance (%) of {args.model}'s prompts, mean over each task's "
              "prompts; rows: source, columns: target",
@@ -113,6 +114,7 @@ def register(command, sub) -> None:
     add_precision(m)
     add_execution(m)
     add_job_resources(m)
+    add_sharding(m)
     add_data(m)
     add_store(m)
     t = command("tpt", tpt, "vanilla PT vs PT initialised from other tasks' prompts",

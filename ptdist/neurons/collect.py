@@ -6,10 +6,13 @@ are split over jobs is the orchestration's choice."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,7 +24,10 @@ from ptdist.store import Store
 from ptdist.store.activations import ActivationWriter, captured, repair
 from ptdist.store.manifests import PromptManifest
 from ptdist.tasks import get_task, load_split
-from ptdist.training.evaluation import eval_backbone, inference_precision
+from ptdist.training.data import eval_shard
+from ptdist.training.distributed import (from_leader, gather_lists, group_ranks,
+                                         init_distributed, leads)
+from ptdist.training.evaluation import inference_backbone, inference_precision
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,10 @@ class CaptureSettings:
     commit_every: int = 256  # prompts made visible at once (what a killed capture redoes)
     precision: str | None = None  # bf16 | fp32; None: the prompts' own (inference_precision)
     device: str | None = None  # None: the GPU the job holds, else the CPU
+    # None: the whole model in this process; a DeepSpeed config: partitioned over the process
+    # group this runs in (`inference_backbone`). Not in repr (a stage's stamp key): how it
+    # runs, not what it computes.
+    ds_config: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -52,80 +62,126 @@ class CaptureResult:
 
 def capture(store: Store, prompts: Sequence[PromptManifest],
             settings: CaptureSettings) -> CaptureResult:
-    """Capture the activations of ``prompts`` (one model's) that are not captured yet."""
+    """Capture the activations of ``prompts`` (one model's) that are not captured yet. With
+    ``settings.ds_config``, call on every rank of a process group: the model is partitioned
+    over it, the work is split between the ranks and rank 0 writes."""
     if not prompts:
         raise PtdistError("no prompts to capture")
     models = sorted({m.model for m in prompts})
     if len(models) > 1:
         raise PtdistError(f"capture reads one model's prompts at a time; got {models}")
     model = models[0]
-    cleaned = repair(store.layout, model)
-    if cleaned:
-        print(f"capture {model}: removed {cleaned} file(s) left by an interrupted capture",
-              file=sys.stderr, flush=True)
-    done = captured(store.layout, model, settings.protocol)
-    todo = [m for m in prompts if m.id not in done]
-    print(f"capture {model} ({settings.protocol} protocol): {len(todo)} prompt(s) to capture, "
-          f"{len(prompts) - len(todo)} already stored", file=sys.stderr, flush=True)
+    if settings.ds_config is not None:
+        init_distributed()  # the ranks agree on what to capture before the model loads
+    todo = from_leader(partial(_todo, store, model, prompts, settings.protocol))
     if todo:
         _capture(store, model, todo, settings)
     return CaptureResult(len(todo), len(prompts) - len(todo), store.layout.activations(model))
 
 
+def _todo(store: Store, model: str, prompts: Sequence[PromptManifest],
+          protocol: str) -> list[PromptManifest]:
+    """The ``prompts`` not captured yet, after cleaning what an interrupted capture left."""
+    cleaned = repair(store.layout, model)
+    if cleaned:
+        print(f"capture {model}: removed {cleaned} file(s) left by an interrupted capture",
+              file=sys.stderr, flush=True)
+    done = captured(store.layout, model, protocol)
+    todo = [m for m in prompts if m.id not in done]
+    print(f"capture {model} ({protocol} protocol): {len(todo)} prompt(s) to capture, "
+          f"{len(prompts) - len(todo)} already stored", file=sys.stderr, flush=True)
+    return todo
+
+
 def _capture(store: Store, model: str, manifests: list[PromptManifest],
              settings: CaptureSettings) -> None:
-    """Capture ``manifests``' prompts with one copy of the model, in their precision on the
-    job's device; rows stream to Parquet (activations in fp32 whatever the precision)."""
-    backbone = eval_backbone(model, precision=inference_precision(manifests, settings.precision),
-                             device=settings.device)
-    device = next(backbone.parameters()).device
-    sites = ffn_sites(backbone)
-    config = backbone.model.config
-    d_ff = getattr(config, "intermediate_size", None) or config.d_ff
-    t0 = time.time()
-    # The bare-prompt protocol reads one forward per prompt: batch_size prompts share one
-    # (2.7x the prompts/s of one per forward on MiniLM-L6, benchmarks/capture.py).
-    per_forward = settings.batch_size if settings.protocol == "prompt" else 1
-    with ActivationWriter(store.layout, model, d_ff, settings.flush_rows,
-                          settings.commit_every) as writer:
-        for start in range(0, len(manifests), per_forward):
-            group = manifests[start:start + per_forward]
-            prompts = [store.prompts.tensor(m.id).to(device) for m in group]
+    """Capture ``manifests``' prompts with one copy of the model (or one partitioned over the
+    group), in their precision on the job's device; rows stream to Parquet (activations in
+    fp32 whatever the precision), written by rank 0."""
+    precision = inference_precision(manifests, settings.precision)
+    with inference_backbone(model, precision=precision, device=settings.device,
+                            ds_config=settings.ds_config) as backbone, \
+            _writer(store, model, backbone, settings) as writer:
+        device = next(backbone.parameters()).device
+        names = [s.name for s in ffn_sites(backbone)]
+        t0, done = time.time(), 0
+        for group in _groups(manifests, settings, group_ranks()[1]):
             if settings.protocol == "prompt":
-                acts = [(a, 0) for a in _bare_activations(backbone, prompts)]
+                acts = [(a, 0) for a in _bare_activations(
+                    backbone, [store.prompts.tensor(m.id).to(device) for m in group])]
             else:
                 task = get_task(group[0].task_ref)
                 rows = load_split(task, "eval", limit=settings.examples,
                                   data_dir=settings.data_dir).to_list()
-                acts = [(_mean_over_rows(backbone, prompts[0], rows,
-                                         task.words_for(backbone.kind), settings.batch_size),
-                         len(rows))]
+                acts = [(_mean_over_rows(backbone, store.prompts.tensor(group[0].id).to(device),
+                                         rows, task.words_for(backbone.kind),
+                                         settings.batch_size), len(rows))]
+            before, done = done, done + len(group)
+            if writer is None:
+                continue
             for manifest, (values, n) in zip(group, acts):
-                writer.add(manifest.id, manifest.task, settings.protocol, n,
-                           values.cpu().numpy(), [s.name for s in sites])
-            done = start + len(group)
-            if done // 10 > start // 10 or done == len(manifests):
+                writer.add(manifest.id, manifest.task, settings.protocol, n, values.numpy(),
+                           names)
+            if done // 10 > before // 10 or done == len(manifests):
                 print(f"[capture] {done}/{len(manifests)} prompts, "
                       f"{done / (time.time() - t0):.1f} prompts/s", file=sys.stderr, flush=True)
 
 
+def _writer(store: Store, model: str, backbone,
+            settings: CaptureSettings) -> AbstractContextManager[ActivationWriter | None]:
+    """The activation writer on rank 0 (or a process alone); nothing on the other ranks."""
+    if not leads():
+        return nullcontext()
+    config = backbone.model.config
+    d_ff = getattr(config, "intermediate_size", None) or config.d_ff
+    return ActivationWriter(store.layout, model, d_ff, settings.flush_rows,
+                            settings.commit_every)
+
+
+def _groups(manifests: list[PromptManifest], settings: CaptureSettings,
+            world: int) -> Iterator[list[PromptManifest]]:
+    """The prompts in the groups the model reads at once: under the ``prompt`` protocol
+    ``batch_size`` prompts per forward of each rank (a bare prompt's forward reads several:
+    2.7x the prompts/s of one per forward on MiniLM-L6, benchmarks/capture.py), prompts of
+    one shape together; under ``data``, one prompt at a time (its examples are the batch)."""
+    if settings.protocol != "prompt":
+        yield from ([m] for m in manifests)
+        return
+    size = settings.batch_size * world
+    for _, same in itertools.groupby(sorted(manifests, key=lambda m: tuple(m.shape)),
+                                     key=lambda m: tuple(m.shape)):
+        same = list(same)
+        yield from (same[i:i + size] for i in range(0, len(same), size))
+
+
 def _bare_activations(backbone, prompts: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each prompt's activations with no text after it, the prompts as a batch dimension
-    (prompts of other lengths in one group: one forward each)."""
-    if len({prompt.shape for prompt in prompts}) > 1:
-        return [acts for prompt in prompts for acts in _bare_activations(backbone, [prompt])]
-    batch = _on(backbone.collate(bare_rows(backbone) * len(prompts), None), prompts[0].device)
-    return list(ffn_activations(backbone, torch.stack(prompts), batch))
+    """Each prompt's activations with no text after it (on the CPU), the prompts (of one
+    shape) as a batch dimension. In a group each rank reads a slice of them, every rank the
+    same number (the last slice padded), and the ranks' activations are gathered."""
+    rank, world = group_ranks()
+    indices, real = eval_shard(len(prompts), rank, world)
+    mine = [prompts[i] for i in indices]
+    batch = _on(backbone.collate(bare_rows(backbone) * len(mine), None), mine[0].device)
+    acts = ffn_activations(backbone, torch.stack(mine), batch).cpu()
+    return [a for _, a in sorted(gather_lists(list(zip(indices[:real], acts[:real]))),
+                                 key=lambda pair: pair[0])]
 
 
-def _mean_over_rows(backbone, prompt: torch.Tensor, rows: list[dict], words, batch_size: int):
+def _mean_over_rows(backbone, prompt: torch.Tensor, rows: list[dict], words,
+                    batch_size: int) -> torch.Tensor:
+    """The prompt's activations averaged over ``rows`` (on the CPU). In a group each rank
+    sums its slice of the rows (padded so that every rank runs the same forwards; the padding
+    is not summed) and the ranks' sums are added up."""
+    rank, world = group_ranks()
+    indices, real = eval_shard(len(rows), rank, world)
     total = None
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+    for start in range(0, len(indices), batch_size):
+        chunk = [rows[i] for i in indices[start:start + batch_size]]
         acts = ffn_activations(backbone, prompt.expand(len(chunk), -1, -1),
-                               _on(backbone.collate(chunk, words), prompt.device)).sum(0)
+                               _on(backbone.collate(chunk, words), prompt.device))
+        acts = acts[:max(0, real - start)].sum(0)
         total = acts if total is None else total + acts
-    return total / len(rows)
+    return sum(gather_lists([total.cpu()])) / len(rows)
 
 
 def _on(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ from ptdist.errors import PtdistError
 from ptdist.orchestration.graph import Execution, GraphOutcome, Job, describe_jobs, execute
 from ptdist.orchestration.runs import PromptJobs, plan_sweep, prompt_jobs
 from ptdist.orchestration.spec import ModelEntry, Resources, SweepSpec
+from ptdist.orchestration.stages import model_job
 from ptdist.orchestration.worker_group import on_worker_group
 from ptdist.projection.config import ProjectorConfig, config_from_dict
 from ptdist.projection.evaluation import EvalSettings, evaluate_projector, evaluated
@@ -99,13 +100,14 @@ def pair_jobs(spec: SweepSpec, settings: PairSettings, prompts: PromptJobs) -> P
             done=partial(store.projectors.has, config.projector_id),
             resources=resources.job_bundle(), holds=resources.worker_group()))
         among = prompts.needs(source.name, eval_tasks) + prompts.needs(target.name, eval_tasks)
-        eval_settings = EvalSettings(eval_limit=config.eval_limit, data_dir=spec.data_dir)
-        graph.jobs.append(Job(
+        scoring, sharded = target.inference()  # one device, or the target's ZeRO-3 group
+        eval_settings = EvalSettings(eval_limit=config.eval_limit, data_dir=spec.data_dir,
+                                     ds_config=sharded)
+        graph.jobs.append(model_job(
             f"eval {pair.name}", partial(_evaluate, store, config.projector_id, eval_tasks,
                                          among, eval_settings),
-            needs=(f"projector {pair.name}", *prompts.ids(among)),
-            done=partial(evaluated, store, config.projector_id, eval_tasks),
-            resources=target.resources.one_device().job_bundle(), reuse_process=True))
+            (f"projector {pair.name}", *prompts.ids(among)), scoring, store,
+            done=partial(evaluated, store, config.projector_id, eval_tasks)))
         graph.pairs.append(pair)
     return graph
 

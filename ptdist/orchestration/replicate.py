@@ -82,15 +82,15 @@ def _model_stages(build: _Builder, model: ModelEntry) -> None:
     spec, store, prompts = build.study.spec, build.store, build.prompts
     m, tasks = model.name, [get_task(t).name for t in spec.tasks_of(model)]
     mine = prompts.needs(m, spec.tasks)  # the study's own prompts, not all in the store
-    device = model.resources.one_device().job_bundle()
-    neurons = build.study.neurons
-    settings = CaptureSettings(data_dir=spec.data_dir, **neurons)
-    for job in capture_jobs(store, m, mine, settings, 1, prompts.ids(mine), device):
+    resources, sharded = model.inference()  # one device, or the model's ZeRO-3 group
+    settings = CaptureSettings(data_dir=spec.data_dir, ds_config=sharded, **build.study.neurons)
+    for job in capture_jobs(store, m, mine, settings, 1, prompts.ids(mine), resources):
         build.add(job, mine)
     build.add(indicators_job(store, m, mine, settings.protocol, (f"capture {m}",)), mine)
     if len(tasks) > 1:  # transfer needs two tasks
-        matrix = MatrixSettings(data_dir=spec.data_dir, **build.study.transfer)
-        for job in matrix_jobs(store, m, tasks, mine, matrix, 1, prompts.ids(mine), device):
+        matrix = MatrixSettings(data_dir=spec.data_dir, ds_config=sharded,
+                                **build.study.transfer)
+        for job in matrix_jobs(store, m, tasks, mine, matrix, 1, prompts.ids(mine), resources):
             build.add(job, mine)
         build.add(correlate_job(store, m, (f"indicators {m}", f"matrix {m}")), mine)
 

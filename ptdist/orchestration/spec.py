@@ -24,7 +24,8 @@ from ptdist.store.layout import is_plain_name, segment
 from ptdist.store import Store
 from ptdist.tasks import get_task
 from ptdist.training.config import TrainConfig
-from ptdist.training.engine import deepspeed_config, load_ds_config, precision_of
+from ptdist.training.engine import (deepspeed_config, load_ds_config, precision_of,
+                                    zero_stage)
 from ptdist.validation import (Strict, Text, as_written, dataclass_shape, located, one_or_more,
                                read_yaml, rule, validate)
 
@@ -153,6 +154,15 @@ class ModelEntry:
     ds_settings: dict[str, Any]  # the DeepSpeed config's content, read once when validated
     tasks: tuple[str, ...] | None = None  # a subset of the spec's tasks (None: all of them)
     pack: int = 1  # runs trained together on one copy of the backbone (ptdist.training.packed)
+
+    def inference(self) -> tuple[Resources, str | None]:
+        """What a job that runs this model frozen (matrix, capture, projector evaluation)
+        holds, and the DeepSpeed config it partitions the model under. A ZeRO-3 group (its
+        weights do not fit one GPU, `ptdist.training.memory`) gets a group of the same shape,
+        the model sharded over it; any other model runs whole on one device (None)."""
+        if self.resources.workers > 1 and zero_stage(self.ds_settings) == 3:
+            return self.resources, self.ds_config
+        return self.resources.one_device(), None
 
 
 @dataclass(frozen=True)

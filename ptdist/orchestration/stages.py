@@ -35,15 +35,16 @@ from ptdist.neurons.pairs import pairwise_indicators
 from ptdist.orchestration.graph import Execution, Job, execute, require_success
 from ptdist.orchestration.runs import Planned, prompt_jobs
 from ptdist.orchestration.spec import Resources, RunSpec
+from ptdist.orchestration.worker_group import on_worker_group
 from ptdist.store import Store
 from ptdist.store.atomic import atomic_write_json
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.results import MatrixRow
-from ptdist.store.tables import read_records, write_records
+from ptdist.store.tables import read_records
 from ptdist.training.config import TrainConfig
 from ptdist.training.run import plan_run
-from ptdist.transfer.matrix import (MatrixResult, MatrixSettings, matrix_backbone, matrix_sources,
-                                    score_target, transfer_matrix, write_matrix)
+from ptdist.transfer.matrix import (MatrixResult, MatrixSettings, matrix_sources, store_columns,
+                                    transfer_matrix, write_matrix)
 from ptdist.transfer.tpt import TptPlan, TptResult, tpt_summary
 
 LIGHT = {"CPU": 1.0}  # a job that reads tables or prompts, never a model
@@ -53,21 +54,34 @@ LIGHT = {"CPU": 1.0}  # a job that reads tables or prompts, never a model
 
 def matrix_jobs(store: Store, model: str, tasks: Sequence[str], ids: Sequence[str] | None,
                 settings: MatrixSettings, chunks: int, needs: tuple[str, ...],
-                device: Mapping[str, float]) -> list[Job]:
+                resources: Resources) -> list[Job]:
     """``matrix <model>`` of the own prompts of ``tasks`` (names) of ``model`` among ``ids``
     (None: the store): one job, or its target columns spread over ``chunks`` jobs (each loads
-    the model once) and an assembly job."""
+    the model once) and an assembly job. Each job runs with ``resources``: in its process, or
+    on a worker group when they ask for several workers (``settings.ds_config`` then says
+    how the model is partitioned over it)."""
     select = partial(_sources, store, model, tuple(tasks), None if ids is None else tuple(ids))
     parts = [tuple(tasks[i::chunks]) for i in range(min(chunks, len(tasks)))]
     if len(parts) == 1:
-        return [Job(f"matrix {model}", partial(_matrix, store, select, settings), needs=needs,
-                    resources=device, reuse_process=True)]
-    columns = [Job(f"matrix {model} [{k + 1}/{len(parts)}]",
-                   partial(_score_columns, store, select, part, settings), needs=needs,
-                   resources=device, reuse_process=True) for k, part in enumerate(parts)]
+        return [model_job(f"matrix {model}", partial(_matrix, store, select, settings), needs,
+                           resources, store)]
+    columns = [model_job(f"matrix {model} [{k + 1}/{len(parts)}]",
+                          partial(_score_columns, store, select, part, settings), needs,
+                          resources, store) for k, part in enumerate(parts)]
     assemble = Job(f"matrix {model}", partial(_assemble, store, select),
                    needs=tuple(job.id for job in columns), resources=LIGHT, reuse_process=True)
     return [*columns, assemble]
+
+
+def model_job(job_id: str, run: Callable[[], dict], needs: tuple[str, ...],
+              resources: Resources, store: Store, done: Callable[[], bool] | None = None) -> Job:
+    """A job that runs a frozen model: ``run()`` in its process, or on every worker of a
+    group (one node, the failure policy of training groups) when ``resources`` ask for
+    several, with the summary rank 0 returned."""
+    if resources.workers > 1:
+        run = partial(on_worker_group, job_id, run, {}, resources, store)
+    return Job(job_id, run, needs=needs, done=done, resources=resources.job_bundle(),
+               holds=resources.worker_group(), reuse_process=True)
 
 
 def _sources(store: Store, model: str, tasks: tuple[str, ...],
@@ -82,12 +96,7 @@ def _matrix(store: Store, select: Callable[[], list[PromptManifest]],
 
 def _score_columns(store: Store, select: Callable[[], list[PromptManifest]],
                    targets: tuple[str, ...], settings: MatrixSettings) -> dict:
-    sources = select()
-    model = sources[0].model
-    backbone = matrix_backbone(sources, settings)
-    for target in targets:
-        rows = score_target(store, sources, target, settings, backbone)
-        write_records(store.layout.matrix_column(model, target), MatrixRow, rows)
+    store_columns(store, select(), targets, settings)
     return {"targets": list(targets)}
 
 
@@ -99,12 +108,12 @@ def _assemble(store: Store, select: Callable[[], list[PromptManifest]]) -> dict:
 
 
 def run_matrix(store: Store, prompts: Sequence[PromptManifest], settings: MatrixSettings,
-               execution: Execution, device: Mapping[str, float] = LIGHT) -> MatrixResult:
+               execution: Execution, resources: Resources = Resources()) -> MatrixResult:
     """The matrix of one model's own ``prompts``, a job per target."""
     sources = matrix_sources(prompts)
     model, tasks = sources[0].model, list(dict.fromkeys(m.task for m in sources))
     jobs = matrix_jobs(store, model, tasks, [m.id for m in sources], settings, len(tasks), (),
-                       device)
+                       resources)
     require_success(execute(jobs, execution))
     return MatrixResult(read_records(store.layout.matrix(model), MatrixRow),
                         store.layout.matrix(model), tasks)
@@ -113,14 +122,13 @@ def run_matrix(store: Store, prompts: Sequence[PromptManifest], settings: Matrix
 # --- activations, indicators, correlation --------------------------------------------------
 
 def capture_jobs(store: Store, model: str, ids: Sequence[str], settings: CaptureSettings,
-                 chunks: int, needs: tuple[str, ...], device: Mapping[str, float]) -> list[Job]:
+                 chunks: int, needs: tuple[str, ...], resources: Resources) -> list[Job]:
     """``capture <model>`` over the prompts ``ids`` of ``model``, split into ``chunks`` jobs
-    (each writes its own Parquet parts, so they may run at once)."""
+    (each writes its own Parquet parts, so they may run at once), placed as `matrix_jobs`."""
     parts = [tuple(ids[i::chunks]) for i in range(min(chunks, len(ids)))]
     name = f"capture {model}"
-    return [Job(name if len(parts) == 1 else f"{name} [{k + 1}/{len(parts)}]",
-                partial(_capture, store, model, part, settings), needs=needs, resources=device,
-                reuse_process=True)
+    return [model_job(name if len(parts) == 1 else f"{name} [{k + 1}/{len(parts)}]",
+                       partial(_capture, store, model, part, settings), needs, resources, store)
             for k, part in enumerate(parts)]
 
 
@@ -131,10 +139,10 @@ def _capture(store: Store, model: str, ids: tuple[str, ...], settings: CaptureSe
 
 def run_capture(store: Store, prompts: Sequence[PromptManifest], settings: CaptureSettings,
                 chunks: int, execution: Execution,
-                device: Mapping[str, float] = LIGHT) -> CaptureResult:
+                resources: Resources = Resources()) -> CaptureResult:
     model = prompts[0].model
     outcome = execute(capture_jobs(store, model, [m.id for m in prompts], settings, chunks, (),
-                                   device), execution)
+                                   resources), execution)
     require_success(outcome)
     results = [job.result for job in outcome.jobs]
     return CaptureResult(sum(r["captured"] for r in results),

@@ -19,6 +19,7 @@ the driver), and when the wait is over its attempt fails with an error that says
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -34,6 +35,7 @@ from ptdist.orchestration.attempt import begin
 from ptdist.orchestration.resources import describe
 from ptdist.orchestration.spec import Resources
 from ptdist.store import Store
+from ptdist.store.atomic import atomic_write_json
 from ptdist.store.layout import segment
 
 # Ray Train's own wait for a group's placement group, read by its controller (which Ray Train
@@ -48,18 +50,19 @@ class GroupNotStarted(RuntimeError):
 
 
 def on_worker_group(job_id: str, fn: Callable[..., Any], kwargs: dict[str, Any],
-                    resources: Resources, store: Store) -> None:
+                    resources: Resources, store: Store) -> dict | None:
     """Run ``fn(**kwargs)`` on ``resources.workers`` Ray Train workers in one process group,
-    on one node."""
+    on one node. Returns what ``fn`` returned on rank 0 when that is a job's summary (a
+    JSON-able dict), else None."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     name = f"{segment(job_id)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    started = store.layout.group_started(name)
+    started, result = store.layout.group_started(name), store.layout.group_result(name)
     os.environ[START_TIMEOUT_ENV] = f"{resources.start_timeout_s:g}"
     trainer = TorchTrainer(
         _worker, train_loop_config={"job": job_id, "fn": fn, "kwargs": kwargs,
-                                    "started": str(started)},
+                                    "started": str(started), "result": str(result)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers, use_gpu=resources.gpus > 0,
             resources_per_worker=resources.per_worker(), placement_strategy="STRICT_PACK"),
@@ -82,6 +85,7 @@ def on_worker_group(job_id: str, fn: Callable[..., Any], kwargs: dict[str, Any],
                 f" s (resources.start_timeout_s): no node had room for {_shape(resources)}. "
                 "Free or add such a node, or give the group a longer wait") from None
         raise
+    return json.loads(result.read_text()) if result.exists() else None
 
 
 @contextmanager
@@ -129,4 +133,6 @@ def _worker(config: dict) -> None:
         Path(config["started"]).parent.mkdir(parents=True, exist_ok=True)
         Path(config["started"]).touch()
     begin(f"{config['job']}@worker")
-    config["fn"](**config["kwargs"])
+    summary = config["fn"](**config["kwargs"])
+    if ray.train.get_context().get_world_rank() == 0 and isinstance(summary, dict):
+        atomic_write_json(config["result"], summary)

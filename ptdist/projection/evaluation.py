@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,7 +28,9 @@ from ptdist.store.prompts import best_per_task, write_prompt_file
 from ptdist.store.results import ProjectorEvalRow
 from ptdist.store.tables import read_records, write_records
 from ptdist.tasks import get_task
-from ptdist.training.evaluation import eval_backbone, inference_precision, score_prompts
+from ptdist.training.distributed import leads
+from ptdist.training.evaluation import (Scored, inference_backbone, inference_precision,
+                                        score_prompts)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,9 @@ class EvalSettings:
     data_dir: str | None = None
     precision: str | None = None  # None: that of the target model's own prompts
     device: str | None = None  # None: the GPU the job holds, else the CPU
+    # None: the whole target model in this process; a DeepSpeed config: partitioned over the
+    # process group this runs in (`inference_backbone`); how it runs, not what it computes
+    ds_config: str | None = field(default=None, repr=False)
 
 
 def trained_projector(store: Store, projector_id: str) -> tuple[Projector, ProjectorManifest]:
@@ -77,40 +82,51 @@ def evaluate_projector(store: Store, projector_id: str, tasks: Sequence[str],
                             where.format(manifest.source_model))
     owns = best_per_task([m for m in prompts if m.model == manifest.target_model], names,
                          where.format(manifest.target_model))
-    paths = project_prompts(store, projector_id, sources)
-    backbone = eval_backbone(manifest.target_model, max(m.max_length for m in owns.values()),
-                             inference_precision(list(owns.values()), settings.precision),
-                             settings.device)
-    trained_on = {get_task(t).name for t in manifest.tasks}
-    trained_types = {get_task(t).type for t in manifest.tasks}
     rows = []
-    for ref, name in zip(tasks, names):
-        record = get_task(ref)
-        source, own = sources[name], owns[name]
-        with torch.no_grad():
-            candidates = torch.stack([store.prompts.load(str(paths[name])),
-                                      untrained(store.prompts.tensor(source.id)),
-                                      store.prompts.tensor(own.id)])
-        scored = score_prompts(backbone, ref, candidates, data_dir=settings.data_dir,
-                               limit=settings.eval_limit, batch_size=settings.batch_size,
-                               max_new_tokens=settings.max_new_tokens)
-        metric = record.primary_metric
-        projected, base, reference = (s[metric] for s in scored.metrics)
-        rows.append(ProjectorEvalRow(
-            projector=projector_id, source_model=manifest.source_model,
-            target_model=manifest.target_model, mode=manifest.mode,
-            variant=projector.shape.variant, task=name, task_type=record.type,
-            in_training=name in trained_on, type_in_training=record.type in trained_types,
-            source_prompt=source.id, target_prompt=own.id,
-            metric=metric, score=projected, untrained_score=base, own_score=reference,
-            relative=100.0 * projected / reference if reference else None,
-            distance=_mse(candidates[0], candidates[2]),
-            untrained_distance=_mse(candidates[1], candidates[2]),
-            eval_examples=len(scored.references)))
-        print(f"{name}: projected {projected:.2f} / untrained projector {base:.2f} / "
-              f"own prompt {reference:.2f} ({metric})", file=sys.stderr, flush=True)
-    write_records(store.layout.projector_eval(projector_id), ProjectorEvalRow, rows)
+    with inference_backbone(manifest.target_model, max(m.max_length for m in owns.values()),
+                            inference_precision(list(owns.values()), settings.precision),
+                            settings.device, settings.ds_config) as backbone:
+        if leads():  # the projected prompts' files, which TPT_model starts from
+            project_prompts(store, projector_id, sources)
+        for ref, name in zip(tasks, names):
+            source, own = sources[name], owns[name]
+            with torch.no_grad():
+                candidates = torch.stack([projector(store.prompts.tensor(source.id)),
+                                          untrained(store.prompts.tensor(source.id)),
+                                          store.prompts.tensor(own.id)])
+            scored = score_prompts(backbone, ref, candidates, data_dir=settings.data_dir,
+                                   limit=settings.eval_limit, batch_size=settings.batch_size,
+                                   max_new_tokens=settings.max_new_tokens)
+            rows.append(_row(projector_id, manifest, projector.shape.variant, ref, source, own,
+                             candidates, scored))
+    if leads():
+        write_records(store.layout.projector_eval(projector_id), ProjectorEvalRow, rows)
     return rows
+
+
+def _row(projector_id: str, manifest: ProjectorManifest, variant: str, ref: str,
+         source: PromptManifest, own: PromptManifest, candidates: torch.Tensor,
+         scored: Scored) -> ProjectorEvalRow:
+    """The row of one task: the projected, untrained-projected and own prompt (``candidates``,
+    in that order) scored."""
+    record = get_task(ref)
+    metric = record.primary_metric
+    projected, base, reference = (s[metric] for s in scored.metrics)
+    if leads():
+        print(f"{record.name}: projected {projected:.2f} / untrained projector {base:.2f} / "
+              f"own prompt {reference:.2f} ({metric})", file=sys.stderr, flush=True)
+    return ProjectorEvalRow(
+        projector=projector_id, source_model=manifest.source_model,
+        target_model=manifest.target_model, mode=manifest.mode, variant=variant,
+        task=record.name, task_type=record.type,
+        in_training=record.name in {get_task(t).name for t in manifest.tasks},
+        type_in_training=record.type in {get_task(t).type for t in manifest.tasks},
+        source_prompt=source.id, target_prompt=own.id,
+        metric=metric, score=projected, untrained_score=base, own_score=reference,
+        relative=100.0 * projected / reference if reference else None,
+        distance=_mse(candidates[0], candidates[2]),
+        untrained_distance=_mse(candidates[1], candidates[2]),
+        eval_examples=len(scored.references))
 
 
 def evaluated(store: Store, projector_id: str, tasks: Sequence[str]) -> bool:

@@ -157,3 +157,8 @@ class StoreLayout:
         """The mark the first worker of Ray Train run ``run_name`` leaves when its group has
         started (what the job waiting for it watches)."""
         return self.ray_dir("train") / f"{segment(run_name)}.started"
+
+    def group_result(self, run_name: str) -> Path:
+        """The summary the first worker of Ray Train run ``run_name`` returned (JSON), read by
+        the job that started the group."""
+        return self.ray_dir("train") / f"{segment(run_name)}.result.json"

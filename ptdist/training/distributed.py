@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import atexit
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
 from ptdist.training.op_builds import skip_unused_cpu_op, watched_builds
+
+T = TypeVar("T")
 
 
 def _loopback_interface() -> str | None:
@@ -68,16 +72,41 @@ def finish_together(world: int) -> None:
         dist.barrier()
 
 
+def group_ranks() -> tuple[int, int]:
+    """(rank, world size) of the process group this process is in; (0, 1) outside one."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def leads() -> bool:
+    """Whether this process writes what its group computed: rank 0, or a process alone."""
+    return group_ranks()[0] == 0
+
+
+def from_leader(compute: Callable[[], T]) -> T:
+    """``compute()`` run by rank 0 alone, its result handed to every rank: a decision that
+    reads the store while rank 0 may change it (every rank must act on the same one)."""
+    import torch.distributed as dist
+
+    if group_ranks()[1] == 1:
+        return compute()
+    value = [compute() if leads() else None]
+    dist.broadcast_object_list(value, src=0)
+    return value[0]
+
+
 def gather_lists(values: list) -> list:
     """Concatenate every rank's list, in rank order."""
     import torch.distributed as dist
 
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if group_ranks()[1] == 1:
         return list(values)
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, values)
     return [v for part in parts for v in part]
-
 
 
 def on_every_rank(flags: list[bool]) -> list[bool]:

@@ -113,26 +113,43 @@ def frozen_engine_config(ds_config: dict) -> dict:
     return dict(ds_config, zero_optimization={"stage": 0})
 
 
+def inference_config(raw: dict, precision: str, world: int) -> dict:
+    """The DeepSpeed config of a frozen model that scores or reads prompts over ``world``
+    processes: ``raw``'s ZeRO settings in ``precision`` (the prompts'), no optimizer, and the
+    batch sizes DeepSpeed checks (one example per process: nothing steps)."""
+    ds = {k: v for k, v in raw.items() if k not in ("optimizer", "scheduler", "fp16", "bf16")}
+    ds.update(bf16={"enabled": precision == "bf16"}, train_batch_size=world,
+              train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1,
+              steps_per_print=10 ** 9)
+    return frozen_engine_config(ds)
+
+
 @contextmanager
 def frozen_backbone(config: TrainConfig, ds_config: dict) -> Iterator[Backbone]:
-    """``config.model`` in the precision ``ds_config`` runs (its activations checkpointed if
-    the config asks), for the length of the block.
+    """``config.model`` as `frozen_model` loads it, its activations checkpointed if the config
+    asks, for the length of the block."""
+    with frozen_model(config.model, config.max_length, ds_config) as backbone:
+        if config.activation_checkpointing:
+            backbone.checkpoint_activations()
+        yield backbone
+
+
+@contextmanager
+def frozen_model(model: str, max_length: int, ds_config: dict) -> Iterator[Backbone]:
+    """``model`` in the precision ``ds_config`` runs, for the length of the block.
 
     Under ZeRO-3 transformers' marker (`HfDeepSpeedConfig`) is alive for the whole block: it
     makes from_pretrained load the weights partitioned, and generate keep the ranks in step.
     The model's path is resolved (and a preset built) before the marker exists, so a preset is
     never materialised from ZeRO-3's empty placeholders."""
-    resolve_model_path(config.model)
+    resolve_model_path(model)
     marker = None
     if zero_stage(ds_config) == 3:
         from transformers.integrations import HfDeepSpeedConfig
         marker = HfDeepSpeedConfig(ds_config)
     try:
-        backbone = load_backbone(config.model, max_length=config.max_length,
-                                 dtype=dtype_of(precision_of(ds_config)))
-        if config.activation_checkpointing:
-            backbone.checkpoint_activations()
-        yield backbone
+        yield load_backbone(model, max_length=max_length,
+                            dtype=dtype_of(precision_of(ds_config)))
     finally:
         del marker
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -14,7 +15,9 @@ from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
 from ptdist.tasks import TaskRecord, compute_metrics, get_task, load_split
 from ptdist.training.data import eval_shard
-from ptdist.training.distributed import gather_lists
+from ptdist.training.distributed import gather_lists, group_ranks, init_distributed
+from ptdist.training.engine import frozen_model, inference_config, load_ds_config
+from ptdist.training.op_builds import watched_builds
 
 PromptFn = Callable[[int], torch.Tensor]  # batch size -> prompts [B, L, d]
 
@@ -26,6 +29,7 @@ def predict(backbone: Backbone, prompts: PromptFn, task: TaskRecord, rows, batch
     return _predict(backbone, prompts, 1, task, rows, batch_size, max_new_tokens, rank, world)[0]
 
 
+@torch.no_grad()
 def predict_each(backbone: Backbone, prompts: torch.Tensor, task: TaskRecord, rows,
                  batch_size: int, max_new_tokens: int, rank: int = 0,
                  world: int = 1) -> list[list]:
@@ -120,6 +124,29 @@ def eval_backbone(model: str, max_length: int = 128, precision: str = "fp32",
     return backbone.to(inference_device(device))
 
 
+@contextmanager
+def inference_backbone(model: str, max_length: int = 128, precision: str = "fp32",
+                       device: str | None = None,
+                       ds_config: str | None = None) -> Iterator[Backbone]:
+    """``model`` for inference in ``precision``, for the length of the block: whole on one
+    device (`eval_backbone`), or, given a DeepSpeed config (a ``ds_configs/`` name or path),
+    partitioned over the process group this process is in (ZeRO-3: each rank holds 1/world of
+    the weights, and every layer is gathered while it runs; on the rank's GPU, else the CPU).
+    Partitioned, it is a collective: every rank of the group enters the block and runs the
+    same forwards (`score_prompts` gives each rank a padded slice of the rows)."""
+    if ds_config is None:
+        yield eval_backbone(model, max_length, precision, device)
+        return
+    import deepspeed
+
+    _, world = init_distributed()
+    ds = inference_config(load_ds_config(ds_config)[0], precision, world)
+    with frozen_model(model, max_length, ds) as backbone:
+        with watched_builds():
+            engine, *_ = deepspeed.initialize(model=backbone, config=ds)
+        yield engine.module
+
+
 @dataclass
 class Scored:
     """K prompts on a task's evaluation rows: each prompt's predictions and metrics."""
@@ -140,7 +167,9 @@ def score_prompts(backbone: Backbone, task_ref: str, prompts: torch.Tensor, *,
     check_task_fits(task, backbone)
     rows = load_split(task, "eval", limit=limit, data_dir=data_dir).to_list()
     device = next(backbone.parameters()).device
-    preds = predict_each(backbone, prompts.to(device), task, rows, batch_size, max_new_tokens)
+    # Under a group every rank scores its slice of the rows and gets all predictions back.
+    preds = predict_each(backbone, prompts.to(device), task, rows, batch_size, max_new_tokens,
+                         *group_ranks())
     refs = references(task, rows)
     return Scored(task, refs, preds, [compute_metrics(task, p, refs) for p in preds])
 

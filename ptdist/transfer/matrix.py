@@ -29,18 +29,21 @@ from __future__ import annotations
 import statistics
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ptdist.backbones import Backbone
 from ptdist.errors import PtdistError
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.results import MatrixRow
 from ptdist.store.tables import write_records
 from ptdist.tasks import compute_metrics
-from ptdist.training.evaluation import (Scored, eval_backbone, inference_precision,
+from ptdist.training.distributed import leads
+from ptdist.training.evaluation import (Scored, inference_backbone, inference_precision,
                                         score_prompts)
 from ptdist.transfer.baselines import majority_predictions, margin_low, random_prompts
 
@@ -53,13 +56,20 @@ class MatrixSettings:
     data_dir: str | None = None
     precision: str | None = None  # bf16 | fp32; None: the prompts' own (inference_precision)
     device: str | None = None  # None: the GPU the job holds, else the CPU
+    # None: the whole model in this process; a DeepSpeed config: partitioned over the process
+    # group this runs in (`inference_backbone`). How it runs, not what it computes: not in repr
+    # (a stage's stamp key), like the device.
+    ds_config: str | None = field(default=None, repr=False)
 
 
-def matrix_backbone(sources: Sequence[PromptManifest], settings: MatrixSettings):
-    """The model of ``sources`` as the matrix runs it: in their precision (or the setting's),
-    on the job's device, long enough for every source's texts."""
-    return eval_backbone(sources[0].model, max(m.max_length for m in sources),
-                         inference_precision(sources, settings.precision), settings.device)
+def matrix_backbone(sources: Sequence[PromptManifest],
+                    settings: MatrixSettings) -> AbstractContextManager[Backbone]:
+    """The model of ``sources`` as the matrix runs it, for a block: in their precision (or the
+    setting's), on the job's device or partitioned over its group, long enough for every
+    source's texts."""
+    return inference_backbone(sources[0].model, max(m.max_length for m in sources),
+                              inference_precision(sources, settings.precision), settings.device,
+                              settings.ds_config)
 
 
 @dataclass
@@ -92,13 +102,11 @@ def matrix_sources(prompts: Sequence[PromptManifest]) -> list[PromptManifest]:
 
 
 def score_target(store: Store, sources: Sequence[PromptManifest], target: str,
-                 settings: MatrixSettings, backbone=None) -> list[MatrixRow]:
+                 settings: MatrixSettings, backbone: Backbone) -> list[MatrixRow]:
     """The matrix's column of ``target`` (a task name among the sources'): every source
     prompt on the target's evaluation rows, with the target's baselines. ``backbone``: the
-    model, already loaded."""
+    model (`matrix_backbone`)."""
     owns = [m for m in sources if m.task == target]
-    if backbone is None:
-        backbone = matrix_backbone(sources, settings)
     backbone.max_length = owns[0].max_length  # the target's own prompts were trained with it
     seeds = sorted({m.seed for m in owns})
     prompts = torch.cat([torch.stack([store.prompts.tensor(m.id) for m in sources]),
@@ -178,8 +186,22 @@ def write_matrix(store: Store, sources: Sequence[PromptManifest],
                           f"{', '.join(missing)}; score them first")
     index = {task: i for i, task in enumerate(order)}
     mine.sort(key=lambda r: (index[r.target_task], position[r.source_prompt]))
-    model = sources[0].model
-    return MatrixResult(mine, write_records(store.layout.matrix(model), MatrixRow, mine), order)
+    table = store.layout.matrix(sources[0].model)
+    if leads():  # every rank of a group has every row: one writes them
+        write_records(table, MatrixRow, mine)
+    return MatrixResult(mine, table, order)
+
+
+def store_columns(store: Store, sources: Sequence[PromptManifest], targets: Sequence[str],
+                  settings: MatrixSettings) -> None:
+    """The columns of ``targets`` (the model loaded once), each stored at
+    `StoreLayout.matrix_column` for `write_matrix` to assemble."""
+    with matrix_backbone(sources, settings) as backbone:
+        for target in targets:
+            rows = score_target(store, sources, target, settings, backbone)
+            if leads():
+                write_records(store.layout.matrix_column(sources[0].model, target), MatrixRow,
+                              rows)
 
 
 def transfer_matrix(store: Store, prompts: Sequence[PromptManifest],
@@ -187,10 +209,11 @@ def transfer_matrix(store: Store, prompts: Sequence[PromptManifest],
     """The whole matrix of one model's own ``prompts``, in this process."""
     sources = matrix_sources(prompts)
     targets = list(dict.fromkeys(m.task for m in sources))
-    backbone = matrix_backbone(sources, settings)
     rows = []
-    for k, target in enumerate(targets):
-        rows += score_target(store, sources, target, settings, backbone)
-        print(f"[transfer] {sources[0].model}: target {target} scored ({k + 1}/{len(targets)})",
-              file=sys.stderr, flush=True)
+    with matrix_backbone(sources, settings) as backbone:
+        for k, target in enumerate(targets):
+            rows += score_target(store, sources, target, settings, backbone)
+            if leads():
+                print(f"[transfer] {sources[0].model}: target {target} scored "
+                      f"({k + 1}/{len(targets)})", file=sys.stderr, flush=True)
     return write_matrix(store, sources, rows)
