@@ -317,8 +317,10 @@ def test_each_job_runs_as_many_torch_threads_as_cpus_it_asked(ray_local):
 
 
 def test_jobs_never_ask_more_cpus_at_once_than_the_machine_has(ray_local, tmp_path):
-    """Six one-CPU jobs on a two-CPU Ray: at no moment do more than two run."""
-    outcome = run_graph([job(tmp_path, f"j{k}", seconds=0.5) for k in range(6)],
+    """Six one-CPU jobs on a two-CPU Ray: at no moment do more than two run. (Jobs of 2 s: on
+    a loaded machine a worker process can take longer to start than a shorter job to end, and
+    then no two would ever overlap.)"""
+    outcome = run_graph([job(tmp_path, f"j{k}", seconds=2) for k in range(6)],
                         say=lambda line: None)
 
     assert set(statuses(outcome).values()) == {"ran"}

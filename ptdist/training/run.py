@@ -60,6 +60,15 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _record_content(task: TaskRecord) -> dict:
+    """The task record as the id hashes it. A record without standard data files hashes as
+    records did before ``source.local`` existed, so the prompts stored then keep their ids."""
+    content = asdict(task)
+    if task.source.local is None:
+        del content["source"]["local"]
+    return content
+
+
 def prompt_id_of(config: TrainConfig, task: TaskRecord, init_digest: str, precision: str,
                  data: dict[str, str]) -> str:
     """The run's content-addressed id: a hash of everything that determines its result (the
@@ -69,7 +78,7 @@ def prompt_id_of(config: TrainConfig, task: TaskRecord, init_digest: str, precis
     its files lie. A run on hub data only hashes as it did before data was hashed: the task
     record names its dataset and revision."""
     payload = {k: v for k, v in config.to_dict().items() if k not in TrainConfig.NOT_HASHED}
-    payload.update(task=_digest(asdict(task)), init=init_digest, precision=precision)
+    payload.update(task=_digest(_record_content(task)), init=init_digest, precision=precision)
     if data:
         payload["data"] = data
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
