@@ -81,13 +81,17 @@ def _timed(side, configs: list, root: Path) -> tuple[float, float]:
     return wall, time.process_time() - cpu
 
 
+def _step_parts(loss: str) -> list[Hotspot]:
+    """The parts of a training step both sides have; ``loss``: the backbone method each calls."""
+    return [Hotspot("base.py", loss, "  of which forward and loss"),
+            Hotspot("_tensor.py", "backward", "  of which backward"),
+            Hotspot("mlm.py", "collate", "  of which collate (MLM)"),
+            Hotspot("seq2seq.py", "collate", "  of which collate (T5)")]
+
+
 # Where a run's time goes: the training step's parts, evaluation, checkpoints, set-up.
 PACKED_SPOTS = [
-    Hotspot("packed.py", "_step", "packed step (all runs)"),
-    Hotspot("base.py", "losses", "  of which forward and loss"),
-    Hotspot("_tensor.py", "backward", "  of which backward"),
-    Hotspot("mlm.py", "collate", "  of which collate (MLM)"),
-    Hotspot("seq2seq.py", "collate", "  of which collate (T5)"),
+    Hotspot("packed.py", "_step", "packed step (all runs)"), *_step_parts("losses"),
     Hotspot("stacked.py", "step", "  of which AdamW and clipping (all runs)"),
     Hotspot("packed.py", "_evaluate", "evaluation (K prompts)"),
     Hotspot("checkpoint.py", "save_checkpoint", "  of which checkpoints"),
@@ -95,11 +99,7 @@ PACKED_SPOTS = [
     Hotspot("run.py", "store_finished", "storing the results"),
 ]
 BOUND_SPOTS = [
-    Hotspot("recipe.py", "_loop", "training loop"),
-    Hotspot("base.py", "loss", "  of which forward and loss"),
-    Hotspot("_tensor.py", "backward", "  of which backward"),
-    Hotspot("mlm.py", "collate", "  of which collate (MLM)"),
-    Hotspot("seq2seq.py", "collate", "  of which collate (T5)"),
+    Hotspot("recipe.py", "_loop", "training loop"), *_step_parts("loss"),
     Hotspot("engine.py", "step", "  of which DeepSpeed step (AdamW, clipping)"),
     Hotspot("recipe.py", "evaluate_now", "  of which evaluation (1 prompt)"),
     Hotspot("checkpoint.py", "save_checkpoint", "    of which checkpoints"),
