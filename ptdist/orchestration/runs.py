@@ -38,7 +38,7 @@ def plan_sweep(spec: SweepSpec, store: Store) -> list[Planned]:
 
 
 # The most runs automatic packing puts in one job: the largest pack measured at the big-batch
-# bound (benchmarks/RESULTS.md, "Packed multi-prompt tuning").
+# bound (benchmarks/RESULTS.md, "Packing at the big-batch bound").
 AUTO_PACK = 16
 
 
