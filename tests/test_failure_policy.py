@@ -55,6 +55,7 @@ def test_a_sweep_counts_attempts_once_per_trial(tmp_path, task_prompts):
     spec.write_text(yaml.safe_dump({
         "name": "faults", "storage_path": str(tmp_path / "store"), "data_dir": str(data),
         "tasks": ["sst2", str(data / "topic.yaml")], "seeds": [0, 1], "max_failures": 2,
+        "pack": 1,  # faults are injected per run's trial
         "train": TRAIN, "models": {"tiny-roberta": {}}}))
     logs = {name: tmp_path / f"{name}.log" for name in ("error", "kill", "user")}
     proc = _ptdist(tmp_path, [

@@ -12,8 +12,9 @@ import torch
 import yaml
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration.runs import pack_runs, plan_sweep
-from ptdist.orchestration.spec import load_spec
+from ptdist.orchestration.plans import pack_fits
+from ptdist.orchestration.runs import pack_runs, plan_sweep, prompt_jobs
+from ptdist.orchestration.spec import Resources, RunSpec, load_spec
 from ptdist.store import Store
 from ptdist.store.results import SweepRow
 from ptdist.store.tables import read_records
@@ -138,8 +139,69 @@ def test_a_spec_packs_runs_of_one_model_up_to_its_pack_size(tmp_path):
     assert [len(job) for job in jobs] == [4, 2] + [1] * 6
     assert {run.config.model for job in jobs[:2] for run, _ in job} == {"tiny-roberta"}
     spec.write_text(spec.read_text().replace("pack: 4", "pack: 0"))
-    with pytest.raises(PtdistError, match="'pack' must be a positive integer"):
+    with pytest.raises(PtdistError, match="'pack' must be a positive integer or 'auto'"):
         load_spec(spec)
+
+
+def test_by_default_the_runs_of_a_model_are_packed_into_as_many_jobs_as_run_at_once(tmp_path):
+    """Six runs of a model, two jobs at once: two packs of three (packing never idles a slot
+    that separate runs would fill); `pack: 1` or the command line's override: one job a run."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "storage_path": str(tmp_path / "store"), "tasks": ["sst2", "imdb"], "seeds": [0, 1, 2],
+        "max_concurrent": 2, "train": {"steps": 2},
+        "models": {"tiny-roberta": {}, "tiny-t5": {"pack": 1}}}))
+    store = Store(tmp_path / "store")
+    jobs = prompt_jobs(plan_sweep(load_spec(spec), store), store, max_concurrent=2).unique()
+    assert len(jobs) == 2 + 6
+    assert [j.id for j in jobs if j.id.startswith("pack ")] == [
+        "pack tiny-roberta/sst2/seed0/random +2", "pack tiny-roberta/imdb/seed0/random +2"]
+    unpacked = load_spec(spec, pack=1)
+    assert all(len(job) == 1 for job in pack_runs(plan_sweep(unpacked, store),
+                                                  lambda _: 1, pack_fits))
+
+
+@pytest.mark.slow
+def test_a_default_sweep_packs_its_runs_and_they_equal_the_runs_of_no_pack(tmp_path, two_tasks):
+    """`ptdist sweep --local` with the default packing trains the four runs of the model in
+    one job (the jobs run one at a time); `--no-pack` trains each alone; same prompts."""
+    data, topic = two_tasks
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "storage_path": str(tmp_path / "store"), "data_dir": str(data),
+        "tasks": ["sst2", topic], "seeds": [0, 1],
+        "train": {"steps": 2, "eval_every": 2, "prompt_length": 4, "batch_size": 8,
+                  "eval_limit": 16},
+        "models": {"tiny-roberta": {}}}))
+    stores = {}
+    for name, flags in (("default", []), ("no-pack", ["--no-pack"])):
+        stores[name] = Store(tmp_path / name)
+        proc = subprocess.run([sys.executable, "-m", "ptdist", "sweep", "--spec", str(spec),
+                               "--local", "--store", str(tmp_path / name), *flags],
+                              capture_output=True, text=True, env=child_env(), cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    packed, alone = stores["default"], stores["no-pack"]
+    ids = sorted(m.id for m in packed.prompts.manifests())
+    assert len(ids) == 4 and sorted(m.id for m in alone.prompts.manifests()) == ids
+    for pid in ids:
+        assert sorted(packed.prompts.manifest(pid).packed_with) == sorted(ids)
+        assert alone.prompts.manifest(pid).packed_with is None
+        torch.testing.assert_close(packed.prompts.tensor(pid), alone.prompts.tensor(pid),
+                                   atol=5e-5, rtol=0)
+
+
+def test_a_pack_is_only_as_large_as_the_memory_planner_fits_on_the_gpu():
+    small = RunSpec(TrainConfig(model="tiny-roberta", task="sst2", batch_size=8),
+                    Resources(gpus=1, accelerator_type="T4"))
+    assert pack_fits(small, 16)
+    huge = RunSpec(TrainConfig(model="tiny-roberta", task="sst2", batch_size=2 ** 12),
+                   Resources(gpus=1, accelerator_type="T4"))
+    assert pack_fits(huge, 1) and not pack_fits(huge, 16)
+    planned = [(huge, f"p{i}") for i in range(16)]
+    sizes = [len(job) for job in pack_runs(planned, lambda _: 1, pack_fits)]
+    # The largest pack that fits (2 of these on a T4 by the planner's numbers): not one more.
+    assert max(sizes) < 16 and pack_fits(huge, max(sizes))
+    assert not pack_fits(huge, max(sizes) + 1)
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from ptdist.errors import PtdistError
 
 Batch = dict[str, torch.Tensor]
 IGNORE = -100  # target padding the loss skips
+NO_CLASS = -1  # pads the label words of a merged batch where another has more classes
 ENCODED_CACHE = 200_000  # texts whose token ids a backbone keeps (a few hundred MB at most)
 
 
@@ -153,25 +154,25 @@ class Backbone(nn.Module, ABC):
 
     def loss(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Per-example training loss [B] under per-example prompts [B, L, d]."""
-        return self.losses(prompts, [batch])[0]
+        return self._loss_from(self._training_outputs(prompts, batch), batch)
 
-    def losses(self, prompts: torch.Tensor, batches: Sequence[Batch]) -> list[torch.Tensor]:
-        """Per-example losses of several batches, each with its own label words or targets
-        (the runs of a packed job), from one forward of the model. ``prompts`` holds one
-        prompt per example of all batches, in order."""
-        merged = batches[0] if len(batches) == 1 else self._merge(batches)
-        outputs = self._training_outputs(prompts, merged)
-        sizes = [len(batch["input_ids"]) for batch in batches]
-        return [self._loss_from(out, batch) for out, batch in zip(outputs.split(sizes), batches)]
+    def losses(self, prompts: torch.Tensor, batches: Sequence[Batch]) -> torch.Tensor:
+        """Per-example losses of several batches in order, each with its own label words or
+        targets (the runs of a packed job), from one forward of the model and one loss
+        computation. ``prompts`` holds one prompt per example of all batches, in order."""
+        return self.loss(prompts, batches[0] if len(batches) == 1 else self._merge(batches))
 
     def _merge(self, batches: Sequence[Batch]) -> Batch:
-        """The model inputs of ``batches`` stacked, each padded to the widest. Padding sits
-        behind an attention mask of 0 (or ignored targets), so it changes no example's output."""
+        """What every batch of ``batches`` holds, stacked, each padded to the widest. Padding
+        sits behind an attention mask of 0, ignored targets or a class that takes no
+        probability (`NO_CLASS`), so it changes no example's output or loss."""
         fill = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0,
-                "target_ids": IGNORE}
-        return {key: torch.cat([self._widen(b[key], max(b[key].shape[1] for b in batches), value)
-                                for b in batches])
-                for key, value in fill.items() if key in batches[0]}
+                "target_ids": IGNORE, "label_ids": NO_CLASS}
+        keys = [key for key in batches[0] if all(key in b for b in batches)]
+        return {key: torch.cat([b[key] if key not in fill else
+                                self._widen(b[key], max(b[key].shape[1] for b in batches),
+                                            fill[key]) for b in batches])
+                for key in keys}
 
     @staticmethod
     def _widen(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:

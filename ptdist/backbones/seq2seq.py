@@ -60,11 +60,8 @@ class Seq2SeqBackbone(Backbone):
                           labels=batch["target_ids"]).logits
 
     def _loss_from(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
-        # A packed forward may decode further than this batch's targets: the decoder is
-        # causal, so the first positions are this batch's own.
         targets = batch["target_ids"]
-        logits = outputs[:, :targets.shape[1]]
-        per_token = F.cross_entropy(logits.float().transpose(1, 2), targets,
+        per_token = F.cross_entropy(outputs.float().transpose(1, 2), targets,
                                     ignore_index=IGNORE, reduction="none")
         return per_token.sum(1) / (targets != IGNORE).sum(1).clamp(min=1)
 

@@ -93,7 +93,12 @@ def add_execution(p: argparse.ArgumentParser, spec: bool = False) -> None:
     p.add_argument("--max-concurrent", type=int, default=None,
                    help="at most this many jobs at once (default: "
                         + ("the spec's, else " if spec else "") + "as many as Ray holds)")
-    if not spec:  # a spec sets its own max_failures
+    if spec:
+        p.add_argument("--no-pack", action="store_true",
+                       help="train every prompt run as a job of its own (the spec's `pack: 1`); "
+                            "by default runs of one model are packed where that is faster "
+                            "(docs/sweeps.md)")
+    else:  # a spec sets its own max_failures
         p.add_argument("--max-failures", type=int, default=3,
                        help="retries of a job that fails for another reason than a user error "
                             "(default 3; docs/architecture.md)")
@@ -137,6 +142,11 @@ def frozen_model_job(args: argparse.Namespace):
         return Resources(gpus=args.gpus, cpus=args.cpus), None
     load_ds_config(args.ds_config)  # a config that does not exist stops here, not in a job
     return Resources(workers=args.shard, gpus=args.gpus, cpus=args.cpus), args.ds_config
+
+
+def pack_override(args: argparse.Namespace) -> int | None:
+    """The spec override of ``--no-pack``: every run its own job, or the spec's packing."""
+    return 1 if args.no_pack else None
 
 
 def job_resources(args: argparse.Namespace):

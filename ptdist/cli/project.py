@@ -8,8 +8,8 @@ import argparse
 
 from ptdist.cli.options import (absolute, add_budget, add_data, add_eval, add_execution,
                                 add_job_resources, add_precision, add_store, add_tolerance,
-                                budget, emit,
-                                execution, job_resources, model_help, store_of, task_help)
+                                budget, emit, execution, job_resources, model_help,
+                                pack_override, store_of, task_help)
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -90,7 +90,7 @@ def pairs(args: argparse.Namespace) -> None:
     from ptdist.orchestration.spec import load_spec
 
     spec = load_spec(args.spec, storage_path=args.store, data_dir=args.data_dir,
-                     max_concurrent=args.max_concurrent)
+                     max_concurrent=args.max_concurrent, pack=pack_override(args))
     settings = PairSettings(args.mode, tuple(args.train_tasks),
                             tuple(args.eval_tasks or spec.tasks), _settings(args))
     outcome = run_pairs(spec, settings, execution(args), dry_run=args.dry_run)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from ptdist.cli.options import (add_data, add_execution, add_store, emit, execution, is_rank0)
+from ptdist.cli.options import (add_data, add_execution, add_store, emit, execution, is_rank0,
+                                pack_override)
 
 
 def sweep(args: argparse.Namespace) -> None:
@@ -15,7 +16,8 @@ def sweep(args: argparse.Namespace) -> None:
     from ptdist.orchestration.sweep import require_no_failures, run_sweep
 
     spec = load_spec(args.spec, storage_path=args.store, data_dir=args.data_dir,
-                     cluster=args.cluster, max_concurrent=args.max_concurrent)
+                     cluster=args.cluster, max_concurrent=args.max_concurrent,
+                     pack=pack_override(args))
     outcome = run_sweep(spec, execution(args), dry_run=args.dry_run)
     if not args.dry_run:
         table = "\n".join(f"{r.status:<8} {r.model}/{r.task}/seed{r.seed}/{r.init} "
@@ -38,7 +40,8 @@ def replicate(args: argparse.Namespace) -> None:
     from ptdist.store import Store
 
     study = load_study(args.study or preset_path(args.preset), storage_path=args.store,
-                       data_dir=args.data_dir, max_concurrent=args.max_concurrent)
+                       data_dir=args.data_dir, max_concurrent=args.max_concurrent,
+                       pack=pack_override(args))
     if args.dry_run:
         _print_plan(study)
         return

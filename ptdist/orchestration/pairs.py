@@ -142,7 +142,8 @@ def run_pairs(spec: SweepSpec, settings: PairSettings, execution: Execution | No
         raise PtdistError(f"projectors map between models; sweep {spec.name} has one "
                           f"({spec.models[0].name}); add a second model to its 'models'")
     store = spec.store()
-    graph = pair_jobs(spec, settings, prompt_jobs(plan_sweep(spec, store), store))
+    prompts = prompt_jobs(plan_sweep(spec, store), store, spec.max_concurrent)
+    graph = pair_jobs(spec, settings, prompts)
     pairs = len(graph.pairs)
     print(f"projector pairs of {spec.name}: {len(spec.models)} models, {pairs} ordered pairs "
           f"({settings.mode}, trained on {', '.join(settings.train_tasks)}); "

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from ptdist.errors import PtdistError
 from ptdist.orchestration.resources import describe
-from ptdist.orchestration.spec import ModelEntry, SweepSpec
+from ptdist.orchestration.spec import ModelEntry, RunSpec, SweepSpec
 from ptdist.tasks import get_task
 from ptdist.training.config import TrainConfig
-from ptdist.training.engine import precision_of, zero_stage
+from ptdist.training.engine import load_ds_config, precision_of, zero_stage
 from ptdist.training.memory import (DEFAULT_GPU, GB, USABLE, Memory, Placement, RunShape,
                                     gpu_memory_gb, model_memory, plan_placement, size)
 
@@ -94,3 +94,24 @@ def describe_plans(plans: list[ModelPlan]) -> str:
                      (f"{p.cheapest.describe()} ({size(p.cheapest.memory.total)})"
                       if p.cheapest else "none of up to 8 GPUs"))
     return "\n".join(lines)
+
+
+def pack_fits(run: RunSpec, k: int) -> bool:
+    """Whether a pack of ``k`` runs like ``run`` fits its GPU per the planner: the micro-batches
+    of all of them in one forward, and ``k`` prompts' optimizer state (a pack runs ZeRO-1/2 as
+    stage 0: `frozen_engine_config`). A run without a GPU: yes (host memory is not planned); a
+    model whose config cannot be read: no, since it cannot be planned."""
+    res, config = run.resources, run.config
+    if not res.gpus:
+        return True
+    ds, _ = load_ds_config(config.ds_config)
+    precision, stage = precision_of(ds), 3 if zero_stage(ds) == 3 else 0
+    micro = config.batch_size // (res.workers * int(ds.get("gradient_accumulation_steps", 1)))
+    try:
+        memory = model_memory(config.model, precision)
+    except PtdistError:
+        return False
+    need = memory.estimate(run_shape(config, precision, micro * k, (config.task,)), res.workers,
+                           stage, config.activation_checkpointing)
+    total = need.total + (k - 1) * need.optimizer
+    return total <= USABLE * gpu_memory_gb(res.accelerator_type) * GB

@@ -61,7 +61,7 @@ class _Builder:
 def study_jobs(study: Study, report: Report) -> list[Job]:
     spec = study.spec
     store = spec.store()
-    prompts = prompt_jobs(plan_sweep(spec, store), store)
+    prompts = prompt_jobs(plan_sweep(spec, store), store, spec.max_concurrent)
     graph = pair_jobs(spec, study.projection, prompts) if study.projection else \
         PairGraph(prompts.unique(), [])
     build = _Builder(study, store, prompts, list(graph.jobs))

@@ -62,13 +62,18 @@ class _Resources(Strict):
                                              "room for all its workers before its job fails")
 
 
+# Runs of a model one job trains together: a count, or "auto" (`runs.pack_runs` decides).
+PackSize = Annotated[int | str, rule(lambda v: v == "auto" or (isinstance(v, int) and v >= 1),
+                                     "must be a positive integer or 'auto'")]
+
+
 class _Model(Strict):
     resources: _Resources | None = None
     ds_config: Text = "zero0"
     precision: Text | None = None
     train: TrainSettings | None = None
     tasks: Names | None = None
-    pack: PositiveInt | None = None
+    pack: PackSize | None = None
 
 
 class _Spec(Strict):
@@ -87,7 +92,7 @@ class _Spec(Strict):
                                   "{roberta-base: {resources: {gpus: 1}, ds_config: zero0}}")
     max_concurrent: PositiveInt | None = None
     max_failures: NonNegativeInt = 3
-    pack: PositiveInt = 1
+    pack: PackSize = "auto"
 
 
 TOP_KEYS = tuple(_Spec.model_fields)
@@ -153,7 +158,9 @@ class ModelEntry:
     train: dict[str, Any]
     ds_settings: dict[str, Any]  # the DeepSpeed config's content, read once when validated
     tasks: tuple[str, ...] | None = None  # a subset of the spec's tasks (None: all of them)
-    pack: int = 1  # runs trained together on one copy of the backbone (ptdist.training.packed)
+    # Runs trained together on one copy of the backbone (ptdist.training.packed); None: as many
+    # as `ptdist.orchestration.runs.pack_runs` finds faster (AUTO_PACK).
+    pack: int | None = None
 
     def inference(self) -> tuple[Resources, str | None]:
         """What a job that runs this model frozen (matrix, capture, projector evaluation)
@@ -171,7 +178,7 @@ class RunSpec:
 
     config: TrainConfig
     resources: Resources
-    pack: int = 1  # how many runs of its model one job may train together
+    pack: int | None = None  # how many runs of its model one job may train together (None: auto)
 
     @property
     def label(self) -> str:
@@ -221,9 +228,9 @@ def init_for(init: str, task: str) -> str:
 
 def load_spec(path: str | os.PathLike, **overrides: Any) -> SweepSpec:
     """Read and validate a sweep spec. Relative paths in the file are relative to the file's
-    folder. ``overrides`` (``storage_path``, ``data_dir``, ``cluster``, ``max_concurrent``),
-    when not None, replace the file's values; their relative paths are relative to the
-    working directory."""
+    folder. ``overrides`` (``storage_path``, ``data_dir``, ``cluster``, ``max_concurrent``,
+    ``pack``), when not None, replace the file's values (``pack`` every model's too); their
+    relative paths are relative to the working directory."""
     path = Path(path)
     raw = read_yaml(path, "sweep spec", TOP_KEYS)
     raw.pop("stages", None)  # a study (docs/replicate.md) is a sweep spec plus its stages
@@ -237,6 +244,10 @@ def spec_from_raw(raw: dict, path: Path, what: str, **overrides: Any) -> SweepSp
         if isinstance(raw.get(key), str) and "://" not in raw[key]:
             raw[key] = str(path.parent.resolve() / Path(raw[key]).expanduser())
     raw.update({k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("pack") is not None:  # the command line's packing holds for every model
+        raw["models"] = {name: {k: v for k, v in entry.items() if k != "pack"}
+                         if isinstance(entry, dict) else entry
+                         for name, entry in (raw.get("models") or {}).items()}
     with located(f"{what} {path}"):
         return parse_spec(raw, default_name=segment(path.stem), base=path.parent)
 
@@ -289,7 +300,7 @@ def _validate(spec: SweepSpec) -> None:
                               f"ds_config {model.ds_config}): {exc}") from None
 
 
-def _model_entry(name: str, entry: _Model, base: Path, pack: int) -> ModelEntry:
+def _model_entry(name: str, entry: _Model, base: Path, pack: int | str) -> ModelEntry:
     if name.startswith(("./", "../")):  # a model folder beside the spec, like its data paths
         name = str((base / name).resolve())
     _check_model_name(name)
@@ -312,7 +323,9 @@ def _model_entry(name: str, entry: _Model, base: Path, pack: int) -> ModelEntry:
                           "zero2_bf16 for bf16, zero2 for fp32) or drop 'precision'")
     tasks = None if entry.tasks is None else \
         tuple(_task_ref_name(task_ref(t, base)) for t in entry.tasks)
-    return ModelEntry(name, res, ds_config, entry.train or {}, raw_ds, tasks, entry.pack or pack)
+    chosen = entry.pack or pack
+    return ModelEntry(name, res, ds_config, entry.train or {}, raw_ds, tasks,
+                      None if chosen == "auto" else chosen)
 
 
 def _check_model_name(name: str) -> None:

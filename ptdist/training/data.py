@@ -6,11 +6,18 @@ each rank takes its contiguous slice of the global batch.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 
+@lru_cache(maxsize=64)  # a pack of up to 64 runs; a large dataset's order is a few MB
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n)
+    """The data order of an epoch. Every step of the epoch slices it (each run of a pack, each
+    step): drawn once, not once per step, and read-only since it is shared."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    order.flags.writeable = False
+    return order
 
 
 def global_batch(step: int, n: int, batch_size: int, seed: int) -> list[int]:

@@ -10,19 +10,25 @@ not a different run, and a packed run and a separate one resume from each other'
 
 DeepSpeed holds the frozen backbone: its placement, precision and, under ZeRO-3, its
 partitioning across ranks. ZeRO-1/2 partition what a run trains, and a prompt is tiny: every rank
-keeps each prompt whole, averages the pack's gradients in one all-reduce and steps each run's
-own torch AdamW, clipped by the run's own gradient norm (as a separate run's engine clips its
-one prompt), never by the norm of the whole pack.
+keeps the prompts whole, averages the pack's gradients in one all-reduce and steps each run by
+its own AdamW settings and state, clipped by the run's own gradient norm (as a separate run's
+engine clips its one prompt), never by the norm of the whole pack.
+
+Per-run work is what keeps a pack from the speed of one run with a K times larger batch (the
+bound benchmarks/packed.py measures), so none of it is done run by run within a step: the
+prompts are the rows of one tensor stepped together (`stacked.StackedAdamW`), the rows of all
+runs of one task are collated in one call, and the loss of every example is computed in one
+pass, each weighted as its run's mean loss would weigh it.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from ptdist.backbones import Backbone
 from ptdist.backbones.prompt import PROMPT_PARAM
@@ -40,6 +46,7 @@ from ptdist.training.op_builds import watched_builds
 from ptdist.training.progress import Progress
 from ptdist.training.run import (Fitted, RunData, RunPlan, TrainResult, fresh_prompt,
                                  load_run_data, plan_run, store_finished, stored_result)
+from ptdist.training.stacked import RowStep, StackedAdamW
 from ptdist.training.tracking import Diverged, RunTracker
 
 # What the runs of one pack must share: one backbone, one prompt shape, one DeepSpeed config.
@@ -81,14 +88,13 @@ def train_packed(configs: list[TrainConfig], store: Store | None = None) -> list
 
 @dataclass
 class _Run:
-    """One run of a pack, with its own prompt, optimizer, schedule and bookkeeping."""
+    """One run of a pack, with its own row of the pack's prompts, schedule and bookkeeping."""
 
     config: TrainConfig
     plan: RunPlan
     data: RunData
-    prompt: nn.Parameter
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    row: int  # its prompt's row in the pack's `StackedAdamW`
+    schedule: Callable[[int], float]  # learning-rate scale by the run's step
     tracker: RunTracker
     micro: int  # examples per micro-batch on this rank
     ds_config: dict
@@ -106,14 +112,21 @@ class _Run:
         step = self.tracker.state.step
         return step % self.config.eval_every == 0 or step == self.config.steps
 
-    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+    @property
+    def lr(self) -> float:
+        """The learning rate of the run's next step."""
+        return self.config.lr * self.schedule(self.tracker.state.step)
+
+    def row_step(self) -> RowStep:
+        return RowStep(self.row, self.lr, self.config.weight_decay, self.config.grad_clip)
+
+    def checkpoint_tensors(self, prompts: StackedAdamW) -> dict[str, torch.Tensor]:
         """The prompt and its Adam state, keyed as `gather_state` keys a separate run's."""
-        state = self.optimizer.state[self.prompt]
-        tensors = {PROMPT_PARAM: self.prompt.detach()}
-        tensors.update({f"{PROMPT_PARAM}.{key}": state[key] for key in ADAM_KEYS
-                        if key in state})
+        tensors = {PROMPT_PARAM: prompts.weight[self.row].detach()}
+        tensors.update({f"{PROMPT_PARAM}.{key}": value
+                        for key, value in prompts.state_of(self.row).items()})
         out = {k: v.detach().float().cpu().clone() for k, v in tensors.items()}
-        out["adam_step"] = torch.tensor(float(state["step"]) if "step" in state else 0.0)
+        out["adam_step"] = torch.tensor(float(prompts.steps[self.row]))
         return out
 
 
@@ -130,7 +143,7 @@ def _train_pack(todo: list[tuple[TrainConfig, RunPlan]], store: Store,
                                               config=frozen_engine_config(ds_config))
         backbone = engine.module
         fingerprint = frozen_fingerprint(backbone)
-        runs = _start_runs(todo, backbone, store, engine.device, world)
+        runs, prompts = _start_runs(todo, backbone, store, engine.device, world)
         progress = Progress(max(r.config.steps - r.tracker.state.step for r in runs),
                             first.eval_every, 0, rank == 0)
         progress.line(f"[ptdist] pack of {len(runs)} run(s) on {first.model}: {world} "
@@ -140,7 +153,8 @@ def _train_pack(todo: list[tuple[TrainConfig, RunPlan]], store: Store,
                           f"{len(run.data.eval)} "
                           "eval examples" + (f", resumed at step {run.resumed_from}"
                                              if run.resumed_from is not None else ""))
-        results = _train_runs(runs, backbone, fingerprint, store, rank, world, progress, t0)
+        results = _train_runs(runs, prompts, backbone, fingerprint, store, rank, world,
+                              progress, t0)
         changed = frozen_fingerprint(backbone) != fingerprint
         engine.destroy()
     if changed:
@@ -151,26 +165,46 @@ def _train_pack(todo: list[tuple[TrainConfig, RunPlan]], store: Store,
 
 
 def _start_runs(todo: list[tuple[TrainConfig, RunPlan]], backbone: Backbone, store: Store,
-                device: torch.device, world: int) -> list[_Run]:
+                device: torch.device, world: int) -> tuple[list[_Run], StackedAdamW]:
+    """The pack's runs, each from its checkpoint or its init, and their prompts as one
+    tensor."""
     loaded: dict[tuple, RunData] = {}  # runs of one task (seeds, inits) share its rows
-    runs = []
-    for config, plan in todo:
+    runs, inits, moments = [], [], []
+    for row, (config, plan) in enumerate(todo):
         key = (config.task, config.train_limit, config.eval_limit, config.data_dir)
         if key not in loaded:
             loaded[key] = load_run_data(config, plan.task, backbone)
-        runs.append(_start_run(config, plan, loaded[key], backbone, store, device, world))
-    return runs
+        folder = store.layout.run_dir(plan.prompt_id)
+        resumed = load_checkpoint(folder)
+        saved, state = resumed if resumed is not None else ({}, TrainState())
+        inits.append(saved[PROMPT_PARAM] if resumed is not None
+                     else fresh_prompt(config, plan, backbone))
+        if f"{PROMPT_PARAM}.{ADAM_KEYS[0]}" in saved:
+            moments.append((row, *(saved[f"{PROMPT_PARAM}.{key}"] for key in ADAM_KEYS),
+                            int(saved["adam_step"])))
+        ds_config = deepspeed_config(plan.ds_config, config, world)
+        tracker = RunTracker.resumed(saved, state, folder, plan.task.primary_metric,
+                                     config.patience,
+                                     f"run {plan.prompt_id} ({plan.task.name}, seed {config.seed})")
+        runs.append(_Run(config, plan, loaded[key], row, lr_schedule(config), tracker,
+                         ds_config["train_micro_batch_size_per_gpu"], ds_config,
+                         state.step if resumed is not None else None, []))
+    prompts = StackedAdamW(torch.stack([p.float() for p in inits]).to(device))
+    for row, exp_avg, exp_avg_sq, step in moments:
+        prompts.restore(row, exp_avg.to(device), exp_avg_sq.to(device), step)
+    return runs, prompts
 
 
-def _train_runs(runs: list[_Run], backbone: Backbone, fingerprint: str, store: Store,
-                rank: int, world: int, progress: Progress,
+def _train_runs(runs: list[_Run], prompts: StackedAdamW, backbone: Backbone, fingerprint: str,
+                store: Store, rank: int, world: int, progress: Progress,
                 t0: float) -> dict[str, TrainResult]:
     """Step the active runs together until every run is done; each is stored as soon as it is
     done, so a later failure cannot lose it. Runs that diverged are named in one error once the
     others are stored."""
     results: dict[str, TrainResult] = {}
     pack = [run.plan.prompt_id for run in runs]
-    _evaluate(backbone, [r for r in runs if r.tracker.at_start], rank, world, progress, t0)
+    _evaluate(backbone, prompts, [r for r in runs if r.tracker.at_start], rank, world, progress,
+              t0)
     iteration = 0
     while True:
         for run in runs:
@@ -184,86 +218,67 @@ def _train_runs(runs: list[_Run], backbone: Backbone, fingerprint: str, store: S
                 raise Diverged(" | ".join(diverged) + f" ({len(results)} other run(s) of its "
                                "pack finished and are stored)")
             return results
-        _step(backbone, active, rank, world)
+        _step(backbone, prompts, active, rank, world)
         iteration += 1
-        progress.step(iteration, sum(r.losses[-1] for r in active) / len(active),
-                      active[0].scheduler.get_last_lr()[0])
-        _evaluate(backbone, [r for r in active if r.eval_due and r.diverged is None], rank, world,
-                  progress, t0)
+        progress.step(iteration, sum(r.losses[-1] for r in active) / len(active), active[0].lr)
+        _evaluate(backbone, prompts, [r for r in active if r.eval_due and r.diverged is None],
+                  rank, world, progress, t0)
 
 
-def _start_run(config: TrainConfig, plan: RunPlan, data: RunData, backbone: Backbone,
-               store: Store, device: torch.device, world: int) -> _Run:
-    ds_config = deepspeed_config(plan.ds_config, config, world)
-    folder = store.layout.run_dir(plan.prompt_id)
-    resumed = load_checkpoint(folder)
-    saved, state = resumed if resumed is not None else ({}, TrainState())
-    init = saved[PROMPT_PARAM] if resumed is not None else fresh_prompt(config, plan, backbone)
-    prompt = nn.Parameter(init.float().to(device))
-    optimizer = torch.optim.AdamW([prompt], lr=config.lr, weight_decay=config.weight_decay)
-    scale, start = lr_schedule(config), state.step  # a resumed schedule continues at its step
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: scale(s + start))
-    if resumed is not None and f"{PROMPT_PARAM}.{ADAM_KEYS[0]}" in saved:
-        optimizer.state[prompt] = {"step": saved["adam_step"].clone(),
-                                   **{key: saved[f"{PROMPT_PARAM}.{key}"].to(device)
-                                      for key in ADAM_KEYS}}
-    tracker = RunTracker.resumed(saved, state, folder, plan.task.primary_metric, config.patience,
-                                 f"run {plan.prompt_id} ({plan.task.name}, seed {config.seed})")
-    micro = ds_config["train_micro_batch_size_per_gpu"]
-    return _Run(config, plan, data, prompt, optimizer, scheduler, tracker, micro, ds_config,
-                state.step if resumed is not None else None, [])
-
-
-def _step(backbone: Backbone, runs: list[_Run], rank: int, world: int) -> None:
-    """One optimizer step of every run in ``runs``: micro-batch by micro-batch, one forward for
-    all runs; then each run's gradients averaged over ranks, clipped and applied."""
-    device = runs[0].prompt.device
+def _step(backbone: Backbone, prompts: StackedAdamW, runs: list[_Run], rank: int,
+          world: int) -> None:
+    """One optimizer step of every run in ``runs``: micro-batch by micro-batch, one forward and
+    one loss for all runs; then the gradients averaged over ranks, clipped and applied."""
+    device = prompts.weight.device
     accumulation = runs[0].ds_config["gradient_accumulation_steps"]
     mine = [rank_slice(global_batch(r.tracker.state.step, len(r.data.train), r.config.batch_size,
                                     r.config.seed), rank, world) for r in runs]
-    losses = torch.zeros(len(runs))
+    losses = torch.zeros(len(prompts.steps), device=device)
     for part in range(accumulation):
-        batches, prompts = [], []
-        for run, indices in zip(runs, mine):
-            rows = [run.data.train[i] for i in indices[part * run.micro:(part + 1) * run.micro]]
-            batches.append({k: v.to(device) for k, v in
-                            backbone.collate(rows, run.data.words).items()})
-            prompts.append(run.prompt.unsqueeze(0).expand(len(rows), -1, -1))
-        means = torch.stack([loss.mean() for loss in backbone.losses(torch.cat(prompts),
-                                                                     batches)])
-        # Each run's loss is scaled as a separate run's engine scales it, per micro-batch.
-        (means.sum() / accumulation).backward()
-        losses += means.detach().float().cpu()
-    _average_over_ranks([run.prompt for run in runs], world)
-    losses = (losses / accumulation).tolist()
-    for run, finite in zip(runs, on_every_rank([math.isfinite(loss) for loss in losses])):
+        parts = [indices[part * run.micro:(part + 1) * run.micro]
+                 for run, indices in zip(runs, mine)]
+        batches, rows, weights = [], [], []
+        for data, group in _by_data(runs, parts):
+            batches.append({k: v.to(device) for k, v in backbone.collate(
+                [data.train[i] for _, part_indices in group for i in part_indices],
+                data.words).items()})
+            for run, part_indices in group:
+                rows += [run.row] * len(part_indices)
+                # Each example weighs as in its run's mean loss, scaled as a separate run's
+                # engine scales a micro-batch's loss under accumulation.
+                weights += [1 / len(part_indices) / accumulation] * len(part_indices)
+        index = torch.tensor(rows, device=device)
+        per_example = backbone.losses(prompts.weight.index_select(0, index), batches)
+        weighted = per_example * torch.tensor(weights, device=device)
+        weighted.sum().backward()
+        losses.index_add_(0, index, weighted.detach().float())
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(prompts.weight.grad)
+        prompts.weight.grad /= world
+    # Each run's loss: the mean of its micro-batches' mean losses, as a separate run logs it.
+    per_run = losses.tolist()
+    for run, finite in zip(runs, on_every_rank([math.isfinite(per_run[r.row]) for r in runs])):
         if not finite:
             run.diverged = run.tracker.diverged("the loss")
-    for run, loss in zip(runs, losses):
-        if run.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([run.prompt], run.config.grad_clip)
-        run.optimizer.step()
-        run.scheduler.step()
-        run.optimizer.zero_grad(set_to_none=True)
+    prompts.step([run.row_step() for run in runs])
+    for run in runs:
         run.tracker.state.step += 1
-        run.losses.append(loss)
+        run.losses.append(per_run[run.row])
 
 
-def _average_over_ranks(params: list[nn.Parameter], world: int) -> None:
-    """Average the gradients of ``params`` over the ranks, in one all-reduce."""
-    if world == 1:
-        return
-    import torch.distributed as dist
-
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
-    dist.all_reduce(flat)
-    flat /= world
-    for p, grad in zip(params, flat.split([p.numel() for p in params])):
-        p.grad.copy_(grad.view_as(p))
+def _by_data(runs: list[_Run], parts: list[list[int]]) -> list[tuple[RunData, list]]:
+    """The runs with this micro-batch's indices, grouped by the rows they read (runs of one
+    task share them): one collate call per task."""
+    groups: dict[int, tuple[RunData, list]] = {}
+    for run, part in zip(runs, parts):
+        groups.setdefault(id(run.data), (run.data, []))[1].append((run, part))
+    return list(groups.values())
 
 
-def _evaluate(backbone: Backbone, runs: list[_Run], rank: int, world: int, progress: Progress,
-              t0: float) -> None:
+def _evaluate(backbone: Backbone, prompts: StackedAdamW, runs: list[_Run], rank: int, world: int,
+              progress: Progress, t0: float) -> None:
     """Evaluate ``runs``; the runs that score the same rows share each forward (their prompts
     are a batch dimension)."""
     groups: dict[tuple, list[_Run]] = {}
@@ -273,14 +288,13 @@ def _evaluate(backbone: Backbone, runs: list[_Run], rank: int, world: int, progr
         groups.setdefault(key, []).append(run)
     for group in groups.values():
         head = group[0]
-        prompts = torch.stack([run.prompt.detach() for run in group])
-        metrics = evaluate_each(backbone, prompts, head.plan.task, head.data.eval,
-                                head.micro * 2 * len(group), head.config.max_new_tokens,
-                                rank, world)
+        metrics = evaluate_each(backbone, prompts.weight.detach()[[run.row for run in group]],
+                                head.plan.task, head.data.eval, head.micro * 2 * len(group),
+                                head.config.max_new_tokens, rank, world)
         for run, scores in zip(group, metrics):
             try:
                 line = run.tracker.record(run.losses[-1] if run.losses else None, scores,
-                                          time.time() - t0, run.checkpoint_tensors(),
+                                          time.time() - t0, run.checkpoint_tensors(prompts),
                                           [PROMPT_PARAM], rank == 0)
             except Diverged as exc:
                 run.diverged = exc
