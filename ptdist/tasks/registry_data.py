@@ -193,8 +193,16 @@ def locate_all(names: list[str], data_dir: Path) -> dict[str, Path]:
     return found
 
 
+def row_text(row: dict[str, str]) -> str:
+    """A row's text fields, its label left out (BoolQ: question and passage)."""
+    return " ".join(value for key, value in row.items() if key != "label")
+
+
 def training_rows(name: str) -> Rows:
-    """The training split of the packaged data set ``name``, never its eval rows: what may be
-    used to fit anything a study later evaluates (the fitted MLM heads)."""
+    """The training split of the packaged data set ``name``, less any row whose text also
+    occurs in its eval split (repeated tweets): what may be used to fit anything a study later
+    evaluates on that split (the fitted MLM heads)."""
     task = TASKS[name]
-    return task.read(locate(task, Path.cwd()))[0]
+    train, eval_rows = task.read(locate(task, Path.cwd()))
+    evaluated = {row_text(row) for row in eval_rows}
+    return [row for row in train if row_text(row) not in evaluated]
