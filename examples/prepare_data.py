@@ -12,25 +12,10 @@ examples themselves.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-from ptdist.tasks.registry_data import TASKS, MissingSource, Rows, locate_all
-
-
-def write_jsonl(path: Path, rows: Rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-
-
-def prepare(name: str, source: Path, data_dir: Path) -> None:
-    train, eval_rows = TASKS[name].read(source)
-    folder = data_dir / name
-    write_jsonl(folder / "train.jsonl", train)
-    write_jsonl(folder / "eval.jsonl", eval_rows)
-    print(f"{name}: wrote {len(train)} train and {len(eval_rows)} eval rows to {folder}")
+from ptdist.tasks.registry_data import TASKS, MissingSource, locate_all, prepare
 
 
 def main(argv: list[str]) -> None:
@@ -46,7 +31,8 @@ def main(argv: list[str]) -> None:
     except MissingSource as exc:
         sys.exit(f"error: {exc}".replace("DATA_DIR", str(data_dir)))
     for name, source in sources.items():
-        prepare(name, source, data_dir)
+        train, eval_rows = prepare(name, source, data_dir)
+        print(f"{name}: wrote {train} train and {eval_rows} eval rows to {data_dir / name}")
 
 
 if __name__ == "__main__":

@@ -177,3 +177,32 @@ def test_label_words_have_distinct_first_sub_tokens(preset, family):
     for path in TASK_FILES:
         words = get_task(str(path)).label_words[family]
         assert len(set(backbone.label_token_ids(words).tolist())) == len(words), path.name
+
+
+def test_a_study_prepares_the_packaged_data_sets_its_data_dir_lacks(tmp_path, monkeypatch,
+                                                                    capsys):
+    rows = [{"context": f"clause {i}", "question": "do you sell it?",
+             "answer": "True" if i % 2 else "False"} for i in range(20)]
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "pp.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stand_in = registry_data.PackagedData("privacy_policy", "pp.jsonl", "pip install it",
+                                          registry_data.read_privacy_policy)
+    monkeypatch.setitem(registry_data.TASKS, "privacy_policy", stand_in)
+    task = get_task(str(EXAMPLES / "tasks" / "privacy_policy.yaml"))
+    registry_data.prepare_missing([task, get_task("sst2")], str(data_dir))
+    assert "preparing data set privacy_policy from pp.jsonl" in capsys.readouterr().err
+    assert len(load_split(task, "train", data_dir=str(data_dir))) == 18
+    assert not (data_dir / "sst2").exists()  # not a packaged data set
+
+    written = (data_dir / "privacy_policy" / "train.jsonl").stat().st_mtime_ns
+    capsys.readouterr()
+    registry_data.prepare_missing([task], str(data_dir))
+    assert (data_dir / "privacy_policy" / "train.jsonl").stat().st_mtime_ns == written
+    assert "preparing" not in capsys.readouterr().err
+
+    monkeypatch.setitem(registry_data.TASKS, "privacy_policy", registry_data.PackagedData(
+        "privacy_policy", "pkg:no_such_data_pkg/x.jsonl", "pip install no-such-data-pkg",
+        registry_data.read_privacy_policy))
+    with pytest.raises(registry_data.MissingSource, match="pip install no-such-data-pkg"):
+        registry_data.prepare_missing([task], str(tmp_path / "other"))

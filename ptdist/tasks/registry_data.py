@@ -18,10 +18,12 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from ptdist.errors import PtdistError
 from ptdist.packaged import is_packaged, resolve_packaged
+from ptdist.runtime import say
+from ptdist.tasks.record import TaskRecord
 
 Rows = list[dict[str, str]]
 Splits = tuple[Rows, Rows]  # (train, eval)
@@ -204,6 +206,44 @@ def locate_all(names: list[str], data_dir: Path) -> dict[str, Path]:
     if missing:
         raise MissingSource("missing data packages:\n  " + "\n  ".join(missing))
     return found
+
+
+def write_jsonl(path: Path, rows: Rows) -> None:
+    """Written beside and renamed: a killed write leaves no partial split behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    partial.replace(path)
+
+
+def prepare(name: str, source: Path, data_dir: Path) -> tuple[int, int]:
+    """Write data set ``name`` read from ``source`` as data_dir/name/{train,eval}.jsonl; the
+    row counts of both."""
+    train, eval_rows = TASKS[name].read(source)
+    write_jsonl(data_dir / name / "eval.jsonl", eval_rows)
+    write_jsonl(data_dir / name / "train.jsonl", train)
+    return len(train), len(eval_rows)
+
+
+def prepare_missing(tasks: Iterable[TaskRecord], data_dir: str | None) -> None:
+    """Prepare, in ``data_dir``, every packaged data set among ``tasks`` that no file holds
+    yet (neither ``data_dir/<name>/`` nor the task's own ``source.files``): a study's data on
+    its first use, each source named. A missing package is one error naming its install."""
+    if data_dir is None:
+        return
+    base = Path(data_dir)
+    for task in tasks:
+        held = [base / task.name / f"{split}.jsonl" for split in ("train", "eval")]
+        own = [Path(f) for f in task.source.files.values()]
+        if task.name not in TASKS or all(p.is_file() for p in held) or \
+                (own and all(p.is_file() for p in own)):
+            continue
+        source = locate(TASKS[task.name], base)
+        say(f"[ptdist] preparing data set {task.name} from {TASKS[task.name].source} ({source}) "
+            f"into {base / task.name}")
+        train, eval_rows = prepare(task.name, source, base)
+        say(f"[ptdist]   {task.name}: {train} train and {eval_rows} eval rows")
 
 
 def row_text(row: dict[str, str]) -> str:
