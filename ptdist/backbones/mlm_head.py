@@ -169,47 +169,64 @@ def accuracy(head: torch.nn.Module, tokens: MaskedTokens, batch: int = 512) -> f
     return 100.0 * right / max(len(tokens.targets), 1)
 
 
-def fit_head(backbone: MaskedLMBackbone, missing: list[str], corpus: Corpus,
-             recipe: HeadRecipe = RECIPE) -> HeadFit:
-    """Fit the head tensors the checkpoint lacked on ``corpus.fit`` (the model is left
-    unchanged), and measure the fitted and the random head on ``corpus.heldout``."""
-    started = time.monotonic()
+def trainable_head(backbone: MaskedLMBackbone,
+                   missing: list[str]) -> tuple[torch.nn.Module, dict[str, torch.nn.Parameter]]:
+    """A float32 copy of the model's MLM head (the fit does not depend on the precision the
+    model was loaded in) and, by their names in the model, its tensors the checkpoint lacked:
+    the only ones that train."""
     names = head_parameters(backbone.model, missing)
-    head_prefix = "lm_head" if hasattr(backbone.model, "lm_head") else "cls"
-    # A float32 copy: the fit does not depend on the precision the model was loaded in.
-    random_head = copy.deepcopy(backbone.mlm_head).float()
-    head = copy.deepcopy(random_head)
-    trained = {name: p for name, p in head.named_parameters(prefix=head_prefix)
-               if name in names}
-    for p in head.parameters():
-        p.requires_grad_(False)
+    prefix = "lm_head" if hasattr(backbone.model, "lm_head") else "cls"
+    head = copy.deepcopy(backbone.mlm_head).float()
+    head.requires_grad_(False)
+    trained = {name: p for name, p in head.named_parameters(prefix=prefix) if name in names}
     for p in trained.values():
         p.requires_grad_(True)
-    train_tokens = encode_masked(backbone, corpus.fit, recipe, "fit text")
-    held_tokens = encode_masked(backbone, corpus.heldout, recipe, "held-out text")
-    vocab = backbone.word_embeddings.num_embeddings
-    decoder = next(m for m in head.modules()
-                   if isinstance(m, torch.nn.Linear) and m.out_features == vocab)
-    if any(decoder.bias is p for p in trained.values()):
-        # Start the output bias at the log frequency of each token among the masked ones (the
-        # best prediction that ignores the encoder), so the steps go to the transform.
-        counts = torch.bincount(train_tokens.targets, minlength=vocab).float()
-        with torch.no_grad():
-            decoder.bias.copy_(torch.log(counts + 0.1) - torch.log(counts.sum()))
+    return head, trained
+
+
+def start_bias_at_frequency(head: torch.nn.Module, trained: dict[str, torch.nn.Parameter],
+                            targets: torch.Tensor) -> None:
+    """Set the output bias, if it is fitted, to the log frequency of each token among the
+    masked ones (the best prediction that ignores the encoder): the steps go to the
+    transform."""
+    vocab = head.get_submodule("predictions.decoder" if hasattr(head, "predictions")
+                               else "decoder")
+    if not any(vocab.bias is p for p in trained.values()):
+        return
+    counts = torch.bincount(targets, minlength=vocab.out_features).float()
+    with torch.no_grad():
+        vocab.bias.copy_(torch.log(counts + 0.1) - torch.log(counts.sum()))
+
+
+def train_head(head: torch.nn.Module, trained: dict[str, torch.nn.Parameter],
+               tokens: MaskedTokens, recipe: HeadRecipe) -> None:
+    """AdamW on the cross-entropy of random batches of masked tokens, the rate falling
+    linearly to 0."""
     generator = torch.Generator().manual_seed(recipe.seed)
     optimizer = torch.optim.AdamW(list(trained.values()), lr=recipe.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 1 - step / recipe.steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / recipe.steps)
     for step in range(1, recipe.steps + 1):
-        pick = torch.randint(len(train_tokens.targets), (recipe.batch_tokens,),
-                             generator=generator)
-        loss = F.cross_entropy(head(train_tokens.states[pick]), train_tokens.targets[pick])
+        pick = torch.randint(len(tokens.targets), (recipe.batch_tokens,), generator=generator)
+        loss = F.cross_entropy(head(tokens.states[pick]), tokens.targets[pick])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
         if step % max(recipe.steps // 4, 1) == 0:
             say(f"[ptdist]   step {step}/{recipe.steps}: masked-token loss {loss.item():.3f}")
+
+
+def fit_head(backbone: MaskedLMBackbone, missing: list[str], corpus: Corpus,
+             recipe: HeadRecipe = RECIPE) -> HeadFit:
+    """Fit the head tensors the checkpoint lacked on ``corpus.fit`` (the model is left
+    unchanged), and measure the fitted and the random head on ``corpus.heldout``."""
+    started = time.monotonic()
+    random_head = copy.deepcopy(backbone.mlm_head).float()
+    head, trained = trainable_head(backbone, missing)
+    train_tokens = encode_masked(backbone, corpus.fit, recipe, "fit text")
+    held_tokens = encode_masked(backbone, corpus.heldout, recipe, "held-out text")
+    start_bias_at_frequency(head, trained, train_tokens.targets)
+    train_head(head, trained, train_tokens, recipe)
     info = {"recipe": asdict(recipe), "corpus": corpus.origin, "fit_texts": len(corpus.fit),
             "heldout_texts": len(corpus.heldout), "fit_tokens": len(train_tokens.targets),
             "heldout_tokens": len(held_tokens.targets), "tensors": sorted(trained),
