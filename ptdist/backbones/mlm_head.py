@@ -75,8 +75,13 @@ class Corpus(NamedTuple):
 def packaged_corpus(recipe: HeadRecipe) -> Corpus:
     """An equal share of ``recipe.sources``' training rows for fitting, and other training rows
     for the held-out accuracy (seeded: every machine draws the same)."""
-    from ptdist.tasks.registry_data import row_text, training_rows
+    from ptdist.tasks.registry_data import MissingSource, locate_all, row_text, training_rows
 
+    try:
+        locate_all(list(recipe.sources), Path.cwd())
+    except MissingSource as exc:
+        raise MissingSource(f"a checkpoint without its MLM head gets one fitted on the training "
+                            f"rows of {', '.join(recipe.sources)}; {exc}") from None
     share_fit = recipe.fit_texts // len(recipe.sources)
     share_held = recipe.heldout_texts // len(recipe.sources)
     fit, heldout = [], []
@@ -138,7 +143,8 @@ def encode_masked(backbone: MaskedLMBackbone, texts: list[str], recipe: HeadReci
     rng = random.Random(recipe.seed)
     special = set(tok.all_special_ids)
     vocab = backbone.word_embeddings.num_embeddings
-    encoded = tok(texts, truncation=True, max_length=recipe.max_length).input_ids
+    length = min(recipe.max_length, backbone.usable_positions() or recipe.max_length)
+    encoded = tok(texts, truncation=True, max_length=length).input_ids
     states, targets = [], []
     started, last = time.monotonic(), 0
     for start in range(0, len(encoded), batch_size):
