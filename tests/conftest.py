@@ -44,6 +44,22 @@ def sentiment_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+def fit_small_head(folder: Path) -> Path:
+    """The default-recipe MLM head of the headless checkpoint ``folder``, fitted on a few
+    filler sentences: what loading it then puts in, without the data packages (CI has none)
+    or the minutes a real fit takes. The head's folder."""
+    import torch
+
+    from ptdist.backbones.loading import _load
+    from ptdist.backbones.mlm_head import Corpus, cached_head
+
+    backbone, missing, _ = _load(str(folder), torch.float32, 128)
+    rng = random.Random(0)
+    texts = [" ".join(rng.choices(FILLER, k=6)) for _ in range(60)]
+    return cached_head(backbone, folder, missing,
+                       corpus=lambda _: Corpus(texts[:50], texts[50:], "filler sentences"))[0]
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """The environment for a child process (a CLI run, a launcher, Ray): this one's, without
     the rendezvous variables an in-process run has set, which must not leak into children."""

@@ -106,16 +106,18 @@ def test_colliding_label_words_are_refused():
 
 
 def test_missing_weights_are_initialised_the_same_in_every_process(tmp_path):
-    """An encoder shipped without its MLM head (like all-MiniLM-L6-v2) gets the head randomly
-    initialised; every rank, run and `ptdist eval` must get the same frozen head."""
+    """A checkpoint without some encoder weights gets them randomly initialised; every rank,
+    run and `ptdist eval` must get the same frozen tensors. (A checkpoint without only its MLM
+    head gets its fitted head instead: tests/test_mlm_head.py.)"""
     import shutil
 
     from safetensors.torch import save_file
 
-    folder = tmp_path / "headless"
+    folder = tmp_path / "incomplete"
     shutil.copytree(preset_dir("tiny-roberta"), folder)
     weights = load_file(folder / "model.safetensors")
-    save_file({k: v for k, v in weights.items() if not k.startswith("lm_head.")},
+    lacking = "roberta.encoder.layer.1.output.dense.weight"
+    save_file({k: v for k, v in weights.items() if k != lacking},
               folder / "model.safetensors", metadata={"format": "pt"})
     heads = []
     for global_seed in (1, 2):
@@ -123,5 +125,6 @@ def test_missing_weights_are_initialised_the_same_in_every_process(tmp_path):
         before = torch.get_rng_state()
         model = load_backbone(str(folder)).model
         assert torch.equal(torch.get_rng_state(), before)  # the caller's RNG is left alone
-        heads.append(model.lm_head.dense.weight.detach().clone())
+        heads.append(dict(model.named_parameters())[lacking].detach().clone())
+        assert not torch.equal(heads[-1], weights[lacking])
     assert torch.equal(heads[0], heads[1])

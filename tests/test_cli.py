@@ -37,8 +37,8 @@ def _commands(parser=None, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]
     return found
 
 
-def test_there_are_nineteen_commands():
-    assert len(_commands()) == 19
+def test_there_are_twenty_commands():
+    assert len(_commands()) == 20
 
 
 @pytest.mark.parametrize("command", _commands(), ids=" ".join)

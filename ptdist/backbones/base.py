@@ -79,17 +79,23 @@ class Backbone(nn.Module, ABC):
                 "with `ptdist project`."
             )
 
+    def usable_positions(self) -> int | None:
+        """The input positions an encoder with absolute positions (BERT, RoBERTa) has: its
+        position embeddings, less RoBERTa's offset past its padding index. None for models with
+        relative positions (T5), which have no such limit."""
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if self.kind != "mlm" or limit is None:
+            return None
+        padding = getattr(self.model.base_model.embeddings, "padding_idx", None)
+        return limit - (padding + 1 if padding is not None else 0)
+
     def check_length(self, prompt_length: int) -> None:
         """Refuse a prompt that, with the longest text a batch holds (``max_length`` tokens),
         takes more positions than the model has. Models with relative positions (T5) have no
         such limit; absolute ones (BERT, RoBERTa) do: RoBERTa's positions start after its
         padding index."""
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        if self.kind != "mlm" or limit is None:
-            return
-        padding = getattr(self.model.base_model.embeddings, "padding_idx", None)
-        usable = limit - (padding + 1 if padding is not None else 0)
-        if prompt_length + self.max_length > usable:
+        usable = self.usable_positions()
+        if usable is not None and prompt_length + self.max_length > usable:
             raise PtdistError(
                 f"prompt length {prompt_length} plus max_length {self.max_length} text tokens "
                 f"need {prompt_length + self.max_length} positions, but '{self.name}' has "

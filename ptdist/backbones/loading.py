@@ -9,6 +9,8 @@ import torch
 
 from ptdist.backbones.base import Backbone
 from ptdist.backbones.mlm import MaskedLMBackbone
+from ptdist.backbones.mlm_head import (HEAD_PREFIXES, RECIPE, cached_head, lacks_only_head,
+                                       restore_head)
 from ptdist.backbones.presets import PRESETS, preset_dir
 from ptdist.backbones.seq2seq import Seq2SeqBackbone
 from ptdist.errors import PtdistError
@@ -53,8 +55,46 @@ def model_kind(config) -> str:
 
 def load_backbone(name: str, *, dtype: torch.dtype = torch.float32,
                   max_length: int = 128) -> Backbone:
-    """Load ``name`` frozen. Under DeepSpeed ZeRO-3, create ``HfDeepSpeedConfig`` first so the
-    weights are partitioned as they load instead of materialising the whole model per rank."""
+    """Load ``name`` frozen; an encoder checkpoint without its MLM head gets its fitted head
+    (fitted on first use, `mlm_head.py`). Under DeepSpeed ZeRO-3, create ``HfDeepSpeedConfig``
+    first so the weights are partitioned as they load instead of materialising the whole model
+    per rank."""
+    backbone, missing, path = _load(name, dtype, max_length)
+    if backbone.kind == "mlm" and lacks_only_head(missing):
+        restore_head(backbone, checkpoint_folder(path), missing)
+    return backbone
+
+
+def fit_mlm_head(name: str, refit: bool = False) -> tuple[Path, dict, bool]:
+    """The fitted MLM head of ``name``, an encoder checkpoint shipped without one: fitted now
+    unless cached (or with ``refit``). Returns its folder, its record and whether it was fitted
+    now."""
+    backbone, missing, path = _load(name, torch.float32, 128)
+    if backbone.kind != "mlm" or not lacks_only_head(missing):
+        raise PtdistError(f"model '{name}' has its own MLM head (or is no encoder MLM): there "
+                          "is no head to fit")
+    return cached_head(backbone, checkpoint_folder(path), missing, refit=refit)
+
+
+def fitted_head_key(name: str) -> str | None:
+    """The recipe key of the fitted head that ``name`` gets when it loads, if it is an encoder
+    checkpoint in a local folder whose weight files hold no MLM head (read from the safetensors
+    headers, without loading a weight); None for any other model."""
+    path = resolve_model_path(name)
+    files = sorted(Path(path).glob("*.safetensors")) if os.path.isdir(path) else []
+    if not files or model_kind(_config_at(path, name)) != "mlm":
+        return None
+    from safetensors import safe_open
+
+    for file in files:
+        with safe_open(str(file), "pt") as weights:
+            if any(key.startswith(HEAD_PREFIXES) for key in weights.keys()):
+                return None
+    return RECIPE.key
+
+
+def _load(name: str, dtype: torch.dtype, max_length: int) -> tuple[Backbone, list[str], str]:
+    """The frozen backbone as the checkpoint holds it, the tensors it lacked, and its path."""
     from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     path = resolve_model_path(name)
@@ -62,9 +102,9 @@ def load_backbone(name: str, *, dtype: torch.dtype = torch.float32,
     kind = model_kind(config)
     auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForMaskedLM
     try:
-        # A checkpoint without some weights (e.g. an encoder without its MLM head) gets them
-        # randomly initialised: from a fixed seed, so every rank, every run and `ptdist eval`
-        # see the same frozen model.
+        # A checkpoint without some weights gets them randomly initialised: from a fixed seed,
+        # so every rank, every run and `ptdist eval` see the same frozen model. An encoder
+        # without its MLM head then gets its fitted head instead (`mlm_head.py`).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model, info = auto.from_pretrained(path, dtype=dtype, output_loading_info=True)
@@ -74,13 +114,24 @@ def load_backbone(name: str, *, dtype: torch.dtype = torch.float32,
             f"encoder-decoder model; ptdist prompt-tunes RoBERTa/BERT-style MLMs and T5-style "
             f"models ({_first_line(exc)})."
         ) from None
-    _report_load(name, model, info.get("missing_keys") or [])
+    missing = info.get("missing_keys") or []
+    _report_load(name, model, missing)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if kind == "mlm" and tokenizer.mask_token_id is None:
         raise PtdistError(f"tokenizer of '{name}' has no mask token, so the MLM verbalizer "
                           "cannot be read; use an MLM-pretrained encoder (RoBERTa, BERT).")
     cls = Seq2SeqBackbone if kind == "seq2seq" else MaskedLMBackbone
-    return cls(name, model, tokenizer, max_length=max_length)
+    return cls(name, model, tokenizer, max_length=max_length), missing, path
+
+
+def checkpoint_folder(path: str) -> Path:
+    """The folder holding the checkpoint's files: ``path`` itself, or a hub model's snapshot
+    in the local hub cache (from_pretrained has just put it there)."""
+    if os.path.isdir(path):
+        return Path(path)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(path, local_files_only=True))
 
 
 def model_config(name: str):

@@ -39,10 +39,10 @@ class MaskedLMBackbone(Backbone):
         hidden = self.model.base_model(inputs_embeds=embeds, attention_mask=mask)[0]
         # The head is position-wise and only the mask is read: applied to every position it
         # was half the forward of MiniLM (a 30k-word vocabulary), measured in benchmarks/.
-        return self._mlm_head(hidden[:, prompts.shape[1]])
+        return self.mlm_head(hidden[:, prompts.shape[1]])
 
     @property
-    def _mlm_head(self) -> torch.nn.Module:
+    def mlm_head(self) -> torch.nn.Module:
         """The MLM head (transform + vocabulary projection): RoBERTa's ``lm_head``, BERT's
         ``cls``."""
         for name in ("lm_head", "cls"):

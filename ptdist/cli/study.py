@@ -18,6 +18,8 @@ def sweep(args: argparse.Namespace) -> None:
     spec = load_spec(args.spec, storage_path=args.store, data_dir=args.data_dir,
                      cluster=args.cluster, max_concurrent=args.max_concurrent,
                      pack=pack_override(args))
+    if not args.dry_run:
+        _prepare_data(spec)
     outcome = run_sweep(spec, execution(args), dry_run=args.dry_run)
     if not args.dry_run:
         table = "\n".join(f"{r.status:<8} {r.model}/{r.task}/seed{r.seed}/{r.init} "
@@ -45,12 +47,21 @@ def replicate(args: argparse.Namespace) -> None:
     if args.dry_run:
         _print_plan(study)
         return
+    _prepare_data(study.spec)
     outcome = run_study(study, write_report, execution(args))
     report = Store(study.spec.storage_path).layout.report_dir(study.spec.name) / "report.md"
     emit(args, f"report: {report}" if report.exists() else "no report (see the failures)",
          {"report": str(report), "jobs": [{"id": o.id, "status": o.status, "error": o.error,
                                            "attempts": o.attempts} for o in outcome.jobs]})
     require_success(outcome)
+
+
+def _prepare_data(spec) -> None:
+    """The packaged data sets the spec reads and its data_dir lacks, written there first."""
+    from ptdist.tasks import get_task
+    from ptdist.tasks.registry_data import prepare_missing
+
+    prepare_missing([get_task(t) for t in spec.tasks], spec.data_dir)
 
 
 def _print_plan(study) -> None:

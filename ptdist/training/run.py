@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ptdist import __version__
-from ptdist.backbones import Backbone, InitSpec, initial_prompt
+from ptdist.backbones import Backbone, InitSpec, fitted_head_key, initial_prompt
 from ptdist.backbones.prompt import PROMPT_PARAM
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
@@ -70,17 +70,20 @@ def _record_content(task: TaskRecord) -> dict:
 
 
 def prompt_id_of(config: TrainConfig, task: TaskRecord, init_digest: str, precision: str,
-                 data: dict[str, str]) -> str:
+                 data: dict[str, str], head: str | None = None) -> str:
     """The run's content-addressed id: a hash of everything that determines its result (the
     settings, the task record's content rather than its name, the init's content, the
     precision, and the content of the local data files it reads: `data_fingerprint`), so the
     same run asked for twice is trained once, and a run on other rows is another run wherever
     its files lie. A run on hub data only hashes as it did before data was hashed: the task
-    record names its dataset and revision."""
+    record names its dataset and revision. A checkpoint without its MLM head adds the recipe of
+    the head it is given (``head``): a prompt tuned on another head is another prompt."""
     payload = {k: v for k, v in config.to_dict().items() if k not in TrainConfig.NOT_HASHED}
     payload.update(task=_digest(_record_content(task)), init=init_digest, precision=precision)
     if data:
         payload["data"] = data
+    if head:
+        payload["mlm_head"] = head
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -94,7 +97,8 @@ def plan_run(config: TrainConfig, store: Store) -> RunPlan:
     precision = precision_of(ds_config)
     data = data_fingerprint(task, ("train", "eval"), config.data_dir)
     return RunPlan(task, init, artifact, ds_config, precision,
-                   prompt_id_of(config, task, init_digest, precision, data))
+                   prompt_id_of(config, task, init_digest, precision, data,
+                                fitted_head_key(config.model)))
 
 
 @dataclass
