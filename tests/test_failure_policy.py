@@ -78,9 +78,10 @@ def test_a_sweep_counts_attempts_once_per_trial(tmp_path, task_prompts):
 
 def test_a_zero3_worker_group_inside_a_trial_is_not_retried_by_ray_train(tmp_path,
                                                                        sentiment_dir):
-    """A ZeRO-3 group (every tensor partitioned over two workers): a worker killed 30 s in
-    (after the partitioned model has loaded, usually mid-training, its peer waiting in a
-    collective) fails the trial; Tune retries it once and Ray Train (max_failures=0) never
+    """A ZeRO-3 group (every tensor partitioned over two workers): a worker killed 10 s in
+    (on an idle machine mid-training, its peer waiting in a collective; on a loaded one
+    possibly while the model loads, which fails the trial the same way) fails the trial;
+    Tune retries it once and Ray Train (max_failures=0) never
     restarts the group on its own, so each of the two workers logs one attempt per trial
     attempt. A real user error inside the group (a task without data, raised after the model
     loaded) is attempted once."""
@@ -92,7 +93,7 @@ def test_a_zero3_worker_group_inside_a_trial_is_not_retried_by_ray_train(tmp_pat
         "tasks": ["sst2"], "max_failures": 1, "train": dict(TRAIN, steps=300, eval_every=50),
         "models": {"tiny-t5-v1_1": group}}))
     kills, users = tmp_path / "kill.log", tmp_path / "user.log"
-    proc = _ptdist(tmp_path, [_fault(kills, "*@worker", "kill", times=1, after_s=30)],
+    proc = _ptdist(tmp_path, [_fault(kills, "*@worker", "kill", times=1, after_s=10)],
                    "sweep", "--spec", str(spec))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list(_attempts(kills).values()) == [4]  # 2 workers x (1 killed + 1 retry)

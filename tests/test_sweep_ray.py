@@ -283,7 +283,8 @@ def test_an_autoscaling_cluster_adds_worker_nodes_for_pending_runs(tmp_path, sen
     with _ray_head(port, "--num-cpus=0", f"--autoscaling-config={config}",
                    "--dashboard-host=127.0.0.1", f"--dashboard-port={_free_port()}", env=env):
         sweep = subprocess.run(
-            [sys.executable, "-m", "ptdist", "sweep", "--spec", str(spec), "--address", "auto",
+            [sys.executable, "-m", "ptdist", "sweep", "--spec", str(spec), "--address",
+             f"127.0.0.1:{port}",  # not "auto": that is the newest Ray on the machine
              "--cluster", str(config)],
             cwd=tmp_path, env=_env(), text=True, capture_output=True, timeout=600)
         assert sweep.returncode == 0, sweep.stdout[-5000:] + sweep.stderr[-5000:]
