@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +59,13 @@ def fit_small_head(folder: Path) -> Path:
     texts = [" ".join(rng.choices(FILLER, k=6)) for _ in range(60)]
     return cached_head(backbone, folder, missing,
                        corpus=lambda _: Corpus(texts[:50], texts[50:], "filler sentences"))[0]
+
+
+def free_port() -> int:
+    """A TCP port on loopback that is free now (for a Ray head or a rendezvous a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -4,7 +4,6 @@ on the fake GPUs; the groups that start run CPU workers that report where they a
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -16,14 +15,9 @@ from ptdist.orchestration.spec import Resources, RunSpec
 from ptdist.orchestration.worker_group import GroupNotStarted, on_worker_group
 from ptdist.store import Store
 from ptdist.training import TrainConfig
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +28,7 @@ def cluster():
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": _free_port(), "node_ip_address": "127.0.0.1"})
+        "dashboard_port": free_port(), "node_ip_address": "127.0.0.1"})
     nodes = {}
     for name, cpus, gpus, kind in (("l40s-a", 1, 1, "L40S"), ("l40s-b", 1, 1, "L40S"),
                                    ("a100", 2, 2, "A100")):

@@ -8,7 +8,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,8 @@ from ptdist.store import Store
 from ptdist.store.results import SweepRow
 from ptdist.store.tables import read_records
 from ptdist.training import train
-from tests.conftest import child_env, has_trained_checkpoint, zero3_every_tensor_partitioned
+from tests.conftest import (child_env, free_port, has_trained_checkpoint,
+                            zero3_every_tensor_partitioned)
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -39,12 +39,6 @@ pytestmark = pytest.mark.slow
 def _env() -> dict:
     return child_env(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
                      RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", **AUTH)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _write_spec(path: Path, models: dict, store: Path, data_dir: Path, steps: int,
@@ -96,13 +90,13 @@ def ray_head():
     """A Ray head on loopback only; yields its job server's address once it takes jobs. Every
     port it opens is a free one: another Ray on this machine may hold the defaults (with its
     dashboard agent's port taken, a job submission finds "No available agent")."""
-    dashboard = _free_port()
+    dashboard = free_port()
     ports = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
              "runtime-env-agent-port", "ray-client-server-port", "node-manager-port",
              "object-manager-port")
-    with _ray_head(_free_port(), "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+    with _ray_head(free_port(), "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
                    f"--dashboard-port={dashboard}", "--num-cpus=2",
-                   *(f"--{name}={_free_port()}" for name in ports)):
+                   *(f"--{name}={free_port()}" for name in ports)):
         address, deadline = f"http://127.0.0.1:{dashboard}", time.time() + 180
         while subprocess.run([str(BIN / "ray"), "job", "list", "--address", address],
                              env=_env(), capture_output=True).returncode:
@@ -281,7 +275,7 @@ def test_an_autoscaling_cluster_adds_worker_nodes_for_pending_runs(tmp_path, sen
     env = dict(_env(), AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_FAKE_CLUSTER="1")
     port = 6379  # the fake provider's nodes join the GCS at Ray's default port
     with _ray_head(port, "--num-cpus=0", f"--autoscaling-config={config}",
-                   "--dashboard-host=127.0.0.1", f"--dashboard-port={_free_port()}", env=env):
+                   "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}", env=env):
         sweep = subprocess.run(
             [sys.executable, "-m", "ptdist", "sweep", "--spec", str(spec), "--address",
              f"127.0.0.1:{port}",  # not "auto": that is the newest Ray on the machine

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,8 @@ import torch
 
 from ptdist.store import Store
 from ptdist.training import TrainConfig, train
-from tests.conftest import child_env, has_trained_checkpoint, zero3_every_tensor_partitioned
+from tests.conftest import (child_env, free_port, has_trained_checkpoint,
+                            zero3_every_tensor_partitioned)
 
 REPO = Path(__file__).resolve().parents[1]
 LEARN = dict(task="sst2", prompt_length=8, lr=0.1, batch_size=16, eval_limit=None)
@@ -146,12 +146,6 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, sentiment_dir)
     assert torch.equal(a, b)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_zero2_and_zero3_on_two_processes_match_zero0(tmp_path, sentiment_dir):
     steps = 10
@@ -161,7 +155,7 @@ def test_zero2_and_zero3_on_two_processes_match_zero0(tmp_path, sentiment_dir):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node", "2", "-m"]
     deepspeed = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "2",
-                 "--master_port", str(_free_port()), "--module"]
+                 "--master_port", str(free_port()), "--module"]
     zero3 = str(zero3_every_tensor_partitioned(tmp_path))
     runs = {}
     for name, ds, launcher in (("zero2", "zero2", torchrun), ("zero3", zero3, torchrun),
