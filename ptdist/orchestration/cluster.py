@@ -32,7 +32,7 @@ def connect_ray(address: str | None) -> str:
     if address:
         ray.init(address=address)
         return f"the Ray cluster at {address}"
-    _loopback_in_loaded_ray()
+    keep_ray_on_loopback()
     # Ray Train's controller queries the state API, which the dashboard serves.
     ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=True,
              dashboard_host=LOOPBACK)
@@ -49,11 +49,13 @@ def connect_ray(address: str | None) -> str:
               "interfaces while it runs)")
 
 
-def _loopback_in_loaded_ray() -> None:
-    """Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported. A program that imported
-    ray before ptdist set it would still resolve 127.0.0.1 to the external address, so the
-    loaded module gets the setting too (the address check after ray.init catches a Ray that
-    no longer reads it from there)."""
+def keep_ray_on_loopback() -> None:
+    """Make a Ray started or joined from this process stay on 127.0.0.1. Ray reads
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported; a program that imported ray before
+    ptdist set it would still resolve 127.0.0.1 to the external address, so the loaded module
+    gets the setting too (the address check after ray.init catches a Ray that no longer reads
+    it from there)."""
+    ray_environment(local=True)
     from ray._private import ray_constants
 
     if hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
