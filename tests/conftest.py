@@ -151,10 +151,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory) -> None:
-    """Presets and `datasets` caches in a session temp folder, never the user's home."""
+    """Presets and `datasets` caches in a session temp folder, never the user's home. DeepSpeed's
+    CPU ops, a minute to compile, are built once for all the run's xdist workers (torch's
+    build lock serialises them)."""
     cache = tmp_path_factory.mktemp("cache")
     os.environ["PTDIST_CACHE"] = str(cache / "ptdist")
     os.environ["HF_DATASETS_CACHE"] = str(cache / "datasets")
+    run_temp = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run_temp = run_temp.parent  # shared by the workers of this run
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(run_temp / "torch_extensions")
 
 
 @pytest.fixture(scope="session")

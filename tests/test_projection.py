@@ -241,10 +241,11 @@ def test_tpt_model_starts_from_the_projected_prompt(two_models, task_projector, 
 
 
 
-def _pairs(spec: Path, cwd: Path) -> tuple[subprocess.CompletedProcess, dict]:
+def _pairs(spec: Path, cwd: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
     proc = subprocess.run(
         [sys.executable, "-m", "ptdist", "project", "pairs", "--spec", str(spec), "--mode",
-         "distance", "--train-tasks", "sst2", "--hidden", "16", "--steps", "50", "--json"],
+         "distance", "--train-tasks", "sst2", "--hidden", "16", "--steps", "50", "--json",
+         *extra],
         cwd=cwd, env=child_env(), text=True, capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, json.loads(proc.stdout.strip().splitlines()[-1])
@@ -279,17 +280,19 @@ def test_pair_scheduler_runs_each_job_once_after_its_inputs(two_models, tmp_path
     table = pq.read_table(out["table"]).to_pylist()
     assert len(table) == 4 and {r["task"] for r in table} == {"sst2", "topic"}
 
-    # Idempotent: a second run does nothing; losing one table re-runs only that evaluation.
-    proc, out = _pairs(spec, tmp_path)
+    # Idempotent: a second run does nothing; losing one table re-runs only that evaluation
+    # (the same plan in this process as on Ray: --local saves starting a Ray for it).
+    proc, out = _pairs(spec, tmp_path, "--local")
     assert "nothing to run" in proc.stderr
     assert all(j["status"] == "stored" for j in out["jobs"])
     store.layout.projector_eval(projectors[0].id).unlink()
-    proc, out = _pairs(spec, tmp_path)
+    proc, out = _pairs(spec, tmp_path, "--local")
     assert [j["id"] for j in out["jobs"] if j["status"] == "ran"] == [
         f"eval {projectors[0].source_model} -> {projectors[0].target_model}"]
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # beyond CI's time budget: python -m pytest -m extended
 def test_task_tuning_through_a_multi_worker_target_runs_on_a_worker_group(two_models, tmp_path):
     _, data, _ = two_models
     spec = tmp_path / "pairs.yaml"

@@ -191,16 +191,44 @@ def test_shard_flags_are_checked_before_anything_runs(tmp_path, capsys):
             assert code == 2 and message in err, err
 
 
+def _group_marks(store: Store) -> tuple[int, int]:
+    """How many Ray Train worker groups started, and how many left the summary their rank 0
+    returned."""
+    marks = [p.name for p in (store.root / "ray" / "train").iterdir()]
+    return sum(m.endswith(".started") for m in marks), sum(m.endswith(".result.json")
+                                                           for m in marks)
+
+
 @pytest.mark.slow
-def test_matrix_and_capture_jobs_on_zero3_worker_groups_equal_one_process(t5_prompts, tmp_path,
-                                                                          capsys):
-    """`run_matrix` with a 2-worker ZeRO-3 group's resources, and `ptdist neurons capture
-    --shard 2`, on a local Ray: their jobs run on Ray Train worker groups (each left its
-    marks) and store the one-process matrix and activations."""
+def test_capture_on_a_zero3_worker_group_equals_one_process(t5_prompts, tmp_path, capsys):
+    """`ptdist neurons capture --shard 2` on a local Ray: its job runs on a Ray Train worker
+    group (which left its marks) and stores the one-process activations."""
+    from tests.test_cli import run
+
+    source, data, _ = t5_prompts
+    whole = _copy(source, tmp_path / "whole")
+    capture(whole, whole.prompts.select(MODEL),
+            CaptureSettings(protocol="data", examples=EXAMPLES, data_dir=str(data)))
+    sharded = _copy(source, tmp_path / "sharded")
+    ds = str(zero3_every_tensor_partitioned(tmp_path))
+    code, out, err = run(capsys, "neurons", "capture", "--model", MODEL, "--protocol", "data",
+                         "--examples", str(EXAMPLES), "--chunks", "1", "--shard", "2", "--cpus",
+                         "0.5", "--ds-config", ds, "--data-dir", str(data), "--store",
+                         str(sharded.root))
+    # capture's counts came from the summary the group's rank 0 returned
+    assert code == 0 and "captured 2 prompt(s) (0 already stored)" in out, err
+    _same_activations(whole, sharded, 2 * 2)  # prompts x layers
+    assert _group_marks(sharded) == (1, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.extended  # beyond CI's time budget: python -m pytest -m extended
+def test_matrix_jobs_on_zero3_worker_groups_equal_one_process(t5_prompts, tmp_path):
+    """`run_matrix` with a 2-worker ZeRO-3 group's resources on a local Ray: a job per target
+    column, each on a worker group, storing the one-process matrix."""
     from ptdist.orchestration.graph import Execution
     from ptdist.orchestration.spec import Resources
     from ptdist.orchestration.stages import run_matrix
-    from tests.test_cli import run
 
     source, data, _ = t5_prompts
     whole = _copy(source, tmp_path / "whole")
@@ -213,16 +241,4 @@ def test_matrix_and_capture_jobs_on_zero3_worker_groups_equal_one_process(t5_pro
                                        ds_config=ds), Execution(),
                         Resources(workers=2, cpus=0.5))
     assert result.rows == expected
-    capture(whole, whole.prompts.select(MODEL),
-            CaptureSettings(protocol="data", examples=EXAMPLES, data_dir=str(data)))
-    code, out, err = run(capsys, "neurons", "capture", "--model", MODEL, "--protocol", "data",
-                         "--examples", str(EXAMPLES), "--chunks", "1", "--shard", "2", "--cpus",
-                         "0.5", "--ds-config", ds, "--data-dir", str(data), "--store",
-                         str(sharded.root))
-    assert code == 0 and "captured 2 prompt(s) (0 already stored)" in out, err
-    _same_activations(whole, sharded, 2 * 2)  # prompts x layers
-    # A group per target column (a job per target) and one for capture, each with the summary
-    # its rank 0 returned (capture's counts above came from it).
-    marks = [p.name for p in (sharded.root / "ray" / "train").iterdir()]
-    assert sum(m.endswith(".started") for m in marks) == 3
-    assert sum(m.endswith(".result.json") for m in marks) == 3
+    assert _group_marks(sharded) == (2, 2)  # a group per target column

@@ -147,38 +147,6 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, sentiment_dir)
 
 
 @pytest.mark.slow
-def test_zero2_and_zero3_on_two_processes_match_zero0(tmp_path, sentiment_dir):
-    steps = 10
-    final_only = ("--eval-every", str(steps))  # keep-best then keeps the prompt after `steps`
-    reference = _json_result(_cli(*_train_args(tmp_path / "zero0", sentiment_dir, steps,
-                                               *final_only)))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node", "2", "-m"]
-    deepspeed = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "2",
-                 "--master_port", str(free_port()), "--module"]
-    zero3 = str(zero3_every_tensor_partitioned(tmp_path))
-    runs = {}
-    for name, ds, launcher in (("zero2", "zero2", torchrun), ("zero3", zero3, torchrun),
-                               ("zero2-deepspeed-launcher", "zero2", deepspeed)):
-        args = _train_args(tmp_path / name, sentiment_dir, steps, *final_only, "--ds-config", ds)
-        runs[name] = _json_result(_cli(*args, launcher=launcher), timeout=600)
-    ref_prompt = Store(tmp_path / "zero0").prompts.tensor(reference["prompt_id"])
-    ref_manifest = Store(tmp_path / "zero0").prompts.manifest(reference["prompt_id"])
-    from ptdist.backbones import load_backbone
-    from ptdist.training.fingerprint import frozen_fingerprint
-    pristine = frozen_fingerprint(load_backbone("tiny-roberta"))
-    assert ref_manifest.backbone_fingerprint == pristine
-    for name, result in runs.items():
-        prompt = Store(tmp_path / name).prompts.tensor(result["prompt_id"])
-        manifest = Store(tmp_path / name).prompts.manifest(result["prompt_id"])
-        assert manifest.world_size == 2 and manifest.zero_stage == int(name[4])
-        # Same global batches; only the order of floating-point reductions differs.
-        assert torch.allclose(prompt, ref_prompt, atol=1e-4, rtol=0), \
-            (name, (prompt - ref_prompt).abs().max())
-        assert manifest.backbone_fingerprint == pristine  # frozen weights untouched
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2])
 def test_a_fresh_preset_cache_under_zero3_builds_whole_weights_and_trains(
         tmp_path, sentiment_dir, processes):
@@ -216,19 +184,29 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("killed,resumed", [("zero2", "zero3"), ("zero3", "zero2")])
+@pytest.mark.parametrize("killed,resumed", [
+    ("zero2", "zero3"),
+    pytest.param("zero3", "zero2", marks=pytest.mark.extended),  # beyond CI's time budget
+])
 def test_multi_process_run_resumes_under_another_zero_stage(tmp_path, sentiment_dir, killed,
                                                             resumed):
     """Checkpoints hold Adam's moments whole, so a run killed under one ZeRO stage resumes
-    under another; both DeepSpeed restore paths (ZeRO-1/2 fragments, ZeRO-3 partitions) run."""
+    under another; both DeepSpeed restore paths (ZeRO-1/2 fragments, ZeRO-3 partitions) run.
+    The ZeRO-2 run that is killed starts under DeepSpeed's own launcher, the others under
+    torchrun; what the two processes end with is what one process without DeepSpeed does."""
+    from ptdist.backbones import load_backbone
+    from ptdist.training.fingerprint import frozen_fingerprint
+
     steps = 40
     configs = {"zero2": "zero2", "zero3": str(zero3_every_tensor_partitioned(tmp_path))}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node", "2", "-m"]
+    deepspeed = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "2",
+                 "--master_port", str(free_port()), "--module"]
     reference = _json_result(_cli(*_train_args(tmp_path / "ref", sentiment_dir, steps)))
     store = tmp_path / "run"
     proc = _cli(*_train_args(store, sentiment_dir, steps, "--ds-config", configs[killed]),
-                launcher=torchrun)
+                launcher=deepspeed if killed == "zero2" else torchrun)
     _wait_for_a_trained_checkpoint(store / "runs" / reference["prompt_id"], proc)
     _kill_tree(proc)
     assert not Store(store).prompts.has(reference["prompt_id"]), "killed too late"
@@ -236,10 +214,14 @@ def test_multi_process_run_resumes_under_another_zero_stage(tmp_path, sentiment_
     result = _json_result(_cli(*_train_args(store, sentiment_dir, steps, "--ds-config",
                                             configs[resumed]), launcher=torchrun), timeout=600)
     assert result["resumed_from"] is not None and 0 < result["resumed_from"] < steps
+    manifest = Store(store).prompts.manifest(result["prompt_id"])
+    assert manifest.world_size == 2 and manifest.zero_stage == int(resumed[-1])
     ours = Store(store).prompts.tensor(result["prompt_id"])
     ref = Store(tmp_path / "ref").prompts.tensor(reference["prompt_id"])
-    # measured: ~1e-5 after 40 steps (reduction-order differences, amplified by Adam)
+    # Same global batches; only the order of floating-point reductions differs (measured:
+    # ~1e-5 after 40 steps, amplified by Adam).
     assert torch.allclose(ours, ref, atol=1e-4, rtol=0), (ours - ref).abs().max()
+    assert manifest.backbone_fingerprint == frozen_fingerprint(load_backbone("tiny-roberta"))
 
 
 def test_generation_task_trains_and_decodes_the_expected_text(tmp_path):
