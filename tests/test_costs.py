@@ -3,7 +3,6 @@ computed from it (hand-checked numbers)."""
 
 from __future__ import annotations
 
-import pytest
 
 from ptdist.orchestration.costs import CostLedger, stage_of
 from ptdist.orchestration.graph import Job, JobOutcome
@@ -66,7 +65,9 @@ def test_a_finished_job_reports_the_time_and_cpu_it_took_where_it_ran(tmp_path):
                         finished=lambda job, out: seen.append((job.id, out.status)))
     done = outcome.outcome("sleep")
     assert seen == [("sleep", "ran")]
-    assert done.wall_s == pytest.approx(0.6, abs=0.25) and done.cpu_s >= 0.2
+    # 0.3 s asleep, then 0.3 s of its own CPU time: at least 0.6 s of wall time, more on a
+    # loaded machine (another test beside it stretches the spin).
+    assert 0.55 <= done.wall_s < 10 and 0.25 <= done.cpu_s <= done.wall_s + 0.05
 
 
 def _sleep_and_spin() -> dict:
