@@ -6,9 +6,15 @@ import logging
 import os
 import sys
 import warnings
-
+from pathlib import Path
 
 VERBOSE = "PTDIST_VERBOSE"  # set by --verbose; Ray workers inherit it from the driver
+
+
+def cache_root() -> Path:
+    """Where ptdist keeps what it builds once per machine (presets, converted models, fitted
+    MLM heads, fetched packages, DeepSpeed's op builds): $PTDIST_CACHE, else ~/.cache/ptdist."""
+    return Path(os.environ.get("PTDIST_CACHE", Path.home() / ".cache" / "ptdist"))
 
 
 def say(line: str) -> None:

@@ -32,10 +32,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ptdist.backbones.mlm import MaskedLMBackbone
-from ptdist.backbones.presets import cache_root
 from ptdist.checksum import file_sha256
 from ptdist.errors import PtdistError
-from ptdist.runtime import say
+from ptdist.runtime import cache_root, say
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 HEAD_PREFIXES = ("lm_head.", "cls.")  # RoBERTa's, BERT's

@@ -24,6 +24,8 @@ from typing import Callable
 
 import torch
 
+from ptdist.runtime import cache_root
+
 # Bumped whenever a preset's definition changes, so stale caches are never reused.
 PRESET_VERSION = 2
 
@@ -106,10 +108,6 @@ PRESETS: dict[str, Preset] = {
                _t5_config("relu", d_model=96), _T5_SPECIALS, _T5_ROLES),
     ]
 }
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("PTDIST_CACHE", Path.home() / ".cache" / "ptdist"))
 
 
 def preset_dir(name: str) -> Path:

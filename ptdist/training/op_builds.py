@@ -28,8 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ptdist.backbones.presets import cache_root
-from ptdist.runtime import say
+from ptdist.runtime import cache_root, say
 
 EXTENSIONS = "TORCH_EXTENSIONS_DIR"
 CPU_COMM_OP = "deepspeed_shm_comm"
