@@ -1,4 +1,5 @@
-"""Resolve a model argument (preset name, local folder, hub id) into a frozen Backbone."""
+"""Resolve a model argument (preset name, converted model, local folder, hub id) into a frozen
+Backbone."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ptdist.backbones.base import Backbone
+from ptdist.backbones.converted import CONVERTED, converted_dir
 from ptdist.backbones.mlm import MaskedLMBackbone
 from ptdist.backbones.mlm_head import (HEAD_PREFIXES, RECIPE, cached_head, lacks_only_head,
                                        restore_head)
@@ -32,10 +34,12 @@ def dtype_of(precision: str) -> torch.dtype:
 
 
 def resolve_model_path(name: str) -> str:
-    """A preset's cache folder, a folder inside an installed package (``pkg:NAME/path``), a
-    local folder, or the hub id unchanged."""
+    """A preset's or converted model's cache folder, a folder inside an installed package
+    (``pkg:NAME/path``), a local folder, or the hub id unchanged."""
     if name in PRESETS:
         return str(preset_dir(name))
+    if name in CONVERTED:
+        return str(converted_dir(name))
     if is_packaged(name):
         return str(resolve_packaged(name))
     if os.path.isdir(name):

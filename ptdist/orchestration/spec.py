@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
-from ptdist.backbones import PRESETS, InitSpec, resolve_model_path
+from ptdist.backbones import CONVERTED, PRESETS, InitSpec, resolve_model_path
 from ptdist.errors import PtdistError
 from ptdist.store.layout import is_plain_name, segment
 from ptdist.store import Store
@@ -329,15 +329,15 @@ def _model_entry(name: str, entry: _Model, base: Path, pack: int | str) -> Model
 
 
 def _check_model_name(name: str) -> None:
-    """A preset, package path or local folder must exist; anything else must look like a hub
-    id (checked when a run loads it, since the driver may have no hub access). A near-miss of
-    a preset name is a typo, not a hub id."""
+    """A preset and a converted model are known by name; a package path or local folder must
+    exist; anything else must look like a hub id (checked when a run loads it, since the driver
+    may have no hub access). A near-miss of a preset name is a typo, not a hub id."""
     if os.path.isabs(name) and not os.path.isdir(name):
-        raise PtdistError(f"model folder {name} does not exist; prepare it first (the "
-                          "quickstart's converted model: python examples/prepare_models.py "
-                          "models) or fix the path")
+        raise PtdistError(f"model folder {name} does not exist; fix the path")
+    if name in PRESETS or name in CONVERTED:
+        return  # built or converted when a run first loads it
     resolve_model_path(name)
-    if name in PRESETS or os.path.isdir(name) or name.startswith("pkg:"):
+    if os.path.isdir(name) or name.startswith("pkg:"):
         return
     close = difflib.get_close_matches(name, PRESETS, n=1, cutoff=0.8)
     if close:

