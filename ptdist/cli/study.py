@@ -99,7 +99,9 @@ def register(command) -> None:
     which = r.add_mutually_exclusive_group(required=True)
     which.add_argument("--study", help="study YAML (a sweep spec plus 'stages')")
     which.add_argument("--preset", help="a study in specs/: quickstart (offline, real models "
-                                        "and data, CPU) or paper (the paper's grid, GPUs)")
+                                        "and data, CPU), paper-tasks (the paper's tasks from "
+                                        "local files, --data-dir) or paper (the paper's grid, "
+                                        "GPUs)")
     r.add_argument("--dry-run", action="store_true", help="list the jobs without running them")
     add_execution(r, spec=True)
     add_data(r, spec=True)
