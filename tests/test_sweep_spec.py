@@ -235,3 +235,13 @@ def test_relative_paths_in_a_spec_file_are_relative_to_the_file(tmp_path, monkey
     assert run.config.task == str(tmp_path / "examples" / "tweets.yaml")
     assert run.config.ds_config == str(folder / "mine.json")
     assert spec.data_dir == str(REPO / "elsewhere")  # a command-line override: relative to cwd
+
+
+def test_the_paper_tasks_study_has_four_types_two_of_them_with_two_or_more_tasks(tmp_path):
+    from ptdist.orchestration.study import load_study
+
+    loaded = load_study(REPO / "specs" / "paper-tasks.yaml", storage_path=str(tmp_path))
+    types = Counter(get_task(t).type for t in loaded.spec.tasks)
+    assert types == {"sentiment": 4, "nli": 2, "ethics": 2, "paraphrase": 1}
+    assert len(loaded.spec.runs()) == 18  # 9 tasks x 2 seeds
+    assert loaded.neurons is not None and loaded.projection is None  # one model: no projectors
