@@ -135,7 +135,6 @@ def test_a_study_graph_follows_the_same_policy(tmp_path, task_prompts):
     assert "failed matrix tiny-roberta after 1 attempt(s): injected user error" in proc.stderr
 
 
-@pytest.mark.extended  # beyond CI's time budget: python -m pytest -m extended
 def test_project_pairs_follow_the_same_policy(tmp_path, task_prompts):
     _, data, _ = task_prompts
     spec = tmp_path / "pairs.yaml"

@@ -292,7 +292,6 @@ def test_pair_scheduler_runs_each_job_once_after_its_inputs(two_models, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.extended  # beyond CI's time budget: python -m pytest -m extended
 def test_task_tuning_through_a_multi_worker_target_runs_on_a_worker_group(two_models, tmp_path):
     _, data, _ = two_models
     spec = tmp_path / "pairs.yaml"

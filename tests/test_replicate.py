@@ -34,7 +34,6 @@ def _replicate(study: Path, **kwargs) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-@pytest.mark.extended  # beyond CI's time budget: python -m pytest -m extended
 def test_a_killed_study_finishes_on_rerun_without_redoing_stages(task_prompts, tmp_path):
     _, data, _ = task_prompts
     study = tmp_path / "study.yaml"

@@ -222,7 +222,6 @@ def test_capture_on_a_zero3_worker_group_equals_one_process(t5_prompts, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.extended  # beyond CI's time budget: python -m pytest -m extended
 def test_matrix_jobs_on_zero3_worker_groups_equal_one_process(t5_prompts, tmp_path):
     """`run_matrix` with a 2-worker ZeRO-3 group's resources on a local Ray: a job per target
     column, each on a worker group, storing the one-process matrix."""

@@ -190,7 +190,6 @@ def _trial_processes(driver: subprocess.Popen) -> list[psutil.Process]:
     return found
 
 
-@pytest.mark.extended  # beyond CI's time budget: python -m pytest -m extended
 def test_a_killed_worker_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_run(
         tmp_path, sentiment_dir):
     store = tmp_path / "store"
