@@ -153,3 +153,19 @@ def test_gpu_hours_of_a_known_run_equal_a_hand_computed_number(tmp_path):
         costs = {c.stage: c for c in study_costs(loaded, study_jobs(loaded, write_report))}
         assert costs["prompt"].jobs == 1 and costs["prompt"].to_run == 1
         assert costs["prompt"].gpu_hours == pytest.approx(hours, abs=1e-6)
+
+
+def test_a_local_study_packs_all_runs_of_a_model_into_one_job(tmp_path):
+    """--local runs jobs one at a time, so packing fills one job, not one per core; on Ray
+    a study packs into as many jobs as run at once."""
+    from ptdist.orchestration.estimate import study_costs
+    from ptdist.orchestration.replicate import study_jobs
+    from ptdist.reporting.report import write_report
+
+    study = tmp_path / "four.yaml"
+    study.write_text(f"name: four\nstorage_path: {tmp_path / 'store'}\nmax_concurrent: 2\n"
+                     "tasks: [sst2, imdb]\nseeds: [0, 1]\nmodels: {tiny-roberta: {}}\n")
+    loaded = load_study(study)
+    for local, jobs in ((True, 1), (False, 2)):
+        costs = {c.stage: c for c in study_costs(loaded, study_jobs(loaded, write_report, local))}
+        assert costs["prompt"].jobs == jobs  # of the 4 runs

@@ -45,7 +45,7 @@ def replicate(args: argparse.Namespace) -> None:
                        data_dir=args.data_dir, max_concurrent=args.max_concurrent,
                        pack=pack_override(args))
     if args.dry_run:
-        _print_plan(study)
+        _print_plan(study, args.local)
         return
     _prepare_data(study.spec)
     outcome = run_study(study, write_report, execution(args))
@@ -64,7 +64,7 @@ def _prepare_data(spec) -> None:
     prepare_missing([get_task(t) for t in spec.tasks], spec.data_dir)
 
 
-def _print_plan(study) -> None:
+def _print_plan(study, local: bool) -> None:
     from ptdist.orchestration.estimate import describe_costs, study_costs
     from ptdist.orchestration.graph import describe_jobs
     from ptdist.orchestration.plans import describe_plans, model_plans
@@ -72,7 +72,7 @@ def _print_plan(study) -> None:
     from ptdist.reporting.report import write_report
 
     spec = study.spec
-    jobs = study_jobs(study, write_report)
+    jobs = study_jobs(study, write_report, local)
     print(f"study {spec.name}: {len(spec.models)} model(s), {len(spec.tasks)} task(s), "
           f"{len(spec.seeds)} seed(s), {len(spec.inits)} init(s); store {spec.storage_path}")
     print(describe_jobs(jobs))

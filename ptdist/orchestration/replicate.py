@@ -27,7 +27,7 @@ from ptdist.neurons.collect import CaptureSettings
 from ptdist.orchestration.costs import CostLedger
 from ptdist.orchestration.graph import Execution, GraphOutcome, Job, execute
 from ptdist.orchestration.pairs import PairGraph, pair_jobs
-from ptdist.orchestration.runs import PromptJobs, plan_sweep, prompt_jobs
+from ptdist.orchestration.runs import PromptJobs, packing_slots, plan_sweep, prompt_jobs
 from ptdist.orchestration.spec import ModelEntry, SweepSpec
 from ptdist.orchestration.stages import (LIGHT, capture_jobs, correlate_job, indicators_job,
                                          matrix_jobs, stage_key, tpt_plan_job, with_stamp)
@@ -58,10 +58,11 @@ class _Builder:
                           key=stage_key(job.id, inputs, what))
 
 
-def study_jobs(study: Study, report: Report) -> list[Job]:
+def study_jobs(study: Study, report: Report, local: bool = False) -> list[Job]:
     spec = study.spec
     store = spec.store()
-    prompts = prompt_jobs(plan_sweep(spec, store), store, spec.max_concurrent)
+    prompts = prompt_jobs(plan_sweep(spec, store), store,
+                          packing_slots(local, spec.max_concurrent))
     graph = pair_jobs(spec, study.projection, prompts) if study.projection else \
         PairGraph(prompts.unique(), [])
     build = _Builder(study, store, prompts, list(graph.jobs))
@@ -159,7 +160,7 @@ def _model_plan(store: Store, projector_id: str, source: str, targets: tuple[str
 def run_study(study: Study, report: Report, execution: Execution | None = None) -> GraphOutcome:
     """Run a study's graph; each job's cost is recorded as it finishes (`CostLedger`)."""
     execution = execution or Execution()
-    jobs = study_jobs(study, report)
+    jobs = study_jobs(study, report, execution.local)
     ledger = CostLedger(Store(study.spec.storage_path), study.spec.name)
     return execute(jobs, Execution(execution.local, execution.address,
                                    execution.max_concurrent or study.spec.max_concurrent,

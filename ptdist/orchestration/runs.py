@@ -77,6 +77,12 @@ def _auto_pack(group: list[RunSpec], slots: int, fits: Callable[[RunSpec, int], 
     return k
 
 
+def packing_slots(local: bool, max_concurrent: int | None) -> int | None:
+    """The jobs at once that automatic packing fills (`concurrent_jobs`' ``max_concurrent``):
+    ``local`` runs the jobs one at a time, so packing then packs all it may."""
+    return 1 if local else max_concurrent
+
+
 def concurrent_jobs(resources: Resources, max_concurrent: int | None) -> int:
     """How many jobs of ``resources`` run at once: ``max_concurrent``, else as many as this
     machine holds (the local Ray a command starts; set ``max_concurrent`` for a cluster)."""

@@ -27,7 +27,7 @@ from ptdist.orchestration.resources import (HEAD_NODE_CONFIG, check_runs_fit, de
                                             node_types_from_cluster_config,
                                             node_types_from_live_cluster)
 from ptdist.orchestration.runs import (Planned, concurrent_jobs, job_to_dict, pack_runs,
-                                       plan_sweep, train_job)
+                                       packing_slots, plan_sweep, train_job)
 from ptdist.orchestration.spec import RunSpec, SweepSpec
 from ptdist.store import Store
 from ptdist.store.layout import segment
@@ -59,8 +59,7 @@ def run_sweep(spec: SweepSpec, execution: Execution | None = None,
     _say(f"sweep {spec.name}: {len(planned)} runs ({len(spec.models)} model(s) x "
          f"{len(spec.tasks)} task(s) x {len(spec.seeds)} seed(s) x {len(spec.inits)} init(s)); "
          f"{len(planned) - len(todo)} already in the store {store.root}, {len(todo)} to run")
-    # --local runs the jobs one at a time: automatic packing then packs all it may.
-    at_once = 1 if execution.local else execution.max_concurrent
+    at_once = packing_slots(execution.local, execution.max_concurrent)
     jobs = pack_runs(todo, partial(concurrent_jobs, max_concurrent=at_once), pack_fits)
     if len(jobs) < len(todo):
         _say(f"packed into {len(jobs)} job(s): runs of one model share its backbone")
