@@ -413,7 +413,7 @@ def test_the_per_target_spearman_drives_the_ranking_not_the_global_one():
     values = {name: {**{(s, own[target[s]]): v for s, v in table.items()},
                      **{(o, o): 1.0 for o in own.values()}}
               for name, table in (("across", across), ("within", within))}
-    rows = rank_indicators("m", pairs, {t: [o] for t, o in own.items()}, values)
+    rows = rank_indicators("m", pairs, {t: [(o, None)] for t, o in own.items()}, values)
     assert [r.indicator for r in rows] == ["within", "across"]
     first, second = rows
     assert first.spearman_per_target == pytest.approx(1.0) and first.targets == 2
@@ -424,6 +424,34 @@ def test_the_per_target_spearman_drives_the_ranking_not_the_global_one():
     # Each coefficient has its bootstrap interval around it.
     assert first.per_target_low <= 1.0 <= first.per_target_high
     assert first.global_low <= first.spearman_global <= first.global_high
+
+
+def test_a_source_prompt_is_compared_with_the_targets_prompts_of_other_seeds():
+    """Prompts of one seed start from the same random prompt whatever their task: a source
+    is compared with the target's own prompts of the other seeds, so a value that only the
+    shared start makes high does not reach the correlation."""
+    from ptdist.neurons.correlation import Transfer, rank_indicators
+
+    relative = {"a0": 10, "a1": 20, "b0": 30, "b1": 40, "c0": 50, "c1": 60}
+    pairs = [Transfer(s, f"task_{s[0]}", "t", r, int(s[1])) for s, r in relative.items()]
+    owns = {"t": [("t0", 0), ("t1", 1)]}
+    # Across seeds the indicator follows transfer; within a seed it runs against it, and
+    # strongly enough to reverse every mean over both own prompts.
+    across = {"a": 0.1, "b": 0.2, "c": 0.3}
+    within = {"a": 0.9, "b": 0.6, "c": 0.3}
+    table = {}
+    for s in relative:
+        for own, seed in owns["t"]:
+            table[(s, own)] = within[s[0]] if int(s[1]) == seed else across[s[0]]
+    table.update({(o, o): 1.0 for o, _ in owns["t"]})
+    [row] = rank_indicators("m", pairs, owns, {"E_concat": table})
+    assert row.spearman_per_target == pytest.approx(spearman([0.1, 0.1, 0.2, 0.2, 0.3, 0.3],
+                                                             list(relative.values())))
+    assert row.spearman_per_target > 0.8
+    # Without seeds every own prompt counts: the shared starts reverse the sign.
+    unknown = [Transfer(t.source, t.source_task, t.target_task, t.relative) for t in pairs]
+    [row] = rank_indicators("m", unknown, owns, {"E_concat": table})
+    assert row.spearman_per_target < 0
 
 
 def test_embedding_indicators_of_prompts_alone_from_the_store_and_from_peft_adapters(

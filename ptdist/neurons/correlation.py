@@ -2,7 +2,11 @@
 indicator(P_source, P_target) and the relative performance of P_source on the target task.
 
 Each source prompt (every seed) is one observation per target; its indicator value is the mean
-of indicator(P_source, P_own) over the target's own prompts (its seeds).
+of indicator(P_source, P_own) over the target's own prompts of the other seeds (all of them
+when they share the source's seed): a random-init run's starting prompt is drawn from its seed
+alone, so prompts of one seed start equal whatever their task, and the embedding indicators
+would measure that start (in the quickstart, E_concat between different tasks' prompts averaged
+0.26-0.28 within a seed against 0.02 across seeds).
 
 - **per target** (the paper's protocol, and the ranking's): across the source prompts of other
   tasks, for each target with at least 3 of them; then averaged over the targets;
@@ -48,6 +52,7 @@ class Transfer:
     source_task: str
     target_task: str
     relative: float
+    source_seed: int | None = None  # None: unknown (prompts named outside a store)
 
 
 @dataclass
@@ -58,7 +63,8 @@ class CorrelationResult:
 
 def transfers(rows: Sequence[MatrixRow], left_out: Sequence[str]) -> list[Transfer]:
     """The matrix's cells between different tasks, neither of them ``left_out``."""
-    return [Transfer(r.source_prompt, r.source_task, r.target_task, r.relative) for r in rows
+    return [Transfer(r.source_prompt, r.source_task, r.target_task, r.relative, r.source_seed)
+            for r in rows
             if r.source_task != r.target_task and r.relative is not None
             and r.source_task not in left_out and r.target_task not in left_out]
 
@@ -70,10 +76,10 @@ def correlate(store: Store, model: str) -> CorrelationResult:
         if not path.exists():
             raise PtdistError(f"{path} does not exist; run `{command} --model {model}` first")
     matrix = read_records(matrix_path, MatrixRow)
-    owns: dict[str, list[str]] = {}
+    owns: dict[str, list[tuple[str, int | None]]] = {}
     for r in matrix:
         if r.source_task == r.target_task:
-            owns.setdefault(r.target_task, []).append(r.source_prompt)
+            owns.setdefault(r.target_task, []).append((r.source_prompt, r.source_seed))
     left_out = unusable_tasks(matrix)
     rows = rank_indicators(model, transfers(matrix, left_out), owns,
                            indicator_values(read_records(indicator_path, IndicatorRow)), left_out)
@@ -88,14 +94,17 @@ def indicator_values(rows: Iterable[IndicatorRow]) -> dict[str, dict[tuple[str, 
     return values
 
 
-def rank_indicators(model: str, pairs: Sequence[Transfer], owns: Mapping[str, Sequence[str]],
-                    values: Values, left_out: Sequence[str] = ()) -> list[CorrelationRow]:
+def rank_indicators(model: str, pairs: Sequence[Transfer],
+                    owns: Mapping[str, Sequence[tuple[str, int | None]]], values: Values,
+                    left_out: Sequence[str] = ()) -> list[CorrelationRow]:
     """One row per indicator, strongest first (`by_strength`). ``owns``: each target task's
-    own prompts; ``values``: every indicator for ordered prompt pairs."""
+    own prompts with their seeds (None: unknown); ``values``: every indicator for ordered
+    prompt pairs."""
     if not values:
         raise PtdistError("no indicator values to correlate")
     known = {a for a, _ in next(iter(values.values()))}
-    missing = sorted({p for t in pairs for p in (t.source, *owns[t.target_task])} - known)
+    missing = sorted({p for t in pairs for p in (t.source, *(o for o, _ in owns[t.target_task]))}
+                     - known)
     if missing:
         raise PtdistError(f"the transfer matrix uses prompts without indicators: "
                           f"{', '.join(missing)}; compute their indicators (`ptdist neurons "
@@ -119,10 +128,19 @@ def _finite(value: float | None) -> bool:
     return value is not None and bool(np.isfinite(value))
 
 
+def compared_owns(pair: Transfer, owns: Sequence[tuple[str, int | None]]) -> list[str]:
+    """The target's own prompts ``pair``'s source is compared with: those of other seeds, or
+    all of them when none has another seed or the seeds are unknown."""
+    other = [o for o, seed in owns if pair.source_seed is not None and seed is not None
+             and seed != pair.source_seed]
+    return other or [o for o, _ in owns]
+
+
 def _row(model: str, name: str, table: Mapping[tuple[str, str], float],
-         pairs: Sequence[Transfer], owns: Mapping[str, Sequence[str]],
+         pairs: Sequence[Transfer], owns: Mapping[str, Sequence[tuple[str, int | None]]],
          left_out: str) -> CorrelationRow:
-    x = np.array([np.mean([table[(t.source, o)] for o in owns[t.target_task]]) for t in pairs])
+    x = np.array([np.mean([table[(t.source, o)] for o in compared_owns(t, owns[t.target_task])])
+                  for t in pairs])
     y = np.array([t.relative for t in pairs])
     per_target = _per_target(x, y, [t.target_task for t in pairs])
     overall = _global(x, y)

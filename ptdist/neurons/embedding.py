@@ -38,6 +38,7 @@ class NamedPrompt:
     name: str  # unique among the prompts
     task: str
     tensor: np.ndarray  # [L, d]
+    seed: int | None = None  # None: unknown (a file or adapter)
 
 
 @dataclass
@@ -63,9 +64,9 @@ def embedding_study(model: str, prompts: Sequence[NamedPrompt],
                      {p.name: p.tensor for p in order})
     if not transfers:
         return EmbeddingResult(rows, [])
-    owns: dict[str, list[str]] = {}
+    owns: dict[str, list[tuple[str, int | None]]] = {}
     for p in order:
-        owns.setdefault(p.task, []).append(p.name)
+        owns.setdefault(p.task, []).append((p.name, p.seed))
     missing = sorted({t.target_task for t in transfers} - set(owns))
     if missing:
         raise PtdistError(f"the transfer matrix has targets without an own prompt: "
@@ -114,12 +115,13 @@ def store_inputs(store: Store, model: str) -> tuple[list[NamedPrompt], list[Tran
     if path.exists():
         matrix = read_records(path, MatrixRow)
         left_out = unusable_tasks(matrix)
-        tasks = {r.source_prompt: r.source_task for r in matrix}
-        prompts = [NamedPrompt(pid, task, store.prompts.tensor(pid).numpy())
-                   for pid, task in tasks.items()]
+        sources = {r.source_prompt: (r.source_task, r.source_seed) for r in matrix}
+        prompts = [NamedPrompt(pid, task, store.prompts.tensor(pid).numpy(), seed)
+                   for pid, (task, seed) in sources.items()]
         return prompts, transfers(matrix, left_out), left_out
     mine = own_prompts(store.prompts.select(model))
-    return [NamedPrompt(m.id, m.task, store.prompts.tensor(m.id).numpy()) for m in mine], [], []
+    return [NamedPrompt(m.id, m.task, store.prompts.tensor(m.id).numpy(), m.seed)
+            for m in mine], [], []
 
 
 def transfers_from_table(path: Path, prompts: Sequence[NamedPrompt]) -> list[Transfer]:
