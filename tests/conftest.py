@@ -61,6 +61,40 @@ def fit_small_head(folder: Path) -> Path:
                        corpus=lambda _: Corpus(texts[:50], texts[50:], "filler sentences"))[0]
 
 
+LOCK = REPO / "requirements" / "lock.txt"
+
+
+def locked_versions() -> dict[str, str]:
+    """{normalised package name: version} of every exact pin in the project's lock."""
+    import re
+
+    found = {}
+    for line in LOCK.read_text().splitlines():
+        match = re.match(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
+        if match:
+            found.setdefault(re.sub(r"[-_.]+", "-", match.group(1).lower()), match.group(2))
+    return found
+
+
+# What a recorded number (a loss, a score measured once and written into a test) depends on.
+NUMERIC_STACK = ("torch", "transformers", "deepspeed", "accelerate", "tokenizers", "safetensors",
+                 "numpy")
+
+
+@pytest.fixture
+def under_the_lock() -> None:
+    """Skips the test unless the numeric stack is installed at the lock's versions, which is
+    what the README and CI install: a number recorded under those versions is compared only
+    under them. (Nothing asserts on installed versions: another environment skips.)"""
+    from importlib.metadata import version
+
+    locked = locked_versions()
+    other = [f"{name} {version(name)} (lock: {locked[name]})" for name in NUMERIC_STACK
+             if version(name).split("+")[0] != locked[name]]
+    if other:
+        pytest.skip("recorded under the lock's versions; installed: " + ", ".join(other))
+
+
 def free_port() -> int:
     """A TCP port on loopback that is free now (for a Ray head or a rendezvous a test starts)."""
     with socket.socket() as s:

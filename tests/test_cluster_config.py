@@ -1,6 +1,7 @@
 """cluster.yaml is a real Ray autoscaler config: it passes the schema check `ray up` runs, every
 node runs the same pinned software (no node can install an unpinned ray), and it sets up the
-job environment."""
+job environment. Versions are compared file with file (cluster.yaml, the lock, pyproject.toml),
+never with whatever happens to be installed here."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import shlex
 from pathlib import Path
 
 import pytest
-import ray
+import tomllib
 import yaml
 from jsonschema.exceptions import ValidationError
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from ptdist.orchestration.resources import node_types_from_cluster_config
+from tests.conftest import locked_versions
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "cluster.yaml"
@@ -84,11 +86,6 @@ def unpinned_ray(config: dict) -> list[str]:
     return found
 
 
-def _pinned(name: str, config: dict) -> str:
-    reqs = _requirements(_local("/home/ubuntu/ptdist/requirements/cluster.txt", config))
-    return next(r.split("==")[1] for r in reqs if _name(r) == name)
-
-
 def test_cluster_yaml_passes_rays_schema_validation():
     _validate(_config())
 
@@ -110,23 +107,42 @@ def test_no_node_installs_an_unpinned_ray():
         assert unpinned_ray(broken) == [bad], bad
 
 
-def test_every_node_runs_the_same_image_and_the_pins_match_it_and_the_tests():
+def test_every_node_runs_the_same_image_and_installs_through_the_lock_whose_ray_is_the_images():
     config = _config()
     docker = config["docker"]
     assert not {"head_image", "worker_image"} & set(docker)  # one image for every node
     image_ray = re.match(r"rayproject/ray:(\d+\.\d+\.\d+)-py311-(gpu|cu\d+)$", docker["image"])
     assert image_ray, docker["image"]
-    assert _pinned("ray", config) == image_ray.group(1) == ray.__version__
-    import deepspeed
-    import transformers
-
-    assert _pinned("deepspeed", config) == deepspeed.__version__
-    assert _pinned("transformers", config) == transformers.__version__
+    assert locked_versions()["ray"] == image_ray.group(1)
+    installs = [c for key in COMMANDS for c in config.get(key) or [] if "pip install" in c]
+    assert installs and all("-c /home/ubuntu/ptdist/requirements/lock.txt" in c
+                            for c in installs), installs
     # torch from PyPI on Linux is a CUDA build; every node checks it at setup.
     assert any("torch.version.cuda" in c for c in config["setup_commands"])
     assert docker["worker_run_options"] == ["--gpus all"]
     images = {t["node_config"]["ImageId"] for t in config["available_node_types"].values()}
     assert images != {"latest_dlami"} and len(images) == 1
+
+
+def test_the_lock_pins_every_dependency_pyproject_names():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    named = project["dependencies"] + [r for extra in project["optional-dependencies"].values()
+                                       for r in extra]
+    locked = locked_versions()
+    assert {re.sub(r"[-_.]+", "-", _name(r)) for r in named} - set(locked) == set()
+    assert locked["torch"] == "2.13.0"  # the CPU wheel the README installs first
+
+
+def test_the_readme_and_ci_install_through_the_lock():
+    readme = (REPO / "README.md").read_text()
+    installs = [b for b in re.findall(r"```bash\n(.*?)\n```", readme, re.S)
+                if b.startswith("python3 -m venv")]
+    assert [("replicate" in b, "pytest" in b) for b in installs] == [(True, False),
+                                                                      (False, True)]
+    for command in installs:  # the main job's and the test suite's
+        assert 'pip install -q -c requirements/lock.txt -e ".[' in command, command
+    ci = (REPO / ".ci" / "run").read_text()
+    assert installs[1] in ci  # CI runs exactly the README's test command
 
 
 def test_the_job_environment_puts_caches_on_local_disk_and_the_store_on_the_share():

@@ -251,7 +251,8 @@ def test_generation_task_trains_and_decodes_the_expected_text(tmp_path):
     assert decoded == ["good"] * len(rows)
 
 
-def test_a_run_keeps_the_prompt_id_and_result_of_the_previous_layout(tmp_path, task_prompts):
+def test_a_run_keeps_the_prompt_id_and_result_of_the_previous_layout(tmp_path, task_prompts,
+                                                                     under_the_lock):
     """The same run as before the store and training core were restructured (commit 0fc1983,
     measured there on this data): the same evaluation losses and score. Its prompt id was
     7391d85713774d95 there (a hash of the settings, the task record and the init); since issue
@@ -260,7 +261,13 @@ def test_a_run_keeps_the_prompt_id_and_result_of_the_previous_layout(tmp_path, t
     record also names its standard GLUE files (``source.local``), which is part of the record's
     content, so it is now 438a6faddae3d2de, pinned here for this data. (A record without
     standard files hashes as before ``source.local`` existed: its stored prompts keep their
-    ids.)"""
+    ids.)
+
+    The losses are compared to 1e-4. Under the lock's versions this machine gives the same
+    digits on every run (0.6037054062, 0.5680209994), but float32 kernels differ between CPUs:
+    three machines gave 0.5680209994, 0.5680225491 and 0.5680269599 for the second loss, a
+    spread of 6e-6. A change in what the run computes moves it far more: lr 0.1001 instead of
+    0.1 gives 0.5698767900 (1.9e-3 away), lr 0.101 gives 0.5855844021."""
     _, data, _ = task_prompts
     config = TrainConfig(model="tiny-roberta", task="sst2", steps=40, eval_every=20,
                          prompt_length=8, batch_size=16, lr=0.1, eval_limit=48,
@@ -271,4 +278,4 @@ def test_a_run_keeps_the_prompt_id_and_result_of_the_previous_layout(tmp_path, t
     # Evaluating the starting prompt (step 0, no loss yet) changes no update.
     assert result.history[0]["loss"] is None
     assert [h["loss"] for h in result.history[1:]] == pytest.approx(
-        [0.6037060022, 0.5680225491], abs=1e-6)
+        [0.6037054062, 0.5680209994], abs=1e-4)
