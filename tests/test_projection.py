@@ -49,10 +49,14 @@ def two_models(task_prompts, tmp_path_factory) -> tuple[Store, Path, dict[str, s
 @pytest.fixture(scope="module")
 def task_projector(two_models) -> ProjectorManifest:
     """The manifest of a projector tuned through tiny-t5-d96 on topic, from tiny-roberta's
-    topic prompt."""
+    topic prompt.
+
+    Its budget (160 steps at lr 0.01) was chosen over 15 seeds (3 prompt seeds x 5 projector
+    seeds): it beat the untrained projector by 27 to 58 points (the tests ask for 10), where
+    the former 80 steps at lr 0.001 fell short in 4 of 15 (+7.3, +4.2, +3.1, +1.0)."""
     store, data, refs = two_models
-    return train_projector(_config(store, refs, "task", ["topic"], hidden=64, steps=80,
-                                   eval_every=20, batch_size=16, eval_limit=None,
+    return train_projector(_config(store, refs, "task", ["topic"], hidden=64, steps=160,
+                                   eval_every=40, lr=0.01, batch_size=16, eval_limit=None,
                                    data_dir=str(data)), store)
 
 
@@ -145,7 +149,11 @@ def test_projector_evaluation_runs_the_target_in_its_prompts_precision(two_model
 def test_a_projector_tuned_on_two_tasks_of_a_type_is_tested_on_a_third(two_models,
                                                                         tmp_path_factory):
     """The paper's task tuning: one projector trained through the target model on two topic
-    tasks at once, evaluated on an unseen topic task (and on a task of another type)."""
+    tasks at once, evaluated on an unseen topic task (and on a task of another type).
+
+    Its lr (0.03) was chosen over 15 seeds (3 prompt seeds x 5 projector seeds): each training
+    task beat the untrained projector by 13.5 to 59 points (the test asks for 10), where lr
+    0.003 fell short in 2 of 15 (-4.2 and 0.0)."""
     from tests.conftest import TOPIC_YAML, keyword_rows, write_jsonl
 
     store, data, refs = two_models
@@ -161,7 +169,7 @@ def test_a_projector_tuned_on_two_tasks_of_a_type_is_tested_on_a_third(two_model
                           prompt_length=8, batch_size=16, lr=0.1, eval_limit=None,
                           data_dir=str(third)), store)
     config = _config(store, refs, "task", ["topic", "topic2"], hidden=64, steps=160,
-                     eval_every=40, lr=0.003, batch_size=16, eval_limit=None,
+                     eval_every=40, lr=0.03, batch_size=16, eval_limit=None,
                      data_dir=str(data))
     manifest = train_projector(config, store)
     assert manifest.tasks == [refs["topic"], refs["topic2"]] and manifest.metric == "mean_primary"
