@@ -200,6 +200,21 @@ def test_a_fifo_for_a_manifest_is_refused_by_its_type_not_waited_on(capsys, tmp_
         assert "DAMAGED: manifest: manifest" in out and "is a FIFO" in out
 
 
+@pytest.mark.parametrize("argv,name", [
+    (["sweep", "--dry-run", "--spec"], "spec.yaml"),
+    ([*TRAIN, "--model", "tiny-roberta", "--task"], "task.yaml"),
+    ([*TRAIN, "--model", "tiny-roberta", "--task", "sst2", "--ds-config"], "ds.json"),
+], ids=["sweep spec", "task file", "DeepSpeed config"])
+def test_a_fifo_for_a_settings_file_is_refused_by_its_type(capsys, tmp_path, argv, name):
+    run(capsys, "prompts", "--store", str(tmp_path / "none"))  # the CLI's imports, untimed
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    with released_after(fifo, 20):
+        code, _, err, took = _timed(capsys, *argv, str(fifo), "--store", str(tmp_path / "s"))
+    _assert_one_clear_error(code, err, f"{fifo} is a FIFO (named pipe), not a regular file")
+    assert took < 5 and LOADED not in err and _written(tmp_path) == []
+
+
 def _manifest_a_folder(store: Store) -> str:
     path = store.prompts.folder("p1") / "manifest.json"
     path.unlink()
