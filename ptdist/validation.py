@@ -2,7 +2,8 @@
 is declared as pydantic models in strict mode, and the first mistake becomes one PtdistError
 line naming the key path, the problem in plain words and, where one is known, the fix.
 
-Used by ptdist.tasks and ptdist.orchestration alike, so it imports nothing else of ptdist.
+Used by ptdist.tasks and ptdist.orchestration alike, so it imports nothing else of ptdist but
+the layer-0 modules beside it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from pydantic.fields import FieldInfo
 
 from ptdist.errors import PtdistError
+from ptdist.files import read_text
 
 S = TypeVar("S", bound="Strict")
 
@@ -79,20 +81,77 @@ def json_kind(value: Any) -> str:
     return kinds.get(type(value), type(value).__name__)
 
 
+# The most values a settings file may hold once its aliases are expanded: a study of a large
+# grid holds a few hundred; an alias bomb (nested lists of aliases) expands to billions.
+MAX_YAML_VALUES = 100_000
+
+
 def read_yaml(path: Path, what: str, keys: Iterable[str]) -> dict:
     """The mapping in YAML file ``path`` (a ``what``: "sweep spec", "task file"...), with one
-    clear error for an unreadable file, bad YAML or another shape."""
+    clear error for a path that is not a regular UTF-8 file, bad YAML, a document that expands
+    past `MAX_YAML_VALUES` values, or another shape."""
+    text = read_text(path, what)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PtdistError(f"cannot read {what} {path}: {exc.strerror or exc}; check the "
-                          "path") from None
+        raw = yaml.load(text, Loader=_BoundedLoader)
     except yaml.YAMLError as exc:
         raise PtdistError(f"{what} {path} is not valid YAML ({' '.join(str(exc).split())}); "
                           "fix the syntax") from None
+    except _TooLarge as exc:
+        raise PtdistError(f"{what} {path} {exc}") from None
+    except RecursionError:
+        raise PtdistError(f"{what} {path} nests its values deeper than ptdist reads; a "
+                          "settings file is a few levels of mappings and lists") from None
     if not isinstance(raw, dict):
         raise PtdistError(f"{what} {path} must be a mapping with keys: {', '.join(keys)}")
     return raw
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml's safe loader that counts a document's values, aliases expanded, before it builds
+    them: an alias repeats the node it names, so a few lines of aliases of aliases stand for
+    billions of values, which any walk of the data (validation, hashing, a run per seed) would
+    expand."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _count_values(node)
+        return super().construct_document(node)
+
+
+def _count_values(root: yaml.Node) -> int:
+    """The values under ``root`` with every alias expanded (each node counted once per path to
+    it), computed once per node; `_TooLarge` past `MAX_YAML_VALUES` or for a node that
+    contains itself."""
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.MappingNode):
+            return [part for pair in node.value for part in pair]
+        return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+    counts: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:  # depth first without recursion: a deep document is no recursion error here
+        node, finished = stack.pop()
+        if finished:
+            counts[id(node)] = 1 + sum(counts[id(c)] for c in children(node))
+            open_nodes.discard(id(node))
+            if counts[id(node)] > MAX_YAML_VALUES:
+                raise _TooLarge(f"expands to more than {MAX_YAML_VALUES:,} values through its "
+                                f"aliases (line {node.start_mark.line + 1}), the most a "
+                                "settings file may hold; write the lists out, or split the "
+                                "work into several files")
+        elif id(node) not in counts:
+            if id(node) in open_nodes:
+                raise _TooLarge(f"holds itself through an alias (line "
+                                f"{node.start_mark.line + 1}), so its values never end; "
+                                "remove that alias")
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((c, False) for c in children(node) if id(c) not in counts)
+    return counts[id(root)]
 
 
 @contextmanager

@@ -10,6 +10,8 @@ import json
 import os
 import random
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -175,6 +177,31 @@ def model_forwards() -> Iterator[list[tuple[str, str]]]:
         yield seen
     finally:
         hook.remove()
+
+
+@contextmanager
+def released_after(fifo: Path, seconds: float):
+    """If a reader still waits on ``fifo`` after ``seconds``, open and close its other end so
+    that the reader sees the end of the file: a test of a hang fails instead of hanging."""
+    stop = threading.Event()
+
+    def release() -> None:
+        if stop.wait(seconds):
+            return
+        while not stop.is_set():
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # no reader (yet)
+                pass
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

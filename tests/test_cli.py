@@ -307,6 +307,22 @@ def test_a_data_file_that_is_not_utf8(capsys, tmp_path):
     assert _written(tmp_path) == before
 
 
+def test_a_json_array_data_file_trains(capsys, tmp_path):
+    """Users bring .json arrays, which `datasets` reads; ptdist refused the suffix."""
+    from tests.conftest import sentiment_rows
+
+    for split, seed, n in (("train", 1, 32), ("eval", 2, 16)):
+        (tmp_path / "data" / "sst2").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "sst2" / f"{split}.json").write_text(
+            json.dumps(sentiment_rows(n, seed), indent=1))
+    code, out, err = run(capsys, *TRAIN, "--model", "tiny-roberta", "--task", "sst2",
+                         "--data-dir", str(tmp_path / "data"), "--store",
+                         str(tmp_path / "store"), "--json")
+    assert code == 0, err
+    assert "32 train / 16 eval examples" in err
+    assert Store(tmp_path / "store").prompts.has(json.loads(out.splitlines()[-1])["prompt_id"])
+
+
 def test_a_store_that_is_a_file_is_refused_before_any_work(capsys, tmp_path, sentiment_dir):
     (tmp_path / "store").write_text("not a folder")
     code, _, err = run(capsys, *TRAIN, "--model", "tiny-roberta", "--task", "sst2",

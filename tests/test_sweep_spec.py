@@ -91,6 +91,23 @@ def test_a_bad_spec_names_the_bad_key_or_value(tmp_path, change, message):
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize("content,message", [
+    (b"name: s\nseeds: &x [1, *x]\n", "holds itself through an alias (line 2)"),
+    (b"name: s\nseeds: " + b"[" * 100_000 + b"]" * 100_000 + b"\n",
+     "nests its values deeper than ptdist reads"),
+    (b"name: s\nseeds: &a [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]\n" + b"".join(
+        f"s{i}: &a{i} [".encode() + b", ".join([b"*a" if i == 1 else f"*a{i - 1}".encode()] * 10)
+        + b"]\n" for i in range(1, 6)), "expands to more than 100,000 values"),
+    ("name: caf\xe9\n".encode("latin-1"), "is not UTF-8 text: byte 9 (0xe9)"),
+], ids=["alias of itself", "nested 100,000 deep", "aliases past the bound", "latin-1"])
+def test_a_spec_file_that_cannot_be_walked_is_refused_before_it_is(tmp_path, content,
+                                                                  message):
+    (tmp_path / "spec.yaml").write_bytes(content)
+    with pytest.raises(PtdistError, match="sweep spec .*spec.yaml") as err:
+        load_spec(tmp_path / "spec.yaml")
+    assert message in str(err.value)
+
+
 def test_a_missing_required_key_is_named(tmp_path):
     raw = _spec(tmp_path)
     del raw["models"]

@@ -142,7 +142,7 @@ def test_get_task_by_yaml_path(tmp_path):
      ["'metrics' repeats a value (got ['accuracy', 'accuracy'])"]),
     ({"kind": "regression"}, ["'kind' must be 'classification' or 'generation'"]),
     ({"source": {"files": {"train": "train.txt"}}},
-     ["'source.files.train' must end in one of .jsonl, .csv, .parquet (got 'train.txt')"]),
+     ["'source.files.train' must end in one of .jsonl, .json, .csv, .parquet (got 'train.txt')"]),
     ({"source": "my-org/data"}, ["'source' must be a mapping (got 'my-org/data')",
                                  "source: {hub: <dataset id>"]),
 ])
@@ -293,6 +293,138 @@ def test_unknown_split_and_missing_declared_file(tmp_path):
     task = get_task(str(write_yaml(tmp_path / "task.yaml", nli_task())))
     with pytest.raises(PtdistError, match="does not exist"):
         load_split(task, "train")
+
+
+# --- one reader policy for every data format -----------------------------------------------
+
+# A small valid file of each format ptdist reads (by suffix, and by source.local format), its
+# text holding "café": a new format without a sample here fails the coverage test below.
+SAMPLES = {
+    ".jsonl": ("s.jsonl", '{"text": "café", "label": 1}\n'),
+    ".json": ("s.json", '[{"text": "café", "label": 1}]\n'),
+    ".csv": ("s.csv", "text,label\ncafé,1\n"),
+    ".parquet": ("s.parquet", None),
+    "glue_tsv": ("s.tsv", "text\tlabel\ncafé\t1\n"),
+    "csv": ("s.csv", "text,label\ncafé,1\n"),
+    "semeval_seg": ("s.xml.seg", "the $T$ was fine\ncafé\n1\n"),
+    "tweeteval": ("s", "café\n"),
+    "conll_nli": ("s.txt", "café B-LOC\nopened O\n"),
+}
+
+
+def _reader_of(fmt: str):
+    from ptdist.tasks.formats import FILE_READERS, reader
+
+    return FILE_READERS[fmt] if fmt.startswith(".") else reader(fmt)
+
+
+def _sample(folder: Path, fmt: str, encoding: str = "utf-8") -> tuple[Path, list[Path]]:
+    """The sample of ``fmt`` written in ``folder``: the path its reader takes, and the files
+    that path stands for (TweetEval's split prefix is two files)."""
+    name, text = SAMPLES[fmt]
+    path = folder / name
+    if text is None:
+        pq.write_table(pa.table({"text": ["café"], "label": [1]}), path)
+        return path, [path]
+    files = [folder / f"{name}_text.txt", folder / f"{name}_labels.txt"] \
+        if fmt == "tweeteval" else [path]
+    for file in files:
+        file.write_bytes((text if file.name != "s_labels.txt" else "1\n").encode(encoding))
+    return path, files
+
+
+def test_every_format_has_its_sample_for_the_policy_tests():
+    from ptdist.tasks.formats import FILE_READERS, FORMATS
+
+    assert set(SAMPLES) == set(FILE_READERS) | set(FORMATS)
+
+
+@pytest.mark.parametrize("fmt", [f for f, (_, text) in SAMPLES.items() if text is not None])
+def test_every_text_format_names_the_first_byte_that_is_not_utf8(tmp_path, fmt):
+    path, files = _sample(tmp_path, fmt)
+    values = [v for column in _reader_of(fmt)(path).values() for v in column]
+    assert any("café" in str(v) for v in values), values
+    _sample(tmp_path, fmt, encoding="latin-1")
+    with pytest.raises(PtdistError) as err:
+        _reader_of(fmt)(path)
+    offset = files[0].read_bytes().index(b"\xe9")
+    assert f"{files[0]} is not UTF-8 text: byte {offset} (0xe9)" in str(err.value)
+    assert "iconv -f latin1 -t utf-8" in str(err.value)
+
+
+@pytest.mark.parametrize("fmt", list(SAMPLES))
+def test_every_format_refuses_a_fifo_by_its_type_at_once(tmp_path, fmt):
+    """Opening a FIFO waits for a writer for ever: refused before it is opened."""
+    import os
+    import time
+
+    from tests.conftest import released_after
+
+    path, files = _sample(tmp_path, fmt)
+    files[0].unlink()
+    os.mkfifo(files[0])
+    started = time.monotonic()
+    with released_after(files[0], 20), pytest.raises(PtdistError) as err:
+        _reader_of(fmt)(path)
+    assert time.monotonic() - started < 5
+    assert f"{files[0]} is a FIFO (named pipe), not a regular file" in str(err.value)
+
+
+@pytest.mark.parametrize("fmt,text", [
+    (".jsonl", '{"text": "a", "label": 1}\n\n{"text": "b", "label": 0\n'),
+    (".jsonl", '{"text": "a", "label": 1}\n["b", 0]\n'),
+    (".json", '[{"text": "a", "label": 1}, "b"]'),
+    (".json", '[{"text": "a", "label": 1}'),
+    (".csv", 'text,label\na,1\n"b, with a comma",0,extra\n'),
+    ("glue_tsv", "text\tlabel\na\t1\nb\n"),
+], ids=["jsonl bad line", "jsonl not an object", "json item not an object", "json cut short",
+        "csv extra field", "tsv missing field"])
+def test_a_malformed_row_is_named_by_its_number(tmp_path, fmt, text):
+    path = tmp_path / ("s.tsv" if fmt == "glue_tsv" else f"s{fmt}")
+    path.write_text(text)
+    where = {"jsonl bad line": "line 3 is not valid JSON", "jsonl not an object":
+             "line 2 is list", "json item not an object": "item 2 is str",
+             "json cut short": "is not valid JSON", "csv extra field":
+             "data row 2 has 3 fields, the header 2 (line 3)", "tsv missing field":
+             "data row 2 has 1 fields, the header 2 (line 3)"}
+    with pytest.raises(PtdistError) as err:
+        _reader_of(fmt)(path)
+    message = str(err.value)
+    assert str(path) in message and any(w in message for w in where.values()), message
+
+
+@pytest.mark.parametrize("fmt", [".jsonl", ".json", ".csv", "glue_tsv"])
+def test_a_field_as_long_as_ten_megabytes_is_read(tmp_path, fmt):
+    """csv's field limit (128 KiB) made such a field a `_csv.Error`."""
+    long = "x" * 10_000_000
+    body = {".jsonl": json.dumps({"text": long, "label": 1}) + "\n",
+            ".json": json.dumps([{"text": long, "label": 1}]), ".csv": f"text,label\n{long},1\n",
+            "glue_tsv": f"text\tlabel\n{long}\t1\n"}[fmt]
+    path = tmp_path / ("s.tsv" if fmt == "glue_tsv" else f"s{fmt}")
+    path.write_text(body)
+    assert _reader_of(fmt)(path)["text"] == [long]
+
+
+@pytest.mark.parametrize("fmt", [".jsonl", ".json", ".csv", ".parquet", "glue_tsv"])
+def test_a_file_without_rows_is_refused(tmp_path, fmt):
+    path = tmp_path / ("s.tsv" if fmt == "glue_tsv" else f"s{fmt}")
+    if fmt == ".parquet":
+        pq.write_table(pa.table({"text": pa.array([], pa.string())}), path)
+    else:
+        path.write_text("" if fmt != ".json" else "[]")
+    with pytest.raises(PtdistError, match="holds no rows|is empty"):
+        _reader_of(fmt)(path)
+
+
+def test_a_json_array_is_a_data_file_like_json_lines(tmp_path):
+    rows = [{"sentence": "a fine film", "label": 1}, {"sentence": "dull", "label": 0}]
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "sst2" / "train.json").write_text(json.dumps(rows, indent=2))
+    sst2 = get_task("sst2")
+    assert load_split(sst2, "train", data_dir=str(tmp_path)).to_list() == \
+        [{"text": "a fine film", "label": 1}, {"text": "dull", "label": 0}]
+    (tmp_path / "sst2" / "train.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_split(sst2, "train", data_dir=str(tmp_path))["label"] == [1, 0]
 
 
 # --- metrics ------------------------------------------------------------------------------

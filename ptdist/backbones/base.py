@@ -89,17 +89,18 @@ class Backbone(nn.Module, ABC):
         padding = getattr(self.model.base_model.embeddings, "padding_idx", None)
         return limit - (padding + 1 if padding is not None else 0)
 
-    def check_length(self, prompt_length: int) -> None:
-        """Refuse a prompt that, with the longest text a batch holds (``max_length`` tokens),
-        takes more positions than the model has. Models with relative positions (T5) have no
-        such limit; absolute ones (BERT, RoBERTa) do: RoBERTa's positions start after its
-        padding index."""
+    def check_length(self, prompt_length: int, max_length: int | None = None) -> None:
+        """Refuse a prompt that, with the longest text a batch holds (``max_length`` tokens,
+        default the backbone's), takes more positions than the model has. Models with relative
+        positions (T5) have no such limit; absolute ones (BERT, RoBERTa) do: RoBERTa's
+        positions start after its padding index."""
         usable = self.usable_positions()
-        if usable is not None and prompt_length + self.max_length > usable:
+        text = self.max_length if max_length is None else max_length
+        if usable is not None and prompt_length + text > usable:
             raise PtdistError(
-                f"prompt length {prompt_length} plus max_length {self.max_length} text tokens "
-                f"need {prompt_length + self.max_length} positions, but '{self.name}' has "
-                f"{usable}; use --prompt-length {max(usable - self.max_length, 0)} or less, or "
+                f"prompt length {prompt_length} plus max_length {text} text tokens "
+                f"need {prompt_length + text} positions, but '{self.name}' has "
+                f"{usable}; use --prompt-length {max(usable - text, 0)} or less, or "
                 "a smaller --max-length")
 
     def label_token_ids(self, words: Sequence[str]) -> torch.Tensor:

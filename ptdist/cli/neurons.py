@@ -66,6 +66,7 @@ def embedding(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from ptdist.errors import PtdistError
+    from ptdist.files import require_writable_folder
     from ptdist.neurons.embedding import (embedding_study, prompts_from_paths, store_inputs,
                                           transfers_from_table)
     from ptdist.store.results import CorrelationRow, IndicatorRow
@@ -75,9 +76,11 @@ def embedding(args: argparse.Namespace) -> None:
         raise PtdistError("give either --model (a model's prompts in the store) or --prompts "
                           "(prompt files or PEFT adapters)")
     if args.prompts is not None:
+        out = Path(args.out)
+        require_writable_folder(out, "--out", "give --out a folder for the tables (it is "
+                                "created if missing)")
         prompts, found, left_out = prompts_from_paths(args.prompts), [], []
         name = args.name
-        out = Path(args.out)
         tables = out / "embedding_indicators.parquet", out / "embedding_correlation.parquet"
     else:
         store = store_of(args)

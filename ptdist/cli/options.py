@@ -66,7 +66,7 @@ def add_store(p: argparse.ArgumentParser, spec: bool = False) -> None:
 def add_data(p: argparse.ArgumentParser, spec: bool = False) -> None:
     p.add_argument("--data-dir", default=None,
                    help="override the spec's data_dir" if spec else
-                   "folder with <task>/train.jsonl and <task>/eval.jsonl (or .csv/.parquet) "
+                   "folder with <task>/train.jsonl and <task>/eval.jsonl (or .json/.csv/.parquet) "
                    "read instead of the hub (default: $PTDIST_DATA_DIR)")
 
 
@@ -194,10 +194,15 @@ def budget(args: argparse.Namespace) -> dict[str, Any]:
                 activation_checkpointing=args.activation_checkpointing)
 
 
-def store_of(args: argparse.Namespace):
+def store_of(args: argparse.Namespace, writes: bool = True):
+    """The store of --store; for a command that ``writes`` to it, one this process can write,
+    checked before the command starts its work."""
     from ptdist.store import Store
 
-    return Store(args.store)
+    store = Store(args.store)
+    if writes:
+        store.require_writable()
+    return store
 
 
 def absolute(path: str | None) -> str | None:

@@ -91,6 +91,7 @@ def pairs(args: argparse.Namespace) -> None:
 
     spec = load_spec(args.spec, storage_path=args.store, data_dir=args.data_dir,
                      max_concurrent=args.max_concurrent, pack=pack_override(args))
+    spec.store().require_writable()
     settings = PairSettings(args.mode, tuple(args.train_tasks),
                             tuple(args.eval_tasks or spec.tasks), _settings(args))
     outcome = run_pairs(spec, settings, execution(args), dry_run=args.dry_run)
@@ -105,7 +106,7 @@ def pairs(args: argparse.Namespace) -> None:
 
 
 def list_projectors(args: argparse.Namespace) -> None:
-    rows = store_of(args).projectors.manifests()
+    rows = store_of(args, writes=False).projectors.manifests()
     lines = [f"{r.id:<18}{r.source_model} -> {r.target_model} ({r.mode}, "
              f"{r.shape['variant']}) on {', '.join(r.tasks)}" for r in rows]
     emit(args, "\n".join(lines) if rows else "the store holds no projectors yet",

@@ -28,7 +28,7 @@ def train(args: argparse.Namespace) -> None:
 def evaluate(args: argparse.Namespace) -> None:
     from ptdist.training.evaluation import score_prompt
 
-    metrics = score_prompt(args.model, store_of(args), args.prompt, args.task,
+    metrics = score_prompt(args.model, store_of(args, writes=False), args.prompt, args.task,
                            limit=args.eval_limit or None, batch_size=args.batch_size,
                            data_dir=args.data_dir, precision=args.precision)
     summary = " ".join(f"{k}={v:.2f}" for k, v in metrics.items())
@@ -39,7 +39,7 @@ def evaluate(args: argparse.Namespace) -> None:
 def export_peft(args: argparse.Namespace) -> None:
     from ptdist.store.peft_export import export_peft as export
 
-    out = export(store_of(args).prompts, args.prompt, args.out_dir, args.base_model)
+    out = export(store_of(args, writes=False).prompts, args.prompt, args.out_dir, args.base_model)
     emit(args, f"wrote PEFT prompt-tuning adapter to {out} "
                "(load with peft.PeftModel.from_pretrained(base_model, that folder))",
          {"prompt": args.prompt, "adapter_dir": str(out)})
@@ -69,7 +69,7 @@ def models(args: argparse.Namespace) -> None:
 def prompts(args: argparse.Namespace) -> None:
     if args.check:
         return check(args)
-    rows = store_of(args).prompts.manifests()
+    rows = store_of(args, writes=False).prompts.manifests()
     lines = [f"{'id':<18}{'model':<16}{'task':<22}{'seed':<6}{'steps':<7}score"]
     lines += [f"{r.id:<18}{r.model:<16}{r.task:<22}{r.seed:<6}{r.steps:<7}"
               f"{r.metric}={r.score:.2f}" for r in rows]
@@ -81,7 +81,7 @@ def check(args: argparse.Namespace) -> None:
     """Every prompt and projector record: manifest, tensor file, checksum and contents."""
     from ptdist.errors import PtdistError
 
-    store = store_of(args)
+    store = store_of(args, writes=False)
     found = [(records.kind, c) for records in (store.prompts, store.projectors)
              for c in records.check()]
     lines = [f"{'record':<11}{'id':<18}status"]

@@ -18,6 +18,7 @@ def sweep(args: argparse.Namespace) -> None:
     spec = load_spec(args.spec, storage_path=args.store, data_dir=args.data_dir,
                      cluster=args.cluster, max_concurrent=args.max_concurrent,
                      pack=pack_override(args))
+    spec.store().require_writable()
     if not args.dry_run:
         _prepare_data(spec)
     outcome = run_sweep(spec, execution(args), dry_run=args.dry_run)
@@ -44,6 +45,7 @@ def replicate(args: argparse.Namespace) -> None:
     study = load_study(args.study or preset_path(args.preset), storage_path=args.store,
                        data_dir=args.data_dir, max_concurrent=args.max_concurrent,
                        pack=pack_override(args))
+    study.spec.store().require_writable()
     if args.dry_run:
         _print_plan(study, args.local)
         return

@@ -12,25 +12,27 @@ prompts x 100 (the table's diagonal).
 
 from __future__ import annotations
 
-import csv
+import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from ptdist.errors import PtdistError
+from ptdist.files import require_file
 from ptdist.neurons.correlation import Transfer, indicator_values, rank_indicators, transfers
 from ptdist.neurons.pairs import pair_rows
 from ptdist.store import Store
-from ptdist.store.prompts import read_prompt_file
+from ptdist.store.prompts import folder_prompt_file, read_prompt_file
 from ptdist.store.results import CorrelationRow, IndicatorRow, MatrixRow
 from ptdist.store.tables import read_records
+from ptdist.tasks.formats import read_csv, read_parquet
 from ptdist.transfer.matrix import own_prompts, unusable_tasks
 
 PROTOCOL = "embedding"  # the IndicatorRow protocol of indicators computed without activations
-ADAPTER_FILES = ("adapter_model.safetensors", "prompt.safetensors")
+MATRIX_READERS = {".csv": read_csv, ".parquet": read_parquet}
 
 
 @dataclass(frozen=True)
@@ -91,20 +93,15 @@ def _prompt_files(path: Path) -> list[tuple[str, Path]]:
     if path.is_file() and path.suffix == ".safetensors":
         return [(path.stem, path)]
     if path.is_dir():
-        if (own := _own_file(path)) is not None:
+        if (own := folder_prompt_file(path)) is not None:
             return [(path.name, own)]
         found = [(f.stem, f) for f in sorted(path.glob("*.safetensors"))]
         found += [(sub.name, own) for sub in sorted(p for p in path.iterdir() if p.is_dir())
-                  if (own := _own_file(sub)) is not None]
+                  if (own := folder_prompt_file(sub)) is not None]
         if found:
             return found
     raise PtdistError(f"{path} is neither a prompt file (.safetensors) nor a folder holding "
                       "prompt files or PEFT adapters (adapter_model.safetensors)")
-
-
-def _own_file(folder: Path) -> Path | None:
-    """The prompt of a PEFT adapter or ptdist prompt folder."""
-    return next((folder / f for f in ADAPTER_FILES if (folder / f).is_file()), None)
 
 
 def store_inputs(store: Store, model: str) -> tuple[list[NamedPrompt], list[Transfer],
@@ -145,8 +142,10 @@ def transfers_from_table(path: Path, prompts: Sequence[NamedPrompt]) -> list[Tra
         raise PtdistError(f"{path}: source '{source}' names no prompt (nor a task with one "
                           f"prompt) among {', '.join(sorted(by_name))}")
 
-    cells = [(resolve(str(s)), str(t), float(v)) for s, t, v in
-             zip(table["source"], table["target"], table.get("relative") or table["score"])]
+    column = "relative" if "relative" in table else "score"
+    values = _cell_values(path, table, column)
+    cells = [(resolve(str(s)), str(t), v)
+             for s, t, v in zip(table["source"], table["target"], values)]
     if "relative" not in table:
         own = {t: np.mean([v for p, tt, v in cells if tt == t and p.task == t])
                for t in {t for _, t, _ in cells}}
@@ -157,13 +156,38 @@ def transfers_from_table(path: Path, prompts: Sequence[NamedPrompt]) -> list[Tra
     return [Transfer(p.name, p.task, t, v) for p, t, v in cells if p.task != t]
 
 
+def _cell_values(path: Path, table: dict[str, list], column: str) -> list[float]:
+    """The ``column`` of each cell as a finite number, each (source, target) once; the rows
+    that break this are named (data rows, counted from 1)."""
+    values, bad = [], []
+    for row, value in enumerate(table[column], 1):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        values.append(number)
+        if not math.isfinite(number):
+            bad.append(f"{row} ({value!r})")
+    if bad:
+        raise PtdistError(f"{path}: {column} is not a finite number in data row(s) "
+                          f"{_first(bad)}; every cell needs a number")
+    pairs = list(zip(map(str, table["source"]), map(str, table["target"])))
+    twice = [pair for pair, n in Counter(pairs).items() if n > 1]
+    if twice:
+        rows = [f"{', '.join(str(k) for k, p in enumerate(pairs, 1) if p == pair)} "
+                f"({pair[0]} -> {pair[1]})" for pair in twice]
+        raise PtdistError(f"{path} gives one (source, target) cell more than once: data rows "
+                          f"{_first(rows)}; keep one row per cell")
+    return values
+
+
+def _first(items: list[str], shown: int = 5) -> str:
+    return "; ".join(items[:shown]) + (f"; and {len(items) - shown} more"
+                                       if len(items) > shown else "")
+
+
 def _read_table(path: Path) -> dict[str, list]:
-    if not path.is_file():
-        raise PtdistError(f"transfer matrix {path} does not exist")
-    if path.suffix == ".parquet":
-        return pq.read_table(path).to_pydict()
-    if path.suffix == ".csv":
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.DictReader(f))
-        return {k: [r[k] for r in rows] for k in (rows[0] if rows else {})}
-    raise PtdistError(f"{path}: a transfer matrix is a .csv or .parquet table")
+    """A transfer matrix file, read like a data file (`ptdist.tasks.formats`)."""
+    if path.suffix not in MATRIX_READERS:
+        raise PtdistError(f"{path}: a transfer matrix is a .csv or .parquet table")
+    return MATRIX_READERS[require_file(path, "transfer matrix").suffix](path)

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from ptdist.errors import PtdistError
 from ptdist.orchestration.spec import Resources, RunSpec
+from ptdist.validation import read_yaml
 
 # Written by `ray up` on the head node: the autoscaler's view of the node types.
 HEAD_NODE_CONFIG = Path("~/ray_bootstrap_config.yaml").expanduser()
@@ -24,11 +23,8 @@ _BOOKKEEPING = ("memory", "object_store_memory")  # what Ray counts, not what ru
 
 def node_types_from_cluster_config(path: str | Path) -> dict[str, dict[str, float]]:
     """``{node type: {"CPU": n, "GPU": n, ...}}`` from an autoscaler config."""
-    try:
-        config = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise PtdistError(f"cannot read cluster config {path}: {exc}") from None
-    types = (config or {}).get("available_node_types") or {}
+    config = read_yaml(Path(path), "cluster config", ("available_node_types",))
+    types = config.get("available_node_types") or {}
     if not types:
         raise PtdistError(f"cluster config {path} has no available_node_types to place runs on")
     return {name: {k: float(v) for k, v in (t.get("resources") or {}).items()}

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from ptdist.errors import PtdistError
+from ptdist.files import require_folder_path, require_writable_folder
 from ptdist.store.layout import StoreLayout
 from ptdist.store.projectors import ProjectorStore
 from ptdist.store.prompts import PromptStore
@@ -25,12 +26,23 @@ class Store:
     natively (``s3://bucket/prefix``) when the store's file system is not the place for them."""
 
     def __init__(self, root: str | os.PathLike | None = None, ray_storage: str | None = None):
+        if root is not None and not str(root).strip():
+            # Path("") is the working directory: the store's files would land among the user's.
+            raise PtdistError("the store path is empty; give --store (or $PTDIST_STORE, or "
+                              "storage_path) a folder, or leave it out for ./store")
         self.root = Path(root) if root is not None else default_store_root()
-        _check_root(self.root)
+        # A folder, or a path that can become one: refused at once otherwise, before a command
+        # does work it could not store.
+        require_folder_path(self.root, "store", _FIX)
         self.ray_storage = ray_storage
         self.layout = StoreLayout(self.root)
         self.prompts = PromptStore(self.layout)
         self.projectors = ProjectorStore(self.layout)
+
+    def require_writable(self) -> None:
+        """Stop at once, before a command does work it could not store, if this process cannot
+        create the root or write in it."""
+        require_writable_folder(self.root, "store", _FIX)
 
     def ray_records(self, what: str) -> str:
         """Where Ray's records of ``what`` (``tune``, ``train``) go: a Tune or Train
@@ -46,16 +58,8 @@ class Store:
         return (Store, (str(self.root), self.ray_storage))
 
 
-def _check_root(root: Path) -> None:
-    """A store root is a folder, or a path that can become one: refused at once otherwise,
-    before a command does work it could not store."""
-    for path in (root, *root.parents):
-        if path.exists():
-            if not path.is_dir():
-                raise PtdistError(f"store {root}: {path} is a file, not a folder; give --store "
-                                  "(or $PTDIST_STORE, or storage_path) a folder path (it is "
-                                  "created if missing)")
-            return
+_FIX = "give --store (or $PTDIST_STORE, or storage_path) a folder you can write (it is " \
+    "created if missing)"
 
 
 __all__ = ["Store", "StoreLayout", "default_store_root"]

@@ -53,13 +53,22 @@ def _shape(cls: type):
     return dataclass_shape(cls, exclude=())
 
 
+def strict_json(text: str) -> Any:
+    """``text`` parsed as strict JSON (no NaN or infinity); the first problem is one
+    PtdistError."""
+    try:
+        return json.loads(text, parse_constant=_not_strict)
+    except ValueError as exc:  # JSONDecodeError is a ValueError too
+        raise PtdistError(f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise PtdistError("not valid JSON as ptdist reads it: its values nest deeper than "
+                          "Python's JSON reader goes") from None
+
+
 def read_manifest(cls: type[M], kind: str, text: str) -> M:
     """The manifest of type ``cls`` (a ``kind``: "prompt", "projector") in JSON ``text``,
     checked whole; the first problem raises one PtdistError naming it."""
-    try:
-        data = json.loads(text, parse_constant=_not_strict)
-    except ValueError as exc:  # JSONDecodeError is a ValueError too
-        raise PtdistError(f"not valid JSON ({exc})") from None
+    data = strict_json(text)
     if not isinstance(data, dict):
         raise PtdistError(f"a manifest is a JSON object, not {json_kind(data)}")
     data = _upgrade(kind, data, getattr(cls, "_DROPPED_V1", ()))

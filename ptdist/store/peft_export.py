@@ -12,7 +12,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from ptdist.errors import PtdistError
+from ptdist.files import require_writable_folder
 from ptdist.store.atomic import atomic_write, atomic_write_json
 from ptdist.store.prompts import PEFT_KEY, PromptStore
 
@@ -24,9 +24,8 @@ def export_peft(prompts: PromptStore, prompt_id: str, out_dir: str | Path,
     """Write the stored prompt ``prompt_id`` as a PEFT adapter folder ``out_dir`` (a new one,
     or an existing folder whose adapter files it replaces)."""
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise PtdistError(f"{out} is a file; export-peft writes an adapter folder: give the path "
-                          "of a new folder (or of an adapter folder to replace)")
+    require_writable_folder(out, "adapter folder", "export-peft writes an adapter folder: "
+                            "give the path of a new folder (or of an adapter folder to replace)")
     manifest = prompts.manifest(prompt_id)
     prompt = prompts.tensor(prompt_id)
     length, width = prompt.shape

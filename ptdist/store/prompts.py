@@ -17,14 +17,17 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ptdist.errors import PtdistError
+from ptdist.files import read_bytes, require_file
 from ptdist.store.atomic import atomic_write
 from ptdist.store.layout import StoreLayout
-from ptdist.store.manifests import PromptManifest
+from ptdist.store.manifests import PromptManifest, strict_json
 from ptdist.store.records import RecordFolders
 
 PROMPT_KEY = "prompt"
 PEFT_KEY = "prompt_embeddings"
 PROMPT_FILE = "prompt.safetensors"
+ADAPTER_FILE, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
+FOLDER_FILES = (ADAPTER_FILE, PROMPT_FILE)  # what a PEFT adapter or a prompt folder holds
 
 
 class PromptStore(RecordFolders[PromptManifest]):
@@ -44,9 +47,7 @@ class PromptStore(RecordFolders[PromptManifest]):
             tensor = read_prompt_file(path)
         except PtdistError as exc:
             return str(exc)
-        if list(tensor.shape) != list(manifest.shape):
-            return f"{PROMPT_FILE} has shape {list(tensor.shape)}, its manifest {manifest.shape}"
-        return None
+        return _shape_problem(tensor, manifest)
 
     def select(self, model: str, tasks: Collection[str] | None = None,
                ids: Collection[str] | None = None) -> list[PromptManifest]:
@@ -57,7 +58,13 @@ class PromptStore(RecordFolders[PromptManifest]):
                 and (ids is None or m.id in ids)]
 
     def tensor(self, prompt_id: str) -> torch.Tensor:
-        return read_prompt_file(self.tensor_path(prompt_id))
+        """The stored prompt, checked against its manifest: checksum, values, and shape (a
+        tensor edited with its checksum is still not the prompt the manifest describes)."""
+        tensor = read_prompt_file(self.tensor_path(prompt_id))
+        problem = _shape_problem(tensor, self.manifest(prompt_id))
+        if problem:
+            raise self._damaged(prompt_id, problem)
+        return tensor
 
     def load(self, ref: str) -> torch.Tensor:
         """A prompt by store id or by path: a prompt .safetensors file, a prompt folder, or an
@@ -65,14 +72,23 @@ class PromptStore(RecordFolders[PromptManifest]):
         if self.has(ref):
             return self.tensor(ref)
         path = Path(ref)
-        if path.is_dir():
-            for name in (PROMPT_FILE, "adapter_model.safetensors"):
-                if (path / name).exists():
-                    return read_prompt_file(path / name)
-        elif path.suffix == ".safetensors" and path.exists():
+        if path.is_dir() and (own := folder_prompt_file(path)) is not None:
+            return read_prompt_file(own)
+        if path.suffix == ".safetensors" and path.exists():
             return read_prompt_file(path)
         raise PtdistError(f"'{ref}' is neither a prompt id in store {self.layout.root} nor a "
                           "prompt file (.safetensors) or folder; `ptdist prompts` lists the ids")
+
+
+def _shape_problem(tensor: torch.Tensor, manifest: PromptManifest) -> str | None:
+    if list(tensor.shape) != list(manifest.shape):
+        return f"{PROMPT_FILE} has shape {list(tensor.shape)}, its manifest {manifest.shape}"
+    return None
+
+
+def folder_prompt_file(folder: Path) -> Path | None:
+    """The prompt file of a PEFT adapter or ptdist prompt folder; None if it holds neither."""
+    return next((folder / name for name in FOLDER_FILES if (folder / name).exists()), None)
 
 
 def best_of(manifests: Collection[PromptManifest]) -> PromptManifest:
@@ -112,7 +128,9 @@ def write_prompt_file(path: Path, prompt: torch.Tensor, metadata: dict[str, str]
 
 
 def read_prompt_file(path: Path) -> torch.Tensor:
-    """The [L, d] tensor of a ptdist prompt file or a PEFT prompt-tuning adapter."""
+    """The [L, d] tensor of a ptdist prompt file or a PEFT prompt-tuning adapter (whose
+    ``adapter_config.json``, when beside it, must describe it: `_check_adapter_config`)."""
+    require_file(path, "prompt file")
     try:
         with safe_open(path, framework="pt") as f:
             keys = list(f.keys())
@@ -132,4 +150,34 @@ def read_prompt_file(path: Path) -> torch.Tensor:
         raise PtdistError(f"prompt in {path} holds {bad} non-finite value(s) (NaN or infinity) "
                           f"of {tensor.numel()}: a diverged run's; train it again with a lower "
                           "learning rate, or use another prompt")
+    if path.name == ADAPTER_FILE and (path.parent / ADAPTER_CONFIG).exists():
+        _check_adapter_config(path.parent / ADAPTER_CONFIG, tensor)
     return tensor.float()
+
+
+def _check_adapter_config(path: Path, tensor: torch.Tensor) -> None:
+    """A PEFT adapter's config must be one of a prompt-tuning adapter of ``tensor``'s shape: an
+    adapter whose config is damaged, of another method or another shape is not read from its
+    tensor file alone."""
+    text = read_bytes(path, "adapter config").decode("utf-8", "replace")
+    try:
+        config = strict_json(text)
+    except PtdistError as exc:
+        raise PtdistError(f"adapter config {path}: {exc}; fix it, or export the adapter "
+                          "again") from None
+    if not isinstance(config, dict):
+        raise PtdistError(f"adapter config {path} is not a JSON object; fix it, or export the "
+                          "adapter again")
+    length, width = tensor.shape
+    expected = {"peft_type": "PROMPT_TUNING", "token_dim": width}
+    if isinstance(config.get("num_virtual_tokens"), int):
+        # PEFT keeps one prompt per transformer submodule in one tensor.
+        submodules = config.get("num_transformer_submodules")
+        expected["num_virtual_tokens"] = length // (submodules if isinstance(submodules, int)
+                                                    and submodules > 0 else 1)
+    wrong = [f"{key} {config.get(key)!r} (its tensor file says {value!r})"
+             for key, value in expected.items() if config.get(key) != value]
+    if wrong:
+        raise PtdistError(f"adapter config {path} does not describe a prompt-tuning adapter of "
+                          f"its tensor file: {', '.join(wrong)}; fix it, or export the adapter "
+                          "again")

@@ -3,14 +3,18 @@ content-addressed id, holding one safetensors file and ``manifest.json``.
 
 The manifest is written last and marks the record complete; it records the sha256 of the tensor
 file, verified whenever the file is read. A damaged record (a manifest that is not strict JSON
-or not of its schema, a missing or altered tensor file) never takes the store down with it:
-listing the store names it on stderr and carries on with the others; a command about that one
-record stops with one line saying what is wrong and what to do; `check` examines every record.
+or not of its schema, a missing or altered tensor file, a file that is a folder or a FIFO, a
+record folder that is a symbolic link rather than a folder of the store) never takes the store
+down with it: listing the store names it on stderr and carries on with the others; a command
+about that one record stops with one line saying what is wrong and what to do; `check`
+examines every record. Nothing is written through a link: a record folder that is one is
+refused.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -19,6 +23,7 @@ from typing import Generic, TypeVar
 
 from ptdist.checksum import file_sha256
 from ptdist.errors import PtdistError
+from ptdist.files import not_a_file, read_bytes
 from ptdist.store.atomic import atomic_write, atomic_write_text
 from ptdist.store.manifests import NewerSchema, read_manifest
 
@@ -58,11 +63,22 @@ class RecordFolders(Generic[M]):
         the file's checksum, each atomically. The manifest is serialised first, so one that is
         not strict JSON stops the write before anything is on disk."""
         json.dumps(manifest.to_json(), allow_nan=False)
-        folder = self.folder(manifest.id)
+        folder = self.require_own_folder(manifest.id)
         tensors = atomic_write(folder / self.tensor_file, write_tensors)
         manifest = replace(manifest, file_sha256=file_sha256(tensors))
         atomic_write_text(folder / MANIFEST, json.dumps(manifest.to_json(), indent=2,
                                                         sort_keys=True, allow_nan=False) + "\n")
+        return folder
+
+    def require_own_folder(self, record_id: str) -> Path:
+        """The folder ``record_id`` is stored in, unless it is a symbolic link: nothing is
+        written through one (a link out of the store would put the record elsewhere)."""
+        folder = self.folder(record_id)
+        linked = self._link_problem(folder)
+        if linked:
+            raise PtdistError(f"cannot store {self.kind} {record_id}: its folder {linked}; "
+                              "nothing is written through a link. Remove the link and run "
+                              "the command again")
         return folder
 
     def manifest(self, record_id: str) -> M:
@@ -91,6 +107,7 @@ class RecordFolders(Generic[M]):
         """Every complete record's manifest, oldest first. A damaged one is named on stderr
         (once per store handle) and left out."""
         rows = []
+        self._check_root()
         for path in self.root.glob(f"*/{MANIFEST}"):
             try:
                 rows.append(self._read(path.parent.name))
@@ -105,10 +122,20 @@ class RecordFolders(Generic[M]):
         return sorted(rows, key=lambda m: (m.created, m.id))
 
     def check(self) -> list[Checked]:
-        """Every folder under the root, examined: manifest, id, tensor file and checksum."""
+        """Every folder under the root, examined: manifest, id, tensor file and checksum; a
+        link where a folder should be is damaged. A store that does not exist is an error,
+        not a store of no records."""
+        if not self.store.is_dir():
+            raise PtdistError(f"store {self.store} does not exist (or is no folder), so there "
+                              "is nothing to check; give --store the folder of a store")
+        self._check_root()
         found = []
-        for folder in sorted(p for p in self.root.glob("*") if p.is_dir()):
+        for folder in sorted(p for p in self.root.glob("*") if p.is_dir() or p.is_symlink()):
             record_id = folder.name
+            linked = self._link_problem(folder)
+            if linked:
+                found.append(Checked(record_id, f"the record folder {linked}"))
+                continue
             if not (folder / MANIFEST).exists():
                 found.append(Checked(record_id, None, "incomplete: no manifest (a run stopped "
                                                       "while storing it); not listed, redone "
@@ -132,13 +159,33 @@ class RecordFolders(Generic[M]):
         return None
 
     def _read(self, record_id: str) -> M:
-        text = (self.folder(record_id) / MANIFEST).read_text(encoding="utf-8",
-                                                              errors="replace")
+        folder = self.folder(record_id)
+        linked = self._link_problem(folder)
+        if linked:
+            raise PtdistError(f"its folder {linked}")
+        # Not UTF-8 is a damaged manifest like any other: the JSON reader names it.
+        text = read_bytes(folder / MANIFEST, "manifest", fix=None).decode("utf-8", "replace")
         return read_manifest(self.manifest_type, self.kind, text)
 
+    def _check_root(self) -> None:
+        """The folder of this kind of record is a folder, if it exists."""
+        if self.root.exists() and not self.root.is_dir():
+            raise PtdistError(f"{self.root} in store {self.store} is a file, where the store "
+                              f"keeps its {self.kind}s in a folder; move the file away")
+
+    @staticmethod
+    def _link_problem(folder: Path) -> str | None:
+        """What is wrong with a record folder that is a symbolic link (None for a folder)."""
+        if not folder.is_symlink():
+            return None
+        return f"{folder} is a symbolic link (to {os.readlink(folder)}), not a folder of the store"
+
     def _file_problem(self, path: Path, expected: str | None) -> str | None:
-        if not path.exists():
+        kind = not_a_file(path)
+        if kind == "missing":
             return f"{self.tensor_file} is missing"
+        if kind is not None:
+            return f"{self.tensor_file} is {kind}, not a regular file"
         if expected is not None and file_sha256(path) != expected:
             return f"{self.tensor_file} does not match the checksum in its manifest (altered " \
                    "or corrupt)"

@@ -4,12 +4,15 @@ Classification rows: ``text`` (the template applied) and ``label`` (class index)
 rows: ``text``, ``target`` (the training target: the first reference) and ``references``.
 
 Where a split comes from, first match wins:
-1. ``<data_dir>/<task name>/<split>.{jsonl,csv,parquet}``, with data_dir from the argument or
-   $PTDIST_DATA_DIR;
+1. ``<data_dir>/<task name>/<split>.{jsonl,json,csv,parquet}``, with data_dir from the
+   argument or $PTDIST_DATA_DIR;
 2. the record's ``source.local``: its standard data files in ``<data_dir>/<folder>/``
    (`ptdist.tasks.formats`), laid out as the original downloads are;
 3. the record's ``source.files``;
 4. the Hugging Face hub, ``datasets.load_dataset(hub, config, split=...)``.
+
+Local files of every format are read by `ptdist.tasks.formats`, under its one policy for file
+types, encodings, field sizes and malformed rows.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -25,7 +29,8 @@ import numpy as np
 
 from ptdist.checksum import file_sha256
 from ptdist.errors import PtdistError
-from ptdist.tasks.formats import reader, split_files
+from ptdist.files import not_a_file, require_file
+from ptdist.tasks.formats import FILE_READERS, Columns, reader, split_files
 from ptdist.tasks.parsing import FILE_SUFFIXES
 from ptdist.tasks.record import Holdout, LocalSource, TaskRecord
 
@@ -33,8 +38,6 @@ if TYPE_CHECKING:
     import datasets
 
 log = logging.getLogger(__name__)
-
-_BUILDERS = {".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
 def load_split(task: TaskRecord, split: str, *, limit: int | None = None,
@@ -55,9 +58,8 @@ def load_split(task: TaskRecord, split: str, *, limit: int | None = None,
     if split not in known:
         raise PtdistError(f"task '{task.name}' has no split '{split}'; use one of "
                           f"{', '.join(sorted(known))}")
-    raw, where, label_map = _raw_split(task, split, data_dir)
-    _check_columns(raw, task, where)
-    columns = _columns(raw, task, where)
+    columns, where, label_map = _raw_split(task, split, data_dir)
+    _check_columns(list(columns), task, where)
     answer = _label_reader(task, label_map) if task.is_classification else \
         _reference_reader(task, where)
     answer_column = task.label_column if task.is_classification else \
@@ -75,7 +77,8 @@ def load_split(task: TaskRecord, split: str, *, limit: int | None = None,
             continue
         keep.append(i)
         answers.append(parsed)
-    _report_dropped(task, where, raw.num_rows, len(keep), bad_answers, empty_inputs)
+    _report_dropped(task, where, len(columns[answer_column]), len(keep), bad_answers,
+                    empty_inputs)
 
     if limit is not None and limit < len(keep):
         chosen = np.sort(np.random.default_rng(seed).permutation(len(keep))[:limit])
@@ -88,17 +91,6 @@ def load_split(task: TaskRecord, split: str, *, limit: int | None = None,
         return datasets.Dataset.from_dict({"text": texts, "label": answers})
     return datasets.Dataset.from_dict(
         {"text": texts, "target": [refs[0] for refs in answers], "references": answers})
-
-
-def _columns(raw: Any, task: TaskRecord, where: str) -> dict[str, list]:
-    """The record's columns of ``raw``; a file with bytes that are not UTF-8 is a clear error
-    (the json and csv readers keep bytes they cannot decode until the values are read)."""
-    try:
-        return raw.select_columns(list(task.required_columns)).to_dict()
-    except UnicodeDecodeError as exc:
-        raise PtdistError(f"{where} is not UTF-8 text ({exc.reason} at byte {exc.start} of a "
-                          "value); save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE > "
-                          "NEW`") from None
 
 
 @dataclass(frozen=True)
@@ -120,23 +112,23 @@ def data_origin(task: TaskRecord, split: str, data_dir: str | None) -> Origin:
     if folder:
         base = Path(folder).expanduser()
         mine = base / task.name
-        found = [mine / f"{split}{s}" for s in FILE_SUFFIXES if (mine / f"{split}{s}").is_file()]
+        found = [mine / f"{split}{s}" for s in FILE_SUFFIXES if _present(mine / f"{split}{s}")]
         if len(found) > 1:
             raise PtdistError(f"{mine} holds {len(found)} {split} files "
                               f"({', '.join(p.name for p in found)}); keep only one")
         if found:
             return Origin("folder", found[0], (found[0],))
-        searched.append(f"{mine}/{split}.{{jsonl,csv,parquet}}")
+        searched.append(f"{mine}/{split}.{{{','.join(s[1:] for s in FILE_SUFFIXES)}}}")
         local = task.source.local
         if local is not None and split in local.splits:
             name = local.holdout.file if local.holdout else local.files[split]
             paths = split_files(local.format, base / local.folder, name)
-            if all(p.is_file() for p in paths):
+            if all(_present(p) for p in paths):
                 return Origin("local", base / local.folder / name, tuple(paths))
             searched.append(", ".join(str(p) for p in paths))
     if split in task.source.files:
         path = Path(task.source.files[split])
-        if not path.is_file():
+        if not _present(path):
             raise PtdistError(f"task '{task.name}': {split} file {path} (source.files.{split}) "
                               "does not exist; fix the path in the task YAML")
         return Origin("files", path, (path,))
@@ -157,8 +149,14 @@ def data_fingerprint(task: TaskRecord, splits: tuple[str, ...],
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime): digest, per process
 
 
+def _present(path: Path) -> bool:
+    """Whether something is at ``path``: a file to read, or another thing there that reading
+    it will name (a folder, a FIFO)."""
+    return not_a_file(path) != "missing"
+
+
 def _file_digest(path: Path) -> str:
-    stat = path.stat()
+    stat = require_file(path, "data file").stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:
         _DIGESTS[key] = file_sha256(path)
@@ -166,27 +164,29 @@ def _file_digest(path: Path) -> str:
 
 
 def _raw_split(task: TaskRecord, split: str,
-               data_dir: str | None) -> tuple[Any, str, dict[str, str] | None]:
-    """The split's raw rows, where they were read, and the label map that applies to them."""
+               data_dir: str | None) -> tuple[Columns, str, dict[str, str] | None]:
+    """The split's raw columns, where they were read, and the label map that applies to
+    them."""
     origin = data_origin(task, split, data_dir)
     if origin.kind == "local":
         local = task.source.local
         return (_read_local(local, origin.path, split), str(origin.path),
                 local.label_map or task.label_map)
     if origin.kind in ("folder", "files"):
-        return _read_file(origin.path), str(origin.path), task.label_map
-    return _from_hub(task, split, origin.searched), _hub_label(task, split), task.label_map
+        return FILE_READERS[origin.path.suffix](origin.path), str(origin.path), task.label_map
+    where = _hub_label(task, split)
+    rows = _from_hub(task, split, origin.searched)
+    _check_columns(rows.column_names, task, where)
+    return rows.select_columns(list(task.required_columns)).to_dict(), where, task.label_map
 
 
-def _read_local(local: LocalSource, path: Path, split: str):
+def _read_local(local: LocalSource, path: Path, split: str) -> Columns:
     """One split of a task's standard data files, columns renamed as the record says."""
-    import datasets
-
     columns = {local.columns.get(name, name): values
                for name, values in reader(local.format)(path).items()}
     if local.holdout is not None:
         columns = _held_out(columns, local.holdout, split)
-    return datasets.Dataset.from_dict(columns)
+    return columns
 
 
 def _held_out(columns: dict[str, list], holdout: Holdout, split: str) -> dict[str, list]:
@@ -196,17 +196,6 @@ def _held_out(columns: dict[str, list], holdout: Holdout, split: str) -> dict[st
     cut = int(n * holdout.eval_fraction)
     chosen = np.sort(order[:cut] if split == "eval" else order[cut:])
     return {name: [values[i] for i in chosen] for name, values in columns.items()}
-
-
-def _read_file(path: Path):
-    import datasets
-
-    builder = _BUILDERS[path.suffix]
-    try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
-    except Exception as exc:  # datasets wraps parser errors in several exception types
-        raise PtdistError(f"cannot read {path} as {builder}: {_brief(exc)}; check that it is "
-                          "valid JSON lines, CSV with a header row, or Parquet") from exc
 
 
 def _hub_label(task: TaskRecord, split: str) -> str:
@@ -219,7 +208,7 @@ def _from_hub(task: TaskRecord, split: str, searched: str):
     import datasets
 
     src = task.source
-    where_local = ("put train.jsonl and eval.jsonl (or .csv / .parquet) with columns "
+    where_local = ("put train.jsonl and eval.jsonl (or .json, .csv, .parquet) with columns "
                    f"{', '.join(_column_help(task))} in DIR/{task.name}/ and pass --data-dir DIR "
                    "(or set PTDIST_DATA_DIR=DIR), or list the files under source.files in a task "
                    "YAML (docs/tasks.md)")
@@ -253,12 +242,12 @@ def _column_help(task: TaskRecord) -> list[str]:
     return inputs + [f"{column} ({shape})"]
 
 
-def _check_columns(raw, task: TaskRecord, where: str) -> None:
-    missing = [c for c in task.required_columns if c not in raw.column_names]
+def _check_columns(names: Collection[str], task: TaskRecord, where: str) -> None:
+    missing = [c for c in task.required_columns if c not in names]
     if missing:
         raise PtdistError(
             f"{where} has no column {', '.join(repr(c) for c in missing)} for task "
-            f"'{task.name}'; its columns are {', '.join(raw.column_names)}. Rename the "
+            f"'{task.name}'; its columns are {', '.join(names)}. Rename the "
             "columns, or write a task YAML whose template and label/target columns match "
             "(docs/tasks.md)")
 

@@ -3,31 +3,42 @@ each mistake stops with one message naming the file, the key or value, and the f
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
 
 from pydantic import AfterValidator, Field, create_model
 
 from ptdist.errors import PtdistError
-from ptdist.tasks.formats import FORMATS
+from ptdist.tasks.formats import FILE_READERS, FORMATS
 from ptdist.tasks.metrics import CLASSIFICATION_METRICS, GENERATION_METRICS
 from ptdist.tasks.record import (BACKBONE_FAMILIES, KINDS, TYPE_KINDS, Holdout, LocalSource,
-                                 Source, TaskRecord, template_columns)
+                                 Source, TaskRecord, template_columns, template_fields)
 from ptdist.validation import Strict, Text, located, read_yaml, rule, validate
 
-FILE_SUFFIXES = (".jsonl", ".csv", ".parquet")
+FILE_SUFFIXES = tuple(FILE_READERS)
 DEFAULT_SPLITS = {"train": "train", "eval": "validation"}
 DOCS = "docs/tasks.md"
 _SEPARATORS = str.maketrans("", "", "_-.")
+_PLAIN_FIELD = re.compile(r"[^.\[\]!:{}]+")
 
 
 def _template(template: str) -> str:
     try:
-        columns = template_columns(template)
+        fields = template_fields(template)
     except ValueError as exc:
         raise ValueError(f"is not a valid format string: {exc}") from None
-    if not columns or not all(c and not c.isdigit() for c in columns):
+    if not fields or not all(f and not f.isdigit() for f, _, _ in fields):
         raise ValueError("must name the data's columns in braces")
+    # A field is a column name and nothing else: str.format would otherwise reach the value's
+    # attributes and items ({text.__class__}) or pad it to any width ({text:>999999999}).
+    fancy = next((f for f in fields if f[1:] != (None, "") or not _PLAIN_FIELD.fullmatch(f[0])),
+                 None)
+    if fancy is not None:
+        written = fancy[0] + (f"!{fancy[1]}" if fancy[1] else "") + \
+            (f":{fancy[2]}" if fancy[2] else "")
+        raise ValueError(f"field {{{written}}} is not a plain column name: a field is "
+                         "{column}, without '.', '[', '!' or ':'")
     return template
 
 

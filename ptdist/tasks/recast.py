@@ -20,6 +20,7 @@ import random
 from pathlib import Path
 
 from ptdist.errors import PtdistError
+from ptdist.files import read_text
 
 TYPES = {"PER": "a person", "LOC": "a location", "ORG": "an organization"}
 SEED = 0
@@ -28,7 +29,7 @@ SEED = 0
 def sentences(path: Path) -> list[list[tuple[str, str]]]:
     """(token, tag) lists, one per sentence."""
     out, current = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text(path, "data file").splitlines(), 1):
         fields = line.split()
         if not fields:
             if current:

@@ -121,8 +121,14 @@ def _root(field_name: str) -> str:
     return _FIELD_ROOT.split(field_name, maxsplit=1)[0]
 
 
+def template_fields(template: str) -> list[tuple[str, str | None, str]]:
+    """(field name, conversion, format spec) of each replacement field of a str.format
+    template, in order. Raises ValueError for a malformed template."""
+    return [(f, conversion, spec) for _, f, spec, conversion in string.Formatter().parse(template)
+            if f is not None]
+
+
 def template_columns(template: str) -> tuple[str, ...]:
-    """Columns named by a str.format template, in order; ``{answers[text]}`` reads ``answers``.
-    Raises ValueError for a malformed template."""
-    names = [_root(f) for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    return tuple(dict.fromkeys(names))
+    """Columns named by a str.format template, in order. Raises ValueError for a malformed
+    template."""
+    return tuple(dict.fromkeys(_root(f) for f, _, _ in template_fields(template)))

@@ -43,7 +43,7 @@ def get_task(name_or_path: str) -> TaskRecord:
         return builtins[_key(name_or_path)]
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml") or path.is_file():
-        if not path.is_file():
+        if not path.exists():  # something else there (a FIFO) is named by parse_file
             raise PtdistError(f"task file {path} does not exist; check the path, or use a "
                               f"built-in task name ({', '.join(sorted(builtins))})")
         return parse_file(path)

@@ -15,6 +15,7 @@ from torch import nn
 
 from ptdist.backbones import Backbone, dtype_of, load_backbone, resolve_model_path
 from ptdist.errors import PtdistError
+from ptdist.files import not_a_file, read_text
 from ptdist.training.config import TrainConfig
 from ptdist.training.op_builds import watched_builds
 from ptdist.validation import json_kind, located, validate
@@ -53,13 +54,14 @@ def load_ds_config(name_or_path: str) -> tuple[dict, str]:
     if not path.suffix:
         found = [d / f"{name_or_path}.json" for d in DS_CONFIG_DIRS]
         path = next((p for p in found if p.exists()), found[0])
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not_a_file(path) == "missing":
         names = sorted({p.stem for d in DS_CONFIG_DIRS for p in d.glob("*.json")})
         raise PtdistError(f"DeepSpeed config '{name_or_path}' not found; give a JSON file path "
-                          f"or one of: {', '.join(names)}") from None
-    except (OSError, json.JSONDecodeError) as exc:
+                          f"or one of: {', '.join(names)}")
+    text = read_text(path, "DeepSpeed config")  # a FIFO or a folder is refused by its type
+    try:
+        raw = json.loads(text)
+    except (ValueError, RecursionError) as exc:
         raise PtdistError(f"cannot read DeepSpeed config {path}: {exc}. It must be a JSON "
                           "object; see ds_configs/README.md for examples.") from None
     if not isinstance(raw, dict):

@@ -183,12 +183,12 @@ def score_prompt(model: str, store: Store, prompt_ref: str, task_ref: str, *,
     task = get_task(task_ref)
     prompt = store.prompts.load(prompt_ref)
     trained = [store.prompts.manifest(prompt_ref)] if store.prompts.has(prompt_ref) else []
+    rows = load_split(task, "eval", limit=limit, data_dir=data_dir).to_list()  # before the model
     backbone = eval_backbone(model, precision=inference_precision(trained, precision),
                              device=device)
     backbone.check_prompt(prompt)
     backbone.check_length(prompt.shape[0])
     check_task_fits(task, backbone)
     prompt = prompt.to(next(backbone.parameters()).device)
-    rows = load_split(task, "eval", limit=limit, data_dir=data_dir).to_list()
     return evaluate(backbone, lambda b: prompt.expand(b, -1, -1), task, rows, batch_size,
                     max_new_tokens)

@@ -45,7 +45,8 @@ from ptdist.training.fingerprint import frozen_fingerprint
 from ptdist.training.op_builds import watched_builds
 from ptdist.training.progress import Progress
 from ptdist.training.run import (Fitted, RunData, RunPlan, TrainResult, fresh_prompt,
-                                 load_run_data, plan_run, store_finished, stored_result)
+                                 plan_run, read_run_data, store_finished, stored_result,
+                                 suited)
 from ptdist.training.stacked import RowStep, StackedAdamW
 from ptdist.training.tracking import Diverged, RunTracker
 
@@ -137,13 +138,17 @@ def _train_pack(todo: list[tuple[TrainConfig, RunPlan]], store: Store,
     rank, world = init_distributed()
     first = todo[0][0]
     ds_config = deepspeed_config(todo[0][1].ds_config, first, world)
+    read: dict[tuple, RunData] = {}  # runs of one task (seeds, inits) share its rows
+    for config, plan in todo:
+        if _data_key(config) not in read:
+            read[_data_key(config)] = read_run_data(config, plan.task)
     with frozen_backbone(first, ds_config) as backbone:
         with watched_builds():
             engine, *_ = deepspeed.initialize(model=backbone,
                                               config=frozen_engine_config(ds_config))
         backbone = engine.module
         fingerprint = frozen_fingerprint(backbone)
-        runs, prompts = _start_runs(todo, backbone, store, engine.device, world)
+        runs, prompts = _start_runs(todo, read, backbone, store, engine.device, world)
         progress = Progress(max(r.config.steps - r.tracker.state.step for r in runs),
                             first.eval_every, 0, rank == 0)
         progress.line(f"[ptdist] pack of {len(runs)} run(s) on {first.model}: {world} "
@@ -164,16 +169,22 @@ def _train_pack(todo: list[tuple[TrainConfig, RunPlan]], store: Store,
     return results
 
 
-def _start_runs(todo: list[tuple[TrainConfig, RunPlan]], backbone: Backbone, store: Store,
-                device: torch.device, world: int) -> tuple[list[_Run], StackedAdamW]:
-    """The pack's runs, each from its checkpoint or its init, and their prompts as one
-    tensor."""
-    loaded: dict[tuple, RunData] = {}  # runs of one task (seeds, inits) share its rows
+def _data_key(config: TrainConfig) -> tuple:
+    """What a run's rows depend on."""
+    return config.task, config.train_limit, config.eval_limit, config.data_dir
+
+
+def _start_runs(todo: list[tuple[TrainConfig, RunPlan]], read: dict[tuple, RunData],
+                backbone: Backbone, store: Store, device: torch.device,
+                world: int) -> tuple[list[_Run], StackedAdamW]:
+    """The pack's runs, each from its checkpoint or its init, on the rows ``read`` holds by
+    `_data_key`, and their prompts as one tensor."""
+    loaded: dict[tuple, RunData] = {}
     runs, inits, moments = [], [], []
     for row, (config, plan) in enumerate(todo):
-        key = (config.task, config.train_limit, config.eval_limit, config.data_dir)
+        key = _data_key(config)
         if key not in loaded:
-            loaded[key] = load_run_data(config, plan.task, backbone)
+            loaded[key] = suited(read[key], config, plan.task, backbone)
         folder = store.layout.run_dir(plan.prompt_id)
         resumed = load_checkpoint(folder)
         saved, state = resumed if resumed is not None else ({}, TrainState())

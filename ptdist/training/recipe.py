@@ -27,8 +27,8 @@ from ptdist.training.engine import (deepspeed_config, frozen_backbone, precision
 from ptdist.training.evaluation import evaluate
 from ptdist.training.fingerprint import frozen_fingerprint
 from ptdist.training.progress import Progress
-from ptdist.training.run import (Fitted, RunData, TrainResult, fresh_prompt, load_run_data,
-                                 plan_run, store_finished, stored_result)
+from ptdist.training.run import (Fitted, RunData, TrainResult, fresh_prompt, plan_run,
+                                 read_run_data, store_finished, stored_result, suited)
 from ptdist.training.tracking import RunTracker
 
 MEAN_METRIC = "mean_primary"  # a fit on several tasks: the mean of their primary metrics
@@ -45,6 +45,7 @@ def train(config: TrainConfig, store: Store | None = None) -> TrainResult:
     plan = plan_run(config, store)
     if store.prompts.has(plan.prompt_id):
         return stored_result(store, plan.prompt_id, skipped=True, t0=t0)
+    store.prompts.require_own_folder(plan.prompt_id)  # before the model loads, not after
     fitted = fit(config, [plan.task], plan.ds_config, store.layout.run_dir(plan.prompt_id),
                  lambda backbone: SoftPrompt(fresh_prompt(config, plan, backbone)),
                  f"run {plan.prompt_id}")
@@ -66,8 +67,9 @@ def fit(config: TrainConfig, tasks: Sequence[TaskRecord], ds_raw: dict, run_fold
     and early stopping follow is the mean of the tasks' primary metrics (`fit_metric`)."""
     rank, world = init_distributed()
     ds_config = deepspeed_config(ds_raw, config, world, tasks=len(tasks))
+    rows = [read_run_data(config, task) for task in tasks]
     with frozen_backbone(config, ds_config) as backbone:
-        data = [load_run_data(config, task, backbone) for task in tasks]
+        data = [suited(d, config, task, backbone) for d, task in zip(rows, tasks)]
         resumed = load_checkpoint(run_folder)
         saved, state = resumed if resumed is not None else ({}, TrainState())
         trainable = build(backbone)

@@ -6,13 +6,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 
 import torch
 
 from ptdist import __version__
-from ptdist.backbones import Backbone, InitSpec, fitted_head_key, initial_prompt
+from ptdist.backbones import (Backbone, InitSpec, fitted_head_key, initial_prompt, model_config,
+                              model_kind)
 from ptdist.backbones.prompt import PROMPT_PARAM
+from ptdist.errors import PtdistError
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
 from ptdist.tasks import TaskRecord, data_fingerprint, get_task, load_split
@@ -20,6 +23,7 @@ from ptdist.training.checkpoint import TrainState
 from ptdist.training.config import TrainConfig
 from ptdist.training.engine import load_ds_config, precision_of, zero_stage
 from ptdist.training.evaluation import check_task_fits
+from ptdist.training.memory import model_memory
 
 
 @dataclass
@@ -95,10 +99,34 @@ def plan_run(config: TrainConfig, store: Store) -> RunPlan:
         else str(init)
     ds_config, _ = load_ds_config(config.ds_config)
     precision = precision_of(ds_config)
+    check_positions(config, precision)
     data = data_fingerprint(task, ("train", "eval"), config.data_dir)
     return RunPlan(task, init, artifact, ds_config, precision,
                    prompt_id_of(config, task, init_digest, precision, data,
                                 fitted_head_key(config.model)))
+
+
+def check_positions(config: TrainConfig, precision: str) -> None:
+    """The loaded model's prompt-length check (`Backbone.check_length`), run on the model built
+    from its config on the meta device: `ptdist train` and a sweep's dry run refuse a prompt
+    too long for the model alike, before any weights load. A model whose config is not at hand
+    here (a hub model without hub access) is checked when it loads."""
+    backbone = _planned_mlm(config.model, precision)
+    if backbone is not None:
+        backbone.check_length(config.prompt_length, config.max_length)
+
+
+@lru_cache(maxsize=64)
+def _planned_mlm(model: str, precision: str) -> Backbone | None:
+    """``model`` on the meta device if it is an encoder MLM (an encoder-decoder has relative
+    positions: no limit to check); None also when its config cannot be read here, looked up
+    once per process (a sweep plans every run)."""
+    try:
+        if model_kind(model_config(model)) != "mlm":
+            return None
+        return model_memory(model, precision).backbone
+    except (PtdistError, ValueError):  # no config here, or no model ptdist tunes: the load says
+        return None
 
 
 @dataclass
@@ -108,11 +136,9 @@ class RunData:
     words: list[str] | None  # label words for this backbone; None for generation tasks
 
 
-def load_run_data(config: TrainConfig, task: TaskRecord, backbone: Backbone) -> RunData:
-    """A run's training and evaluation rows, after checking the task and the prompt length
-    suit the backbone."""
-    check_task_fits(task, backbone)
-    backbone.check_length(config.prompt_length)
+def read_run_data(config: TrainConfig, task: TaskRecord) -> RunData:
+    """A run's training and evaluation rows, read before its model loads, so a bad data file
+    stops the run before that work; the label words come with the backbone (`suited`)."""
     # Subsets are drawn with a fixed seed: runs of every seed, and `ptdist eval`, see the same
     # rows, so their scores compare; the run's seed only sets the init and the data order.
     return RunData(
@@ -120,7 +146,15 @@ def load_run_data(config: TrainConfig, task: TaskRecord, backbone: Backbone) -> 
                          data_dir=config.data_dir).to_list(),
         eval=load_split(task, "eval", limit=config.eval_limit,
                         data_dir=config.data_dir).to_list(),
-        words=task.words_for(backbone.kind))
+        words=None)
+
+
+def suited(data: RunData, config: TrainConfig, task: TaskRecord, backbone: Backbone) -> RunData:
+    """``data`` with ``backbone``'s label words, after checking the task and the prompt length
+    suit the backbone."""
+    check_task_fits(task, backbone)
+    backbone.check_length(config.prompt_length)
+    return replace(data, words=task.words_for(backbone.kind))
 
 
 def fresh_prompt(config: TrainConfig, plan: RunPlan, backbone: Backbone) -> torch.Tensor:
