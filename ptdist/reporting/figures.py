@@ -74,14 +74,14 @@ def _save(fig, path: str | os.PathLike) -> Path:
 def matrix_figure(rows: Sequence[MatrixRow], path: str | os.PathLike,
                   field: str = "relative") -> Path:
     """The heatmap of a zero-shot transfer matrix: ``field`` (relative or normalized, %),
-    each cell the mean over the source task's prompts."""
+    each cell the mean over its seeds."""
     order = list(dict.fromkeys(r.source_task for r in rows))
     types = {r.source_task: r.source_type for r in rows}
     index = {name: i for i, name in enumerate(order)}
     values = np.full((len(order), len(order)), np.nan)
     for (source, target), found in cells(rows, field).items():
         if found:
-            values[index[source], index[target]] = float(np.mean(found))
+            values[index[source], index[target]] = float(np.mean(list(found.values())))
     label = {"relative": "relative performance (%)",
              "normalized": "chance-normalised transfer (%)"}[field]
     return grouped_heatmap(values, order, order, [types[n] for n in order],

@@ -11,6 +11,11 @@ reaches t x vanilla's best: a best score reached once, late, by a noisy curve no
 the whole comparison. A run that reaches the threshold at step 0 (its starting prompt already
 does) has an infinite speed-up; two runs that both start there have a speed-up of 1.
 
+Steps-to-target is known only to the nearest evaluation (`evaluation_grid`): on a grid of every
+100 of 300 steps a speed-up is a ratio of two of 100, 200 and 300. Beside it, the area under
+each learning curve (`curve_area`: its mean score over the steps both runs cover) compares the
+whole curves, not one crossing.
+
 A `TptPlan` says which runs a comparison needs (vanilla and each source on each target); the
 runs are ordinary prompt-tuning runs, trained (or found in the store) by whoever runs the plan,
 and `tpt_summary` reads their curves from the store. TPT_task starts from another task's prompt
@@ -132,6 +137,29 @@ def speedup(vanilla_steps: int, steps: int | None) -> float | None:
     if steps == 0:
         return float("inf") if vanilla_steps else 1.0
     return vanilla_steps / steps
+
+
+def curve_area(steps: Sequence[int], scores: Sequence[float], until: int) -> float:
+    """The area under a learning curve from step 0 to ``until`` (trapezoids between
+    evaluations), divided by ``until``: the curve's mean score over those steps (its score at
+    step 0 when ``until`` is 0). The curve must be evaluated at step 0 and at ``until``."""
+    points = sorted((step, score) for step, score in zip(steps, scores) if step <= until)
+    if not points or points[0][0] != 0 or points[-1][0] != until:
+        raise PtdistError(f"a learning curve evaluated at steps {sorted(steps)} does not cover "
+                          f"steps 0 to {until}")
+    if until == 0:
+        return points[0][1]
+    area = sum((b - a) * (sa + sb) / 2 for (a, sa), (b, sb) in zip(points, points[1:]))
+    return area / until
+
+
+def evaluation_grid(steps: Sequence[int]) -> str:
+    """A curve's evaluation steps in words: "every 100 of 300 steps" or the list."""
+    ordered = sorted(set(steps))
+    gaps = {b - a for a, b in zip(ordered, ordered[1:])}
+    if ordered and ordered[0] == 0 and len(gaps) == 1:
+        return f"every {gaps.pop()} of {ordered[-1]} steps"
+    return "at steps " + ", ".join(map(str, ordered))
 
 
 def speedup_rows(vanilla: PromptManifest,
