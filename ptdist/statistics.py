@@ -161,9 +161,11 @@ def t_bounds(values: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.n
     return mean, mean - half, mean + half
 
 
-def over_replicates(values: Sequence[float], method: str = "t over seeds") -> Interval:
-    """The mean of independent replicates (NaN ones left out) with its t-interval and the
-    p-value of "the mean is 0"; no interval below `MIN_REPLICATES`."""
+def over_replicates(values: Sequence[float], method: str = "t over seeds",
+                    test: bool = False) -> Interval:
+    """The mean of independent replicates (NaN ones left out) with its t-interval and, for a
+    difference (``test``), the p-value of "the mean is 0"; no interval below
+    `MIN_REPLICATES`."""
     data = np.asarray(values, dtype=np.float64)
     data = data[np.isfinite(data)]
     n = len(data)
@@ -173,7 +175,9 @@ def over_replicates(values: Sequence[float], method: str = "t over seeds") -> In
         return Interval(float(data.mean()), float("nan"), float("nan"), n, method)
     mean, low, high = (float(v) for v in t_bounds(data))
     sd = float(data.std(ddof=1))
-    if sd == 0:
+    if not test:
+        p = None
+    elif sd == 0:
         p = 1.0 if mean == 0 else 0.0
     else:
         p = t_two_sided_p(mean / (sd / math.sqrt(n)), n - 1)
@@ -183,7 +187,7 @@ def over_replicates(values: Sequence[float], method: str = "t over seeds") -> In
 def paired(a: dict, b: dict, method: str = "paired t over seeds") -> Interval:
     """``a - b`` over the replicates both have (``{replicate: value}``): the paired t-test."""
     common = [k for k in a if k in b and np.isfinite(a[k]) and np.isfinite(b[k])]
-    return over_replicates([a[k] - b[k] for k in common], method)
+    return over_replicates([a[k] - b[k] for k in common], method, test=True)
 
 
 # --- evaluation rows -------------------------------------------------------------------------

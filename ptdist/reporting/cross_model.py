@@ -78,7 +78,7 @@ def _finding(source: str, target: str, mode: str, label: str, rows: list[Project
     for r in rows:
         per_run.setdefault(r.projector, []).append(r.score - r.untrained_score)
     gain = over_replicates([sum(g) / len(g) for g in per_run.values()],
-                           "t over projector runs")
+                           "t over projector runs", test=True)
     section.estimates.append(estimate_row(
         "cross_model", target, f"{short_name(source)} -> {short_name(target)} gain over the "
         f"untrained projector {label}", gain,

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ptdist.neurons.correlation import (MIN_SOURCES, SeedCoefficients, by_strength,
-                                        correlation_row, global_estimate, paired_per_target,
-                                        per_target_estimate, stored_coefficients,
-                                        why_no_interval)
+from ptdist.neurons.correlation import (CALIBRATED_PAIRS, CALIBRATED_SOURCES,
+                                        CALIBRATED_TARGETS, MIN_SOURCES, SeedCoefficients,
+                                        by_strength, correlation_row, global_estimate,
+                                        paired_per_target, per_target_estimate,
+                                        stored_coefficients, why_no_interval)
 from ptdist.reporting.figures import layerwise_figure
 from ptdist.reporting.sections import Section, estimate_row, short_name, with_basis
 from ptdist.statistics import Interval, verdict
@@ -41,7 +42,11 @@ def indicator_section(store: Store, model: str, folder: Path) -> Section:
              "each seed (a seed's prompts are one replicate) and averaged over seeds: per "
              "target (the paper's protocol: across the sources of each target, averaged over "
              "targets; it ranks the indicators) and over all pairs of a seed. An interval is a "
-             "t-interval over seeds, given only where it holds its coverage.\n",
+             "t-interval over seeds, given only where it holds its coverage: the seeds' "
+             "prompts started independently (so each seed's source is compared with the "
+             f"target's prompt of its own seed), and each seed's coefficient rests on "
+             f"{CALIBRATED_TARGETS} targets of {CALIBRATED_SOURCES}+ sources (per target) or "
+             f"{CALIBRATED_PAIRS} pairs (global).\n",
              "| indicator | Spearman per target | targets x sources | Spearman global | "
              "pairs | seeds |", "|---|---|---|---|---|---|"]
     lines += [f"| {r.indicator} | {per_target[r.indicator]} | {r.targets} x {r.sources}+ | "

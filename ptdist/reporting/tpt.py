@@ -94,7 +94,7 @@ def _finding(model: str, target: str, run: str, rows: Sequence[TptSummaryRow],
     seeds = [seed[r.prompt_id] for r in rows]
     label = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
     gains = {seed[r.prompt_id]: areas[r.prompt_id][0] - areas[r.prompt_id][1] for r in rows}
-    gain = over_replicates(list(gains.values()))
+    gain = over_replicates(list(gains.values()), "paired t over seeds", test=True)
     section.estimates.append(estimate_row("tpt", model, f"{target}, {run}: area minus "
                                           "vanilla's", gain, gains))
     best_score = "vanilla PT's best score"

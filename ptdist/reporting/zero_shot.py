@@ -73,7 +73,8 @@ def same_vs_cross(who: str, model: str, relative: dict[Pair, dict[int, float]],
     for label, values in (("chance-normalised", normalized), ("relative", relative)):
         a, b = group_replicates(values, same), group_replicates(values, cross)
         if a and b:
-            views[label] = (over_replicates(a), over_replicates(b), paired(a, b))
+            views[label] = (over_replicates(list(a.values())), over_replicates(list(b.values())),
+                            paired(a, b))
             section.estimates += [
                 estimate_row("transfer", model, f"same-type {label} transfer", views[label][0],
                              a),
