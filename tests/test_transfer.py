@@ -278,3 +278,27 @@ def test_tpt_says_why_it_trains_its_own_vanilla_run(task_prompts):
     other_seed = TrainConfig(**{**ours.to_dict(), "seed": 3})
     assert why_vanilla_is_trained(store, other_seed, "sst2").endswith(
         "the store holds no vanilla run of it with this seed")
+
+
+def test_a_tpt_plan_runs_each_seed_from_that_seeds_source_prompt(tmp_path):
+    """Each seed is a replicate of the comparison: its TPT run starts from the source task's
+    prompt of that seed and is compared with that seed's vanilla run."""
+    import torch
+
+    from ptdist.transfer import task_plan
+    from tests.test_store import manifest
+
+    store = Store(tmp_path)
+    prompts = []
+    for task in ("sst2", "imdb"):
+        for seed in (0, 1):
+            prompt = torch.zeros(8, 64)
+            store.prompts.put(prompt, manifest(f"{task}{seed}", prompt, task=task, seed=seed))
+            prompts.append(store.prompts.manifest(f"{task}{seed}"))
+    plan = task_plan(store, "tiny-roberta", ["imdb"], ["sst2"], prompts, {"steps": 10},
+                     seeds=(0, 1))
+    assert [(t, s, label, c.seed, c.init) for t, s, label, c in plan.runs()] == [
+        ("imdb", 0, "vanilla", 0, "random"), ("imdb", 0, "tpt from sst2", 0, "prompt:sst20"),
+        ("imdb", 1, "vanilla", 1, "random"), ("imdb", 1, "tpt from sst2", 1, "prompt:sst21")]
+    one = task_plan(store, "tiny-roberta", ["imdb"], ["sst2"], prompts, {"steps": 10, "seed": 1})
+    assert [c.init for *_, c in one.runs()] == ["random", "prompt:sst21"]

@@ -74,6 +74,7 @@ def tpt(args: argparse.Namespace) -> None:
 def show_tpt(args: argparse.Namespace, result, store) -> None:
     """A TPT result: one line per run with its speed-up, and each target's figure."""
     from ptdist.reporting.figures import tpt_figure
+    from ptdist.reporting.tpt import run_seeds
     from ptdist.store.layout import TPT_CURVES, TPT_FIGURE
     from ptdist.store.results import TptCurveRow
     from ptdist.store.tables import read_records
@@ -92,8 +93,8 @@ def show_tpt(args: argparse.Namespace, result, store) -> None:
                      f"{r.best_score:.2f} @ {r.best_step}; {reached}{speed}{near}")
     for folder in result.folders:
         summary = [r for r in result.summary if r.target_task == folder.name]
-        figure = tpt_figure(read_records(folder / TPT_CURVES, TptCurveRow), summary,
-                            folder / TPT_FIGURE)
+        curves = read_records(folder / TPT_CURVES, TptCurveRow)
+        figure = tpt_figure(curves, summary, folder / TPT_FIGURE, run_seeds(store, curves))
         lines.append(f"curves and tables: {folder} ({figure.name})")
     emit(args, "\n".join(lines), {"summary": result.summary,
                                   "folders": [str(f) for f in result.folders]})

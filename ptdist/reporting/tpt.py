@@ -27,7 +27,7 @@ def tpt_section(study: Study, store: Store, projectors: list[str], folder: Path,
     targets = [get_task(t).name for t in study.tpt.targets]
     places = [(segment(m.name), {"model": m.name}) for m in study.spec.models]
     places += [(pid, {"projector": pid}) for pid in projectors]
-    rows, curves, figures = [], {}, []
+    rows, curves, figures, seed = [], {}, [], {}
     for label, owner in places:
         for target in targets:
             tpt_dir = store.layout.tpt_dir(target, **owner)
@@ -39,13 +39,13 @@ def tpt_section(study: Study, store: Store, projectors: list[str], folder: Path,
                     steps, scores = curves.setdefault(c.prompt_id, ([], []))
                     steps.append(c.step)
                     scores.append(c.score)
+                seed.update(run_seeds(store, found))
                 figure = f"tpt_{label}_{target}.png"
-                tpt_figure(found, summary, folder / figure)
+                tpt_figure(found, summary, folder / figure, seed)
                 figures.append(f"![TPT on {target}]({figure})")
     if not rows:
         return Section()
     write_records(folder / "tpt.parquet", TptSummaryRow, rows)
-    seed = {r.prompt_id: store.prompts.manifest(r.prompt_id).seed for r in rows}
     vanilla = {(r.model, r.target_task, seed[r.prompt_id]): r for r in rows if r.run == "vanilla"}
     areas = {r.prompt_id: _areas(curves, r, vanilla[r.model, r.target_task, seed[r.prompt_id]])
              for r in rows}
@@ -77,6 +77,11 @@ def tpt_section(study: Study, store: Store, projectors: list[str], folder: Path,
         section.findings.append(_finding(model, target, run, mine, seed, areas, grid, section))
     section.body = "\n".join(lines + [""] + figures) + "\n"
     return section
+
+
+def run_seeds(store: Store, curves: Sequence[TptCurveRow]) -> dict[str, int]:
+    """The seed of each run of a TPT table (from its prompt's manifest)."""
+    return {pid: store.prompts.manifest(pid).seed for pid in {c.prompt_id for c in curves}}
 
 
 def _areas(curves: dict[str, Curve], run: TptSummaryRow,
