@@ -122,10 +122,11 @@ def _matrix_study(rng: np.random.Generator, replicates: int) -> dict[str, np.nda
     normalized = 100 * (score - chance) / (own[:, None, :] - chance)
     same, cross = [(0, 1), (1, 0)], [(0, 2), (2, 0), (1, 2), (2, 1), (3, 1), (3, 2)]
     out = {}
-    for name, values in (("relative", relative), ("normalized", normalized)):
+    for name, values in (("relative", relative), ("chance-normalised", normalized)):
         a = np.mean([values[:, s, t] for s, t in same], axis=0)
         b = np.mean([values[:, s, t] for s, t in cross], axis=0)
-        out.update({f"same {name}": a, f"cross {name}": b, f"difference {name}": a - b})
+        out.update({f"same-type {name}": a, f"cross-type {name}": b,
+                    f"same - cross {name}": a - b})
     return out
 
 
@@ -194,8 +195,7 @@ def test_a_per_target_spearman_over_two_sources_would_not_cover():
 
 # --- coverage of the row bootstrap -----------------------------------------------------------
 
-@pytest.mark.parametrize("rows", [MIN_ROWS, 100, 400])
-def test_the_row_bootstrap_of_a_score_difference_covers_from_its_minimum(rows):
+def _row_coverage(rows: int) -> float:
     """A prompt's accuracy minus the majority class's, per row -1, 0 or +1 (a prompt right on
     70 % of rows, the majority class on 55 %, independently), resampled as the evaluation rows
     are (`row_interval`; resampling the rows of a mean is drawing their category counts)."""
@@ -205,7 +205,12 @@ def test_the_row_bootstrap_of_a_score_difference_covers_from_its_minimum(rows):
     counts = rng.multinomial(rows, p, size=TRIALS)
     draws = rng.multinomial(rows, counts / rows, size=(1000, TRIALS))
     low, high = percentile_bounds((100 * (draws[..., 2] - draws[..., 0]) / rows).T)
-    coverage = np.mean((low <= truth) & (truth <= high))
+    return float(np.mean((low <= truth) & (truth <= high)))
+
+
+@pytest.mark.parametrize("rows", [MIN_ROWS, 100, 400])
+def test_the_row_bootstrap_of_a_score_difference_covers_from_its_minimum(rows):
+    coverage = _row_coverage(rows)
     assert WINDOW[0] <= coverage <= WINDOW[1], coverage
     assert not row_interval(1.0, np.zeros(10), MIN_ROWS - 1).defined
 
@@ -218,3 +223,41 @@ def test_resamples_are_seeded_and_draw_with_replacement():
     assert (draws == resamples(10, count=500, seed=3)).all()
     assert any(len(set(row)) < 10 for row in draws)
     assert math.isfinite(t_quantile(1))
+
+
+def coverage_table() -> list[str]:
+    """The coverage of each interval at each n, as docs/replicate.md shows it (run this file:
+    `python tests/test_statistics.py`); the same simulations as the tests above."""
+    rng = np.random.default_rng(1)
+    rows = {"mean of normal replicates (t over seeds)":
+            _coverage(rng.normal(3.0, 2.0, size=(TRIALS, max(SIZES))), 3.0)}
+    rng = np.random.default_rng(3)
+    truth = {k: v.mean() for k, v in _matrix_study(rng, 400_000).items()}
+    for name, values in _matrix_study(rng, TRIALS * max(SIZES)).items():
+        rows[f"{name} transfer (t over seeds)"] = _coverage(
+            values.reshape(TRIALS, max(SIZES)), truth[name])
+    for signal in (0.0, 3.0):
+        rng = np.random.default_rng(4)
+        for name, tasks, statistic in (
+                ("per-target Spearman, 6 targets x 5 sources", 6,
+                 lambda a, b, y: _per_target(a, y)),
+                ("paired difference of two per-target Spearmans", 6,
+                 lambda a, b, y: _per_target(a, y) - _per_target(b, y)),
+                ("global Spearman, 20 pairs", 5, lambda a, b, y: global_rows(a, y))):
+            true = statistic(*_indicator_study(rng, tasks, 20_000, signal)).mean()
+            values = statistic(*_indicator_study(rng, tasks, TRIALS * max(SIZES), signal))
+            rows[f"{name} (signal {signal:g})"] = _coverage(
+                values.reshape(TRIALS, max(SIZES)), true)
+    lines = ["| interval | " + " | ".join(f"n = {n}" for n in SIZES) + " |",
+             "|---|" + "---|" * len(SIZES)]
+    lines += [f"| {name} | " + " | ".join(f"{100 * c[n]:.1f} %" for n in SIZES) + " |"
+              for name, c in rows.items()]
+    lines += ["", "| interval | " + " | ".join(f"{n} rows" for n in (MIN_ROWS, 100, 400)) + " |",
+              "|---|---|---|---|", "| paired row bootstrap of an accuracy difference | "
+              + " | ".join(f"{100 * _row_coverage(n):.1f} %" for n in (MIN_ROWS, 100, 400))
+              + " |"]
+    return lines
+
+
+if __name__ == "__main__":
+    print("\n".join(coverage_table()))

@@ -300,5 +300,9 @@ def test_a_tpt_plan_runs_each_seed_from_that_seeds_source_prompt(tmp_path):
     assert [(t, s, label, c.seed, c.init) for t, s, label, c in plan.runs()] == [
         ("imdb", 0, "vanilla", 0, "random"), ("imdb", 0, "tpt from sst2", 0, "prompt:sst20"),
         ("imdb", 1, "vanilla", 1, "random"), ("imdb", 1, "tpt from sst2", 1, "prompt:sst21")]
-    one = task_plan(store, "tiny-roberta", ["imdb"], ["sst2"], prompts, {"steps": 10, "seed": 1})
-    assert [c.init for *_, c in one.runs()] == ["random", "prompt:sst21"]
+    # One run (the command line's): the source task's best prompt, whatever its seed.
+    store.prompts.put(torch.zeros(8, 64), manifest("best", torch.zeros(8, 64), task="sst2",
+                                                    seed=0, score=90.0))
+    one = task_plan(store, "tiny-roberta", ["imdb"], ["sst2"],
+                    prompts + [store.prompts.manifest("best")], {"steps": 10, "seed": 1})
+    assert [(c.seed, c.init) for *_, c in one.runs()] == [(1, "random"), (1, "prompt:best")]

@@ -120,19 +120,21 @@ def resolve_source(store: Store, model: str, ref: str,
 def task_plan(store: Store, model: str, targets: Sequence[str], sources: Sequence[str],
               prompts: Sequence[PromptManifest], train: dict[str, Any],
               seeds: Sequence[int] | None = None, **placement: Any) -> TptPlan:
-    """TPT_task: vanilla PT and TPT from each source (a prompt id, or a task: its best prompt
-    among ``prompts`` of the run's seed) on each target, once per seed of ``seeds`` (default:
-    the seed of ``train``); ``placement``: data_dir, ds_config, tolerance."""
+    """TPT_task: vanilla PT and TPT from each source (a prompt id, or a task) on each target;
+    ``placement``: data_dir, ds_config, tolerance. Given ``seeds`` (a study's), once per seed,
+    a task's source being its best prompt among ``prompts`` of that seed; else with the seed of
+    ``train``, a task's source being its best prompt among all of ``prompts``."""
     names = [get_task(t).name for t in targets]
-    seeds = tuple(seeds or (train.get("seed", TrainConfig.seed),))
     runs = []
     for ref in sources:
-        found = {seed: resolve_source(store, model, ref, [m for m in prompts if m.seed == seed])
-                 for seed in seeds}
-        runs.append(TptSource(f"tpt from {found[seeds[0]].task}", f"prompt:{PROMPT_PLACEHOLDER}",
+        found = ({seed: resolve_source(store, model, ref, [m for m in prompts if m.seed == seed])
+                  for seed in seeds} if seeds else
+                 {train.get("seed", TrainConfig.seed): resolve_source(store, model, ref, prompts)})
+        first = next(iter(found.values()))
+        runs.append(TptSource(f"tpt from {first.task}", f"prompt:{PROMPT_PLACEHOLDER}",
                               {(n, seed): m for n in names for seed, m in found.items()}))
     return TptPlan(model, tuple(targets), tuple(runs), check_lengths(runs, train),
-                   seeds=seeds, **placement)
+                   seeds=tuple(seeds or (train.get("seed", TrainConfig.seed),)), **placement)
 
 
 @dataclass
