@@ -172,7 +172,7 @@ def test_a_prompt_at_its_majority_rate_is_flagged_and_left_out(tmp_path):
     assert "cross-type: 4 pairs" in _same_vs_cross(findings)
     prompts = text.split("## Prompt tuning")[1].split("## Zero-shot")[0]
     mnli = next(line for line in prompts.splitlines() if line.startswith("| tiny-roberta | mnli"))
-    assert "| 80.0 ± 2.8 | 2 | 50.0 | 50.0 | 48.0 | ⚠ no (-1.5 / +1.0) |" in mnli
+    assert "| 80.0 ± 2.8 | 2 | 50.0 | 50.0 | 48.0 | ⚠ no (-1.5 / +1.0; 200 rows) |" in mnli
 
 
 @pytest.mark.parametrize("unlearned", ["mnli", None])

@@ -117,7 +117,8 @@ def _prompt_section(study: Study, store: Store, folder: Path,
              "Best evaluation score of each run (mean ± sd over runs), then on the transfer "
              "matrix's rows: the own prompts' mean score, the majority class, a random prompt "
              "(mean over seeds), and whether every own prompt is clearly above both (the "
-             "lowest 95 % lower bound of its margin over each, in points).\n",
+             "lowest 95 % lower bound of its margin over each, in points: a paired bootstrap "
+             "over the evaluation rows).\n",
              "| model | task | metric | best score | runs | on matrix rows | majority class | "
              "random prompt | clearly above both |", "|---|---|---|---|---|---|---|---|---|"]
     findings = []
@@ -147,8 +148,8 @@ def _baselines(own: list[MatrixRow]) -> str:
     margins = " / ".join("?" if None in low else f"{min(low):+.1f}" for low in lows)
     rows = own[0].eval_examples
     verdict = "yes" if all(r.clearly_above for r in own) else f"{FLAG} no"
-    if rows < MIN_ROWS:
-        margins = f"too few to tell: {rows} evaluation rows"
+    margins = f"too few to tell: {rows} evaluation rows" if rows < MIN_ROWS else \
+        f"{margins}; {rows} rows"
     return f"{score:.1f} | {chance} | {own[0].random_score:.1f} | {verdict} ({margins})"
 
 
