@@ -421,9 +421,8 @@ def test_the_per_target_spearman_drives_the_ranking_not_the_global_one():
     assert second.spearman_global > first.spearman_global
     assert second.spearman_global == pytest.approx(spearman(list(across.values()),
                                                             list(relative.values())))
-    # Each coefficient has its bootstrap interval around it.
-    assert first.per_target_low <= 1.0 <= first.per_target_high
-    assert first.global_low <= first.spearman_global <= first.global_high
+    # Prompts of unknown seeds are one replicate: no interval over seeds.
+    assert first.seeds == 1 and first.per_target_low is None and first.global_low is None
 
 
 def test_a_source_prompt_is_compared_with_the_targets_prompts_of_other_seeds():
@@ -445,13 +444,76 @@ def test_a_source_prompt_is_compared_with_the_targets_prompts_of_other_seeds():
             table[(s, own)] = within[s[0]] if int(s[1]) == seed else across[s[0]]
     table.update({(o, o): 1.0 for o, _ in owns["t"]})
     [row] = rank_indicators("m", pairs, owns, {"E_concat": table})
-    assert row.spearman_per_target == pytest.approx(spearman([0.1, 0.1, 0.2, 0.2, 0.3, 0.3],
-                                                             list(relative.values())))
-    assert row.spearman_per_target > 0.8
+    # Each seed is a replicate: within each, a, b and c rank as their transfer does.
+    assert row.spearman_per_target == pytest.approx(1.0) and row.seeds == 2
     # Without seeds every own prompt counts: the shared starts reverse the sign.
     unknown = [Transfer(t.source, t.source_task, t.target_task, t.relative) for t in pairs]
     [row] = rank_indicators("m", unknown, owns, {"E_concat": table})
     assert row.spearman_per_target < 0
+
+
+def _seed_study(seeds: int, noise: float):
+    """Six tasks, ``seeds`` seeds, one prompt each: transfer from task a to any target grows
+    with a (plus noise of the pair); indicator "good" follows it within each seed, "random"
+    does not."""
+    from ptdist.neurons.correlation import Transfer
+
+    rng = np.random.default_rng(0)
+    tasks = [f"t{k}" for k in range(6)]
+    prompts = {(t, s): f"{t}_s{s}" for t in tasks for s in range(seeds)}
+    pairs = [Transfer(prompts[a, s], a, t, 10.0 * int(a[1]) + noise * rng.normal(), s)
+             for a in tasks for t in tasks for s in range(seeds) if a != t]
+    owns = {t: [(prompts[t, s], s) for s in range(seeds)] for t in tasks}
+    values = {"good": {}, "random": {}}
+    for (a, s), p in prompts.items():
+        for (t, u), o in prompts.items():
+            values["good"][p, o] = int(a[1]) + rng.normal() + (5.0 if s == u else 0.0)
+            values["random"][p, o] = rng.normal()
+    return pairs, owns, values
+
+
+def test_correlations_have_intervals_only_where_they_cover():
+    """Six tasks of five sources per target, three seeds: compared within each seed, the seeds
+    are independent replicates and the intervals are given; compared across seeds, they share
+    the target's prompts and no interval is."""
+    from ptdist.neurons.correlation import paired_per_target, rank_indicators, seed_coefficients
+    from ptdist.statistics import verdict
+
+    pairs, owns, values = _seed_study(3, 5.0)
+    rows = {r.indicator: r for r in rank_indicators("m", pairs, owns, values, within_seed=True)}
+    good = rows["good"]
+    assert (good.seeds, good.targets, good.sources, good.pairs) == (3, 6, 5, 30)
+    assert good.per_target_low < good.spearman_per_target < good.per_target_high
+    assert good.global_low < good.spearman_global < good.global_high
+    found = seed_coefficients(pairs, owns, values, within_seed=True)
+    difference = paired_per_target(found["good"], found["random"])
+    assert verdict(difference) == "higher" and difference.n == 3 and difference.p < 0.05
+    across = rank_indicators("m", pairs, owns, values, within_seed=False)
+    assert all(r.per_target_low is None and r.global_low is None for r in across)
+    # Five tasks: four sources per target is too few for a per-target interval, while 20
+    # pairs per seed still give the global one.
+    five = [t for t in pairs if "t5" not in (t.source_task, t.target_task)]
+    [row] = [r for r in rank_indicators("m", five, owns, values, within_seed=True)
+             if r.indicator == "good"]
+    assert (row.targets, row.sources, row.pairs) == (5, 4, 20)
+    assert row.per_target_low is None and row.global_low is not None
+
+
+def test_a_correlation_table_of_schema_2_is_read_without_its_bootstrap_intervals(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ptdist.store.results import CorrelationRow
+
+    old = {"model": "m", "indicator": "ON", "spearman_per_target": 0.5, "per_target_low": 0.1,
+           "per_target_high": 0.9, "targets": 3, "spearman_global": 0.4, "global_low": 0.0,
+           "global_high": 0.8, "pairs": 12, "left_out": ""}
+    path = tmp_path / "correlation.parquet"
+    pq.write_table(pa.Table.from_pylist([old]).replace_schema_metadata(
+        {b"ptdist.record": b"CorrelationRow", b"ptdist.schema_version": b"2"}), path)
+    [row] = read_records(path, CorrelationRow)
+    assert row.spearman_per_target == 0.5 and row.targets == 3 and row.seeds is None
+    assert row.per_target_low is None and row.global_high is None
 
 
 def test_embedding_indicators_of_prompts_alone_from_the_store_and_from_peft_adapters(

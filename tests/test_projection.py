@@ -131,6 +131,11 @@ def test_task_tuned_projector_beats_the_untrained_one_on_its_task(two_models, ta
                                EvalSettings(data_dir=str(data), eval_limit=None))
     assert row.in_training and row.score == pytest.approx(manifest.score)
     assert row.score >= row.untrained_score + 10, row
+    # On its 96 evaluation rows, the paired bootstrap puts the gain clearly above 0, and the
+    # majority class (half the rows) is beside it.
+    assert 0 < row.gain_low <= row.score - row.untrained_score <= row.gain_high
+    assert row.chance == pytest.approx(50.0, abs=10)
+    assert row.above_chance_low <= row.score - row.chance <= row.above_chance_high
     assert manifest.shape == {"variant": "flat", "length": 8, "source_width": 64,
                               "target_width": 96, "hidden": 64}
 

@@ -66,8 +66,8 @@ def test_a_killed_study_finishes_on_rerun_without_redoing_stages(task_prompts, t
         assert heading in report
     findings = report.split("## Findings")[1].split("## Prompt tuning")[0]
     # sst2 and topic are of different types: the comparison is declared impossible.
-    assert ("tiny-roberta: relative transfer: no counted same-type task pair, so same-type and "
-            "cross-type transfer cannot be compared.") in findings
+    assert ("tiny-roberta: no counted same-type task pair, so same-type and cross-type "
+            "transfer cannot be compared.") in findings
     assert "| clearly above both |" in report
     assert (tmp_path / "store" / "reports" / "tiny-study" / "estimates.parquet").exists()
 

@@ -121,11 +121,11 @@ def _scored(references: list[int], predictions: list[list[int]]):
 def test_chance_normalised_transfer_equals_a_hand_computed_value():
     from ptdist.transfer.matrix import column_rows
 
-    # 20 rows, 12 negative: the majority class scores 60 %.
-    refs = [0] * 12 + [1] * 8
+    # 40 rows, 24 negative: the majority class scores 60 %.
+    refs = ([0] * 12 + [1] * 8) * 2
     own = list(refs)  # 100 %
-    source = [0] * 12 + [1] * 4 + [0] * 4  # 16 of 20: 80 %
-    random_start = [1] * 20  # the random prompt of seed 0: 40 %
+    source = ([0] * 12 + [1] * 4 + [0] * 4) * 2  # 32 of 40: 80 %
+    random_start = [1] * 40  # the random prompt of seed 0: 40 %
     sources = [_manifest("own", [100], task="sst2"), _manifest("src", [80], task="imdb")]
     rows = {r.source_prompt: r for r in column_rows(
         sources, "sst2", [0], _scored(refs, [own, source, random_start]))}
@@ -142,22 +142,68 @@ def test_chance_normalised_transfer_equals_a_hand_computed_value():
 def test_an_own_prompt_at_its_majority_rate_is_flagged():
     from ptdist.transfer.matrix import column_rows
 
-    refs = [0] * 12 + [1] * 8  # majority class: 60 %
+    refs = ([0] * 12 + [1] * 8) * 2  # majority class: 60 %
     sources = [_manifest("own", [100], task="sst2"), _manifest("lazy", [60], task="sst2", seed=1),
-               _manifest("src", [80], task="imdb")]
-    predictions = [list(refs), [0] * 20, [0] * 12 + [1] * 4 + [0] * 4,
-                   [1] * 20, [0] * 20]  # own (100), lazy (60), src (80), randoms of seeds 0, 1
+               _manifest("src", [80], task="imdb"), _manifest("src1", [80], task="imdb", seed=1)]
+    source = ([0] * 12 + [1] * 4 + [0] * 4) * 2  # 80 %
+    # own (100), lazy (60), src and src1 (80), the random prompts of seeds 0 and 1
+    predictions = [list(refs), [0] * 40, source, source, [1] * 40, [0] * 40]
     rows = {r.source_prompt: r for r in column_rows(sources, "sst2", [0, 1],
                                                     _scored(refs, predictions))}
     # Its difference to the majority class is 0 on every resample of the rows.
     lazy = rows["lazy"]
     assert lazy.above_chance_low == 0 and lazy.clearly_above is False
     assert rows["own"].clearly_above is True
-    assert rows["src"].own_score == 80 and rows["src"].relative == pytest.approx(100.0)
+    # Each source is compared with the target's own prompt of its seed.
+    assert rows["src"].own_score == 100 and rows["src"].relative == pytest.approx(80.0)
+    assert rows["src1"].own_score == 60 and rows["src1"].relative == pytest.approx(400 / 3)
     assert rows["src"].random_score == 50  # the mean of the two random prompts
     # An own prompt without a clear gain over chance leaves the normalisation undefined.
     assert all(r.normalized is None for r in rows.values())
     assert unusable_tasks(rows.values()) == ["sst2"]
+
+
+def test_with_too_few_evaluation_rows_no_prompt_is_clearly_above():
+    from ptdist.transfer.matrix import column_rows
+
+    refs = [0] * 12 + [1] * 8  # 20 rows: a row bootstrap's interval would not cover
+    sources = [_manifest("own", [100], task="sst2"), _manifest("src", [80], task="imdb")]
+    rows = {r.source_prompt: r for r in column_rows(
+        sources, "sst2", [0], _scored(refs, [list(refs), [0] * 20, [1] * 20]))}
+    own = rows["own"]
+    assert own.clearly_above is False and own.above_chance_low is None
+    assert own.above_random_low is None and rows["src"].normalized is None
+
+
+def test_a_matrix_table_of_schema_2_is_read_against_the_own_prompt_of_each_seed(tmp_path):
+    from dataclasses import asdict, fields
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ptdist.store.results import MatrixRow
+    from ptdist.store.tables import read_records
+
+    def row(source, task, seed, score):  # as schema 2 wrote it: against the mean own score
+        return MatrixRow(model="m", source_task=task, source_type="sentiment",
+                         source_prompt=source, source_seed=seed, target_task="sst2",
+                         target_type="sentiment", metric="accuracy", score=score, own_score=80.0,
+                         relative=score / 0.8, chance=60.0, normalized=(score - 60) / 0.2,
+                         random_score=50.0, eval_examples=100,
+                         clearly_above=True if task == "sst2" else None)
+
+    rows = [row("own0", "sst2", 0, 90.0), row("own1", "sst2", 1, 70.0),
+            row("src0", "imdb", 0, 75.0), row("src1", "imdb", 1, 65.0)]
+    names = [f.name for f in fields(MatrixRow)]
+    table = pa.Table.from_pylist([asdict(r) for r in rows]).select(names)
+    path = tmp_path / "matrix.parquet"
+    pq.write_table(table.replace_schema_metadata({b"ptdist.record": b"MatrixRow",
+                                                  b"ptdist.schema_version": b"2"}), path)
+    read = {r.source_prompt: r for r in read_records(path, MatrixRow)}
+    assert read["src0"].own_score == 90.0 and read["src1"].own_score == 70.0
+    assert read["src0"].relative == pytest.approx(100 * 75 / 90)
+    assert read["src1"].normalized == pytest.approx(100 * (65 - 60) / (70 - 60))
+    assert read["own1"].relative == pytest.approx(100.0)
 
 
 @pytest.mark.slow
@@ -232,3 +278,31 @@ def test_tpt_says_why_it_trains_its_own_vanilla_run(task_prompts):
     other_seed = TrainConfig(**{**ours.to_dict(), "seed": 3})
     assert why_vanilla_is_trained(store, other_seed, "sst2").endswith(
         "the store holds no vanilla run of it with this seed")
+
+
+def test_a_tpt_plan_runs_each_seed_from_that_seeds_source_prompt(tmp_path):
+    """Each seed is a replicate of the comparison: its TPT run starts from the source task's
+    prompt of that seed and is compared with that seed's vanilla run."""
+    import torch
+
+    from ptdist.transfer import task_plan
+    from tests.test_store import manifest
+
+    store = Store(tmp_path)
+    prompts = []
+    for task in ("sst2", "imdb"):
+        for seed in (0, 1):
+            prompt = torch.zeros(8, 64)
+            store.prompts.put(prompt, manifest(f"{task}{seed}", prompt, task=task, seed=seed))
+            prompts.append(store.prompts.manifest(f"{task}{seed}"))
+    plan = task_plan(store, "tiny-roberta", ["imdb"], ["sst2"], prompts, {"steps": 10},
+                     seeds=(0, 1))
+    assert [(t, s, label, c.seed, c.init) for t, s, label, c in plan.runs()] == [
+        ("imdb", 0, "vanilla", 0, "random"), ("imdb", 0, "tpt from sst2", 0, "prompt:sst20"),
+        ("imdb", 1, "vanilla", 1, "random"), ("imdb", 1, "tpt from sst2", 1, "prompt:sst21")]
+    # One run (the command line's): the source task's best prompt, whatever its seed.
+    store.prompts.put(torch.zeros(8, 64), manifest("best", torch.zeros(8, 64), task="sst2",
+                                                    seed=0, score=90.0))
+    one = task_plan(store, "tiny-roberta", ["imdb"], ["sst2"],
+                    prompts + [store.prompts.manifest("best")], {"steps": 10, "seed": 1})
+    assert [(c.seed, c.init) for *_, c in one.runs()] == [(1, "random"), (1, "prompt:best")]

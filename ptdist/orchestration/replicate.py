@@ -107,7 +107,7 @@ def _tpt_jobs(build: _Builder, graph: PairGraph) -> None:
         if targets and sources:
             inputs = prompts.needs(model.name, targets + sources)
             make = partial(_task_plan, store, model.name, targets, sources, inputs,
-                           *_tpt_settings(build.study, model))
+                           tuple(spec.seeds), *_tpt_settings(build.study, model))
             _add_plan(build, f"tpt {model.name}", make, model, known, inputs,
                       prompts.ids(inputs))
     for pair in graph.pairs:
@@ -137,8 +137,8 @@ def _runs_on(spec: SweepSpec, model: ModelEntry, tasks: tuple[str, ...]) -> tupl
 
 def _tpt_settings(study: Study, model: ModelEntry) -> tuple[dict, dict]:
     """The TPT runs' training settings (the study's own, so vanilla PT is the study's run of
-    the target and is not trained again), where their data and DeepSpeed config are, and the
-    speed-up's tolerance."""
+    the target and is not trained again; the first seed's, where one seed is run), where their
+    data and DeepSpeed config are, and the speed-up's tolerance."""
     spec = study.spec
     train = {**spec.train, **model.train, "seed": spec.seeds[0]}
     return train, {"data_dir": spec.data_dir, "ds_config": model.ds_config,
@@ -146,9 +146,11 @@ def _tpt_settings(study: Study, model: ModelEntry) -> tuple[dict, dict]:
 
 
 def _task_plan(store: Store, model: str, targets: tuple[str, ...], sources: tuple[str, ...],
-               inputs: tuple[str, ...], train: dict, placement: dict):
+               inputs: tuple[str, ...], seeds: tuple[int, ...], train: dict, placement: dict):
+    """TPT_task on every seed of the study: each seed's runs start from that seed's source
+    prompts and are compared with that seed's vanilla run."""
     return task_plan(store, model, targets, sources, store.prompts.select(model, ids=inputs),
-                     train, **placement)
+                     train, seeds, **placement)
 
 
 def _model_plan(store: Store, projector_id: str, source: str, targets: tuple[str, ...],

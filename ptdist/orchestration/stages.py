@@ -186,9 +186,9 @@ def _expand_tpt(job_id: str, make_plan: Callable[[], TptPlan], store: Store,
                 stamp: Callable[[Job], Job]) -> list[Job]:
     plan = make_plan()
     planned: list[Planned] = [(RunSpec(config, resources), plan_run(config, store).prompt_id)
-                              for _, _, config in plan.runs()]
+                              for *_, config in plan.runs()]
     new = [(run, pid) for run, pid in planned if pid not in known]
-    for (target, label, config), (_, pid) in zip(plan.runs(), planned):
+    for (target, _, label, config), (_, pid) in zip(plan.runs(), planned):
         if label == "vanilla" and pid not in known and not store.prompts.has(pid):
             print(f"[{job_id}] {why_vanilla_is_trained(store, config, target)}",
                   file=sys.stderr, flush=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -74,14 +74,14 @@ def _save(fig, path: str | os.PathLike) -> Path:
 def matrix_figure(rows: Sequence[MatrixRow], path: str | os.PathLike,
                   field: str = "relative") -> Path:
     """The heatmap of a zero-shot transfer matrix: ``field`` (relative or normalized, %),
-    each cell the mean over the source task's prompts."""
+    each cell the mean over its seeds."""
     order = list(dict.fromkeys(r.source_task for r in rows))
     types = {r.source_task: r.source_type for r in rows}
     index = {name: i for i, name in enumerate(order)}
     values = np.full((len(order), len(order)), np.nan)
     for (source, target), found in cells(rows, field).items():
         if found:
-            values[index[source], index[target]] = float(np.mean(found))
+            values[index[source], index[target]] = float(np.mean(list(found.values())))
     label = {"relative": "relative performance (%)",
              "normalized": "chance-normalised transfer (%)"}[field]
     return grouped_heatmap(values, order, order, [types[n] for n in order],
@@ -119,16 +119,21 @@ def layerwise_figure(rows: Sequence[CorrelationRow], path: str | os.PathLike) ->
 
 
 def tpt_figure(curves: Sequence[TptCurveRow], summary: Sequence[TptSummaryRow],
-               path: str | os.PathLike) -> Path:
-    """Vanilla PT's and each TPT run's learning curve on one target, with vanilla's best."""
-    speedups = {r.run: r.speedup for r in summary}
+               path: str | os.PathLike, seeds: Mapping[str, int] | None = None) -> Path:
+    """Vanilla PT's and each TPT run's learning curve on one target, with vanilla's best; with
+    several seeds (``seeds``: each run's prompt id -> its seed), one line per run and seed."""
+    seeds = seeds or {}
+    several = len(set(seeds.values())) > 1
+    speedups = {r.prompt_id: r.speedup for r in summary}
     lines: dict[str, tuple[list[int], list[float]]] = {}
     for r in curves:
-        label = r.run if r.run == "vanilla" else r.run + (
-            f" (speed-up {speedups[r.run]:.2f}x)" if speedups[r.run] else " (not reached)")
+        label = r.run + (f", seed {seeds[r.prompt_id]}" if several else "")
+        if r.run != "vanilla":
+            speedup = speedups.get(r.prompt_id)
+            label += f" (speed-up {speedup:.2f}x)" if speedup else " (not reached)"
         steps, scores = lines.setdefault(label, ([], []))
         steps.append(r.step)
         scores.append(r.score)
     head = summary[0]
     return learning_curves(lines, head.metric, f"{head.target_task} on {head.model}: vanilla "
-                           "PT vs TPT", path, hline=head.vanilla_best)
+                           "PT vs TPT", path, hline=None if several else head.vanilla_best)

@@ -10,7 +10,8 @@ them.
 
 A prompt is *clearly above* a baseline when the paired bootstrap of the difference (the rows
 resampled with replacement, both predictions recomputed on the same resample) puts the lower
-end of its 95 % interval above zero.
+end of its 95 % interval above zero; with fewer than `ptdist.statistics.MIN_ROWS` rows there is
+no interval, and no prompt is clearly above anything.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from ptdist.backbones import Backbone, InitSpec, initial_prompt
-from ptdist.statistics import LEVEL, RESAMPLES, SEED, resamples
+from ptdist.statistics import RESAMPLES, SEED, Interval, resamples, row_interval
 from ptdist.tasks import TaskRecord, compute_metrics
 
 
@@ -31,6 +32,16 @@ def majority_predictions(references: Sequence[int]) -> list[int]:
     counts = Counter(references)
     top = max(counts.values())
     return [min(c for c, k in counts.items() if k == top)] * len(references)
+
+
+def majority_baseline(task: TaskRecord, metric: str,
+                      references: Sequence) -> tuple[list[int] | None, float | None]:
+    """The majority class's predictions on ``references`` and its score (the chance level);
+    (None, None) for a generation task."""
+    if not task.is_classification:
+        return None, None
+    majority = majority_predictions(references)
+    return majority, compute_metrics(task, majority, references)[metric]
 
 
 def random_prompts(backbone: Backbone, seeds: Sequence[int], length: int) -> torch.Tensor:
@@ -50,10 +61,14 @@ def resampled_scores(task: TaskRecord, metric: str, predictions: Sequence, refer
                                      [references[i] for i in idx])[metric] for idx in draws])
 
 
-def margin_low(task: TaskRecord, metric: str, predictions: Sequence, baseline: Sequence,
-               references: Sequence) -> float:
-    """The lower end of the 95 % paired-bootstrap interval of (prompt - baseline) on the rows."""
+def margin(task: TaskRecord, metric: str, predictions: Sequence, baseline: Sequence,
+           references: Sequence) -> Interval:
+    """(prompt - baseline) in points of ``metric`` on the rows, with its 95 % paired-bootstrap
+    interval (none below `MIN_ROWS` rows)."""
     draws = resamples(len(references), RESAMPLES, SEED)
     diff = resampled_scores(task, metric, predictions, references, draws) - \
         resampled_scores(task, metric, baseline, references, draws)
-    return float(np.percentile(diff, 100 * (1 - LEVEL) / 2))
+    whole = np.arange(len(references))[None]
+    estimate = float((resampled_scores(task, metric, predictions, references, whole)
+                      - resampled_scores(task, metric, baseline, references, whole))[0])
+    return row_interval(estimate, diff, len(references))
