@@ -16,7 +16,8 @@ from ptdist.backbones.mlm_head import (HEAD_PREFIXES, RECIPE, cached_head, lacks
 from ptdist.backbones.presets import PRESETS, preset_dir
 from ptdist.backbones.seq2seq import Seq2SeqBackbone
 from ptdist.backbones.weights import (Checkpoint, LoadCheck, check_load, open_checkpoint,
-                                      tensors_in, tied_as_stored)
+                                      tensors_in, tied_as_stored, with_own_head,
+                                      written_ties_head)
 from ptdist.errors import PtdistError
 from ptdist.packaged import is_packaged, resolve_packaged
 from ptdist.runtime import say
@@ -109,21 +110,13 @@ def _load(name: str, dtype: torch.dtype,
           max_length: int) -> tuple[Backbone, list[str], Checkpoint]:
     """The frozen backbone as the checkpoint holds it (tied as its files are), the tensors it
     lacked, and the checkpoint. Not yet checked against it."""
-    from transformers import (MODEL_FOR_MASKED_LM_MAPPING, MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING,
-                              AutoTokenizer)
+    from transformers import AutoTokenizer
 
     path = resolve_model_path(name)
     config = _config_at(path, name)
     kind = model_kind(config)
-    classes = MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING if kind == "seq2seq" else \
-        MODEL_FOR_MASKED_LM_MAPPING
-    if type(config) not in classes:
-        raise PtdistError(
-            f"model '{name}' ({config.model_type}) is neither an encoder MLM nor an "
-            "encoder-decoder model; ptdist prompt-tunes RoBERTa/BERT-style MLMs and T5-style "
-            "models.")
     checkpoint = open_checkpoint(path, name)
-    cls = tied_as_stored(classes[type(config)], checkpoint)
+    cls = tied_as_stored(model_class(config, name), checkpoint)
     # A checkpoint without some weights gets them randomly initialised: from a fixed seed,
     # so every rank, every run and `ptdist eval` see the same frozen model. An encoder
     # without its MLM head then gets its fitted head instead (`mlm_head.py`).
@@ -140,12 +133,43 @@ def _load(name: str, dtype: torch.dtype,
     return backbone_class(name, model, tokenizer, max_length=max_length), missing, checkpoint
 
 
+def model_class(config, name: str) -> type:
+    """The transformers class ptdist runs ``config`` in: its masked-LM or its seq2seq LM."""
+    from transformers import MODEL_FOR_MASKED_LM_MAPPING, MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING
+
+    classes = MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING if model_kind(config) == "seq2seq" else \
+        MODEL_FOR_MASKED_LM_MAPPING
+    if type(config) not in classes:
+        raise PtdistError(
+            f"model '{name}' ({config.model_type}) is neither an encoder MLM nor an "
+            "encoder-decoder model; ptdist prompt-tunes RoBERTa/BERT-style MLMs and T5-style "
+            "models.")
+    return classes[type(config)]
+
+
+def random_model(name: str, dtype: torch.dtype):
+    """``name``'s architecture from its config (`model_config`) with random weights, tied as its
+    checkpoint is: the config's ``tie_word_embeddings`` as written, so a T5 v1.1 has a head of
+    its own (11.1 B parameters for XXL, not 11.0 B). Built where the caller builds: in a
+    ``torch.device`` block, partitioned under ZeRO-3's ``HfDeepSpeedConfig``."""
+    config = model_config(name)
+    cls = model_class(config, name)
+    if not written_ties_head(_config_source(name)):
+        cls = with_own_head(cls, config)
+    return cls._from_config(config, dtype=dtype)
+
+
 def model_config(name: str):
     """``name``'s transformers config, without its weights: shipped with ptdist for the paper's
     hub models (`model_configs/`, so a plan needs no hub), else from its folder (a preset, a
     local or package folder) or the hub."""
+    return _config_at(_config_source(name), name)
+
+
+def _config_source(name: str) -> str:
+    """Where `model_config` reads ``name``'s config: a bundled JSON file, or the model."""
     bundled = BUNDLED_CONFIGS / f"{name.replace('/', '--')}.json"
-    return _config_at(str(bundled) if bundled.exists() else resolve_model_path(name), name)
+    return str(bundled) if bundled.exists() else resolve_model_path(name)
 
 
 def _config_at(path: str, name: str):

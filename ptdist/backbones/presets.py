@@ -129,7 +129,8 @@ def _materialise(preset: Preset, folder: Path) -> None:
     vocab_size = _train_tokenizer(preset, folder)
     config = preset.build_config(vocab_size)
     auto = AutoModelForMaskedLM if preset.kind == "mlm" else AutoModelForSeq2SeqLM
-    with torch.random.fork_rng(devices=[]):
+    # On the CPU whatever device the caller builds on (a plan builds on the meta device).
+    with torch.device("cpu"), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = auto.from_config(config)
         if preset.own_head:

@@ -75,9 +75,17 @@ def open_checkpoint(path: str, name: str) -> Checkpoint:
             "unpickles a weight file. Convert it once where it loads (`from_pretrained(...)."
             "save_pretrained(DIR)` writes safetensors) and pass --model DIR")
     keys = {key: file for f in files for key, file in tensors_in(f).items()}
-    config = _checkpoint_file(path, "config.json")
-    written = json.loads(config.read_text()) if config is not None else {}
-    return Checkpoint(name, keys, written.get("tie_word_embeddings", True) is not False)
+    return Checkpoint(name, keys, written_ties_head(path))
+
+
+def written_ties_head(config: str) -> bool:
+    """Whether the config at ``config`` (a folder, hub id or JSON file) ties the output head to
+    the input embeddings, as it is written: transformers' T5 config reads
+    ``tie_word_embeddings: false`` and ties anyway. True where it is silent, as in transformers."""
+    from transformers import PretrainedConfig
+
+    written, _ = PretrainedConfig.get_config_dict(config)
+    return written.get("tie_word_embeddings", True) is not False
 
 
 def _checkpoint_file(path: str, filename: str) -> Path | None:
@@ -114,9 +122,27 @@ def tied_as_stored(cls: type, checkpoint: Checkpoint) -> type:
     apart = {target for target, source in ties.items()
              if _held_apart(checkpoint, checkpoint.key_of(target, prefix),
                             checkpoint.key_of(source, prefix))}
-    if not apart:
+    return _without_ties(cls, apart)
+
+
+def with_own_head(cls: type, config) -> type:
+    """Model class ``cls`` with an output head apart from its input embeddings: what a
+    checkpoint whose config says ``tie_word_embeddings: false`` holds (T5 v1.1), built from the
+    config alone (a plan, a benchmark). Which tie is the head's is read from a model built on
+    the meta device."""
+    with torch.device("meta"):
+        probe = cls(config)
+    head = probe.get_output_embeddings()
+    return _without_ties(cls, {f"{name}.weight" for name, module in probe.named_modules()
+                               if module is head})
+
+
+def _without_ties(cls: type, targets: set[str]) -> type:
+    """``cls``, or a subclass of the same name whose ``targets`` are tied to nothing."""
+    ties = dict(cls._tied_weights_keys or {})
+    if not targets & ties.keys():
         return cls
-    kept = {target: source for target, source in ties.items() if target not in apart}
+    kept = {target: source for target, source in ties.items() if target not in targets}
     return type(cls.__name__, (cls,), {"_tied_weights_keys": kept,
                                        "__module__": cls.__module__,
                                        "__qualname__": cls.__qualname__})
