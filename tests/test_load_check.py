@@ -193,9 +193,12 @@ def test_the_untied_t5_trains_to_one_prompt_under_zero0_zero3_and_a_zero3_group(
     zero0 = train(TrainConfig(**run), zero0_store)
     one_zero3 = train(TrainConfig(**run, ds_config=zero3), zero3_store)
     assert one_zero3.prompt_id == zero0.prompt_id
-    assert torch.equal(zero3_store.prompts.tensor(zero0.prompt_id),
-                       zero0_store.prompts.tensor(zero0.prompt_id))
-    assert _history(zero3_store, zero0.prompt_id) == _history(zero0_store, zero0.prompt_id)
+    # ZeRO-3 runs a linear layer as its own matmul (another summation order): equal up to
+    # float rounding, as the two ranks of the group below.
+    torch.testing.assert_close(zero3_store.prompts.tensor(zero0.prompt_id),
+                               zero0_store.prompts.tensor(zero0.prompt_id), atol=1e-5, rtol=0)
+    torch.testing.assert_close(_history(zero3_store, zero0.prompt_id),
+                               _history(zero0_store, zero0.prompt_id), atol=1e-4, rtol=1e-5)
 
     spec = tmp_path / "group.yaml"
     train_settings = {k: v for k, v in run.items() if k not in ("model", "task", "data_dir")}
@@ -209,7 +212,8 @@ def test_the_untied_t5_trains_to_one_prompt_under_zero0_zero3_and_a_zero3_group(
     group = Store(tmp_path / "group")
     manifest = group.prompts.manifest(zero0.prompt_id)
     assert manifest.world_size == 2 and manifest.zero_stage == 3
-    # Two ranks each reduce half of a batch: the same numbers up to float rounding.
+    # Two ranks each reduce half of a batch: the same numbers up to float rounding. The
+    # losses are the global batch's (rank 0's own micro-batch loss, stored before, fails this).
     torch.testing.assert_close(group.prompts.tensor(zero0.prompt_id),
                                zero0_store.prompts.tensor(zero0.prompt_id), atol=1e-5, rtol=0)
     torch.testing.assert_close(_history(group, zero0.prompt_id),
