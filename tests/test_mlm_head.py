@@ -51,10 +51,9 @@ def synthetic(calls: list | None = None):
 
 def headless(folder: Path, scale: float = 1.0) -> Path:
     """tiny-roberta without its MLM head (``scale`` != 1 makes another checkpoint). The preset
-    file holds the tied word embeddings under the decoder's name: they stay, as the encoder's."""
+    file holds the tied word embeddings under the encoder's name: they stay."""
     shutil.copytree(preset_dir("tiny-roberta"), folder)
     weights = load_file(folder / "model.safetensors")
-    weights["roberta.embeddings.word_embeddings.weight"] = weights["lm_head.decoder.weight"]
     kept = {k: v * scale if k.endswith("dense.weight") else v
             for k, v in weights.items() if not k.startswith("lm_head.")}
     save_file(kept, folder / "model.safetensors", metadata={"format": "pt"})

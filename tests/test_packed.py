@@ -22,7 +22,8 @@ from ptdist.training import TrainConfig, train
 from ptdist.training.checkpoint import load_checkpoint
 from ptdist.training.packed import train_packed
 from ptdist.training.tracking import RunTracker
-from tests.conftest import TOPIC_YAML, child_env, keyword_rows, write_jsonl
+from tests.conftest import (TOPIC_YAML, child_env, keyword_rows, write_jsonl,
+                            zero3_every_tensor_partitioned)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,12 +92,14 @@ def test_packed_encoder_decoder_runs_update_as_separate_runs(tmp_path, two_tasks
 
 
 def test_packed_runs_under_zero3_update_as_separate_runs(tmp_path, two_tasks):
-    configs = _configs(*two_tasks, model="tiny-roberta", steps=2, eval_every=2,
-                       ds_config="zero3")[:2]
+    """The T5 v1.1 (a head of its own) with every tensor partitioned; T5's rounding, as
+    above, hence the looser bound."""
+    configs = _configs(*two_tasks, model="tiny-t5-v1_1", steps=2, eval_every=2,
+                       ds_config=str(zero3_every_tensor_partitioned(tmp_path)))[:2]
     separate_store, packed_store = Store(tmp_path / "one"), Store(tmp_path / "pack")
     separate = [train(c, separate_store) for c in configs]
     packed = train_packed(configs, packed_store)
-    _assert_same_runs(separate, packed, separate_store, packed_store, atol=1e-5)
+    _assert_same_runs(separate, packed, separate_store, packed_store, atol=1e-4)
 
 
 def test_an_interrupted_pack_resumes_each_run_from_its_checkpoint(tmp_path, two_tasks,
@@ -206,8 +209,10 @@ def test_a_pack_is_only_as_large_as_the_memory_planner_fits_on_the_gpu():
 
 @pytest.mark.slow
 def test_a_sweep_trains_a_pack_on_a_two_worker_group_and_reports_each_run(tmp_path, two_tasks):
-    """`pack: 2` in a spec: one Ray Train job of two processes trains both runs; each is its
-    own row and prompt, equal to the same pack trained by one process."""
+    """`pack: 2` in a spec: one Ray Train job of two processes (ZeRO-3, every tensor of the
+    T5 v1.1 partitioned, its own head kept apart) trains both runs; each is its own row and
+    prompt, equal to the same pack trained by one process, with the same loss history (the
+    global batch's, not rank 0's)."""
     data, topic = two_tasks
     spec = tmp_path / "packed.yaml"
     spec.write_text(yaml.safe_dump({
@@ -215,8 +220,8 @@ def test_a_sweep_trains_a_pack_on_a_two_worker_group_and_reports_each_run(tmp_pa
         "tasks": ["sst2", topic], "pack": 2,
         "train": {"steps": 4, "eval_every": 2, "prompt_length": 4, "batch_size": 8,
                   "eval_limit": 32, "lr": 0.1},
-        "models": {"tiny-roberta": {"resources": {"workers": 2, "cpus": 0.5},
-                                    "ds_config": "zero2"}}}))
+        "models": {"tiny-t5-v1_1": {"resources": {"workers": 2, "cpus": 0.5},
+                                    "ds_config": str(zero3_every_tensor_partitioned(tmp_path))}}}))
     proc = subprocess.run([sys.executable, "-m", "ptdist", "sweep", "--spec", str(spec)],
                           cwd=REPO, env=child_env(), text=True, capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -231,8 +236,10 @@ def test_a_sweep_trains_a_pack_on_a_two_worker_group_and_reports_each_run(tmp_pa
         assert manifest.world_size == 2 and manifest.score == row.score
         assert sorted(manifest.packed_with) == sorted(r.prompt_id for r in rows)
         torch.testing.assert_close(store.prompts.tensor(row.prompt_id),
-                                   one_process.prompts.tensor(result.prompt_id), atol=1e-5,
+                                   one_process.prompts.tensor(result.prompt_id), atol=1e-4,
                                    rtol=0)
+        assert [h["loss"] for h in manifest.history] == pytest.approx(
+            [h["loss"] for h in result.history], abs=1e-4)
 
 
 def test_a_diverging_run_of_a_pack_is_named_and_the_others_are_stored(tmp_path, two_tasks):

@@ -19,6 +19,7 @@ from tests.conftest import (child_env, free_port, has_trained_checkpoint,
 
 REPO = Path(__file__).resolve().parents[1]
 LEARN = dict(task="sst2", prompt_length=8, lr=0.1, batch_size=16, eval_limit=None)
+T5_V1_1 = "tiny-t5-v1_1"  # its own output head: what a ZeRO-3 load must keep apart
 
 
 def _cli(*args: str, env_extra: dict | None = None, launcher: list[str] | None = None,
@@ -110,8 +111,9 @@ def test_a_diverging_run_stops_with_a_clear_error_and_stores_nothing(tmp_path, s
     assert not (tmp_path / "prompts").exists()
 
 
-def _train_args(store: Path, data: Path, steps: int, *extra: str) -> list[str]:
-    return ["train", "--model", "tiny-roberta", "--task", "sst2", "--steps", str(steps),
+def _train_args(store: Path, data: Path, steps: int, *extra: str,
+                model: str = "tiny-roberta") -> list[str]:
+    return ["train", "--model", model, "--task", "sst2", "--steps", str(steps),
             "--prompt-length", "8", "--lr", "0.1", "--batch-size", "16", "--eval-every", "5",
             "--eval-limit", "0", "--data-dir", str(data), "--store", str(store), "--json",
             *extra]
@@ -152,7 +154,7 @@ def test_a_fresh_preset_cache_under_zero3_builds_whole_weights_and_trains(
         tmp_path, sentiment_dir, processes):
     """Each rank builds the preset itself on an empty cache, before ZeRO-3's zero.Init exists:
     built inside it, the preset would be written with ZeRO-3's empty placeholders and poison
-    every later run."""
+    every later run. The T5 v1.1, whose head of its own ZeRO-3 must keep apart."""
     from safetensors.torch import load_file
 
     from ptdist.backbones.presets import preset_dir
@@ -161,14 +163,14 @@ def test_a_fresh_preset_cache_under_zero3_builds_whole_weights_and_trains(
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node", "2", "-m"]
     args = _train_args(tmp_path / "store", sentiment_dir, 10, "--ds-config",
-                       str(zero3_every_tensor_partitioned(tmp_path)))
+                       str(zero3_every_tensor_partitioned(tmp_path)), model=T5_V1_1)
     result = _json_result(_cli(*args, env_extra={"PTDIST_CACHE": str(cache)},
                                launcher=torchrun if processes == 2 else None), timeout=600)
     manifest = Store(tmp_path / "store").prompts.manifest(result["prompt_id"])
     assert manifest.world_size == processes and manifest.zero_stage == 3
     assert result["steps_run"] == 10 and result["history"][-1]["loss"] > 0
-    built = load_file(next(cache.glob("presets/tiny-roberta-v*/model.safetensors")))
-    reference = load_file(preset_dir("tiny-roberta") / "model.safetensors")  # no DeepSpeed
+    built = load_file(next(cache.glob(f"presets/{T5_V1_1}-v*/model.safetensors")))
+    reference = load_file(preset_dir(T5_V1_1) / "model.safetensors")  # no DeepSpeed
     assert built.keys() == reference.keys()
     assert all(torch.equal(built[k], reference[k]) for k in reference)
 
@@ -190,7 +192,8 @@ def test_multi_process_run_resumes_under_another_zero_stage(tmp_path, sentiment_
     """Checkpoints hold Adam's moments whole, so a run killed under one ZeRO stage resumes
     under another; both DeepSpeed restore paths (ZeRO-1/2 fragments, ZeRO-3 partitions) run.
     The ZeRO-2 run that is killed starts under DeepSpeed's own launcher, the others under
-    torchrun; what the two processes end with is what one process without DeepSpeed does."""
+    torchrun; what the two processes end with is what one process without DeepSpeed does.
+    On the T5 v1.1, whose head of its own every path must load apart."""
     from ptdist.backbones import load_backbone
     from ptdist.training.fingerprint import frozen_fingerprint
 
@@ -200,16 +203,18 @@ def test_multi_process_run_resumes_under_another_zero_stage(tmp_path, sentiment_
                 "--nproc_per_node", "2", "-m"]
     deepspeed = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "2",
                  "--master_port", str(free_port()), "--module"]
-    reference = _json_result(_cli(*_train_args(tmp_path / "ref", sentiment_dir, steps)))
+    reference = _json_result(_cli(*_train_args(tmp_path / "ref", sentiment_dir, steps,
+                                               model=T5_V1_1)))
     store = tmp_path / "run"
-    proc = _cli(*_train_args(store, sentiment_dir, steps, "--ds-config", configs[killed]),
-                launcher=deepspeed if killed == "zero2" else torchrun)
+    proc = _cli(*_train_args(store, sentiment_dir, steps, "--ds-config", configs[killed],
+                             model=T5_V1_1), launcher=deepspeed if killed == "zero2" else torchrun)
     _wait_for_a_trained_checkpoint(store / "runs" / reference["prompt_id"], proc)
     _kill_tree(proc)
     assert not Store(store).prompts.has(reference["prompt_id"]), "killed too late"
 
     result = _json_result(_cli(*_train_args(store, sentiment_dir, steps, "--ds-config",
-                                            configs[resumed]), launcher=torchrun), timeout=600)
+                                            configs[resumed], model=T5_V1_1),
+                               launcher=torchrun), timeout=600)
     assert result["resumed_from"] is not None and 0 < result["resumed_from"] < steps
     manifest = Store(store).prompts.manifest(result["prompt_id"])
     assert manifest.world_size == 2 and manifest.zero_stage == int(resumed[-1])
@@ -218,7 +223,7 @@ def test_multi_process_run_resumes_under_another_zero_stage(tmp_path, sentiment_
     # Same global batches; only the order of floating-point reductions differs (measured:
     # ~1e-5 after 40 steps, amplified by Adam).
     assert torch.allclose(ours, ref, atol=1e-4, rtol=0), (ours - ref).abs().max()
-    assert manifest.backbone_fingerprint == frozen_fingerprint(load_backbone("tiny-roberta"))
+    assert manifest.backbone_fingerprint == frozen_fingerprint(load_backbone(T5_V1_1))
 
 
 def test_generation_task_trains_and_decodes_the_expected_text(tmp_path):

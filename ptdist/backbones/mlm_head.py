@@ -306,9 +306,9 @@ def put_head(backbone: MaskedLMBackbone, folder: Path) -> None:
             params[name].copy_(tensor.to(params[name].dtype))
 
 
-def restore_head(backbone: MaskedLMBackbone, checkpoint: Path, missing: list[str]) -> None:
+def restore_head(backbone: MaskedLMBackbone, checkpoint: Path, missing: list[str]) -> Path:
     """Give a headless encoder its fitted head, fitting it on first use; say which and from
-    where."""
+    where. Returns the head's folder."""
     if any(hasattr(p, "ds_id") for p in backbone.model.parameters()):
         raise PtdistError(f"'{backbone.name}' has no MLM head of its own, and ptdist puts its "
                           "fitted head only into unpartitioned models; run it without ZeRO-3 "
@@ -320,3 +320,4 @@ def restore_head(backbone: MaskedLMBackbone, checkpoint: Path, missing: list[str
         f"{info['fit_texts']} sentences of the {info['corpus']}; held-out masked-token "
         f"accuracy {info['heldout_accuracy']:.1f} % vs {info['random_heldout_accuracy']:.1f} % "
         f"for a random head), from {folder}")
+    return folder

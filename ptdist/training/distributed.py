@@ -109,15 +109,18 @@ def gather_lists(values: list) -> list:
     return [v for part in parts for v in part]
 
 
-def on_every_rank(flags: list[bool]) -> list[bool]:
-    """Each flag, true only where it is true on every rank: a decision to stop that all ranks
-    take together (a rank that stopped alone would leave the others waiting in a collective)."""
+def mean_over_ranks(values: list[float]) -> list[float]:
+    """Each value's mean over the ranks of the process group: a step's loss over the whole
+    global batch, from each rank's loss over its slice (the slices are of equal size). The same
+    on every rank, so a decision taken on it (a non-finite loss anywhere is non-finite here) is
+    taken by all ranks together: a rank that stopped alone would leave the others waiting in a
+    collective."""
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_world_size() == 1:
-        return list(flags)
+        return list(values)
     device = torch.device("cuda", torch.cuda.current_device()) \
         if dist.get_backend() == "nccl" else torch.device("cpu")
-    values = torch.tensor([float(f) for f in flags], device=device)
-    dist.all_reduce(values, op=dist.ReduceOp.MIN)
-    return [bool(v) for v in values.tolist()]
+    total = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return (total / dist.get_world_size()).tolist()

@@ -37,7 +37,7 @@ from ptdist.store import Store
 from ptdist.training.checkpoint import ADAM_KEYS, TrainState, load_checkpoint
 from ptdist.training.config import TrainConfig
 from ptdist.training.data import global_batch, rank_slice
-from ptdist.training.distributed import finish_together, init_distributed, on_every_rank
+from ptdist.training.distributed import finish_together, init_distributed, mean_over_ranks
 from ptdist.training.engine import (deepspeed_config, frozen_backbone, frozen_engine_config,
                                     lr_schedule, precision_of, zero_stage)
 from ptdist.training.evaluation import evaluate_each
@@ -268,10 +268,11 @@ def _step(backbone: Backbone, prompts: StackedAdamW, runs: list[_Run], rank: int
 
         dist.all_reduce(prompts.weight.grad)
         prompts.weight.grad /= world
-    # Each run's loss: the mean of its micro-batches' mean losses, as a separate run logs it.
-    per_run = losses.tolist()
-    for run, finite in zip(runs, on_every_rank([math.isfinite(per_run[r.row]) for r in runs])):
-        if not finite:
+    # Each run's loss: the mean of its micro-batches' mean losses over the global batch (the
+    # same on every rank), as a separate run logs it.
+    per_run = mean_over_ranks(losses.tolist())
+    for run in runs:
+        if not math.isfinite(per_run[run.row]):
             run.diverged = run.tracker.diverged("the loss")
     prompts.step([run.row_step() for run in runs])
     for run in runs:

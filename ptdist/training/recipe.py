@@ -21,7 +21,7 @@ from ptdist.training.checkpoint import (TrainState, gather_state, load_checkpoin
                                         restore_optimizer_state)
 from ptdist.training.config import TrainConfig
 from ptdist.training.data import global_batch, rank_slice
-from ptdist.training.distributed import finish_together, init_distributed, on_every_rank
+from ptdist.training.distributed import finish_together, init_distributed, mean_over_ranks
 from ptdist.training.engine import (deepspeed_config, frozen_backbone, precision_of,
                                     prompt_engine, zero_stage)
 from ptdist.training.evaluation import evaluate
@@ -144,8 +144,10 @@ def _loop(engine, params: dict[str, nn.Parameter], tasks: list[tuple[TaskRecord,
                 engine.step()
                 losses.append(loss.item())
         state.step += 1
-        loss = sum(losses) / len(losses)
-        if not on_every_rank([math.isfinite(loss)])[0]:
+        # The global batch's loss, as one process computes it: the history of a prompt id is
+        # the same whatever the number of processes that trained it.
+        loss = mean_over_ranks([sum(losses) / len(losses)])[0]
+        if not math.isfinite(loss):
             raise tracker.diverged("the loss")
         progress.step(state.step, loss, engine.get_lr()[0])
         if state.step % config.eval_every == 0 or state.step == config.steps:
