@@ -159,14 +159,32 @@ def test_a_changed_weight_file_is_refused_where_it_differs_from_the_load(tmp_pat
         load_backbone(str(folder))
 
 
-def test_a_checkpoint_without_safetensors_weights_is_refused(tmp_path):
-    folder = tmp_path / "pickled"
+def _pickled_copy(folder: Path, tensors: dict[str, torch.Tensor]) -> Path:
+    """The preset as a checkpoint of ``pytorch_model.bin`` only (as the hub's T5 v1.1 ships)."""
     folder.mkdir()
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy(preset_dir(MODEL) / name, folder / name)
-    (folder / "pytorch_model.bin").write_bytes(b"never unpickled")
-    with pytest.raises(PtdistError, match="has no safetensors weights .*never unpickles"):
-        load_backbone(str(folder))
+    torch.save(tensors, folder / "pytorch_model.bin")
+    return folder
+
+
+def test_a_pickled_checkpoint_loads_untied_and_checked(tmp_path):
+    stored = load_file(preset_dir(MODEL) / "model.safetensors")
+    folder = _pickled_copy(tmp_path / "pickled", stored)
+    backbone = load_backbone(str(folder))
+    assert torch.equal(backbone.model.lm_head.weight, stored["lm_head.weight"])
+    assert backbone.model.lm_head.weight is not backbone.model.shared.weight
+
+
+def test_a_damaged_pickled_checkpoint_is_refused_in_one_line(tmp_path):
+    stored = load_file(preset_dir(MODEL) / "model.safetensors")
+    stored["lm_head.weight"] = stored["shared.weight"].clone()  # the mis-tie, written down
+    with pytest.raises(PtdistError, match="its output head is its input embeddings"):
+        load_backbone(str(_pickled_copy(tmp_path / "tied", stored)))
+    garbage = _pickled_copy(tmp_path / "garbage", {})
+    (garbage / "pytorch_model.bin").write_bytes(b"not a pickle")
+    with pytest.raises(PtdistError, match="cannot read weight file .*pytorch_model.bin"):
+        load_backbone(str(garbage))
 
 
 def test_the_load_line_says_what_was_checked(capsys):

@@ -7,6 +7,11 @@ T5's output head to its input embeddings unless both are loaded and differ, and 
 partitioned load both are empty placeholders that compare equal: a real T5 v1.1 (a head of its
 own) then runs with its embeddings as its head (docs/scale.md). So the ties are read from the
 files before a load, and every load is compared with the files after it.
+
+Checkpoints come as safetensors or, like the hub's google/t5-v1_1-* and many older models, as
+pickled ``pytorch_model.bin`` files. Those are read exactly as transformers reads them to load
+the model at all: with torch's weights-only unpickler (tensors and plain containers, no code),
+memory-mapped. The store never holds a pickle.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -24,8 +31,10 @@ from torch import nn
 
 from ptdist.errors import PtdistError
 
-WEIGHTS = "model.safetensors"
-INDEX = "model.safetensors.index.json"
+# A checkpoint's weight files, in the order from_pretrained prefers them: (single file, index
+# of shards).
+FORMATS = (("model.safetensors", "model.safetensors.index.json"),
+           ("pytorch_model.bin", "pytorch_model.bin.index.json"))
 # Key renames transformers applies to old checkpoints of the families ptdist runs (BERT's
 # TensorFlow-era LayerNorm names): a model name and the checkpoint names it may be stored under.
 LEGACY_NAMES = (("LayerNorm.weight", "LayerNorm.gamma"), ("LayerNorm.bias", "LayerNorm.beta"))
@@ -60,22 +69,30 @@ class Checkpoint:
 
 def open_checkpoint(path: str, name: str) -> Checkpoint:
     """The checkpoint at ``path`` (a folder or a hub id: its files come from the hub cache,
-    fetched now if absent, as from_pretrained would). Only safetensors checkpoints load: a
-    pickled one (``pytorch_model.bin``) cannot be read without unpickling it."""
-    index = _checkpoint_file(path, INDEX)
-    if index is not None:
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [_checkpoint_file(path, shard) for shard in shards]
-    else:
-        files = [_checkpoint_file(path, WEIGHTS)]
-    if None in files:
-        raise PtdistError(
-            f"model '{name}' has no safetensors weights ({WEIGHTS} or a complete {INDEX}); "
-            "ptdist checks every load against the checkpoint's safetensors tensors and never "
-            "unpickles a weight file. Convert it once where it loads (`from_pretrained(...)."
-            "save_pretrained(DIR)` writes safetensors) and pass --model DIR")
-    keys = {key: file for f in files for key, file in tensors_in(f).items()}
-    return Checkpoint(name, keys, written_ties_head(path))
+    fetched now if absent, as from_pretrained would): its safetensors files, else its
+    ``pytorch_model.bin`` files, whole or sharded."""
+    for single, index in FORMATS:
+        files = _weight_files(path, single, index)
+        if files:
+            keys = {key: file for f in files for key, file in tensors_in(f).items()}
+            return Checkpoint(name, keys, written_ties_head(path))
+    raise PtdistError(
+        f"model '{name}' has no complete weight files (one of "
+        f"{', '.join(f for pair in FORMATS for f in pair)}); ptdist checks every load against "
+        "the checkpoint's own tensors. Give the folder a model was saved into "
+        "(save_pretrained), or a hub id whose files are complete")
+
+
+def _weight_files(path: str, single: str, index: str) -> list[Path]:
+    """The files of one weight format: its shards where an index names them, else the single
+    file; empty when the format is absent or an index names a shard that is not there."""
+    listed = _checkpoint_file(path, index)
+    if listed is None:
+        found = _checkpoint_file(path, single)
+        return [found] if found is not None else []
+    shards = sorted(set(json.loads(listed.read_text())["weight_map"].values()))
+    files = [_checkpoint_file(path, shard) for shard in shards]
+    return [] if None in files else files
 
 
 def written_ties_head(config: str) -> bool:
@@ -96,8 +113,10 @@ def _checkpoint_file(path: str, filename: str) -> Path | None:
 
 
 def tensors_in(file: Path) -> dict[str, Path]:
-    """The names of the tensors a safetensors file holds (read from its header), each with
-    the file."""
+    """The names of the tensors a weight file holds (a safetensors file's header, or a pickled
+    file's state dict), each with the file."""
+    if file.suffix == ".bin":
+        return dict.fromkeys(_unpickled(file), file)
     from safetensors import safe_open
 
     with safe_open(str(file), "pt") as weights:
@@ -105,11 +124,27 @@ def tensors_in(file: Path) -> dict[str, Path]:
 
 
 def read_tensor(file: Path, key: str) -> torch.Tensor:
-    """One tensor of a safetensors file, as stored (only that tensor is read)."""
+    """One tensor of a weight file, as stored (only that tensor is read)."""
+    if file.suffix == ".bin":
+        return _unpickled(file)[key]
     from safetensors import safe_open
 
     with safe_open(str(file), "pt") as weights:
         return weights.get_tensor(key)
+
+
+@lru_cache(maxsize=1)
+def _unpickled(file: Path) -> dict[str, torch.Tensor]:
+    """A pickled weight file's state dict, as transformers loads it: torch's weights-only
+    unpickler, memory-mapped where the file is in torch's zip format (its tensors are read from
+    disk when touched). One file is kept open: a check reads a file's tensors in a row."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True,
+                          mmap=zipfile.is_zipfile(file))
+    except Exception as exc:  # noqa: BLE001 - any unreadable pickle is the same user error
+        raise PtdistError(f"cannot read weight file {file}: {str(exc).splitlines()[0]}. It must "
+                          "be a state dict of tensors saved with torch.save (re-download it, or "
+                          "re-save the model with save_pretrained)") from None
 
 
 def tied_as_stored(cls: type, checkpoint: Checkpoint) -> type:
