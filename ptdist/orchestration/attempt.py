@@ -1,18 +1,20 @@
 """What the process of every job attempt does first, whoever started it (a graph task, a Tune
-trial, a worker of a Ray Train group): library chatter off, torch's threads sized to the CPUs
-Ray reserved for it, and the attempt marked for failure rehearsal (`faults.py`)."""
+trial, a worker of a Ray Train group): ptdist's logger at the driver's level, library chatter
+off, torch's threads sized to the CPUs Ray reserved for it, and the attempt marked for failure
+rehearsal (`faults.py`)."""
 
 from __future__ import annotations
 
+from ptdist import logs
 from ptdist.orchestration.faults import begin_attempt
-from ptdist.runtime import quiet_libraries
 
 
-def begin(site: str, in_ray_worker: bool = True) -> None:
-    """Prepare this process for an attempt of the job (or worker) ``site``; a job that runs
-    in the calling process (--local) keeps that process's threads."""
-    quiet_libraries()
+def begin(site: str, level: int, in_ray_worker: bool = True) -> None:
+    """Prepare this process for an attempt of the job (or worker) ``site``, logging at the
+    driver's ``level`` with the job's id on each line; a job that runs in the calling process
+    (--local) keeps that process's threads and logger."""
     if in_ray_worker:
+        logs.setup(level, job=site)
         size_threads()
     begin_attempt(site)
 

@@ -13,7 +13,7 @@ are the held-out distance.
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,8 @@ from ptdist.tasks import get_task
 from ptdist.training.distributed import leads
 from ptdist.training.evaluation import (Scored, inference_backbone, inference_precision,
                                         score_prompts)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,8 @@ def _row(projector_id: str, manifest: ProjectorManifest, variant: str, ref: str,
     record = get_task(ref)
     metric = record.primary_metric
     projected, base, reference = (s[metric] for s in scored.metrics)
-    if leads():
-        print(f"{record.name}: projected {projected:.2f} / untrained projector {base:.2f} / "
-              f"own prompt {reference:.2f} ({metric})", file=sys.stderr, flush=True)
+    log.info(f"{record.name}: projected {projected:.2f} / untrained projector {base:.2f} / "
+             f"own prompt {reference:.2f} ({metric})")
     return ProjectorEvalRow(
         projector=projector_id, source_model=manifest.source_model,
         target_model=manifest.target_model, mode=manifest.mode, variant=variant,

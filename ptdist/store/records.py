@@ -11,7 +11,7 @@ record stops with one line saying what is wrong and what to do; `check` examines
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +21,8 @@ from ptdist.checksum import file_sha256
 from ptdist.errors import PtdistError
 from ptdist.store.atomic import atomic_write, atomic_write_text
 from ptdist.store.manifests import NewerSchema, read_manifest
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 M = TypeVar("M")
@@ -100,8 +102,7 @@ class RecordFolders(Generic[M]):
                     why = str(exc) if isinstance(exc, NewerSchema) else \
                         f"its manifest {path} is damaged ({exc}); `ptdist prompts --check " \
                         f"--store {self.store}` checks every record"
-                    print(f"ptdist: warning: {self.kind} {path.parent.name} is left out: {why}",
-                          file=sys.stderr, flush=True)
+                    log.warning(f"{self.kind} {path.parent.name} is left out: {why}")
         return sorted(rows, key=lambda m: (m.created, m.id))
 
     def check(self) -> list[Checked]:
