@@ -11,8 +11,8 @@ import logging
 import sys
 import textwrap
 
-from ptdist.cli import head, neurons, project, prompts, study, transfer
 from ptdist import logs
+from ptdist.cli import head, neurons, project, prompts, study, transfer
 from ptdist.cli.options import Command, add_common, emit
 from ptdist.errors import PtdistError
 

@@ -5,8 +5,13 @@ rehearsal (`faults.py`)."""
 
 from __future__ import annotations
 
+import logging
+import os
+
 from ptdist import logs
 from ptdist.orchestration.faults import begin_attempt
+
+log = logging.getLogger(__name__)
 
 
 def begin(site: str, level: int, in_ray_worker: bool = True) -> None:
@@ -28,3 +33,5 @@ def size_threads() -> None:
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
     torch.set_num_threads(max(1, int(cpus)))
+    log.debug(f"process {os.getpid()}: {cpus:g} CPU reserved, {torch.get_num_threads()} torch "
+              "thread(s)")

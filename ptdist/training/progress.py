@@ -1,5 +1,6 @@
-"""A run's progress: its steps (`ptdist.progress`: a bar on a terminal, counted lines in a log)
-with the mean loss since the last line and the learning rate, and a line per evaluation."""
+"""A run's steps as progress (`ptdist.progress`: a bar on a terminal, counted lines in a log),
+with the loss averaged over its last steps (as many as a counted line is apart) and the
+learning rate; its evaluations are lines of their own (`recipe.py`, `packed.py`)."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ another model's prompt); `train` is prompt tuning with it, idempotent through th
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -69,6 +70,7 @@ def fit(config: TrainConfig, tasks: Sequence[TaskRecord], ds_raw: dict, run_fold
     and early stopping follow is the mean of the tasks' primary metrics (`fit_metric`)."""
     rank, world = init_distributed()
     ds_config = deepspeed_config(ds_raw, config, world, tasks=len(tasks))
+    log.debug(f"{label}: DeepSpeed config {json.dumps(ds_config, sort_keys=True)}")
     with frozen_backbone(config, ds_config) as backbone:
         data = [load_run_data(config, task, backbone) for task in tasks]
         resumed = load_checkpoint(run_folder)
