@@ -3,6 +3,7 @@ Backbone."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from ptdist.backbones.weights import (Checkpoint, LoadCheck, check_load, open_ch
                                       written_ties_head)
 from ptdist.errors import PtdistError
 from ptdist.packaged import is_packaged, resolve_packaged
-from ptdist.runtime import say
+
+log = logging.getLogger(__name__)
 
 # Configs of the paper's hub models (no weights): what the memory planner reads offline.
 BUNDLED_CONFIGS = Path(__file__).resolve().parent / "model_configs"
@@ -194,9 +196,9 @@ def _report_load(name: str, model, missing: list[str], check: LoadCheck) -> None
     lacks = "" if not missing else (
         f"; {len(missing)} tensor(s) not in the checkpoint, randomly initialised (seed 0) and "
         f"frozen: {', '.join(sorted(missing)[:4])}{', ...' if len(missing) > 4 else ''}")
-    say(f"[ptdist] loaded {name}: {type(model).__name__}, {params / 1e6:.1f}M parameters, "
-        f"{dtype}; {check.checked} tensors equal the checkpoint's ({check.seconds:.2f} s)"
-        f"{lacks}")
+    log.info(f"[ptdist] loaded {name}: {type(model).__name__}, {params / 1e6:.1f}M parameters, "
+             f"{dtype}; {check.checked} tensors equal the checkpoint's ({check.seconds:.2f} s)"
+             f"{lacks}")
 
 
 def _first_line(exc: BaseException) -> str:

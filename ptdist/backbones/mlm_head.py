@@ -18,6 +18,7 @@ import copy
 import fcntl
 import hashlib
 import json
+import logging
 import random
 import shutil
 import time
@@ -33,7 +34,9 @@ from safetensors.torch import load_file, save_file
 from ptdist.backbones.mlm import MaskedLMBackbone
 from ptdist.checksum import file_sha256
 from ptdist.errors import PtdistError
-from ptdist.runtime import built_once, cache_root, say
+from ptdist.runtime import built_once, cache_root
+
+log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 HEAD_PREFIXES = ("lm_head.", "cls.")  # RoBERTa's, BERT's
@@ -159,8 +162,8 @@ def encode_masked(backbone: MaskedLMBackbone, texts: list[str], recipe: HeadReci
         done = start + len(chunk)
         if done * 4 // len(encoded) > last or done == len(encoded):
             last = done * 4 // len(encoded)
-            say(f"[ptdist]   {label}: encoded {done}/{len(encoded)} sentences "
-                f"({time.monotonic() - started:.0f} s)")
+            log.info(f"[ptdist]   {label}: encoded {done}/{len(encoded)} sentences "
+                     f"({time.monotonic() - started:.0f} s)")
     return MaskedTokens(torch.cat(states), torch.cat(targets))
 
 
@@ -217,7 +220,7 @@ def train_head(head: torch.nn.Module, trained: dict[str, torch.nn.Parameter],
         optimizer.step()
         schedule.step()
         if step % max(recipe.steps // 4, 1) == 0:
-            say(f"[ptdist]   step {step}/{recipe.steps}: masked-token loss {loss.item():.3f}")
+            log.info(f"[ptdist]   step {step}/{recipe.steps}: masked-token loss {loss.item():.3f}")
 
 
 def fit_head(backbone: MaskedLMBackbone, missing: list[str], corpus: Corpus,
@@ -287,9 +290,9 @@ def cached_head(backbone: MaskedLMBackbone, checkpoint: Path, missing: list[str]
         fitted_now = refit or not (folder / "head.json").exists()
         if fitted_now:
             source = corpus(recipe)
-            say(f"[ptdist] fitting the MLM head of {backbone.name} (recipe v{recipe.version}): "
-                f"{len(source.fit)} sentences from the {source.origin}, encoder frozen; "
-                f"cached in {folder}")
+            log.info(f"[ptdist] fitting the MLM head of {backbone.name} (recipe "
+                     f"v{recipe.version}): {len(source.fit)} sentences from the "
+                     f"{source.origin}, encoder frozen; cached in {folder}")
             fit = fit_head(backbone, missing, source, recipe)
             shutil.rmtree(folder, ignore_errors=True)
             # built beside and renamed: a killed fit leaves no half artifact
@@ -316,8 +319,8 @@ def restore_head(backbone: MaskedLMBackbone, checkpoint: Path, missing: list[str
                           "partitioning)")
     folder, info, _ = cached_head(backbone, checkpoint, missing)
     put_head(backbone, folder)
-    say(f"[ptdist] MLM head of {backbone.name}: fitted (recipe v{info['recipe']['version']}, "
-        f"{info['fit_texts']} sentences of the {info['corpus']}; held-out masked-token "
-        f"accuracy {info['heldout_accuracy']:.1f} % vs {info['random_heldout_accuracy']:.1f} % "
-        f"for a random head), from {folder}")
+    log.info(f"[ptdist] MLM head of {backbone.name}: fitted (recipe "
+             f"v{info['recipe']['version']}, {info['fit_texts']} sentences of the "
+             f"{info['corpus']}; held-out masked-token accuracy {info['heldout_accuracy']:.1f} % "
+             f"vs {info['random_heldout_accuracy']:.1f} % for a random head), from {folder}")
     return folder

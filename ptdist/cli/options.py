@@ -1,31 +1,31 @@
 """What every command shares: the option groups (one vocabulary: --store, --data-dir,
---eval-limit, --local/--address, --json, --verbose mean the same everywhere), the help texts
-that name the presets and tasks, and how results are printed."""
+--eval-limit, --local/--address, --json, --verbose/--quiet mean the same everywhere), the help
+texts that name the presets and tasks, and the one place results are printed."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
+
+from ptdist.logs import global_rank
 
 Command = Callable[[argparse.Namespace], None]
 
 
-def is_rank0() -> bool:
-    return os.environ.get("RANK", "0") == "0"
-
-
-def emit(args: argparse.Namespace, human: str, payload: dict[str, Any]) -> None:
-    """A command's result on stdout: the human summary, then (--json) one JSON object as the
-    last line. Progress and diagnostics go to stderr."""
-    if not is_rank0():
+def emit(args: argparse.Namespace, human: str | None, payload: dict[str, Any]) -> None:
+    """A command's result on stdout, from global rank 0: the human summary, then (--json) one
+    JSON object as the last line. Everything else goes through the logger to stderr
+    (`ptdist.logs`)."""
+    if global_rank()[0] != 0:
         return
-    print(human, flush=True)
+    lines = [] if human is None else [human]
     if args.json:
-        print(json.dumps(payload, default=_plain), flush=True)
+        lines.append(json.dumps(payload, default=_plain))
+    if lines:
+        print("\n".join(lines), flush=True)
 
 
 def _plain(value: Any) -> Any:
@@ -51,8 +51,12 @@ def task_help(what: str = "the task") -> str:
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true",
                    help="also print one JSON object as the last line of stdout")
-    p.add_argument("--verbose", action="store_true",
-                   help="keep the libraries' own logs (transformers, datasets, DeepSpeed)")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("--verbose", dest="talk", action="store_const", const="verbose",
+                      default="default", help="also ptdist's debug lines and the libraries' own "
+                                              "logs (transformers, datasets, DeepSpeed, Ray)")
+    talk.add_argument("--quiet", dest="talk", action="store_const", const="quiet",
+                      help="only warnings and errors on stderr (the result still on stdout)")
 
 
 def add_store(p: argparse.ArgumentParser, spec: bool = False) -> None:

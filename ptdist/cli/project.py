@@ -85,7 +85,7 @@ def tpt(args: argparse.Namespace) -> None:
 
 
 def pairs(args: argparse.Namespace) -> None:
-    from ptdist.orchestration.graph import require_success
+    from ptdist.orchestration.graph import describe_jobs, require_success
     from ptdist.orchestration.pairs import PairSettings, run_pairs
     from ptdist.orchestration.spec import load_spec
 
@@ -95,13 +95,14 @@ def pairs(args: argparse.Namespace) -> None:
     settings = PairSettings(args.mode, tuple(args.train_tasks),
                             tuple(args.eval_tasks or spec.tasks), _settings(args))
     outcome = run_pairs(spec, settings, execution(args), dry_run=args.dry_run)
+    if args.dry_run:
+        emit(args, describe_jobs(outcome.jobs), {"spec": spec.name, "dry_run": True})
+        return
     needs = {job.id: list(job.needs) for job in outcome.jobs}
     jobs = [{"id": o.id, "needs": needs[o.id], "status": o.status, "error": o.error,
              "attempts": o.attempts, "started": o.started, "finished": o.finished}
             for o in outcome.graph.jobs]
-    if not args.dry_run:
-        emit(args, f"cross-model table: {outcome.table}",
-             {"table": str(outcome.table), "jobs": jobs})
+    emit(args, f"cross-model table: {outcome.table}", {"table": str(outcome.table), "jobs": jobs})
     require_success(outcome.graph)
 
 

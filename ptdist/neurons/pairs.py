@@ -3,7 +3,7 @@ one row per ordered pair and indicator)."""
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,8 @@ from ptdist.store.activations import read_states
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.results import IndicatorRow
 from ptdist.store.tables import write_records
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,9 +37,9 @@ def pairwise_indicators(store: Store, model: str, prompts: Sequence[PromptManife
               if pid in ids}
     uncaptured = sorted(ids - set(states))
     if uncaptured:
-        print(f"[indicators] {len(uncaptured)} prompt(s) of {model} have no activations "
-              f"({protocol} protocol) and are left out: {', '.join(uncaptured)}",
-              file=sys.stderr, flush=True)
+        log.warning(f"{len(uncaptured)} prompt(s) of {model} have no activations "
+                    f"({protocol} protocol) and are left out of the indicators: "
+                    f"{', '.join(uncaptured)}")
     if len(states) < 2:
         raise PtdistError(f"{len(states)} prompt(s) of '{model}' have captured activations "
                           f"({protocol} protocol) in {store.root}; run `ptdist neurons capture "

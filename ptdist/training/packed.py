@@ -23,6 +23,7 @@ pass, each weighted as its run's mean loss would weigh it.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -43,12 +44,14 @@ from ptdist.training.engine import (deepspeed_config, frozen_backbone, frozen_en
 from ptdist.training.evaluation import evaluate_each
 from ptdist.training.fingerprint import frozen_fingerprint
 from ptdist.training.op_builds import watched_builds
-from ptdist.training.progress import Progress
+from ptdist.training.progress import RunProgress
 from ptdist.training.run import (Fitted, RunData, RunPlan, TrainResult, fresh_prompt,
                                  plan_run, read_run_data, store_finished, stored_result,
                                  suited)
 from ptdist.training.stacked import RowStep, StackedAdamW
 from ptdist.training.tracking import Diverged, RunTracker
+
+log = logging.getLogger(__name__)
 
 # What the runs of one pack must share: one backbone, one prompt shape, one DeepSpeed config.
 # Everything else (task, seed, init, learning rate, steps, batch size, patience...) may differ.
@@ -149,17 +152,18 @@ def _train_pack(todo: list[tuple[TrainConfig, RunPlan]], store: Store,
         backbone = engine.module
         fingerprint = frozen_fingerprint(backbone)
         runs, prompts = _start_runs(todo, read, backbone, store, engine.device, world)
-        progress = Progress(max(r.config.steps - r.tracker.state.step for r in runs),
-                            first.eval_every, 0, rank == 0)
-        progress.line(f"[ptdist] pack of {len(runs)} run(s) on {first.model}: {world} "
-                      f"process(es), {precision_of(ds_config)}, ZeRO-{zero_stage(ds_config)}")
+        pack = f"pack of {len(runs)} run(s) on {first.model}"
+        log.info(f"[ptdist] {pack}: {world} process(es), {precision_of(ds_config)}, "
+                 f"ZeRO-{zero_stage(ds_config)}")
         for run in runs:
-            progress.line(f"  {run.tracker.label}: {len(run.data.train)} train / "
-                          f"{len(run.data.eval)} "
-                          "eval examples" + (f", resumed at step {run.resumed_from}"
-                                             if run.resumed_from is not None else ""))
-        results = _train_runs(runs, prompts, backbone, fingerprint, store, rank, world,
-                              progress, t0)
+            log.info(f"  {run.tracker.label}: {len(run.data.train)} train / "
+                     f"{len(run.data.eval)} eval examples"
+                     + (f", resumed at step {run.resumed_from}"
+                        if run.resumed_from is not None else ""))
+        with RunProgress(pack, max(r.config.steps - r.tracker.state.step for r in runs)) \
+                as progress:
+            results = _train_runs(runs, prompts, backbone, fingerprint, store, rank, world,
+                                  progress, t0)
         changed = frozen_fingerprint(backbone) != fingerprint
         engine.destroy()
     if changed:
@@ -207,15 +211,14 @@ def _start_runs(todo: list[tuple[TrainConfig, RunPlan]], read: dict[tuple, RunDa
 
 
 def _train_runs(runs: list[_Run], prompts: StackedAdamW, backbone: Backbone, fingerprint: str,
-                store: Store, rank: int, world: int, progress: Progress,
+                store: Store, rank: int, world: int, progress: RunProgress,
                 t0: float) -> dict[str, TrainResult]:
     """Step the active runs together until every run is done; each is stored as soon as it is
     done, so a later failure cannot lose it. Runs that diverged are named in one error once the
     others are stored."""
     results: dict[str, TrainResult] = {}
     pack = [run.plan.prompt_id for run in runs]
-    _evaluate(backbone, prompts, [r for r in runs if r.tracker.at_start], rank, world, progress,
-              t0)
+    _evaluate(backbone, prompts, [r for r in runs if r.tracker.at_start], rank, world, t0)
     iteration = 0
     while True:
         for run in runs:
@@ -233,7 +236,7 @@ def _train_runs(runs: list[_Run], prompts: StackedAdamW, backbone: Backbone, fin
         iteration += 1
         progress.step(iteration, sum(r.losses[-1] for r in active) / len(active), active[0].lr)
         _evaluate(backbone, prompts, [r for r in active if r.eval_due and r.diverged is None],
-                  rank, world, progress, t0)
+                  rank, world, t0)
 
 
 def _step(backbone: Backbone, prompts: StackedAdamW, runs: list[_Run], rank: int,
@@ -290,7 +293,7 @@ def _by_data(runs: list[_Run], parts: list[list[int]]) -> list[tuple[RunData, li
 
 
 def _evaluate(backbone: Backbone, prompts: StackedAdamW, runs: list[_Run], rank: int, world: int,
-              progress: Progress, t0: float) -> None:
+              t0: float) -> None:
     """Evaluate ``runs``; the runs that score the same rows share each forward (their prompts
     are a batch dimension)."""
     groups: dict[tuple, list[_Run]] = {}
@@ -311,7 +314,7 @@ def _evaluate(backbone: Backbone, prompts: StackedAdamW, runs: list[_Run], rank:
             except Diverged as exc:
                 run.diverged = exc
                 continue
-            progress.line(f"{run.tracker.label} {line}")
+            log.info(f"{run.tracker.label} {line}")
 
 
 def _finish(run: _Run, backbone: Backbone, fingerprint: str, store: Store, rank: int,

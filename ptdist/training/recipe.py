@@ -6,6 +6,8 @@ another model's prompt); `train` is prompt tuning with it, idempotent through th
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -26,10 +28,12 @@ from ptdist.training.engine import (deepspeed_config, frozen_backbone, precision
                                     prompt_engine, zero_stage)
 from ptdist.training.evaluation import evaluate
 from ptdist.training.fingerprint import frozen_fingerprint
-from ptdist.training.progress import Progress
+from ptdist.training.progress import RunProgress
 from ptdist.training.run import (Fitted, RunData, TrainResult, fresh_prompt, plan_run,
                                  read_run_data, store_finished, stored_result, suited)
 from ptdist.training.tracking import RunTracker
+
+log = logging.getLogger(__name__)
 
 MEAN_METRIC = "mean_primary"  # a fit on several tasks: the mean of their primary metrics
 
@@ -68,6 +72,7 @@ def fit(config: TrainConfig, tasks: Sequence[TaskRecord], ds_raw: dict, run_fold
     rank, world = init_distributed()
     ds_config = deepspeed_config(ds_raw, config, world, tasks=len(tasks))
     rows = [read_run_data(config, task) for task in tasks]
+    log.debug(f"{label}: DeepSpeed config {json.dumps(ds_config, sort_keys=True)}")
     with frozen_backbone(config, ds_config) as backbone:
         data = [suited(d, config, task, backbone) for d, task in zip(rows, tasks)]
         resumed = load_checkpoint(run_folder)
@@ -83,18 +88,17 @@ def fit(config: TrainConfig, tasks: Sequence[TaskRecord], ds_raw: dict, run_fold
             torch.set_rng_state(saved["rng"])
         else:
             torch.manual_seed(config.seed)
-        progress = Progress(config.steps, config.eval_every, state.step, rank == 0)
         sizes = " + ".join(f"{len(d.train)}" for d in data)
-        progress.line(f"[ptdist] {label}: {config.model} on "
-                      f"{', '.join(t.name for t in tasks)}, {sizes} train / "
-                      f"{sum(len(d.eval) for d in data)} eval examples, {world} "
-                      f"process(es), {precision_of(ds_config)}, ZeRO-{zero_stage(ds_config)}"
-                      + (f", resumed at step {state.step}" if resumed is not None else ""))
+        log.info(f"[ptdist] {label}: {config.model} on {', '.join(t.name for t in tasks)}, "
+                 f"{sizes} train / {sum(len(d.eval) for d in data)} eval examples, {world} "
+                 f"process(es), {precision_of(ds_config)}, ZeRO-{zero_stage(ds_config)}"
+                 + (f", resumed at step {state.step}" if resumed is not None else ""))
         resumed_from = state.step if resumed is not None else None
         tracker = RunTracker.resumed(saved, state, run_folder, fit_metric(tasks),
                                      config.patience, label)
-        _loop(engine, params, list(zip(tasks, data)), config, tracker, progress, time.time(),
-              rank, world)
+        with RunProgress(label, config.steps, state.step) as progress:
+            _loop(engine, params, list(zip(tasks, data)), config, tracker, progress,
+                  time.time(), rank, world)
         changed = frozen_fingerprint(engine.module.backbone) != fingerprint
         engine.destroy()  # releases ZeRO-3's hooks and buffers; the parameters are gathered
     if changed:
@@ -111,7 +115,7 @@ def fit_metric(tasks: Sequence[TaskRecord]) -> str:
 
 
 def _loop(engine, params: dict[str, nn.Parameter], tasks: list[tuple[TaskRecord, RunData]],
-          config: TrainConfig, tracker: RunTracker, progress: Progress, t0: float, rank: int,
+          config: TrainConfig, tracker: RunTracker, progress: RunProgress, t0: float, rank: int,
           world: int) -> None:
     """Train from the tracker's step to the end (or an early stop), evaluating and
     checkpointing every ``eval_every`` steps, and once before the first step."""
@@ -125,8 +129,8 @@ def _loop(engine, params: dict[str, nn.Parameter], tasks: list[tuple[TaskRecord,
         metrics = [evaluate(backbone, lambda n, k=k: engine.module.prompt(n, *k), task,
                             data.eval, micro * 2, config.max_new_tokens, rank, world)
                    for (task, data), k in zip(tasks, select)]
-        progress.line(tracker.record(loss, _combined(tasks, metrics), time.time() - t0,
-                                     gather_state(engine, params), list(params), rank == 0))
+        log.info(tracker.record(loss, _combined(tasks, metrics), time.time() - t0,
+                                gather_state(engine, params), list(params), rank == 0))
 
     if tracker.at_start:
         evaluate_now(None)
