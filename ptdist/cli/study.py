@@ -67,7 +67,7 @@ def _prepare_data(spec) -> None:
 def _print_plan(study, local: bool) -> None:
     from ptdist.orchestration.estimate import describe_costs, study_costs
     from ptdist.orchestration.graph import describe_jobs
-    from ptdist.orchestration.plans import describe_plans, model_plans
+    from ptdist.orchestration.plans import describe_plans, describe_training, model_plans
     from ptdist.orchestration.replicate import study_jobs
     from ptdist.reporting.report import write_report
 
@@ -76,6 +76,7 @@ def _print_plan(study, local: bool) -> None:
     print(f"study {spec.name}: {len(spec.models)} model(s), {len(spec.tasks)} task(s), "
           f"{len(spec.seeds)} seed(s), {len(spec.inits)} init(s); store {spec.storage_path}")
     print(describe_jobs(jobs))
+    print(describe_training(spec))
     print(describe_plans(model_plans(spec)))
     print(describe_costs(study_costs(study, jobs)), flush=True)
 

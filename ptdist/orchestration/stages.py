@@ -41,7 +41,7 @@ from ptdist.store.atomic import atomic_write_json
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.results import MatrixRow
 from ptdist.store.tables import read_records
-from ptdist.training.config import TrainConfig
+from ptdist.training.config import TrainConfig, hashed_settings
 from ptdist.training.run import plan_run
 from ptdist.transfer.matrix import (MatrixResult, MatrixSettings, matrix_sources, store_columns,
                                     transfer_matrix, write_matrix)
@@ -208,10 +208,14 @@ def why_vanilla_is_trained(store: Store, config: TrainConfig, target: str) -> st
     head = f"training a vanilla run of {config.model} on {target} (seed {config.seed}): "
     if not stored:
         return head + "the store holds no vanilla run of it with this seed"
-    ours = {k: v for k, v in config.to_dict().items() if k not in TrainConfig.NOT_HASHED}
+    implicit = TrainConfig.IMPLICIT
+    ours = hashed_settings(config.to_dict())
 
     def differences(m) -> dict:
-        return {k: (v, m.config.get(k)) for k, v in ours.items() if m.config.get(k) != v}
+        theirs = hashed_settings(m.config)
+        keys = [*ours, *(k for k in theirs if k not in ours)]
+        return {k: (ours.get(k, implicit.get(k)), theirs.get(k, implicit.get(k)))
+                for k in keys if ours.get(k) != theirs.get(k)}
 
     closest = min(stored, key=lambda m: len(differences(m)))
     diff = differences(closest)

@@ -22,7 +22,7 @@ from ptdist.orchestration.cluster import LOCAL_RAY, ray_session
 from ptdist.orchestration.failures import one_line
 from ptdist.orchestration.attempt import begin
 from ptdist.orchestration.graph import Execution, Job, execute
-from ptdist.orchestration.plans import describe_plans, model_plans, pack_fits
+from ptdist.orchestration.plans import describe_plans, describe_training, model_plans, pack_fits
 from ptdist.orchestration.resources import (HEAD_NODE_CONFIG, check_runs_fit, describe,
                                             node_types_from_cluster_config,
                                             node_types_from_live_cluster)
@@ -65,6 +65,7 @@ def run_sweep(spec: SweepSpec, execution: Execution | None = None,
         _say(f"packed into {len(jobs)} job(s): runs of one model share its backbone")
     if dry_run:
         print(describe_sweep(jobs), flush=True)
+        print(describe_training(spec), flush=True)
         print(describe_plans(model_plans(spec)), flush=True)
         return SweepOutcome([], None, 0)
     results: dict[str, dict] = {}
