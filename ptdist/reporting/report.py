@@ -361,7 +361,7 @@ def _tpt_section(study: Study, store: Store, projectors: list[str], folder: Path
     write_records(folder / "tpt.parquet", TptSummaryRow, rows)
     lines = ["## Transferred prompts as initialisation (TPT)\n",
              "One run each (the study's first seed): speed-ups have no interval. Every run is "
-             "evaluated at step 0, before its first update.\n",
+             "evaluated at step 0, before its first update. " + _schedule_words(rows) + "\n",
              "| model | target | run | step 0 | best | steps to vanilla's best | speed-up | "
              "steps to tolerance x vanilla's best | speed-up (tolerance) |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -382,6 +382,20 @@ def _tpt_section(study: Study, store: Store, projectors: list[str], folder: Path
                         f"{_speedup_words(r.speedup_tolerance, f'{r.tolerance:.0%} of it')} "
                         f"(best {r.best_score:.1f} vs vanilla {r.vanilla_best:.1f}).")
     return Section("\n".join(lines + [""] + figures) + "\n", findings)
+
+
+def _schedule_words(rows: list[TptSummaryRow]) -> str:
+    """Under which learning-rate schedule the comparisons ran (each under one, `tpt.py`)."""
+    words = {"constant": "a constant learning rate (the paper's)",
+             "linear": "a learning rate decaying linearly to 0 at the last step (under which "
+                       "vanilla PT's best tends to be its last evaluation)"}
+    models: dict[str, set[str]] = {}
+    for r in rows:
+        models.setdefault(r.schedule, set()).add(short_name(r.model))
+    if len(models) == 1:
+        return f"Vanilla and TPT runs train under one schedule: {words[next(iter(models))]}."
+    return "Vanilla and TPT runs of a comparison train under one schedule: " + "; ".join(
+        f"{words[s]} ({', '.join(sorted(m))})" for s, m in sorted(models.items())) + "."
 
 
 def _speedup_words(speedup: float | None, what: str) -> str:
