@@ -13,9 +13,10 @@ run: it keeps the prompt id, and a packed run and a separate one resume from eac
 checkpoints.
 
 Why not one forward for the whole pack: examples padded to the pack's widest text, and a
-matmul of K batches at once, round differently than the run's own batch, so its prompt would
-drift from the separate run's by about 1e-5 after a few steps (measured before issue 26): its
-numbers would depend on which runs it happened to be packed with.
+matmul of K batches at once, round differently than the run's own batch; when packs did that
+(before issue 26) a packed prompt differed from the separate run's by up to 6e-6 after six
+steps (tests/test_packed.py's runs), so a run's numbers depended on which runs it happened to
+be packed with.
 
 DeepSpeed holds the frozen backbone: its placement, precision and, under ZeRO-3, its
 partitioning across ranks. ZeRO-1/2 partition what a run trains, and a prompt is tiny: every rank
