@@ -57,6 +57,7 @@ def test_a_manifest_of_the_previous_layout_still_loads(tmp_path):
     assert m.task_ref == "sst2" and m.max_length == 128 and m.prompt_length == 8
     assert m.schema_version == SCHEMA_VERSION and m.file_sha256 is None
     assert m.init_rule == "seed"  # every prompt before manifests named their init rule
+    assert [p.id for p in Store(tmp_path).prompts.manifests()] == [folder.name]  # listed
 
 
 def test_a_manifest_of_a_newer_schema_is_refused_clearly(tmp_path):

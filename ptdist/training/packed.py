@@ -7,8 +7,8 @@ stays per run: data order, Adam(W) state, learning-rate schedule, gradient clipp
 evaluation, best prompt, early stopping, checkpoint and stored result. Each run's forward and
 backward, and its evaluation, run on its own batch, shaped as the run alone shapes it, and its
 update is computed row by row (`stacked.StackedAdam`): a packed run's prompt is bit for bit
-that of the same run trained alone, whichever runs share its pack (on one machine, with the
-same number of threads and processes). So packing is a way to execute runs, not a different
+that of the same run trained alone, whichever runs share its pack (on one machine and number
+of processes). So packing is a way to execute runs, not a different
 run: it keeps the prompt id, and a packed run and a separate one resume from each other's
 checkpoints.
 
@@ -136,7 +136,8 @@ class _Run:
                        decoupled=c.optimizer == "adamw")
 
     def checkpoint_tensors(self, prompts: StackedAdam) -> dict[str, torch.Tensor]:
-        """The prompt and its Adam state, keyed as `gather_state` keys a separate run's."""
+        """The prompt and its Adam state, keyed as `gather_state` keys a DeepSpeed engine's
+        (a run alone trained on one before issue 26: its checkpoints resume here)."""
         tensors = {PROMPT_PARAM: prompts.weight[self.row].detach()}
         tensors.update({f"{PROMPT_PARAM}.{key}": value
                         for key, value in prompts.state_of(self.row).items()})
