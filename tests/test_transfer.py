@@ -238,6 +238,28 @@ def test_the_matrix_command_runs_a_job_per_target_on_ray(task_prompts, tmp_path)
     assert "relative performance (%)" in proc.stdout and "chance-normalised" in proc.stdout
 
 
+def test_tpt_names_the_init_rule_of_a_vanilla_run_stored_before_it(tmp_path):
+    """A vanilla run stored before ``schedule``/``optimizer`` were settings and before inits
+    were drawn from the seed and task: its config lacks the new settings (read as their
+    implicit values, so no difference), and the reason it is trained again is the rule."""
+    from dataclasses import replace
+
+    import torch
+
+    from ptdist.orchestration.stages import why_vanilla_is_trained
+    from ptdist.training import TrainConfig
+
+    ours = TrainConfig(model="tiny-roberta", task="sst2", steps=40, prompt_length=1)
+    old = {k: v for k, v in ours.to_dict().items() if k not in ("schedule", "optimizer")}
+    store = Store(tmp_path)
+    stored = replace(_manifest("old", [60], task="sst2", config=old), model="tiny-roberta")
+    store.prompts.put(torch.zeros(1, 1), stored)
+    assert why_vanilla_is_trained(store, ours, "sst2") == (
+        "training a vanilla run of tiny-roberta on sst2 (seed 0): stored run old has the same "
+        "settings, but its random init was drawn under the rule 'seed' and runs now draw under "
+        "'seed+task' (docs/neurons.md)")
+
+
 def test_tpt_says_why_it_trains_its_own_vanilla_run(task_prompts):
     from ptdist.orchestration.stages import why_vanilla_is_trained
     from ptdist.training import TrainConfig

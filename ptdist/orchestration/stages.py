@@ -36,6 +36,7 @@ from ptdist.orchestration.graph import Execution, Job, execute, require_success
 from ptdist.orchestration.runs import Planned, prompt_jobs
 from ptdist.orchestration.spec import Resources, RunSpec
 from ptdist.orchestration.worker_group import on_worker_group
+from ptdist.backbones.prompt import INIT_RULE
 from ptdist.store import Store
 from ptdist.store.atomic import atomic_write_json
 from ptdist.store.manifests import PromptManifest
@@ -219,6 +220,10 @@ def why_vanilla_is_trained(store: Store, config: TrainConfig, target: str) -> st
 
     closest = min(stored, key=lambda m: len(differences(m)))
     diff = differences(closest)
+    if not diff and closest.init_rule != INIT_RULE:
+        return head + (f"stored run {closest.id} has the same settings, but its random init "
+                       f"was drawn under the rule '{closest.init_rule}' and runs now draw "
+                       f"under '{INIT_RULE}' (docs/neurons.md)")
     if not diff:
         return head + (f"stored run {closest.id} has the same settings but another task "
                        "record, init or precision")
