@@ -118,8 +118,12 @@ def test_distance_projector_gets_closer_on_held_out_tasks(two_models):
                               EvalSettings(data_dir=str(data), eval_limit=None))
     held_out = [r for r in rows if not r.in_training]
     assert {r.task for r in held_out} == {"imdb", "topic2"}
+    # Closer than where the projector started. (Until issue 26 every prompt of a seed started
+    # from one draw, so a held-out prompt shared its start with the training ones and came
+    # within 0.75 x the untrained distance; drawn per task, it shares only what training put
+    # there: 0.82 x for one of the two when the draw changed.)
     for row in held_out:
-        assert row.distance < 0.75 * row.untrained_distance, row
+        assert row.distance < row.untrained_distance, row
     table = read_records(store.layout.projector_eval(config.projector_id), ProjectorEvalRow)
     assert table == rows
 
@@ -192,6 +196,54 @@ def test_a_projector_tuned_on_two_tasks_of_a_type_is_tested_on_a_third(two_model
         ("sst2", False, False)]
     for task in ("topic", "topic2"):  # each training task is learnt through its own prompt
         assert rows[task].score >= rows[task].untrained_score + 10, rows[task]
+
+
+def test_the_unified_verbalizer_maps_every_class_to_its_word_in_the_union():
+    """Two tasks' label words pooled in order of first appearance: a word they share is one
+    class; each training row is relabelled to its word's place; evaluation rows are not."""
+    from ptdist.training.run import RunData, unified_verbalizer
+
+    binary = RunData([{"label": 0}, {"label": 1}], [{"label": 1}], ["negative", "positive"])
+    three = RunData([{"label": 1}, {"label": 2}], [{"label": 2}],
+                    ["negative", "moderate", "positive"])
+    first, second = unified_verbalizer([binary, three])
+    assert first.words == second.words == ["negative", "positive", "moderate"]
+    assert [r["label"] for r in first.train] == [0, 1]
+    assert [r["label"] for r in second.train] == [2, 1]
+    assert second.eval == [{"label": 2}] and three.train == [{"label": 1}, {"label": 2}]
+
+
+def test_a_projector_tuned_through_the_unified_verbalizer_learns_its_tasks(two_models,
+                                                                            monkeypatch):
+    """``verbalizer: unified``, the reference's task tuning: both training tasks (sst2 reads
+    negative/positive, topic sport/music) are trained through the four words of the two (a
+    softmax over all of them) and evaluated with their own two; it is another projector than
+    the per-task verbalizer's, and it learns."""
+    from dataclasses import replace
+
+    from ptdist.backbones.seq2seq import Seq2SeqBackbone
+    from ptdist.tasks import get_task
+
+    store, data, refs = two_models
+    seen: set[tuple[str, ...]] = set()
+    collate = Seq2SeqBackbone.collate
+
+    def spy(self, rows, words):
+        seen.add(tuple(words))
+        return collate(self, rows, words)
+
+    monkeypatch.setattr(Seq2SeqBackbone, "collate", spy)
+    config = _config(store, refs, "task", ["sst2", "topic"], hidden=64, steps=160,
+                     eval_every=40, lr=0.003, batch_size=16, eval_limit=None,
+                     data_dir=str(data), verbalizer="unified")
+    assert config.projector_id != replace(config, verbalizer="task").projector_id
+    with pytest.raises(PtdistError, match="a unified verbalizer is how task tuning reads"):
+        replace(config, mode="distance", target_prompts=("any",))
+    manifest = train_projector(config, store)
+    own = [tuple(get_task(refs[t]).words_for("seq2seq")) for t in ("sst2", "topic")]
+    assert seen == {own[0] + own[1], *own}
+    assert manifest.config["verbalizer"] == "unified"
+    assert manifest.score >= manifest.history[0]["mean_primary"] + 10, manifest.history
 
 
 def test_a_projected_prompt_only_fits_the_target_model(two_models, task_projector):

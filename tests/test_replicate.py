@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ptdist.errors import PtdistError
 from ptdist.orchestration.study import load_study
@@ -106,7 +107,7 @@ def test_paper_preset_dry_run_prints_the_whole_plan(capsys):
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("study paper: 4 model(s), 17 task(s), 3 seed(s)")
-    listing = lines[:next(i for i, line in enumerate(lines) if line.startswith("memory plan"))]
+    listing = lines[:lines.index("training (per model):")]
     jobs = [line for line in listing if line.startswith("  ")]
     # RoBERTa runs the 13 classification tasks, the T5s all 17, three seeds each; packed by
     # default ("  pack <first run> +N": N + 1 runs of one model in one job).
@@ -122,6 +123,11 @@ def test_paper_preset_dry_run_prints_the_whole_plan(capsys):
     assert float(table["prompt"][3].replace(",", "")) > 1000
     assert table["total"][1] == str(len(jobs))
     assert "GPU-hours" in out and "A100" in out
+    # Every model trains at the paper's constant rate, with no warm-up.
+    training = lines[lines.index("training (per model):") + 1:][:4]
+    assert [line.split(":")[0].strip() for line in training] == [
+        "roberta-base", "roberta-large", "t5-base", "google/t5-v1_1-xxl"]
+    assert all("0 warm-up step(s) then constant rate, adamw" in line for line in training)
     # Each job's real resources, and the memory plan of each model (offline: bundled configs).
     xxl = [job for job in prompt_jobs if job.split()[1].startswith("google/t5-v1_1-xxl/")]
     assert xxl and all(job.endswith("8 CPU, 1 GPU, accelerator_type:A100") for job in xxl)
@@ -169,3 +175,43 @@ def test_a_local_study_packs_all_runs_of_a_model_into_one_job(tmp_path):
     for local, jobs in ((True, 1), (False, 2)):
         costs = {c.stage: c for c in study_costs(loaded, study_jobs(loaded, write_report, local))}
         assert costs["prompt"].jobs == jobs  # of the 4 runs
+
+
+@pytest.mark.slow
+def test_a_study_gives_the_same_prompts_and_scores_however_its_runs_are_packed(task_prompts,
+                                                                             tmp_path):
+    """The same study run twice on this machine: with its runs packed (--local packs the four
+    runs of the model into one job) and with each run alone (--no-pack). Every prompt, every
+    learning curve, the transfer matrix and the indicators are bit for bit the same."""
+    from ptdist.store import Store
+    from ptdist.store.results import IndicatorRow, MatrixRow
+    from ptdist.store.tables import read_records
+
+    _, data, _ = task_prompts
+    study = tmp_path / "study.yaml"
+    study.write_text(f"name: packing\nstorage_path: {tmp_path / 'unused'}\ndata_dir: {data}\n"
+                     f"tasks: [sst2, {data}/topic.yaml]\nseeds: [0, 1]\n"
+                     "train: {steps: 6, eval_every: 3, prompt_length: 8, batch_size: 8, "
+                     "lr: 0.1, eval_limit: 32}\n"
+                     "models: {tiny-roberta: {}}\nstages: {transfer: {eval_limit: 32}}\n")
+    stores = {}
+    for name, flags in (("packed", []), ("alone", ["--no-pack"])):
+        proc = subprocess.run([sys.executable, "-m", "ptdist", "replicate", "--study",
+                               str(study), "--local", "--store", str(tmp_path / name), *flags],
+                              cwd=tmp_path, env=child_env(), text=True, capture_output=True,
+                              timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        stores[name] = Store(tmp_path / name)
+    packed, alone = stores["packed"], stores["alone"]
+    manifests = {m.id: m for m in packed.prompts.manifests()}
+    assert len(manifests) == 4 and {len(m.packed_with or []) for m in manifests.values()} == {4}
+    assert sorted(m.id for m in alone.prompts.manifests()) == sorted(manifests)
+    for pid, m in manifests.items():
+        other = alone.prompts.manifest(pid)
+        assert other.packed_with is None
+        assert torch.equal(packed.prompts.tensor(pid), alone.prompts.tensor(pid))
+        assert [{k: v for k, v in h.items() if k != "time_s"} for h in m.history] == \
+            [{k: v for k, v in h.items() if k != "time_s"} for h in other.history]
+    for path, record in ((lambda s: s.layout.matrix("tiny-roberta"), MatrixRow),
+                         (lambda s: s.layout.indicators("tiny-roberta"), IndicatorRow)):
+        assert read_records(path(packed), record) == read_records(path(alone), record)

@@ -165,7 +165,13 @@ def add_budget(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=0.01, help="peak learning rate (default 0.01)")
-    p.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of --steps")
+    p.add_argument("--schedule", default="linear",
+                   help="learning rate after the warm-up: constant (the paper's) or linear "
+                        "decay to 0 (default linear)")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear warm-up steps (default: 10%% of --steps)")
+    p.add_argument("--optimizer", default="adamw",
+                   help="adamw (default) or adam (weight decay as an L2 term)")
     p.add_argument("--batch-size", type=int, default=32,
                    help="global batch size over all processes (default 32)")
     p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
@@ -191,7 +197,8 @@ def add_tolerance(p: argparse.ArgumentParser) -> None:
 
 def budget(args: argparse.Namespace) -> dict[str, Any]:
     """The run settings `add_budget` adds, as TrainConfig fields (ds_config apart)."""
-    return dict(seed=args.seed, steps=args.steps, lr=args.lr, warmup_steps=args.warmup_steps,
+    return dict(seed=args.seed, steps=args.steps, lr=args.lr, schedule=args.schedule,
+                warmup_steps=args.warmup_steps, optimizer=args.optimizer,
                 batch_size=args.batch_size, eval_every=args.eval_every,
                 eval_limit=args.eval_limit or None, train_limit=args.train_limit,
                 max_length=args.max_length, patience=args.patience,

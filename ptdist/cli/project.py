@@ -15,9 +15,11 @@ from ptdist.cli.options import (absolute, add_budget, add_data, add_eval, add_ex
 def _settings(args: argparse.Namespace) -> dict:
     """The settings `_add_projector` adds, as ProjectorConfig fields."""
     return {"variant": args.variant, "hidden": args.hidden, "seed": args.seed,
-            "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
-            "eval_every": args.eval_every, "eval_limit": args.eval_limit or None,
-            "train_limit": args.train_limit, "max_length": args.max_length}
+            "steps": args.steps, "lr": args.lr, "schedule": args.schedule,
+            "warmup_steps": args.warmup_steps, "verbalizer": args.verbalizer,
+            "batch_size": args.batch_size, "eval_every": args.eval_every,
+            "eval_limit": args.eval_limit or None, "train_limit": args.train_limit,
+            "max_length": args.max_length}
 
 
 def train(args: argparse.Namespace) -> None:
@@ -125,6 +127,15 @@ def _add_projector(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--schedule", default="linear",
+                   help="task mode: learning rate after the warm-up, constant (the reference's) "
+                        "or linear decay to 0 (default linear)")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="task mode: linear warm-up steps (default: 10%% of --steps)")
+    p.add_argument("--verbalizer", choices=("task", "unified"), default="task",
+                   help="task mode: read each task's classes with its own label words, or all "
+                        "tasks' through the union of their words (the reference's; default "
+                        "task)")
     p.add_argument("--batch-size", type=int, default=32,
                    help="prompt pairs (distance) or examples of each task (task) per step "
                         "(default 32)")

@@ -66,7 +66,7 @@ def _prepare_data(spec) -> None:
 def _plan(study, local: bool) -> str:
     from ptdist.orchestration.estimate import describe_costs, study_costs
     from ptdist.orchestration.graph import describe_jobs
-    from ptdist.orchestration.plans import describe_plans, model_plans
+    from ptdist.orchestration.plans import describe_plans, describe_training, model_plans
     from ptdist.orchestration.replicate import study_jobs
     from ptdist.reporting.report import write_report
 
@@ -75,7 +75,7 @@ def _plan(study, local: bool) -> str:
     return "\n".join((
         f"study {spec.name}: {len(spec.models)} model(s), {len(spec.tasks)} task(s), "
         f"{len(spec.seeds)} seed(s), {len(spec.inits)} init(s); store {spec.storage_path}",
-        describe_jobs(jobs), describe_plans(model_plans(spec)),
+        describe_jobs(jobs), describe_training(spec), describe_plans(model_plans(spec)),
         describe_costs(study_costs(study, jobs))))
 
 

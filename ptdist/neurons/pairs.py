@@ -69,7 +69,7 @@ def pair_rows(model: str, protocol: str, tasks: dict[str, str], tensors: dict[st
             values = embedding_indicators(tensors[a], tensors[b])
             if states is not None:
                 values.update(neuron_indicators(states[a], states[b]))
-            for first, second in {(a, b), (b, a)}:
+            for first, second in dict.fromkeys([(a, b), (b, a)]):  # one row when a is b
                 rows += [IndicatorRow(model=model, protocol=protocol, prompt_a=first,
                                       task_a=tasks[first], prompt_b=second,
                                       task_b=tasks[second], indicator=name, value=value)

@@ -36,12 +36,13 @@ from ptdist.orchestration.graph import Execution, Job, execute, require_success
 from ptdist.orchestration.runs import Planned, prompt_jobs
 from ptdist.orchestration.spec import Resources, RunSpec
 from ptdist.orchestration.worker_group import on_worker_group
+from ptdist.backbones.prompt import INIT_RULE
 from ptdist.store import Store
 from ptdist.store.atomic import atomic_write_json
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.results import MatrixRow
 from ptdist.store.tables import read_records
-from ptdist.training.config import TrainConfig
+from ptdist.training.config import TrainConfig, hashed_settings
 from ptdist.training.run import plan_run
 from ptdist.transfer.matrix import (MatrixResult, MatrixSettings, matrix_sources, store_columns,
                                     transfer_matrix, write_matrix)
@@ -209,13 +210,21 @@ def why_vanilla_is_trained(store: Store, config: TrainConfig, target: str) -> st
     head = f"training a vanilla run of {config.model} on {target} (seed {config.seed}): "
     if not stored:
         return head + "the store holds no vanilla run of it with this seed"
-    ours = {k: v for k, v in config.to_dict().items() if k not in TrainConfig.NOT_HASHED}
+    implicit = TrainConfig.IMPLICIT
+    ours = hashed_settings(config.to_dict())
 
     def differences(m) -> dict:
-        return {k: (v, m.config.get(k)) for k, v in ours.items() if m.config.get(k) != v}
+        theirs = hashed_settings(m.config)
+        keys = [*ours, *(k for k in theirs if k not in ours)]
+        return {k: (ours.get(k, implicit.get(k)), theirs.get(k, implicit.get(k)))
+                for k in keys if ours.get(k) != theirs.get(k)}
 
     closest = min(stored, key=lambda m: len(differences(m)))
     diff = differences(closest)
+    if not diff and closest.init_rule != INIT_RULE:
+        return head + (f"stored run {closest.id} has the same settings, but its random init "
+                       f"was drawn under the rule '{closest.init_rule}' and runs now draw "
+                       f"under '{INIT_RULE}' (docs/neurons.md)")
     if not diff:
         return head + (f"stored run {closest.id} has the same settings but another task "
                        "record, init or precision")

@@ -23,7 +23,7 @@ from ptdist.orchestration.cluster import LOCAL_RAY, ray_session
 from ptdist.orchestration.failures import one_line
 from ptdist.orchestration.attempt import begin
 from ptdist.orchestration.graph import Execution, Job, execute
-from ptdist.orchestration.plans import describe_plans, model_plans, pack_fits
+from ptdist.orchestration.plans import describe_plans, describe_training, model_plans, pack_fits
 from ptdist.orchestration.resources import (HEAD_NODE_CONFIG, check_runs_fit, describe,
                                             node_types_from_cluster_config,
                                             node_types_from_live_cluster)
@@ -68,8 +68,8 @@ def run_sweep(spec: SweepSpec, execution: Execution | None = None,
     if len(jobs) < len(todo):
         log.info(f"packed into {len(jobs)} job(s): runs of one model share its backbone")
     if dry_run:
-        return SweepOutcome([], None, 0,
-                            f"{describe_sweep(jobs)}\n{describe_plans(model_plans(spec))}")
+        return SweepOutcome([], None, 0, "\n".join((describe_sweep(jobs), describe_training(spec),
+                                                     describe_plans(model_plans(spec)))))
     results: dict[str, dict] = {}
     if not todo:
         log.info("nothing new to run: every prompt of this sweep is already in the store")

@@ -6,7 +6,9 @@ distance  fit the projected source prompts to the target model's own prompts for
 task      tune the projector through the frozen target model on the data of its training
           tasks (the paper: several tasks of one type, tested on unseen tasks of that type),
           each task's rows behind the projection of the source model's best prompt for that
-          task; every step takes a batch of each task. This is prompt tuning with a projector
+          task; every step takes a batch of each task. Each task's classes are read with its
+          own label words, or (``verbalizer: unified``, the reference implementation's way)
+          all tasks' with the union of their words. This is prompt tuning with a projector
           in the prompt's place: the same DeepSpeed recipe (`training.recipe.fit`), evaluation,
           checkpoints and resume, on the target model's resources; keep-best follows the mean
           of the tasks' primary metrics.
@@ -154,7 +156,8 @@ def _fit_task(config: ProjectorConfig, store: Store,
     ds_raw, _ = load_ds_config(config.ds_config)
     fitted = fit(run, tasks, ds_raw, store.layout.projector_run_dir(config.projector_id),
                  build, f"projector {config.projector_id} ({config.source_model} -> "
-                        f"{config.target_model}, task tuning)")
+                        f"{config.target_model}, task tuning)",
+                 unified=config.verbalizer == "unified")
     state = fitted.state
     facts = {"shape": shapes[0].to_dict(),
              "source_prompt": inputs[0].id if len(inputs) == 1 else None,

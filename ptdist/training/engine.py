@@ -157,15 +157,24 @@ def frozen_model(model: str, max_length: int, ds_config: dict) -> Iterator[Backb
 
 
 def lr_schedule(config: TrainConfig) -> Callable[[int], float]:
-    """Linear warm-up to ``config.lr``, then linear decay to 0 at the last step."""
-    warmup, total = config.warmup, config.steps
+    """The learning rate of each step as a fraction of ``config.lr``: a linear warm-up over
+    ``config.warmup`` steps, then ``config.schedule``: constant (the paper's) or a linear decay
+    to 0 at the last step."""
+    warmup, total, decay = config.warmup, config.steps, config.schedule == "linear"
 
     def scale(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
+        return max(0.0, (total - step) / max(1, total - warmup)) if decay else 1.0
 
     return scale
+
+
+def optimizer_for(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """``config.optimizer`` over ``params``: AdamW (weight decay decoupled), or Adam (weight
+    decay as an L2 term of the gradient)."""
+    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 class PromptedModel(nn.Module):
@@ -186,12 +195,11 @@ class PromptedModel(nn.Module):
 def prompt_engine(config: TrainConfig, trainable: nn.Module, backbone: Backbone,
                   ds_config: dict, start_step: int):
     """A DeepSpeed engine whose only trainable parameters are those of ``trainable``, with
-    AdamW and the run's schedule continuing at ``start_step``."""
+    the run's optimizer and schedule continuing at ``start_step``."""
     import deepspeed
 
     model = PromptedModel(trainable, backbone)
-    optimizer = torch.optim.AdamW(list(trainable.parameters()), lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    optimizer = optimizer_for(config, list(trainable.parameters()))
     scale = lr_schedule(config)
     scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
         opt, lambda s: scale(s + start_step))

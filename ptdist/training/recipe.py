@@ -1,8 +1,10 @@
-"""The prompt-tuning recipe, top to bottom: a frozen backbone, one trainable prompt, a
-DeepSpeed engine, evaluation with keep-best and early stopping, checkpoint and resume.
+"""The recipe for anything that yields a prompt from trainable weights (a projector applied to
+another model's prompt), top to bottom: a frozen backbone, the trainable module, a DeepSpeed
+engine, evaluation with keep-best and early stopping, checkpoint and resume.
 
-`fit` is the recipe for anything that yields a prompt (a soft prompt, or a projector applied to
-another model's prompt); `train` is prompt tuning with it, idempotent through the store."""
+Prompt tuning itself (`train`) runs in `packed.py`, where a prompt is a row of its job's
+prompts: one implementation for a run alone and a run packed with others, so the two give the
+same prompt bit for bit."""
 
 from __future__ import annotations
 
@@ -16,21 +18,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ptdist.backbones import Backbone, SoftPrompt
-from ptdist.store import Store
+from ptdist.backbones import Backbone
 from ptdist.tasks import TaskRecord
 from ptdist.training.checkpoint import (TrainState, gather_state, load_checkpoint,
                                         restore_optimizer_state)
 from ptdist.training.config import TrainConfig
 from ptdist.training.data import global_batch, rank_slice
-from ptdist.training.distributed import finish_together, init_distributed, mean_over_ranks
+from ptdist.training.distributed import init_distributed, mean_over_ranks
 from ptdist.training.engine import (deepspeed_config, frozen_backbone, precision_of,
                                     prompt_engine, zero_stage)
 from ptdist.training.evaluation import evaluate
 from ptdist.training.fingerprint import frozen_fingerprint
 from ptdist.training.progress import RunProgress
-from ptdist.training.run import (Fitted, RunData, TrainResult, fresh_prompt, plan_run,
-                                 read_run_data, store_finished, stored_result, suited)
+from ptdist.training.run import Fitted, RunData, read_run_data, suited, unified_verbalizer
 from ptdist.training.tracking import RunTracker
 
 log = logging.getLogger(__name__)
@@ -38,43 +38,26 @@ log = logging.getLogger(__name__)
 MEAN_METRIC = "mean_primary"  # a fit on several tasks: the mean of their primary metrics
 
 
-def train(config: TrainConfig, store: Store | None = None) -> TrainResult:
-    """Prompt-tune ``config.model`` on ``config.task`` and put the best prompt in the store.
-
-    Idempotent: a run whose prompt is already stored returns it without training. Resumable:
-    a run with a checkpoint continues from it and ends where the uninterrupted run would.
-    """
-    store = store or Store()
-    t0 = time.time()
-    plan = plan_run(config, store)
-    if store.prompts.has(plan.prompt_id):
-        return stored_result(store, plan.prompt_id, skipped=True, t0=t0)
-    store.prompts.require_own_folder(plan.prompt_id)  # before the model loads, not after
-    fitted = fit(config, [plan.task], plan.ds_config, store.layout.run_dir(plan.prompt_id),
-                 lambda backbone: SoftPrompt(fresh_prompt(config, plan, backbone)),
-                 f"run {plan.prompt_id}")
-    result = store_finished(config, plan, fitted, store, t0)
-    finish_together(fitted.world)
-    return result
-
-
 def fit(config: TrainConfig, tasks: Sequence[TaskRecord], ds_raw: dict, run_folder: Path,
-        build: Callable[[Backbone], nn.Module], label: str) -> Fitted:
-    """The recipe every trained prompt shares: ``build(backbone)`` makes the module that yields
-    the prompts (called with a batch size, like `SoftPrompt`; with several ``tasks``, also with
-    the task's index); it is the only thing DeepSpeed trains, on ``tasks`` through the frozen
-    ``config.model``, checkpointed in ``run_folder`` and resumed from it. Call on every rank
-    of the process group.
+        build: Callable[[Backbone], nn.Module], label: str, unified: bool = False) -> Fitted:
+    """The recipe of trained weights that yield prompts: ``build(backbone)`` makes the module
+    that yields the prompts (called with a batch size, like `SoftPrompt`; with several
+    ``tasks``, also with the task's index); it is the only thing DeepSpeed trains, on ``tasks``
+    through the frozen ``config.model``, checkpointed in ``run_folder`` and resumed from it.
+    Call on every rank of the process group.
 
     With several tasks, every step takes a batch of ``config.batch_size`` rows of each task
     (accumulated, so each task weighs the same in the update), and the score that keep-best
-    and early stopping follow is the mean of the tasks' primary metrics (`fit_metric`)."""
+    and early stopping follow is the mean of the tasks' primary metrics (`fit_metric`).
+    ``unified``: the tasks train through one verbalizer (`unified_verbalizer`)."""
     rank, world = init_distributed()
     ds_config = deepspeed_config(ds_raw, config, world, tasks=len(tasks))
     rows = [read_run_data(config, task) for task in tasks]
     log.debug(f"{label}: DeepSpeed config {json.dumps(ds_config, sort_keys=True)}")
     with frozen_backbone(config, ds_config) as backbone:
         data = [suited(d, config, task, backbone) for d, task in zip(rows, tasks)]
+        if unified:
+            data = unified_verbalizer(data)
         resumed = load_checkpoint(run_folder)
         saved, state = resumed if resumed is not None else ({}, TrainState())
         trainable = build(backbone)

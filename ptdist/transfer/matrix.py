@@ -116,7 +116,7 @@ def score_target(store: Store, sources: Sequence[PromptManifest], target: str,
     backbone.max_length = owns[0].max_length  # the target's own prompts were trained with it
     seeds = sorted({m.seed for m in owns})
     prompts = torch.cat([torch.stack([store.prompts.tensor(m.id) for m in sources]),
-                         random_prompts(backbone, seeds, owns[0].prompt_length)])
+                         random_prompts(backbone, target, seeds, owns[0].prompt_length)])
     scored = score_prompts(backbone, owns[0].task_ref, prompts, data_dir=settings.data_dir,
                            limit=settings.eval_limit, batch_size=settings.batch_size,
                            max_new_tokens=settings.max_new_tokens)
