@@ -69,6 +69,21 @@ def test_t5_v1_1_keeps_its_own_head_on_every_load_path(tmp_path, stage, precisio
             assert torch.equal(head, _stored("lm_head.weight").to(dtype))
 
 
+def test_a_zero3_model_leaves_the_process_computing_as_before(tmp_path):
+    """DeepSpeed's partitioned load swaps in its own ``torch.nn.functional.linear`` for good;
+    a later model in the process (a Ray worker's next job) then rounds differently. Before the
+    fix, a QA run after a ZeRO-3 test ended at exact match 75 instead of 100."""
+    init_distributed()
+    before = torch.nn.functional.linear
+    layer = torch.nn.Linear(64, 64)
+    x = torch.randn(3, 64)
+    expected = layer(x)
+    with frozen_model(MODEL, 64, _ds(tmp_path, 3, "fp32")):
+        pass
+    assert torch.nn.functional.linear is before
+    assert torch.equal(layer(x), expected)
+
+
 def test_a_zero3_load_tied_as_transformers_ties_it_is_refused_naming_the_head(tmp_path,
                                                                               monkeypatch):
     """The load as transformers decides the tie under ZeRO-3 (from the empty placeholders):

@@ -143,9 +143,16 @@ def frozen_model(model: str, max_length: int, ds_config: dict) -> Iterator[Backb
     Under ZeRO-3 transformers' marker (`HfDeepSpeedConfig`) is alive for the whole block: it
     makes from_pretrained load the weights partitioned, and generate keep the ranks in step.
     The model's path is resolved (and a preset built) before the marker exists, so a preset is
-    never materialised from ZeRO-3's empty placeholders."""
+    never materialised from ZeRO-3's empty placeholders.
+
+    ZeRO-3's partitioned load also replaces ``torch.nn.functional.linear`` with DeepSpeed's
+    memory-efficient version for the rest of the process ("This will persist unless manually
+    reset"), which rounds differently: a later model in the same process (a Ray worker runs
+    job after job) would compute other numbers than in a fresh one. The original is put back
+    when the block ends."""
     resolve_model_path(model)
     marker = None
+    linear = torch.nn.functional.linear
     if zero_stage(ds_config) == 3:
         from transformers.integrations import HfDeepSpeedConfig
         marker = HfDeepSpeedConfig(ds_config)
@@ -154,6 +161,7 @@ def frozen_model(model: str, max_length: int, ds_config: dict) -> Iterator[Backb
                             dtype=dtype_of(precision_of(ds_config)))
     finally:
         del marker
+        torch.nn.functional.linear = linear
 
 
 def lr_schedule(config: TrainConfig) -> Callable[[int], float]:
