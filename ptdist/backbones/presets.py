@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
+# torch and transformers are imported where a preset is built: every command's help lists
+# the presets, and must not wait for torch (tests/test_cli_start.py).
 from ptdist.runtime import built_once, cache_root
 
 # Bumped whenever a preset's definition changes, so stale caches are never reused.
@@ -115,6 +115,7 @@ def preset_dir(name: str) -> Path:
 
 
 def _materialise(preset: Preset, folder: Path) -> None:
+    import torch
     from safetensors.torch import save_model
     from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM
 

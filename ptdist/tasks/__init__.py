@@ -1,6 +1,7 @@
 """Task registry: declarative task records (builtin.yaml or a user's YAML), data loading from
 the Hugging Face hub, standard data files or local files, and each benchmark's metrics.
-Format: docs/tasks.md. Each name loads its module on first use (`ptdist.lazy`)."""
+Format: docs/tasks.md. Each name loads its module on first use (`ptdist.lazy`): the built-in
+task names are read with yaml alone."""
 
 from ptdist.lazy import lazy_face
 
@@ -9,5 +10,5 @@ __all__, __getattr__, __dir__ = lazy_face(__name__, {
     "metrics": ("compute_metrics",),
     "packaged_data": ("prepare_packaged_data",),
     "record": ("Source", "TaskRecord"),
-    "registry": ("get_task", "list_tasks"),
+    "registry": ("get_task", "list_tasks", "task_names"),
 })
