@@ -17,7 +17,7 @@ from tests.conftest import REPO, child_env
 from tests.test_cli import _commands
 
 HEAVY = ("torch", "transformers", "datasets", "deepspeed", "ray", "pyarrow", "matplotlib",
-         "pandas")
+         "pandas", "pydantic")
 
 # Every help in one fresh process: what none of them imports, their union does not either.
 EVERY_HELP = """
