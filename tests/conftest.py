@@ -54,7 +54,7 @@ def fit_small_head(folder: Path) -> Path:
     import torch
 
     from ptdist.backbones.loading import _load
-    from ptdist.backbones.mlm_head import Corpus, cached_head
+    from ptdist.offline.mlm_head import Corpus, cached_head
 
     backbone, missing, _ = _load(str(folder), torch.float32, 128)
     rng = random.Random(0)

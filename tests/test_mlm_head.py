@@ -1,4 +1,4 @@
-"""The fitted MLM head of encoder checkpoints shipped without one (backbones/mlm_head.py), on a
+"""The fitted MLM head of encoder checkpoints shipped without one (ptdist/offline/mlm_head.py), on a
 tiny RoBERTa preset with its head taken out, like all-MiniLM-L6-v2's."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from safetensors.torch import load_file, save_file
 
 from ptdist.backbones import fitted_head_key, load_backbone
 from ptdist.backbones.loading import _load
-from ptdist.backbones.mlm_head import (RECIPE, Corpus, HeadRecipe, cached_head, mask_tokens,
-                                       packaged_corpus, put_head)
+from ptdist.offline.mlm_head import (RECIPE, Corpus, HeadRecipe, cached_head, mask_tokens,
+                                     packaged_corpus, put_head)
 from ptdist.backbones.presets import preset_dir
 from ptdist.cli import main
 from ptdist.errors import PtdistError
-from ptdist.tasks.registry_data import TASKS, locate, row_text
+from ptdist.offline.registry_data import TASKS, locate, row_text
 from tests.conftest import FILLER
 
 TINY = HeadRecipe(fit_texts=400, heldout_texts=80, max_length=16, steps=200, batch_tokens=128,

@@ -10,17 +10,16 @@ from pathlib import Path
 import torch
 
 from ptdist.backbones.base import Backbone
-from ptdist.backbones.converted import CONVERTED, converted_dir
 from ptdist.backbones.mlm import MaskedLMBackbone
-from ptdist.backbones.mlm_head import (HEAD_PREFIXES, RECIPE, cached_head, lacks_only_head,
-                                       restore_head)
 from ptdist.backbones.presets import PRESETS, preset_dir
 from ptdist.backbones.seq2seq import Seq2SeqBackbone
 from ptdist.backbones.weights import (Checkpoint, LoadCheck, check_load, open_checkpoint,
                                       tensors_in, tied_as_stored, with_own_head,
                                       written_ties_head)
 from ptdist.errors import PtdistError
-from ptdist.packaged import is_packaged, resolve_packaged
+# backbones' one hook into what stands in for the hub on a machine without it
+from ptdist.offline import (CONVERTED, HEAD_PREFIXES, RECIPE, cached_head, converted_dir,
+                            is_packaged, lacks_only_head, resolve_packaged, restore_head)
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ def model_kind(config) -> str:
 def load_backbone(name: str, *, dtype: torch.dtype = torch.float32,
                   max_length: int = 128) -> Backbone:
     """Load ``name`` frozen; an encoder checkpoint without its MLM head gets its fitted head
-    (fitted on first use, `mlm_head.py`). Under DeepSpeed ZeRO-3, create ``HfDeepSpeedConfig``
+    (fitted on first use, ptdist.offline). Under DeepSpeed ZeRO-3, create ``HfDeepSpeedConfig``
     first so the weights are partitioned as they load instead of materialising the whole model
     per rank. The loaded weights are checked against the checkpoint's (`weights.check_load`)."""
     backbone, missing, checkpoint = _load(name, dtype, max_length)
@@ -121,7 +120,7 @@ def _load(name: str, dtype: torch.dtype,
     cls = tied_as_stored(model_class(config, name), checkpoint)
     # A checkpoint without some weights gets them randomly initialised: from a fixed seed,
     # so every rank, every run and `ptdist eval` see the same frozen model. An encoder
-    # without its MLM head then gets its fitted head instead (`mlm_head.py`).
+    # without its MLM head then gets its fitted head instead (ptdist.offline).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model, info = cls.from_pretrained(path, config=config, dtype=dtype,

@@ -23,11 +23,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
+# torch and transformers are imported where a preset is built: every command's help lists
+# the presets, and must not wait for torch (tests/test_cli_start.py).
 from ptdist.runtime import built_once, cache_root
+
+if TYPE_CHECKING:
+    import torch
 
 # Bumped whenever a preset's definition changes, so stale caches are never reused.
 PRESET_VERSION = 3
@@ -123,6 +126,7 @@ def preset_dir(name: str) -> Path:
 
 
 def _materialise(preset: Preset, folder: Path) -> None:
+    import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM
 
@@ -149,6 +153,8 @@ def _untie_head(model) -> None:
     """Give ``model`` an output head of its own, drawn as T5 draws an untied head (normal, std
     the config's initializer factor), and a config that says so. transformers' T5 config ties
     the head whatever it is given, so the flag is set on the built config."""
+    import torch
+
     head = model.get_output_embeddings()
     std = model.config.initializer_factor
     head.weight = torch.nn.Parameter(torch.empty_like(head.weight).normal_(0.0, std))

@@ -42,9 +42,9 @@ def model_help(what: str = "the model") -> str:
 
 
 def task_help(what: str = "the task") -> str:
-    from ptdist.tasks import list_tasks
+    from ptdist.tasks import task_names
 
-    return (f"{what}: a registered task ({', '.join(t.name for t in list_tasks())}; "
+    return (f"{what}: a registered task ({', '.join(task_names())}; "
             "`ptdist tasks`) or a task YAML path")
 
 

@@ -57,10 +57,9 @@ def replicate(args: argparse.Namespace) -> None:
 
 def _prepare_data(spec) -> None:
     """The packaged data sets the spec reads and its data_dir lacks, written there first."""
-    from ptdist.tasks import get_task
-    from ptdist.tasks.registry_data import prepare_missing
+    from ptdist.tasks import get_task, prepare_packaged_data
 
-    prepare_missing([get_task(t) for t in spec.tasks], spec.data_dir)
+    prepare_packaged_data([get_task(t) for t in spec.tasks], spec.data_dir)
 
 
 def _plan(study, local: bool) -> str:

