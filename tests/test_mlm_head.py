@@ -170,6 +170,7 @@ def test_prompts_tuned_on_a_headless_checkpoint_are_keyed_by_its_head_recipe(tmp
     head (or another recipe's): the run's id names the recipe, known before any model loads."""
     from ptdist.store import Store
     from ptdist.training.config import TrainConfig
+    from ptdist.backbones.prompt import INIT_RULE
     from ptdist.training.run import plan_run, prompt_id_of
 
     folder = headless(tmp_path / "headless")
@@ -178,7 +179,8 @@ def test_prompts_tuned_on_a_headless_checkpoint_are_keyed_by_its_head_recipe(tmp
     config = TrainConfig(model=str(folder), task="sst2")
     plan = plan_run(config, Store(tmp_path / "store"))
     args = (config, plan.task, str(plan.init), plan.precision, {})
-    assert plan.prompt_id == prompt_id_of(*args, RECIPE.key) != prompt_id_of(*args)
+    assert plan.prompt_id == prompt_id_of(*args, RECIPE.key, INIT_RULE) != \
+        prompt_id_of(*args, None, INIT_RULE)
 
 
 def test_without_the_data_packages_a_headless_checkpoint_is_one_error_naming_them(
