@@ -1,10 +1,10 @@
 """What the process of every job attempt does first, whoever started it (a graph task, a Tune
 trial, a worker of a Ray Train group): library chatter off, torch's threads sized to the CPUs
-Ray reserved for it, and the attempt marked for failure rehearsal (`faults.py`)."""
+Ray reserved for it, and the attempt marked for failure rehearsal (`ptdist.faults`)."""
 
 from __future__ import annotations
 
-from ptdist.orchestration.faults import begin_attempt
+from ptdist.faults import reach
 from ptdist.runtime import quiet_libraries
 
 
@@ -14,7 +14,7 @@ def begin(site: str, in_ray_worker: bool = True) -> None:
     quiet_libraries()
     if in_ray_worker:
         size_threads()
-    begin_attempt(site)
+    reach(site)
 
 
 def size_threads() -> None:
