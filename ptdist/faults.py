@@ -15,12 +15,14 @@ on a cluster give it in the job's runtime environment) to a JSON rule or list of
   - ``activations <model> part <k>``, before a capture's commit renames its k-th part file
     into view, and ``activations <model> commit``, before it writes the commit record
     (`store/activations.py`);
-- ``fault``: ``error`` (raise a RuntimeError), ``user-error`` (raise a PtdistError), or
-  ``kill`` (the process kills itself with SIGKILL, as an out-of-memory kill would);
+- ``fault``: ``error`` (raise a RuntimeError), ``user-error`` (raise a PtdistError),
+  ``kill`` (the process kills itself with SIGKILL, as an out-of-memory kill would), or ``stop``
+  (it stops itself with SIGSTOP, as a hung one would, until SIGCONT or SIGKILL);
 - ``skip``: how many times each matching site is reached unharmed first (default 0);
 - ``times``: how many times after those each matching site gets the fault (default: every
   time);
-- ``after_s``: for ``kill``, seconds after the site is reached (default 0: at once);
+- ``after_s``: for ``kill`` and ``stop``, seconds after the site is reached (default 0: at
+  once);
 - ``log``: a file that gets one line each time a matching site is reached (``<site> <pid>``);
   the count is read from it, so it must be on a file system every worker sees, and a re-run
   with the same rules and log goes past the faults it already had.
@@ -38,6 +40,7 @@ from pathlib import Path
 from ptdist.errors import PtdistError
 
 ENV = "PTDIST_FAULTS"
+SIGNALS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
 
 
 def reach(site: str) -> None:
@@ -64,15 +67,15 @@ def _apply(rule: dict, site: str, visit: int) -> None:
     if visit <= skip or visit > skip + rule.get("times", float("inf")):
         return
     fault = rule["fault"]
-    if fault == "kill":
+    if fault in SIGNALS:
         delay = float(rule.get("after_s", 0))
         if delay:
-            threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
+            threading.Timer(delay, os.kill, (os.getpid(), SIGNALS[fault])).start()
         else:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), SIGNALS[fault])
     elif fault == "error":
         raise RuntimeError(f"injected fault at {site} (attempt {visit}, {ENV})")
     elif fault == "user-error":
         raise PtdistError(f"injected user error at {site} ({ENV})")
     else:
-        raise ValueError(f"{ENV}: unknown fault {fault!r}; use error, user-error or kill")
+        raise ValueError(f"{ENV}: unknown fault {fault!r}; use error, user-error, kill or stop")
