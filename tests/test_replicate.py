@@ -112,11 +112,17 @@ def _results(root: Path) -> dict:
     models = sorted({m.model for m in store.prompts.manifests()})
     states = {model: {pid: (task, bits.tolist()) for pid, (task, bits) in
                       read_states(store.layout, model, "prompt").items()} for model in models}
-    tables = {str(path.relative_to(root)): pq.read_table(path).to_pylist()
+    tables = {str(path.relative_to(root)): _rows(pq.read_table(path).to_pylist())
               for folder in ("transfer", "neurons", "reports") for path in
               sorted((root / folder).rglob("*.parquet"))
               if path.name not in REPORT_TABLES_WITH_TIMES}
     return {"prompts": prompts, "projectors": projectors, "states": states, "tables": tables}
+
+
+def _rows(rows: list[dict]) -> list[str]:
+    """A table's rows, comparable: NaN equal to NaN, and in a fixed order (a listing's order
+    follows when each prompt was stored, which a kill may change)."""
+    return sorted(json.dumps(row, sort_keys=True, default=str) for row in rows)
 
 
 def _nothing_half_written(root: Path, capsys) -> None:
