@@ -4,6 +4,7 @@ they listen on is on loopback, and Ray's servers refuse a client without Ray's t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import child_env
+from tests.listeners import beyond_loopback
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,3 +139,34 @@ def test_a_two_worker_group_meets_on_loopback_only(tmp_path):
     assert seen[0]["store"] == ["127.0.0.1"] and seen[1]["store"] == []
     for rank in seen:
         assert rank["listening"] and set(rank["listening"]) <= LOOPBACK, rank
+
+
+LISTENER = """
+import socket, sys
+listener = socket.socket()
+sys.stdin.readline()
+listener.bind((sys.argv[1], 0))
+listener.listen()
+print(listener.getsockname()[1], flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("address,beyond", [("0.0.0.0", True), ("127.0.0.1", False)])
+def test_the_suite_names_a_process_of_its_own_that_listens_beyond_loopback(listener_watch,
+                                                                            address, beyond):
+    """The check conftest runs through every test (`tests/listeners.py`) finds a child that
+    listens on every interface, and not one that listens on loopback."""
+    child = subprocess.Popen([sys.executable, "-c", LISTENER, address], text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    listener_watch.allow(child.pid)  # opened on purpose: this test's own check leaves it out
+    try:
+        child.stdin.write("\n")
+        child.stdin.flush()
+        port = child.stdout.readline().strip()
+        found = beyond_loopback(os.getpid())
+        mine = f"(pid {child.pid}) listens on {address}:{port}"
+        assert any(line.endswith(mine) for line in found) == beyond, found
+    finally:
+        child.kill()
+        child.wait()
