@@ -75,6 +75,16 @@ def test_a_second_run_into_a_store_refuses_naming_the_first_and_a_killed_one_blo
     assert "1 trained" in err
 
 
+def _holder(layout: StoreLayout) -> dict:
+    """The record in the store's run lock, read again while its holder rewrites it."""
+    for _ in range(100):
+        try:
+            return json.loads(layout.run_lock().read_text())
+        except ValueError:
+            time.sleep(0.01)
+    raise AssertionError(f"no record in {layout.run_lock()}: {layout.run_lock().read_text()!r}")
+
+
 def _record(layout: StoreLayout, **holder) -> None:
     """A holder's record as a run whose flock does not reach here leaves it."""
     layout.run_lock().parent.mkdir(parents=True, exist_ok=True)
@@ -99,13 +109,13 @@ def test_without_flock_a_live_holder_on_this_host_is_refused_and_a_dead_one_take
         _record(layout, pid=holder.pid, host=socket.gethostname(), since=since - 60,
                 heartbeat=since)
         with run_lock(layout):
-            assert json.loads(layout.run_lock().read_text())["pid"] == os.getpid()
+            assert _holder(layout)["pid"] == os.getpid()
     finally:
         holder.kill()
         holder.wait()
     _record(layout, pid=holder.pid, host=socket.gethostname(), since=since, heartbeat=since)
     with run_lock(layout):  # its pid is dead
-        assert json.loads(layout.run_lock().read_text())["pid"] == os.getpid()
+        assert _holder(layout)["pid"] == os.getpid()
     assert layout.run_lock().read_text() == ""  # released
 
 
@@ -121,10 +131,10 @@ def test_without_flock_a_holder_on_another_host_counts_while_its_heartbeat_is_fr
             heartbeat=now - lock_module.LEASE_S - 1)
     monkeypatch.setattr(lock_module, "HEARTBEAT_S", 0.05)
     with run_lock(layout):
-        first = json.loads(layout.run_lock().read_text())
+        first = _holder(layout)
         assert first["pid"] == os.getpid()
         time.sleep(0.5)
-        assert json.loads(layout.run_lock().read_text())["heartbeat"] > first["heartbeat"]
+        assert _holder(layout)["heartbeat"] > first["heartbeat"]
 
 
 def test_a_run_nested_in_another_of_the_same_process_shares_its_hold(tmp_path):
@@ -132,7 +142,7 @@ def test_a_run_nested_in_another_of_the_same_process_shares_its_hold(tmp_path):
     with run_lock(layout):
         with run_lock(layout):
             pass
-        assert json.loads(layout.run_lock().read_text())["pid"] == os.getpid()
+        assert _holder(layout)["pid"] == os.getpid()
     child = subprocess.run([sys.executable, "-c",
                             "from pathlib import Path\n"
                             "from ptdist.store.layout import StoreLayout\n"

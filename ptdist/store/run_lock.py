@@ -122,9 +122,11 @@ def _read(handle, retry: bool = False) -> dict | None:
 
 
 def _write(handle, record: dict) -> None:
+    """Rewrite the record in place (the flock is on this file: it is never replaced), written
+    over the old one before the rest is cut, so the file is never empty meanwhile."""
     handle.seek(0)
-    handle.truncate()
     handle.write(json.dumps(record) + "\n")
+    handle.truncate()
     handle.flush()
     os.fsync(handle.fileno())
 
