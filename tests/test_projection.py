@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -304,6 +305,72 @@ def test_tpt_model_starts_from_the_projected_prompt(two_models, task_projector, 
             / "curves.png").exists()
 
 
+
+
+def _tuning(data: Path, refs: dict[str, str], store: Path) -> list[str]:
+    """`ptdist project train` of a small task-tuned projector (checkpoints every 10 steps)."""
+    return ["project", "train", "--source", SOURCE, "--target", TARGET, "--mode", "task",
+            "--tasks", refs["topic"], "--hidden", "16", "--steps", "30", "--eval-every", "10",
+            "--batch-size", "16", "--eval-limit", "48", "--data-dir", str(data), "--store",
+            str(store), "--json"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_projector(two_models, tmp_path_factory) -> tuple[dict, dict]:
+    """(manifest, weights) of `_tuning`'s projector, trained without a fault."""
+    from ptdist.cli import main
+
+    store, data, refs = two_models
+    root = tmp_path_factory.mktemp("uninterrupted") / "store"
+    shutil.copytree(store.layout.prompts_dir(), Store(root).layout.prompts_dir())
+    main(_tuning(data, refs, root))
+    [manifest] = Store(root).projectors.manifests()
+    return manifest.to_json(), Store(root).projectors.weights(manifest.id)
+
+
+def _untimed(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in point.items() if k != "time_s"} for point in history]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("site,skip", [("*/checkpoint.safetensors", 2),
+                                       ("*/projectors/*/manifest.json", 0)],
+                         ids=["mid-training", "before its manifest"])
+def test_a_killed_projector_training_ends_on_rerun_like_an_uninterrupted_one(
+        two_models, uninterrupted_projector, tmp_path, capsys, site, skip):
+    """`ptdist project train` SIGKILLed (PTDIST_FAULTS) before its third checkpoint (so it
+    resumes from step 10), or between its tensor file and its manifest: nothing is listed,
+    and the same command run again stores the projector an uninterrupted run stores."""
+    from tests.test_cli import run
+
+    store, data, refs = two_models
+    root = tmp_path / "store"
+    shutil.copytree(store.layout.prompts_dir(), Store(root).layout.prompts_dir())
+    rule = {"match": f"write {site}", "fault": "kill", "skip": skip, "times": 1,
+            "log": str(tmp_path / "faults.log")}
+    killed = subprocess.run([sys.executable, "-m", "ptdist", *_tuning(data, refs, root)],
+                            env=child_env(PTDIST_FAULTS=json.dumps(rule)), text=True,
+                            capture_output=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert run(capsys, "project", "list", "--store", str(root))[1].startswith(
+        "the store holds no projectors yet")
+    code, out, _ = run(capsys, "prompts", "--check", "--store", str(root))
+    assert code == 0 and all("incomplete: no manifest" in line for line in out.splitlines()
+                             if line.startswith("projector "))
+
+    code, out, err = run(capsys, *_tuning(data, refs, root))
+    assert code == 0, err
+    again = json.loads(out.strip().splitlines()[-1])
+    reference, weights = uninterrupted_projector
+    assert again["resumed_from"] == (10 if skip else 30)
+    for key in ("id", "score", "best_step", "steps", "prompts", "shape"):
+        assert again[key] == reference[key], key
+    assert _untimed(again["history"]) == _untimed(reference["history"])
+    stored = Store(root).projectors.weights(again["id"])
+    assert stored.keys() == weights.keys()
+    assert all(torch.equal(stored[k], weights[k]) for k in weights)
+    code, out, _ = run(capsys, "prompts", "--check", "--store", str(root))
+    assert code == 0 and f"projector  {again['id']:<18}ok" in out
 
 
 def _pairs(spec: Path, cwd: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:

@@ -1,7 +1,7 @@
 """What the process of every job attempt does first, whoever started it (a graph task, a Tune
 trial, a worker of a Ray Train group): ptdist's logger at the driver's level, library chatter
 off, torch's threads sized to the CPUs Ray reserved for it, and the attempt marked for failure
-rehearsal (`faults.py`)."""
+rehearsal (`ptdist.faults`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 import os
 
 from ptdist import logs
-from ptdist.orchestration.faults import begin_attempt
+from ptdist.faults import reach
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ def begin(site: str, level: int, in_ray_worker: bool = True) -> None:
     if in_ray_worker:
         logs.setup(level, job=site)
         size_threads()
-    begin_attempt(site)
+    reach(site)
 
 
 def size_threads() -> None:

@@ -46,9 +46,7 @@ def connect_ray(address: str | None) -> str:
                            "it with `ray --version`")
     auth = os.environ.get(RAY_AUTH_MODE)
     return (f"{LOCAL_RAY} (listening on {LOOPBACK} only; token authentication "
-            + ("on" if auth == "token" else f"OFF: {RAY_AUTH_MODE}={auth}")
-            + "; a job of several workers also opens torch's rendezvous port on all "
-              "interfaces while it runs)")
+            + ("on" if auth == "token" else f"OFF: {RAY_AUTH_MODE}={auth}") + ")")
 
 
 def keep_ray_on_loopback() -> None:

@@ -33,6 +33,7 @@ from ptdist.orchestration.spec import RunSpec, SweepSpec
 from ptdist.store import Store
 from ptdist.store.layout import segment
 from ptdist.store.results import SweepRow
+from ptdist.store.run_lock import run_lock
 from ptdist.store.tables import write_records
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,16 @@ class SweepOutcome:
 
 def run_sweep(spec: SweepSpec, execution: Execution | None = None,
               dry_run: bool = False) -> SweepOutcome:
-    """Train every run of ``spec`` that is not stored; ``execution``'s address, concurrency and
-    retries default to the spec's."""
+    """Train every run of ``spec`` that is not stored, holding the store's run lock (a dry run
+    lists them and writes nothing); ``execution``'s address, concurrency and retries default to
+    the spec's."""
+    if dry_run:
+        return _sweep(spec, execution, dry_run)
+    with run_lock(spec.store().layout):
+        return _sweep(spec, execution, dry_run)
+
+
+def _sweep(spec: SweepSpec, execution: Execution | None, dry_run: bool) -> SweepOutcome:
     execution = execution or Execution()
     execution = replace(execution, max_failures=spec.max_failures,
                         max_concurrent=execution.max_concurrent or spec.max_concurrent)

@@ -2,7 +2,8 @@
 process group (NCCL on GPUs, gloo on CPUs), every worker running the same function.
 
 A group is placed on one node (``STRICT_PACK``): ZeRO-3 gathers every layer's weights at every
-step, and across nodes that traffic would leave the intra-node links for the network.
+step, and across nodes that traffic would leave the intra-node links for the network. Its
+processes meet on that node's address only (`rendezvous.py`).
 
 Ray Train retries nothing here: not a worker failure (``max_failures=0``), not a node
 preemption (``max_preemption_failures=0``), and not a group that cannot start
@@ -63,7 +64,9 @@ def on_worker_group(job_id: str, fn: Callable[..., Any], kwargs: dict[str, Any],
     on one node. Returns what ``fn`` returned on rank 0 when that is a job's summary (a
     JSON-able dict), else None."""
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
+
+    from ptdist.orchestration.rendezvous import BoundTorchConfig
 
     name = f"{segment(job_id)}-{time.strftime('%Y%m%d-%H%M%S')}"
     started, result = store.layout.group_started(name), store.layout.group_result(name)
@@ -76,7 +79,7 @@ def on_worker_group(job_id: str, fn: Callable[..., Any], kwargs: dict[str, Any],
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers, use_gpu=resources.gpus > 0,
             resources_per_worker=resources.per_worker(), placement_strategy="STRICT_PACK"),
-        torch_config=TorchConfig(backend="nccl" if resources.gpus else "gloo"),
+        torch_config=BoundTorchConfig(backend="nccl" if resources.gpus else "gloo"),
         run_config=ray.train.RunConfig(
             name=name, storage_path=store.ray_records("train"),
             logging_config=ray.train.LoggingConfig(

@@ -50,6 +50,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ptdist.errors import PtdistError
+from ptdist.faults import reach
 from ptdist.store.atomic import atomic_write_json, fsync_dir, fsync_file
 from ptdist.store.layout import StoreLayout
 
@@ -91,7 +92,7 @@ class ActivationWriter:
 
     def __init__(self, layout: StoreLayout, model: str, d_ff: int, flush_rows: int = 64,
                  commit_every: int = 256):
-        self.dir = layout.activations(model)
+        self.dir, self.model = layout.activations(model), model
         self.schema = activation_schema(d_ff)
         self.flush_rows, self.commit_every = flush_rows, commit_every
         self.session = uuid.uuid4().hex[:16]
@@ -148,10 +149,12 @@ class ActivationWriter:
             writer.close()
             fsync_file(tmp)
             final = tmp.with_name(tmp.name[1:-len(".tmp")])
+            reach(f"activations {self.model} part {len(finals) + 1}")
             os.replace(tmp, final)
             finals.append(final)
         for folder in {final.parent for final in finals}:
             fsync_dir(folder)
+        reach(f"activations {self.model} commit")
         self._commits += 1
         name = f"{self.session}-{self._commits}"
         atomic_write_json(self.dir / COMMITS / f"{name}.json", {
