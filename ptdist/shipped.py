@@ -11,10 +11,8 @@ checkout on ``sys.path``) reads the checkout's own, which a wheel does not hold.
 
 from __future__ import annotations
 
-import json
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from ptdist.errors import PtdistError
 
@@ -53,29 +51,12 @@ def listing(folder: str, suffix: str) -> str:
     """`shipped_names` for a message; where there are none, why."""
     names = shipped_names(folder, suffix)
     return ", ".join(names) if names else f"none, as {top_level() / folder} is missing (install " \
-        "ptdist, or run it from the root of its checkout)"
+        "ptdist from its wheel, or run it from a whole checkout)"
 
 
 def _checkout() -> Path:
-    """The source checkout ptdist runs from: the folder pip installed it from in editable mode
-    when that is the ptdist imported here, else the working directory (a checkout on sys.path
-    run from its root, as `ray job submit --working-dir .` jobs are)."""
-    project = _editable_project()
-    if project is not None and \
-            (project / "ptdist").resolve() == package_data("ptdist", ".").resolve():
-        return project
-    return Path.cwd()
-
-
-def _editable_project() -> Path | None:
-    """The project folder of an editable install of ptdist, from the record pip leaves for
-    one (PEP 610's ``direct_url.json``); None for any other install or none."""
-    try:
-        text = metadata.distribution("ptdist").read_text("direct_url.json")
-    except metadata.PackageNotFoundError:
-        return None
-    record = json.loads(text or "{}")
-    url = urlparse(record.get("url", ""))
-    if not record.get("dir_info", {}).get("editable") or url.scheme != "file":
-        return None
-    return Path(unquote(url.path))
+    """The source checkout ptdist runs from (an editable install, the checkout on sys.path, or
+    Ray's copy of a `--working-dir`): the folder that holds the package, whose top-level files
+    pyproject.toml maps into a wheel. Never the working directory: Ray Tune runs each trial in
+    a folder of its own."""
+    return package_data("ptdist", ".").resolve().parent
