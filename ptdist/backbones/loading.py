@@ -18,9 +18,10 @@ from ptdist.backbones.seq2seq import Seq2SeqBackbone
 from ptdist.errors import PtdistError
 from ptdist.packaged import is_packaged, resolve_packaged
 from ptdist.runtime import say
+from ptdist.shipped import package_data
 
 # Configs of the paper's hub models (no weights): what the memory planner reads offline.
-BUNDLED_CONFIGS = Path(__file__).resolve().parent / "model_configs"
+BUNDLED_CONFIGS = package_data("ptdist.backbones", "model_configs")
 # The precisions ptdist runs a model in; T5 overflows in fp16, so there is none.
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
