@@ -107,7 +107,7 @@ def test_the_installed_wheel_runs_its_presets_and_trains_from_another_folder(ins
     # The quickstart preset, read from the package: its store and data folder are this
     # folder's (the dry run reads the data we wrote to name its runs).
     plan = ptdist("replicate", "--preset", "quickstart", "--dry-run").splitlines()
-    assert plan[0] == ("study quickstart: 2 model(s), 4 task(s), 2 seed(s), 1 init(s); "
+    assert plan[0] == ("study quickstart: 2 model(s), 4 task(s), 3 seed(s), 1 init(s); "
                        f"store {here / 'store'}")
     assert any(line.startswith("  report ") for line in plan)
     # The paper preset: its cluster store stays where it says.
