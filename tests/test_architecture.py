@@ -23,7 +23,8 @@ LAYERS = {"errors": 0, "runtime": 0, "lazy": 0, "validation": 0, "checksum": 0, 
           "transfer": 4, "neurons": 4, "projection": 4,
           "orchestration": 5,
           "reporting": 6,
-          "cli": 7, "__main__": 7}
+          "api": 7,
+          "cli": 8, "__main__": 8}
 
 # The one module of each part that may import ptdist.offline (and only its face).
 OFFLINE_HOOKS = {"tasks": "tasks/packaged_data.py", "backbones": "backbones/loading.py"}
