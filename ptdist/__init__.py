@@ -8,9 +8,10 @@ The Python API (docs/python_api.md): every name below loads its module on first 
     import ptdist
 
     store = ptdist.Store("store")
-    run = ptdist.train(ptdist.TrainConfig(model="tiny-roberta", task="sst2", steps=200),
-                       store)
-    ptdist.evaluate("tiny-roberta", run.prompt_id, "sst2", store=store)
+    for task in ("sst2", "imdb"):
+        config = ptdist.TrainConfig(model="tiny-roberta", task=task, steps=200)
+        run = ptdist.train(config, store)
+        ptdist.evaluate("tiny-roberta", run.prompt_id, task, store=store)
     here = ptdist.Execution(local=True)          # jobs in this process (default: on Ray)
     ptdist.transfer_matrix("tiny-roberta", ["sst2", "imdb"], store=store, execution=here)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Union
 
 from ptdist.errors import PtdistError
 from ptdist.orchestration.spec import Resources
@@ -17,19 +16,17 @@ from ptdist.store.prompts import by_task
 from ptdist.tasks import get_task
 from ptdist.training.engine import load_ds_config
 
-StoreLike = Union[Store, str, os.PathLike, None]  # None: $PTDIST_STORE, else ./store
 
-
-def open_store(store: StoreLike, writes: bool = True) -> Store:
-    """``store`` as a `Store`; for a function that ``writes`` to it, one this process can
-    write, checked before any work starts."""
+def open_store(store: Store | str | os.PathLike | None, writes: bool = True) -> Store:
+    """``store`` as a `Store` (None: $PTDIST_STORE, else ./store); for a function that
+    ``writes`` to it, one this process can write, checked before any work starts."""
     opened = store if isinstance(store, Store) else Store(store)
     if writes:
         opened.require_writable()
     return opened
 
 
-def store_path(store: StoreLike) -> str | None:
+def store_path(store: Store | str | os.PathLike | None) -> str | None:
     """The root of ``store`` as a spec's ``storage_path`` override (None: the spec's own)."""
     if store is None:
         return None

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ptdist.api.inputs import StoreLike, absolute, frozen_model, open_store
+from ptdist.api.inputs import absolute, frozen_model, open_store
 from ptdist.errors import PtdistError
 from ptdist.files import require_writable_folder
 from ptdist.neurons.collect import CaptureResult, CaptureSettings
@@ -21,6 +21,7 @@ from ptdist.orchestration.graph import Execution
 from ptdist.orchestration.spec import Resources
 from ptdist.orchestration.stages import run_capture
 from ptdist.reporting.figures import indicator_figure, layerwise_figure
+from ptdist.store import Store
 from ptdist.store.results import CorrelationRow, IndicatorRow
 from ptdist.store.tables import write_records
 from ptdist.tasks import get_task
@@ -58,7 +59,8 @@ class EmbeddingIndicators(EmbeddingResult):
     correlation_table: Path | None
 
 
-def capture(model: str, tasks: Sequence[str] | None = None, *, store: StoreLike = None,
+def capture(model: str, tasks: Sequence[str] | None = None, *,
+            store: Store | str | os.PathLike | None = None,
             settings: CaptureSettings = CaptureSettings(), chunks: int = 2,
             execution: Execution = Execution(),
             resources: Resources = Resources()) -> CaptureResult:
@@ -84,7 +86,7 @@ def capture(model: str, tasks: Sequence[str] | None = None, *, store: StoreLike 
 
 
 def indicators(model: str, *, protocol: str = "prompt",
-               store: StoreLike = None) -> PairIndicators:
+               store: Store | str | os.PathLike | None = None) -> PairIndicators:
     """Every indicator of every pair of ``model``'s prompts whose activations are captured
     under ``protocol`` (`capture` first); prompts without activations are named in a warning
     and left out.
@@ -98,7 +100,7 @@ def indicators(model: str, *, protocol: str = "prompt",
     return PairIndicators(**vars(result), heatmaps=heatmaps)
 
 
-def correlate(model: str, *, store: StoreLike = None) -> Correlation:
+def correlate(model: str, *, store: Store | str | os.PathLike | None = None) -> Correlation:
     """Spearman's correlation of each of ``model``'s stored indicators (`indicators`, or
     `embedding_indicators`) with its zero-shot transfer matrix (`transfer_matrix`), per target
     and global, each computed within a seed and averaged over seeds.
@@ -115,7 +117,8 @@ def correlate(model: str, *, store: StoreLike = None) -> Correlation:
 def embedding_indicators(model: str | None = None, *, prompts: Sequence[str] | None = None,
                          matrix: str | os.PathLike | None = None,
                          out: str | os.PathLike = "embedding_indicators",
-                         name: str = "prompts", store: StoreLike = None) -> EmbeddingIndicators:
+                         name: str = "prompts",
+                         store: Store | str | os.PathLike | None = None) -> EmbeddingIndicators:
     """The embedding indicators (E_concat, E_avg, E_tokmean and their Euclidean variants) of
     every pair of prompts, with no model loaded, and their correlation with transfer.
 

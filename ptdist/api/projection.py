@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ptdist.api.inputs import StoreLike, absolute, open_store, prompts_of, store_path
+from ptdist.api.inputs import absolute, open_store, prompts_of, store_path
 from ptdist.api.transfer import TptComparison, compare, tpt_settings
 from ptdist.orchestration.graph import Execution
 from ptdist.orchestration.pairs import PairSettings, PairsOutcome, run_pairs
@@ -19,13 +19,15 @@ from ptdist.projection.config import ProjectorConfig
 from ptdist.projection.evaluation import evaluate_projector as evaluate_stage
 from ptdist.projection.tpt import model_plan
 from ptdist.projection.training import train_projector as train_stage
+from ptdist.store import Store
 from ptdist.store.manifests import ProjectorManifest
 from ptdist.store.results import ProjectorEvalRow
 from ptdist.training.evaluation import EvalSettings
 from ptdist.transfer.tpt import TOLERANCE
 
 
-def train_projector(config: ProjectorConfig, store: StoreLike = None) -> ProjectorManifest:
+def train_projector(config: ProjectorConfig,
+                    store: Store | str | os.PathLike | None = None) -> ProjectorManifest:
     """Train the projector ``config`` describes, in this process, and store it. Prompts it
     learns from that ``config`` leaves empty are every stored prompt of the model on
     ``config.tasks`` (the source's; in distance mode the target's too).
@@ -46,7 +48,8 @@ def train_projector(config: ProjectorConfig, store: StoreLike = None) -> Project
     return train_stage(replace(config, data_dir=absolute(config.data_dir)), opened)
 
 
-def evaluate_projector(projector: str, tasks: Sequence[str], *, store: StoreLike = None,
+def evaluate_projector(projector: str, tasks: Sequence[str], *,
+                       store: Store | str | os.PathLike | None = None,
                        settings: EvalSettings = EvalSettings()) -> list[ProjectorEvalRow]:
     """Score the source model's best stored prompt of each of ``tasks``, projected by
     ``projector`` (an id), zero-shot on the target model, beside the untrained projector's and
@@ -66,7 +69,7 @@ def evaluate_projector(projector: str, tasks: Sequence[str], *, store: StoreLike
 
 
 def tpt_model(projector: str, targets: Sequence[str], *, train: Mapping[str, Any] | None = None,
-              tolerance: float = TOLERANCE, store: StoreLike = None,
+              tolerance: float = TOLERANCE, store: Store | str | os.PathLike | None = None,
               execution: Execution = Execution(),
               resources: Resources = Resources()) -> TptComparison:
     """TPT_model: on each of ``targets``, vanilla prompt tuning of ``projector``'s target model
@@ -84,7 +87,8 @@ def tpt_model(projector: str, targets: Sequence[str], *, train: Mapping[str, Any
     return compare(opened, plan, execution, resources)
 
 
-def project_pairs(spec: str | os.PathLike, settings: PairSettings, *, store: StoreLike = None,
+def project_pairs(spec: str | os.PathLike, settings: PairSettings, *,
+                  store: Store | str | os.PathLike | None = None,
                   data_dir: str | os.PathLike | None = None, execution: Execution = Execution(),
                   pack: int | None = None, dry_run: bool = False) -> PairsOutcome:
     """Train and evaluate a projector for every ordered pair of the models of the sweep spec

@@ -7,13 +7,14 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from ptdist.api.inputs import StoreLike, absolute, open_store
+from ptdist.api.inputs import absolute, open_store
+from ptdist.store import Store
 from ptdist.store.peft_export import export_peft as write_adapter
 from ptdist.training import TrainConfig, TrainResult, train as train_run
 from ptdist.training.evaluation import EvalSettings, score_prompt
 
 
-def train(config: TrainConfig, store: StoreLike = None) -> TrainResult:
+def train(config: TrainConfig, store: Store | str | os.PathLike | None = None) -> TrainResult:
     """Prompt-tune ``config.model`` on ``config.task`` and put the best prompt in ``store`` (a
     `Store` or its folder; default $PTDIST_STORE, else ./store).
 
@@ -26,7 +27,7 @@ def train(config: TrainConfig, store: StoreLike = None) -> TrainResult:
     return train_run(replace(config, data_dir=absolute(config.data_dir)), open_store(store))
 
 
-def evaluate(model: str, prompt: str, task: str, *, store: StoreLike = None,
+def evaluate(model: str, prompt: str, task: str, *, store: Store | str | os.PathLike | None = None,
              settings: EvalSettings = EvalSettings()) -> dict[str, float]:
     """Score ``prompt`` (a store id, a ``.safetensors`` prompt file, or a PEFT adapter folder)
     with ``model`` on the evaluation split of ``task`` (a task name or YAML path).
@@ -38,7 +39,8 @@ def evaluate(model: str, prompt: str, task: str, *, store: StoreLike = None,
     return score_prompt(model, open_store(store, writes=False), prompt, task, settings)
 
 
-def export_peft(prompt: str, out_dir: str | os.PathLike, *, store: StoreLike = None,
+def export_peft(prompt: str, out_dir: str | os.PathLike, *,
+                store: Store | str | os.PathLike | None = None,
                 base_model: str | None = None) -> Path:
     """Write the stored prompt ``prompt`` (an id) as a PEFT prompt-tuning adapter folder
     ``out_dir`` (``adapter_config.json`` + ``adapter_model.safetensors``), recording

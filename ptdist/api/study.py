@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ptdist.api.inputs import StoreLike, store_path
+from ptdist.api.inputs import store_path
 from ptdist.errors import PtdistError
 from ptdist.orchestration.estimate import describe_costs, study_costs
 from ptdist.orchestration.graph import Execution, GraphOutcome, describe_jobs
@@ -35,7 +35,7 @@ class StudyOutcome(GraphOutcome):
     listing: str | None = None
 
 
-def sweep(spec: str | os.PathLike, *, store: StoreLike = None,
+def sweep(spec: str | os.PathLike, *, store: Store | str | os.PathLike | None = None,
           data_dir: str | os.PathLike | None = None, cluster: str | os.PathLike | None = None,
           execution: Execution = Execution(), pack: int | None = None,
           dry_run: bool = False) -> SweepOutcome:
@@ -58,7 +58,8 @@ def sweep(spec: str | os.PathLike, *, store: StoreLike = None,
 
 
 def replicate(study: str | os.PathLike | None = None, *, preset: str | None = None,
-              store: StoreLike = None, data_dir: str | os.PathLike | None = None,
+              store: Store | str | os.PathLike | None = None,
+              data_dir: str | os.PathLike | None = None,
               execution: Execution = Execution(), pack: int | None = None,
               dry_run: bool = False) -> StudyOutcome:
     """Run a whole study as one graph of jobs and write its report: ``study`` (a study YAML:

@@ -3,12 +3,13 @@ as jobs (on Ray by default; ``Execution(local=True)``: one after another in this
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ptdist.api.inputs import StoreLike, absolute, frozen_model, open_store, prompts_of
+from ptdist.api.inputs import absolute, frozen_model, open_store, prompts_of
 from ptdist.errors import PtdistError
 from ptdist.orchestration.graph import Execution
 from ptdist.orchestration.spec import Resources, task_ref
@@ -43,7 +44,8 @@ class TptComparison(TptResult):
     figures: list[Path]
 
 
-def transfer_matrix(model: str, tasks: Sequence[str], *, store: StoreLike = None,
+def transfer_matrix(model: str, tasks: Sequence[str], *,
+                    store: Store | str | os.PathLike | None = None,
                     settings: MatrixSettings = MatrixSettings(),
                     execution: Execution = Execution(),
                     resources: Resources = Resources()) -> TransferMatrix:
@@ -67,7 +69,7 @@ def transfer_matrix(model: str, tasks: Sequence[str], *, store: StoreLike = None
 
 def tpt(model: str, targets: Sequence[str], sources: Sequence[str], *,
         train: Mapping[str, Any] | None = None, tolerance: float = TOLERANCE,
-        store: StoreLike = None, execution: Execution = Execution(),
+        store: Store | str | os.PathLike | None = None, execution: Execution = Execution(),
         resources: Resources = Resources()) -> TptComparison:
     """TPT_task: on each of ``targets``, vanilla prompt tuning of ``model`` beside prompt
     tuning initialised from each of ``sources`` (a task: its best stored prompt of ``model``,
