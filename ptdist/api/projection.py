@@ -92,9 +92,9 @@ def project_pairs(spec: str | os.PathLike, settings: PairSettings, *,
                   data_dir: str | os.PathLike | None = None, execution: Execution = Execution(),
                   pack: int | None = None, dry_run: bool = False) -> PairsOutcome:
     """Train and evaluate a projector for every ordered pair of the models of the sweep spec
-    ``spec`` (a YAML file), training first the prompts they need; each job starts when its
-    inputs are stored. ``store``, ``data_dir`` and ``pack`` (runs per job) override the
-    spec's; ``dry_run`` plans the jobs and runs none.
+    ``spec`` (a YAML file, or a preset's name), training first the prompts they need; each job
+    starts when its inputs are stored. ``store``, ``data_dir`` and ``pack`` (runs per job)
+    override the spec's; ``dry_run`` plans the jobs and runs none.
 
     Returns the `PairsOutcome`: the spec as read, the jobs, each one's outcome (``graph``;
     ``graph.failed``: the jobs that failed, which are there rather than raised) and the

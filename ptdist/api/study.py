@@ -15,8 +15,9 @@ from ptdist.orchestration.estimate import describe_costs, study_costs
 from ptdist.orchestration.graph import Execution, GraphOutcome, describe_jobs
 from ptdist.orchestration.plans import describe_plans, describe_training, model_plans
 from ptdist.orchestration.replicate import run_study, study_jobs
+from ptdist.orchestration.presets import preset as shipped_preset, preset_names
 from ptdist.orchestration.spec import SweepSpec, load_spec
-from ptdist.orchestration.study import Study, load_study, preset_path
+from ptdist.orchestration.study import Study, load_study
 from ptdist.orchestration.sweep import SweepOutcome, run_sweep
 from ptdist.reporting.report import write_report
 from ptdist.store import Store
@@ -39,11 +40,11 @@ def sweep(spec: str | os.PathLike, *, store: Store | str | os.PathLike | None = 
           data_dir: str | os.PathLike | None = None, cluster: str | os.PathLike | None = None,
           execution: Execution = Execution(), pack: int | None = None,
           dry_run: bool = False) -> SweepOutcome:
-    """Train every prompt-tuning run of the sweep spec ``spec`` (a YAML file; docs/sweeps.md)
-    whose prompt is not stored, as Ray Tune trials (or in this process), holding the store's
-    run lock. ``store``, ``data_dir`` and ``pack`` (runs per job) override the spec's;
-    ``cluster``: a Ray cluster config whose node types the runs must fit; ``dry_run`` lists the
-    runs and trains none.
+    """Train every prompt-tuning run of the sweep spec ``spec`` (a YAML file, docs/sweeps.md; or
+    a preset's name, e.g. ``"tiny"``) whose prompt is not stored, as Ray Tune trials (or in this
+    process), holding the store's run lock. ``store``, ``data_dir`` and ``pack`` (runs per job)
+    override the spec's; ``cluster``: a Ray cluster config whose node types the runs must fit;
+    ``dry_run`` lists the runs and trains none.
 
     Returns the `SweepOutcome`: a row per run (trained, stored or failed, with its prompt id
     and score; ``failed``: those that failed, which are there rather than raised), the results
@@ -63,17 +64,18 @@ def replicate(study: str | os.PathLike | None = None, *, preset: str | None = No
               execution: Execution = Execution(), pack: int | None = None,
               dry_run: bool = False) -> StudyOutcome:
     """Run a whole study as one graph of jobs and write its report: ``study`` (a study YAML:
-    a sweep spec plus its ``stages``; docs/replicate.md) or a ``preset`` (quickstart,
-    paper-tasks, paper). Each job starts when what it needs is stored; a re-run does only what
+    a sweep spec plus its ``stages``; docs/replicate.md) or a ``preset`` that ships with
+    ptdist (quickstart, paper-tasks, paper; it writes to $PTDIST_STORE or ./store unless
+    ``store``). Each job starts when what it needs is stored; a re-run does only what
     is missing. ``store``, ``data_dir`` and ``pack`` (runs per job) override the study's;
     ``dry_run`` plans every job and runs none.
 
     Returns the `StudyOutcome`: every job's outcome and the report's path.
     """
     if (study is None) == (preset is None):
-        raise PtdistError("give a study (a study YAML file) or a preset (quickstart, "
-                          "paper-tasks, paper), one of them")
-    loaded = load_study(study if study is not None else preset_path(preset),
+        raise PtdistError("give a study (a study YAML file) or a preset "
+                          f"({', '.join(preset_names())}), one of them")
+    loaded = load_study(study if study is not None else shipped_preset(preset),
                         storage_path=store_path(store), data_dir=data_dir,
                         max_concurrent=execution.max_concurrent, pack=pack)
     loaded.spec.store().require_writable()
