@@ -58,6 +58,12 @@ def test_the_guide_documents_every_name_of_the_face():
 
 def test_user_errors_come_before_any_work(tmp_path):
     store = ptdist.Store(tmp_path / "store")
+    with pytest.raises(PtdistError, match="steps must be at least 1"):
+        ptdist.TrainConfig(model="tiny-roberta", task="sst2", steps=0)
+    with pytest.raises(PtdistError, match="unknown task 'no-such-task'; known tasks: "):
+        ptdist.train(ptdist.TrainConfig(model="tiny-roberta", task="no-such-task"), store)
+    with pytest.raises(PtdistError, match=r"give either a model \(model=, --model"):
+        ptdist.embedding_indicators()
     with pytest.raises(PtdistError, match=r"no prompt of model 'tiny-roberta' in store .* "
                                           r"for task\(s\): sst2, imdb"):
         ptdist.transfer_matrix("tiny-roberta", ["sst2", "imdb"], store=store)

@@ -132,8 +132,8 @@ def embedding_indicators(model: str | None = None, *, prompts: Sequence[str] | N
     Returns the `EmbeddingIndicators`: the rows and where they are stored.
     """
     if (model is None) == (prompts is None):
-        raise PtdistError("give either a model (--model: its prompts in the store) or prompt "
-                          "files (--prompts: prompt files or PEFT adapters)")
+        raise PtdistError("give either a model (model=, --model: its prompts in the store) "
+                          "or prompts (prompts=, --prompts: prompt files or PEFT adapters)")
     if prompts is not None:
         require_writable_folder(Path(out), "--out", "give --out a folder for the tables (it "
                                 "is created if missing)")
