@@ -76,6 +76,8 @@ def test_user_errors_come_before_any_work(tmp_path):
         ptdist.tpt("tiny-roberta", ["sst2"], ["imdb"], tolerance=2, store=store)
     with pytest.raises(PtdistError, match="give a study .* or a preset"):
         ptdist.replicate()
+    with pytest.raises(PtdistError, match="preset 'nope' not found; .* quickstart"):
+        ptdist.replicate(preset="nope")
     with pytest.raises(PtdistError, match="no prompt of model 'tiny-roberta'"):
         ptdist.train_projector(ptdist.ProjectorConfig(
             source_model="tiny-roberta", target_model="tiny-t5", mode="distance",
