@@ -68,12 +68,12 @@ def evaluate_projector(projector: str, tasks: Sequence[str], *,
                           replace(settings, data_dir=absolute(settings.data_dir)))
 
 
-def tpt_model(projector: str, targets: Sequence[str], *, train: Mapping[str, Any] | None = None,
-              tolerance: float = TOLERANCE, store: Store | str | os.PathLike | None = None,
-              execution: Execution = Execution(),
+def tpt_model(projector: str, target_tasks: Sequence[str], *,
+              train: Mapping[str, Any] | None = None, tolerance: float = TOLERANCE,
+              store: Store | str | os.PathLike | None = None, execution: Execution = Execution(),
               resources: Resources = Resources()) -> TptComparison:
-    """TPT_model: on each of ``targets``, vanilla prompt tuning of ``projector``'s target model
-    beside prompt tuning initialised with the projection of the source model's best prompt for
+    """TPT_model: on each of ``target_tasks``, vanilla prompt tuning of ``projector``'s target
+    model beside prompt tuning initialised with the projection of the source model's best prompt for
     that task, each run a job with ``resources``. ``train`` and ``tolerance`` as for `tpt`.
 
     Returns the `TptComparison`: a summary row per run with its speed-up, and each target's
@@ -82,7 +82,7 @@ def tpt_model(projector: str, targets: Sequence[str], *, train: Mapping[str, Any
     opened = open_store(store)
     runs, where = tpt_settings(train, tolerance, "tpt_model")
     manifest = opened.projectors.manifest(projector)
-    plan = model_plan(opened, projector, [task_ref(t, Path.cwd()) for t in targets],
+    plan = model_plan(opened, projector, [task_ref(t, Path.cwd()) for t in target_tasks],
                       opened.prompts.select(manifest.source_model), runs, **where)
     return compare(opened, plan, execution, resources)
 

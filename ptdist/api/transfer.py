@@ -67,12 +67,12 @@ def transfer_matrix(model: str, tasks: Sequence[str], *,
     return TransferMatrix(**vars(result), heatmap=heatmap)
 
 
-def tpt(model: str, targets: Sequence[str], sources: Sequence[str], *,
+def tpt(model: str, target_tasks: Sequence[str], source_tasks: Sequence[str], *,
         train: Mapping[str, Any] | None = None, tolerance: float = TOLERANCE,
         store: Store | str | os.PathLike | None = None, execution: Execution = Execution(),
         resources: Resources = Resources()) -> TptComparison:
-    """TPT_task: on each of ``targets``, vanilla prompt tuning of ``model`` beside prompt
-    tuning initialised from each of ``sources`` (a task: its best stored prompt of ``model``,
+    """TPT_task: on each of ``target_tasks``, vanilla prompt tuning of ``model`` beside prompt
+    tuning initialised from each of ``source_tasks`` (a task: its best stored prompt of ``model``,
     or a prompt id), each run a job with ``resources``.
 
     ``train``: the `TrainConfig` settings every run shares (steps, lr, seed, batch_size,
@@ -86,7 +86,7 @@ def tpt(model: str, targets: Sequence[str], sources: Sequence[str], *,
     """
     opened = open_store(store)
     runs, where = tpt_settings(train, tolerance, "tpt")
-    plan = task_plan(opened, model, [task_ref(t, Path.cwd()) for t in targets], sources,
+    plan = task_plan(opened, model, [task_ref(t, Path.cwd()) for t in target_tasks], source_tasks,
                      opened.prompts.select(model), runs, **where)
     return compare(opened, plan, execution, resources)
 

@@ -7,12 +7,38 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 from typing import Any, Callable, TypeVar
 
 from ptdist.logs import global_rank
 
+log = logging.getLogger(__name__)
+
 Command = Callable[[argparse.Namespace], None]
 S = TypeVar("S")
+
+
+class Renamed(argparse._StoreAction):
+    """An option with a new name and, for one release, its old names (``deprecated``): they
+    still work, each use logs one line naming the new option, and the help shows only the new
+    name (`ptdist.cli._Formatter`)."""
+
+    def __init__(self, option_strings: list[str], deprecated: tuple[str, ...] = (),
+                 **kwargs: Any) -> None:
+        super().__init__(option_strings, **kwargs)
+        self.deprecated = deprecated
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if option_string in self.deprecated:
+            log.warning(f"{option_string} is deprecated and goes in the next release; use "
+                        f"{self.option_strings[0]}")
+        super().__call__(parser, namespace, values, option_string)
+
+
+def add_renamed(p: argparse.ArgumentParser, name: str, *old: str, **kwargs: Any) -> None:
+    """Option ``name`` (with argparse's ``kwargs``) that also answers to its ``old`` names,
+    hidden and deprecated (`Renamed`)."""
+    p.add_argument(name, *old, action=Renamed, deprecated=old, **kwargs)
 
 
 def emit(args: argparse.Namespace, human: str | None, payload: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from ptdist.cli.options import (add_budget, add_data, add_eval, add_execution, add_job_resources,
-                                add_precision, add_store, add_tolerance, budget, emit,
+                                add_precision, add_renamed, add_store, add_tolerance, budget, emit,
                                 execution, job_resources, model_help, pack_override, scoring,
                                 store_of, task_help)
 
@@ -27,14 +27,14 @@ def train(args: argparse.Namespace) -> None:
     from ptdist.projection.config import ProjectorConfig
 
     m = train_projector(ProjectorConfig(
-        source_model=args.source, target_model=args.target, mode=args.mode,
-        tasks=tuple(args.tasks), ds_config=args.ds_config, data_dir=args.data_dir,
+        source_model=args.source_model, target_model=args.target_model, mode=args.mode,
+        tasks=tuple(args.train_tasks), ds_config=args.ds_config, data_dir=args.data_dir,
         **_settings(args)), args.store)
     result = (f"distance {m.initial_distance:.4f} -> {m.distance:.4f} over {m.pairs} "
               "prompt pairs" if m.mode == "distance" else
               f"{m.metric} = {m.score:.2f} on {', '.join(m.tasks)} (best at step "
               f"{m.best_step})")
-    emit(args, f"projector {m.id}: {args.source} -> {args.target} "
+    emit(args, f"projector {m.id}: {args.source_model} -> {args.target_model} "
                f"({args.mode}, {m.shape['variant']}): {result}", m.to_json())
 
 
@@ -56,7 +56,7 @@ def tpt(args: argparse.Namespace) -> None:
     from ptdist.api.projection import tpt_model
     from ptdist.cli.transfer import show_tpt
 
-    show_tpt(args, tpt_model(args.projector, args.targets,
+    show_tpt(args, tpt_model(args.projector, args.target_tasks,
                              train=dict(budget(args), data_dir=args.data_dir,
                                         ds_config=args.ds_config),
                              tolerance=args.tolerance, store=args.store,
@@ -129,13 +129,13 @@ def register(command, sub) -> None:
     steps = project.add_subparsers(dest="project_command", required=True, metavar="STEP")
     t = command("train", train, "train a projector from stored prompts",
                 "train a projector SOURCE -> TARGET in this process from the prompts the store "
-                "holds of both models on --tasks", group=steps)
-    t.add_argument("--source", required=True, help=model_help("the model whose prompts are "
-                                                              "projected"))
-    t.add_argument("--target", required=True, help=model_help("the model they are projected "
-                                                              "to"))
-    t.add_argument("--tasks", nargs="+", required=True,
-                   help=task_help("training tasks"))
+                "holds of both models on --train-tasks", group=steps)
+    add_renamed(t, "--source-model", "--source", required=True,
+                help=model_help("the model whose prompts are projected"))
+    add_renamed(t, "--target-model", "--target", required=True,
+                help=model_help("the model they are projected to"))
+    add_renamed(t, "--train-tasks", "--tasks", nargs="+", required=True,
+                help=task_help("the tasks the projector trains on"))
     t.add_argument("--ds-config", default="zero0",
                    help="task mode: DeepSpeed config of the target model (default zero0)")
     _add_projector(t)
@@ -154,7 +154,8 @@ def register(command, sub) -> None:
                 "vanilla prompt tuning and prompt tuning initialised with the projected prompt, "
                 "on the target model, with the speed-up to vanilla's best score", group=steps)
     p.add_argument("--projector", required=True, help="projector id (`ptdist project list`)")
-    p.add_argument("--targets", nargs="+", required=True, help=task_help("target tasks"))
+    add_renamed(p, "--target-tasks", "--targets", nargs="+", required=True,
+                help=task_help("the target tasks"))
     add_budget(p)
     add_tolerance(p)
     add_execution(p)
@@ -168,7 +169,7 @@ def register(command, sub) -> None:
     pp.add_argument("--spec", required=True,
                     help="sweep spec YAML with two or more models, or a preset's name")
     pp.add_argument("--train-tasks", nargs="+", required=True,
-                    help="tasks the projectors train on")
+                    help=task_help("the tasks the projectors train on"))
     pp.add_argument("--eval-tasks", nargs="+", default=None,
                     help="tasks of the cross-model table (default: the spec's tasks)")
     pp.add_argument("--dry-run", action="store_true", help="list the jobs without running them")
