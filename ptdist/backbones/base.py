@@ -26,7 +26,7 @@ class Backbone(nn.Module, ABC):
 
     kind: str  # "mlm" or "seq2seq"
 
-    def __init__(self, name: str, model: nn.Module, tokenizer: Any, max_length: int = 128):
+    def __init__(self, name: str, model: nn.Module, tokenizer: Any, max_length: int):
         super().__init__()
         self.name = name
         self.model = model

@@ -93,36 +93,47 @@ def list_projectors(args: argparse.Namespace) -> None:
 
 
 def _add_projector(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", choices=("distance", "task"), required=True,
+    """A projector's settings (ProjectorConfig fields, with their defaults)."""
+    from ptdist.projection.config import MODES, VARIANTS, VERBALIZERS, ProjectorConfig
+
+    p.add_argument("--mode", choices=MODES, required=True,
                    help="distance: fit the target's own prompts; task: tune through the target "
                         "model on the training tasks (the paper: several of one type)")
-    p.add_argument("--variant", choices=("flat", "token"), default="flat",
+    p.add_argument("--variant", choices=VARIANTS, default=ProjectorConfig.variant,
                    help="flat: the reference MLP over the flattened prompt; token: per token "
-                        "(default flat)")
-    p.add_argument("--hidden", type=int, default=768, help="hidden units (default 768)")
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    p.add_argument("--schedule", default="linear",
+                        "(default %(default)s)")
+    p.add_argument("--hidden", type=int, default=ProjectorConfig.hidden,
+                   help="hidden units (default %(default)s)")
+    p.add_argument("--steps", type=int, default=ProjectorConfig.steps,
+                   help="optimizer steps (default %(default)s)")
+    p.add_argument("--seed", type=int, default=ProjectorConfig.seed)
+    p.add_argument("--lr", type=float, default=ProjectorConfig.lr,
+                   help="learning rate (default %(default)s)")
+    p.add_argument("--schedule", default=ProjectorConfig.schedule,
                    help="task mode: learning rate after the warm-up, constant (the reference's) "
-                        "or linear decay to 0 (default linear)")
-    p.add_argument("--warmup-steps", type=int, default=None,
+                        "or linear decay to 0 (default %(default)s)")
+    p.add_argument("--warmup-steps", type=int, default=ProjectorConfig.warmup_steps,
                    help="task mode: linear warm-up steps (default: 10%% of --steps)")
-    p.add_argument("--verbalizer", choices=("task", "unified"), default="task",
+    p.add_argument("--verbalizer", choices=VERBALIZERS, default=ProjectorConfig.verbalizer,
                    help="task mode: read each task's classes with its own label words, or all "
                         "tasks' through the union of their words (the reference's; default "
-                        "task)")
-    p.add_argument("--batch-size", type=int, default=32,
+                        "%(default)s)")
+    p.add_argument("--batch-size", type=int, default=ProjectorConfig.batch_size,
                    help="prompt pairs (distance) or examples of each task (task) per step "
-                        "(default 32)")
-    p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
-    p.add_argument("--eval-limit", type=int, default=1000,
-                   help="evaluation examples (0: the whole split; default 1000)")
-    p.add_argument("--train-limit", type=int, default=None, help="use a seeded subset of train")
-    p.add_argument("--max-length", type=int, default=128, help="text tokens (prompt excluded)")
+                        "(default %(default)s)")
+    p.add_argument("--eval-every", type=int, default=ProjectorConfig.eval_every,
+                   help="steps between evaluations (default %(default)s)")
+    p.add_argument("--eval-limit", type=int, default=ProjectorConfig.eval_limit,
+                   help="evaluation examples (0: the whole split; default %(default)s)")
+    p.add_argument("--train-limit", type=int, default=ProjectorConfig.train_limit,
+                   help="use a seeded subset of train")
+    p.add_argument("--max-length", type=int, default=ProjectorConfig.max_length,
+                   help="text tokens, prompt excluded (default %(default)s)")
 
 
 def register(command, sub) -> None:
+    from ptdist.training.config import TrainConfig
+
     project = sub.add_parser("project", help="cross-model transfer: projectors, TPT_model",
                              description="project prompts of one model to another "
                                          "(docs/projection.md)")
@@ -136,8 +147,8 @@ def register(command, sub) -> None:
                 help=model_help("the model they are projected to"))
     add_renamed(t, "--train-tasks", "--tasks", nargs="+", required=True,
                 help=task_help("the tasks the projector trains on"))
-    t.add_argument("--ds-config", default="zero0",
-                   help="task mode: DeepSpeed config of the target model (default zero0)")
+    t.add_argument("--ds-config", default=TrainConfig.ds_config,
+                   help="task mode: DeepSpeed config of the target model (default %(default)s)")
     _add_projector(t)
     add_data(t)
     add_store(t)
