@@ -18,8 +18,6 @@ PACKAGE = Path(ptdist.__file__).parent
 OWN = {
     # The recipe that fits an MLM head (ptdist.offline), not a prompt-tuning run.
     "offline/mlm_head.py": "the MLM head's fitting recipe",
-    # The backbone layer reads no settings class (they sit above it): its own default.
-    "backbones/loading.py": "load_backbone's own max_length",
 }
 
 

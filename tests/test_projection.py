@@ -19,7 +19,7 @@ from ptdist.errors import PtdistError
 from ptdist.projection.config import ProjectorConfig
 from ptdist.projection.evaluation import EvalSettings, evaluate_projector, project_prompts
 from ptdist.projection.projector import Projector, ProjectorShape
-from ptdist.projection.training import train_projector
+from ptdist.projection.modes import train_projector
 from ptdist.store import Store
 from ptdist.store.manifests import ProjectorManifest
 from ptdist.store.prompts import best_per_task

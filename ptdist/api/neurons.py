@@ -16,7 +16,7 @@ from ptdist.neurons.collect import CaptureResult, CaptureSettings
 from ptdist.neurons.correlation import CorrelationResult, correlate as correlate_stage
 from ptdist.neurons.embedding import (EmbeddingResult, embedding_study, prompts_from_paths,
                                       store_inputs, transfers_from_table)
-from ptdist.neurons.pairs import IndicatorResult, pairwise_indicators
+from ptdist.neurons.indicator_table import IndicatorResult, pairwise_indicators
 from ptdist.orchestration.graph import Execution
 from ptdist.orchestration.spec import Resources
 from ptdist.orchestration.stages import run_capture

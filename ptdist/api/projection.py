@@ -18,7 +18,7 @@ from ptdist.orchestration.spec import Resources, load_spec, task_ref
 from ptdist.projection.config import ProjectorConfig
 from ptdist.projection.evaluation import evaluate_projector as evaluate_stage
 from ptdist.projection.tpt import model_plan
-from ptdist.projection.training import train_projector as train_stage
+from ptdist.projection.modes import train_projector as train_stage
 from ptdist.store import Store
 from ptdist.store.manifests import ProjectorManifest
 from ptdist.store.results import ProjectorEvalRow
