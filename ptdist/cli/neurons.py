@@ -8,7 +8,7 @@ import argparse
 
 from ptdist.cli.options import (absolute, add_data, add_execution, add_job_resources,
                                 add_precision, add_sharding, add_store, emit, execution,
-                                frozen_model_job, model_help, store_of, task_help)
+                                frozen_model_job, model_help, store_of, task_args, task_help)
 
 
 def capture(args: argparse.Namespace) -> None:
@@ -19,7 +19,8 @@ def capture(args: argparse.Namespace) -> None:
 
     resources, sharded = frozen_model_job(args)
     store = store_of(args)
-    names = None if args.tasks is None else [get_task(t).name for t in args.tasks]
+    names = None if args.tasks is None else [get_task(t).name
+                                             for t in task_args(args.tasks, store)]
     prompts = store.prompts.select(args.model, names)
     if not prompts:
         raise PtdistError(f"no prompts of model '{args.model}' in store {store.root}"
@@ -68,7 +69,7 @@ def embedding(args: argparse.Namespace) -> None:
     from ptdist.errors import PtdistError
     from ptdist.files import require_writable_folder
     from ptdist.neurons.embedding import (embedding_study, prompts_from_paths, store_inputs,
-                                          transfers_from_table)
+                                          task_similarities, transfers_from_table)
     from ptdist.store.results import CorrelationRow, IndicatorRow
     from ptdist.store.tables import write_records
 
@@ -92,8 +93,9 @@ def embedding(args: argparse.Namespace) -> None:
         found, left_out = transfers_from_table(Path(args.matrix), prompts), []
     result = embedding_study(name, prompts, found, left_out)
     write_records(tables[0], IndicatorRow, result.indicators)
+    similarities = task_similarities(result.indicators)
     lines = [f"embedding indicators of {len(prompts)} prompts ({len(prompts) ** 2} ordered "
-             f"pairs): {tables[0]}"]
+             f"pairs): {tables[0]}", *similarity_lines(similarities)]
     if result.correlation:
         write_records(tables[1], CorrelationRow, result.correlation)
         lines += correlation_lines(result.correlation) + [f"table: {tables[1]}"]
@@ -102,12 +104,29 @@ def embedding(args: argparse.Namespace) -> None:
                      "transfer matrix` for the model's prompts)")
     emit(args, "\n".join(lines), {"indicators": str(tables[0]),
                                   "correlation": str(tables[1]) if result.correlation else None,
-                                  "rows": result.correlation})
+                                  "rows": result.correlation, "similarities": similarities})
+
+
+def similarity_lines(similarities) -> list[str]:
+    """Each indicator between two tasks' prompts (mean over their pairs of prompts): shown
+    whatever the number of tasks, a correlation needing more of them than a pair."""
+    if not similarities:
+        return []
+    names = list(similarities[0].values)
+    width = max(len(f"{s.task_a} ~ {s.task_b}") for s in similarities) + 2
+    lines = ["similarity of the tasks' prompts (mean over pairs of different prompts):",
+             f"{'tasks':<{width}}{'pairs':>6}" + "".join(f"{n:>11}" for n in names)]
+    lines += [f"{f'{s.task_a} ~ {s.task_b}':<{width}}{s.pairs:>6}"
+              + "".join(f"{s.values[n]:>11.4f}" for n in names) for s in similarities]
+    return lines
 
 
 def correlation_lines(rows) -> list[str]:
     """Correlation rows as a table, strongest mean per-target coefficient first, each with its
     95 % bootstrap interval."""
+    import math
+
+    from ptdist.neurons.correlation import MIN_SOURCES
     from ptdist.statistics import Interval
 
     lines = [f"{'indicator':<18}{'per target [95% CI]':>26}{'targets':>9}"
@@ -117,6 +136,10 @@ def correlation_lines(rows) -> list[str]:
         overall = Interval.of(r.spearman_global, r.global_low, r.global_high)
         lines.append(f"{r.indicator:<18}{str(per_target):>26}{r.targets:>9}"
                      f"{str(overall):>26}{r.pairs:>7}")
+    if rows and not any(math.isfinite(r.spearman_global) or r.targets for r in rows):
+        lines.append(f"too few to correlate (n = {rows[0].pairs} pairs of prompts of different "
+                     f"tasks; a target needs {MIN_SOURCES} source prompts for its own): the "
+                     "similarities above are the values to read")
     if rows and rows[0].left_out:
         lines.append(f"left out (own prompts not clearly above chance): {rows[0].left_out}")
     return lines

@@ -48,6 +48,17 @@ def task_help(what: str = "the task") -> str:
             "`ptdist tasks`) or a task YAML path")
 
 
+def task_args(tasks: list[str], store=None) -> list[str]:
+    """Task arguments as runs carry them, each checked now (`ptdist.tasks.registry.resolve_task`):
+    a built-in name, a task YAML path (made absolute), or, given the ``store``, the name of a
+    task defined in YAML that the store has prompts of. Every option that takes tasks goes
+    through here, so a task written in YAML is accepted wherever a task name is."""
+    from ptdist.tasks.registry import resolve_task
+
+    stored = store.prompts.task_files() if store is not None else None
+    return [resolve_task(t, stored=stored) for t in tasks]
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true",
                    help="also print one JSON object as the last line of stdout")

@@ -9,7 +9,7 @@ import argparse
 from ptdist.cli.options import (absolute, add_budget, add_data, add_eval, add_execution,
                                 add_job_resources, add_precision, add_store, add_tolerance,
                                 budget, emit, execution, job_resources, model_help,
-                                pack_override, store_of, task_help)
+                                pack_override, store_of, task_args, task_help)
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -27,7 +27,8 @@ def train(args: argparse.Namespace) -> None:
     from ptdist.tasks import get_task
 
     store = store_of(args)
-    names = [get_task(t).name for t in args.tasks]
+    tasks = task_args(args.tasks, store)
+    names = [get_task(t).name for t in tasks]
 
     def inputs(model: str) -> tuple[str, ...]:
         found = by_task(store.prompts.select(model, names), names,
@@ -36,7 +37,7 @@ def train(args: argparse.Namespace) -> None:
 
     config = ProjectorConfig(
         source_model=args.source, target_model=args.target, mode=args.mode,
-        tasks=tuple(args.tasks), source_prompts=inputs(args.source),
+        tasks=tuple(tasks), source_prompts=inputs(args.source),
         target_prompts=inputs(args.target) if args.mode == "distance" else (),
         ds_config=args.ds_config, data_dir=absolute(args.data_dir), **_settings(args))
     m = train_projector(config, store)
@@ -55,9 +56,10 @@ def evaluate(args: argparse.Namespace) -> None:
     manifest = store.projectors.manifest(args.projector)
     prompts = [m for model in (manifest.source_model, manifest.target_model)
                for m in store.prompts.select(model)]
-    rows = evaluate_projector(store, args.projector, args.tasks, prompts, EvalSettings(
-        eval_limit=args.eval_limit or None, batch_size=args.batch_size,
-        data_dir=absolute(args.data_dir), precision=args.precision))
+    settings = EvalSettings(eval_limit=args.eval_limit or None, batch_size=args.batch_size,
+                            data_dir=absolute(args.data_dir), precision=args.precision)
+    rows = evaluate_projector(store, args.projector, task_args(args.tasks, store), prompts,
+                              settings)
     lines = [f"{'task':<22}{'projected':>10}{'untrained':>10}{'own':>8}{'relative':>10}"
              f"{'distance':>10}  trained on it"]
     lines += [f"{r.task:<22}{r.score:>10.2f}{r.untrained_score:>10.2f}"
@@ -67,16 +69,13 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def tpt(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from ptdist.cli.transfer import show_tpt
-    from ptdist.orchestration.spec import task_ref
     from ptdist.orchestration.stages import run_tpt
     from ptdist.projection.tpt import model_plan
 
     store = store_of(args)
     manifest = store.projectors.manifest(args.projector)
-    targets = [task_ref(t, Path.cwd()) for t in args.targets]
+    targets = task_args(args.targets, store)
     plan = model_plan(store, args.projector, targets,
                       store.prompts.select(manifest.source_model), budget(args),
                       data_dir=absolute(args.data_dir), ds_config=args.ds_config,
@@ -92,8 +91,9 @@ def pairs(args: argparse.Namespace) -> None:
     spec = load_spec(args.spec, storage_path=args.store, data_dir=args.data_dir,
                      max_concurrent=args.max_concurrent, pack=pack_override(args))
     spec.store().require_writable()
-    settings = PairSettings(args.mode, tuple(args.train_tasks),
-                            tuple(args.eval_tasks or spec.tasks), _settings(args))
+    settings = PairSettings(args.mode, tuple(task_args(args.train_tasks, spec.store())),
+                            tuple(task_args(args.eval_tasks, spec.store()) if args.eval_tasks
+                                  else spec.tasks), _settings(args))
     outcome = run_pairs(spec, settings, execution(args), dry_run=args.dry_run)
     needs = {job.id: list(job.needs) for job in outcome.jobs}
     jobs = [{"id": o.id, "needs": needs[o.id], "status": o.status, "error": o.error,

@@ -7,16 +7,19 @@ from __future__ import annotations
 import argparse
 
 from ptdist.cli.options import (absolute, add_budget, add_data, add_eval, add_precision,
-                                add_store, budget, emit, model_help, store_of, task_help)
+                                add_store, budget, emit, model_help, store_of, task_args,
+                                task_help)
 
 
 def train(args: argparse.Namespace) -> None:
     from ptdist.training import TrainConfig, train as train_run
 
-    config = TrainConfig(model=args.model, task=args.task, prompt_length=args.prompt_length,
-                         init=args.init, ds_config=args.ds_config,
-                         data_dir=absolute(args.data_dir), **budget(args))
-    result = train_run(config, store_of(args))
+    store = store_of(args)
+    config = TrainConfig(model=args.model, task=task_args([args.task], store)[0],
+                         prompt_length=args.prompt_length, init=args.init,
+                         ds_config=args.ds_config, data_dir=absolute(args.data_dir),
+                         **budget(args))
+    result = train_run(config, store)
     how = "already in the store, not retrained" if result.skipped else (
         f"trained {result.steps_run} steps in {result.wall_time_s:.1f}s"
         + (f", resumed from step {result.resumed_from}" if result.resumed_from is not None else ""))
@@ -28,7 +31,8 @@ def train(args: argparse.Namespace) -> None:
 def evaluate(args: argparse.Namespace) -> None:
     from ptdist.training.evaluation import score_prompt
 
-    metrics = score_prompt(args.model, store_of(args, writes=False), args.prompt, args.task,
+    store = store_of(args, writes=False)
+    metrics = score_prompt(args.model, store, args.prompt, task_args([args.task], store)[0],
                            limit=args.eval_limit or None, batch_size=args.batch_size,
                            data_dir=args.data_dir, precision=args.precision)
     summary = " ".join(f"{k}={v:.2f}" for k, v in metrics.items())

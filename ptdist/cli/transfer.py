@@ -4,12 +4,11 @@ unless --local)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ptdist.cli.options import (absolute, add_budget, add_data, add_eval, add_execution,
                                 add_job_resources, add_precision, add_sharding, add_store,
                                 add_tolerance, budget, emit, execution, frozen_model_job,
-                                job_resources, model_help, store_of, task_help)
+                                job_resources, model_help, store_of, task_args, task_help)
 
 
 def matrix(args: argparse.Namespace) -> None:
@@ -22,7 +21,7 @@ def matrix(args: argparse.Namespace) -> None:
 
     resources, sharded = frozen_model_job(args)
     store = store_of(args)
-    names = [get_task(t).name for t in args.tasks]
+    names = [get_task(t).name for t in task_args(args.tasks, store)]
     prompts = [m for mine in by_task(store.prompts.select(args.model, names), names,
                                      f"of model '{args.model}' in store {store.root}").values()
                for m in mine]
@@ -56,7 +55,6 @@ def _grid(tasks: list[str], values: dict[tuple[str, str], list[float]]) -> list[
 
 
 def tpt(args: argparse.Namespace) -> None:
-    from ptdist.orchestration.spec import task_ref
     from ptdist.orchestration.stages import run_tpt
     from ptdist.transfer import task_plan
 
@@ -64,8 +62,9 @@ def tpt(args: argparse.Namespace) -> None:
     train = budget(args)
     if args.prompt_length is not None:
         train["prompt_length"] = args.prompt_length
-    targets = [task_ref(t, Path.cwd()) for t in args.targets]
-    plan = task_plan(store, args.model, targets, args.sources, store.prompts.select(args.model),
+    targets = task_args(args.targets, store)
+    sources = [s if store.prompts.has(s) else task_args([s], store)[0] for s in args.sources]
+    plan = task_plan(store, args.model, targets, sources, store.prompts.select(args.model),
                      train, data_dir=absolute(args.data_dir), ds_config=args.ds_config,
                      tolerance=args.tolerance)
     show_tpt(args, run_tpt(store, plan, job_resources(args), execution(args)), store)
