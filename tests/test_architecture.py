@@ -17,7 +17,7 @@ LAYERS = {"errors": 0, "runtime": 0, "packaged": 0, "validation": 0, "checksum":
           "statistics": 0,
           "tasks": 1, "store": 1, "backbones": 1,
           "training": 2,
-          "transfer": 3, "neurons": 3, "projection": 3,
+          "transfer": 3, "neurons": 3, "projection": 3, "recommend": 3,
           "orchestration": 4,
           "reporting": 5,
           "cli": 6, "__main__": 6}

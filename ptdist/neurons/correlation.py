@@ -75,16 +75,23 @@ def correlate(store: Store, model: str) -> CorrelationResult:
                           (indicator_path, "ptdist neurons indicators")):
         if not path.exists():
             raise PtdistError(f"{path} does not exist; run `{command} --model {model}` first")
-    matrix = read_records(matrix_path, MatrixRow)
+    rows = correlation_rows(model, read_records(matrix_path, MatrixRow),
+                            read_records(indicator_path, IndicatorRow))
+    return CorrelationResult(rows, write_records(store.layout.correlation(model),
+                                                 CorrelationRow, rows))
+
+
+def correlation_rows(model: str, matrix: Sequence[MatrixRow],
+                     indicators: Sequence[IndicatorRow]) -> list[CorrelationRow]:
+    """Each indicator's correlation with the transfer of ``matrix`` (its own prompts on their
+    tasks say which prompts each target's are), strongest first."""
     owns: dict[str, list[tuple[str, int | None]]] = {}
     for r in matrix:
         if r.source_task == r.target_task:
             owns.setdefault(r.target_task, []).append((r.source_prompt, r.source_seed))
     left_out = unusable_tasks(matrix)
-    rows = rank_indicators(model, transfers(matrix, left_out), owns,
-                           indicator_values(read_records(indicator_path, IndicatorRow)), left_out)
-    return CorrelationResult(rows, write_records(store.layout.correlation(model),
-                                                 CorrelationRow, rows))
+    return rank_indicators(model, transfers(matrix, left_out), owns,
+                           indicator_values(indicators), left_out)
 
 
 def indicator_values(rows: Iterable[IndicatorRow]) -> dict[str, dict[tuple[str, str], float]]:

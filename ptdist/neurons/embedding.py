@@ -102,14 +102,21 @@ def task_similarities(rows: Sequence[IndicatorRow]) -> list[TaskSimilarity]:
 
 
 def prompts_from_paths(specs: Sequence[str]) -> list[NamedPrompt]:
-    """Prompts named by ``specs``: ``PATH`` or ``TASK=PATH``, where PATH is a prompt file
-    (``.safetensors``), an adapter or prompt folder, or a folder of those. A prompt is named
-    by its file stem or folder name; its task is TASK, else its name."""
+    """Prompts named by ``specs`` (`prompt_paths`), read."""
+    return [NamedPrompt(name, task, read_prompt_file(file).numpy())
+            for name, task, file in prompt_paths(specs)]
+
+
+def prompt_paths(specs: Sequence[str]) -> list[tuple[str, str, Path]]:
+    """``(name, task, file)`` of each prompt ``specs`` name: ``PATH`` or ``TASK=PATH``, where
+    PATH is a prompt file (``.safetensors``), an adapter or prompt folder, or a folder of
+    those. A prompt is named by its file stem or folder name; its task is TASK, else its
+    name."""
     out = []
     for spec in specs:
         task, _, path = spec.rpartition("=")
-        for name, file in _prompt_files(Path(path).expanduser()):
-            out.append(NamedPrompt(name, task or name, read_prompt_file(file).numpy()))
+        out += [(name, task or name, file)
+                for name, file in _prompt_files(Path(path).expanduser())]
     return out
 
 

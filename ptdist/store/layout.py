@@ -8,6 +8,7 @@ the root: a stage asks the layout where its artifact lives.
     activations/model=<model>/task=<t>/layer=<i>/       FFN activations (`activations.py`)
     transfer/<model>/matrix.parquet, columns/, tpt/<target>/   zero-shot matrix, TPT_task
     neurons/<model>/indicators.parquet, correlation.parquet, embedding_*.parquet
+    recommend/<model>/<task>/ranking.parquet, ranking.png   source prompts ranked for a task
     sweeps/<name>.parquet, cross_model/<name>.parquet   one table per sweep / pair graph
     pipeline/<study>/<job>.json, costs.parquet          stamps of finished study stages, costs
     reports/<study>/                                    a study's report
@@ -131,6 +132,13 @@ class StoreLayout:
 
     def layerwise_figure(self, model: str) -> Path:
         return self.neurons_dir(model) / "layerwise_ON.png"
+
+    def recommendation(self, model: str, task: str) -> Path:
+        """The candidate source prompts for ``task`` on ``model``, ranked (`RecommendRow`)."""
+        return self.root / "recommend" / segment(model) / segment(task) / "ranking.parquet"
+
+    def recommendation_figure(self, model: str, task: str) -> Path:
+        return self.recommendation(model, task).with_name("ranking.png")
 
     # --- sweeps, studies and Ray ----------------------------------------------------------
     def sweep_table(self, name: str) -> Path:

@@ -11,8 +11,9 @@ reaches t x vanilla's best: a best score reached once, late, by a noisy curve no
 the whole comparison. A run that reaches the threshold at step 0 (its starting prompt already
 does) has an infinite speed-up; two runs that both start there have a speed-up of 1.
 
-A `TptPlan` says which runs a comparison needs (vanilla and each source on each target); the
-runs are ordinary prompt-tuning runs, trained (or found in the store) by whoever runs the plan,
+A `TptPlan` says which runs a comparison needs (vanilla and each source on each target, for
+one seed or for each of several: each seed is its own comparison); the runs are ordinary
+prompt-tuning runs, trained (or found in the store) by whoever runs the plan,
 and `tpt_summary` reads their curves from the store. TPT_task starts from another task's prompt
 of the same model (`task_plan`); TPT_model (`ptdist.projection.tpt`) from a projected prompt of
 another model.
@@ -23,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ptdist.errors import PtdistError
 from ptdist.store import Store
@@ -40,6 +41,17 @@ TASK_PLACEHOLDER = "{task}"
 TOLERANCE = 0.99
 
 
+class SourcePrompt(Protocol):
+    """What a TPT summary reports of the prompt a run starts from: a stored prompt's manifest,
+    or a prompt that is not the store's (a file, a projected prompt)."""
+
+    id: str
+    task: str
+
+    @property
+    def prompt_length(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class TptSource:
     """One kind of TPT run: its label, the init it starts from (``{task}`` stands for the
@@ -48,7 +60,7 @@ class TptSource:
 
     label: str
     init: str
-    prompts: dict[str, PromptManifest]
+    prompts: dict[str, SourcePrompt]
 
 
 @dataclass(frozen=True)
@@ -63,17 +75,21 @@ class TptPlan:
     ds_config: str = "zero0"
     projector: str | None = None  # TPT_model: the projector of the sources' prompts
     tolerance: float = TOLERANCE  # the tolerance speed-up's threshold, x vanilla's best
+    seeds: tuple[int, ...] = ()  # a comparison per seed (none: the seed of ``train``)
 
     def runs(self) -> list[tuple[str, str, TrainConfig]]:
-        """``(target name, run label, config)`` of every run, vanilla first per target."""
+        """``(target name, run label, config)`` of every run, vanilla first per target and
+        seed."""
         out = []
         for ref in self.targets:
             name = get_task(ref).name
-            for label, init in [("vanilla", "random"),
-                                *((s.label, s.init) for s in self.sources)]:
-                out.append((name, label, TrainConfig(
-                    model=self.model, task=ref, init=init.replace(TASK_PLACEHOLDER, name),
-                    ds_config=self.ds_config, data_dir=self.data_dir, **self.train)))
+            for seed in self.seeds or (None,):
+                train = self.train if seed is None else dict(self.train, seed=seed)
+                for label, init in [("vanilla", "random"),
+                                    *((s.label, s.init) for s in self.sources)]:
+                    out.append((name, label, TrainConfig(
+                        model=self.model, task=ref, init=init.replace(TASK_PLACEHOLDER, name),
+                        ds_config=self.ds_config, data_dir=self.data_dir, **train)))
         return out
 
     def folder(self, store: Store, target: str) -> Path:
@@ -135,7 +151,7 @@ def speedup(vanilla_steps: int, steps: int | None) -> float | None:
 
 
 def speedup_rows(vanilla: PromptManifest,
-                 runs: list[tuple[str, PromptManifest | None, PromptManifest]],
+                 runs: list[tuple[str, SourcePrompt | None, PromptManifest]],
                  tolerance: float = TOLERANCE) -> list[TptSummaryRow]:
     """Summary rows for the vanilla run and each (label, source prompt, TPT run)."""
     metric = vanilla.metric
@@ -163,21 +179,25 @@ def speedup_rows(vanilla: PromptManifest,
 
 def tpt_summary(store: Store, plan: TptPlan) -> TptResult:
     """Curves and speed-ups of a plan whose runs are all in the store, written per target
-    under `TptPlan.folder`."""
-    ids = {(target, label): plan_run(config, store).prompt_id
+    under `TptPlan.folder` (each seed's runs compared with that seed's vanilla run; a row's
+    prompt id names its run, and so its seed)."""
+    ids = {(target, label, config.seed): plan_run(config, store).prompt_id
            for target, label, config in plan.runs()}
     summary, folders = [], []
-    for target in dict.fromkeys(t for t, _ in ids):
-        vanilla = store.prompts.manifest(ids[(target, "vanilla")])
-        runs = [(s.label, s.prompts[target], store.prompts.manifest(ids[(target, s.label)]))
-                for s in plan.sources]
-        rows = speedup_rows(vanilla, runs, plan.tolerance)
+    for target in dict.fromkeys(t for t, _, _ in ids):
+        rows, curves = [], []
+        for seed in dict.fromkeys(s for t, _, s in ids if t == target):
+            vanilla = store.prompts.manifest(ids[(target, "vanilla", seed)])
+            runs = [(s.label, s.prompts[target],
+                     store.prompts.manifest(ids[(target, s.label, seed)]))
+                    for s in plan.sources]
+            rows += speedup_rows(vanilla, runs, plan.tolerance)
+            curves += [TptCurveRow(model=vanilla.model, target_task=target, run=label,
+                                   source_task=source.task if source else None, prompt_id=m.id,
+                                   step=h["step"], score=h[vanilla.metric], time_s=h["time_s"])
+                       for label, source, m in [("vanilla", None, vanilla), *runs]
+                       for h in m.history]
         folder = plan.folder(store, target)
-        curves = [TptCurveRow(model=vanilla.model, target_task=target, run=label,
-                              source_task=source.task if source else None, prompt_id=m.id,
-                              step=h["step"], score=h[vanilla.metric], time_s=h["time_s"])
-                  for label, source, m in [("vanilla", None, vanilla), *runs]
-                  for h in m.history]
         write_records(folder / TPT_CURVES, TptCurveRow, curves)
         write_records(folder / TPT_SUMMARY, TptSummaryRow, rows)
         folders.append(folder)
