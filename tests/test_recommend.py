@@ -90,17 +90,37 @@ def test_the_planted_best_source_comes_first(capsys, planted, tmp_path):
     assert all(set(r) == {f.name for f in fields(RecommendRow)} for r in result["ranking"])
     assert all(r["indicator"] == "ON" and 0 <= r["indicator_value"] <= 1
                for r in result["ranking"])
-    probe = store.prompts.manifest(result["probe"])
-    assert (probe.task, probe.seed, probe.steps) == ("newtask", 1, 10)  # a seed none has
+    # The probe: a seed no candidate has, in a store of its own (never a candidate itself).
+    assert not store.prompts.has(result["probe"])
+    probe = Store(store.layout.probes()).prompts.manifest(result["probe"])
+    assert (probe.task, probe.seed, probe.steps) == ("newtask", 1, 10)
     stored = read_records(result["table"], RecommendRow)
     assert [r.label for r in stored] == [r["label"] for r in result["ranking"]]
     assert Path(result["figure"]).stat().st_size > 0
 
 
-def zero_shot(scores: list[float], replicates: list[list[float]]) -> ZeroShot:
+@pytest.mark.parametrize("extra, needle", [
+    (("--then-tpt", "0"), "--then-tpt 0: give how many"),
+    (("--then-tpt", "1", "--steps", "0"), "steps must be at least 1"),
+    (("--then-tpt", "1", "--ds-config", "zero9"), "zero9"),
+    (("--sample", "0"), "--sample and --probe take a positive number"),
+    (("--hub", "absent/"), "absent is neither a prompt file"),
+    (("--model", "tiny-t5"), "no candidate source prompts for 'newtask' on 'tiny-t5'"),
+], ids=["then-tpt 0", "steps 0", "ds-config", "sample 0", "hub", "no candidates"])
+def test_bad_input_stops_before_any_model_loads(capsys, planted, extra, needle):
+    root, _ = planted
+    code, out, err = run(capsys, "recommend", "--model", "tiny-roberta", "--task",
+                         str(root / "data" / "newtask.yaml"), "--store", str(root / "store"),
+                         "--data-dir", str(root / "data"), *extra)
+    assert code == 2 and needle in err and err.count("\n") == 1, err
+    assert "loaded" not in err
+
+
+def zero_shot(scores: list[float], replicates: list[list[float]],
+              above_random: list[float] | None = None) -> ZeroShot:
     k = len(scores)
     return ZeroShot(get_task("sst2"), "accuracy", 10, np.array(scores), np.array(replicates),
-                    50.0, [50.0] * k, [1.0] * k, [1.0] * k)
+                    50.0, [50.0] * k, [1.0] * k, above_random or [1.0] * k)
 
 
 def test_the_rule_combines_the_signals_as_documented():
@@ -117,6 +137,13 @@ def test_the_rule_combines_the_signals_as_documented():
     assert list(ranked.low) == [1, 1, 2] and list(ranked.high) == [3, 3, 2]
     # Without an indicator, ties break by name.
     assert list(rank_candidates(zero, None, 0.0, ["a", "c", "b"]).rank) == [1, 3, 2]
+    # A candidate not clearly above its baselines goes behind those that are, whatever its
+    # indicator says: c falls from 2 to 3, and last on resample 2 too, where its combined
+    # score (1.67) beats a's (3).
+    behind = zero_shot([80.0, 60.0, 60.0], [[80.0, 60.0, 60.0], [50.0, 70.0, 60.0]],
+                       above_random=[1.0, 1.0, -1.0])
+    ranked = rank_candidates(behind, indicator, 0.5, ["a", "b", "c"])
+    assert list(ranked.rank) == [1, 2, 3] and list(ranked.p_top) == [0.5, 0.5, 0.0]
 
 
 def correlation(indicator: str, per_target: float | None, overall: float) -> CorrelationRow:

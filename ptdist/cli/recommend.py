@@ -30,6 +30,7 @@ def recommend(args: argparse.Namespace) -> None:
     mine = own_prompts(store.prompts.select(args.model))
     study = study_settings(mine)
     seeds = tuple(args.seeds or sorted({m.seed for m in mine}) or (0,))
+    train = _tpt_settings(args, task_ref, study) if args.then_tpt is not None else None
     probe = None if args.probe is None else \
         train_probe(store, args.model, task_ref, args.probe, candidates, study, data_dir)
     settings = RecommendSettings(sample=args.sample, sample_seed=args.sample_seed, seeds=seeds,
@@ -42,9 +43,26 @@ def recommend(args: argparse.Namespace) -> None:
                               store.layout.recommendation_figure(args.model, result.task))
     lines = ranking_lines(result) + [f"table: {table}\nfigure: {figure}"]
     payload = {**result.to_json(), "table": str(table), "figure": str(figure)}
-    if args.then_tpt:
-        lines += _then_tpt(args, store, result, candidates, task_ref, study, seeds, payload)
+    if train is not None:
+        lines += _then_tpt(args, store, result, candidates, task_ref, train, seeds, payload)
     emit(args, "\n".join(lines), payload)
+
+
+def _tpt_settings(args: argparse.Namespace, task_ref: str, study: dict) -> dict:
+    """The TPT runs' settings (the study's, --steps, --lr, --eval-every over them), checked
+    with their DeepSpeed config before any work starts."""
+    from ptdist.errors import PtdistError
+    from ptdist.training import TrainConfig
+    from ptdist.training.engine import load_ds_config
+
+    if args.then_tpt < 1:
+        raise PtdistError(f"--then-tpt {args.then_tpt}: give how many of the top sources to "
+                          "train from (at least 1)")
+    train = {**study, **{k: v for k, v in (("steps", args.steps), ("lr", args.lr),
+                                           ("eval_every", args.eval_every)) if v is not None}}
+    TrainConfig(model=args.model, task=task_ref, **train)
+    load_ds_config(args.ds_config)
+    return train
 
 
 def ranking_lines(result) -> list[str]:
@@ -68,8 +86,9 @@ def ranking_lines(result) -> list[str]:
     if result.indicator is not None:
         lines.append(f"probe {result.probe}: {result.indicator.name}, weight "
                      f"{result.indicator.weight:.2f}: {result.indicator.why}")
-    lines.append("rule: rank by (zero-shot rank + w x indicator rank) / (1 + w); interval and "
-                 f"P(first): {zero.rows} rows resampled (docs/recommend.md)")
+    lines.append("rule: those clearly above both baselines first, each group by (zero-shot "
+                 "rank + w x indicator rank) / (1 + w); interval and P(first): "
+                 f"{zero.rows} rows resampled (docs/recommend.md)")
     lines.append(advice(rows[0]))
     return lines
 
@@ -87,7 +106,7 @@ def advice(top) -> str:
             f"{top.rank_high}], first in {top.p_top:.0%} of the resamples")
 
 
-def _then_tpt(args, store, result, candidates, task_ref, study, seeds, payload) -> list[str]:
+def _then_tpt(args, store, result, candidates, task_ref, train, seeds, payload) -> list[str]:
     from ptdist.orchestration.stages import run_tpt
     from ptdist.recommend.tpt import outcomes, top_sources, tpt_plan
     from ptdist.reporting.figures import tpt_figure
@@ -95,8 +114,6 @@ def _then_tpt(args, store, result, candidates, task_ref, study, seeds, payload) 
     from ptdist.store.results import TptCurveRow
     from ptdist.store.tables import read_records
 
-    train = {**study, **{k: v for k, v in (("steps", args.steps), ("lr", args.lr),
-                                           ("eval_every", args.eval_every)) if v is not None}}
     top = top_sources(result, candidates, args.then_tpt)
     plan = tpt_plan(result, top, task_ref, train, seeds, data_dir=absolute(args.data_dir),
                     ds_config=args.ds_config, tolerance=args.tolerance)

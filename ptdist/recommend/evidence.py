@@ -45,11 +45,9 @@ class Estimate:
 
     def short(self) -> str:
         """The mean and its interval, or the mean alone (for a table with an n column)."""
-        if not math.isfinite(self.mean):
-            return "undefined"
-        if not self.has_interval:
-            return f"{self.mean:.2f}"
-        return f"{self.mean:.2f} [{self.interval.low:.2f}, {self.interval.high:.2f}]"
+        if self.has_interval:
+            return str(self.interval)  # the bootstrap's estimate is the mean
+        return f"{self.mean:.2f}" if math.isfinite(self.mean) else "undefined"
 
     def to_json(self) -> dict:
         return {"mean": self.mean, "n": self.n, "unit": self.unit,

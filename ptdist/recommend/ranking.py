@@ -23,11 +23,13 @@ candidate without an indicator value ranks last on it). A candidate's combined s
 
 (w = the indicator's weight; lower is better): zero-shot on the task's own rows is a direct
 measurement of what is predicted, so it weighs as a perfect predictor would, and an indicator
-weighs as much as the store's evidence says it predicts. The predicted rank orders the
-combined scores, ties broken by the indicator, then the zero-shot score, then the name. Its
-95 % interval, and the share of resamples in which a candidate ranks first, come from
-resampling the sampled rows (the same draws for every candidate, so their scores stay paired)
-and ranking again; the indicator is held fixed.
+weighs as much as the store's evidence says it predicts. The predicted rank puts the
+candidates clearly above both baselines first (transfer measured above chance on the task's
+own rows is evidence that no proxy overrides), then orders each group by the combined score,
+ties broken by the indicator, then the zero-shot score, then the name. Its 95 % interval, and
+the share of resamples in which a candidate ranks first, come from resampling the sampled rows
+(the same draws for every candidate, so their scores stay paired) and ranking again; the
+indicator and the groups are held fixed.
 """
 
 from __future__ import annotations
@@ -200,10 +202,12 @@ def rank_candidates(zero: ZeroShot, indicator: np.ndarray | None, weight: float,
     values = np.full(len(labels), np.nan) if indicator is None else indicator
     by_indicator = _ranks(values)
     names = np.argsort(np.argsort(np.array(labels)))  # the name's place: the last tie-break
+    behind = ~np.array(zero.clearly_above)  # the group after the clearly-above candidates
 
     def positions(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         combined = (_ranks(scores) + weight * by_indicator) / (1 + weight)
-        order = np.lexsort((names, -scores, -np.nan_to_num(values, nan=-np.inf), combined))
+        order = np.lexsort((names, -scores, -np.nan_to_num(values, nan=-np.inf), combined,
+                            behind))
         place = np.empty(len(order), dtype=int)
         place[order] = np.arange(1, len(order) + 1)
         return combined, place

@@ -71,27 +71,32 @@ def study_settings(prompts: Sequence[PromptManifest]) -> dict[str, Any]:
     return json.loads(found.most_common(1)[0][0]) if found else {}
 
 
+def probes(store: Store) -> Store:
+    """The store of the probe runs (`StoreLayout.probes`)."""
+    return Store(store.layout.probes())
+
+
 def train_probe(store: Store, model: str, task_ref: str, steps: int,
                 candidates: Sequence[Candidate], study: dict[str, Any],
                 data_dir: str | None) -> str:
     """The probe: ``steps`` of prompt tuning on the new task from a random init, with the
     study's settings and the candidates' most common prompt length, under a seed none of them
-    has (prompts of one seed share their random start: docs/neurons.md). Stored like any run;
-    its id."""
+    has (prompts of one seed share their random start: docs/neurons.md). Stored like any run,
+    in the probes' store (`probes`); its id."""
     length = Counter(c.prompt_length for c in candidates).most_common(1)[0][0]
     seed = max((c.seed for c in candidates if c.seed is not None), default=-1) + 1
     settings = dict(study, steps=steps, eval_every=steps, prompt_length=length,
                     warmup_steps=None, patience=None)
     return train(TrainConfig(model=model, task=task_ref, seed=seed, data_dir=data_dir,
-                             **settings), store).prompt_id
+                             **settings), probes(store)).prompt_id
 
 
 def recommend(store: Store, model: str, task_ref: str, candidates: Sequence[Candidate],
               settings: RecommendSettings, probe: str | None = None,
               indicator: IndicatorChoice | None = None,
               backbone: Backbone | None = None) -> Recommendation:
-    """``candidates`` for the task ``task_ref`` on ``model``, ranked; with a ``probe`` prompt
-    (`train_probe`), compared with each by ``indicator`` (default `choose_indicator`). The
+    """``candidates`` for the task ``task_ref`` on ``model``, ranked; with a ``probe`` (the id
+    `train_probe` returns), compared with each by ``indicator`` (default `choose_indicator`). The
     model is loaded for the call unless a ``backbone`` is given."""
     stored = [store.prompts.manifest(c.id) for c in candidates if c.origin == "store"]
     precision = inference_precision(stored, settings.precision) if stored else \
@@ -106,7 +111,7 @@ def recommend(store: Store, model: str, task_ref: str, candidates: Sequence[Cand
         values = None
         if probe is not None:
             indicator = indicator or choose_indicator(store, model, can_capture(loaded))
-            values = probe_values(loaded, store.prompts.tensor(probe), candidates,
+            values = probe_values(loaded, probes(store).prompts.tensor(probe), candidates,
                                   indicator.name)
     weight = indicator.weight if values is not None else 0.0
     ranked = rank_candidates(zero, values, weight, [c.label for c in candidates])

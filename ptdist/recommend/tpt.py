@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ptdist.errors import PtdistError
 from ptdist.recommend.candidates import Candidate
 from ptdist.recommend.evidence import Estimate, estimate, paired
 from ptdist.recommend.recommendation import Recommendation
@@ -23,9 +22,6 @@ def top_sources(result: Recommendation, candidates: Sequence[Candidate],
                 k: int) -> list[tuple[RecommendRow, Candidate]]:
     """The best-ranked candidate of each of the ``k`` best-ranked source tasks (a task's
     other seeds would compare the seeds, not the sources)."""
-    if k < 1:
-        raise PtdistError(f"--then-tpt {k}: give how many of the top sources to train from "
-                          "(at least 1)")
     by_id = {c.id: c for c in candidates}
     chosen: dict[tuple[str, str], tuple[RecommendRow, Candidate]] = {}
     for row in result.rows:

@@ -9,6 +9,7 @@ the root: a stage asks the layout where its artifact lives.
     transfer/<model>/matrix.parquet, columns/, tpt/<target>/   zero-shot matrix, TPT_task
     neurons/<model>/indicators.parquet, correlation.parquet, embedding_*.parquet
     recommend/<model>/<task>/ranking.parquet, ranking.png   source prompts ranked for a task
+    recommend/probes/                                   a store of its own: recommend's probes
     sweeps/<name>.parquet, cross_model/<name>.parquet   one table per sweep / pair graph
     pipeline/<study>/<job>.json, costs.parquet          stamps of finished study stages, costs
     reports/<study>/                                    a study's report
@@ -139,6 +140,11 @@ class StoreLayout:
 
     def recommendation_figure(self, model: str, task: str) -> Path:
         return self.recommendation(model, task).with_name("ranking.png")
+
+    def probes(self) -> Path:
+        """The root of the store `ptdist recommend` trains its probe runs into: apart from
+        this store's prompts, so that a probe never becomes a candidate or a study's run."""
+        return self.root / "recommend" / "probes"
 
     # --- sweeps, studies and Ray ----------------------------------------------------------
     def sweep_table(self, name: str) -> Path:
