@@ -99,6 +99,45 @@ def test_the_planted_best_source_comes_first(capsys, planted, tmp_path):
     assert Path(result["figure"]).stat().st_size > 0
 
 
+def test_prompts_of_another_model_are_candidates_through_a_projector(capsys, planted,
+                                                                      tmp_path):
+    """tiny-t5-d96's twin and other prompts, projected to tiny-roberta by a distance projector
+    trained on those two tasks, are ranked beside tiny-roberta's own; a projector trained on
+    the new task is left out (it has seen that task's prompts)."""
+    import shutil
+
+    from ptdist.projection.config import ProjectorConfig
+    from ptdist.projection.training import train_projector
+    from ptdist.training import TrainConfig, train
+
+    root, ids = planted
+    shutil.copytree(root / "data", tmp_path / "data")
+    shutil.copytree(root / "store", tmp_path / "store")
+    store, data = Store(tmp_path / "store"), tmp_path / "data"
+    tasks = ("twin", "other")
+    sources = [train(TrainConfig(model="tiny-t5-d96", task=str(data / f"{t}.yaml"),
+                                 eval_limit=None, data_dir=str(data), **RUN), store).prompt_id
+               for t in tasks]
+    projector = train_projector(ProjectorConfig(
+        source_model="tiny-t5-d96", target_model="tiny-roberta", mode="distance",
+        tasks=tuple(str(data / f"{t}.yaml") for t in tasks), source_prompts=tuple(sources),
+        target_prompts=tuple(ids[t] for t in tasks), hidden=16, steps=20, eval_every=10),
+        store)
+    result = recommend(capsys, tmp_path)
+    projected = {r["label"]: r for r in result["ranking"] if r["origin"] != "store"}
+    # Labelled by the source model, the task and the projector (a store may hold several).
+    assert set(projected) == {f"tiny-t5-d96:{t}@{projector.id[:8]}" for t in tasks}
+    for task in tasks:
+        row = projected[f"tiny-t5-d96:{task}@{projector.id[:8]}"]
+        assert row["origin"] == f"projected (from tiny-t5-d96, projector {projector.id})"
+        assert row["candidate"] == str(store.layout.projected_prompt(projector.id, task))
+        assert (row["source_task"], row["source_type"]) == (task, "topic")
+
+    from ptdist.recommend.candidates import projected_candidates
+
+    assert projected_candidates(store, "tiny-roberta", "twin") == []  # it trained on twin
+
+
 @pytest.mark.parametrize("extra, needle", [
     (("--then-tpt", "0"), "--then-tpt 0: give how many"),
     (("--then-tpt", "1", "--steps", "0"), "steps must be at least 1"),

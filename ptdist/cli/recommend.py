@@ -98,8 +98,8 @@ def advice(top) -> str:
     test = f"paired bootstrap over {top.sample_rows} rows, 95 %"
     if not top.clearly_above:
         return (f"no candidate is clearly above both the majority class and a random prompt "
-                f"({test}): zero-shot, the best is at chance; start from a random init, or "
-                "measure with --then-tpt whether a source trains faster")
+                f"({test}): zero-shot, none is shown to beat chance; start from a random "
+                "init, or measure with --then-tpt whether a source trains faster")
     return (f"start from {top.label} ({top.source_task}, {top.origin}): zero-shot {top.score:.1f} "
             f"[{top.score_low:.1f}, {top.score_high:.1f}], clearly above the majority class "
             f"and a random prompt ({test}); predicted rank 1 [{top.rank_low}, "

@@ -14,6 +14,7 @@ it (``id``, ``task``: `ptdist.transfer.tpt.SourcePrompt`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +28,8 @@ from ptdist.store.prompts import best_per_task, read_prompt_file
 from ptdist.tasks import get_task
 from ptdist.tasks.registry import resolve_task
 from ptdist.transfer.matrix import own_prompts
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,18 +75,23 @@ def _declared_type(task: str, stored: Mapping[str, str]) -> str | None:
 def projected_candidates(store: Store, model: str, target: str) -> list[Candidate]:
     out = []
     for projector in store.projectors.manifests():
-        if projector.target_model != model or \
-                target in {get_task(t).name for t in projector.tasks}:
+        if projector.target_model != model:
+            continue
+        try:
+            trained_on = {get_task(t).name for t in projector.tasks}
+        except PtdistError as exc:  # a task file moved since: what it saw cannot be told
+            log.warning("projector %s left out of the candidates: %s", projector.id, exc)
+            continue
+        if target in trained_on:
             continue
         prompts = [m for m in own_prompts(store.prompts.select(projector.source_model))
                    if m.task != target]
         best = best_per_task(prompts, sorted({m.task for m in prompts}), "")
         files = project_prompts(store, projector.id, best)
-        out += [Candidate(str(files[task]), f"{projector.source_model}:{task}", task,
-                          source.task_type,
-                          f"projected (from {projector.source_model}, projector {projector.id})",
-                          source.seed, read_prompt_file(files[task]))
-                for task, source in best.items()]
+        origin = f"projected (from {projector.source_model}, projector {projector.id})"
+        out += [Candidate(str(files[task]), f"{projector.source_model}:{task}@{projector.id[:8]}",
+                          task, source.task_type, origin, source.seed,
+                          read_prompt_file(files[task])) for task, source in best.items()]
     return out
 
 
