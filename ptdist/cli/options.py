@@ -45,7 +45,8 @@ def task_help(what: str = "the task") -> str:
     from ptdist.tasks import list_tasks
 
     return (f"{what}: a registered task ({', '.join(t.name for t in list_tasks())}; "
-            "`ptdist tasks`) or a task YAML path")
+            "`ptdist tasks`), a task YAML path, or the name of a task defined in YAML that "
+            "the store has prompts of")
 
 
 def task_args(tasks: list[str], store=None) -> list[str]:
