@@ -77,10 +77,10 @@ def random_backbone(model: str, ds_config: dict, device: torch.device, text_leng
     """``model``'s architecture from its config with random bf16 weights, built where the
     run's DeepSpeed config says (partitioned by zero.Init under ZeRO-3), with the tiny T5
     preset's tokenizer (any ids below the vocabulary size do for random weights)."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.integrations import HfDeepSpeedConfig
 
-    from ptdist.backbones import dtype_of, model_config, resolve_model_path
+    from ptdist.backbones import dtype_of, random_model, resolve_model_path
     from ptdist.backbones.seq2seq import Seq2SeqBackbone
     from ptdist.training.engine import precision_of, zero_stage
 
@@ -88,8 +88,7 @@ def random_backbone(model: str, ds_config: dict, device: torch.device, text_leng
     marker = HfDeepSpeedConfig(ds_config) if zero_stage(ds_config) == 3 else None
     try:
         with torch.device(device):
-            built = AutoModelForSeq2SeqLM.from_config(
-                model_config(model), dtype=dtype_of(precision_of(ds_config)))
+            built = random_model(model, dtype_of(precision_of(ds_config)))
         yield Seq2SeqBackbone(model, built, tokenizer, max_length=text_length)
     finally:
         del marker

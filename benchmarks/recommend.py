@@ -1,9 +1,10 @@
 """Is `ptdist recommend` right? Leave one task out of a study store: each task of a model's
-transfer matrix in turn is the new one, its own prompts hidden, and the recommendation is
-compared with the zero-shot transfer (and TPT, where the study ran it) the study measured:
-top-1 and top-3 hit rate, Spearman between predicted and measured, regret (best minus chosen),
-each with its interval over the folds, against a random source, the same task type and no
-transfer (`ptdist.recommend.check`). Prints a per-fold table and the summary as Markdown (for
+transfer matrix in turn is the new one, its own prompts hidden, on each seed's prompts, and the
+recommendation is compared with the zero-shot transfer (and TPT, where the study ran it) the
+study measured: top-1 and top-3 hit rate, Spearman between predicted and measured, regret
+(best minus chosen), each a mean over the seeds (the unit) with its t-interval, against a
+random source, the same task type and no transfer, compared by paired t-tests over the seeds
+(`ptdist.recommend.check`). Prints a per-fold table and the summary as Markdown (for
 docs/recommend.md) and, with --json, writes both.
 
     python benchmarks/recommend.py --store /tmp/qs-store [--probe 50] [--json out.json]
@@ -26,6 +27,7 @@ from common import machine, setup, table  # noqa: E402
 
 from ptdist.recommend import RecommendSettings  # noqa: E402
 from ptdist.recommend.check import leave_one_task_out, summarise  # noqa: E402
+from ptdist.recommend.evidence import as_json, short  # noqa: E402
 from ptdist.store import Store  # noqa: E402
 
 
@@ -56,30 +58,31 @@ def main(argv: list[str] | None = None) -> None:
     measures = summarise(folds)
     print(f"# recommend, leave one task out: {store.root} ({len(folds)} folds, "
           f"{time.time() - t0:.0f} s; {machine()})\n")
-    print(table(["model", "new task", "learned", "predicted (best first)", "measured best",
-                 "top-1", "regret", "Spearman"],
-                [[f.model, f.target, "yes" if f.learned else "no", " > ".join(f.predicted),
-                  f"{f.best} ({f.measured[f.best]:.1f})", "hit" if f.hit(1) else "miss",
-                  f.regret, f.spearman] for f in folds]))
+    print(table(["model", "new task", "seed", "counted", "predicted (best first)",
+                 "measured best", "top-1", "regret", "Spearman"],
+                [[f.model, f.target, f.seed, "yes" if f.learned else "no (not learned)",
+                  " > ".join(f.predicted), f"{f.best} ({f.measured[f.best]:.1f})",
+                  "hit" if f.hit(1) else "miss", f.regret, f.spearman] for f in folds]))
     print()
     print(markdown(measures))
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"store": str(store.root), "folds": [f.to_json() for f in folds],
-             "summary": [{"measure": m.name, "recommended": m.recommended.to_json(),
-                          "baselines": {b: e.to_json() for b, e in m.baselines.items()},
+             "summary": [{"measure": m.name, "folds": m.folds,
+                          "recommended": as_json(m.recommended),
+                          "baselines": {b: as_json(e) for b, e in m.baselines.items()},
                           "comparisons": m.comparisons} for m in measures]}, indent=1))
 
 
 def markdown(measures) -> str:
-    """The summary as docs/recommend.md shows it: each mean with its 95 % interval (none
-    below the minimum n), then each comparison in words."""
+    """The summary as docs/recommend.md shows it: each mean over the seeds with its 95 %
+    t-interval (none with one seed), then each comparison in words."""
     bases = ("a random source", "the same task type", "no transfer")
-    lines = ["| measure | n (folds) | recommend | " + " | ".join(bases) + " |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| measure | n (seeds) | folds | recommend | " + " | ".join(bases) + " |",
+             "|---|---|---|---|---|---|---|"]
     for m in measures:
-        cells = [m.baselines[b].short() if b in m.baselines else "-" for b in bases]
-        lines.append(f"| {m.name} | {m.recommended.n} | {m.recommended.short()} | "
+        cells = [short(m.baselines[b]) if b in m.baselines else "-" for b in bases]
+        lines.append(f"| {m.name} | {m.recommended.n} | {m.folds} | {short(m.recommended)} | "
                      + " | ".join(cells) + " |")
     lines.append("")
     lines += [f"- {m.name} vs {b}: {words}" for m in measures

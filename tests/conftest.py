@@ -18,12 +18,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.listeners import ListenerWatch
+
 REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Every Ray the suite starts (ray.init in a test, `ray start`, a fake cluster) keeps to loopback,
+# as the product's embedded Ray does: Ray reads this when it is first imported, which is after
+# this file in every test process. `_loopback_only` checks it.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 # One sentiment word per class: a prompt on a frozen *random* model can route a word to the
 # readout and set a threshold, but cannot learn which of many random word embeddings belong
@@ -54,7 +61,7 @@ def fit_small_head(folder: Path) -> Path:
     import torch
 
     from ptdist.backbones.loading import _load
-    from ptdist.backbones.mlm_head import Corpus, cached_head
+    from ptdist.offline.mlm_head import Corpus, cached_head
 
     backbone, missing, _ = _load(str(folder), torch.float32, 128)
     rng = random.Random(0)
@@ -210,6 +217,26 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def listener_watch() -> Iterator[ListenerWatch]:
+    """The watch over what this test process and the processes it starts listen on."""
+    watch = ListenerWatch(interval=2.0).start()
+    yield watch
+    outside = watch.stop()
+    assert not outside, f"listening beyond loopback outside any test: {outside}"
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only(listener_watch, request) -> Iterator[None]:
+    """Fails the test during which a process of this test run (a Ray, a CLI run, a worker)
+    listened on an address other than loopback."""
+    listener_watch.begin(request.node.nodeid)
+    yield
+    found = listener_watch.end()
+    if found:
+        pytest.fail("listening beyond loopback during this test: " + "; ".join(found))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory) -> None:
     """Presets and `datasets` caches in a session temp folder, never the user's home. DeepSpeed's
@@ -257,11 +284,21 @@ def keyword_rows(n: int, seed: int, words: tuple[str, str], text_key: str) -> li
     return rows
 
 
+def prompts_copy(store: Path, into: Path) -> Path:
+    """A store at ``into`` holding a copy of ``store``'s prompts: where a test trains or writes
+    tables, so that a shared fixture's store stays what the fixture made."""
+    import shutil
+
+    shutil.copytree(store / "prompts", into / "prompts")
+    return into
+
+
 @pytest.fixture(scope="session")
 def task_prompts(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
     """(root, data folder, {task: prompt id}): prompts of tiny-roberta in root/store for four
     learnable tasks of two types, each keyed by its own words: sst2 and imdb (sentiment, built
-    in) and topic and topic2 (user tasks in data/<name>.yaml)."""
+    in) and topic and topic2 (user tasks in data/<name>.yaml). A test that trains adds to a
+    copy (`prompts_copy`): the others count these four prompts."""
     from ptdist.store import Store
     from ptdist.training import TrainConfig, train
 

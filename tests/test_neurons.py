@@ -4,18 +4,17 @@ the correlation table on tiny presets."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import signal
 import subprocess
 import sys
-import time
 import tracemalloc
 import uuid
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -28,12 +27,12 @@ from ptdist.neurons.correlation import correlate
 from ptdist.neurons.indicators import embedding_indicators, neuron_indicators
 from ptdist.neurons.pairs import pairwise_indicators
 from ptdist.store import Store
-from ptdist.store.activations import ActivationWriter, captured
+from ptdist.store.activations import ActivationWriter, activation_dataset, captured
 from ptdist.store.results import IndicatorRow, MatrixRow
 from ptdist.statistics import spearman
 from ptdist.store.tables import read_records
 from ptdist.transfer import MatrixSettings, transfer_matrix
-from tests.conftest import child_env
+from tests.conftest import child_env, prompts_copy
 from tests.test_store import manifest
 
 
@@ -173,11 +172,12 @@ def test_capture_memory_stays_flat_as_prompts_grow(tmp_path):
     assert large - small < accumulated / 2, (small, large)
 
 
-def test_the_correlation_table_equals_scipy_on_the_matrix_and_indicators(task_prompts):
+def test_the_correlation_table_equals_scipy_on_the_matrix_and_indicators(task_prompts,
+                                                                          tmp_path):
     from scipy.stats import spearmanr
 
     root, data, _ = task_prompts
-    store = Store(root / "store")
+    store = Store(prompts_copy(root / "store", tmp_path / "store"))
     with pytest.raises(PtdistError, match="run `ptdist transfer matrix --model tiny-t5` first"):
         correlate(store, "tiny-t5")
     prompts = store.prompts.select("tiny-roberta")
@@ -216,7 +216,7 @@ def test_the_data_protocol_averages_activations_over_examples(task_prompts, tmp_
     from ptdist.tasks import get_task, load_split
 
     root, data, ids = task_prompts
-    store = Store(root / "store")
+    store = Store(prompts_copy(root / "store", tmp_path / "store"))
     capture(store, store.prompts.select("tiny-roberta", ["sst2"]),
             CaptureSettings(protocol="data", examples=5, batch_size=2, data_dir=str(data)))
     rows = [r for r in pq.read_table(store.layout.activations("tiny-roberta")).to_pylist()
@@ -235,7 +235,7 @@ def test_the_data_protocol_averages_activations_over_examples(task_prompts, tmp_
 @pytest.mark.slow
 def test_the_neurons_commands_capture_on_ray_then_correlate(task_prompts, tmp_path):
     root, data, _ = task_prompts
-    shutil.copytree(root / "store" / "prompts", tmp_path / "store" / "prompts")
+    prompts_copy(root / "store", tmp_path / "store")
     env = child_env()
 
     def ptdist(*args: str) -> subprocess.CompletedProcess:
@@ -254,31 +254,6 @@ def test_the_neurons_commands_capture_on_ray_then_correlate(task_prompts, tmp_pa
     ptdist("neurons", "indicators", "--model", "tiny-roberta")
     table = ptdist("neurons", "correlate", "--model", "tiny-roberta").stdout
     assert "ON_layer_1" in table and "E_concat" in table and "layer-wise ON curve" in table
-
-
-# A capture in a child process that stops itself (SIGSTOP) at a chosen point of its commit, so
-# the test sees the store in exactly that state and kills it there for real (SIGKILL). The
-# store's code runs unchanged; only os.replace, which makes each file visible, is watched.
-KILLABLE_CAPTURE = """
-import os, signal, sys
-point, root = sys.argv[1], sys.argv[2]
-real_replace, parts = os.replace, []
-
-def replace(src, dst):
-    if str(dst).endswith(".parquet"):
-        if (point, len(parts)) in (("before the first rename", 0), ("between renames", 1)):
-            os.kill(os.getpid(), signal.SIGSTOP)
-        parts.append(dst)
-    elif "_commits" in str(dst) and point == "after the last rename":
-        os.kill(os.getpid(), signal.SIGSTOP)
-    return real_replace(src, dst)
-
-os.replace = replace
-from ptdist.neurons.collect import CaptureSettings, capture
-from ptdist.store import Store
-store = Store(root)
-capture(store, store.prompts.select("tiny-roberta"), CaptureSettings())
-"""
 
 
 def _indicator_values(store: Store) -> dict:
@@ -302,29 +277,38 @@ def _files(folder: Path) -> tuple[list[str], list[str], list[str]]:
             [p.name for p in (folder / "_commits").glob("*.json")])
 
 
-@pytest.mark.parametrize("point,hidden,visible", [("before the first rename", 2, 0),
-                                                  ("between renames", 1, 1),
-                                                  ("after the last rename", 0, 2)])
+@pytest.mark.parametrize("site,hidden,visible", [("part 1", 2, 0), ("part 2", 1, 1),
+                                                ("commit", 0, 2)],
+                         ids=["before the first rename", "between renames",
+                              "after the last rename"])
 def test_a_capture_killed_mid_commit_is_repaired_by_running_it_again(tmp_path, uninterrupted,
-                                                                     point, hidden, visible):
+                                                                     capsys, site, hidden,
+                                                                     visible):
+    """`ptdist neurons capture` SIGKILLed by the fault hook (PTDIST_FAULTS) at a point of its
+    commit: nothing of it is listed, and the same command run again captures every prompt
+    into one clean commit whose indicators equal an uninterrupted capture's."""
+    from tests.test_cli import run
+
     reference_root, reference = uninterrupted
     shutil.copytree(reference_root / "prompts", tmp_path / "prompts")
     store = Store(tmp_path)
     folder = store.layout.activations("tiny-roberta")
-    proc = subprocess.Popen([sys.executable, "-c", KILLABLE_CAPTURE, point, str(tmp_path)],
-                            env=child_env(), stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while psutil.Process(proc.pid).status() != psutil.STATUS_STOPPED:
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    command = ["neurons", "capture", "--model", "tiny-roberta", "--chunks", "1", "--local",
+               "--store", str(tmp_path)]
+    rule = {"match": f"activations tiny-roberta {site}", "fault": "kill", "times": 1,
+            "log": str(tmp_path / "faults.log")}
+    killed = subprocess.run([sys.executable, "-m", "ptdist", *command], text=True,
+                            env=child_env(PTDIST_FAULTS=json.dumps(rule)), capture_output=True,
+                            timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     found = _files(folder)
     assert (len(found[0]), len(found[1]), found[2]) == (hidden, visible, []), found
     assert captured(store.layout, "tiny-roberta", "prompt") == set()  # nothing half-visible
+    assert activation_dataset(store.layout, "tiny-roberta") is None
+    assert run(capsys, "prompts", "--check", "--store", str(tmp_path))[0] == 0
 
-    again = capture(store, store.prompts.select("tiny-roberta"), CaptureSettings())
-    assert (again.captured, again.skipped) == (3, 0)
+    code, out, err = run(capsys, *command)
+    assert code == 0 and "captured 3 prompt(s) (0 already stored)" in out, err
     hidden_after, visible_after, commits = _files(folder)
     assert hidden_after == [] and len(visible_after) == 2 and len(commits) == 1
     assert not list((folder / "_writers").glob("*"))
@@ -421,9 +405,8 @@ def test_the_per_target_spearman_drives_the_ranking_not_the_global_one():
     assert second.spearman_global > first.spearman_global
     assert second.spearman_global == pytest.approx(spearman(list(across.values()),
                                                             list(relative.values())))
-    # Each coefficient has its bootstrap interval around it.
-    assert first.per_target_low <= 1.0 <= first.per_target_high
-    assert first.global_low <= first.spearman_global <= first.global_high
+    # Prompts of unknown seeds are one replicate: no interval over seeds.
+    assert first.seeds == 1 and first.per_target_low is None and first.global_low is None
 
 
 def test_a_source_prompt_is_compared_with_the_targets_prompts_of_other_seeds():
@@ -445,13 +428,76 @@ def test_a_source_prompt_is_compared_with_the_targets_prompts_of_other_seeds():
             table[(s, own)] = within[s[0]] if int(s[1]) == seed else across[s[0]]
     table.update({(o, o): 1.0 for o, _ in owns["t"]})
     [row] = rank_indicators("m", pairs, owns, {"E_concat": table})
-    assert row.spearman_per_target == pytest.approx(spearman([0.1, 0.1, 0.2, 0.2, 0.3, 0.3],
-                                                             list(relative.values())))
-    assert row.spearman_per_target > 0.8
+    # Each seed is a replicate: within each, a, b and c rank as their transfer does.
+    assert row.spearman_per_target == pytest.approx(1.0) and row.seeds == 2
     # Without seeds every own prompt counts: the shared starts reverse the sign.
     unknown = [Transfer(t.source, t.source_task, t.target_task, t.relative) for t in pairs]
     [row] = rank_indicators("m", unknown, owns, {"E_concat": table})
     assert row.spearman_per_target < 0
+
+
+def _seed_study(seeds: int, noise: float):
+    """Six tasks, ``seeds`` seeds, one prompt each: transfer from task a to any target grows
+    with a (plus noise of the pair); indicator "good" follows it within each seed, "random"
+    does not."""
+    from ptdist.neurons.correlation import Transfer
+
+    rng = np.random.default_rng(0)
+    tasks = [f"t{k}" for k in range(6)]
+    prompts = {(t, s): f"{t}_s{s}" for t in tasks for s in range(seeds)}
+    pairs = [Transfer(prompts[a, s], a, t, 10.0 * int(a[1]) + noise * rng.normal(), s)
+             for a in tasks for t in tasks for s in range(seeds) if a != t]
+    owns = {t: [(prompts[t, s], s) for s in range(seeds)] for t in tasks}
+    values = {"good": {}, "random": {}}
+    for (a, s), p in prompts.items():
+        for (t, u), o in prompts.items():
+            values["good"][p, o] = int(a[1]) + rng.normal() + (5.0 if s == u else 0.0)
+            values["random"][p, o] = rng.normal()
+    return pairs, owns, values
+
+
+def test_correlations_have_intervals_only_where_they_cover():
+    """Six tasks of five sources per target, three seeds: compared within each seed, the seeds
+    are independent replicates and the intervals are given; compared across seeds, they share
+    the target's prompts and no interval is."""
+    from ptdist.neurons.correlation import paired_per_target, rank_indicators, seed_coefficients
+    from ptdist.statistics import verdict
+
+    pairs, owns, values = _seed_study(3, 5.0)
+    rows = {r.indicator: r for r in rank_indicators("m", pairs, owns, values, within_seed=True)}
+    good = rows["good"]
+    assert (good.seeds, good.targets, good.sources, good.pairs) == (3, 6, 5, 30)
+    assert good.per_target_low < good.spearman_per_target < good.per_target_high
+    assert good.global_low < good.spearman_global < good.global_high
+    found = seed_coefficients(pairs, owns, values, within_seed=True)
+    difference = paired_per_target(found["good"], found["random"])
+    assert verdict(difference) == "higher" and difference.n == 3 and difference.p < 0.05
+    across = rank_indicators("m", pairs, owns, values, within_seed=False)
+    assert all(r.per_target_low is None and r.global_low is None for r in across)
+    # Five tasks: four sources per target is too few for a per-target interval, while 20
+    # pairs per seed still give the global one.
+    five = [t for t in pairs if "t5" not in (t.source_task, t.target_task)]
+    [row] = [r for r in rank_indicators("m", five, owns, values, within_seed=True)
+             if r.indicator == "good"]
+    assert (row.targets, row.sources, row.pairs) == (5, 4, 20)
+    assert row.per_target_low is None and row.global_low is not None
+
+
+def test_a_correlation_table_of_schema_2_is_read_without_its_bootstrap_intervals(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ptdist.store.results import CorrelationRow
+
+    old = {"model": "m", "indicator": "ON", "spearman_per_target": 0.5, "per_target_low": 0.1,
+           "per_target_high": 0.9, "targets": 3, "spearman_global": 0.4, "global_low": 0.0,
+           "global_high": 0.8, "pairs": 12, "left_out": ""}
+    path = tmp_path / "correlation.parquet"
+    pq.write_table(pa.Table.from_pylist([old]).replace_schema_metadata(
+        {b"ptdist.record": b"CorrelationRow", b"ptdist.schema_version": b"2"}), path)
+    [row] = read_records(path, CorrelationRow)
+    assert row.spearman_per_target == 0.5 and row.targets == 3 and row.seeds is None
+    assert row.per_target_low is None and row.global_high is None
 
 
 def test_embedding_indicators_of_prompts_alone_from_the_store_and_from_peft_adapters(
@@ -460,15 +506,13 @@ def test_embedding_indicators_of_prompts_alone_from_the_store_and_from_peft_adap
     PEFT adapters with the matrix as a CSV of scores, give the embedding indicators and the
     same correlations as the activation-based stage does for those indicators."""
     import csv
-    import shutil
 
     from ptdist.store.peft_export import export_peft
     from ptdist.store.results import CorrelationRow
     from tests.test_cli import run
 
     root, data, ids = task_prompts
-    store = Store(tmp_path / "store")
-    shutil.copytree(root / "store" / "prompts", store.layout.prompts_dir())
+    store = Store(prompts_copy(root / "store", tmp_path / "store"))
     prompts = store.prompts.select("tiny-roberta")
     transfer_matrix(store, prompts, MatrixSettings(data_dir=str(data)))
     capture(store, prompts, CaptureSettings())

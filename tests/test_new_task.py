@@ -180,18 +180,15 @@ def test_neurons_embedding_shows_similarities_of_two_tasks(capsys, tmp_path):
 
 def test_a_head_fit_is_announced_before_it_starts_and_never_called_random(tmp_path, capsys):
     """The log says a headless checkpoint's MLM head will be fitted, with its expected time
-    and downloads, before the fit reads its corpus; and the load line says the fitted head goes
-    in, not that the missing tensors are "randomly initialised"."""
-    from ptdist.backbones import load_backbone
-    from ptdist.backbones.mlm_head import RECIPE, cached_head
+    and downloads, before the fit reads its corpus; and the load line, of a load that puts the
+    fitted head in as of `ptdist head fit` about to fit it, says the fitted head goes in, not
+    that the missing tensors are "randomly initialised"."""
+    from ptdist.backbones import fit_mlm_head, load_backbone
+    from ptdist.offline.mlm_head import RECIPE, cached_head
     from tests.test_mlm_head import TINY, headless, headless_backbone, synthetic
 
     folder = headless(tmp_path / "headless")
     backbone, missing = headless_backbone(folder)
-    load_line = capsys.readouterr().err
-    assert "its MLM head is not in the checkpoint" in load_line
-    assert "ptdist's fitted head goes in" in load_line and "randomly" not in load_line
-
     read = synthetic()
 
     def corpus(recipe):
@@ -206,6 +203,10 @@ def test_a_head_fit_is_announced_before_it_starts_and_never_called_random(tmp_pa
 
     cached_head(backbone, folder, missing, recipe=RECIPE, corpus=synthetic())
     capsys.readouterr()
-    load_backbone(str(folder))
-    err = capsys.readouterr().err
-    assert "randomly" not in err and "fitting one now" not in err  # cached: not fitted again
+    for load in (load_backbone, fit_mlm_head):  # the head cached: neither fits it again
+        load(str(folder))
+        err = capsys.readouterr().err
+        [load_line] = [line for line in err.splitlines() if "[ptdist] loaded" in line]
+        assert f"its MLM head is not in the checkpoint ({len(missing)} tensor(s): " in load_line
+        assert "ptdist's fitted head goes in" in load_line
+        assert "randomly" not in err and "fitting one now" not in err

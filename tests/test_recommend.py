@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 
 from ptdist.recommend.ranking import ZeroShot, pick_indicator, rank_candidates
+from ptdist.statistics import MIN_ROWS
 from ptdist.store import Store
 from ptdist.store.results import CorrelationRow, RecommendRow, TptSummaryRow
 from ptdist.store.tables import read_records
 from ptdist.tasks import get_task
-from tests.conftest import TOPIC_YAML, child_env, keyword_rows, write_jsonl
+from tests.conftest import TOPIC_YAML, child_env, keyword_rows, prompts_copy, write_jsonl
 from tests.test_cli import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,9 +157,9 @@ def test_bad_input_stops_before_any_model_loads(capsys, planted, extra, needle):
 
 
 def zero_shot(scores: list[float], replicates: list[list[float]],
-              above_random: list[float] | None = None) -> ZeroShot:
+              above_random: list[float] | None = None, rows: int = MIN_ROWS) -> ZeroShot:
     k = len(scores)
-    return ZeroShot(get_task("sst2"), "accuracy", 10, np.array(scores), np.array(replicates),
+    return ZeroShot(get_task("sst2"), "accuracy", rows, np.array(scores), np.array(replicates),
                     50.0, [50.0] * k, [1.0] * k, above_random or [1.0] * k)
 
 
@@ -183,6 +184,10 @@ def test_the_rule_combines_the_signals_as_documented():
                        above_random=[1.0, 1.0, -1.0])
     ranked = rank_candidates(behind, indicator, 0.5, ["a", "b", "c"])
     assert list(ranked.rank) == [1, 2, 3] and list(ranked.p_top) == [0.5, 0.5, 0.0]
+    # Below MIN_ROWS rows the row bootstrap gives no interval: the rank stands alone.
+    few = rank_candidates(zero_shot([80.0, 60.0, 60.0], [[80.0, 60.0, 60.0]] * 2,
+                                    rows=MIN_ROWS - 1), indicator, 0.5, ["a", "b", "c"])
+    assert list(few.rank) == [1, 3, 2] and few.low is few.high is few.p_top is None
 
 
 def correlation(indicator: str, per_target: float | None, overall: float) -> CorrelationRow:
@@ -203,15 +208,27 @@ def test_the_indicator_is_the_best_one_the_study_ranks_that_can_be_computed():
         ("ON", "E_avg")
 
 
-def test_then_tpt_trains_from_the_top_source_and_from_random_per_seed(capsys, planted):
+def test_then_tpt_trains_from_the_top_source_and_from_random_per_seed(capsys, planted,
+                                                                      tmp_path):
+    import shutil
+
     root, ids = planted
+    shutil.copytree(root / "data", tmp_path / "data")
+    prompts_copy(root / "store", tmp_path / "store")  # its runs go into the copy
+    root = tmp_path
     result = recommend(capsys, root, "--then-tpt", "1", "--seeds", "0", "1", "--steps", "10",
                        "--eval-every", "5", "--local")
     vanilla, tpt = result["tpt"]["runs"]
     assert vanilla["run"] == "vanilla" and tpt["run"] == f"tpt from {ids['twin']}"
     assert tpt["rank"] == 1 and tpt["best"]["n"] == 2 and tpt["start"]["n"] == 2
-    assert tpt["start"]["mean"] > 90 > vanilla["start"]["mean"]  # it starts where twin is
-    assert tpt["speedups"] == [float("inf")] * 2  # vanilla's best reached at step 0
+    assert tpt["start"]["estimate"] > 90 > vanilla["start"]["estimate"]  # it starts at twin's
+    # Each over the seeds, the seed the unit: a t-interval of the mean, a paired t-test of the
+    # difference from each seed's vanilla run.
+    assert tpt["best"]["method"] == "t over seeds" and tpt["best"]["low"] is not None
+    assert tpt["area_gain"]["method"] == "paired t over seeds" and tpt["area_gain"]["n"] == 2
+    assert tpt["area_gain"]["estimate"] > 0 and tpt["area_gain"]["p"] is not None
+    assert tpt["speedups"] == {"0": float("inf"), "1": float("inf")}  # vanilla's best at step 0
+    assert tpt["grid"] == "every 5 of 10 steps"
     folder = Path(result["tpt"]["folder"])
     summary = read_records(folder / "summary.parquet", TptSummaryRow)
     assert [r.run for r in summary] == ["vanilla", tpt["run"]] * 2
@@ -258,5 +275,10 @@ def test_the_benchmark_checks_each_task_left_out_of_a_study(tmp_path):
     measures = {m["measure"]: m for m in result["summary"]}
     assert set(measures["regret (best - chosen, score points)"]["baselines"]) == \
         {"a random source", "the same task type", "no transfer"}
+    # One seed is one replicate: every measure a mean without an interval, every comparison
+    # "too few to compare (n = 1 seed)".
     assert measures["TPT top-1 (best TPT score)"]["recommended"]["n"] == 1
-    assert "| top-1 hit rate | 4 |" in proc.stdout
+    assert all(m["recommended"]["low"] is None for m in measures.values())
+    assert all("too few to compare (n = 1 seed)" in words
+               for m in measures.values() for words in m["comparisons"].values())
+    assert "| top-1 hit rate | 1 | 4 |" in proc.stdout

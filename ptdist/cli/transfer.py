@@ -30,8 +30,8 @@ def matrix(args: argparse.Namespace) -> None:
                               ds_config=sharded)
     result = run_matrix(store, prompts, settings, execution(args), resources)
     figure = matrix_figure(result.rows, store.layout.matrix_figure(args.model))
-    lines = [f"relative performance (%) of {args.model}'s prompts, mean over each task's "
-             "prompts; rows: source, columns: target",
+    lines = [f"relative performance (%) of {args.model}'s prompts (each against the target's "
+             "own prompt of its seed), mean over seeds; rows: source, columns: target",
              *_grid(result.tasks, cells(result.rows)),
              "chance-normalised (%): 100 x (score - majority class) / (own - majority class)",
              *_grid(result.tasks, cells(result.rows, "normalized"))]
@@ -44,12 +44,12 @@ def matrix(args: argparse.Namespace) -> None:
                                   "rows": result.rows})
 
 
-def _grid(tasks: list[str], values: dict[tuple[str, str], list[float]]) -> list[str]:
+def _grid(tasks: list[str], values: dict[tuple[str, str], dict[int, float]]) -> list[str]:
     width = max(len(t) for t in tasks) + 2
     lines = [" " * width + "".join(f"{t[:10]:>11}" for t in tasks)]
     for source in tasks:
         lines.append(f"{source:<{width}}" + "".join(
-            f"{sum(v) / len(v):>11.1f}" if (v := values[source, t]) else f"{'-':>11}"
+            f"{sum(v.values()) / len(v):>11.1f}" if (v := values[source, t]) else f"{'-':>11}"
             for t in tasks))
     return lines
 
@@ -76,6 +76,7 @@ def show_tpt(args: argparse.Namespace, result, store) -> None:
     from ptdist.store.layout import TPT_CURVES, TPT_FIGURE
     from ptdist.store.results import TptCurveRow
     from ptdist.store.tables import read_records
+    from ptdist.transfer.tpt import run_seeds
 
     lines = []
     for r in result.summary:
@@ -91,8 +92,8 @@ def show_tpt(args: argparse.Namespace, result, store) -> None:
                      f"{r.best_score:.2f} @ {r.best_step}; {reached}{speed}{near}")
     for folder in result.folders:
         summary = [r for r in result.summary if r.target_task == folder.name]
-        figure = tpt_figure(read_records(folder / TPT_CURVES, TptCurveRow), summary,
-                            folder / TPT_FIGURE)
+        curves = read_records(folder / TPT_CURVES, TptCurveRow)
+        figure = tpt_figure(curves, summary, folder / TPT_FIGURE, run_seeds(store, curves))
         lines.append(f"curves and tables: {folder} ({figure.name})")
     emit(args, "\n".join(lines), {"summary": result.summary,
                                   "folders": [str(f) for f in result.folders]})

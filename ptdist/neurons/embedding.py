@@ -22,9 +22,11 @@ import numpy as np
 
 from ptdist.errors import PtdistError
 from ptdist.files import require_file
-from ptdist.neurons.correlation import Transfer, indicator_values, rank_indicators, transfers
+from ptdist.neurons.correlation import (Transfer, independent_starts, indicator_values,
+                                        rank_indicators, transfers)
 from ptdist.neurons.pairs import pair_rows
 from ptdist.store import Store
+from ptdist.store.manifests import PromptManifest
 from ptdist.store.prompts import folder_prompt_file, read_prompt_file
 from ptdist.store.results import CorrelationRow, IndicatorRow, MatrixRow
 from ptdist.store.tables import read_records
@@ -41,6 +43,9 @@ class NamedPrompt:
     task: str
     tensor: np.ndarray  # [L, d]
     seed: int | None = None  # None: unknown (a file or adapter)
+    # Started independently of the other tasks' prompts of its seed (`independent_starts`):
+    # then a source is compared with the target's prompt of its own seed.
+    independent_start: bool = False
 
 
 @dataclass
@@ -73,8 +78,9 @@ def embedding_study(model: str, prompts: Sequence[NamedPrompt],
     if missing:
         raise PtdistError(f"the transfer matrix has targets without an own prompt: "
                           f"{', '.join(missing)}; give a prompt of each target task")
+    within = all(p.independent_start for p in prompts)
     return EmbeddingResult(rows, rank_indicators(model, transfers, owns,
-                                                 indicator_values(rows), left_out))
+                                                 indicator_values(rows), left_out, within))
 
 
 @dataclass(frozen=True)
@@ -143,13 +149,15 @@ def store_inputs(store: Store, model: str) -> tuple[list[NamedPrompt], list[Tran
     if path.exists():
         matrix = read_records(path, MatrixRow)
         left_out = unusable_tasks(matrix)
-        sources = {r.source_prompt: (r.source_task, r.source_seed) for r in matrix}
-        prompts = [NamedPrompt(pid, task, store.prompts.tensor(pid).numpy(), seed)
-                   for pid, (task, seed) in sources.items()]
-        return prompts, transfers(matrix, left_out), left_out
-    mine = own_prompts(store.prompts.select(model))
-    return [NamedPrompt(m.id, m.task, store.prompts.tensor(m.id).numpy(), m.seed)
-            for m in mine], [], []
+        manifests = [store.prompts.manifest(pid)
+                     for pid in dict.fromkeys(r.source_prompt for r in matrix)]
+        return [_named(store, m) for m in manifests], transfers(matrix, left_out), left_out
+    return [_named(store, m) for m in own_prompts(store.prompts.select(model))], [], []
+
+
+def _named(store: Store, m: PromptManifest) -> NamedPrompt:
+    return NamedPrompt(m.id, m.task, store.prompts.tensor(m.id).numpy(), m.seed,
+                       independent_starts([m]))
 
 
 def transfers_from_table(path: Path, prompts: Sequence[NamedPrompt]) -> list[Transfer]:

@@ -11,9 +11,11 @@ user's: ptdist joins it as configured.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 
+from ptdist.logs import library_level
 from ptdist.runtime import RAY_AUTH_MODE, ray_environment
 
 LOOPBACK = "127.0.0.1"
@@ -30,12 +32,12 @@ def connect_ray(address: str | None) -> str:
     if ray.is_initialized():
         return "the Ray instance this process already joined"
     if address:
-        ray.init(address=address)
+        ray.init(address=address, logging_level=library_level())
         return f"the Ray cluster at {address}"
     keep_ray_on_loopback()
     # Ray Train's controller queries the state API, which the dashboard serves.
     ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=True,
-             dashboard_host=LOOPBACK)
+             dashboard_host=LOOPBACK, logging_level=library_level())
     gcs = ray.get_runtime_context().gcs_address
     if not gcs.startswith(f"{LOOPBACK}:"):
         ray.shutdown()
@@ -44,9 +46,7 @@ def connect_ray(address: str | None) -> str:
                            "it with `ray --version`")
     auth = os.environ.get(RAY_AUTH_MODE)
     return (f"{LOCAL_RAY} (listening on {LOOPBACK} only; token authentication "
-            + ("on" if auth == "token" else f"OFF: {RAY_AUTH_MODE}={auth}")
-            + "; a job of several workers also opens torch's rendezvous port on all "
-              "interfaces while it runs)")
+            + ("on" if auth == "token" else f"OFF: {RAY_AUTH_MODE}={auth}") + ")")
 
 
 def keep_ray_on_loopback() -> None:
@@ -66,13 +66,17 @@ def keep_ray_on_loopback() -> None:
 def ray_session(address: str | None) -> Iterator[str]:
     """`connect_ray` for the length of a block. If the block joined Ray, it leaves it at the
     end: an embedded local Ray stops, and no worker log line that Ray forwards can be printed
-    after the caller's result (ptdist's --json must stay the last line)."""
-    import ray
+    after the caller's result (ptdist's --json must stay the last line). Within the block the
+    driver's stdout is its stderr: what Ray forwards from its workers' stdout (a library's
+    print) is not the command's result, which is printed after the block."""
+    ray = sys.modules.get("ray")  # imported by connect_ray, after Ray's settings are made
+    joined = ray is None or not ray.is_initialized()
+    with redirect_stdout(sys.stderr):
+        where = connect_ray(address)
+        try:
+            yield where
+        finally:
+            if joined:
+                import ray
 
-    joined = not ray.is_initialized()
-    where = connect_ray(address)
-    try:
-        yield where
-    finally:
-        if joined:
-            ray.shutdown()
+                ray.shutdown()

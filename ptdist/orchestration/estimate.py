@@ -102,7 +102,8 @@ def _projection_hours(study: Study, sizes: dict[str, float | None]) -> dict[str,
 
 def _tpt_hours(study: Study, sizes: dict[str, float | None]) -> dict[str, float]:
     """A TPT run costs what a prompt-tuning run of its target costs (vanilla PT is the
-    study's own run): sources x targets runs per model, and the targets per projector."""
+    study's own run): sources x targets x seeds runs per model, and the targets per
+    projector (one seed)."""
     if study.tpt is None:
         return {}
     spec = study.spec
@@ -114,7 +115,7 @@ def _tpt_hours(study: Study, sizes: dict[str, float | None]) -> dict[str, float]
         if n is None or not runs:
             continue
         one = _train_flops(runs[0], n) / _train_rate(model) / 3600
-        hours["tpt"] += one * len(study.tpt.targets) * len(study.tpt.sources)
+        hours["tpt"] += one * len(study.tpt.targets) * len(study.tpt.sources) * len(spec.seeds)
         hours["tpt_model"] += one * len(study.tpt.targets) * pairs
     return hours
 

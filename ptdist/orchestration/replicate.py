@@ -34,6 +34,7 @@ from ptdist.orchestration.stages import (LIGHT, capture_jobs, correlate_job, ind
 from ptdist.orchestration.study import Study
 from ptdist.projection.tpt import model_plan
 from ptdist.store import Store
+from ptdist.store.run_lock import run_lock
 from ptdist.tasks import get_task
 from ptdist.transfer.matrix import MatrixSettings
 from ptdist.transfer.tpt import task_plan
@@ -107,7 +108,7 @@ def _tpt_jobs(build: _Builder, graph: PairGraph) -> None:
         if targets and sources:
             inputs = prompts.needs(model.name, targets + sources)
             make = partial(_task_plan, store, model.name, targets, sources, inputs,
-                           *_tpt_settings(build.study, model))
+                           tuple(spec.seeds), *_tpt_settings(build.study, model))
             _add_plan(build, f"tpt {model.name}", make, model, known, inputs,
                       prompts.ids(inputs))
     for pair in graph.pairs:
@@ -137,8 +138,8 @@ def _runs_on(spec: SweepSpec, model: ModelEntry, tasks: tuple[str, ...]) -> tupl
 
 def _tpt_settings(study: Study, model: ModelEntry) -> tuple[dict, dict]:
     """The TPT runs' training settings (the study's own, so vanilla PT is the study's run of
-    the target and is not trained again), where their data and DeepSpeed config are, and the
-    speed-up's tolerance."""
+    the target and is not trained again; the first seed's, where one seed is run), where their
+    data and DeepSpeed config are, and the speed-up's tolerance."""
     spec = study.spec
     train = {**spec.train, **model.train, "seed": spec.seeds[0]}
     return train, {"data_dir": spec.data_dir, "ds_config": model.ds_config,
@@ -146,9 +147,11 @@ def _tpt_settings(study: Study, model: ModelEntry) -> tuple[dict, dict]:
 
 
 def _task_plan(store: Store, model: str, targets: tuple[str, ...], sources: tuple[str, ...],
-               inputs: tuple[str, ...], train: dict, placement: dict):
+               inputs: tuple[str, ...], seeds: tuple[int, ...], train: dict, placement: dict):
+    """TPT_task on every seed of the study: each seed's runs start from that seed's source
+    prompts and are compared with that seed's vanilla run."""
     return task_plan(store, model, targets, sources, store.prompts.select(model, ids=inputs),
-                     train, **placement)
+                     train, seeds, **placement)
 
 
 def _model_plan(store: Store, projector_id: str, source: str, targets: tuple[str, ...],
@@ -158,13 +161,16 @@ def _model_plan(store: Store, projector_id: str, source: str, targets: tuple[str
 
 
 def run_study(study: Study, report: Report, execution: Execution | None = None) -> GraphOutcome:
-    """Run a study's graph; each job's cost is recorded as it finishes (`CostLedger`)."""
+    """Run a study's graph, holding the store's run lock; each job's cost is recorded as it
+    finishes (`CostLedger`)."""
     execution = execution or Execution()
-    jobs = study_jobs(study, report, execution.local)
-    ledger = CostLedger(Store(study.spec.storage_path), study.spec.name)
-    return execute(jobs, Execution(execution.local, execution.address,
-                                   execution.max_concurrent or study.spec.max_concurrent,
-                                   study.spec.max_failures), ledger)
+    store = Store(study.spec.storage_path)
+    with run_lock(store.layout):
+        jobs = study_jobs(study, report, execution.local)
+        return execute(jobs, Execution(execution.local, execution.address,
+                                       execution.max_concurrent or study.spec.max_concurrent,
+                                       study.spec.max_failures),
+                       CostLedger(store, study.spec.name))
 
 
 def _report(report: Report, study: Study, projectors: list[str]) -> dict:

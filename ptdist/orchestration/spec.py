@@ -22,8 +22,7 @@ from ptdist.backbones import CONVERTED, PRESETS, InitSpec, resolve_model_path
 from ptdist.errors import PtdistError
 from ptdist.store.layout import is_plain_name, segment
 from ptdist.store import Store
-from ptdist.tasks import get_task
-from ptdist.tasks.registry import task_ref
+from ptdist.tasks import get_task, task_ref
 from ptdist.training.config import TrainConfig
 from ptdist.training.engine import (deepspeed_config, load_ds_config, precision_of,
                                     zero_stage)

@@ -8,12 +8,15 @@ same seed), and the target model's own prompt's score, all on the same evaluatio
 projector trained on the task, ``type_in_training`` whether on a task of its type (the paper
 tests task-tuned projectors on unseen tasks of the training tasks' type). The distance columns
 are the mean squared error to the target's own prompt: on tasks outside the training set they
-are the held-out distance.
+are the held-out distance. On the same rows, the majority class's score and two paired
+row-bootstrap intervals (`ptdist.transfer.baselines.margin`): the projected prompt against the
+untrained projector's, and against the majority class. They are about this projector run on
+these rows; how much a projector's training varies needs several projector runs (seeds).
 """
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +34,9 @@ from ptdist.tasks import get_task
 from ptdist.training.distributed import leads
 from ptdist.training.evaluation import (Scored, inference_backbone, inference_precision,
                                         score_prompts)
+from ptdist.transfer.baselines import majority_baseline, margin
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -112,9 +118,13 @@ def _row(projector_id: str, manifest: ProjectorManifest, variant: str, ref: str,
     record = get_task(ref)
     metric = record.primary_metric
     projected, base, reference = (s[metric] for s in scored.metrics)
-    if leads():
-        print(f"{record.name}: projected {projected:.2f} / untrained projector {base:.2f} / "
-              f"own prompt {reference:.2f} ({metric})", file=sys.stderr, flush=True)
+    refs, predictions = scored.references, scored.predictions
+    gain = margin(record, metric, predictions[0], predictions[1], refs)
+    majority, chance = majority_baseline(record, metric, refs)
+    above = (None, None) if majority is None else \
+        margin(record, metric, predictions[0], majority, refs).bounds()
+    log.info(f"{record.name}: projected {projected:.2f} / untrained projector {base:.2f} / "
+             f"own prompt {reference:.2f} ({metric})")
     return ProjectorEvalRow(
         projector=projector_id, source_model=manifest.source_model,
         target_model=manifest.target_model, mode=manifest.mode, variant=variant,
@@ -126,7 +136,10 @@ def _row(projector_id: str, manifest: ProjectorManifest, variant: str, ref: str,
         relative=100.0 * projected / reference if reference else None,
         distance=_mse(candidates[0], candidates[2]),
         untrained_distance=_mse(candidates[1], candidates[2]),
-        eval_examples=len(scored.references))
+        eval_examples=len(refs),
+        chance=chance,
+        gain_low=gain.bounds()[0], gain_high=gain.bounds()[1],
+        above_chance_low=above[0], above_chance_high=above[1])
 
 
 def evaluated(store: Store, projector_id: str, tasks: Sequence[str]) -> bool:

@@ -1,7 +1,7 @@
 """TPT_model: prompt tuning on the target model initialised with a projected prompt of the
 source model, beside vanilla prompt tuning, with the speed-up measured as for TPT_task
 (`ptdist.transfer.tpt`). Each target task starts from the projection of the source model's
-best prompt for that same task."""
+best prompt for that same task: one projected prompt, so one seed (the training settings')."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.prompts import best_per_task
 from ptdist.tasks import get_task
+from ptdist.training.config import TrainConfig
 from ptdist.transfer.tpt import TptPlan, TptSource, check_lengths
 
 
@@ -27,7 +28,10 @@ def model_plan(store: Store, projector_id: str, targets: Sequence[str],
     sources = best_per_task([m for m in prompts if m.model == manifest.source_model], names,
                             f"of model '{manifest.source_model}' among the prompts given")
     project_prompts(store, projector_id, sources)
+    seed = train.get("seed", TrainConfig.seed)
     source = TptSource(f"tpt_model from {manifest.source_model}",
-                       f"prompt:{store.layout.projected_template(projector_id)}", sources)
+                       f"prompt:{store.layout.projected_template(projector_id)}",
+                       {(task, seed): m for task, m in sources.items()})
     return TptPlan(manifest.target_model, tuple(targets), (source,),
-                   check_lengths([source], train), projector=projector_id, **placement)
+                   check_lengths([source], train), projector=projector_id, seeds=(seed,),
+                   **placement)

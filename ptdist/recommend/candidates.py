@@ -25,8 +25,7 @@ from ptdist.neurons.embedding import prompt_paths
 from ptdist.projection.evaluation import project_prompts
 from ptdist.store import Store
 from ptdist.store.prompts import best_per_task, read_prompt_file
-from ptdist.tasks import get_task
-from ptdist.tasks.registry import resolve_task
+from ptdist.tasks import get_task, resolve_task
 from ptdist.transfer.matrix import own_prompts
 
 log = logging.getLogger(__name__)

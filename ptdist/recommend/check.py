@@ -1,65 +1,76 @@
 """The recommendation checked against measured transfer: leave one task out of a study store.
 
-Each task T of a model's transfer matrix in turn is the "new" task, its own prompts hidden:
-the candidates are the model's prompts of the other tasks (and other models' prompts through
-projectors not trained on T), ranked as `ptdist recommend` ranks them (zero-shot on T's
-training rows; with ``probe_steps``, a probe compared by the indicator that the study's
-correlation ranks best *without T*). The ranking is then compared with what the study
-measured on T's evaluation rows (the matrix: each source task's mean zero-shot score over its
-prompts) and, where the study ran TPT on T, with the TPT runs' best scores:
+Each task T of a model's transfer matrix in turn is the "new" task, its own prompts hidden,
+once per seed of the study: the candidates are the model's prompts of the other tasks of that
+seed (and other models' prompts of that seed through projectors not trained on T), ranked as
+`ptdist recommend` ranks them (zero-shot on T's training rows beside the random prompt of that
+seed; with ``probe_steps``, a probe compared by the indicator that the study's correlation
+ranks best *without T*). The ranking is then compared with what the study measured on T's
+evaluation rows (the matrix: each source task's score on T, its prompts of that seed) and,
+where the study ran TPT on T, with the TPT runs' best scores of that seed:
 
 - top-1 hit: the first-ranked source task is the measured best; top-3: the best is among the
   first three;
-- Spearman between the predicted order and the measured scores (targets with 3 or more source
-  tasks only);
+- Spearman between the predicted order and the measured scores (folds with `MIN_SPEARMAN` or
+  more source tasks only);
 - regret: the measured best score minus the chosen source's.
 
 Only the model's own prompts have measured scores, so a projected or file candidate is ranked
-but not counted. Three baselines get the same measures, in expectation over their random
-choices: a random source task; a source task of the target's type as the registry declares it
-(the others after it; a random source where none has the type); and no transfer (the
-random prompt's score: its regret only).
+but not counted. A fold whose target's own prompts are not clearly above their baselines
+(`unusable_tasks`) is listed but not counted: transfer to a task the model did not learn is
+not evidence about transfer. Three baselines get the same measures, in expectation over their
+random choices: a random source task; a source task of the target's type as the registry
+declares it (the others after it; a random source where none has the type); and no transfer
+(the matrix's random prompts' score on T: its regret only).
+
+**The seed is the unit** (`evidence`): the folds of one seed share its prompts (each task is a
+source in the others), so a measure is averaged over the counted folds of each seed, and its
+interval and the paired comparison with each baseline are over the seeds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from ptdist.neurons.correlation import correlation_rows
+from ptdist.neurons.correlation import correlation_rows, matrix_coefficients
 from ptdist.recommend.candidates import projected_candidates, store_candidates
-from ptdist.recommend.evidence import Estimate, estimate, paired, verdict
+from ptdist.recommend.evidence import compared, difference, over_seeds
 from ptdist.recommend.ranking import can_capture, pick_indicator
 from ptdist.recommend.recommendation import (RecommendSettings, recommend, study_settings,
                                              train_probe)
-from ptdist.statistics import spearman
+from ptdist.statistics import Interval, spearman
 from ptdist.store import Store
 from ptdist.store.layout import TPT_SUMMARY
 from ptdist.store.results import IndicatorRow, MatrixRow, TptSummaryRow
 from ptdist.store.tables import read_records
 from ptdist.training.evaluation import inference_backbone, inference_precision
 from ptdist.transfer.matrix import cells, own_prompts, unusable_tasks
+from ptdist.transfer.tpt import run_seeds
 
 MIN_SPEARMAN = 3  # source tasks a fold needs for its Spearman coefficient
+RANDOM = "a random source"
 
 
 @dataclass(frozen=True)
 class Fold:
-    """One task as the new one: the predicted order of its source tasks beside the measured
-    scores."""
+    """One task as the new one, on one seed's prompts: the predicted order of its source
+    tasks beside the measured scores."""
 
     model: str
     target: str
     target_type: str
+    seed: int
     learned: bool  # its own prompts clearly above its majority class and a random prompt
-    predicted: list[str]  # source tasks, best first (each at its best-ranked prompt)
-    measured: dict[str, float]  # source task -> mean zero-shot score on the target (matrix)
+    predicted: list[str]  # source tasks, best first
+    measured: dict[str, float]  # source task -> its score on the target (matrix, this seed)
     types: dict[str, str]  # source task -> its type
     random_score: float  # the random prompts' score on the target (no transfer)
-    tpt: dict[str, float] = field(default_factory=dict)  # source -> mean TPT best score
+    tpt: dict[str, float] = field(default_factory=dict)  # source -> TPT best score, this seed
 
     @property
     def best(self) -> str:
@@ -117,19 +128,21 @@ class Fold:
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "target": self.target, "target_type": self.target_type,
-                "learned": self.learned, "predicted": self.predicted, "measured": self.measured,
-                "best": self.best, "regret": self.regret, "spearman": self.spearman,
-                "random_score": self.random_score, "tpt": self.tpt}
+                "seed": self.seed, "learned": self.learned, "predicted": self.predicted,
+                "measured": self.measured, "best": self.best, "regret": self.regret,
+                "spearman": self.spearman, "random_score": self.random_score, "tpt": self.tpt}
 
 
 def leave_one_task_out(store: Store, model: str, settings: RecommendSettings,
                        probe_steps: int | None = None) -> list[Fold]:
-    """A fold per task of ``model``'s transfer matrix (module docstring), the model loaded
-    once."""
+    """A fold per task of ``model``'s transfer matrix and seed of its prompts (module
+    docstring), the model loaded once; a fold with fewer than two ranked and measured sources
+    (nothing to choose between) is not formed."""
     matrix = read_records(store.layout.matrix(model), MatrixRow)
     manifests = {m.id: m for m in own_prompts(store.prompts.select(model))}
     used = [manifests[r.source_prompt] for r in matrix if r.source_task == r.target_task]
     refs = {m.task: m.task_ref for m in used}
+    seeds = sorted({m.seed for m in used})
     study = study_settings(used)
     data_dir = used[0].data_dir if settings.data_dir is None else settings.data_dir
     indicator_table = store.layout.indicators(model)
@@ -147,81 +160,105 @@ def leave_one_task_out(store: Store, model: str, settings: RecommendSettings,
                 probe = train_probe(store, model, ref, probe_steps, candidates, study, data_dir)
                 held_out = [r for r in matrix if target not in (r.source_task, r.target_task)]
                 indicator = pick_indicator(
-                    correlation_rows(model, held_out, indicators) if indicators else [], model,
-                    can_capture(backbone))
-            result = recommend(store, model, ref, candidates, settings, probe, indicator,
-                               backbone)
-            folds.append(_fold(model, target, matrix, result.rows, target not in learned_not,
-                               _tpt_scores(store, model, target)))
+                    correlation_rows(model, *matrix_coefficients(store, held_out, indicators))
+                    if indicators else [], model, can_capture(backbone))
+            tpt = _tpt_scores(store, model, target)
+            for seed in seeds:
+                measured = _measured(matrix, target, seed)
+                mine = [c for c in candidates if c.seed == seed]
+                if len(measured) < 2 or not mine:
+                    continue
+                result = recommend(store, model, ref, mine, replace(settings, seeds=(seed,)),
+                                   probe, indicator, backbone)
+                predicted = list(dict.fromkeys(r.source_task for r in result.rows
+                                               if r.origin == "store" and r.source_task in
+                                               measured))
+                if len(predicted) < 2:
+                    continue
+                column = [r for r in matrix if r.target_task == target]
+                folds.append(Fold(model, target, column[0].target_type, seed,
+                                  target not in learned_not, predicted, measured,
+                                  {r.source_task: r.source_type for r in column},
+                                  column[0].random_score, tpt.get(seed, {})))
     return folds
 
 
-def _fold(model: str, target: str, matrix: Sequence[MatrixRow], ranking, learned: bool,
-          tpt: dict[str, float]) -> Fold:
-    column = [r for r in matrix if r.target_task == target]
-    measured = {source: float(np.mean(values))
-                for (source, to), values in cells(column, "score").items()
-                if to == target and source != target and values}
-    predicted = list(dict.fromkeys(r.source_task for r in ranking
-                                   if r.origin == "store" and r.source_task in measured))
-    return Fold(model, target, column[0].target_type, learned, predicted, measured,
-                {r.source_task: r.source_type for r in column}, column[0].random_score, tpt)
+def _measured(matrix: Sequence[MatrixRow], target: str, seed: int) -> dict[str, float]:
+    """Each source task's score on ``target`` by its prompts of ``seed`` (`cells`)."""
+    return {source: values[seed]
+            for (source, to), values in cells(matrix, "score").items()
+            if to == target and source != target and seed in values}
 
 
-def _tpt_scores(store: Store, model: str, target: str) -> dict[str, float]:
-    """Each source task's mean best TPT score on ``target`` over the study's seeds."""
+def _tpt_scores(store: Store, model: str, target: str) -> dict[int, dict[str, float]]:
+    """Per seed, each source task's best TPT score on ``target``."""
     table = store.layout.tpt_dir(target, model=model) / TPT_SUMMARY
     if not table.exists():
         return {}
-    found: dict[str, list[float]] = {}
-    for r in read_records(table, TptSummaryRow):
+    rows = read_records(table, TptSummaryRow)
+    seeds = run_seeds(store, rows)
+    found: dict[int, dict[str, float]] = {}
+    for r in rows:
         if r.source_task is not None:
-            found.setdefault(r.source_task, []).append(r.best_score)
-    return {source: float(np.mean(scores)) for source, scores in found.items()}
+            found.setdefault(seeds[r.prompt_id], {})[r.source_task] = r.best_score
+    return found
 
 
 @dataclass(frozen=True)
 class Measure:
-    """One measure of the recommendation beside its baselines, over the folds."""
+    """One measure of the recommendation beside its baselines: each the mean over the seeds
+    of its mean over the seed's counted folds."""
 
     name: str
-    recommended: Estimate
-    baselines: dict[str, Estimate]
-    comparisons: dict[str, str]  # baseline -> the paired difference in words
+    folds: int  # counted folds, over all seeds
+    recommended: Interval
+    baselines: dict[str, Interval]
+    comparisons: dict[str, str]  # baseline -> the paired difference over seeds, in words
 
 
 def summarise(folds: Sequence[Fold]) -> list[Measure]:
     """Top-1, top-3, Spearman, regret and (where the study ran TPT from two or more sources)
-    the TPT top-1, each over the folds with its interval, beside the baselines, with paired
-    comparisons worded by `evidence.verdict` (a hit rate not distinguishable from a random
-    source's is at chance)."""
-    def measure(name: str, mine: list[float], baselines: dict[str, list[float]],
-                lower_is_better: bool = False) -> Measure:
-        words = {}
-        for base, values in baselines.items():
-            # the recommendation's improvement over the baseline, fold by fold
-            gain = paired(values, mine, "folds") if lower_is_better else \
-                paired(mine, values, "folds")
-            said = verdict(gain, f"better than {base}", f"worse than {base}")
-            if said == "not distinguishable" and base == "a random source":
-                said = "at chance (not distinguishable from a random source)"
-            words[base] = f"{said}; improvement {gain.short()}"
-        return Measure(name, estimate(mine, "folds"),
-                       {b: estimate(v, "folds") for b, v in baselines.items()}, words)
+    the TPT top-1 over the counted folds, beside the baselines, each compared with them by
+    the paired t-test over seeds (`evidence.compared`; a hit rate not distinguishable from a
+    random source's is at chance)."""
+    counted = [f for f in folds if f.learned]
 
-    out = [measure(f"top-{k} hit rate", [f.hit(k) for f in folds],
-                   {"a random source": [f.random_hit(k) for f in folds],
-                    "the same task type": [f.same_type_hit(k) for f in folds]})
+    def per_seed(value: Callable[[Fold], float | None]) -> tuple[dict[int, float], int]:
+        """Each seed's mean over its counted folds that define ``value``, and how many those
+        are."""
+        found: dict[int, list[float]] = {}
+        for f in counted:
+            v = value(f)
+            if v is not None and math.isfinite(v):
+                found.setdefault(f.seed, []).append(v)
+        return ({seed: float(np.mean(values)) for seed, values in found.items()},
+                sum(map(len, found.values())))
+
+    def measure(name: str, mine: Callable[[Fold], float | None],
+                baselines: dict[str, Callable[[Fold], float | None]],
+                lower_is_better: bool = False) -> Measure:
+        ours, n = per_seed(mine)
+        theirs = {base: per_seed(value)[0] for base, value in baselines.items()}
+        words = {}
+        for base, values in theirs.items():
+            # the recommendation's improvement over the baseline, seed by seed
+            gain = difference(values, ours) if lower_is_better else difference(ours, values)
+            same = "at chance (not distinguishable from a random source)" if \
+                base == RANDOM and name.endswith("hit rate") else "not distinguishable"
+            words[base] = compared(gain, f"better than {base}", f"worse than {base}",
+                                   same=same)
+        return Measure(name, n, over_seeds(ours), {b: over_seeds(v) for b, v in theirs.items()},
+                       words)
+
+    out = [measure(f"top-{k} hit rate", lambda f, k=k: f.hit(k),
+                   {RANDOM: lambda f, k=k: f.random_hit(k),
+                    "the same task type": lambda f, k=k: f.same_type_hit(k)})
            for k in (1, 3)]
-    out.append(measure("Spearman (predicted order vs measured)", [f.spearman for f in folds],
-                       {"a random source": [0.0 if np.isfinite(f.spearman) else np.nan
-                                            for f in folds]}))
-    out.append(measure("regret (best - chosen, score points)", [f.regret for f in folds],
-                       {"a random source": [f.random_regret() for f in folds],
-                        "the same task type": [f.same_type_regret() for f in folds],
-                        "no transfer": [f.no_transfer_regret() for f in folds]},
-                       lower_is_better=True))
-    tpt = [f.tpt_hit() for f in folds]
-    if any(hit is not None for hit in tpt):
-        out.append(Measure("TPT top-1 (best TPT score)", estimate(tpt, "folds"), {}, {}))
+    out.append(measure("Spearman (predicted order vs measured)", lambda f: f.spearman,
+                       {RANDOM: lambda f: 0.0 if np.isfinite(f.spearman) else None}))
+    out.append(measure("regret (best - chosen, score points)", lambda f: f.regret,
+                       {RANDOM: Fold.random_regret, "the same task type": Fold.same_type_regret,
+                        "no transfer": Fold.no_transfer_regret}, lower_is_better=True))
+    if any(f.tpt_hit() is not None for f in counted):
+        out.append(measure("TPT top-1 (best TPT score)", Fold.tpt_hit, {}))
     return out

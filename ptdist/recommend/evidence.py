@@ -1,83 +1,68 @@
-"""Every statistic a recommendation and its check state, in one place: an estimate over the
-units of replication (seeds of a TPT comparison, the folds of the leave-one-task-out
-benchmark) with its interval, and a paired difference put into words.
+"""How a recommendation's TPT runs and its leave-one-task-out check state their numbers, by the
+rules of `ptdist.statistics` (docs/replicate.md, "How the report decides").
 
-The intervals are `ptdist.statistics`' percentile bootstrap. Below `MIN_N` units no interval
-is given and a comparison says "too few to compare (n = ...)": at n = 2 a percentile bootstrap
-of a mean is the two values themselves. The calibrated intervals and minimum of issue 26
-replace these functions' insides, not their callers.
+**The seed is the unit.** A TPT comparison's replicates are its seeds (each seed's run against
+that seed's vanilla run); the check's are the study's seeds (one seed's prompts are one
+replicate of the whole check: each task left out in turn, on that seed's prompts, averaged over
+those folds). The folds of one seed share prompts (each task is a source in the others), so
+they are never the unit.
+
+An estimate is the mean over the seeds with its Student-t interval (`over_replicates`), which
+holds its coverage from `MIN_REPLICATES` seeds on; with one seed it is the mean alone. A
+comparison of two quantities on the same seeds is the paired t-test of the per-seed differences
+(`statistics.paired`): called better or worse only when its interval excludes 0, "not
+distinguishable" when it holds 0, and "too few to compare (n = 1 seed)" with one seed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import Any
 
-import numpy as np
+from ptdist.statistics import Interval, over_replicates, paired, verdict, with_basis
 
-from ptdist.statistics import Interval, bootstrap
-
-MIN_N = 5  # units below which an estimate has no interval and a comparison is not made
-TEST = "percentile bootstrap over {unit}"  # how each interval was made, as reports name it
+UNIT = "seed"
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """A mean over ``n`` units, with its 95 % interval when ``n`` allows one."""
-
-    mean: float
-    n: int
-    unit: str  # what was resampled: seeds, folds
-    interval: Interval | None
-
-    def __str__(self) -> str:
-        n = f"n = {self.n} {self.unit[:-1] if self.n == 1 else self.unit}"
-        if not math.isfinite(self.mean):
-            return f"undefined ({n})"
-        if not self.has_interval:
-            return f"{self.mean:.2f} ({n}: too few for an interval)"
-        return f"{self.short()} ({n}, {TEST.format(unit=self.unit)})"
-
-    @property
-    def has_interval(self) -> bool:
-        return self.interval is not None and self.interval.defined
-
-    def short(self) -> str:
-        """The mean and its interval, or the mean alone (for a table with an n column)."""
-        if self.has_interval:
-            return str(self.interval)  # the bootstrap's estimate is the mean
-        return f"{self.mean:.2f}" if math.isfinite(self.mean) else "undefined"
-
-    def to_json(self) -> dict:
-        return {"mean": self.mean, "n": self.n, "unit": self.unit,
-                "low": self.interval.low if self.interval else None,
-                "high": self.interval.high if self.interval else None}
+def over_seeds(values: Mapping[int, float | None]) -> Interval:
+    """The mean of one value per seed (None and NaN ones left out) with its t-interval."""
+    return over_replicates([v for v in values.values() if v is not None])
 
 
-def estimate(values: Sequence[float], unit: str) -> Estimate:
-    """The mean of ``values`` (one per unit; undefined ones left out) and its interval."""
-    data = [float(v) for v in values if v is not None and math.isfinite(v)]
-    if not data:
-        return Estimate(float("nan"), 0, unit, None)
-    mean = float(np.mean(data))
-    return Estimate(mean, len(data), unit, bootstrap(data) if len(data) >= MIN_N else None)
+def difference(a: Mapping[int, float | None], b: Mapping[int, float | None]) -> Interval:
+    """``a - b`` over the seeds both define: the paired t-test."""
+    return paired({s: v for s, v in a.items() if v is not None},
+                  {s: v for s, v in b.items() if v is not None})
 
 
-def paired(a: Sequence[float], b: Sequence[float], unit: str) -> Estimate:
-    """The mean of ``a - b`` over the units both define, with its interval."""
-    return estimate([x - y for x, y in zip(a, b) if x is not None and y is not None], unit)
+def stated(interval: Interval, suffix: str = "") -> str:
+    """An estimate over seeds with its interval and what it rests on."""
+    return with_basis(interval, UNIT, suffix)
 
 
-def verdict(difference: Estimate, higher: str, lower: str) -> str:
-    """A paired difference in words: ``higher`` when its interval lies above 0, ``lower``
-    below, "not distinguishable" when it holds 0, "too few to compare" without an
-    interval."""
-    found = difference.interval
-    if not difference.has_interval:
-        return f"too few to compare (n = {difference.n} {difference.unit})"
-    if found.low > 0:
-        return higher
-    if found.high < 0:
-        return lower
-    return "not distinguishable"
+def short(interval: Interval) -> str:
+    """The estimate and its interval, or the estimate alone (in a table with an n column)."""
+    if not math.isfinite(interval.estimate):
+        return "undefined"
+    return str(interval) if interval.defined else f"{interval.estimate:.2f}"
+
+
+def compared(gain: Interval, better: str, worse: str, suffix: str = "",
+             same: str = "not distinguishable") -> str:
+    """A paired difference stated (`stated`: its test, n and p-value, or "too few to compare
+    (n = 1 seed)"), then in words where it has an interval: ``better`` when the interval lies
+    above 0, ``worse`` below it, ``same`` when it holds 0."""
+    said = verdict(gain)
+    if said == "too few":
+        return stated(gain, suffix)
+    words = {"higher": better, "lower": worse, "not distinguishable": same}[said]
+    return f"{stated(gain, suffix)}: {words}"
+
+
+def as_json(interval: Interval) -> dict[str, Any]:
+    """An estimate as --json and the check's file give it (None: undefined, or no interval)."""
+    low, high = interval.bounds()
+    estimate = interval.estimate if math.isfinite(interval.estimate) else None
+    return {"estimate": estimate, "low": low, "high": high, "n": interval.n,
+            "method": interval.method, "p": interval.p}

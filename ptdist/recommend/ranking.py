@@ -4,9 +4,12 @@
 evaluation rows stay unseen for the runs that follow), the candidates a batch dimension of one
 pass over the rows (`score_prompts`, as the transfer matrix runs it), beside the matrix's two
 baselines on the same rows: the majority class and a random-init prompt (of the candidate's
-seed where it has one among the seeds given, else of the first). A candidate is *clearly
-above* when the paired bootstrap puts the lower end of its 95 % interval above both
+seed where it has one among the seeds given, else of the first, drawn as a random-init run on
+the new task starts: from the seed and the task). A candidate is *clearly above* when the
+paired bootstrap over the rows puts the lower end of its 95 % interval above both
 (`ptdist.transfer.baselines`; no majority class for a generation task: the random prompt's).
+Below `ptdist.statistics.MIN_ROWS` sampled rows the row bootstrap gives no interval: no score
+interval, no candidate clearly above anything, and no rank interval.
 
 **Probe indicator** (optional). A short prompt-tuning run on the new task (the probe) compared
 with each candidate by the indicator the store's correlation study ranks best among those that
@@ -29,7 +32,8 @@ own rows is evidence that no proxy overrides), then orders each group by the com
 ties broken by the indicator, then the zero-shot score, then the name. Its 95 % interval, and
 the share of resamples in which a candidate ranks first, come from resampling the sampled rows
 (the same draws for every candidate, so their scores stay paired) and ranking again; the
-indicator and the groups are held fixed.
+indicator and the groups are held fixed. It says how sure the order is on these rows, not how
+well the rule generalises (`ptdist.recommend.check`).
 """
 
 from __future__ import annotations
@@ -48,13 +52,14 @@ from ptdist.neurons.collect import activation_states
 from ptdist.neurons.correlation import by_strength
 from ptdist.neurons.indicators import embedding_indicators, neuron_indicators
 from ptdist.recommend.candidates import Candidate
-from ptdist.statistics import LEVEL, RESAMPLES, SEED, resamples
+from ptdist.statistics import (LEVEL, MIN_ROWS, RESAMPLES, SEED, Interval, resamples,
+                               row_interval)
 from ptdist.store import Store
 from ptdist.store.results import CorrelationRow
 from ptdist.store.tables import read_records
-from ptdist.tasks import TaskRecord, compute_metrics
+from ptdist.tasks import TaskRecord, compute_metrics, get_task
 from ptdist.training.evaluation import score_prompts
-from ptdist.transfer.baselines import (majority_predictions, margin_low, random_prompts,
+from ptdist.transfer.baselines import (majority_baseline, margin, random_prompts,
                                        resampled_scores)
 
 DEFAULT_INDICATORS = ("ON", "E_avg")  # without a study: the paper's best, else embedding
@@ -70,20 +75,22 @@ class ZeroShot:
     rows: int
     scores: np.ndarray  # [K]
     replicates: np.ndarray  # [RESAMPLES, K]: the scores on each resample of the rows
-    chance: float | None
+    chance: float | None  # None: a generation task, which has no majority class
     random_scores: list[float]  # [K]: the random prompt each candidate is compared with
+    # [K]: the lower ends of the 95 % row-bootstrap intervals of (score - chance) and (score -
+    # its random prompt); None where there is no interval (below MIN_ROWS rows, no chance)
     above_chance_low: list[float | None]
-    above_random_low: list[float]
+    above_random_low: list[float | None]
 
     @property
     def clearly_above(self) -> list[bool]:
-        return [r > 0 and (c is None or c > 0)
+        return [r is not None and r > 0 and (self.chance is None or (c is not None and c > 0))
                 for c, r in zip(self.above_chance_low, self.above_random_low)]
 
-    def interval(self, k: int) -> tuple[float, float]:
-        tail = 100 * (1 - LEVEL) / 2
-        low, high = np.percentile(self.replicates[:, k], [tail, 100 - tail])
-        return float(low), float(high)
+    def interval(self, k: int) -> Interval:
+        """Candidate ``k``'s score with its 95 % row-bootstrap interval (none below
+        `MIN_ROWS` rows)."""
+        return row_interval(float(self.scores[k]), self.replicates[:, k], self.rows)
 
 
 def zero_shot(backbone: Backbone, task_ref: str, candidates: Sequence[Candidate],
@@ -97,13 +104,14 @@ def zero_shot(backbone: Backbone, task_ref: str, candidates: Sequence[Candidate]
         except PtdistError as exc:
             raise PtdistError(f"candidate {c.label} ({c.origin}): {exc}") from None
     k = len(candidates)
+    name = get_task(task_ref).name
     predictions: list = [None] * k
     baseline: list = [None] * k
     scored = None
     for length in dict.fromkeys(c.prompt_length for c in candidates):
         group = [i for i, c in enumerate(candidates) if c.prompt_length == length]
         prompts = torch.cat([torch.stack([candidates[i].tensor for i in group]),
-                             random_prompts(backbone, seeds, length)])
+                             random_prompts(backbone, name, seeds, length)])
         scored = score_prompts(backbone, task_ref, prompts, data_dir=data_dir, limit=sample,
                                batch_size=batch_size, max_new_tokens=max_new_tokens,
                                split="train", seed=sample_seed)
@@ -114,17 +122,17 @@ def zero_shot(backbone: Backbone, task_ref: str, candidates: Sequence[Candidate]
     task, refs = scored.task, scored.references
     metric = task.primary_metric
     draws = resamples(len(refs), RESAMPLES, SEED)
-    majority = majority_predictions(refs) if task.is_classification else None
+    majority, chance = majority_baseline(task, metric, refs)
     score = [compute_metrics(task, p, refs)[metric] for p in predictions]
     return ZeroShot(
         task=task, metric=metric, rows=len(refs), scores=np.array(score),
         replicates=np.stack([resampled_scores(task, metric, p, refs, draws)
                              for p in predictions], axis=1),
-        chance=None if majority is None else compute_metrics(task, majority, refs)[metric],
-        random_scores=[compute_metrics(task, b, refs)[metric] for b in baseline],
+        chance=chance, random_scores=[compute_metrics(task, b, refs)[metric] for b in baseline],
         above_chance_low=[None if majority is None else
-                          margin_low(task, metric, p, majority, refs) for p in predictions],
-        above_random_low=[margin_low(task, metric, p, b, refs)
+                          margin(task, metric, p, majority, refs).bounds()[0]
+                          for p in predictions],
+        above_random_low=[margin(task, metric, p, b, refs).bounds()[0]
                           for p, b in zip(predictions, baseline)])
 
 
@@ -191,14 +199,15 @@ def probe_values(backbone: Backbone, probe: torch.Tensor, candidates: Sequence[C
 class Ranked:
     combined: np.ndarray  # [K], lower is better
     rank: np.ndarray  # [K], 1 = first
-    low: np.ndarray
-    high: np.ndarray
-    p_top: np.ndarray
+    low: np.ndarray | None  # [K]: the rank's 95 % interval; None below MIN_ROWS rows
+    high: np.ndarray | None
+    p_top: np.ndarray | None  # [K]: the share of the resamples in which it ranks first
 
 
 def rank_candidates(zero: ZeroShot, indicator: np.ndarray | None, weight: float,
                     labels: Sequence[str]) -> Ranked:
-    """The rule of the module docstring, with the interval of each predicted rank."""
+    """The rule of the module docstring, with the interval of each predicted rank (from
+    `MIN_ROWS` rows on)."""
     values = np.full(len(labels), np.nan) if indicator is None else indicator
     by_indicator = _ranks(values)
     names = np.argsort(np.argsort(np.array(labels)))  # the name's place: the last tie-break
@@ -213,6 +222,8 @@ def rank_candidates(zero: ZeroShot, indicator: np.ndarray | None, weight: float,
         return combined, place
 
     combined, rank = positions(zero.scores)
+    if zero.rows < MIN_ROWS:
+        return Ranked(combined, rank, None, None, None)
     drawn = np.array([positions(r)[1] for r in zero.replicates])
     tail = 100 * (1 - LEVEL) / 2
     return Ranked(combined, rank,

@@ -29,9 +29,9 @@ from ptdist.training import TrainConfig, train
 from ptdist.training.evaluation import inference_backbone, inference_precision
 
 # The TrainConfig settings a study fixes for all its runs (not the model, task, seed, init).
-STUDY_KEYS = ("steps", "prompt_length", "lr", "warmup_steps", "weight_decay", "grad_clip",
-              "batch_size", "eval_every", "eval_limit", "train_limit", "max_length",
-              "max_new_tokens", "patience")
+STUDY_KEYS = ("steps", "prompt_length", "lr", "schedule", "warmup_steps", "optimizer",
+              "weight_decay", "grad_clip", "batch_size", "eval_every", "eval_limit",
+              "train_limit", "max_length", "max_new_tokens", "patience")
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,14 @@ class Recommendation:
 
 
 def study_settings(prompts: Sequence[PromptManifest]) -> dict[str, Any]:
-    """The settings (`STUDY_KEYS`) most of ``prompts`` were trained with; {} for none."""
-    found = Counter(json.dumps({k: m.config[k] for k in STUDY_KEYS if k in m.config},
-                               sort_keys=True) for m in prompts)
+    """The settings (`STUDY_KEYS`) most of ``prompts`` were trained with (a setting added
+    after a prompt was trained: the value it had then, `TrainConfig.IMPLICIT`); {} for
+    none."""
+    def settings(m: PromptManifest) -> str:
+        config = {**TrainConfig.IMPLICIT, **m.config}
+        return json.dumps({k: config[k] for k in STUDY_KEYS if k in config}, sort_keys=True)
+
+    found = Counter(settings(m) for m in prompts)
     return json.loads(found.most_common(1)[0][0]) if found else {}
 
 
@@ -115,17 +120,20 @@ def recommend(store: Store, model: str, task_ref: str, candidates: Sequence[Cand
                                   indicator.name)
     weight = indicator.weight if values is not None else 0.0
     ranked = rank_candidates(zero, values, weight, [c.label for c in candidates])
+    resampled = ranked.p_top is not None
     rows = [RecommendRow(
         model=model, target_task=zero.task.name, candidate=c.id, label=c.label, origin=c.origin,
         source_task=c.task, source_type=c.task_type, source_seed=c.seed, metric=zero.metric,
-        sample_rows=zero.rows, score=float(zero.scores[k]), score_low=zero.interval(k)[0],
-        score_high=zero.interval(k)[1], chance=zero.chance, random_score=zero.random_scores[k],
+        sample_rows=zero.rows, score=float(zero.scores[k]),
+        score_low=zero.interval(k).bounds()[0], score_high=zero.interval(k).bounds()[1],
+        chance=zero.chance, random_score=zero.random_scores[k],
         above_chance_low=zero.above_chance_low[k], above_random_low=zero.above_random_low[k],
         clearly_above=zero.clearly_above[k], indicator=indicator.name if values is not None
         else None, indicator_value=None if values is None else _number(values[k]),
         indicator_weight=weight, combined=float(ranked.combined[k]), rank=int(ranked.rank[k]),
-        rank_low=int(ranked.low[k]), rank_high=int(ranked.high[k]),
-        p_top=float(ranked.p_top[k])) for k, c in enumerate(candidates)]
+        rank_low=int(ranked.low[k]) if resampled else None,
+        rank_high=int(ranked.high[k]) if resampled else None,
+        p_top=float(ranked.p_top[k]) if resampled else None) for k, c in enumerate(candidates)]
     rows.sort(key=lambda r: r.rank)
     return Recommendation(model, get_task(task_ref).name, rows, zero,
                           indicator if values is not None else None, probe)

@@ -1,21 +1,24 @@
 """`--then-tpt K`: the recommendation checked by training. The new task is prompt-tuned from
 each of the top K candidates (the best-ranked prompt of each of the K best-ranked source tasks)
 and from a random init (vanilla), once per seed of the study, as a TPT_task plan
-(`ptdist.transfer.tpt`: the runs and their curves and speed-ups are stored like any TPT run's).
-`outcomes` sets each source's measured speed-up and best score, over the seeds, beside its
-predicted rank."""
+(`ptdist.transfer.tpt`: every seed's TPT run starts from the one candidate that was ranked and
+is compared with that seed's vanilla run; the runs and their curves and speed-ups are stored
+like any TPT run's). `outcomes` states each source's measured result over the seeds beside its
+predicted rank (`evidence`: the seed is the unit, comparisons with vanilla are paired)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ptdist.recommend.candidates import Candidate
-from ptdist.recommend.evidence import Estimate, estimate, paired
+from ptdist.recommend.evidence import as_json, difference, over_seeds
 from ptdist.recommend.recommendation import Recommendation
-from ptdist.store.results import RecommendRow, TptSummaryRow
-from ptdist.transfer.tpt import TptPlan, TptSource, check_lengths
+from ptdist.statistics import Interval
+from ptdist.store.results import RecommendRow, TptCurveRow, TptSummaryRow
+from ptdist.transfer.tpt import (Curve, TptPlan, TptSource, check_lengths, compared_areas,
+                                 evaluation_grid)
 
 
 def top_sources(result: Recommendation, candidates: Sequence[Candidate],
@@ -32,9 +35,11 @@ def top_sources(result: Recommendation, candidates: Sequence[Candidate],
 def tpt_plan(result: Recommendation, top: Sequence[tuple[RecommendRow, Candidate]],
              task_ref: str, train: dict[str, Any], seeds: Sequence[int],
              **placement: Any) -> TptPlan:
-    """Vanilla PT and PT from each of ``top`` on the new task, for each of ``seeds``;
-    ``placement``: data_dir, ds_config, tolerance."""
-    sources = [TptSource(f"tpt from {c.label}", c.init, {result.task: c}) for _, c in top]
+    """Vanilla PT and PT from each of ``top`` on the new task, for each of ``seeds``, every
+    seed's run of a source starting from its one candidate; ``placement``: data_dir,
+    ds_config, tolerance."""
+    sources = [TptSource(f"tpt from {c.label}", c.init,
+                         {(result.task, seed): c for seed in seeds}) for _, c in top]
     return TptPlan(result.model, (task_ref,), tuple(sources), check_lengths(sources, train),
                    seeds=tuple(seeds), **placement)
 
@@ -47,37 +52,53 @@ class TptOutcome:
     rank: int | None  # the candidate's predicted rank (None: vanilla)
     rank_low: int | None
     rank_high: int | None
-    best: Estimate  # best evaluation score
-    start: Estimate  # score at step 0, before any update
-    gain: Estimate | None  # best - vanilla's best of the same seed (None: vanilla)
-    speedups: list[float | None]  # per seed: vanilla's steps to its best / this run's
-    speedup: Estimate | None  # over the seeds where it is finite (None: vanilla)
+    best: Interval  # best evaluation score, t over seeds
+    start: Interval  # score at step 0, before any update
+    gain: Interval | None  # best - vanilla's best of the same seed, paired (None: vanilla)
+    area_gain: Interval | None  # area under the curve - vanilla's (`compared_areas`), paired
+    speedups: dict[int, float | None]  # per seed: vanilla's steps to its best / this run's
+    grid: str  # the evaluation steps, which bound every speed-up (`evaluation_grid`)
 
     def to_json(self) -> dict[str, Any]:
         return {"run": self.run, "rank": self.rank, "rank_low": self.rank_low,
-                "rank_high": self.rank_high, "best": self.best.to_json(),
-                "start": self.start.to_json(), "speedups": self.speedups,
-                "gain": None if self.gain is None else self.gain.to_json(),
-                "speedup": None if self.speedup is None else self.speedup.to_json()}
+                "rank_high": self.rank_high, "best": as_json(self.best),
+                "start": as_json(self.start),
+                "gain": None if self.gain is None else as_json(self.gain),
+                "area_gain": None if self.area_gain is None else as_json(self.area_gain),
+                "speedups": {str(s): v for s, v in self.speedups.items()}, "grid": self.grid}
 
 
-def outcomes(summary: Sequence[TptSummaryRow],
+def outcomes(summary: Sequence[TptSummaryRow], curves: Sequence[TptCurveRow],
+             seeds: Mapping[str, int],
              top: Sequence[tuple[RecommendRow, Candidate]]) -> list[TptOutcome]:
-    """Vanilla first, then each source in predicted order; every estimate over the seeds."""
-    runs: dict[str, list[TptSummaryRow]] = {}
+    """Vanilla first, then each source in predicted order; ``seeds``: each run's prompt id ->
+    its seed (`ptdist.transfer.tpt.run_seeds`)."""
+    points: dict[str, Curve] = {}
+    for c in curves:
+        steps, scores = points.setdefault(c.prompt_id, ([], []))
+        steps.append(c.step)
+        scores.append(c.score)
+    runs: dict[str, dict[int, TptSummaryRow]] = {}
     for r in summary:
-        runs.setdefault(r.run, []).append(r)
+        runs.setdefault(r.run, {})[seeds[r.prompt_id]] = r
     vanilla = runs["vanilla"]
-    out = [TptOutcome("vanilla", None, None, None,
-                      estimate([r.best_score for r in vanilla], "seeds"),
-                      estimate([r.start_score for r in vanilla], "seeds"), None,
-                      [r.speedup for r in vanilla], None)]
-    for row, candidate in top:
-        mine = runs[f"tpt from {candidate.label}"]  # seed by seed, as vanilla's
-        out.append(TptOutcome(
-            f"tpt from {candidate.label}", row.rank, row.rank_low, row.rank_high,
-            estimate([r.best_score for r in mine], "seeds"),
-            estimate([r.start_score for r in mine], "seeds"),
-            paired([r.best_score for r in mine], [r.best_score for r in vanilla], "seeds"),
-            [r.speedup for r in mine], estimate([r.speedup for r in mine], "seeds")))
-    return out
+
+    def outcome(run: str, rows: dict[int, TptSummaryRow], row: RecommendRow | None
+                ) -> TptOutcome:
+        best = {s: r.best_score for s, r in rows.items()}
+        areas = {s: compared_areas(points[r.prompt_id], points[vanilla[s].prompt_id])
+                 for s, r in rows.items()}
+        compared = row is not None
+        return TptOutcome(
+            run, row.rank if compared else None, row.rank_low if compared else None,
+            row.rank_high if compared else None, over_seeds(best),
+            over_seeds({s: r.start_score for s, r in rows.items()}),
+            difference(best, {s: r.best_score for s, r in vanilla.items()}) if compared
+            else None,
+            difference({s: a for s, (a, _) in areas.items()},
+                       {s: v for s, (_, v) in areas.items()}) if compared else None,
+            {s: r.speedup for s, r in rows.items()} if compared else {},
+            evaluation_grid(points[next(iter(rows.values())).prompt_id][0]))
+
+    return [outcome("vanilla", vanilla, None)] + [
+        outcome(f"tpt from {c.label}", runs[f"tpt from {c.label}"], row) for row, c in top]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -74,14 +74,14 @@ def _save(fig, path: str | os.PathLike) -> Path:
 def matrix_figure(rows: Sequence[MatrixRow], path: str | os.PathLike,
                   field: str = "relative") -> Path:
     """The heatmap of a zero-shot transfer matrix: ``field`` (relative or normalized, %),
-    each cell the mean over the source task's prompts."""
+    each cell the mean over its seeds."""
     order = list(dict.fromkeys(r.source_task for r in rows))
     types = {r.source_task: r.source_type for r in rows}
     index = {name: i for i, name in enumerate(order)}
     values = np.full((len(order), len(order)), np.nan)
     for (source, target), found in cells(rows, field).items():
         if found:
-            values[index[source], index[target]] = float(np.mean(found))
+            values[index[source], index[target]] = float(np.mean(list(found.values())))
     label = {"relative": "relative performance (%)",
              "normalized": "chance-normalised transfer (%)"}[field]
     return grouped_heatmap(values, order, order, [types[n] for n in order],
@@ -119,48 +119,47 @@ def layerwise_figure(rows: Sequence[CorrelationRow], path: str | os.PathLike) ->
 
 
 def tpt_figure(curves: Sequence[TptCurveRow], summary: Sequence[TptSummaryRow],
-               path: str | os.PathLike) -> Path:
+               path: str | os.PathLike, seeds: Mapping[str, int] | None = None) -> Path:
     """Vanilla PT's and each TPT run's learning curve on one target, with vanilla's best; with
-    several seeds' comparisons, their runs numbered (and no single best to draw)."""
+    several seeds (``seeds``: each run's prompt id -> its seed), one line per run and seed."""
+    seeds = seeds or {}
+    several = len(set(seeds.values())) > 1
     speedups = {r.prompt_id: r.speedup for r in summary}
-    comparison, count = {}, 0
-    for r in summary:  # each seed's comparison: its vanilla row, then its runs'
-        count += r.run == "vanilla"
-        comparison[r.prompt_id] = count
     lines: dict[str, tuple[list[int], list[float]]] = {}
     for r in curves:
-        label = r.run if r.run == "vanilla" else r.run + (
-            f" (speed-up {speedups[r.prompt_id]:.2f}x)" if speedups[r.prompt_id]
-            else " (not reached)")
-        if count > 1:
-            label = f"{label} [{comparison[r.prompt_id]}/{count}]"
+        label = r.run + (f", seed {seeds[r.prompt_id]}" if several else "")
+        if r.run != "vanilla":
+            speedup = speedups.get(r.prompt_id)
+            label += f" (speed-up {speedup:.2f}x)" if speedup else " (not reached)"
         steps, scores = lines.setdefault(label, ([], []))
         steps.append(r.step)
         scores.append(r.score)
     head = summary[0]
     return learning_curves(lines, head.metric, f"{head.target_task} on {head.model}: vanilla "
-                           "PT vs TPT", path, hline=head.vanilla_best if count == 1 else None)
+                           "PT vs TPT", path, hline=None if several else head.vanilla_best)
 
 
 def recommend_figure(rows: Sequence[RecommendRow], path: str | os.PathLike,
                      shown: int = 30) -> Path:
     """A recommendation: each candidate's zero-shot score on the new task's sampled training
-    rows with its 95 % interval, in predicted order (the first ``shown``), beside the majority
-    class and the random prompts; each bar names its predicted rank and interval (and the
-    probe indicator's value)."""
+    rows with its 95 % interval (none below MIN_ROWS rows), in predicted order (the first
+    ``shown``), beside the majority class and the random prompts; each bar names its predicted
+    rank and interval (and the probe indicator's value)."""
     top = list(rows)[:shown]
     fig, ax = plt.subplots(figsize=(7.5, 1.6 + 0.32 * len(top)))
     y = np.arange(len(top))[::-1]
     scores = np.array([r.score for r in top])
-    errors = np.array([[r.score - r.score_low for r in top], [r.score_high - r.score for r in top]])
+    lows = np.array([r.score if r.score_low is None else r.score_low for r in top])
+    highs = np.array([r.score if r.score_high is None else r.score_high for r in top])
     colors = ["tab:blue" if r.clearly_above else "tab:gray" for r in top]
-    ax.barh(y, scores, xerr=errors, color=colors, capsize=2)
+    ax.barh(y, scores, xerr=np.array([scores - lows, highs - scores]), color=colors, capsize=2)
     ax.set_yticks(y, [f"{r.label[:24]} ({r.source_task[:16]})" for r in top], fontsize=8)
-    for yi, r in zip(y, top):
-        note = f"rank {r.rank} [{r.rank_low}, {r.rank_high}]"
+    for yi, high, r in zip(y, highs, top):
+        note = f"rank {r.rank}" + ("" if r.rank_low is None else
+                                   f" [{r.rank_low}, {r.rank_high}]")
         if r.indicator_value is not None:
             note += f", {r.indicator} {r.indicator_value:.2f}"
-        ax.text(r.score_high, yi, "  " + note, va="center", fontsize=7)
+        ax.text(high, yi, "  " + note, va="center", fontsize=7)
     head = top[0]
     if head.chance is not None:
         ax.axvline(head.chance, color="black", linestyle="--", linewidth=1,

@@ -1,20 +1,27 @@
 """The rows of every result table the store holds, as typed records (`tables.write_records`).
 
-``SCHEMA`` is each record's schema version: bump it when a field changes meaning or type.
+``SCHEMA`` is each record's schema version: bump it when a field changes meaning or type. A
+record whose older tables can still be read defines ``upgrade(rows, version)``: the rows of an
+older table (dicts) as this schema has them (`tables.read_records` applies it).
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True)
 class MatrixRow:
     """One cell of a zero-shot transfer matrix: a source prompt on a target task, with the
-    target's baselines on the same rows (`ptdist.transfer.matrix`)."""
+    target's baselines on the same rows (`ptdist.transfer.matrix`).
 
-    SCHEMA: ClassVar[int] = 2
+    Schema 3 compares each source prompt with the target's own prompt of the same seed (a seed
+    is one replicate of the study); schema 2 compared it with the mean of the target's own
+    prompts, and is upgraded when read (`seed_paired`: the table holds the own prompts' rows)."""
+
+    SCHEMA: ClassVar[int] = 3
     model: str
     source_task: str
     source_type: str
@@ -24,7 +31,9 @@ class MatrixRow:
     target_type: str
     metric: str
     score: float
-    own_score: float  # the mean of the target's own prompts (its seeds), on the same rows
+    # The score of the target's own prompt of the source's seed (their mean if several; the
+    # mean of all its own prompts when it has none of that seed), on the same rows.
+    own_score: float
     relative: float | None  # 100 x score / own_score; None when own_score is 0
     chance: float | None  # the majority-class score; None for a generation target
     normalized: float | None  # 100 x (score - chance) / (own_score - chance); None if undefined
@@ -35,6 +44,37 @@ class MatrixRow:
     above_chance_low: float | None = None
     above_random_low: float | None = None
     clearly_above: bool | None = None  # both lower ends above 0 (no majority: random only)
+
+    @classmethod
+    def upgrade(cls, rows: list[dict[str, Any]], version: int) -> list[dict[str, Any]]:
+        return seed_paired(rows)
+
+
+def seed_paired(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Matrix rows (dicts holding every target's own-prompt rows) with ``own_score``,
+    ``relative`` and ``normalized`` set against the target's own prompt of each source's seed.
+    The chance-normalised value is defined only when every own prompt of the target is clearly
+    above its baselines (else its denominator may be noise) and above chance."""
+    own: dict[str, dict[int, list[float]]] = {}
+    clear: dict[str, bool] = {}
+    for r in rows:
+        if r["source_task"] == r["target_task"]:
+            own.setdefault(r["target_task"], {}).setdefault(r["source_seed"], []).append(
+                r["score"])
+            clear[r["target_task"]] = clear.get(r["target_task"], True) and \
+                bool(r["clearly_above"])
+    out = []
+    for r in rows:
+        seeds = own[r["target_task"]]
+        mine = seeds.get(r["source_seed"]) or [s for scores in seeds.values() for s in scores]
+        own_score = statistics.mean(mine)
+        chance = r["chance"]
+        usable = chance is not None and clear[r["target_task"]] and own_score > chance
+        out.append(dict(r, own_score=own_score,
+                        relative=100.0 * r["score"] / own_score if own_score else None,
+                        normalized=100.0 * (r["score"] - chance) / (own_score - chance)
+                        if usable else None))
+    return out
 
 
 @dataclass(frozen=True)
@@ -54,21 +94,33 @@ class IndicatorRow:
 
 @dataclass(frozen=True)
 class CorrelationRow:
-    """How well one indicator predicts zero-shot transfer (Spearman's rho), with the 95 %
-    bootstrap interval of each coefficient (`ptdist.neurons.correlation`)."""
+    """How well one indicator predicts zero-shot transfer (Spearman's rho): the mean over seeds
+    of each seed's coefficient, with its Student-t interval over the seeds where that interval
+    is calibrated (`ptdist.neurons.correlation`).
 
-    SCHEMA: ClassVar[int] = 2
+    Schema 2 pooled the seeds' prompts as sources and gave percentile-bootstrap intervals over
+    them, which did not cover at these sizes: it is read with those intervals dropped and its
+    seed counts unknown."""
+
+    SCHEMA: ClassVar[int] = 3
     model: str
     indicator: str
     spearman_per_target: float | None  # mean over targets with enough sources (primary)
-    per_target_low: float | None
+    per_target_low: float | None  # None: no calibrated interval
     per_target_high: float | None
-    targets: int
+    targets: int  # targets per seed (the fewest of any seed)
     spearman_global: float  # NaN when undefined (constant values)
     global_low: float | None
     global_high: float | None
-    pairs: int
+    pairs: int  # (source, target) pairs per seed (the fewest of any seed)
     left_out: str  # tasks whose own prompts are not clearly above chance, comma-separated
+    sources: int | None = None  # sources of the per-target coefficient's poorest target
+    seeds: int | None = None  # the replicates averaged; None: unknown (schema 2)
+
+    @classmethod
+    def upgrade(cls, rows: list[dict[str, Any]], version: int) -> list[dict[str, Any]]:
+        return [dict(r, per_target_low=None, per_target_high=None, global_low=None,
+                     global_high=None, sources=None, seeds=None) for r in rows]
 
 
 @dataclass(frozen=True)
@@ -90,21 +142,23 @@ class RecommendRow:
     metric: str
     sample_rows: int
     score: float  # zero-shot, on the sampled training rows
-    score_low: float
-    score_high: float
+    # its 95 % row-bootstrap interval, and the lower ends of those of (score - chance) and
+    # (score - random_score): None below MIN_ROWS sampled rows (and without a majority class)
+    score_low: float | None
+    score_high: float | None
     chance: float | None  # the majority-class score; None for a generation target
     random_score: float  # the random prompt of the candidate's seed (else the first seed's)
     above_chance_low: float | None
-    above_random_low: float
+    above_random_low: float | None
     clearly_above: bool  # both lower ends above 0 (no majority class: the random prompt's)
     indicator: str | None  # the probe indicator; None without --probe
     indicator_value: float | None
     indicator_weight: float  # its weight in the rule: the store's Spearman, floored at 0
     combined: float  # the rule's score (lower is better)
     rank: int
-    rank_low: int
-    rank_high: int
-    p_top: float  # share of the resamples in which it ranks first
+    rank_low: int | None  # the rank's 95 % interval over the row resamples (None: too few rows)
+    rank_high: int | None
+    p_top: float | None  # share of the resamples in which it ranks first
 
 
 @dataclass(frozen=True)
@@ -127,7 +181,7 @@ class TptSummaryRow:
     """A vanilla or TPT run on one target, with its speed-ups to vanilla's best score and to
     ``tolerance`` x that score (`ptdist.transfer.tpt`)."""
 
-    SCHEMA: ClassVar[int] = 2
+    SCHEMA: ClassVar[int] = 3
     model: str
     target_task: str
     run: str
@@ -145,13 +199,19 @@ class TptSummaryRow:
     tolerance: float
     steps_to_tolerance: int | None  # first step at tolerance x vanilla's best
     speedup_tolerance: float | None  # vanilla's steps to that threshold / this run's
+    # The learning-rate schedule vanilla and every TPT run of the comparison trained under
+    # (one for all): "constant" or "linear" (a table of schema 2 was written before it was a
+    # setting, when every run decayed linearly).
+    schedule: str = "linear"
 
 
 @dataclass(frozen=True)
 class ProjectorEvalRow:
-    """A projected prompt zero-shot on the target model, beside its baselines."""
+    """A projected prompt zero-shot on the target model, beside its baselines, with the
+    row-level comparisons (`ptdist.projection.evaluation`). Schema 2 had no majority class nor
+    row-level intervals: it is read with them None."""
 
-    SCHEMA: ClassVar[int] = 2
+    SCHEMA: ClassVar[int] = 3
     projector: str
     source_model: str
     target_model: str
@@ -171,6 +231,17 @@ class ProjectorEvalRow:
     distance: float  # mean squared error to the target's own prompt
     untrained_distance: float
     eval_examples: int
+    chance: float | None = None  # the majority-class score; None for a generation task
+    # 95 % paired-bootstrap intervals over the evaluation rows (None below MIN_ROWS rows):
+    gain_low: float | None = None  # of score - untrained_score
+    gain_high: float | None = None
+    above_chance_low: float | None = None  # of score - chance
+    above_chance_high: float | None = None
+
+    @classmethod
+    def upgrade(cls, rows: list[dict[str, Any]], version: int) -> list[dict[str, Any]]:
+        return [dict(r, chance=None, gain_low=None, gain_high=None, above_chance_low=None,
+                     above_chance_high=None) for r in rows]
 
 
 @dataclass(frozen=True)
@@ -233,14 +304,23 @@ class JobCostRow:
 
 @dataclass(frozen=True)
 class EstimateRow:
-    """A quantity a report's findings rest on, with its 95 % bootstrap interval
-    (`ptdist.reporting.report`)."""
+    """A quantity a report's findings rest on, with its 95 % interval, what the interval rests
+    on and, for a difference, its p-value (`ptdist.reporting`). Schema 1 had percentile
+    bootstrap intervals and neither method nor replicates."""
 
-    SCHEMA: ClassVar[int] = 1
-    section: str  # transfer | indicators | cross_model
+    SCHEMA: ClassVar[int] = 2
+    section: str  # transfer | indicators | cross_model | tpt
     model: str
     quantity: str  # e.g. "same-type relative transfer"
     estimate: float
-    low: float | None
+    low: float | None  # None: no interval (too few replicates, or none calibrated)
     high: float | None
-    n: int  # the observations resampled (task pairs, sources, tasks)
+    n: int  # the replicates (seeds, projector runs, evaluation rows)
+    method: str = ""  # e.g. "t over seeds", "paired t over seeds"
+    p_value: float | None = None  # of "the difference is 0", for a comparison
+    replicates: str = ""  # each replicate's value, "seed: value, ..."
+
+    @classmethod
+    def upgrade(cls, rows: list[dict[str, Any]], version: int) -> list[dict[str, Any]]:
+        return [dict(r, method="percentile bootstrap", p_value=None, replicates="")
+                for r in rows]

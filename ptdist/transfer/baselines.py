@@ -4,13 +4,14 @@ them.
 - the **majority-class score**: the task's primary metric of predicting, for every row, the
   class most frequent among those rows (classification only). It is the chance level of the
   chance-normalised transfer;
-- the **random-prompt score**: a prompt drawn as a random-init run starts (uniform in
-  [-0.5, 0.5], `ptdist.backbones.initial_prompt`, with the run's seed), scored on the same
-  rows through the same frozen model.
+- the **random-prompt score**: a prompt drawn as a random-init run on the task starts (uniform
+  in [-0.5, 0.5], `ptdist.backbones.initial_prompt`, drawn from the run's seed and task),
+  scored on the same rows through the same frozen model.
 
 A prompt is *clearly above* a baseline when the paired bootstrap of the difference (the rows
 resampled with replacement, both predictions recomputed on the same resample) puts the lower
-end of its 95 % interval above zero.
+end of its 95 % interval above zero; with fewer than `ptdist.statistics.MIN_ROWS` rows there is
+no interval, and no prompt is clearly above anything.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 
 from ptdist.backbones import Backbone, InitSpec, initial_prompt
-from ptdist.statistics import LEVEL, RESAMPLES, SEED, resamples
+from ptdist.backbones.prompt import init_generator
+from ptdist.statistics import RESAMPLES, SEED, Interval, resamples, row_interval
 from ptdist.tasks import TaskRecord, compute_metrics
 
 
@@ -33,11 +35,23 @@ def majority_predictions(references: Sequence[int]) -> list[int]:
     return [min(c for c, k in counts.items() if k == top)] * len(references)
 
 
-def random_prompts(backbone: Backbone, seeds: Sequence[int], length: int) -> torch.Tensor:
-    """One random-init starting prompt ``[L, d]`` per seed, as a batch ``[len(seeds), L, d]``."""
+def majority_baseline(task: TaskRecord, metric: str,
+                      references: Sequence) -> tuple[list[int] | None, float | None]:
+    """The majority class's predictions on ``references`` and its score (the chance level);
+    (None, None) for a generation task."""
+    if not task.is_classification:
+        return None, None
+    majority = majority_predictions(references)
+    return majority, compute_metrics(task, majority, references)[metric]
+
+
+def random_prompts(backbone: Backbone, task: str, seeds: Sequence[int],
+                   length: int) -> torch.Tensor:
+    """The starting prompt ``[L, d]`` of a random-init run on ``task`` (a name) per seed, as a
+    batch ``[len(seeds), L, d]``."""
     spec = InitSpec.parse("random")
     return torch.stack([initial_prompt(spec, backbone.word_embeddings, length, set(), None,
-                                       torch.Generator().manual_seed(seed)) for seed in seeds])
+                                       init_generator(seed, task)) for seed in seeds])
 
 
 def resampled_scores(task: TaskRecord, metric: str, predictions: Sequence, references: Sequence,
@@ -50,10 +64,14 @@ def resampled_scores(task: TaskRecord, metric: str, predictions: Sequence, refer
                                      [references[i] for i in idx])[metric] for idx in draws])
 
 
-def margin_low(task: TaskRecord, metric: str, predictions: Sequence, baseline: Sequence,
-               references: Sequence) -> float:
-    """The lower end of the 95 % paired-bootstrap interval of (prompt - baseline) on the rows."""
+def margin(task: TaskRecord, metric: str, predictions: Sequence, baseline: Sequence,
+           references: Sequence) -> Interval:
+    """(prompt - baseline) in points of ``metric`` on the rows, with its 95 % paired-bootstrap
+    interval (none below `MIN_ROWS` rows)."""
     draws = resamples(len(references), RESAMPLES, SEED)
     diff = resampled_scores(task, metric, predictions, references, draws) - \
         resampled_scores(task, metric, baseline, references, draws)
-    return float(np.percentile(diff, 100 * (1 - LEVEL) / 2))
+    whole = np.arange(len(references))[None]
+    estimate = float((resampled_scores(task, metric, predictions, references, whole)
+                      - resampled_scores(task, metric, baseline, references, whole))[0])
+    return row_interval(estimate, diff, len(references))

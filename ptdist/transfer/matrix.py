@@ -5,7 +5,9 @@ has a spread. Prompts initialised from another prompt (``prompt:`` inits: TPT ru
 task's own prompts and are left out. On each target's evaluation rows, read once for all
 prompts (`predict_each`: prompts as a batch dimension):
 
-- ``own_score``: the mean score of the target's own prompts (its seeds);
+- ``own_score``: the score of the target's own prompt of the source's seed: a seed is one
+  replicate of the study, so each source is compared with its own replicate's target prompt
+  (`ptdist.store.results.seed_paired`);
 - ``relative`` = 100 x score / own_score, the paper's raw relative performance;
 - ``chance``: the majority-class score of the rows (`ptdist.transfer.baselines`);
 - ``normalized`` = 100 x (score - chance) / (own_score - chance): the share of the own
@@ -16,8 +18,9 @@ prompts (`predict_each`: prompts as a batch dimension):
   target's own prompts.
 
 A row of an own prompt on its own task also says whether it is clearly above the majority
-class and above the random prompt of its seed (a paired bootstrap over the rows); a task whose
-own prompts are not all clearly above both does not count toward findings.
+class and above the random prompt of its seed (a paired bootstrap over the rows, from
+`ptdist.statistics.MIN_ROWS` rows on); a task whose own prompts are not all clearly above both
+does not count toward findings.
 
 A target's column depends on nothing but the sources and that target, so the matrix can be
 computed a column at a time (`score_target`) and assembled (`write_matrix`): how the columns
@@ -26,8 +29,9 @@ are spread over jobs is the orchestration's choice.
 
 from __future__ import annotations
 
+import logging
+import math
 import statistics
-import sys
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -37,15 +41,17 @@ import torch
 
 from ptdist.backbones import Backbone
 from ptdist.errors import PtdistError
+from ptdist.progress import Progress
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
-from ptdist.store.results import MatrixRow
+from ptdist.store.results import MatrixRow, seed_paired
 from ptdist.store.tables import write_records
-from ptdist.tasks import compute_metrics
 from ptdist.training.distributed import leads
 from ptdist.training.evaluation import (Scored, inference_backbone, inference_precision,
                                         score_prompts)
-from ptdist.transfer.baselines import majority_predictions, margin_low, random_prompts
+from ptdist.transfer.baselines import majority_baseline, margin, random_prompts
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,7 @@ def score_target(store: Store, sources: Sequence[PromptManifest], target: str,
     backbone.max_length = owns[0].max_length  # the target's own prompts were trained with it
     seeds = sorted({m.seed for m in owns})
     prompts = torch.cat([torch.stack([store.prompts.tensor(m.id) for m in sources]),
-                         random_prompts(backbone, seeds, owns[0].prompt_length)])
+                         random_prompts(backbone, target, seeds, owns[0].prompt_length)])
     scored = score_prompts(backbone, owns[0].task_ref, prompts, data_dir=settings.data_dir,
                            limit=settings.eval_limit, batch_size=settings.batch_size,
                            max_new_tokens=settings.max_new_tokens)
@@ -125,47 +131,52 @@ def column_rows(sources: Sequence[PromptManifest], target: str, seeds: list[int]
     metric = task.primary_metric
     scores = [m[metric] for m in scored.metrics]
     randoms = dict(zip(seeds, range(len(sources), len(scores))))  # seed -> its random prompt
-    majority = majority_predictions(refs) if task.is_classification else None
-    chance = None if majority is None else compute_metrics(task, majority, refs)[metric]
-    own_score = statistics.mean(s for m, s in zip(sources, scores) if m.task == target)
+    majority, chance = majority_baseline(task, metric, refs)
     random_score = statistics.mean(scores[i] for i in randoms.values())
-    margins = {k: (margin_low(task, metric, scored.predictions[k], majority, refs)
+    margins = {k: (margin(task, metric, scored.predictions[k], majority, refs).low
                    if majority is not None else None,
-                   margin_low(task, metric, scored.predictions[k],
-                              scored.predictions[randoms[m.seed]], refs))
+                   margin(task, metric, scored.predictions[k],
+                          scored.predictions[randoms[m.seed]], refs).low)
                for k, m in enumerate(sources) if m.task == target}
+    # NaN: too few rows for an interval, so not clearly above anything
     clear = {k: above_random > 0 and (above_chance is None or above_chance > 0)
              for k, (above_chance, above_random) in margins.items()}
-    # The own prompts' gain over chance is the normalisation's denominator: undefined unless
-    # every own prompt clearly has one.
-    denominator = chance if all(clear.values()) else None
-    return [MatrixRow(
+    rows = [dict(
         model=m.model, source_task=m.task, source_type=m.task_type, source_prompt=m.id,
         source_seed=m.seed, target_task=target, target_type=task.type, metric=metric,
-        score=score, own_score=own_score,
-        relative=100.0 * score / own_score if own_score else None,
-        chance=chance, normalized=_normalized(score, own_score, denominator),
-        random_score=random_score, eval_examples=len(refs),
-        above_chance_low=margins.get(k, (None, None))[0],
-        above_random_low=margins.get(k, (None, None))[1], clearly_above=clear.get(k))
+        score=score, chance=chance, random_score=random_score, eval_examples=len(refs),
+        above_chance_low=_finite(margins.get(k, (None, None))[0]),
+        above_random_low=_finite(margins.get(k, (None, None))[1]), clearly_above=clear.get(k))
         for k, (m, score) in enumerate(zip(sources, scores))]
+    return [MatrixRow(**r) for r in seed_paired(rows)]
 
 
-def _normalized(score: float, own_score: float, chance: float | None) -> float | None:
-    if chance is None or own_score <= chance:
-        return None
-    return 100.0 * (score - chance) / (own_score - chance)
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
-def cells(rows: Sequence[MatrixRow], field: str = "relative") -> dict[tuple[str, str], list[float]]:
-    """``{(source task, target task): the values of ``field`` over the source's prompts}``
-    (undefined values left out), in the matrix's order."""
-    out: dict[tuple[str, str], list[float]] = {}
+def cells(rows: Sequence[MatrixRow], field: str = "relative") -> dict[tuple[str, str],
+                                                                     dict[int, float]]:
+    """``{(source task, target task): {seed: field}}``, a seed's value the mean over the
+    source's prompts of that seed (several inits), undefined values left out, in the matrix's
+    order: each cell's replicates."""
+    found: dict[tuple[str, str], dict[int, list[float]]] = {}
     for r in rows:
-        values = out.setdefault((r.source_task, r.target_task), [])
+        seeds = found.setdefault((r.source_task, r.target_task), {})
         if getattr(r, field) is not None:
-            values.append(getattr(r, field))
-    return out
+            seeds.setdefault(r.source_seed, []).append(getattr(r, field))
+    return {pair: {seed: statistics.mean(v) for seed, v in seeds.items()}
+            for pair, seeds in found.items()}
+
+
+def group_replicates(values: dict[tuple[str, str], dict[int, float]],
+                     pairs: Sequence[tuple[str, str]]) -> dict[int, float]:
+    """Per seed, the mean of ``pairs``' cells (`cells`) over the seeds every pair has: one
+    replicate of the group's mean transfer per seed."""
+    if not pairs:
+        return {}
+    seeds = set.intersection(*(set(values[p]) for p in pairs))
+    return {s: statistics.mean(values[p][s] for p in pairs) for s in sorted(seeds)}
 
 
 def unusable_tasks(rows: Iterable[MatrixRow]) -> list[str]:
@@ -210,10 +221,10 @@ def transfer_matrix(store: Store, prompts: Sequence[PromptManifest],
     sources = matrix_sources(prompts)
     targets = list(dict.fromkeys(m.task for m in sources))
     rows = []
-    with matrix_backbone(sources, settings) as backbone:
+    with matrix_backbone(sources, settings) as backbone, \
+            Progress(f"transfer matrix of {sources[0].model}", len(targets), "target", log,
+                     every=1) as progress:
         for k, target in enumerate(targets):
             rows += score_target(store, sources, target, settings, backbone)
-            if leads():
-                print(f"[transfer] {sources[0].model}: target {target} scored "
-                      f"({k + 1}/{len(targets)})", file=sys.stderr, flush=True)
+            progress.update(k + 1, scored=target)
     return write_matrix(store, sources, rows)

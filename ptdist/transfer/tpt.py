@@ -1,7 +1,10 @@
 """TPT: prompt tuning on a target task initialised from another prompt (the prompt only:
 optimizer state, schedule and step counter start fresh, as for any ``prompt:`` init), run beside
-vanilla prompt tuning, with the speed-up read off their learning curves (every run is
-evaluated at step 0, before its first update, so a curve starts where its prompt did):
+vanilla prompt tuning with the same settings, under one learning-rate schedule (which the
+summary records: under a linear decay vanilla PT tends to peak at its last evaluation, which
+favours any run that gets there sooner), with the speed-up read off their learning curves
+(every run is evaluated at step 0, before its first update, so a curve starts where its prompt
+did):
 
     speed-up = steps vanilla PT needs to reach its best evaluation score
                / steps TPT needs to first reach that score
@@ -11,17 +14,22 @@ reaches t x vanilla's best: a best score reached once, late, by a noisy curve no
 the whole comparison. A run that reaches the threshold at step 0 (its starting prompt already
 does) has an infinite speed-up; two runs that both start there have a speed-up of 1.
 
-A `TptPlan` says which runs a comparison needs (vanilla and each source on each target, for
-one seed or for each of several: each seed is its own comparison); the runs are ordinary
-prompt-tuning runs, trained (or found in the store) by whoever runs the plan,
-and `tpt_summary` reads their curves from the store. TPT_task starts from another task's prompt
-of the same model (`task_plan`); TPT_model (`ptdist.projection.tpt`) from a projected prompt of
-another model.
+Steps-to-target is known only to the nearest evaluation (`evaluation_grid`): on a grid of every
+100 of 300 steps a speed-up is a ratio of two of 100, 200 and 300. Beside it, the area under
+each learning curve (`curve_area`: its mean score over the steps both runs cover) compares the
+whole curves, not one crossing.
+
+A `TptPlan` says which runs a comparison needs (vanilla and each source on each target, once
+per seed: each seed is its own comparison); the runs are ordinary prompt-tuning runs, trained
+(or found in the store) by whoever runs the plan, and `tpt_summary` reads their curves from
+the store. TPT_task starts from another task's prompt of the same model (`task_plan`);
+TPT_model (`ptdist.projection.tpt`) from a projected prompt of another model; `ptdist
+recommend --then-tpt` from the candidates it ranks first (`ptdist.recommend.tpt`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,8 +45,9 @@ from ptdist.tasks import get_task
 from ptdist.training.config import TrainConfig
 from ptdist.training.run import plan_run
 
-TASK_PLACEHOLDER = "{task}"
+TASK_PLACEHOLDER, PROMPT_PLACEHOLDER = "{task}", "{prompt}"
 TOLERANCE = 0.99
+Curve = tuple[Sequence[int], Sequence[float]]  # a learning curve: its steps and scores
 
 
 class SourcePrompt(Protocol):
@@ -55,41 +64,46 @@ class SourcePrompt(Protocol):
 @dataclass(frozen=True)
 class TptSource:
     """One kind of TPT run: its label, the init it starts from (``{task}`` stands for the
-    target task's name), and per target task name the prompt it comes from (whose task and id
-    the summary reports)."""
+    target task's name, ``{prompt}`` for the id of its prompt), and per (target task name,
+    seed) the prompt it comes from (whose task and id the summary reports)."""
 
     label: str
     init: str
-    prompts: dict[str, SourcePrompt]
+    prompts: dict[tuple[str, int], SourcePrompt]
+
+    def init_for(self, target: str, seed: int) -> str:
+        return self.init.replace(TASK_PLACEHOLDER, target).replace(
+            PROMPT_PLACEHOLDER, self.prompts[target, seed].id)
 
 
 @dataclass(frozen=True)
 class TptPlan:
-    """Vanilla PT and each source's TPT run on each target task, with the same settings."""
+    """Vanilla PT and each source's TPT run on each target task, with the same settings, once
+    per seed (a seed's TPT runs start from that seed's source prompts, and are compared with
+    that seed's vanilla run: each seed is one replicate of the comparison)."""
 
     model: str
     targets: tuple[str, ...]  # task names or task YAML paths
     sources: tuple[TptSource, ...]
-    train: dict[str, Any] = field(hash=False)  # TrainConfig settings: steps, lr, seed...
+    train: dict[str, Any] = field(hash=False)  # TrainConfig settings: steps, lr...
     data_dir: str | None = None
     ds_config: str = "zero0"
     projector: str | None = None  # TPT_model: the projector of the sources' prompts
     tolerance: float = TOLERANCE  # the tolerance speed-up's threshold, x vanilla's best
-    seeds: tuple[int, ...] = ()  # a comparison per seed (none: the seed of ``train``)
+    seeds: tuple[int, ...] = (0,)
 
-    def runs(self) -> list[tuple[str, str, TrainConfig]]:
-        """``(target name, run label, config)`` of every run, vanilla first per target and
-        seed."""
+    def runs(self) -> list[tuple[str, int, str, TrainConfig]]:
+        """``(target name, seed, run label, config)`` of every run, vanilla first per target
+        and seed."""
         out = []
         for ref in self.targets:
             name = get_task(ref).name
-            for seed in self.seeds or (None,):
-                train = self.train if seed is None else dict(self.train, seed=seed)
+            for seed in self.seeds:
                 for label, init in [("vanilla", "random"),
-                                    *((s.label, s.init) for s in self.sources)]:
-                    out.append((name, label, TrainConfig(
-                        model=self.model, task=ref, init=init.replace(TASK_PLACEHOLDER, name),
-                        ds_config=self.ds_config, data_dir=self.data_dir, **train)))
+                                    *((s.label, s.init_for(name, seed)) for s in self.sources)]:
+                    out.append((name, seed, label, TrainConfig(
+                        model=self.model, task=ref, init=init, ds_config=self.ds_config,
+                        data_dir=self.data_dir, **dict(self.train, seed=seed))))
         return out
 
     def folder(self, store: Store, target: str) -> Path:
@@ -121,13 +135,22 @@ def resolve_source(store: Store, model: str, ref: str,
 
 def task_plan(store: Store, model: str, targets: Sequence[str], sources: Sequence[str],
               prompts: Sequence[PromptManifest], train: dict[str, Any],
-              **placement: Any) -> TptPlan:
-    """TPT_task: vanilla PT and TPT from each source (a prompt id, or a task: its best prompt
-    among ``prompts``) on each target; ``placement``: data_dir, ds_config."""
+              seeds: Sequence[int] | None = None, **placement: Any) -> TptPlan:
+    """TPT_task: vanilla PT and TPT from each source (a prompt id, or a task) on each target;
+    ``placement``: data_dir, ds_config, tolerance. Given ``seeds`` (a study's), once per seed,
+    a task's source being its best prompt among ``prompts`` of that seed; else with the seed of
+    ``train``, a task's source being its best prompt among all of ``prompts``."""
     names = [get_task(t).name for t in targets]
-    runs = [TptSource(f"tpt from {m.task}", f"prompt:{m.id}", dict.fromkeys(names, m))
-            for m in (resolve_source(store, model, s, prompts) for s in sources)]
-    return TptPlan(model, tuple(targets), tuple(runs), check_lengths(runs, train), **placement)
+    runs = []
+    for ref in sources:
+        found = ({seed: resolve_source(store, model, ref, [m for m in prompts if m.seed == seed])
+                  for seed in seeds} if seeds else
+                 {train.get("seed", TrainConfig.seed): resolve_source(store, model, ref, prompts)})
+        first = next(iter(found.values()))
+        runs.append(TptSource(f"tpt from {first.task}", f"prompt:{PROMPT_PLACEHOLDER}",
+                              {(n, seed): m for n in names for seed, m in found.items()}))
+    return TptPlan(model, tuple(targets), tuple(runs), check_lengths(runs, train),
+                   seeds=tuple(seeds or (train.get("seed", TrainConfig.seed),)), **placement)
 
 
 @dataclass
@@ -150,11 +173,53 @@ def speedup(vanilla_steps: int, steps: int | None) -> float | None:
     return vanilla_steps / steps
 
 
+def curve_area(steps: Sequence[int], scores: Sequence[float], until: int) -> float:
+    """The area under a learning curve from step 0 to ``until`` (trapezoids between
+    evaluations), divided by ``until``: the curve's mean score over those steps (its score at
+    step 0 when ``until`` is 0). The curve must be evaluated at step 0 and at ``until``."""
+    points = sorted((step, score) for step, score in zip(steps, scores) if step <= until)
+    if not points or points[0][0] != 0 or points[-1][0] != until:
+        raise PtdistError(f"a learning curve evaluated at steps {sorted(steps)} does not cover "
+                          f"steps 0 to {until}")
+    if until == 0:
+        return points[0][1]
+    area = sum((b - a) * (sa + sb) / 2 for (a, sa), (b, sb) in zip(points, points[1:]))
+    return area / until
+
+
+def compared_areas(run: Curve, vanilla: Curve) -> tuple[float, float]:
+    """The areas (`curve_area`) of a run's learning curve and of its seed's vanilla run's
+    (``(steps, scores)`` each), over the steps both cover."""
+    until = min(max(run[0]), max(vanilla[0]))
+    return curve_area(*run, until), curve_area(*vanilla, until)
+
+
+def run_seeds(store: Store, rows: Iterable[TptCurveRow | TptSummaryRow]) -> dict[str, int]:
+    """The seed of each run of a TPT table (its prompt's manifest holds it)."""
+    return {pid: store.prompts.manifest(pid).seed for pid in {r.prompt_id for r in rows}}
+
+
+def evaluation_grid(steps: Sequence[int]) -> str:
+    """A curve's evaluation steps in words: "every 100 of 300 steps" or the list."""
+    ordered = sorted(set(steps))
+    gaps = {b - a for a, b in zip(ordered, ordered[1:])}
+    if ordered and ordered[0] == 0 and len(gaps) == 1:
+        return f"every {gaps.pop()} of {ordered[-1]} steps"
+    return "at steps " + ", ".join(map(str, ordered))
+
+
 def speedup_rows(vanilla: PromptManifest,
                  runs: list[tuple[str, SourcePrompt | None, PromptManifest]],
                  tolerance: float = TOLERANCE) -> list[TptSummaryRow]:
     """Summary rows for the vanilla run and each (label, source prompt, TPT run)."""
     metric = vanilla.metric
+    schedules = {m.config.get("schedule", TrainConfig.IMPLICIT["schedule"])
+                 for m in [vanilla, *(run for _, _, run in runs)]}
+    if len(schedules) > 1:
+        raise PtdistError(f"TPT compares vanilla and transferred runs under one learning-rate "
+                          f"schedule; the runs on {vanilla.task} used "
+                          f"{', '.join(sorted(schedules))}: train them with the same --schedule")
+    schedule = schedules.pop()
     best = max(h[metric] for h in vanilla.history)
     target = tolerance * best
     vanilla_hit = first_reach(vanilla.history, metric, best)
@@ -173,24 +238,23 @@ def speedup_rows(vanilla: PromptManifest,
             time_to_vanilla_best_s=hit["time_s"] if hit else None,
             speedup=speedup(vanilla_hit["step"], hit["step"] if hit else None),
             tolerance=tolerance, steps_to_tolerance=near["step"] if near else None,
-            speedup_tolerance=speedup(vanilla_near["step"], near["step"] if near else None)))
+            speedup_tolerance=speedup(vanilla_near["step"], near["step"] if near else None),
+            schedule=schedule))
     return rows
 
 
 def tpt_summary(store: Store, plan: TptPlan) -> TptResult:
     """Curves and speed-ups of a plan whose runs are all in the store, written per target
-    under `TptPlan.folder` (each seed's runs compared with that seed's vanilla run; a row's
-    prompt id names its run, and so its seed)."""
-    ids = {(target, label, config.seed): plan_run(config, store).prompt_id
-           for target, label, config in plan.runs()}
+    under `TptPlan.folder` (every seed's runs in one table)."""
+    ids = {(target, seed, label): plan_run(config, store).prompt_id
+           for target, seed, label, config in plan.runs()}
     summary, folders = [], []
     for target in dict.fromkeys(t for t, _, _ in ids):
         rows, curves = [], []
-        for seed in dict.fromkeys(s for t, _, s in ids if t == target):
-            vanilla = store.prompts.manifest(ids[(target, "vanilla", seed)])
-            runs = [(s.label, s.prompts[target],
-                     store.prompts.manifest(ids[(target, s.label, seed)]))
-                    for s in plan.sources]
+        for seed in plan.seeds:
+            vanilla = store.prompts.manifest(ids[(target, seed, "vanilla")])
+            runs = [(s.label, s.prompts[target, seed],
+                     store.prompts.manifest(ids[(target, seed, s.label)])) for s in plan.sources]
             rows += speedup_rows(vanilla, runs, plan.tolerance)
             curves += [TptCurveRow(model=vanilla.model, target_task=target, run=label,
                                    source_task=source.task if source else None, prompt_id=m.id,
