@@ -271,7 +271,14 @@ def test_the_benchmark_checks_each_task_left_out_of_a_study(tmp_path):
     assert set(folds) == set(TASKS)
     assert folds["newtask"]["predicted"][0] == folds["newtask"]["best"] == "twin"
     assert set(folds["newtask"]["tpt"]) == {"twin", "inverse"}
-    assert folds["newtask"]["tpt"]["twin"] > folds["newtask"]["tpt"]["inverse"]
+    # By its best score TPT from inverse may catch up within the study's 60 steps (a tie
+    # counts as a TPT hit); where they start is planted: twin's prompt solves newtask,
+    # inverse's gets every row wrong.
+    assert folds["newtask"]["tpt"]["twin"] >= folds["newtask"]["tpt"]["inverse"]
+    tpt = read_records(Store(tmp_path / "store").layout.tpt_dir("newtask", model="tiny-roberta")
+                       / "summary.parquet", TptSummaryRow)
+    start = {r.source_task: r.start_score for r in tpt}
+    assert start["twin"] > 90 and start["inverse"] < 10
     measures = {m["measure"]: m for m in result["summary"]}
     assert set(measures["regret (best - chosen, score points)"]["baselines"]) == \
         {"a random source", "the same task type", "no transfer"}
