@@ -32,7 +32,8 @@ def connect_ray(address: str | None) -> str:
     if ray.is_initialized():
         return "the Ray instance this process already joined"
     if address:
-        ray.init(address=address, logging_level=library_level())
+        ray.init(address=address, logging_level=library_level(),
+                 runtime_env=_joined_address(address))
         return f"the Ray cluster at {address}"
     keep_ray_on_loopback()
     # Ray Train's controller queries the state API, which the dashboard serves.
@@ -47,6 +48,17 @@ def connect_ray(address: str | None) -> str:
     auth = os.environ.get(RAY_AUTH_MODE)
     return (f"{LOCAL_RAY} (listening on {LOOPBACK} only; token authentication "
             + ("on" if auth == "token" else f"OFF: {RAY_AUTH_MODE}={auth}") + ")")
+
+
+def _joined_address(address: str) -> dict:
+    """The job's processes get the address it joined. Ray Train's controller and its
+    placement-group cleaner find the state API through $RAY_ADDRESS, else through the latest
+    `ray start` on their node: with two Rays on one machine they would watch the other one (and
+    log that they do, every few seconds). A `ray://` client address or `auto` is no address
+    they could use, so those are left to Ray."""
+    if address == "auto" or "://" in address:
+        return {}
+    return {"env_vars": {"RAY_ADDRESS": address}}
 
 
 def keep_ray_on_loopback() -> None:
