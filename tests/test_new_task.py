@@ -116,19 +116,19 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 
 
 def test_a_yaml_task_is_known_by_its_path_and_then_by_its_name(yaml_store):
-    from ptdist.cli.options import task_args
+    from ptdist.api.inputs import tasks_in
 
     root, prompt_id = yaml_store
     store = Store(root / "store")
     path = str((root / "newtask.yaml").resolve())
     assert store.prompts.manifest(prompt_id).task_ref == path  # trained by the absolute path
-    assert task_args(["newtask.yaml", "newtask", "sst2"], store) == [path, path, "sst2"]
+    assert tasks_in(["newtask.yaml", "newtask", "sst2"], store) == [path, path, "sst2"]
     with pytest.raises(PtdistError, match="unknown task 'newtsk' \\(did you mean 'newtask'"
                                           "\\?\\).*defined in YAML that the store has prompts "
                                           "of: newtask"):
-        task_args(["newtsk"], store)
+        tasks_in(["newtsk"], store)
     with pytest.raises(PtdistError, match="unknown task 'newtask'"):
-        task_args(["newtask"])  # no store: a name must be a built-in
+        tasks_in(["newtask"], None)  # no store: a name must be a built-in
 
 
 @pytest.mark.parametrize("argv", [

@@ -140,10 +140,10 @@ def test_prompts_of_another_model_are_candidates_through_a_projector(capsys, pla
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (("--then-tpt", "0"), "--then-tpt 0: give how many"),
+    (("--then-tpt", "0"), "then_tpt 0 (--then-tpt): give how many"),
     (("--then-tpt", "1", "--steps", "0"), "steps must be at least 1"),
     (("--then-tpt", "1", "--ds-config", "zero9"), "zero9"),
-    (("--sample", "0"), "--sample and --probe take a positive number"),
+    (("--sample", "0"), "(--sample, --probe) take a positive number"),
     (("--hub", "absent/"), "absent is neither a prompt file"),
     (("--model", "tiny-t5"), "no candidate source prompts for 'newtask' on 'tiny-t5'"),
 ], ids=["then-tpt 0", "steps 0", "ds-config", "sample 0", "hub", "no candidates"])

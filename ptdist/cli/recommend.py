@@ -6,63 +6,27 @@ from __future__ import annotations
 
 import argparse
 
-from ptdist.cli.options import (absolute, add_data, add_execution, add_job_resources,
-                                add_precision, add_store, add_tolerance, emit, execution,
-                                job_resources, model_help, store_of, task_args, task_help)
+from ptdist.cli.options import (add_data, add_execution, add_job_resources, add_precision,
+                                add_store, add_tolerance, emit, execution, job_resources,
+                                model_help, task_help)
 
 
 def recommend(args: argparse.Namespace) -> None:
-    from ptdist.errors import PtdistError
-    from ptdist.recommend import (RecommendSettings, gather, recommend as rank, study_settings,
-                                  train_probe, write_recommendation)
-    from ptdist.reporting.figures import recommend_figure
-    from ptdist.tasks import get_task, load_split
-    from ptdist.transfer.matrix import own_prompts
+    from ptdist.api.recommend import recommend_sources
 
-    store = store_of(args)
-    task_ref = task_args([args.task], store)[0]
-    task = get_task(task_ref)
-    if args.sample < 1 or (args.probe is not None and args.probe < 1):
-        raise PtdistError("--sample and --probe take a positive number (rows, steps)")
-    candidates = gather(store, args.model, task.name, args.hub or ())
-    data_dir = absolute(args.data_dir)
-    load_split(task, "train", limit=1, data_dir=data_dir)  # its data, before any model loads
-    mine = own_prompts(store.prompts.select(args.model))
-    study = study_settings(mine)
-    seeds = tuple(args.seeds or sorted({m.seed for m in mine}) or (0,))
-    train = _tpt_settings(args, task_ref, study) if args.then_tpt is not None else None
-    probe = None if args.probe is None else \
-        train_probe(store, args.model, task_ref, args.probe, candidates, study, data_dir)
-    settings = RecommendSettings(sample=args.sample, sample_seed=args.sample_seed, seeds=seeds,
-                                 batch_size=args.batch_size,
-                                 max_length=study.get("max_length", 128), data_dir=data_dir,
-                                 precision=args.precision)
-    result = rank(store, args.model, task_ref, candidates, settings, probe)
-    table = write_recommendation(store, result)
-    figure = recommend_figure(result.rows,
-                              store.layout.recommendation_figure(args.model, result.task))
-    lines = ranking_lines(result) + [f"table: {table}\nfigure: {figure}"]
-    payload = {**result.to_json(), "table": str(table), "figure": str(figure)}
-    if train is not None:
-        lines += _then_tpt(args, store, result, candidates, task_ref, train, seeds, payload)
-    emit(args, "\n".join(lines), payload)
-
-
-def _tpt_settings(args: argparse.Namespace, task_ref: str, study: dict) -> dict:
-    """The TPT runs' settings (the study's, --steps, --lr, --eval-every over them), checked
-    with their DeepSpeed config before any work starts."""
-    from ptdist.errors import PtdistError
-    from ptdist.training import TrainConfig
-    from ptdist.training.engine import load_ds_config
-
-    if args.then_tpt < 1:
-        raise PtdistError(f"--then-tpt {args.then_tpt}: give how many of the top sources to "
-                          "train from (at least 1)")
-    train = {**study, **{k: v for k, v in (("steps", args.steps), ("lr", args.lr),
-                                           ("eval_every", args.eval_every)) if v is not None}}
-    TrainConfig(model=args.model, task=task_ref, **train)
-    load_ds_config(args.ds_config)
-    return train
+    train = {"ds_config": args.ds_config,
+             **{k: v for k, v in (("steps", args.steps), ("lr", args.lr),
+                                  ("eval_every", args.eval_every)) if v is not None}}
+    result = recommend_sources(
+        args.model, args.task, hub=args.hub or (), probe=args.probe, then_tpt=args.then_tpt,
+        sample=args.sample, sample_seed=args.sample_seed, seeds=args.seeds,
+        batch_size=args.batch_size, precision=args.precision, data_dir=args.data_dir,
+        train=train, tolerance=args.tolerance, store=args.store, execution=execution(args),
+        resources=job_resources(args))
+    lines = ranking_lines(result) + [f"table: {result.table}\nfigure: {result.figure}"]
+    if result.tpt is not None:
+        lines += tpt_lines(result.task, result.tpt)
+    emit(args, "\n".join(lines), result.to_json())
 
 
 def ranking_lines(result) -> list[str]:
@@ -121,31 +85,16 @@ def advice(top) -> str:
             f"predicted rank {_rank(top)}, first in {top.p_top:.0%} of the resamples")
 
 
-def _then_tpt(args, store, result, candidates, task_ref, train, seeds, payload) -> list[str]:
-    from ptdist.orchestration.stages import run_tpt
+def tpt_lines(task: str, check) -> list[str]:
+    """Each TPT run over the seeds: its best and starting score, and beside vanilla's the
+    paired differences and each seed's speed-up."""
     from ptdist.recommend.evidence import compared, stated
-    from ptdist.recommend.tpt import outcomes, top_sources, tpt_plan
-    from ptdist.reporting.figures import tpt_figure
-    from ptdist.store.layout import TPT_CURVES, TPT_FIGURE
-    from ptdist.store.results import TptCurveRow
-    from ptdist.store.tables import read_records
-    from ptdist.transfer.tpt import run_seeds
+    from ptdist.store.layout import TPT_FIGURE
 
-    top = top_sources(result, candidates, args.then_tpt)
-    plan = tpt_plan(result, top, task_ref, train, seeds, data_dir=absolute(args.data_dir),
-                    ds_config=args.ds_config, tolerance=args.tolerance)
-    summary = run_tpt(store, plan, job_resources(args), execution(args)).summary
-    folder = plan.folder(store, result.task)
-    curves = read_records(folder / TPT_CURVES, TptCurveRow)
-    run_seed = run_seeds(store, curves)
-    tpt_figure(curves, summary, folder / TPT_FIGURE, run_seed)
-    measured = outcomes(summary, curves, run_seed, top)
-    payload["tpt"] = {"folder": str(folder), "seeds": list(seeds),
-                      "runs": [o.to_json() for o in measured]}
-    lines = [f"TPT on {result.task}, seeds {', '.join(map(str, seeds))} (each seed's runs "
-             f"against its vanilla run; evaluated {measured[0].grid}, so a speed-up is a ratio "
-             "of two evaluation steps):"]
-    for o in measured:
+    lines = [f"TPT on {task}, seeds {', '.join(map(str, check.seeds))} (each seed's runs "
+             f"against its vanilla run; evaluated {check.runs[0].grid}, so a speed-up is a "
+             "ratio of two evaluation steps):"]
+    for o in check.runs:
         predicted = "" if o.rank is None else f" (predicted rank {_rank(o)})"
         lines.append(f"{o.run}{predicted}: best {stated(o.best)}; at step 0 {stated(o.start)}")
         if o.gain is not None:
@@ -155,7 +104,7 @@ def _then_tpt(args, store, result, candidates, task_ref, train, seeds, payload) 
                       "    area under the learning curve - vanilla's: "
                       f"{compared(o.area_gain, 'higher', 'lower', ' points')}",
                       f"    speed-up to vanilla's best: {per_seed}"]
-    return lines + [f"curves and tables: {folder} ({TPT_FIGURE})"]
+    return lines + [f"curves and tables: {check.folder} ({TPT_FIGURE})"]
 
 
 def _speedup(value: float | None) -> str:
