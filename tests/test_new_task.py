@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+import ptdist
 from ptdist.errors import PtdistError
 from ptdist.store import Store
 from ptdist.store.prompts import write_prompt_file
@@ -155,6 +156,49 @@ def test_every_task_option_takes_the_yaml_task_by_name(yaml_store, argv):
         assert ("unknown task" in err) != passes, (args, err)
         if not passes:
             assert code == 2 and err.count("\n") == 1 and "Loading" not in err
+
+
+LOCAL = dict(execution=ptdist.Execution(local=True))
+API_CALLS = {
+    "train": lambda task: ptdist.train(ptdist.TrainConfig(
+        model="tiny-roberta", task=task, prompt_length=4, steps=2, eval_every=2, batch_size=8),
+        "store"),
+    "evaluate": None,  # takes the fixture's prompt: called in the test
+    "transfer_matrix": lambda task: ptdist.transfer_matrix("tiny-roberta", ["sst2", task],
+                                                           store="store", **LOCAL),
+    "tpt sources": lambda task: ptdist.tpt("tiny-roberta", ["sst2"], [task], store="store",
+                                           **LOCAL),
+    "tpt targets": lambda task: ptdist.tpt("tiny-roberta", [task], ["sst2"], store="store",
+                                           **LOCAL),
+    "capture": lambda task: ptdist.capture("tiny-roberta", [task], store="store", **LOCAL),
+    "train_projector": lambda task: ptdist.train_projector(ptdist.ProjectorConfig(
+        source_model="tiny-roberta", target_model="tiny-t5", mode="distance",
+        tasks=(task,)), "store"),
+    "evaluate_projector": lambda task: ptdist.evaluate_projector("0" * 16, [task],
+                                                                 store="store"),
+    "tpt_model": lambda task: ptdist.tpt_model("0" * 16, [task], store="store", **LOCAL),
+    "recommend_sources": lambda task: ptdist.recommend_sources("tiny-roberta", task,
+                                                               store="store"),
+}
+
+
+@pytest.mark.parametrize("name", API_CALLS)
+def test_every_api_function_takes_the_yaml_task_by_name(yaml_store, name):
+    """The Python API resolves tasks as the command line does: a YAML task's name passes (a
+    run asked for again is the stored one; others fail, if at all, on something else), a
+    misspelt one stops with the unknown-task error."""
+    root, prompt_id = yaml_store
+    for task, passes in (("newtask", True), ("newtsk", False)):
+        call = API_CALLS[name]
+        try:
+            result = call(task) if call else \
+                ptdist.evaluate("tiny-roberta", prompt_id, task, store="store")
+            error = ""
+        except PtdistError as exc:
+            error = str(exc)
+        assert ("unknown task" in error) != passes, (task, error)
+        if name == "train" and passes:
+            assert result.prompt_id == prompt_id and result.skipped
 
 
 def test_neurons_embedding_shows_similarities_of_two_tasks(capsys, tmp_path):

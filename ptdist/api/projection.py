@@ -61,10 +61,11 @@ def evaluate_projector(projector: str, tasks: Sequence[str], *,
     majority class.
     """
     opened = open_store(store)
+    tasks = tasks_in(tasks, opened)
     manifest = opened.projectors.manifest(projector)
     prompts = [m for model in (manifest.source_model, manifest.target_model)
                for m in opened.prompts.select(model)]
-    return evaluate_stage(opened, projector, tasks_in(tasks, opened), prompts,
+    return evaluate_stage(opened, projector, tasks, prompts,
                           replace(settings, data_dir=absolute(settings.data_dir)))
 
 
@@ -81,8 +82,9 @@ def tpt_model(projector: str, targets: Sequence[str], *, train: Mapping[str, Any
     """
     opened = open_store(store)
     runs, where = tpt_settings(train, tolerance, "tpt_model")
+    targets = tasks_in(targets, opened)
     manifest = opened.projectors.manifest(projector)
-    plan = model_plan(opened, projector, tasks_in(targets, opened),
+    plan = model_plan(opened, projector, targets,
                       opened.prompts.select(manifest.source_model), runs, **where)
     return compare(opened, plan, execution, resources)
 
