@@ -45,7 +45,8 @@ def task_help(what: str = "the task") -> str:
     from ptdist.tasks import task_names
 
     return (f"{what}: a registered task ({', '.join(task_names())}; "
-            "`ptdist tasks`) or a task YAML path")
+            "`ptdist tasks`), a task YAML path, or the name of a task defined in YAML that "
+            "the store has prompts of")
 
 
 def add_common(p: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ from ptdist.errors import PtdistError
 from ptdist.orchestration.presets import SpecFile, spec_file, written_here
 from ptdist.store.layout import is_plain_name, segment
 from ptdist.store import Store
-from ptdist.tasks import get_task
+from ptdist.tasks import get_task, task_ref
 from ptdist.training.config import TrainConfig
 from ptdist.training.engine import (deepspeed_config, load_ds_config, precision_of,
                                     zero_stage)
@@ -359,12 +359,6 @@ def _storage_path(text: str) -> str:
             "mounts (mountpoint-s3, s3fs) do not offer. To keep Ray Tune's and Train's records "
             "in S3, set 'ray_storage: s3://bucket/prefix' (docs/scale.md)")
     return str(Path(text).expanduser().resolve())
-
-
-def task_ref(task: str, base: Path) -> str:
-    """A task YAML path made absolute (runs execute in other working directories); a
-    registered name unchanged."""
-    return str((base / task).resolve()) if task.endswith((".yaml", ".yml")) else task
 
 
 def _task_ref_name(task: str) -> str:

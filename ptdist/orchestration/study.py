@@ -22,9 +22,9 @@ from pydantic import Field, PositiveInt
 from ptdist.errors import PtdistError
 from ptdist.orchestration.pairs import PairSettings
 from ptdist.orchestration.presets import SpecFile, spec_file
-from ptdist.orchestration.spec import TOP_KEYS, Names, SweepSpec, spec_from_raw, task_ref
+from ptdist.orchestration.spec import TOP_KEYS, Names, SweepSpec, spec_from_raw
 from ptdist.projection.config import MODES, ProjectorConfig
-from ptdist.tasks import get_task
+from ptdist.tasks import get_task, task_ref
 from ptdist.transfer.tpt import TOLERANCE
 from ptdist.validation import Strict, as_written, dataclass_shape, located, read_yaml, validate
 

@@ -18,7 +18,8 @@ class TrainConfig:
     trained on ``task`` with ``model`` frozen.
 
     model: a preset (tiny-roberta...), a local model folder, pkg:PACKAGE/path or a hub id.
-    task: a registered task name or a task YAML path. init: random | vocab | text:WORDS |
+    task: a registered task name or a task YAML path (`ptdist.train` also takes the name of a
+    task defined in YAML that the store has prompts of). init: random | vocab | text:WORDS |
     prompt:ID_OR_PATH. The budget: steps, lr, schedule (constant or linear after
     ``warmup_steps``, default 10 % of steps), optimizer (adamw or adam), batch_size (global),
     eval_every, eval_limit (evaluation examples; None: the whole split), train_limit (a seeded

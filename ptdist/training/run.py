@@ -70,11 +70,13 @@ def _digest(obj) -> str:
 
 
 def _record_content(task: TaskRecord) -> dict:
-    """The task record as the id hashes it. A record without standard data files hashes as
-    records did before ``source.local`` existed, so the prompts stored then keep their ids."""
+    """The task record as the id hashes it. A record without standard data files or a
+    held-out split hashes as records did before ``source.local`` and ``source.holdout``
+    existed, so the prompts stored then keep their ids."""
     content = asdict(task)
-    if task.source.local is None:
-        del content["source"]["local"]
+    for key in ("local", "holdout"):
+        if getattr(task.source, key) is None:
+            del content["source"][key]
     return content
 
 
