@@ -191,7 +191,8 @@ def add_budget(p: argparse.ArgumentParser) -> None:
                         "e.g. 0.99 (capped by --max-length; default: cut at --max-length)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the backbone's training forward and backward "
-                        "(another run: its rounding differs; see benchmarks/RESULTS.md for when it pays)")
+                        "(another run: its rounding differs; benchmarks/RESULTS.md says "
+                        "where it pays)")
     p.add_argument("--ds-config", default="zero0",
                    help="DeepSpeed config name in ds_configs/ or JSON path (default zero0)")
     p.add_argument("--activation-checkpointing", action="store_true",
