@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ptdist"
 
 # Lower layers never import higher ones (the map in docs/architecture.md).
 LAYERS = {"errors": 0, "runtime": 0, "lazy": 0, "validation": 0, "checksum": 0, "files": 0,
-          "statistics": 0, "logs": 0, "progress": 0, "faults": 0,
+          "statistics": 0, "logs": 0, "progress": 0, "faults": 0, "shipped": 0,
           "offline": 1,
           "tasks": 2, "store": 2, "backbones": 2,
           "training": 3,

@@ -20,11 +20,12 @@ from ptdist.errors import PtdistError
 # backbones' one hook into what stands in for the hub on a machine without it
 from ptdist.offline import (CONVERTED, HEAD_PREFIXES, RECIPE, cached_head, converted_dir,
                             is_packaged, lacks_only_head, resolve_packaged, restore_head)
+from ptdist.shipped import package_data
 
 log = logging.getLogger(__name__)
 
 # Configs of the paper's hub models (no weights): what the memory planner reads offline.
-BUNDLED_CONFIGS = Path(__file__).resolve().parent / "model_configs"
+BUNDLED_CONFIGS = package_data("ptdist.backbones", "model_configs")
 # The precisions ptdist runs a model in; T5 overflows in fp16, so there is none.
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 

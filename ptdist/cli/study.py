@@ -35,11 +35,12 @@ def sweep(args: argparse.Namespace) -> None:
 def replicate(args: argparse.Namespace) -> None:
     from ptdist.orchestration.graph import require_success
     from ptdist.orchestration.replicate import run_study
-    from ptdist.orchestration.study import load_study, preset_path
+    from ptdist.orchestration.presets import preset
+    from ptdist.orchestration.study import load_study
     from ptdist.reporting.report import write_report
     from ptdist.store import Store
 
-    study = load_study(args.study or preset_path(args.preset), storage_path=args.store,
+    study = load_study(args.study or preset(args.preset), storage_path=args.store,
                        data_dir=args.data_dir, max_concurrent=args.max_concurrent,
                        pack=pack_override(args))
     study.spec.store().require_writable()
@@ -81,7 +82,8 @@ def _plan(study, local: bool) -> str:
 def register(command) -> None:
     s = command("sweep", sweep, "run a sweep spec's prompt-tuning runs on Ray Tune (a local Ray "
                                 "unless --address or $RAY_ADDRESS names a cluster)")
-    s.add_argument("--spec", required=True, help="sweep spec YAML (docs/sweeps.md)")
+    s.add_argument("--spec", required=True, help="sweep spec YAML (docs/sweeps.md), or the "
+                                                 "name of a preset (tiny, paper...)")
     s.add_argument("--cluster", default=None,
                    help="Ray cluster config whose node types runs must fit (e.g. cluster.yaml)")
     s.add_argument("--dry-run", action="store_true",
@@ -96,10 +98,11 @@ def register(command) -> None:
                 "graph; a re-run does only what is missing (docs/replicate.md)")
     which = r.add_mutually_exclusive_group(required=True)
     which.add_argument("--study", help="study YAML (a sweep spec plus 'stages')")
-    which.add_argument("--preset", help="a study in specs/: quickstart (offline, real models "
-                                        "and data, CPU), paper-tasks (the paper's tasks from "
-                                        "local files, --data-dir) or paper (the paper's grid, "
-                                        "GPUs)")
+    which.add_argument("--preset", help="a study that ships with ptdist (specs/ in a "
+                                        "checkout): quickstart (offline, real models and data, "
+                                        "CPU), paper-tasks (the paper's tasks from local files, "
+                                        "--data-dir) or paper (the paper's grid, GPUs); it "
+                                        "writes to $PTDIST_STORE or ./store")
     r.add_argument("--dry-run", action="store_true", help="list the jobs without running them")
     add_execution(r, spec=True)
     add_data(r, spec=True)

@@ -11,9 +11,10 @@ from pathlib import Path
 import yaml
 
 from ptdist.errors import PtdistError
+from ptdist.shipped import package_data
 from ptdist.tasks.record import TYPE_KINDS, TaskRecord
 
-BUILTIN_FILE = Path(__file__).with_name("builtin.yaml")
+BUILTIN_FILE = package_data("ptdist.tasks", "builtin.yaml")
 
 
 def _builtin_bodies() -> list:

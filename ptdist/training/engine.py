@@ -16,14 +16,10 @@ from torch import nn
 from ptdist.backbones import Backbone, dtype_of, load_backbone, resolve_model_path
 from ptdist.errors import PtdistError
 from ptdist.files import not_a_file, read_text
+from ptdist.shipped import listing, shipped_file
 from ptdist.training.config import TrainConfig
 from ptdist.training.op_builds import watched_builds
 from ptdist.validation import json_kind, located, validate
-
-# ds_configs/ sits at the repository root: beside the package in a checkout or editable
-# install, and in the working directory of a `ray job submit --working-dir .` job.
-DS_CONFIG_DIRS = (Path(__file__).resolve().parents[2] / "ds_configs", Path("ds_configs"))
-
 
 class _Section(BaseModel):
     """A part of a DeepSpeed config that ptdist reads: its keys are checked, the others are
@@ -51,13 +47,12 @@ def load_ds_config(name_or_path: str) -> tuple[dict, str]:
     """A DeepSpeed config by short name (``zero2``, ``zero3_bf16`` ...) or JSON path: a JSON
     object whose precision, ZeRO and accumulation settings have the types DeepSpeed wants."""
     path = Path(name_or_path)
-    if not path.suffix:
-        found = [d / f"{name_or_path}.json" for d in DS_CONFIG_DIRS]
-        path = next((p for p in found if p.exists()), found[0])
+    if not path.suffix:  # a name: ds_configs/<name>.json, shipped with ptdist
+        path = shipped_file("ds_configs", name_or_path, ".json", "DeepSpeed config",
+                            "a JSON file path")
     if not_a_file(path) == "missing":
-        names = sorted({p.stem for d in DS_CONFIG_DIRS for p in d.glob("*.json")})
         raise PtdistError(f"DeepSpeed config '{name_or_path}' not found; give a JSON file path "
-                          f"or one of: {', '.join(names)}")
+                          f"or one of: {listing('ds_configs', '.json')}")
     text = read_text(path, "DeepSpeed config")  # a FIFO or a folder is refused by its type
     try:
         raw = json.loads(text)
