@@ -115,6 +115,10 @@ def run_levers(runs, full_curves) -> None:
                       f"{result.steps_run}/{c.steps} steps, best {result.best_step}, "
                       f"{cpu:.1f} CPU-s", flush=True)
             load()
+            _summary(sums)  # after each run's cases: a run cut short still leaves its figures
+
+
+def _summary(sums: dict) -> None:
     off = sums["off"]["cpu"]
     print(table(["case", "CPU-s", "CPU-s / off", "saving CPU-s", "wall s", "steps run",
                  "padded fraction", "stopped early"],

@@ -1,13 +1,13 @@
 """A run's training step through its frozen backbone: each micro-batch's forward and backward,
 eager or compiled (`torch.compile`, a run's ``compile`` setting).
 
-Compiled, the backbone's forward and backward round differently from the eager step (fused
-kernels reorder the reductions: a gradient differed by up to 9e-8 on MiniLM-L3,
-`benchmarks/compile_step.py`), so a compiled run is another run with an id of its own. Its
-shapes are compiled as dynamic from the first call: every batch width goes through the same
-kernels, whichever widths came before, so a compiled run packed with others gives the bits it
-gives alone. Whether it pays is measured per device and model family (docs/sweeps.md,
-"Performance levers"); on this project's CPUs it does not, and the presets leave it off.
+Compiled, the backbone's forward and backward may round differently from the eager step
+(generated kernels may order reductions otherwise), so a compiled run is another run with an id
+of its own. Its shapes are compiled as dynamic from the first call so that every batch width
+goes through the same kernels, whichever widths came before, and a compiled run packed with
+others steps as it does alone (the packed-equality tests run eagerly: compiling takes minutes
+on this project's CPUs). Whether it pays is measured per device and model family
+(benchmarks/RESULTS.md, "Performance levers"); the presets leave it off.
 
 Compiled kernels are kept in the cache folder (`ptdist.runtime.cache_root`, ``torch_compile``)
 unless ``TORCHINDUCTOR_CACHE_DIR`` says otherwise, so a later job of the same model starts from
