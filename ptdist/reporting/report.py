@@ -109,7 +109,7 @@ def _prompt_section(study: Study, store: Store, folder: Path,
             rows.append(PromptRow(model=m.model, task=m.task, task_type=m.task_type,
                                   seed=m.seed, init=m.init, prompt_id=pid, metric=m.metric,
                                   score=m.score, best_step=m.best_step, steps=m.steps,
-                                  planned_steps=m.config["steps"]))
+                                  planned_steps=m.config.get("steps")))
     write_records(folder / "prompts.parquet", PromptRow, rows)
     groups: dict[tuple[str, str, str], list[PromptRow]] = {}
     for r in rows:
@@ -145,7 +145,8 @@ def _prompt_section(study: Study, store: Store, folder: Path,
 def _stopped(runs: list[PromptRow]) -> str:
     """The runs that stopped early: "seed 1 at 200 of 300", or "-"."""
     early = [f"seed {r.seed} at {r.steps} of {r.planned_steps}" for r in sorted(
-        runs, key=lambda r: r.seed) if r.steps is not None and r.steps < r.planned_steps]
+        runs, key=lambda r: r.seed) if None not in (r.steps, r.planned_steps)
+        and r.steps < r.planned_steps]
     return ", ".join(early) or "-"
 
 
