@@ -17,6 +17,7 @@ step after it, and the steps a run needs before compiling pays.
 
 from __future__ import annotations
 
+import math
 import statistics
 import tempfile
 import time
@@ -83,20 +84,20 @@ def padded_fraction(config, steps: int, backbones: dict) -> tuple[int, int]:
     return pad, total
 
 
-def run_levers(runs, full_curves) -> None:
-    """Train every run under every case; print the table of cases."""
+def run_levers(runs, full_curves, cases=CASES) -> None:
+    """Train every run under every case of ``cases``; print the table of cases."""
     from ptdist.store import Store
     from ptdist.training import train
 
     backbones: dict = {}
     sums = {c: dict(cpu=0.0, wall=0.0, steps=0, planned=0, pad=0, total=0, stopped=[])
-            for c in CASES}
+            for c in cases}
     with tempfile.TemporaryDirectory() as tmp:
         for model in dict.fromkeys(c.model for c in runs):  # untimed: first loads, first steps
             first = next(c for c in runs if c.model == model)
             train(replace(first, steps=2, eval_every=2, eval_limit=16), Store(Path(tmp) / "warm"))
         for config in runs:
-            for case in CASES:
+            for case in cases:
                 c = _with(config, case, full_curves)
                 cpu0, wall0 = time.process_time(), time.perf_counter()
                 result = train(c, Store(Path(tmp) / case))
@@ -119,7 +120,7 @@ def run_levers(runs, full_curves) -> None:
 
 
 def _summary(sums: dict) -> None:
-    off = sums["off"]["cpu"]
+    off = sums["off"]["cpu"] if "off" in sums else math.nan
     print(table(["case", "CPU-s", "CPU-s / off", "saving CPU-s", "wall s", "steps run",
                  "padded fraction", "stopped early"],
                 [[case, s["cpu"], s["cpu"] / off, off - s["cpu"], s["wall"],

@@ -66,6 +66,8 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, help="only these seeds' runs")
     p.add_argument("--steps", type=int, help="each run's steps instead of the study's")
     p.add_argument("--data-dir", help="the study's data folder instead of its own")
+    p.add_argument("--cases", nargs="+", help="with --levers: only these cases (off, bucket, "
+                   "cut, stop, all; default all of them)")
     args = p.parse_args()
     if args.levers or args.compile_check:
         return _levers(args)
@@ -96,7 +98,7 @@ def main() -> None:
 
 
 def _levers(args) -> None:
-    from levers import compile_check, planned_runs, run_levers
+    from levers import CASES, compile_check, planned_runs, run_levers
 
     from ptdist.logs import setup as logs_at
 
@@ -112,7 +114,7 @@ def _levers(args) -> None:
     if args.compile_check:
         compile_check(runs[0], args.steps or 30)
     else:
-        run_levers(runs, full_curves)
+        run_levers(runs, full_curves, args.cases or CASES)
     load()
 
 
