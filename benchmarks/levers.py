@@ -161,3 +161,18 @@ def compile_check(config, steps: int) -> None:
     print(f"compile overhead {first - eager_first:.1f} CPU-s; saving per step {saving:.4f} "
           f"CPU-s; pays after "
           + (f"{(first - eager_first) / saving:.0f} steps" if saving > 0 else "never"))
+
+
+def padding_only(runs, full_curves) -> None:
+    """The padded fraction of each run's planned training batches under each case, without
+    training (every run counted to its planned steps: early stops are not known untrained)."""
+    backbones: dict = {}
+    rows = []
+    for config in runs:
+        cells = []
+        for case in ("off", "bucket", "cut", "all"):
+            c = _with(config, case, full_curves)
+            pad, total = padded_fraction(c, c.steps, backbones)
+            cells.append(pad / total)
+        rows.append([f"{Path(config.task).stem} seed {config.seed}", config.model, *cells])
+    print(table(["run", "model", "off", "bucket", "cut", "all"], rows))

@@ -59,6 +59,8 @@ def main() -> None:
     p.add_argument("--sides", nargs="+", choices=("ray", "local"), default=["ray", "local"])
     p.add_argument("--levers", action="store_true",
                    help="the prompt stage with the levers off, each alone, and all on")
+    p.add_argument("--padding", action="store_true",
+                   help="only the padded fraction of the runs' training batches, per case")
     p.add_argument("--compile-check", action="store_true",
                    help="the first run's training step, eager and compiled")
     p.add_argument("--tasks", nargs="+", help="only these tasks' runs (task names)")
@@ -69,7 +71,7 @@ def main() -> None:
     p.add_argument("--cases", nargs="+", help="with --levers: only these cases (off, bucket, "
                    "cut, stop, all; default all of them)")
     args = p.parse_args()
-    if args.levers or args.compile_check:
+    if args.levers or args.compile_check or args.padding:
         return _levers(args)
     from ptdist.orchestration.study import load_study
 
@@ -98,13 +100,14 @@ def main() -> None:
 
 
 def _levers(args) -> None:
-    from levers import CASES, compile_check, planned_runs, run_levers
+    from levers import CASES, compile_check, padding_only, planned_runs, run_levers
 
     from ptdist.logs import setup as logs_at
 
     runs, full_curves = planned_runs(args.study, args.data_dir, args.tasks, args.models,
                                      args.seeds, args.steps)
     header("the prompt stage with the levers on and off" if args.levers else
+           "the padded fraction of the prompt stage's training batches" if args.padding else
            "the training step eager and compiled",
            {"study": str(args.study), "runs": len(runs), "tasks": args.tasks,
             "models": args.models, "seeds": args.seeds, "steps": args.steps or "the study's",
@@ -113,6 +116,8 @@ def _levers(args) -> None:
     logs_at(logging.WARNING)
     if args.compile_check:
         compile_check(runs[0], args.steps or 30)
+    elif args.padding:
+        padding_only(runs, full_curves)
     else:
         run_levers(runs, full_curves, args.cases or CASES)
     load()
