@@ -186,6 +186,18 @@ def add_budget(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=128, help="text tokens (prompt excluded)")
     p.add_argument("--patience", type=int, default=None,
                    help="stop after this many evaluations without improvement")
+    p.add_argument("--min-steps", type=int, default=0,
+                   help="no early stop before this step (default 0)")
+    p.add_argument("--bucket-window", type=int, default=0,
+                   help="draw training batches from length buckets, regrouping the rows of "
+                        "each window of this many batches by length (default 0: off)")
+    p.add_argument("--length-quantile", type=float, default=None,
+                   help="cut training texts at this quantile of the task's own token lengths, "
+                        "e.g. 0.99 (capped by --max-length; default: cut at --max-length)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the backbone's training forward and backward "
+                        "(another run: its rounding differs; benchmarks/RESULTS.md says "
+                        "where it pays)")
     p.add_argument("--ds-config", default="zero0",
                    help="DeepSpeed config name in ds_configs/ or JSON path (default zero0)")
     p.add_argument("--activation-checkpointing", action="store_true",
@@ -206,7 +218,9 @@ def budget(args: argparse.Namespace) -> dict[str, Any]:
                 warmup_steps=args.warmup_steps, optimizer=args.optimizer,
                 batch_size=args.batch_size, eval_every=args.eval_every,
                 eval_limit=args.eval_limit or None, train_limit=args.train_limit,
-                max_length=args.max_length, patience=args.patience,
+                max_length=args.max_length, patience=args.patience, min_steps=args.min_steps,
+                bucket_window=args.bucket_window, length_quantile=args.length_quantile,
+                compile=args.compile,
                 activation_checkpointing=args.activation_checkpointing)
 
 

@@ -280,6 +280,8 @@ class PromptRow:
     metric: str
     score: float
     best_step: int
+    steps: int | None = None  # steps run: fewer than ``planned_steps`` after an early stop
+    planned_steps: int | None = None
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,8 @@ class TptPlan:
 
     def runs(self) -> list[tuple[str, int, str, TrainConfig]]:
         """``(target name, seed, run label, config)`` of every run, vanilla first per target
-        and seed."""
+        and seed. Each runs all its steps (`TrainConfig.to_the_end`): the comparison reads
+        the whole curves."""
         out = []
         for ref in self.targets:
             name = get_task(ref).name
@@ -103,7 +104,7 @@ class TptPlan:
                                     *((s.label, s.init_for(name, seed)) for s in self.sources)]:
                     out.append((name, seed, label, TrainConfig(
                         model=self.model, task=ref, init=init, ds_config=self.ds_config,
-                        data_dir=self.data_dir, **dict(self.train, seed=seed))))
+                        data_dir=self.data_dir, **dict(self.train, seed=seed)).to_the_end()))
         return out
 
     def folder(self, store: Store, target: str) -> Path:
