@@ -9,10 +9,19 @@ the machine could take for that work. Then the per-stage table of the shipped ru
 
     python benchmarks/study.py                      # the quickstart (prepared data and models)
     python benchmarks/study.py --study STUDY.yaml --sides ray
+
+With ``--levers``, the study's prompt stage instead, with issue 28's levers off, each alone,
+and all on, side by side (`levers.py`), optionally on a subset of its runs; ``--compile-check``
+times the first such run's training step eager and compiled:
+
+    python benchmarks/study.py --levers --tasks tweets movie_sentences \
+        --models paraphrase-MiniLM-L3-v2 --seeds 0 --data-dir data
+    python benchmarks/study.py --compile-check --tasks tweets --models paraphrase-MiniLM-L3-v2
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -20,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, header, table
+from common import REPO, header, load, setup, table
 
 
 def _run(study: Path, store: Path, local: bool) -> float:
@@ -48,7 +57,22 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--study", type=Path, default=REPO / "specs" / "quickstart.yaml")
     p.add_argument("--sides", nargs="+", choices=("ray", "local"), default=["ray", "local"])
+    p.add_argument("--levers", action="store_true",
+                   help="the prompt stage with the levers off, each alone, and all on")
+    p.add_argument("--padding", action="store_true",
+                   help="only the padded fraction of the runs' training batches, per case")
+    p.add_argument("--compile-check", action="store_true",
+                   help="the first run's training step, eager and compiled")
+    p.add_argument("--tasks", nargs="+", help="only these tasks' runs (task names)")
+    p.add_argument("--models", nargs="+", help="only the runs of models whose name has these")
+    p.add_argument("--seeds", nargs="+", type=int, help="only these seeds' runs")
+    p.add_argument("--steps", type=int, help="each run's steps instead of the study's")
+    p.add_argument("--data-dir", help="the study's data folder instead of its own")
+    p.add_argument("--cases", nargs="+", help="with --levers: only these cases (off, bucket, "
+                   "cut, stop, all; default all of them)")
     args = p.parse_args()
+    if args.levers or args.compile_check or args.padding:
+        return _levers(args)
     from ptdist.orchestration.study import load_study
 
     name = load_study(args.study).spec.name
@@ -73,6 +97,30 @@ def main() -> None:
                  "command / bound"], rows))
     if shipped:
         print(shipped)
+
+
+def _levers(args) -> None:
+    from levers import CASES, compile_check, padding_only, planned_runs, run_levers
+
+    from ptdist.logs import setup as logs_at
+
+    runs, full_curves = planned_runs(args.study, args.data_dir, args.tasks, args.models,
+                                     args.seeds, args.steps)
+    header("the prompt stage with the levers on and off" if args.levers else
+           "the padded fraction of the prompt stage's training batches" if args.padding else
+           "the training step eager and compiled",
+           {"study": str(args.study), "runs": len(runs), "tasks": args.tasks,
+            "models": args.models, "seeds": args.seeds, "steps": args.steps or "the study's",
+            "full curves": list(full_curves), "cores": os.cpu_count()})
+    setup()
+    logs_at(logging.WARNING)
+    if args.compile_check:
+        compile_check(runs[0], args.steps or 30)
+    elif args.padding:
+        padding_only(runs, full_curves)
+    else:
+        run_levers(runs, full_curves, args.cases or CASES)
+    load()
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ The Python API (docs/python_api.md): every name below loads its module on first 
 Prompts: `train`, `evaluate`, `export_peft`. Cross-task transfer: `transfer_matrix`, `tpt`.
 Indicators: `capture`, `indicators`, `embedding_indicators`, `correlate`. Cross-model:
 `train_projector`, `evaluate_projector`, `tpt_model`, `project_pairs`. Many runs: `sweep`,
-`replicate`. Their settings: `TrainConfig`, `EvalSettings`, `MatrixSettings`,
-`CaptureSettings`, `ProjectorConfig`, `PairSettings`, `Execution`, `Resources`. What they
+`replicate`. Where a new task should start: `recommend_sources`. Their settings:
+`TrainConfig`, `EvalSettings`, `MatrixSettings`, `CaptureSettings`, `ProjectorConfig`,
+`PairSettings`, `Execution`, `Resources`. What they
 read and write: `Store`, its records (`PromptManifest`, `ProjectorManifest`) and tables
 (`MatrixRow`, `IndicatorRow`, `CorrelationRow`, `TptSummaryRow`, `ProjectorEvalRow`). Every
 user error is a `PtdistError` with one message that names the problem and the fix.
@@ -39,6 +40,7 @@ __all__, __getattr__, __dir__ = lazy_face(__name__, {
                     "PairIndicators", "EmbeddingIndicators", "Correlation"),
     "api.projection": ("train_projector", "evaluate_projector", "tpt_model", "project_pairs"),
     "api.study": ("sweep", "replicate", "StudyOutcome"),
+    "api.recommend": ("recommend_sources", "Recommended", "TptCheck"),
     "training.config": ("TrainConfig", "EvalSettings"),
     "training.run": ("TrainResult",),
     "transfer.matrix": ("MatrixSettings",),

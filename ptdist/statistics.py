@@ -80,6 +80,14 @@ class Interval:
         return f"{self.method}, n = {self.n}{p}"
 
 
+def with_basis(interval: Interval, unit: str = "seed", suffix: str = "") -> str:
+    """An estimate with its interval and what it rests on: "6.90 [0.00, 13.79] % (t over
+    seeds, n = 2)" or "6.90 % (too few to compare (n = 1 seed))"."""
+    if not interval.defined:
+        return f"{interval.estimate:.2f}{suffix} ({interval.basis(unit)})"
+    return f"{interval}{suffix} ({interval.basis(unit)})"
+
+
 def too_few(n: int, unit: str) -> str:
     return f"too few to compare (n = {n} {unit if n == 1 else plural(unit)})"
 

@@ -284,11 +284,21 @@ def keyword_rows(n: int, seed: int, words: tuple[str, str], text_key: str) -> li
     return rows
 
 
+def prompts_copy(store: Path, into: Path) -> Path:
+    """A store at ``into`` holding a copy of ``store``'s prompts: where a test trains or writes
+    tables, so that a shared fixture's store stays what the fixture made."""
+    import shutil
+
+    shutil.copytree(store / "prompts", into / "prompts")
+    return into
+
+
 @pytest.fixture(scope="session")
 def task_prompts(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
     """(root, data folder, {task: prompt id}): prompts of tiny-roberta in root/store for four
     learnable tasks of two types, each keyed by its own words: sst2 and imdb (sentiment, built
-    in) and topic and topic2 (user tasks in data/<name>.yaml)."""
+    in) and topic and topic2 (user tasks in data/<name>.yaml). A test that trains adds to a
+    copy (`prompts_copy`): the others count these four prompts."""
     from ptdist.store import Store
     from ptdist.training import TrainConfig, train
 

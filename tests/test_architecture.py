@@ -21,16 +21,17 @@ LAYERS = {"errors": 0, "runtime": 0, "lazy": 0, "validation": 0, "checksum": 0, 
           "offline": 1,
           "tasks": 2, "store": 2, "backbones": 2,
           "training": 3,
-          "transfer": 4, "neurons": 4, "projection": 4,
+          "transfer": 4, "neurons": 4, "projection": 4, "recommend": 4,
           "orchestration": 5,
           "reporting": 6,
           "api": 7,
           "cli": 8, "__main__": 8}
 
 # What the cli may take from the layers the API stands on (3 to 6) besides their settings and
-# records: how to present an outcome (its grid, its listing, its exit status), never the work.
+# records: how to present an outcome (its grid, its listing, its exit status, an estimate over
+# seeds in words), never the work.
 PRESENTATION = {"cells", "unusable_tasks", "describe_jobs", "require_success",
-                "require_no_failures"}
+                "require_no_failures", "stated", "compared"}
 
 # The one module of each part that may import ptdist.offline (and only its face).
 OFFLINE_HOOKS = {"tasks": "tasks/packaged_data.py", "backbones": "backbones/loading.py"}
@@ -122,7 +123,7 @@ def test_the_cli_is_a_thin_layer_over_the_api():
     assert _work_in_cli() == []
     uses = {name for path in _modules(PACKAGE / "cli") for name in _imports(path)}
     commands = {f"ptdist.api.{m}" for m in ("prompts", "transfer", "neurons", "projection",
-                                            "study")}
+                                            "study", "recommend")}
     assert commands <= uses, commands - uses
 
 

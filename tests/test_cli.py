@@ -37,8 +37,8 @@ def _commands(parser=None, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]
     return found
 
 
-def test_there_are_twenty_commands():
-    assert len(_commands()) == 20
+def test_there_are_twenty_one_commands():
+    assert len(_commands()) == 21
 
 
 @pytest.mark.parametrize("command", _commands(), ids=" ".join)
@@ -70,7 +70,8 @@ def test_one_vocabulary_for_the_shared_options(capsys):
     """--store, --eval-limit, --local and --address mean the same on every command that
     takes them; commands that run several jobs all take --local and --address."""
     several_jobs = {("sweep",), ("replicate",), ("transfer", "matrix"), ("transfer", "tpt"),
-                    ("neurons", "capture"), ("project", "tpt"), ("project", "pairs")}
+                    ("neurons", "capture"), ("project", "tpt"), ("project", "pairs"),
+                    ("recommend",)}
     for command in _commands():
         code, out, _ = run(capsys, *command, "--help")
         assert ("--local" in out) == (command in several_jobs), command

@@ -32,7 +32,7 @@ from ptdist.store.results import IndicatorRow, MatrixRow
 from ptdist.statistics import spearman
 from ptdist.store.tables import read_records
 from ptdist.transfer import MatrixSettings, transfer_matrix
-from tests.conftest import child_env
+from tests.conftest import child_env, prompts_copy
 from tests.test_store import manifest
 
 
@@ -172,11 +172,12 @@ def test_capture_memory_stays_flat_as_prompts_grow(tmp_path):
     assert large - small < accumulated / 2, (small, large)
 
 
-def test_the_correlation_table_equals_scipy_on_the_matrix_and_indicators(task_prompts):
+def test_the_correlation_table_equals_scipy_on_the_matrix_and_indicators(task_prompts,
+                                                                          tmp_path):
     from scipy.stats import spearmanr
 
     root, data, _ = task_prompts
-    store = Store(root / "store")
+    store = Store(prompts_copy(root / "store", tmp_path / "store"))
     with pytest.raises(PtdistError, match="run `ptdist transfer matrix --model tiny-t5` first"):
         correlate(store, "tiny-t5")
     prompts = store.prompts.select("tiny-roberta")
@@ -215,7 +216,7 @@ def test_the_data_protocol_averages_activations_over_examples(task_prompts, tmp_
     from ptdist.tasks import get_task, load_split
 
     root, data, ids = task_prompts
-    store = Store(root / "store")
+    store = Store(prompts_copy(root / "store", tmp_path / "store"))
     capture(store, store.prompts.select("tiny-roberta", ["sst2"]),
             CaptureSettings(protocol="data", examples=5, batch_size=2, data_dir=str(data)))
     rows = [r for r in pq.read_table(store.layout.activations("tiny-roberta")).to_pylist()
@@ -234,7 +235,7 @@ def test_the_data_protocol_averages_activations_over_examples(task_prompts, tmp_
 @pytest.mark.slow
 def test_the_neurons_commands_capture_on_ray_then_correlate(task_prompts, tmp_path):
     root, data, _ = task_prompts
-    shutil.copytree(root / "store" / "prompts", tmp_path / "store" / "prompts")
+    prompts_copy(root / "store", tmp_path / "store")
     env = child_env()
 
     def ptdist(*args: str) -> subprocess.CompletedProcess:
@@ -505,15 +506,13 @@ def test_embedding_indicators_of_prompts_alone_from_the_store_and_from_peft_adap
     PEFT adapters with the matrix as a CSV of scores, give the embedding indicators and the
     same correlations as the activation-based stage does for those indicators."""
     import csv
-    import shutil
 
     from ptdist.store.peft_export import export_peft
     from ptdist.store.results import CorrelationRow
     from tests.test_cli import run
 
     root, data, ids = task_prompts
-    store = Store(tmp_path / "store")
-    shutil.copytree(root / "store" / "prompts", store.layout.prompts_dir())
+    store = Store(prompts_copy(root / "store", tmp_path / "store"))
     prompts = store.prompts.select("tiny-roberta")
     transfer_matrix(store, prompts, MatrixSettings(data_dir=str(data)))
     capture(store, prompts, CaptureSettings())

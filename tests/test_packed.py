@@ -80,6 +80,24 @@ def test_packed_runs_update_as_separate_runs(tmp_path, two_tasks):
     assert all(r.skipped for r in again)
 
 
+def test_packed_runs_with_the_levers_on_update_as_separate_runs(tmp_path, two_tasks):
+    """Length-bucketed batches, each task's own cut and early stopping (issue 28), set
+    differently per run: a pack still gives each run's bits, and stops each where it stops
+    alone."""
+    configs = _configs(*two_tasks, model="tiny-roberta", steps=8, eval_every=2)
+    levers = [dict(bucket_window=3, length_quantile=0.5),
+              dict(length_quantile=0.9, patience=1, min_steps=2, lr=1e-9),
+              dict(bucket_window=2)]
+    configs = [TrainConfig(**{**c.to_dict(), **lever}) for c, lever in zip(configs, levers)]
+    separate_store, packed_store = Store(tmp_path / "one"), Store(tmp_path / "pack")
+    separate = [train(c, separate_store) for c in configs]
+    packed = train_packed(configs, packed_store)
+    _assert_same_runs(separate, packed, separate_store, packed_store)
+    assert separate[1].steps_run < 8  # the flat run stopped early, in the pack as alone
+    cuts = [packed_store.prompts.manifest(r.prompt_id).text_cut for r in packed]
+    assert cuts[0] is not None and cuts[1] is not None and cuts[2] is None
+
+
 def test_packed_encoder_decoder_runs_update_as_separate_runs(tmp_path, two_tasks):
     """T5 targets of different lengths, decoded per run."""
     configs = _configs(*two_tasks, model="tiny-t5", steps=2, eval_every=2)[::2]

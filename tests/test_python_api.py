@@ -20,7 +20,8 @@ from tests.conftest import REPO, child_env
 GUIDE = REPO / "docs" / "python_api.md"
 FUNCTIONS = ("train", "evaluate", "export_peft", "transfer_matrix", "tpt", "capture",
              "indicators", "embedding_indicators", "correlate", "train_projector",
-             "evaluate_projector", "tpt_model", "project_pairs", "sweep", "replicate")
+             "evaluate_projector", "tpt_model", "project_pairs", "sweep", "replicate",
+             "recommend_sources")
 
 
 def walkthrough() -> str:
@@ -82,6 +83,10 @@ def test_user_errors_come_before_any_work(tmp_path):
         ptdist.train_projector(ptdist.ProjectorConfig(
             source_model="tiny-roberta", target_model="tiny-t5", mode="distance",
             tasks=("sst2",)), store)
+    with pytest.raises(PtdistError, match=r"sample and probe \(--sample, --probe\) take a "):
+        ptdist.recommend_sources("tiny-roberta", "sst2", sample=0, store=store)
+    with pytest.raises(PtdistError, match="unknown task 'newtask'"):
+        ptdist.recommend_sources("tiny-roberta", "newtask", store=store)
     assert not (tmp_path / "store" / "prompts").exists()
 
 

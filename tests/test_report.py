@@ -45,8 +45,11 @@ def _prompts(study) -> tuple[Store, dict[tuple[str, int], str]]:
     for run, pid in plan_sweep(study.spec, store):
         config, task = run.config, get_task(run.config.task)
         prompt = torch.zeros(4, 64)
+        stopped = task.name == "mnli" and config.seed == 1  # early, at step 200 of 300
         store.prompts.put(prompt, manifest(pid, prompt, task=task.name, task_type=task.type,
-                                           seed=config.seed, score=OWN[config.seed]))
+                                           seed=config.seed, score=OWN[config.seed],
+                                           steps=200 if stopped else 300,
+                                           config={"task": task.name, "steps": 300}))
         sources[(task.name, config.seed)] = pid
     return store, sources
 
@@ -172,7 +175,10 @@ def test_a_prompt_at_its_majority_rate_is_flagged_and_left_out(tmp_path):
     assert "cross-type: 4 pairs" in _same_vs_cross(findings)
     prompts = text.split("## Prompt tuning")[1].split("## Zero-shot")[0]
     mnli = next(line for line in prompts.splitlines() if line.startswith("| tiny-roberta | mnli"))
-    assert "| 80.0 ± 2.8 | 2 | 50.0 | 50.0 | 48.0 | ⚠ no (-1.5 / +1.0; 200 rows) |" in mnli
+    assert ("| 80.0 ± 2.8 | 2 | seed 1 at 200 of 300 | 50.0 | 50.0 | 48.0 | ⚠ no (-1.5 / +1.0; "
+            "200 rows) |") in mnli
+    sst2 = next(line for line in prompts.splitlines() if line.startswith("| tiny-roberta | sst2"))
+    assert "| 2 | - |" in sst2  # no run of sst2 stopped early
 
 
 @pytest.mark.parametrize("unlearned", ["mnli", None])

@@ -20,7 +20,7 @@ from ptdist.store.tables import read_records, write_records
 from ptdist.training.evaluation import EvalSettings, score_prompt
 from ptdist.transfer import MatrixSettings, speedup_rows, transfer_matrix
 from ptdist.transfer.matrix import own_prompts, unusable_tasks
-from tests.conftest import child_env
+from tests.conftest import child_env, prompts_copy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -232,7 +232,7 @@ def test_a_matrix_table_of_schema_2_is_read_against_the_own_prompt_of_each_seed(
 def test_tpt_from_a_same_task_prompt_reaches_vanilla_in_fewer_steps(task_prompts, tmp_path):
     root, data, ids = task_prompts
     env = child_env()
-    store = root / "store"
+    store = prompts_copy(root / "store", tmp_path / "store")  # the runs go into the copy
     # The source is the sst2 prompt trained with seed 0; vanilla and TPT runs use seed 1.
     proc = subprocess.run(
         [sys.executable, "-m", "ptdist", "transfer", "tpt", "--model", "tiny-roberta",
@@ -279,15 +279,17 @@ def test_tpt_from_a_same_task_prompt_reaches_vanilla_in_fewer_steps(task_prompts
 def test_the_matrix_command_runs_a_job_per_target_on_ray(task_prompts, tmp_path):
     root, data, _ = task_prompts
     env = child_env()
+    store = prompts_copy(root / "store", tmp_path / "store")
     proc = subprocess.run(
         [sys.executable, "-m", "ptdist", "transfer", "matrix", "--model", "tiny-roberta",
-         "--tasks", "sst2", "imdb", "--store", str(root / "store"), "--data-dir", str(data),
+         "--tasks", "sst2", "imdb", "--store", str(store), "--data-dir", str(data),
          "--json"], cwd=tmp_path, env=env, text=True, capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "start matrix tiny-roberta [2/2]" in proc.stderr and "local Ray" in proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    # Every own prompt of the two tasks is a source (other tests may have added seeds).
-    sources = own_prompts(Store(root / "store").prompts.select("tiny-roberta", ["sst2", "imdb"]))
+    # Every own prompt of the two tasks is a source: one each.
+    sources = own_prompts(Store(store).prompts.select("tiny-roberta", ["sst2", "imdb"]))
+    assert len(sources) == 2
     assert len(out["rows"]) == 2 * len(sources) and Path(out["heatmap"]).exists()
     assert "relative performance (%)" in proc.stdout and "chance-normalised" in proc.stdout
 

@@ -1,6 +1,6 @@
 """What the API's functions resolve alike: the store they read and write, where their jobs
-run, a model's prompts on tasks, the placement of a frozen model, and paths as jobs in other
-working directories see them."""
+run, the tasks they are given, a model's prompts on tasks, the placement of a frozen model,
+and paths as jobs in other working directories see them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ptdist.orchestration.spec import Resources
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.prompts import by_task
-from ptdist.tasks import get_task
+from ptdist.tasks import get_task, resolve_task
 from ptdist.training.engine import load_ds_config
 
 
@@ -38,8 +38,17 @@ def absolute(path: str | os.PathLike | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
+def tasks_in(tasks: Sequence[str], store: Store | None) -> list[str]:
+    """``tasks`` as runs carry them, each checked now (`ptdist.tasks.resolve_task`): a built-in
+    name, a task YAML path (made absolute), or, given the ``store``, the name of a task defined
+    in YAML that the store has prompts of. Every function that takes tasks resolves them here,
+    so a task written once in YAML is then known by its name wherever a task name is."""
+    stored = store.prompts.task_files() if store is not None else None
+    return [resolve_task(t, stored=stored) for t in tasks]
+
+
 def prompts_of(store: Store, model: str, tasks: Sequence[str]) -> list[PromptManifest]:
-    """Every stored prompt of ``model`` on ``tasks`` (names or task YAML paths), each task
+    """Every stored prompt of ``model`` on ``tasks`` (as `tasks_in` resolves them), each task
     having at least one (else one error naming those without)."""
     names = [get_task(t).name for t in tasks]
     found = by_task(store.prompts.select(model, names), names,

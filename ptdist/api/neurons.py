@@ -9,13 +9,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ptdist.api.inputs import absolute, frozen_model, open_store
+from ptdist.api.inputs import absolute, frozen_model, open_store, tasks_in
 from ptdist.errors import PtdistError
 from ptdist.files import require_writable_folder
 from ptdist.neurons.collect import CaptureResult, CaptureSettings
 from ptdist.neurons.correlation import CorrelationResult, correlate as correlate_stage
-from ptdist.neurons.embedding import (EmbeddingResult, embedding_study, prompts_from_paths,
-                                      store_inputs, transfers_from_table)
+from ptdist.neurons.embedding import (EmbeddingResult, TaskSimilarity, embedding_study,
+                                      prompts_from_paths, store_inputs, task_similarities,
+                                      transfers_from_table)
 from ptdist.neurons.indicator_table import IndicatorResult, pairwise_indicators
 from ptdist.orchestration.graph import Execution
 from ptdist.orchestration.spec import Resources
@@ -53,10 +54,13 @@ class Correlation(CorrelationResult):
 class EmbeddingIndicators(EmbeddingResult):
     """The embedding indicators of every ordered pair of prompts (``indicators`` rows, stored
     at ``indicators_table``) and, given a transfer matrix, each indicator's correlation with
-    transfer (``correlation`` rows at ``correlation_table``; empty and None without one)."""
+    transfer (``correlation`` rows at ``correlation_table``; empty and None without one);
+    and the ``similarities`` of the tasks' prompts (each indicator's mean per pair of tasks:
+    what to read where there are too few tasks to correlate)."""
 
     indicators_table: Path
     correlation_table: Path | None
+    similarities: list[TaskSimilarity]
 
 
 def capture(model: str, tasks: Sequence[str] | None = None, *,
@@ -76,7 +80,7 @@ def capture(model: str, tasks: Sequence[str] | None = None, *,
                           "(at least 1)")
     frozen_model(resources, settings.ds_config)
     opened = open_store(store)
-    names = None if tasks is None else [get_task(t).name for t in tasks]
+    names = None if tasks is None else [get_task(t).name for t in tasks_in(tasks, opened)]
     prompts = opened.prompts.select(model, names)
     if not prompts:
         raise PtdistError(f"no prompts of model '{model}' in store {opened.root}"
@@ -129,7 +133,8 @@ def embedding_indicators(model: str | None = None, *, prompts: Sequence[str] | N
     matrix file (.csv/.parquet with columns source, target and relative or score) to
     correlate with instead.
 
-    Returns the `EmbeddingIndicators`: the rows and where they are stored.
+    Returns the `EmbeddingIndicators`: the rows, where they are stored, and the tasks'
+    similarities.
     """
     if (model is None) == (prompts is None):
         raise PtdistError("give either a model (model=, --model: its prompts in the store) "
@@ -153,4 +158,5 @@ def embedding_indicators(model: str | None = None, *, prompts: Sequence[str] | N
     if result.correlation:
         write_records(tables[1], CorrelationRow, result.correlation)
     return EmbeddingIndicators(**vars(result), indicators_table=tables[0],
-                               correlation_table=tables[1] if result.correlation else None)
+                               correlation_table=tables[1] if result.correlation else None,
+                               similarities=task_similarities(result.indicators))

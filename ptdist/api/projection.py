@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-from ptdist.api.inputs import absolute, open_store, prompts_of, store_path
+from ptdist.api.inputs import absolute, open_store, prompts_of, store_path, tasks_in
 from ptdist.api.transfer import TptComparison, compare, tpt_settings
 from ptdist.orchestration.graph import Execution
 from ptdist.orchestration.pairs import PairSettings, PairsOutcome, run_pairs
-from ptdist.orchestration.spec import Resources, load_spec, task_ref
+from ptdist.orchestration.spec import Resources, load_spec
 from ptdist.projection.config import ProjectorConfig
 from ptdist.projection.evaluation import evaluate_projector as evaluate_stage
 from ptdist.projection.tpt import model_plan
@@ -37,6 +36,7 @@ def train_projector(config: ProjectorConfig,
     tasks). A projector already stored is returned as it is.
     """
     opened = open_store(store)
+    config = replace(config, tasks=tuple(tasks_in(config.tasks, opened)))
 
     def ids(model: str) -> tuple[str, ...]:
         return tuple(sorted(m.id for m in prompts_of(opened, model, config.tasks)))
@@ -61,6 +61,7 @@ def evaluate_projector(projector: str, tasks: Sequence[str], *,
     majority class.
     """
     opened = open_store(store)
+    tasks = tasks_in(tasks, opened)
     manifest = opened.projectors.manifest(projector)
     prompts = [m for model in (manifest.source_model, manifest.target_model)
                for m in opened.prompts.select(model)]
@@ -81,8 +82,9 @@ def tpt_model(projector: str, target_tasks: Sequence[str], *,
     """
     opened = open_store(store)
     runs, where = tpt_settings(train, tolerance, "tpt_model")
+    targets = tasks_in(target_tasks, opened)
     manifest = opened.projectors.manifest(projector)
-    plan = model_plan(opened, projector, [task_ref(t, Path.cwd()) for t in target_tasks],
+    plan = model_plan(opened, projector, targets,
                       opened.prompts.select(manifest.source_model), runs, **where)
     return compare(opened, plan, execution, resources)
 
@@ -102,5 +104,8 @@ def project_pairs(spec: str | os.PathLike, settings: PairSettings, *,
     """
     loaded = load_spec(spec, storage_path=store_path(store), data_dir=data_dir,
                        max_concurrent=execution.max_concurrent, pack=pack)
-    loaded.store().require_writable()
+    opened = loaded.store()
+    opened.require_writable()
+    settings = replace(settings, train_tasks=tuple(tasks_in(settings.train_tasks, opened)),
+                       eval_tasks=tuple(tasks_in(settings.eval_tasks, opened)))
     return run_pairs(loaded, settings, execution, dry_run=dry_run)

@@ -7,7 +7,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from ptdist.api.inputs import absolute, open_store
+from ptdist.api.inputs import absolute, open_store, tasks_in
 from ptdist.store import Store
 from ptdist.store.peft_export import export_peft as write_adapter
 from ptdist.training import TrainConfig, TrainResult, train as train_run
@@ -24,19 +24,23 @@ def train(config: TrainConfig, store: Store | str | os.PathLike | None = None) -
     checkpoint. Raises `PtdistError` for a bad setting, task, model or data file, before any
     model loads.
     """
-    return train_run(replace(config, data_dir=absolute(config.data_dir)), open_store(store))
+    opened = open_store(store)
+    [task] = tasks_in([config.task], opened)
+    return train_run(replace(config, task=task, data_dir=absolute(config.data_dir)), opened)
 
 
 def evaluate(model: str, prompt: str, task: str, *, store: Store | str | os.PathLike | None = None,
              settings: EvalSettings = EvalSettings()) -> dict[str, float]:
     """Score ``prompt`` (a store id, a ``.safetensors`` prompt file, or a PEFT adapter folder)
-    with ``model`` on the evaluation split of ``task`` (a task name or YAML path).
+    with ``model`` on the evaluation split of ``task`` (a task name, a YAML path, or the name
+    of a task defined in YAML that the store has prompts of).
 
     Returns ``{metric: score}`` (percentages) for each of the task's metrics. The prompt must
     fit the model (width, and length within its positions); a stored prompt is scored in the
     precision it was trained in unless ``settings.precision`` says otherwise.
     """
-    return score_prompt(model, open_store(store, writes=False), prompt, task, settings)
+    opened = open_store(store, writes=False)
+    return score_prompt(model, opened, prompt, tasks_in([task], opened)[0], settings)
 
 
 def export_peft(prompt: str, out_dir: str | os.PathLike, *,

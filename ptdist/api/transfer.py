@@ -9,20 +9,19 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ptdist.api.inputs import absolute, frozen_model, open_store, prompts_of
+from ptdist.api.inputs import absolute, frozen_model, open_store, prompts_of, tasks_in
 from ptdist.errors import PtdistError
 from ptdist.orchestration.graph import Execution
-from ptdist.orchestration.spec import Resources, task_ref
+from ptdist.orchestration.spec import Resources
 from ptdist.orchestration.stages import run_matrix, run_tpt
 from ptdist.reporting.figures import matrix_figure, tpt_figure
-from ptdist.reporting.tpt import run_seeds
 from ptdist.store import Store
 from ptdist.store.layout import TPT_CURVES, TPT_FIGURE
 from ptdist.store.results import TptCurveRow
 from ptdist.store.tables import read_records
 from ptdist.training.config import TrainConfig
 from ptdist.transfer.matrix import MatrixResult, MatrixSettings
-from ptdist.transfer.tpt import TOLERANCE, TptPlan, TptResult, task_plan
+from ptdist.transfer.tpt import TOLERANCE, TptPlan, TptResult, run_seeds, task_plan
 
 
 @dataclass
@@ -49,10 +48,11 @@ def transfer_matrix(model: str, tasks: Sequence[str], *,
                     settings: MatrixSettings = MatrixSettings(),
                     execution: Execution = Execution(),
                     resources: Resources = Resources()) -> TransferMatrix:
-    """Score every stored prompt of ``model`` on ``tasks`` (two or more: names or task YAML
-    paths; all seeds) on every one of those tasks, a job per target task, each with
-    ``resources`` (``Resources(workers=N)`` with ``settings.ds_config``: the model partitioned
-    over a worker group of N processes).
+    """Score every stored prompt of ``model`` on ``tasks`` (two or more: names, task YAML
+    paths, or names of tasks defined in YAML that the store has prompts of; all seeds) on
+    every one of those tasks, a job per target task, each with ``resources``
+    (``Resources(workers=N)`` with ``settings.ds_config``: the model partitioned over a worker
+    group of N processes).
 
     Returns the `TransferMatrix`: its rows, the stored table and the heatmap. Raises
     `PtdistError` before any job starts for a task without a prompt of the model, prompts of
@@ -60,7 +60,7 @@ def transfer_matrix(model: str, tasks: Sequence[str], *,
     """
     frozen_model(resources, settings.ds_config)
     opened = open_store(store)
-    prompts = prompts_of(opened, model, tasks)
+    prompts = prompts_of(opened, model, tasks_in(tasks, opened))
     result = run_matrix(opened, prompts, replace(settings, data_dir=absolute(settings.data_dir)),
                         execution, resources)
     heatmap = matrix_figure(result.rows, opened.layout.matrix_figure(model))
@@ -72,8 +72,10 @@ def tpt(model: str, target_tasks: Sequence[str], source_tasks: Sequence[str], *,
         store: Store | str | os.PathLike | None = None, execution: Execution = Execution(),
         resources: Resources = Resources()) -> TptComparison:
     """TPT_task: on each of ``target_tasks``, vanilla prompt tuning of ``model`` beside prompt
-    tuning initialised from each of ``source_tasks`` (a task: its best stored prompt of ``model``,
-    or a prompt id), each run a job with ``resources``.
+    tuning initialised from each of ``source_tasks`` (a task: its best stored prompt of
+    ``model``, or a prompt id), each run a job with ``resources``. A task (target or source) is
+    a name, a task YAML path, or the name of a task defined in YAML that the store has prompts
+    of.
 
     ``train``: the `TrainConfig` settings every run shares (steps, lr, seed, batch_size,
     eval_every, data_dir, ds_config...; not model, task or init, which TPT sets); the runs take
@@ -86,7 +88,8 @@ def tpt(model: str, target_tasks: Sequence[str], source_tasks: Sequence[str], *,
     """
     opened = open_store(store)
     runs, where = tpt_settings(train, tolerance, "tpt")
-    plan = task_plan(opened, model, [task_ref(t, Path.cwd()) for t in target_tasks], source_tasks,
+    sources = [s if opened.prompts.has(s) else tasks_in([s], opened)[0] for s in source_tasks]
+    plan = task_plan(opened, model, tasks_in(target_tasks, opened), sources,
                      opened.prompts.select(model), runs, **where)
     return compare(opened, plan, execution, resources)
 

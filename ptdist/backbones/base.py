@@ -28,6 +28,7 @@ class Backbone(nn.Module, ABC):
     """A frozen pretrained model plus the tokenizer and readout a task needs."""
 
     kind: str  # "mlm" or "seq2seq"
+    specials: int  # tokens `collate` adds to a text (the mask and end of an MLM's, T5's end)
 
     def __init__(self, name: str, model: nn.Module, tokenizer: Any,
                  max_length: int = MAX_LENGTH):
@@ -140,6 +141,16 @@ class Backbone(nn.Module, ABC):
             self._encoded.update(zip(new, encoded))
         return [self._encoded[t][:budget] for t in texts]
 
+    def text_budget(self, cut: int | None = None) -> int:
+        """The most text tokens a batch holds: what ``max_length`` leaves beside the special
+        tokens, or ``cut`` where that is less (a run's own cut, `lengths.text_cut`)."""
+        budget = self.max_length - self.specials
+        return budget if cut is None else min(budget, cut)
+
+    def text_lengths(self, texts: Sequence[str], cut: int | None = None) -> list[int]:
+        """How many text tokens of each text a batch holds (`text_budget`)."""
+        return [len(ids) for ids in self._text_ids(texts, self.text_budget(cut))]
+
     def _pad(self, rows: list[list[int]], value: int) -> torch.Tensor:
         width = max(len(r) for r in rows)
         return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
@@ -159,8 +170,10 @@ class Backbone(nn.Module, ABC):
         return embeds, torch.cat([prefix, attention_mask], dim=1)
 
     @abstractmethod
-    def collate(self, rows: Sequence[dict], label_words: Sequence[str] | None) -> Batch:
-        """Tokenize task rows (``text`` plus ``label`` or ``target``) into a batch of tensors."""
+    def collate(self, rows: Sequence[dict], label_words: Sequence[str] | None,
+                cut: int | None = None) -> Batch:
+        """Tokenize task rows (``text`` plus ``label`` or ``target``) into a batch of tensors,
+        each text cut to `text_budget` tokens."""
 
     def loss(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Per-example training loss [B] under per-example prompts [B, L, d]."""

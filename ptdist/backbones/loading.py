@@ -70,11 +70,12 @@ def load_backbone(name: str, *, dtype: torch.dtype = torch.float32,
     per rank. The loaded weights are checked against the checkpoint's (`weights.check_load`)."""
     backbone, missing, checkpoint = _load(name, dtype, max_length)
     fitted = {}
-    if backbone.kind == "mlm" and lacks_only_head(missing):
+    headless = backbone.kind == "mlm" and lacks_only_head(missing)
+    if headless:
         head = restore_head(backbone, checkpoint.folder, missing)
         fitted = tensors_in(head / "head.safetensors")
     check = check_load(backbone.model, checkpoint, missing, fitted)
-    _report_load(name, backbone.model, [m for m in missing if m not in fitted], check)
+    _report_load(name, backbone.model, missing, check, fitted_head=headless)
     return backbone
 
 
@@ -87,7 +88,7 @@ def fit_mlm_head(name: str, refit: bool = False) -> tuple[Path, dict, bool]:
         raise PtdistError(f"model '{name}' has its own MLM head (or is no encoder MLM): there "
                           "is no head to fit")
     _report_load(name, backbone.model, missing,
-                 check_load(backbone.model, checkpoint, missing))
+                 check_load(backbone.model, checkpoint, missing), fitted_head=True)
     return cached_head(backbone, checkpoint.folder, missing, refit=refit)
 
 
@@ -188,14 +189,20 @@ def _config_at(path: str, name: str):
         ) from None
 
 
-def _report_load(name: str, model, missing: list[str], check: LoadCheck) -> None:
+def _report_load(name: str, model, missing: list[str], check: LoadCheck,
+                 fitted_head: bool = False) -> None:
     """The one line a model load prints: what was loaded, that it is its checkpoint, and what
-    the checkpoint lacked."""
+    the checkpoint lacked (a missing MLM head, ``fitted_head``, is said to be the fitted one that
+    goes in, never "randomly initialised": `restore_head` names it, and announces its fit if it
+    is not cached)."""
     params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    names = f"{', '.join(sorted(missing)[:4])}{', ...' if len(missing) > 4 else ''}"
     lacks = "" if not missing else (
+        f"; its MLM head is not in the checkpoint ({len(missing)} tensor(s): {names}): "
+        "ptdist's fitted head goes in" if fitted_head else
         f"; {len(missing)} tensor(s) not in the checkpoint, randomly initialised (seed 0) and "
-        f"frozen: {', '.join(sorted(missing)[:4])}{', ...' if len(missing) > 4 else ''}")
+        f"frozen: {names}")
     log.info(f"[ptdist] loaded {name}: {type(model).__name__}, {params / 1e6:.1f}M parameters, "
              f"{dtype}; {check.checked} tensors equal the checkpoint's ({check.seconds:.2f} s)"
              f"{lacks}")

@@ -17,11 +17,13 @@ from ptdist.errors import PtdistError
 
 class MaskedLMBackbone(Backbone):
     kind = "mlm"
+    specials = 2
 
-    def collate(self, rows: Sequence[dict], label_words: Sequence[str] | None) -> Batch:
+    def collate(self, rows: Sequence[dict], label_words: Sequence[str] | None,
+                cut: int | None = None) -> Batch:
         tok = self.tokenizer
         end = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
-        texts = self._text_ids([r["text"] for r in rows], self.max_length - 2)
+        texts = self._text_ids([r["text"] for r in rows], self.text_budget(cut))
         ids = [[tok.mask_token_id, *t, end] for t in texts]
         batch = {
             "input_ids": self._pad(ids, tok.pad_token_id),

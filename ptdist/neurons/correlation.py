@@ -104,9 +104,7 @@ def transfers(rows: Sequence[MatrixRow], left_out: Sequence[str]) -> list[Transf
 
 
 def correlate(store: Store, model: str) -> CorrelationResult:
-    found, left_out = stored_coefficients(store, model)
-    rows = by_strength([correlation_row(model, name, c, ", ".join(left_out))
-                        for name, c in found.items()])
+    rows = correlation_rows(model, *stored_coefficients(store, model))
     return CorrelationResult(rows, write_records(store.layout.correlation(model),
                                                  CorrelationRow, rows))
 
@@ -120,16 +118,32 @@ def stored_coefficients(store: Store, model: str) -> tuple[dict[str, SeedCoeffic
                           (indicator_path, "ptdist neurons indicators")):
         if not path.exists():
             raise PtdistError(f"{path} does not exist; run `{command} --model {model}` first")
-    matrix = read_records(matrix_path, MatrixRow)
+    return matrix_coefficients(store, read_records(matrix_path, MatrixRow),
+                               read_records(indicator_path, IndicatorRow))
+
+
+def matrix_coefficients(store: Store, matrix: Sequence[MatrixRow],
+                        indicators: Iterable[IndicatorRow]
+                        ) -> tuple[dict[str, SeedCoefficients], list[str]]:
+    """Each indicator's per-seed coefficients with the transfer of ``matrix`` (its own prompts
+    on their tasks say which prompts each target's are; the store's manifests, how they
+    started), and the tasks left out: a part of a stored matrix as well as the whole."""
     owns: dict[str, list[tuple[str, int | None]]] = {}
     for r in matrix:
         if r.source_task == r.target_task:
             owns.setdefault(r.target_task, []).append((r.source_prompt, r.source_seed))
     left_out = unusable_tasks(matrix)
-    values = indicator_values(read_records(indicator_path, IndicatorRow))
+    values = indicator_values(indicators)
     within = independent_starts(store.prompts.manifest(pid)
                                 for pid in {r.source_prompt for r in matrix})
     return seed_coefficients(transfers(matrix, left_out), owns, values, within), left_out
+
+
+def correlation_rows(model: str, found: Mapping[str, SeedCoefficients],
+                     left_out: Sequence[str]) -> list[CorrelationRow]:
+    """One row per indicator of ``found`` (`matrix_coefficients`), strongest first."""
+    return by_strength([correlation_row(model, name, c, ", ".join(left_out))
+                        for name, c in found.items()])
 
 
 def indicator_values(rows: Iterable[IndicatorRow]) -> dict[str, dict[tuple[str, str], float]]:
@@ -147,9 +161,7 @@ def rank_indicators(model: str, pairs: Sequence[Transfer],
     own prompts with their seeds (None: unknown); ``values``: every indicator for ordered
     prompt pairs; ``within_seed``: compare a source with the target's prompts of its seed
     (prompts that started independently, `independent_starts`)."""
-    found = seed_coefficients(pairs, owns, values, within_seed)
-    return by_strength([correlation_row(model, name, c, ", ".join(left_out))
-                        for name, c in found.items()])
+    return correlation_rows(model, seed_coefficients(pairs, owns, values, within_seed), left_out)
 
 
 def seed_coefficients(pairs: Sequence[Transfer],

@@ -83,15 +83,46 @@ def embedding_study(model: str, prompts: Sequence[NamedPrompt],
                                                  indicator_values(rows), left_out, within))
 
 
+@dataclass(frozen=True)
+class TaskSimilarity:
+    """Each indicator between two tasks' prompts: the mean over their pairs of different
+    prompts (``pairs`` of them; a task with itself: its prompts of different seeds)."""
+
+    task_a: str
+    task_b: str
+    pairs: int
+    values: dict[str, float]
+
+
+def task_similarities(rows: Sequence[IndicatorRow]) -> list[TaskSimilarity]:
+    """The indicators of ``rows`` averaged per unordered pair of tasks, in the rows' order:
+    what a reader compares when there are too few tasks for a correlation."""
+    sums: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for r in rows:
+        if r.prompt_a < r.prompt_b:  # each unordered pair of different prompts once
+            key = tuple(sorted((r.task_a, r.task_b)))
+            sums.setdefault(key, {}).setdefault(r.indicator, []).append(r.value)
+    return [TaskSimilarity(a, b, len(next(iter(values.values()))),
+                           {name: float(np.mean(v)) for name, v in values.items()})
+            for (a, b), values in sums.items()]
+
+
 def prompts_from_paths(specs: Sequence[str]) -> list[NamedPrompt]:
-    """Prompts named by ``specs``: ``PATH`` or ``TASK=PATH``, where PATH is a prompt file
-    (``.safetensors``), an adapter or prompt folder, or a folder of those. A prompt is named
-    by its file stem or folder name; its task is TASK, else its name."""
+    """Prompts named by ``specs`` (`prompt_paths`), read."""
+    return [NamedPrompt(name, task, read_prompt_file(file).numpy())
+            for name, task, file in prompt_paths(specs)]
+
+
+def prompt_paths(specs: Sequence[str]) -> list[tuple[str, str, Path]]:
+    """``(name, task, file)`` of each prompt ``specs`` name: ``PATH`` or ``TASK=PATH``, where
+    PATH is a prompt file (``.safetensors``), an adapter or prompt folder, or a folder of
+    those. A prompt is named by its file stem or folder name; its task is TASK, else its
+    name."""
     out = []
     for spec in specs:
         task, _, path = spec.rpartition("=")
-        for name, file in _prompt_files(Path(path).expanduser()):
-            out.append(NamedPrompt(name, task or name, read_prompt_file(file).numpy()))
+        out += [(name, task or name, file)
+                for name, file in _prompt_files(Path(path).expanduser())]
     return out
 
 

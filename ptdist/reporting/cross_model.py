@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ptdist.reporting.sections import (FLAG, Section, estimate_row, num, short_name,
-                                       with_basis)
-from ptdist.statistics import MIN_ROWS, Interval, over_replicates, too_few, verdict
+from ptdist.reporting.sections import FLAG, Section, estimate_row, num, short_name
+from ptdist.statistics import (MIN_ROWS, Interval, over_replicates, too_few, verdict,
+                               with_basis)
 from ptdist.store import Store
 from ptdist.store.results import ProjectorEvalRow
 from ptdist.store.tables import read_records, write_records

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 
 from ptdist.store.atomic import atomic_write  # noqa: E402
 from ptdist.store.results import (CorrelationRow, IndicatorRow, MatrixRow,  # noqa: E402
-                                  TptCurveRow, TptSummaryRow)
+                                  RecommendRow, TptCurveRow, TptSummaryRow)
 from ptdist.transfer.matrix import cells  # noqa: E402
 
 
@@ -137,3 +137,39 @@ def tpt_figure(curves: Sequence[TptCurveRow], summary: Sequence[TptSummaryRow],
     head = summary[0]
     return learning_curves(lines, head.metric, f"{head.target_task} on {head.model}: vanilla "
                            "PT vs TPT", path, hline=None if several else head.vanilla_best)
+
+
+def recommend_figure(rows: Sequence[RecommendRow], path: str | os.PathLike,
+                     shown: int = 30) -> Path:
+    """A recommendation: each candidate's zero-shot score on the new task's sampled training
+    rows with its 95 % interval (none below MIN_ROWS rows), in predicted order (the first
+    ``shown``), beside the majority class and the random prompts; each bar names its predicted
+    rank and interval (and the probe indicator's value)."""
+    top = list(rows)[:shown]
+    fig, ax = plt.subplots(figsize=(7.5, 1.6 + 0.32 * len(top)))
+    y = np.arange(len(top))[::-1]
+    scores = np.array([r.score for r in top])
+    lows = np.array([r.score if r.score_low is None else r.score_low for r in top])
+    highs = np.array([r.score if r.score_high is None else r.score_high for r in top])
+    colors = ["tab:blue" if r.clearly_above else "tab:gray" for r in top]
+    ax.barh(y, scores, xerr=np.array([scores - lows, highs - scores]), color=colors, capsize=2)
+    ax.set_yticks(y, [f"{r.label[:24]} ({r.source_task[:16]})" for r in top], fontsize=8)
+    for yi, high, r in zip(y, highs, top):
+        note = f"rank {r.rank}" + ("" if r.rank_low is None else
+                                   f" [{r.rank_low}, {r.rank_high}]")
+        if r.indicator_value is not None:
+            note += f", {r.indicator} {r.indicator_value:.2f}"
+        ax.text(high, yi, "  " + note, va="center", fontsize=7)
+    head = top[0]
+    if head.chance is not None:
+        ax.axvline(head.chance, color="black", linestyle="--", linewidth=1,
+                   label=f"majority class {head.chance:.1f}")
+    ax.axvline(float(np.mean([r.random_score for r in top])), color="tab:red", linestyle=":",
+               linewidth=1, label="random prompt")
+    ax.set_xlabel(f"zero-shot {head.metric} on {head.sample_rows} training rows of "
+                  f"{head.target_task}\n(blue: clearly above both baselines)")
+    ax.set_xlim(0, max(100.0, float(scores.max()) * 1.35))
+    ax.set_title(f"source prompts for {head.target_task} on {head.model}, predicted order",
+                 fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)

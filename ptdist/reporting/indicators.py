@@ -12,8 +12,8 @@ from ptdist.neurons.correlation import (CALIBRATED_PAIRS, CALIBRATED_SOURCES,
                                         paired_per_target, per_target_estimate,
                                         stored_coefficients, why_no_interval)
 from ptdist.reporting.figures import layerwise_figure
-from ptdist.reporting.sections import Section, estimate_row, short_name, with_basis
-from ptdist.statistics import Interval, verdict
+from ptdist.reporting.sections import Section, estimate_row, short_name
+from ptdist.statistics import Interval, verdict, with_basis
 from ptdist.store import Store
 from ptdist.store.layout import segment
 from ptdist.store.results import CorrelationRow

@@ -108,24 +108,29 @@ def _prompt_section(study: Study, store: Store, folder: Path,
             m = store.prompts.manifest(pid)
             rows.append(PromptRow(model=m.model, task=m.task, task_type=m.task_type,
                                   seed=m.seed, init=m.init, prompt_id=pid, metric=m.metric,
-                                  score=m.score, best_step=m.best_step))
+                                  score=m.score, best_step=m.best_step, steps=m.steps,
+                                  planned_steps=m.config.get("steps")))
     write_records(folder / "prompts.parquet", PromptRow, rows)
-    groups: dict[tuple[str, str, str], list[float]] = {}
+    groups: dict[tuple[str, str, str], list[PromptRow]] = {}
     for r in rows:
-        groups.setdefault((r.model, r.task, r.metric), []).append(r.score)
+        groups.setdefault((r.model, r.task, r.metric), []).append(r)
     lines = ["## Prompt tuning\n",
-             "Best evaluation score of each run (mean ± sd over runs), then on the transfer "
-             "matrix's rows: the own prompts' mean score, the majority class, a random prompt "
-             "(mean over seeds), and whether every own prompt is clearly above both (the "
-             "lowest 95 % lower bound of its margin over each, in points: a paired bootstrap "
-             "over the evaluation rows).\n",
-             "| model | task | metric | best score | runs | on matrix rows | majority class | "
-             "random prompt | clearly above both |", "|---|---|---|---|---|---|---|---|---|"]
+             "Best evaluation score of each run (mean ± sd over runs), the runs that stopped "
+             "early (their curve had flattened: no new best in `patience` evaluations from "
+             "`min_steps` on; the runs whose whole curves TPT compares never stop early) with "
+             "the step they stopped at, then on the transfer matrix's rows: the own prompts' "
+             "mean score, the majority class, a random prompt (mean over seeds), and whether "
+             "every own prompt is clearly above both (the lowest 95 % lower bound of its "
+             "margin over each, in points: a paired bootstrap over the evaluation rows).\n",
+             "| model | task | metric | best score | runs | stopped early | on matrix rows | "
+             "majority class | random prompt | clearly above both |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     findings = []
-    for (model, task, metric), scores in sorted(groups.items()):
+    for (model, task, metric), runs in sorted(groups.items()):
         own = [r for r in matrices.get(model, []) if r.source_task == r.target_task == task]
-        lines.append(f"| {short_name(model)} | {task} | {metric} | {spread(scores)} | "
-                     f"{len(scores)} | {_baselines(own)} |")
+        lines.append(f"| {short_name(model)} | {task} | {metric} | "
+                     f"{spread([r.score for r in runs])} | {len(runs)} | {_stopped(runs)} | "
+                     f"{_baselines(own)} |")
     for model, matrix in matrices.items():
         bad = unusable_tasks(matrix)
         if bad:
@@ -135,6 +140,14 @@ def _prompt_section(study: Study, store: Store, folder: Path,
     if not matrices:
         lines.append("\nBaselines come with the transfer matrix, which needs two tasks or more.")
     return Section("\n".join(lines) + "\n", findings)
+
+
+def _stopped(runs: list[PromptRow]) -> str:
+    """The runs that stopped early: "seed 1 at 200 of 300", or "-"."""
+    early = [f"seed {r.seed} at {r.steps} of {r.planned_steps}" for r in sorted(
+        runs, key=lambda r: r.seed) if None not in (r.steps, r.planned_steps)
+        and r.steps < r.planned_steps]
+    return ", ".join(early) or "-"
 
 
 def _baselines(own: list[MatrixRow]) -> str:

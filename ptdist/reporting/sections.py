@@ -43,14 +43,6 @@ def seeds_spread(values: Mapping[int, float]) -> str:
     return f"{spread(list(values.values()))} ({each})" if len(values) > 1 else each
 
 
-def with_basis(interval: Interval, unit: str = "seed", suffix: str = "") -> str:
-    """An estimate with its interval and what it rests on: "6.90 [0.00, 13.79] % (t over
-    seeds, n = 2)" or "6.90 % (too few to compare (n = 1 seed))"."""
-    if not interval.defined:
-        return f"{interval.estimate:.2f}{suffix} ({interval.basis(unit)})"
-    return f"{interval}{suffix} ({interval.basis(unit)})"
-
-
 def estimate_row(section: str, model: str, quantity: str, interval: Interval,
                  replicates: Mapping | None = None) -> EstimateRow:
     return EstimateRow(section=section, model=model, quantity=quantity,

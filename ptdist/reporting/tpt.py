@@ -9,16 +9,14 @@ from pathlib import Path
 
 from ptdist.orchestration.study import Study
 from ptdist.reporting.figures import tpt_figure
-from ptdist.reporting.sections import FLAG, Section, estimate_row, num, short_name, with_basis
-from ptdist.statistics import over_replicates
+from ptdist.reporting.sections import FLAG, Section, estimate_row, num, short_name
+from ptdist.statistics import over_replicates, with_basis
 from ptdist.store import Store
 from ptdist.store.layout import TPT_CURVES, TPT_SUMMARY, segment
 from ptdist.store.results import TptCurveRow, TptSummaryRow
 from ptdist.store.tables import read_records, write_records
 from ptdist.tasks import get_task
-from ptdist.transfer.tpt import curve_area, evaluation_grid
-
-Curve = tuple[list[int], list[float]]
+from ptdist.transfer.tpt import compared_areas, evaluation_grid, run_seeds
 
 
 def tpt_section(study: Study, store: Store, projectors: list[str], folder: Path,
@@ -47,8 +45,9 @@ def tpt_section(study: Study, store: Store, projectors: list[str], folder: Path,
         return Section()
     write_records(folder / "tpt.parquet", TptSummaryRow, rows)
     vanilla = {(r.model, r.target_task, seed[r.prompt_id]): r for r in rows if r.run == "vanilla"}
-    areas = {r.prompt_id: _areas(curves, r, vanilla[r.model, r.target_task, seed[r.prompt_id]])
-             for r in rows}
+    areas = {r.prompt_id: compared_areas(
+        curves[r.prompt_id], curves[vanilla[r.model, r.target_task, seed[r.prompt_id]].prompt_id])
+        for r in rows}
     lines = ["## Transferred prompts as initialisation (TPT)\n",
              "Every run is evaluated at step 0, before its first update, then on the grid "
              "named in each finding: steps-to-target is known only to the nearest evaluation. "
@@ -77,19 +76,6 @@ def tpt_section(study: Study, store: Store, projectors: list[str], folder: Path,
         section.findings.append(_finding(model, target, run, mine, seed, areas, grid, section))
     section.body = "\n".join(lines + [""] + figures) + "\n"
     return section
-
-
-def run_seeds(store: Store, curves: Sequence[TptCurveRow]) -> dict[str, int]:
-    """The seed of each run of a TPT table (from its prompt's manifest)."""
-    return {pid: store.prompts.manifest(pid).seed for pid in {c.prompt_id for c in curves}}
-
-
-def _areas(curves: dict[str, Curve], run: TptSummaryRow,
-           vanilla: TptSummaryRow) -> tuple[float, float]:
-    """The areas of a run's curve and of vanilla's (same seed) over the steps both cover."""
-    mine, theirs = curves[run.prompt_id], curves[vanilla.prompt_id]
-    until = min(max(mine[0]), max(theirs[0]))
-    return curve_area(*mine, until), curve_area(*theirs, until)
 
 
 def _schedule_words(rows: list[TptSummaryRow]) -> str:

@@ -15,9 +15,8 @@ import statistics
 from pathlib import Path
 
 from ptdist.reporting.figures import matrix_figure
-from ptdist.reporting.sections import (FLAG, Section, estimate_row, seeds_spread, short_name,
-                                       with_basis)
-from ptdist.statistics import Interval, over_replicates, paired, too_few, verdict
+from ptdist.reporting.sections import FLAG, Section, estimate_row, seeds_spread, short_name
+from ptdist.statistics import Interval, over_replicates, paired, too_few, verdict, with_basis
 from ptdist.store.layout import segment
 from ptdist.store.results import MatrixRow
 from ptdist.store.tables import write_records

@@ -8,6 +8,8 @@ the root: a stage asks the layout where its artifact lives.
     activations/model=<model>/task=<t>/layer=<i>/       FFN activations (`activations.py`)
     transfer/<model>/matrix.parquet, columns/, tpt/<target>/   zero-shot matrix, TPT_task
     neurons/<model>/indicators.parquet, correlation.parquet, embedding_*.parquet
+    recommend/<model>/<task>/ranking.parquet, ranking.png   source prompts ranked for a task
+    recommend/probes/                                   a store of its own: recommend's probes
     sweeps/<name>.parquet, cross_model/<name>.parquet   one table per sweep / pair graph
     pipeline/<study>/<job>.json, costs.parquet          stamps of finished study stages, costs
     reports/<study>/                                    a study's report
@@ -133,6 +135,18 @@ class StoreLayout:
 
     def layerwise_figure(self, model: str) -> Path:
         return self.neurons_dir(model) / "layerwise_ON.png"
+
+    def recommendation(self, model: str, task: str) -> Path:
+        """The candidate source prompts for ``task`` on ``model``, ranked (`RecommendRow`)."""
+        return self.root / "recommend" / segment(model) / segment(task) / "ranking.parquet"
+
+    def recommendation_figure(self, model: str, task: str) -> Path:
+        return self.recommendation(model, task).with_name("ranking.png")
+
+    def probes(self) -> Path:
+        """The root of the store `ptdist recommend` trains its probe runs into: apart from
+        this store's prompts, so that a probe never becomes a candidate or a study's run."""
+        return self.root / "recommend" / "probes"
 
     # --- sweeps, studies and Ray ----------------------------------------------------------
     def run_lock(self) -> Path:

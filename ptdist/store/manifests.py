@@ -5,8 +5,11 @@ writes them (`PromptStore`, `ProjectorStore`). Reading one checks it whole (`rea
 valid JSON without NaN or infinity, a mapping, known keys, every required key, and each value of
 its declared type; the first problem is one `PtdistError`. Each carries ``schema_version``:
 
-- version 4 (this one) is written by this ptdist: a prompt's manifest adds ``init_rule``, how
-  its init's random draws were seeded (`ptdist.backbones.prompt.INIT_RULE`);
+- version 5 (this one) is written by this ptdist: a prompt's manifest adds ``text_cut``, the
+  most text tokens its training batches held when the run cut its task's texts at its own
+  length quantile (``length_quantile``; None: at ``max_length``);
+- version 4 adds ``init_rule``, how a prompt's init's random draws were seeded
+  (`ptdist.backbones.prompt.INIT_RULE`); it is read as it is (no cut of its own);
 - version 3 adds ``file_sha256``, the checksum of the record's tensor file, which the store
   verifies when it reads the file; it is read as it is, a prompt's ``init_rule`` "seed" (the
   rule of every prompt stored before version 4);
@@ -27,7 +30,7 @@ from typing import Any, ClassVar, TypeVar
 from ptdist.errors import PtdistError
 from ptdist.validation import dataclass_shape, json_kind, validate
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 M = TypeVar("M")
 
 
@@ -111,6 +114,7 @@ class PromptManifest:
     file_sha256: str | None = None  # of prompt.safetensors; None in a version-2 manifest
     # How the init's random draws were seeded: "seed+task" since version 4; "seed" before.
     init_rule: str = "seed"
+    text_cut: int | None = None  # the run's own cut of its training texts, in tokens
     schema_version: int = SCHEMA_VERSION
 
     _DROPPED_V1: ClassVar[tuple[str, ...]] = ("config_hash", "prompt_length", "width")

@@ -57,6 +57,13 @@ class PromptStore(RecordFolders[PromptManifest]):
                 if m.model == model and (tasks is None or m.task in tasks)
                 and (ids is None or m.id in ids)]
 
+    def task_files(self) -> dict[str, str]:
+        """``{task name: its YAML file}`` of the tasks defined in YAML that the store's prompts
+        were trained on (the newest prompt's file where a name has had several), as their runs
+        named them by absolute path."""
+        return {m.task: m.task_ref for m in sorted(self.manifests(), key=lambda m: m.created)
+                if m.task_ref.endswith((".yaml", ".yml")) and Path(m.task_ref).is_absolute()}
+
     def tensor(self, prompt_id: str) -> torch.Tensor:
         """The stored prompt, checked against its manifest: checksum, values, and shape (a
         tensor edited with its checksum is still not the prompt the manifest describes)."""

@@ -124,6 +124,44 @@ class CorrelationRow:
 
 
 @dataclass(frozen=True)
+class RecommendRow:
+    """A candidate source prompt for a task that has no prompt yet, ranked
+    (`ptdist.recommend`): its zero-shot score on a sample of the task's training rows beside
+    the majority class and a random prompt on the same rows, the probe indicator when one was
+    trained, and the predicted rank with its 95 % interval (rows resampled)."""
+
+    SCHEMA: ClassVar[int] = 1
+    model: str
+    target_task: str
+    candidate: str  # a store prompt id, a prompt file, or a projected prompt's file
+    label: str  # how tables name it
+    origin: str  # store | hub | projected (from <model>, projector <id>)
+    source_task: str
+    source_type: str | None  # as the task registry declares it; None for a file's prompt
+    source_seed: int | None
+    metric: str
+    sample_rows: int
+    score: float  # zero-shot, on the sampled training rows
+    # its 95 % row-bootstrap interval, and the lower ends of those of (score - chance) and
+    # (score - random_score): None below MIN_ROWS sampled rows (and without a majority class)
+    score_low: float | None
+    score_high: float | None
+    chance: float | None  # the majority-class score; None for a generation target
+    random_score: float  # the random prompt of the candidate's seed (else the first seed's)
+    above_chance_low: float | None
+    above_random_low: float | None
+    clearly_above: bool  # both lower ends above 0 (no majority class: the random prompt's)
+    indicator: str | None  # the probe indicator; None without --probe
+    indicator_value: float | None
+    indicator_weight: float  # its weight in the rule: the store's Spearman, floored at 0
+    combined: float  # the rule's score (lower is better)
+    rank: int
+    rank_low: int | None  # the rank's 95 % interval over the row resamples (None: too few rows)
+    rank_high: int | None
+    p_top: float | None  # share of the resamples in which it ranks first
+
+
+@dataclass(frozen=True)
 class TptCurveRow:
     """One evaluation of a vanilla or TPT run's learning curve."""
 
@@ -242,6 +280,8 @@ class PromptRow:
     metric: str
     score: float
     best_step: int
+    steps: int | None = None  # steps run: fewer than ``planned_steps`` after an early stop
+    planned_steps: int | None = None
 
 
 @dataclass(frozen=True)

@@ -10,5 +10,5 @@ __all__, __getattr__, __dir__ = lazy_face(__name__, {
     "metrics": ("compute_metrics",),
     "packaged_data": ("prepare_packaged_data",),
     "record": ("Source", "TaskRecord"),
-    "registry": ("get_task", "list_tasks", "task_names"),
+    "registry": ("get_task", "list_tasks", "resolve_task", "task_names", "task_ref"),
 })

@@ -8,7 +8,8 @@ Where a split comes from, first match wins:
    argument or $PTDIST_DATA_DIR;
 2. the record's ``source.local``: its standard data files in ``<data_dir>/<folder>/``
    (`ptdist.tasks.formats`), laid out as the original downloads are;
-3. the record's ``source.files``;
+3. the record's ``source.files`` (one file without a hub id: train and eval split off it by
+   a seeded shuffle, ``source.holdout``);
 4. the Hugging Face hub, ``datasets.load_dataset(hub, config, split=...)``.
 
 Local files of every format are read by `ptdist.tasks.formats`, under its one policy for file
@@ -96,7 +97,8 @@ def load_split(task: TaskRecord, split: str, *, limit: int | None = None,
 @dataclass(frozen=True)
 class Origin:
     """Where a split is read from: ``folder`` (ptdist's ``<data_dir>/<task>/<split>.*``),
-    ``local`` (the record's standard data files), ``files`` (``source.files``) or ``hub``."""
+    ``local`` (the record's standard data files), ``files`` (``source.files``), ``holdout``
+    (the split's share of the one file of ``source.files``) or ``hub``."""
 
     kind: str
     path: Path | None = None
@@ -126,12 +128,15 @@ def data_origin(task: TaskRecord, split: str, data_dir: str | None) -> Origin:
             if all(_present(p) for p in paths):
                 return Origin("local", base / local.folder / name, tuple(paths))
             searched.append(", ".join(str(p) for p in paths))
-    if split in task.source.files:
-        path = Path(task.source.files[split])
+    holdout = task.source.holdout
+    if split in task.source.files or (holdout is not None and split in ("train", "eval")):
+        kind, name = ("holdout", next(iter(task.source.files))) if holdout is not None \
+            else ("files", split)
+        path = Path(task.source.files[name])
         if not _present(path):
-            raise PtdistError(f"task '{task.name}': {split} file {path} (source.files.{split}) "
+            raise PtdistError(f"task '{task.name}': {split} file {path} (source.files.{name}) "
                               "does not exist; fix the path in the task YAML")
-        return Origin("files", path, (path,))
+        return Origin(kind, path, (path,))
     return Origin("hub", searched="no " + " nor ".join(searched) if searched else "")
 
 
@@ -174,6 +179,11 @@ def _raw_split(task: TaskRecord, split: str,
                 local.label_map or task.label_map)
     if origin.kind in ("folder", "files"):
         return FILE_READERS[origin.path.suffix](origin.path), str(origin.path), task.label_map
+    if origin.kind == "holdout":
+        where = f"{origin.path} ({split} share)"
+        columns = _held_out(FILE_READERS[origin.path.suffix](origin.path), task.source.holdout,
+                            split, where)
+        return columns, where, task.label_map
     where = _hub_label(task, split)
     rows = _from_hub(task, split, origin.searched)
     _check_columns(rows.column_names, task, where)
@@ -185,16 +195,21 @@ def _read_local(local: LocalSource, path: Path, split: str) -> Columns:
     columns = {local.columns.get(name, name): values
                for name, values in reader(local.format)(path).items()}
     if local.holdout is not None:
-        columns = _held_out(columns, local.holdout, split)
+        columns = _held_out(columns, local.holdout, split, str(path))
     return columns
 
 
-def _held_out(columns: dict[str, list], holdout: Holdout, split: str) -> dict[str, list]:
+def _held_out(columns: dict[str, list], holdout: Holdout, split: str,
+              where: str) -> dict[str, list]:
     """``split`` (train or eval) of the rows in ``columns``, by the record's holdout rule."""
     n = len(next(iter(columns.values())))
     order = np.random.default_rng(holdout.seed).permutation(n)
     cut = int(n * holdout.eval_fraction)
     chosen = np.sort(order[:cut] if split == "eval" else order[cut:])
+    if not len(chosen):
+        raise PtdistError(f"{where}: {n} row(s) leave no {split} rows when "
+                          f"{holdout.eval_fraction:.0%} are held out for eval; give more rows "
+                          "or another eval_fraction")
     return {name: [values[i] for i in chosen] for name, values in columns.items()}
 
 

@@ -18,6 +18,7 @@ from ptdist.validation import Strict, Text, located, read_yaml, rule, validate
 
 FILE_SUFFIXES = tuple(FILE_READERS)
 DEFAULT_SPLITS = {"train": "train", "eval": "validation"}
+HELD_OUT = 0.2  # the eval share of a one-file source's rows, unless source.holdout says
 DOCS = "docs/tasks.md"
 _SEPARATORS = str.maketrans("", "", "_-.")
 _PLAIN_FIELD = re.compile(r"[^.\[\]!:{}]+")
@@ -63,6 +64,11 @@ class _Holdout(Strict):
     seed: int = 0
 
 
+class _FilesHoldout(Strict):
+    eval_fraction: float = Field(HELD_OUT, gt=0, lt=1)
+    seed: int = 0
+
+
 class _Local(Strict):
     folder: FolderName
     format: Literal[FORMATS]
@@ -81,6 +87,8 @@ class _Source(Strict):
     splits: dict[str, Text] | None = None
     files: dict[str, DataFile] | None = None
     local: _Local | None = None
+    holdout: _FilesHoldout | None = Field(None, description="with one file in source.files: "
+                                          "{eval_fraction: 0.2, seed: 0}")
 
 
 # One word list per backbone family.
@@ -163,7 +171,28 @@ def _source(source: _Source, base_dir: Path | None) -> Source:
     splits = {**DEFAULT_SPLITS, **(source.splits or {})} if source.hub else {}
     return Source(hub=source.hub, config=source.config, revision=source.revision,
                   data_dir=source.data_dir, splits=splits, files=files,
-                  local=_local(source.local) if source.local else None)
+                  local=_local(source.local) if source.local else None,
+                  holdout=_files_holdout(source, files))
+
+
+def _files_holdout(source: _Source, files: dict[str, str]) -> Holdout | None:
+    """The held-out split of a ``files`` source with one file and no hub id (which would give
+    the other split); two splits that name one file are refused: a prompt would be scored on
+    the rows it was trained on."""
+    same = [split for split, path in files.items() if list(files.values()).count(path) > 1]
+    if same:
+        _fail(f"source.files.{same[0]} and source.files.{same[1]} name the same file "
+              f"{files[same[0]]}, so evaluation would read the training rows",
+              "give a held-out file, or give the file once (as train) and ptdist holds out a "
+              f"seeded {HELD_OUT * 100:.0f} % of its rows for eval (source.holdout: "
+              f"{{eval_fraction: {HELD_OUT}, seed: 0}})")
+    if len(files) != 1 or source.hub:
+        if source.holdout is not None:
+            _fail("source.holdout splits the one file of source.files",
+                  "give exactly one file in source.files and no hub id, or remove holdout")
+        return None
+    holdout = source.holdout or _FilesHoldout()
+    return Holdout(next(iter(files.values())), holdout.eval_fraction, holdout.seed)
 
 
 def _local(local: _Local) -> LocalSource:

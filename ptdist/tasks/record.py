@@ -24,7 +24,8 @@ BACKBONE_FAMILIES = ("mlm", "t5")  # label-word lists, one per backbone family
 
 @dataclass(frozen=True)
 class Holdout:
-    """Train and eval split off one file: a seeded shuffle (``numpy.random.default_rng(seed)
+    """Train and eval split off one file (a standard data file, or the one file of a ``files``
+    source): a seeded shuffle (``numpy.random.default_rng(seed)
     .permutation``) of its rows; the first ``int(n x eval_fraction)`` are eval, the rest train,
     each kept in file order."""
 
@@ -56,7 +57,8 @@ class LocalSource:
 class Source:
     """Where a task's rows come from. ``splits`` maps ptdist split names (train, eval) to the
     hub dataset's split names; ``files`` maps them to local files (absolute paths); ``local``
-    names the task's standard data files in a data folder."""
+    names the task's standard data files in a data folder. ``holdout`` splits train and eval
+    off the one file of a ``files`` source without a hub id."""
 
     hub: str | None = None
     config: str | None = None
@@ -65,6 +67,7 @@ class Source:
     splits: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     local: LocalSource | None = None
+    holdout: Holdout | None = None
 
 
 @dataclass(frozen=True)

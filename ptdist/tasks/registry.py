@@ -1,10 +1,12 @@
-"""Find a task: a built-in by name (builtin.yaml), or a user's task YAML by path. The names
-alone are read with yaml only (`task_names`: every command's help lists them); the records are
-validated (pydantic) when first asked for."""
+"""Find a task: a built-in by name (builtin.yaml), or a user's task YAML by path; and resolve a
+task argument once, the same way for every command (`resolve_task`). The names alone are read
+with yaml only (`task_names`: every command's help lists them); the records are validated
+(pydantic) when first asked for."""
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -66,13 +68,50 @@ def get_task(name_or_path: str) -> TaskRecord:
     if _key(name_or_path) in builtins:
         return builtins[_key(name_or_path)]
     path = Path(name_or_path).expanduser()
-    if path.suffix in (".yaml", ".yml") or path.is_file():
+    if _names_a_file(path):
         if not path.exists():  # something else there (a FIFO) is named by parse_file
             raise PtdistError(f"task file {path} does not exist; check the path, or use a "
                               f"built-in task name ({', '.join(sorted(builtins))})")
         return parse_file(path)
-    close = difflib.get_close_matches(_key(name_or_path), list(builtins), n=1)
+    raise _unknown(name_or_path, {})
+
+
+def _names_a_file(path: Path) -> bool:
+    return path.suffix in (".yaml", ".yml") or path.is_file()
+
+
+def _unknown(name: str, stored: Mapping[str, str]) -> PtdistError:
+    builtins = _builtins()
+    close = difflib.get_close_matches(_key(name), [*builtins, *stored], n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise PtdistError(f"unknown task '{name_or_path}'{hint}; known tasks: "
-                      f"{', '.join(sorted(builtins))}; or give the path of a task YAML file "
-                      "(format in docs/tasks.md)")
+    defined = (f"; tasks defined in YAML that the store has prompts of: "
+               f"{', '.join(sorted(stored))}" if stored else "")
+    return PtdistError(f"unknown task '{name}'{hint}; known tasks: "
+                       f"{', '.join(sorted(builtins))}{defined}; or give the path of a task "
+                       "YAML file (format in docs/tasks.md)")
+
+
+def task_ref(task: str, base: Path) -> str:
+    """A task YAML path made absolute against ``base`` (runs execute in other working
+    directories); a registered name unchanged. Nothing is read."""
+    return str((base / task).resolve()) if task.endswith((".yaml", ".yml")) else task
+
+
+def resolve_task(task: str, base: Path | None = None,
+                 stored: Mapping[str, str] | None = None) -> str:
+    """A task argument as runs carry it, checked now, before any work: a built-in name
+    unchanged; a task file's path made absolute (against ``base``, default the working
+    folder) and read; or the name of a task defined in YAML whose file ``stored`` names (task
+    name -> file: the store's prompts record the file they were trained from,
+    `PromptStore.task_files`), so a task written once in YAML is then known by its name too.
+    Anything else stops with the unknown-task error."""
+    if _key(task) in _builtins():
+        return task
+    path = (base or Path.cwd()) / Path(task).expanduser()  # an absolute path stays itself
+    if _names_a_file(path):
+        get_task(str(path))
+        return str(path.resolve())
+    if stored and task in stored:
+        get_task(stored[task])  # the file may have moved since its prompts were trained
+        return stored[task]
+    raise _unknown(task, stored or {})

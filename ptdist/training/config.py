@@ -5,7 +5,7 @@ line and the settings that share one read it from these classes."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from ptdist.errors import PtdistError
@@ -20,7 +20,8 @@ class TrainConfig:
     trained on ``task`` with ``model`` frozen.
 
     model: a preset (tiny-roberta...), a local model folder, pkg:PACKAGE/path or a hub id.
-    task: a registered task name or a task YAML path. init: random | vocab | text:WORDS |
+    task: a registered task name or a task YAML path (`ptdist.train` also takes the name of a
+    task defined in YAML that the store has prompts of). init: random | vocab | text:WORDS |
     prompt:ID_OR_PATH. The budget: steps, lr, schedule (constant or linear after
     ``warmup_steps``, default 10 % of steps), optimizer (adamw or adam), batch_size (global),
     eval_every, eval_limit (evaluation examples; None: the whole split), train_limit (a seeded
@@ -53,6 +54,16 @@ class TrainConfig:
     max_length: int = 128  # text tokens, prompt excluded
     max_new_tokens: int = 64  # generation tasks
     patience: int | None = None  # evaluations without improvement before stopping early
+    min_steps: int = 0  # no early stop before this step
+    # Training batches drawn from length buckets: each window of this many batches holds the
+    # rows it holds unbucketed, regrouped by length (`data.BatchOrder`); 0: not bucketed.
+    bucket_window: int = 0
+    # Training texts cut at this quantile of the task's own text lengths in tokens (capped by
+    # max_length; `lengths.text_cut`); None: at max_length. Evaluation cuts at max_length.
+    length_quantile: float | None = None
+    # The backbone's training forward and backward compiled (`compiled.py`): its rounding
+    # differs from the eager step's, so a compiled run is another run.
+    compile: bool = False
     ds_config: str = "zero0"
     data_dir: str | None = field(default=None, compare=False)
     # Recompute layer activations in the backward (Backbone.checkpoint_activations): less
@@ -66,7 +77,8 @@ class TrainConfig:
     # Settings added after prompt ids existed, with the value every run had before: at that
     # value they are left out of the id, so the prompts stored before keep their ids (and a
     # stored config without them reads as having it).
-    IMPLICIT = {"schedule": "linear", "optimizer": "adamw"}
+    IMPLICIT = {"schedule": "linear", "optimizer": "adamw", "min_steps": 0, "bucket_window": 0,
+                "length_quantile": None, "compile": False}
 
     def __post_init__(self) -> None:
         for name in ("steps", "prompt_length", "batch_size", "eval_every", "max_length"):
@@ -79,6 +91,12 @@ class TrainConfig:
             raise PtdistError(f"lr must be positive (got {self.lr})")
         if self.patience is not None and self.patience < 1:
             raise PtdistError(f"patience must be at least 1 evaluation (got {self.patience})")
+        for name in ("min_steps", "bucket_window"):
+            if getattr(self, name) < 0:
+                raise PtdistError(f"{name} must be 0 or more (got {getattr(self, name)})")
+        if self.length_quantile is not None and not 0 < self.length_quantile <= 1:
+            raise PtdistError(f"length_quantile must be in (0, 1], e.g. 0.99 (got "
+                              f"{self.length_quantile})")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise PtdistError(f"warmup_steps must be 0 or more (got {self.warmup_steps})")
         for name, known in (("schedule", SCHEDULES), ("optimizer", OPTIMIZERS)):
@@ -92,6 +110,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def to_the_end(self) -> "TrainConfig":
+        """This run without early stopping: a run whose whole learning curve is compared (a
+        TPT comparison's) trains all its steps."""
+        return replace(self, patience=None, min_steps=0)
 
 
 @dataclass(frozen=True)

@@ -152,13 +152,14 @@ class Scored:
 
 def score_prompts(backbone: Backbone, task_ref: str, prompts: torch.Tensor, *,
                   data_dir: str | None, limit: int | None, batch_size: int,
-                  max_new_tokens: int) -> Scored:
-    """Predictions and metrics of each prompt ``[K, L, d]`` on the task's evaluation rows
-    (read once for all of them, `predict_each`)."""
+                  max_new_tokens: int, split: str = "eval", seed: int = 0) -> Scored:
+    """Predictions and metrics of each prompt ``[K, L, d]`` on the task's ``split`` rows
+    (evaluation rows by default; ``limit`` of them drawn with ``seed``), read once for all of
+    them (`predict_each`)."""
     task = get_task(task_ref)
     backbone.check_prompt(prompts[0])
     check_task_fits(task, backbone)
-    rows = load_split(task, "eval", limit=limit, data_dir=data_dir).to_list()
+    rows = load_split(task, split, limit=limit, data_dir=data_dir, seed=seed).to_list()
     device = next(backbone.parameters()).device
     # Under a group every rank scores its slice of the rows and gets all predictions back.
     preds = predict_each(backbone, prompts.to(device), task, rows, batch_size, max_new_tokens,

@@ -39,13 +39,15 @@ from ptdist.backbones.prompt import PROMPT_PARAM
 from ptdist.errors import PtdistError
 from ptdist.store import Store
 from ptdist.training.checkpoint import ADAM_KEYS, TrainState, load_checkpoint
+from ptdist.training.compiled import TrainingStep
 from ptdist.training.config import TrainConfig
-from ptdist.training.data import global_batch, rank_slice
+from ptdist.training.data import BatchOrder, rank_slice
 from ptdist.training.distributed import finish_together, init_distributed, mean_over_ranks
 from ptdist.training.engine import (deepspeed_config, frozen_backbone, frozen_engine_config,
                                     lr_schedule, precision_of, zero_stage)
 from ptdist.training.evaluation import evaluate
 from ptdist.training.fingerprint import frozen_fingerprint
+from ptdist.training.lengths import row_lengths, text_cut
 from ptdist.training.op_builds import watched_builds
 from ptdist.training.progress import RunProgress
 from ptdist.training.run import (Fitted, RunData, RunPlan, TrainResult, fresh_prompt,
@@ -118,6 +120,9 @@ class _Run:
     ds_config: dict
     resumed_from: int | None
     losses: list[float]
+    order: BatchOrder  # the global batch of each of its steps
+    cut: int | None  # the most text tokens its training batches hold (None: max_length's)
+    step: TrainingStep  # its micro-batches' forward and backward, eager or compiled
     diverged: Diverged | None = None  # a diverged run stops; the others of its pack go on
 
     @property
@@ -174,7 +179,7 @@ def _train_pack(todo: list[tuple[TrainConfig, RunPlan]], store: Store,
                  f"{precision_of(ds_config)}, ZeRO-{zero_stage(ds_config)}")
         for run in runs:
             log.info(f"  {run.tracker.label}: {len(run.data.train)} train / "
-                     f"{len(run.data.eval)} eval examples"
+                     f"{len(run.data.eval)} eval examples{_levers(run)}"
                      + (f", resumed at step {run.resumed_from}"
                         if run.resumed_from is not None else ""))
         with RunProgress(what, max(r.config.steps for r in runs),
@@ -190,6 +195,18 @@ def _train_pack(todo: list[tuple[TrainConfig, RunPlan]], store: Store,
     return results
 
 
+def _levers(run: _Run) -> str:
+    """How the run spends less compute, as its start line says it."""
+    c = run.config
+    return "".join((
+        f", texts cut at {run.cut} tokens ({c.length_quantile:g} quantile)"
+        if run.cut is not None else "",
+        f", length-bucketed batches (windows of {c.bucket_window})" if c.bucket_window else "",
+        f", stops after {c.patience} evaluation(s) without a new best from step {c.min_steps}"
+        if c.patience is not None else "",
+        ", compiled step" if c.compile else ""))
+
+
 def _data_key(config: TrainConfig) -> tuple:
     """What a run's rows depend on."""
     return config.task, config.train_limit, config.eval_limit, config.data_dir
@@ -201,11 +218,14 @@ def _start_runs(todo: list[tuple[TrainConfig, RunPlan]], read: dict[tuple, RunDa
     """The pack's runs, each from its checkpoint or its init, on the rows ``read`` holds by
     `_data_key`, and their prompts as one tensor."""
     loaded: dict[tuple, RunData] = {}
+    steps: dict[bool, TrainingStep] = {}  # eager, compiled: one each for the pack's runs
     runs, inits, moments = [], [], []
     for row, (config, plan) in enumerate(todo):
         key = _data_key(config)
         if key not in loaded:
             loaded[key] = suited(read[key], config, plan.task, backbone)
+        if config.compile not in steps:
+            steps[config.compile] = TrainingStep(backbone, config.compile)
         folder = store.layout.run_dir(plan.prompt_id)
         resumed = load_checkpoint(folder)
         saved, state = resumed if resumed is not None else ({}, TrainState())
@@ -217,10 +237,17 @@ def _start_runs(todo: list[tuple[TrainConfig, RunPlan]], read: dict[tuple, RunDa
         ds_config = deepspeed_config(plan.ds_config, config, world)
         tracker = RunTracker.resumed(saved, state, folder, plan.task.primary_metric,
                                      config.patience,
-                                     f"run {plan.prompt_id} ({plan.task.name}, seed {config.seed})")
+                                     f"run {plan.prompt_id} ({plan.task.name}, seed {config.seed})",
+                                     config.min_steps)
+        train = loaded[key].train
+        cut = None if config.length_quantile is None else \
+            text_cut(backbone, train, config.length_quantile)
+        order = BatchOrder(len(train), config.batch_size, config.seed, config.bucket_window,
+                           row_lengths(backbone, train, cut))
         runs.append(_Run(config, plan, loaded[key], row, lr_schedule(config), tracker,
                          ds_config["train_micro_batch_size_per_gpu"], ds_config,
-                         state.step if resumed is not None else None, []))
+                         state.step if resumed is not None else None, [], order, cut,
+                         steps[config.compile]))
     prompts = StackedAdam(torch.stack([p.float() for p in inits]).to(device))
     for row, exp_avg, exp_avg_sq, step in moments:
         prompts.restore(row, exp_avg.to(device), exp_avg_sq.to(device), step)
@@ -282,17 +309,14 @@ def _gradient(backbone: Backbone, prompts: StackedAdam, run: _Run, rank: int,
     to its log."""
     device = prompts.weight.device
     accumulation = run.ds_config["gradient_accumulation_steps"]
-    c = run.config
-    mine = rank_slice(global_batch(run.tracker.state.step, len(run.data.train), c.batch_size,
-                                   c.seed), rank, world)
+    mine = rank_slice(run.order(run.tracker.state.step), rank, world)
     prompt = prompts.weight[run.row].detach().clone().requires_grad_(True)
     losses = []
     for part in range(accumulation):
         rows = [run.data.train[i] for i in mine[part * run.micro:(part + 1) * run.micro]]
-        batch = {k: v.to(device) for k, v in backbone.collate(rows, run.data.words).items()}
-        loss = backbone.loss(prompt.unsqueeze(0).expand(len(rows), -1, -1), batch).mean()
-        (loss / accumulation).backward()
-        losses.append(loss.item())
+        batch = {k: v.to(device)
+                 for k, v in backbone.collate(rows, run.data.words, run.cut).items()}
+        losses.append(run.step(prompt, batch, accumulation))
     run.losses.append(sum(losses) / len(losses))
     grad = prompt.grad
     if world > 1:
@@ -326,4 +350,5 @@ def _finish(run: _Run, backbone: Backbone, fingerprint: str, store: Store, rank:
     """Store a run that has finished (its steps done, or stopped early)."""
     fitted = Fitted(run.tracker.best, run.tracker.state, backbone, rank, world, run.ds_config,
                     fingerprint, run.resumed_from)
-    return store_finished(run.config, run.plan, fitted, store, t0, packed_with=pack)
+    return store_finished(run.config, run.plan, fitted, store, t0, packed_with=pack,
+                          text_cut=run.cut)

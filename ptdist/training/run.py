@@ -70,11 +70,13 @@ def _digest(obj) -> str:
 
 
 def _record_content(task: TaskRecord) -> dict:
-    """The task record as the id hashes it. A record without standard data files hashes as
-    records did before ``source.local`` existed, so the prompts stored then keep their ids."""
+    """The task record as the id hashes it. A record without standard data files or a
+    held-out split hashes as records did before ``source.local`` and ``source.holdout``
+    existed, so the prompts stored then keep their ids."""
     content = asdict(task)
-    if task.source.local is None:
-        del content["source"]["local"]
+    for key in ("local", "holdout"):
+        if getattr(task.source, key) is None:
+            del content["source"][key]
     return content
 
 
@@ -210,9 +212,11 @@ class Fitted:
 
 
 def store_finished(config: TrainConfig, plan: RunPlan, fitted: Fitted, store: Store,
-                   t0: float, packed_with: list[str] | None = None) -> TrainResult:
+                   t0: float, packed_with: list[str] | None = None,
+                   text_cut: int | None = None) -> TrainResult:
     """The result of a prompt-tuning run that has finished (its steps done, or stopped early);
-    rank 0 puts its best prompt and manifest in the store."""
+    rank 0 puts its best prompt and manifest in the store. ``text_cut``: the run's own cut of
+    its training texts (`lengths.text_cut`), if it had one."""
     state = fitted.state
     best = next(h for h in state.history if h["step"] == state.best_step)
     metrics = {k: v for k, v in best.items() if k not in ("step", "loss", "time_s")}
@@ -233,7 +237,7 @@ def store_finished(config: TrainConfig, plan: RunPlan, fitted: Fitted, store: St
             zero_stage=zero_stage(fitted.ds_config), resumed_from=result.resumed_from,
             wall_time_s=result.wall_time_s, created=time.time(), ptdist_version=__version__,
             backbone_fingerprint=fitted.fingerprint, packed_with=packed_with,
-            init_rule=INIT_RULE))
+            init_rule=INIT_RULE, text_cut=text_cut))
     return result
 
 

@@ -31,14 +31,25 @@ class RunTracker:
     metric: str  # the primary metric; higher is better
     patience: int | None  # evaluations without improvement before stopping early
     label: str  # the run, as its error names it
+    min_steps: int = 0  # no early stop before this step
     stopped: bool = False
 
     @classmethod
     def resumed(cls, saved: dict[str, torch.Tensor], state: TrainState, folder: Path,
-                metric: str, patience: int | None, label: str) -> "RunTracker":
+                metric: str, patience: int | None, label: str,
+                min_steps: int = 0) -> "RunTracker":
         """A tracker continuing from checkpoint tensors ``saved`` (empty for a fresh run)."""
         best = {k[len(BEST):]: v for k, v in saved.items() if k.startswith(BEST)} or None
-        return cls(state, best, folder, metric, patience, label)
+        tracker = cls(state, best, folder, metric, patience, label, min_steps)
+        tracker.stopped = tracker.flattened()  # checkpointed at the evaluation that stopped it
+        return tracker
+
+    def flattened(self) -> bool:
+        """Whether the run stops at its latest evaluation: ``patience`` evaluations in a row
+        without a new best, from ``min_steps`` on (a curve that rises slowly at first is not
+        judged by its start)."""
+        return (self.patience is not None and self.state.step >= self.min_steps
+                and self.state.evals_since_best >= self.patience)
 
     def diverged(self, what: str) -> Diverged:
         return Diverged(f"{self.label} diverged at step {self.state.step}: {what} is not finite "
@@ -66,7 +77,7 @@ class RunTracker:
             self.best = {name: tensors[name].clone() for name in names}
         else:
             state.evals_since_best += 1
-        self.stopped = self.patience is not None and state.evals_since_best >= self.patience
+        self.stopped = self.flattened()
         if save:
             save_checkpoint(self.folder, dict(tensors, **{BEST + k: v
                                                           for k, v in self.best.items()}), state)

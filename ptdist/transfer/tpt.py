@@ -19,19 +19,20 @@ Steps-to-target is known only to the nearest evaluation (`evaluation_grid`): on 
 each learning curve (`curve_area`: its mean score over the steps both runs cover) compares the
 whole curves, not one crossing.
 
-A `TptPlan` says which runs a comparison needs (vanilla and each source on each target); the
-runs are ordinary prompt-tuning runs, trained (or found in the store) by whoever runs the plan,
-and `tpt_summary` reads their curves from the store. TPT_task starts from another task's prompt
-of the same model (`task_plan`); TPT_model (`ptdist.projection.tpt`) from a projected prompt of
-another model.
+A `TptPlan` says which runs a comparison needs (vanilla and each source on each target, once
+per seed: each seed is its own comparison); the runs are ordinary prompt-tuning runs, trained
+(or found in the store) by whoever runs the plan, and `tpt_summary` reads their curves from
+the store. TPT_task starts from another task's prompt of the same model (`task_plan`);
+TPT_model (`ptdist.projection.tpt`) from a projected prompt of another model; `ptdist
+recommend --then-tpt` from the candidates it ranks first (`ptdist.recommend.tpt`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ptdist.errors import PtdistError
 from ptdist.store import Store
@@ -46,6 +47,18 @@ from ptdist.training.run import plan_run
 
 TASK_PLACEHOLDER, PROMPT_PLACEHOLDER = "{task}", "{prompt}"
 TOLERANCE = 0.99
+Curve = tuple[Sequence[int], Sequence[float]]  # a learning curve: its steps and scores
+
+
+class SourcePrompt(Protocol):
+    """What a TPT summary reports of the prompt a run starts from: a stored prompt's manifest,
+    or a prompt that is not the store's (a file, a projected prompt)."""
+
+    id: str
+    task: str
+
+    @property
+    def prompt_length(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -56,7 +69,7 @@ class TptSource:
 
     label: str
     init: str
-    prompts: dict[tuple[str, int], PromptManifest]
+    prompts: dict[tuple[str, int], SourcePrompt]
 
     def init_for(self, target: str, seed: int) -> str:
         return self.init.replace(TASK_PLACEHOLDER, target).replace(
@@ -81,7 +94,8 @@ class TptPlan:
 
     def runs(self) -> list[tuple[str, int, str, TrainConfig]]:
         """``(target name, seed, run label, config)`` of every run, vanilla first per target
-        and seed."""
+        and seed. Each runs all its steps (`TrainConfig.to_the_end`): the comparison reads
+        the whole curves."""
         out = []
         for ref in self.targets:
             name = get_task(ref).name
@@ -90,7 +104,7 @@ class TptPlan:
                                     *((s.label, s.init_for(name, seed)) for s in self.sources)]:
                     out.append((name, seed, label, TrainConfig(
                         model=self.model, task=ref, init=init, ds_config=self.ds_config,
-                        data_dir=self.data_dir, **dict(self.train, seed=seed))))
+                        data_dir=self.data_dir, **dict(self.train, seed=seed)).to_the_end()))
         return out
 
     def folder(self, store: Store, target: str) -> Path:
@@ -174,6 +188,18 @@ def curve_area(steps: Sequence[int], scores: Sequence[float], until: int) -> flo
     return area / until
 
 
+def compared_areas(run: Curve, vanilla: Curve) -> tuple[float, float]:
+    """The areas (`curve_area`) of a run's learning curve and of its seed's vanilla run's
+    (``(steps, scores)`` each), over the steps both cover."""
+    until = min(max(run[0]), max(vanilla[0]))
+    return curve_area(*run, until), curve_area(*vanilla, until)
+
+
+def run_seeds(store: Store, rows: Iterable[TptCurveRow | TptSummaryRow]) -> dict[str, int]:
+    """The seed of each run of a TPT table (its prompt's manifest holds it)."""
+    return {pid: store.prompts.manifest(pid).seed for pid in {r.prompt_id for r in rows}}
+
+
 def evaluation_grid(steps: Sequence[int]) -> str:
     """A curve's evaluation steps in words: "every 100 of 300 steps" or the list."""
     ordered = sorted(set(steps))
@@ -184,7 +210,7 @@ def evaluation_grid(steps: Sequence[int]) -> str:
 
 
 def speedup_rows(vanilla: PromptManifest,
-                 runs: list[tuple[str, PromptManifest | None, PromptManifest]],
+                 runs: list[tuple[str, SourcePrompt | None, PromptManifest]],
                  tolerance: float = TOLERANCE) -> list[TptSummaryRow]:
     """Summary rows for the vanilla run and each (label, source prompt, TPT run)."""
     metric = vanilla.metric

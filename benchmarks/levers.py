@@ -1,0 +1,178 @@
+"""The quickstart's prompt stage with issue 28's levers on and off, side by side: what
+`benchmarks/study.py --levers` runs.
+
+Every case trains the same runs (the study's own, as its prompt stage plans them, or the subset
+`--tasks/--models/--seeds/--steps` picks) in this process, one after another, each case into a
+fresh store, the cases interleaved run by run (off, bucket, cut, stop, all for the first run,
+then the second...) so a burst of load from another process hits every case alike. A case's
+CPU-seconds are this process's (`time.process_time`, all its threads) over its runs' `train`
+calls; the padded-token fraction is that of the training batches those runs trained on, counted
+from the batch order, the cut and the tokenizer (text plus special tokens; the prompt is never
+padding).
+
+The compile check times one model's training step eager and compiled (`torch.compile`,
+`compiled.TrainingStep`) on the same real batches: the compile's own CPU-seconds, the median
+step after it, and the steps a run needs before compiling pays.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from common import load, table
+
+# Each lever's "on" settings; "off" is TrainConfig's defaults, the runs of today's presets.
+# The stop lever's min_steps is 2/3 of the run's steps (200 of the quickstart's 300).
+LEVERS = {"bucket": dict(bucket_window=50), "cut": dict(length_quantile=0.99),
+          "stop": dict(patience=1)}
+CASES = ("off", *LEVERS, "all")
+
+
+def _with(config, case: str, full_curves: tuple[str, ...]):
+    """``config`` with ``case``'s levers; a run whose whole curve TPT compares never stops
+    early, as in the study."""
+    from ptdist.tasks import get_task
+
+    names = list(LEVERS) if case == "all" else [case] if case in LEVERS else []
+    settings = {k: v for name in names for k, v in LEVERS[name].items()}
+    if "patience" in settings:
+        settings["min_steps"] = config.steps * 2 // 3
+    config = replace(config, **settings)
+    return config.to_the_end() if get_task(config.task).name in full_curves else config
+
+
+def planned_runs(study: Path, data_dir: str | None, tasks, models, seeds, steps):
+    """The study's prompt-stage runs (levers off), narrowed to the subset asked for."""
+    from ptdist.orchestration.study import load_study
+    from ptdist.tasks import get_task
+
+    spec = load_study(study, data_dir=data_dir).spec
+    runs = [r.config for r in spec.runs()
+            if (not tasks or get_task(r.config.task).name in tasks)
+            and (not models or any(m in r.config.model for m in models))
+            and (not seeds or r.config.seed in seeds)]
+    return [replace(c, steps=steps) if steps else c for c in runs], spec.full_curves
+
+
+def padded_fraction(config, steps: int, backbones: dict) -> tuple[int, int]:
+    """(padding tokens, all tokens) of the training batches of ``steps`` steps of ``config``."""
+    from ptdist.backbones import load_backbone
+    from ptdist.tasks import get_task
+    from ptdist.training.data import BatchOrder
+    from ptdist.training.lengths import row_lengths, text_cut
+    from ptdist.training.run import read_run_data
+
+    key = config.model, config.max_length
+    if key not in backbones:
+        backbones[key] = load_backbone(config.model, max_length=config.max_length)
+    backbone = backbones[key]
+    rows = read_run_data(config, get_task(config.task)).train
+    cut = None if config.length_quantile is None else \
+        text_cut(backbone, rows, config.length_quantile)
+    lengths = row_lengths(backbone, rows, cut)
+    order = BatchOrder(len(rows), config.batch_size, config.seed, config.bucket_window, lengths)
+    pad = total = 0
+    for step in range(steps):
+        sizes = lengths(order(step))
+        pad += sum(max(sizes) - s for s in sizes)
+        total += (max(sizes) + backbone.specials) * len(sizes)
+    return pad, total
+
+
+def run_levers(runs, full_curves, cases=CASES) -> None:
+    """Train every run under every case of ``cases``; print the table of cases."""
+    from ptdist.store import Store
+    from ptdist.training import train
+
+    backbones: dict = {}
+    sums = {c: dict(cpu=0.0, wall=0.0, steps=0, planned=0, pad=0, total=0, stopped=[])
+            for c in cases}
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in dict.fromkeys(c.model for c in runs):  # untimed: first loads, first steps
+            first = next(c for c in runs if c.model == model)
+            train(replace(first, steps=2, eval_every=2, eval_limit=16), Store(Path(tmp) / "warm"))
+        for config in runs:
+            for case in cases:
+                c = _with(config, case, full_curves)
+                cpu0, wall0 = time.process_time(), time.perf_counter()
+                result = train(c, Store(Path(tmp) / case))
+                cpu = time.process_time() - cpu0
+                s = sums[case]
+                s["cpu"] += cpu
+                s["wall"] += time.perf_counter() - wall0
+                s["steps"] += result.steps_run
+                s["planned"] += c.steps
+                if result.steps_run < c.steps:
+                    s["stopped"].append(f"{Path(c.task).stem} s{c.seed} at {result.steps_run}")
+                pad, total = padded_fraction(c, result.steps_run, backbones)
+                s["pad"] += pad
+                s["total"] += total
+                print(f"  {case:6s} {c.model} {Path(c.task).stem} seed {c.seed}: "
+                      f"{result.steps_run}/{c.steps} steps, best {result.best_step}, "
+                      f"{cpu:.1f} CPU-s", flush=True)
+            load()
+            _summary(sums)  # after each run's cases: a run cut short still leaves its figures
+
+
+def _summary(sums: dict) -> None:
+    off = sums["off"]["cpu"] if "off" in sums else math.nan
+    print(table(["case", "CPU-s", "CPU-s / off", "saving CPU-s", "wall s", "steps run",
+                 "padded fraction", "stopped early"],
+                [[case, s["cpu"], s["cpu"] / off, off - s["cpu"], s["wall"],
+                  f"{s['steps']}/{s['planned']}", s["pad"] / s["total"],
+                  ", ".join(s["stopped"]) or "-"] for case, s in sums.items()]))
+
+
+def compile_check(config, steps: int) -> None:
+    """One model's training step, eager and compiled, on the same ``steps`` real batches."""
+    import torch
+
+    from ptdist.backbones import load_backbone
+    from ptdist.tasks import get_task
+    from ptdist.training.compiled import TrainingStep
+    from ptdist.training.data import global_batch
+    from ptdist.training.run import read_run_data
+
+    task = get_task(config.task)
+    backbone = load_backbone(config.model, max_length=config.max_length)
+    data = read_run_data(config, task)
+    words = task.words_for(backbone.kind)
+    batches = [backbone.collate([data.train[i] for i in global_batch(
+        s, len(data.train), config.batch_size, config.seed)], words) for s in range(steps)]
+    prompt0 = torch.randn(config.prompt_length, backbone.hidden_size) * 0.5
+    rows = []
+    for name, compile in (("eager", False), ("compiled", True)):
+        step = TrainingStep(backbone, compile)
+        times = []
+        for batch in batches:
+            prompt = prompt0.clone().requires_grad_(True)
+            t0 = time.process_time()
+            step(prompt, batch, 1)
+            times.append(time.process_time() - t0)
+        rows.append([name, times[0], statistics.median(times[1:]), step.compiled is not None])
+    (_, eager_first, eager, _), (_, first, compiled, kept) = rows
+    saving = eager - compiled
+    print(table(["step", "first step CPU-s", "median step CPU-s (rest)", "compiled kept"], rows))
+    print(f"compile overhead {first - eager_first:.1f} CPU-s; saving per step {saving:.4f} "
+          f"CPU-s; pays after "
+          + (f"{(first - eager_first) / saving:.0f} steps" if saving > 0 else "never"))
+
+
+def padding_only(runs, full_curves) -> None:
+    """The padded fraction of each run's planned training batches under each case, without
+    training (every run counted to its planned steps: early stops are not known untrained)."""
+    backbones: dict = {}
+    rows = []
+    for config in runs:
+        cells = []
+        for case in ("off", "bucket", "cut", "all"):
+            c = _with(config, case, full_curves)
+            pad, total = padded_fraction(c, c.steps, backbones)
+            cells.append(pad / total)
+        rows.append([f"{Path(config.task).stem} seed {config.seed}", config.model, *cells])
+    print(table(["run", "model", "off", "bucket", "cut", "all"], rows))
