@@ -89,7 +89,7 @@ def main() -> None:
             span = max(r.finished for r in costs) - min(r.started for r in costs)
             rows.append([side, wall, span, cpu, cores, cpu / cores, wall / (cpu / cores)])
             if side == "ray":
-                from ptdist.reporting.costs import cost_section
+                from ptdist.reporting.timing import cost_section
                 from ptdist.store import Store
 
                 shipped = cost_section(Store(store), name, Path(tmp))

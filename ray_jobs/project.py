@@ -5,7 +5,7 @@
     ray job submit --working-dir . -- python ray_jobs/project.py eval \
         --projector 8e5fe180c2337c0f --tasks sst2 imdb --store /mnt/ptdist/store
     ray job submit --working-dir . -- python ray_jobs/project.py tpt \
-        --projector 8e5fe180c2337c0f --targets imdb --store /mnt/ptdist/store
+        --projector 8e5fe180c2337c0f --target-tasks imdb --store /mnt/ptdist/store
 
 Takes the same arguments as `ptdist project train|eval|tpt|pairs|list`, on the cluster the
 job runs on.

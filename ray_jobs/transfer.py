@@ -3,7 +3,7 @@
     ray job submit --working-dir . -- python ray_jobs/transfer.py matrix \
         --model roberta-base --tasks sst2 imdb mnli snli --store /mnt/ptdist/store
     ray job submit --working-dir . -- python ray_jobs/transfer.py tpt \
-        --model roberta-base --targets imdb --sources sst2 mnli --store /mnt/ptdist/store
+        --model roberta-base --target-tasks imdb --source-tasks sst2 mnli --store /mnt/ptdist/store
 
 Takes the same arguments as `ptdist transfer matrix|tpt`, on the cluster the job runs on.
 """

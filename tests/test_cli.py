@@ -49,8 +49,8 @@ def test_every_command_has_help(capsys, command):
 
 
 def test_model_and_task_help_name_what_the_listings_show(capsys):
-    """Every --model, --source, --target and --task help names the presets of `ptdist models`
-    and the tasks of `ptdist tasks`."""
+    """Every --model, --source-model, --target-model and --task help names the presets of
+    `ptdist models` and the tasks of `ptdist tasks`."""
     code, out, _ = run(capsys, "models", "--json")
     presets = json.loads(out.strip().splitlines()[-1])["presets"]
     code, out, _ = run(capsys, "tasks", "--json")
@@ -58,10 +58,11 @@ def test_model_and_task_help_name_what_the_listings_show(capsys):
     for command in _commands():
         code, out, _ = run(capsys, *command, "--help")
         text = " ".join(out.split())
-        for option in ("--model", "--source", "--target"):
+        for option in ("--model", "--source-model", "--target-model"):
             if f"{option} " in out:
                 assert all(p in text for p in presets), (command, option)
-        if "--task " in out or "--tasks " in out or "--targets " in out:
+        if any(f"{option} " in out for option in ("--task", "--tasks", "--train-tasks",
+                                                   "--target-tasks")):
             assert all(t in text for t in tasks), command
 
 
@@ -76,6 +77,28 @@ def test_one_vocabulary_for_the_shared_options(capsys):
         assert ("--local" in out) == (command in several_jobs), command
         assert ("--address" in out) == (command in several_jobs), command
         assert "--limit " not in out and "--storage-path" not in out, command
+
+
+@pytest.mark.parametrize("command, old, new", [
+    (("transfer", "tpt", "--model", "m"), ["--targets", "a", "--sources", "b"],
+     ["--target-tasks", "a", "--source-tasks", "b"]),
+    (("project", "train", "--mode", "task"),
+     ["--source", "m1", "--target", "m2", "--tasks", "a", "b"],
+     ["--source-model", "m1", "--target-model", "m2", "--train-tasks", "a", "b"]),
+    (("project", "tpt", "--projector", "p"), ["--targets", "a"], ["--target-tasks", "a"]),
+], ids=["transfer tpt", "project train", "project tpt"])
+def test_renamed_options_keep_their_old_names_for_one_release(capsys, command, old, new):
+    """Models are --source-model/--target-model, tasks --source-tasks/--target-tasks and
+    --train-tasks; an old name still parses the same, says once per use which option replaces
+    it, and is gone from the help."""
+    parser = build_parser()
+    assert parser.parse_args([*command, *old]) == parser.parse_args([*command, *new])
+    err = capsys.readouterr().err
+    renamed = [(o, n) for o, n in zip(old, new) if o.startswith("--")]
+    for o, n in renamed:
+        assert err.count(f"{o} is deprecated") == 1 and f"use {n}" in err
+    code, out, _ = run(capsys, *command[:2], "--help")
+    assert code == 0 and all(f"{n} " in out and f"{o} " not in out for o, n in renamed)
 
 
 def test_tasks_and_models_list_what_is_available(capsys):

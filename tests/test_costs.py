@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ptdist.orchestration.costs import CostLedger, stage_of
 from ptdist.orchestration.graph import Job, JobOutcome
-from ptdist.reporting.costs import cost_section
+from ptdist.reporting.timing import cost_section
 from ptdist.store import Store
 from ptdist.store.results import JobCostRow
 from ptdist.store.tables import read_records

@@ -25,7 +25,7 @@ from ptdist.neurons.capture import ffn_sites
 from ptdist.neurons.collect import CaptureSettings, capture
 from ptdist.neurons.correlation import correlate
 from ptdist.neurons.indicators import embedding_indicators, neuron_indicators
-from ptdist.neurons.pairs import pairwise_indicators
+from ptdist.neurons.indicator_table import pairwise_indicators
 from ptdist.store import Store
 from ptdist.store.activations import ActivationWriter, activation_dataset, captured
 from ptdist.store.results import IndicatorRow, MatrixRow

@@ -133,14 +133,15 @@ def test_a_yaml_task_is_known_by_its_path_and_then_by_its_name(yaml_store):
 
 
 @pytest.mark.parametrize("argv", [
-    ("transfer", "tpt", "--model", "tiny-roberta", "--targets", "sst2", "--sources", "{task}",
-     "--local"),
-    ("transfer", "tpt", "--model", "tiny-roberta", "--targets", "{task}", "--sources", "sst2",
-     "--local"),
+    ("transfer", "tpt", "--model", "tiny-roberta", "--target-tasks", "sst2", "--source-tasks",
+     "{task}", "--local"),
+    ("transfer", "tpt", "--model", "tiny-roberta", "--target-tasks", "{task}", "--source-tasks",
+     "sst2", "--local"),
     ("transfer", "matrix", "--model", "tiny-roberta", "--tasks", "sst2", "{task}", "--local"),
     ("neurons", "capture", "--model", "tiny-roberta", "--tasks", "{task}", "--local"),
     ("eval", "--model", "tiny-roberta", "--prompt", "{prompt}", "--task", "{task}"),
-    ("project", "train", "--source", "tiny-roberta", "--target", "tiny-t5", "--tasks",
+    ("project", "train", "--source-model", "tiny-roberta", "--target-model", "tiny-t5",
+     "--train-tasks",
      "{task}", "--mode", "distance"),
     ("recommend", "--model", "tiny-roberta", "--task", "{task}"),
 ], ids=lambda argv: " ".join(argv[:2]))

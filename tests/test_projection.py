@@ -19,7 +19,7 @@ from ptdist.errors import PtdistError
 from ptdist.projection.config import ProjectorConfig
 from ptdist.projection.evaluation import EvalSettings, evaluate_projector, project_prompts
 from ptdist.projection.projector import Projector, ProjectorShape
-from ptdist.projection.training import train_projector
+from ptdist.projection.modes import train_projector
 from ptdist.store import Store
 from ptdist.store.manifests import ProjectorManifest
 from ptdist.store.prompts import best_per_task
@@ -266,9 +266,10 @@ def test_train_eval_and_list_through_the_cli(two_models, capsys):
 
     store, data, refs = two_models
     root = str(store.root)
-    code, out, err = run(capsys, "project", "train", "--source", SOURCE, "--target", TARGET,
-                         "--mode", "distance", "--tasks", "sst2", "imdb", "--variant", "token",
-                         "--hidden", "16", "--steps", "30", "--store", root, "--json")
+    code, out, err = run(capsys, "project", "train", "--source-model", SOURCE,
+                         "--target-model", TARGET, "--mode", "distance", "--train-tasks", "sst2",
+                         "imdb", "--variant", "token", "--hidden", "16", "--steps", "30",
+                         "--store", root, "--json")
     assert code == 0, err
     manifest = json.loads(out.strip().splitlines()[-1])
     assert manifest["shape"]["variant"] == "token" and manifest["pairs"] == 2
@@ -281,8 +282,8 @@ def test_train_eval_and_list_through_the_cli(two_models, capsys):
     assert row["task"] == "topic" and not row["in_training"] and row["eval_examples"] == 96
     code, out, _ = run(capsys, "project", "list", "--store", root)
     assert code == 0 and manifest["id"] in out
-    code, _, err = run(capsys, "project", "train", "--source", SOURCE, "--target", "tiny-t5",
-                       "--mode", "distance", "--tasks", "sst2", "--store", root)
+    code, _, err = run(capsys, "project", "train", "--source-model", SOURCE, "--target-model",
+                       "tiny-t5", "--mode", "distance", "--train-tasks", "sst2", "--store", root)
     assert code == 2 and "ptdist: error: no prompt of model 'tiny-t5'" in err and "sst2" in err
 
 
@@ -291,7 +292,7 @@ def test_tpt_model_starts_from_the_projected_prompt(two_models, task_projector, 
     projector = task_projector
     proc = subprocess.run(
         [sys.executable, "-m", "ptdist", "project", "tpt", "--projector", projector.id,
-         "--targets", refs["topic"], "--steps", "60", "--eval-every", "10", "--batch-size",
+         "--target-tasks", refs["topic"], "--steps", "60", "--eval-every", "10", "--batch-size",
          "16", "--lr", "0.1", "--eval-limit", "0", "--store", str(store.root), "--data-dir",
          str(data), "--json"], cwd=tmp_path, env=child_env(), text=True, capture_output=True,
         timeout=600)
@@ -309,10 +310,10 @@ def test_tpt_model_starts_from_the_projected_prompt(two_models, task_projector, 
 
 def _tuning(data: Path, refs: dict[str, str], store: Path) -> list[str]:
     """`ptdist project train` of a small task-tuned projector (checkpoints every 10 steps)."""
-    return ["project", "train", "--source", SOURCE, "--target", TARGET, "--mode", "task",
-            "--tasks", refs["topic"], "--hidden", "16", "--steps", "30", "--eval-every", "10",
-            "--batch-size", "16", "--eval-limit", "48", "--data-dir", str(data), "--store",
-            str(store), "--json"]
+    return ["project", "train", "--source-model", SOURCE, "--target-model", TARGET, "--mode",
+            "task", "--train-tasks", refs["topic"], "--hidden", "16", "--steps", "30",
+            "--eval-every", "10", "--batch-size", "16", "--eval-limit", "48", "--data-dir",
+            str(data), "--store", str(store), "--json"]
 
 
 @pytest.fixture(scope="module")

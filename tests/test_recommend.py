@@ -108,7 +108,7 @@ def test_prompts_of_another_model_are_candidates_through_a_projector(capsys, pla
     import shutil
 
     from ptdist.projection.config import ProjectorConfig
-    from ptdist.projection.training import train_projector
+    from ptdist.projection.modes import train_projector
     from ptdist.training import TrainConfig, train
 
     root, ids = planted

@@ -17,7 +17,7 @@ import torch
 from ptdist.neurons.collect import CaptureSettings, capture
 from ptdist.projection.config import ProjectorConfig
 from ptdist.projection.evaluation import EvalSettings, evaluate_projector
-from ptdist.projection.training import train_projector
+from ptdist.projection.modes import train_projector
 from ptdist.store import Store
 from ptdist.store.activations import activation_dataset
 from ptdist.store.results import MatrixRow, ProjectorEvalRow

@@ -236,7 +236,7 @@ def test_tpt_from_a_same_task_prompt_reaches_vanilla_in_fewer_steps(task_prompts
     # The source is the sst2 prompt trained with seed 0; vanilla and TPT runs use seed 1.
     proc = subprocess.run(
         [sys.executable, "-m", "ptdist", "transfer", "tpt", "--model", "tiny-roberta",
-         "--targets", "sst2", "--sources", "sst2", "--seed", "1", "--steps", "120",
+         "--target-tasks", "sst2", "--source-tasks", "sst2", "--seed", "1", "--steps", "120",
          "--eval-every", "10", "--batch-size", "16", "--lr", "0.1", "--eval-limit", "0",
          "--tolerance", "0.9", "--store", str(store), "--data-dir", str(data), "--json"],
         cwd=tmp_path, env=env, text=True, capture_output=True, timeout=600)

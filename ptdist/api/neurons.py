@@ -17,7 +17,7 @@ from ptdist.neurons.correlation import CorrelationResult, correlate as correlate
 from ptdist.neurons.embedding import (EmbeddingResult, TaskSimilarity, embedding_study,
                                       prompts_from_paths, store_inputs, task_similarities,
                                       transfers_from_table)
-from ptdist.neurons.pairs import IndicatorResult, pairwise_indicators
+from ptdist.neurons.indicator_table import IndicatorResult, pairwise_indicators
 from ptdist.orchestration.graph import Execution
 from ptdist.orchestration.spec import Resources
 from ptdist.orchestration.stages import run_capture

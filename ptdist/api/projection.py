@@ -17,7 +17,7 @@ from ptdist.orchestration.spec import Resources, load_spec
 from ptdist.projection.config import ProjectorConfig
 from ptdist.projection.evaluation import evaluate_projector as evaluate_stage
 from ptdist.projection.tpt import model_plan
-from ptdist.projection.training import train_projector as train_stage
+from ptdist.projection.modes import train_projector as train_stage
 from ptdist.store import Store
 from ptdist.store.manifests import ProjectorManifest
 from ptdist.store.results import ProjectorEvalRow
@@ -69,12 +69,12 @@ def evaluate_projector(projector: str, tasks: Sequence[str], *,
                           replace(settings, data_dir=absolute(settings.data_dir)))
 
 
-def tpt_model(projector: str, targets: Sequence[str], *, train: Mapping[str, Any] | None = None,
-              tolerance: float = TOLERANCE, store: Store | str | os.PathLike | None = None,
-              execution: Execution = Execution(),
+def tpt_model(projector: str, target_tasks: Sequence[str], *,
+              train: Mapping[str, Any] | None = None, tolerance: float = TOLERANCE,
+              store: Store | str | os.PathLike | None = None, execution: Execution = Execution(),
               resources: Resources = Resources()) -> TptComparison:
-    """TPT_model: on each of ``targets``, vanilla prompt tuning of ``projector``'s target model
-    beside prompt tuning initialised with the projection of the source model's best prompt for
+    """TPT_model: on each of ``target_tasks``, vanilla prompt tuning of ``projector``'s target
+    model beside prompt tuning initialised with the projection of the source model's best prompt for
     that task, each run a job with ``resources``. ``train`` and ``tolerance`` as for `tpt`.
 
     Returns the `TptComparison`: a summary row per run with its speed-up, and each target's
@@ -82,7 +82,7 @@ def tpt_model(projector: str, targets: Sequence[str], *, train: Mapping[str, Any
     """
     opened = open_store(store)
     runs, where = tpt_settings(train, tolerance, "tpt_model")
-    targets = tasks_in(targets, opened)
+    targets = tasks_in(target_tasks, opened)
     manifest = opened.projectors.manifest(projector)
     plan = model_plan(opened, projector, targets,
                       opened.prompts.select(manifest.source_model), runs, **where)

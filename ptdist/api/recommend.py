@@ -68,7 +68,8 @@ class Recommended(Recommendation):
 def recommend_sources(model: str, task: str, *, hub: Sequence[str] = (),
                       probe: int | None = None, then_tpt: int | None = None,
                       sample: int = 256, sample_seed: int = 0,
-                      seeds: Sequence[int] | None = None, batch_size: int = 64,
+                      seeds: Sequence[int] | None = None,
+                      batch_size: int = RecommendSettings.batch_size,
                       precision: str | None = None, data_dir: str | os.PathLike | None = None,
                       train: Mapping[str, Any] | None = None, tolerance: float = TOLERANCE,
                       store: Store | str | os.PathLike | None = None,
@@ -109,7 +110,8 @@ def recommend_sources(model: str, task: str, *, hub: Sequence[str] = (),
     probe_id = None if probe is None else \
         train_probe(opened, model, task_ref, probe, candidates, study, data)
     settings = RecommendSettings(sample=sample, sample_seed=sample_seed, seeds=seeds,
-                                 batch_size=batch_size, max_length=study.get("max_length", 128),
+                                 batch_size=batch_size,
+                                 max_length=study.get("max_length", RecommendSettings.max_length),
                                  data_dir=data, precision=precision)
     result = rank(opened, model, task_ref, candidates, settings, probe_id)
     table = write_recommendation(opened, result)

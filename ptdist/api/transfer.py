@@ -67,14 +67,15 @@ def transfer_matrix(model: str, tasks: Sequence[str], *,
     return TransferMatrix(**vars(result), heatmap=heatmap)
 
 
-def tpt(model: str, targets: Sequence[str], sources: Sequence[str], *,
+def tpt(model: str, target_tasks: Sequence[str], source_tasks: Sequence[str], *,
         train: Mapping[str, Any] | None = None, tolerance: float = TOLERANCE,
         store: Store | str | os.PathLike | None = None, execution: Execution = Execution(),
         resources: Resources = Resources()) -> TptComparison:
-    """TPT_task: on each of ``targets``, vanilla prompt tuning of ``model`` beside prompt
-    tuning initialised from each of ``sources`` (a task: its best stored prompt of ``model``,
-    or a prompt id), each run a job with ``resources``. A task (target or source) is a name, a
-    task YAML path, or the name of a task defined in YAML that the store has prompts of.
+    """TPT_task: on each of ``target_tasks``, vanilla prompt tuning of ``model`` beside prompt
+    tuning initialised from each of ``source_tasks`` (a task: its best stored prompt of
+    ``model``, or a prompt id), each run a job with ``resources``. A task (target or source) is
+    a name, a task YAML path, or the name of a task defined in YAML that the store has prompts
+    of.
 
     ``train``: the `TrainConfig` settings every run shares (steps, lr, seed, batch_size,
     eval_every, data_dir, ds_config...; not model, task or init, which TPT sets); the runs take
@@ -87,8 +88,8 @@ def tpt(model: str, targets: Sequence[str], sources: Sequence[str], *,
     """
     opened = open_store(store)
     runs, where = tpt_settings(train, tolerance, "tpt")
-    sources = [s if opened.prompts.has(s) else tasks_in([s], opened)[0] for s in sources]
-    plan = task_plan(opened, model, tasks_in(targets, opened), sources,
+    sources = [s if opened.prompts.has(s) else tasks_in([s], opened)[0] for s in source_tasks]
+    plan = task_plan(opened, model, tasks_in(target_tasks, opened), sources,
                      opened.prompts.select(model), runs, **where)
     return compare(opened, plan, execution, resources)
 

@@ -19,6 +19,9 @@ from ptdist.errors import PtdistError
 Batch = dict[str, torch.Tensor]
 IGNORE = -100  # target padding the loss skips
 ENCODED_CACHE = 200_000  # texts whose token ids a backbone keeps (a few hundred MB at most)
+# Text tokens a backbone reads unless told. A run's length is TrainConfig.max_length; this layer
+# sits below the settings classes and reads none of them.
+MAX_LENGTH = 128
 
 
 class Backbone(nn.Module, ABC):
@@ -27,7 +30,8 @@ class Backbone(nn.Module, ABC):
     kind: str  # "mlm" or "seq2seq"
     specials: int  # tokens `collate` adds to a text (the mask and end of an MLM's, T5's end)
 
-    def __init__(self, name: str, model: nn.Module, tokenizer: Any, max_length: int = 128):
+    def __init__(self, name: str, model: nn.Module, tokenizer: Any,
+                 max_length: int = MAX_LENGTH):
         super().__init__()
         self.name = name
         self.model = model

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ptdist.backbones.base import Backbone
+from ptdist.backbones.base import MAX_LENGTH, Backbone
 from ptdist.backbones.mlm import MaskedLMBackbone
 from ptdist.backbones.presets import PRESETS, preset_dir
 from ptdist.backbones.seq2seq import Seq2SeqBackbone
@@ -63,7 +63,7 @@ def model_kind(config) -> str:
 
 
 def load_backbone(name: str, *, dtype: torch.dtype = torch.float32,
-                  max_length: int = 128) -> Backbone:
+                  max_length: int = MAX_LENGTH) -> Backbone:
     """Load ``name`` frozen; an encoder checkpoint without its MLM head gets its fitted head
     (fitted on first use, ptdist.offline). Under DeepSpeed ZeRO-3, create ``HfDeepSpeedConfig``
     first so the weights are partitioned as they load instead of materialising the whole model

@@ -9,6 +9,7 @@ process."""
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import sys
 import textwrap
@@ -28,7 +29,7 @@ EXAMPLES = """examples:
   ptdist sweep --spec tiny
   ptdist replicate --preset quickstart
   ptdist transfer matrix --model roberta-base --tasks sst2 imdb mnli snli
-  ptdist transfer tpt --model roberta-base --targets imdb --sources sst2 mnli --steps 2000
+  ptdist transfer tpt --model roberta-base --target-tasks imdb --source-tasks sst2 mnli --steps 2000
   ptdist neurons capture --model roberta-base && ptdist neurons indicators --model roberta-base
   ptdist neurons correlate --model roberta-base
   ptdist project pairs --spec tiny --mode distance --train-tasks sst2 imdb
@@ -43,6 +44,14 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
     def _split_lines(self, text: str, width: int) -> list[str]:
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        old = getattr(action, "deprecated", ())  # a renamed option's old names stay unlisted
+        if not old:
+            return super()._format_action_invocation(action)
+        shown = copy.copy(action)
+        shown.option_strings = [o for o in action.option_strings if o not in old]
+        return super()._format_action_invocation(shown)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,9 +16,10 @@ def capture(args: argparse.Namespace) -> None:
     from ptdist.neurons.collect import CaptureSettings
 
     resources, sharded = frozen_model_job(args)
-    settings = CaptureSettings(protocol=args.protocol, examples=args.examples,
-                               batch_size=args.batch_size, data_dir=args.data_dir,
-                               precision=args.precision, ds_config=sharded)
+    given = {k: getattr(args, k) for k in ("protocol", "examples", "batch_size")
+             if hasattr(args, k)}  # the others at CaptureSettings' defaults
+    settings = CaptureSettings(**given, data_dir=args.data_dir, precision=args.precision,
+                               ds_config=sharded)
     result = capture_run(args.model, args.tasks, store=args.store, settings=settings,
                          chunks=args.chunks, execution=execution(args), resources=resources)
     emit(args, f"captured {result.captured} prompt(s) ({result.skipped} already stored) "
@@ -115,12 +116,16 @@ def register(command, sub) -> None:
     c.add_argument("--model", required=True, help=model_help())
     c.add_argument("--tasks", nargs="+", default=None,
                    help=task_help("only these tasks' prompts"))
-    c.add_argument("--protocol", choices=("prompt", "data"), default="prompt",
-                   help="prompt: no task input (the paper's); data: mean over N examples")
-    c.add_argument("--examples", type=int, default=32, help="N for the data protocol")
-    c.add_argument("--batch-size", type=int, default=16,
+    # Left out, these take CaptureSettings' defaults in `capture` (its module needs torch,
+    # which the help does without).
+    c.add_argument("--protocol", choices=("prompt", "data"), default=argparse.SUPPRESS,
+                   help="prompt: no task input (the paper's, the default); data: mean over N "
+                        "examples")
+    c.add_argument("--examples", type=int, default=argparse.SUPPRESS,
+                   help="N for the data protocol (default: ptdist.CaptureSettings')")
+    c.add_argument("--batch-size", type=int, default=argparse.SUPPRESS,
                    help="examples per forward (data protocol), prompts per forward (prompt "
-                        "protocol)")
+                        "protocol; default: ptdist.CaptureSettings')")
     c.add_argument("--chunks", type=int, default=2, help="jobs to split the prompts over")
     add_precision(c)
     add_execution(c)

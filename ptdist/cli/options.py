@@ -7,12 +7,38 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 from typing import Any, Callable, TypeVar
 
 from ptdist.logs import global_rank
 
+log = logging.getLogger(__name__)
+
 Command = Callable[[argparse.Namespace], None]
 S = TypeVar("S")
+
+
+class Renamed(argparse._StoreAction):
+    """An option with a new name and, for one release, its old names (``deprecated``): they
+    still work, each use logs one line naming the new option, and the help shows only the new
+    name (`ptdist.cli._Formatter`)."""
+
+    def __init__(self, option_strings: list[str], deprecated: tuple[str, ...] = (),
+                 **kwargs: Any) -> None:
+        super().__init__(option_strings, **kwargs)
+        self.deprecated = deprecated
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if option_string in self.deprecated:
+            log.warning(f"{option_string} is deprecated and goes in the next release; use "
+                        f"{self.option_strings[0]}")
+        super().__call__(parser, namespace, values, option_string)
+
+
+def add_renamed(p: argparse.ArgumentParser, name: str, *old: str, **kwargs: Any) -> None:
+    """Option ``name`` (with argparse's ``kwargs``) that also answers to its ``old`` names,
+    hidden and deprecated (`Renamed`)."""
+    p.add_argument(name, *old, action=Renamed, deprecated=old, **kwargs)
 
 
 def emit(args: argparse.Namespace, human: str | None, payload: dict[str, Any]) -> None:
@@ -75,11 +101,15 @@ def add_data(p: argparse.ArgumentParser, spec: bool = False) -> None:
                    "read instead of the hub (default: $PTDIST_DATA_DIR)")
 
 
-def add_eval(p: argparse.ArgumentParser, batch: int = 64) -> None:
-    p.add_argument("--eval-limit", type=int, default=1000,
-                   help="evaluation examples per task (0: the whole split; default 1000)")
-    p.add_argument("--batch-size", type=int, default=batch,
-                   help=f"examples x prompts per forward pass (default {batch})")
+def add_eval(p: argparse.ArgumentParser) -> None:
+    """How prompts are scored (EvalSettings fields, with their defaults)."""
+    from ptdist.training.config import EvalSettings
+
+    p.add_argument("--eval-limit", type=int, default=EvalSettings.eval_limit,
+                   help="evaluation examples per task (0: the whole split; default "
+                        "%(default)s)")
+    p.add_argument("--batch-size", type=int, default=EvalSettings.batch_size,
+                   help="examples x prompts per forward pass (default %(default)s)")
 
 
 def scoring(args: argparse.Namespace, settings: type[S], ds_config: str | None = None) -> S:
@@ -111,9 +141,11 @@ def add_execution(p: argparse.ArgumentParser, spec: bool = False) -> None:
                             "by default runs of one model are packed where that is faster "
                             "(docs/sweeps.md)")
     else:  # a spec sets its own max_failures
-        p.add_argument("--max-failures", type=int, default=3,
+        from ptdist.orchestration.graph import Execution
+
+        p.add_argument("--max-failures", type=int, default=Execution.max_failures,
                        help="retries of a job that fails for another reason than a user error "
-                            "(default 3; docs/architecture.md)")
+                            "(default %(default)s; docs/architecture.md)")
 
 
 def add_job_resources(p: argparse.ArgumentParser) -> None:
@@ -126,7 +158,7 @@ def execution(args: argparse.Namespace):
 
     return Execution(local=args.local, address=args.address,
                      max_concurrent=args.max_concurrent,
-                     max_failures=getattr(args, "max_failures", 3))
+                     max_failures=getattr(args, "max_failures", Execution.max_failures))
 
 
 def add_sharding(p: argparse.ArgumentParser) -> None:
@@ -166,40 +198,48 @@ def job_resources(args: argparse.Namespace):
 
 
 def add_budget(p: argparse.ArgumentParser) -> None:
-    """A prompt-tuning run's settings (TrainConfig fields)."""
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate (default 0.01)")
-    p.add_argument("--schedule", default="linear",
+    """A prompt-tuning run's settings (TrainConfig fields, with their defaults)."""
+    from ptdist.training.config import TrainConfig
+
+    p.add_argument("--steps", type=int, default=TrainConfig.steps,
+                   help="optimizer steps (default %(default)s)")
+    p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr,
+                   help="peak learning rate (default %(default)s)")
+    p.add_argument("--schedule", default=TrainConfig.schedule,
                    help="learning rate after the warm-up: constant (the paper's) or linear "
-                        "decay to 0 (default linear)")
-    p.add_argument("--warmup-steps", type=int, default=None,
+                        "decay to 0 (default %(default)s)")
+    p.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps,
                    help="linear warm-up steps (default: 10%% of --steps)")
-    p.add_argument("--optimizer", default="adamw",
-                   help="adamw (default) or adam (weight decay as an L2 term)")
-    p.add_argument("--batch-size", type=int, default=32,
-                   help="global batch size over all processes (default 32)")
-    p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
-    p.add_argument("--eval-limit", type=int, default=1000,
-                   help="evaluation examples (0: the whole split; default 1000)")
-    p.add_argument("--train-limit", type=int, default=None, help="use a seeded subset of train")
-    p.add_argument("--max-length", type=int, default=128, help="text tokens (prompt excluded)")
-    p.add_argument("--patience", type=int, default=None,
+    p.add_argument("--optimizer", default=TrainConfig.optimizer,
+                   help="adamw or adam (weight decay as an L2 term; default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
+                   help="global batch size over all processes (default %(default)s)")
+    p.add_argument("--eval-every", type=int, default=TrainConfig.eval_every,
+                   help="steps between evaluations (default %(default)s)")
+    p.add_argument("--eval-limit", type=int, default=TrainConfig.eval_limit,
+                   help="evaluation examples (0: the whole split; default %(default)s)")
+    p.add_argument("--train-limit", type=int, default=TrainConfig.train_limit,
+                   help="use a seeded subset of train")
+    p.add_argument("--max-length", type=int, default=TrainConfig.max_length,
+                   help="text tokens, prompt excluded (default %(default)s)")
+    p.add_argument("--patience", type=int, default=TrainConfig.patience,
                    help="stop after this many evaluations without improvement")
-    p.add_argument("--min-steps", type=int, default=0,
-                   help="no early stop before this step (default 0)")
-    p.add_argument("--bucket-window", type=int, default=0,
+    p.add_argument("--min-steps", type=int, default=TrainConfig.min_steps,
+                   help="no early stop before this step (default %(default)s)")
+    p.add_argument("--bucket-window", type=int, default=TrainConfig.bucket_window,
                    help="draw training batches from length buckets, regrouping the rows of "
-                        "each window of this many batches by length (default 0: off)")
-    p.add_argument("--length-quantile", type=float, default=None,
+                        "each window of this many batches by length (default %(default)s: off)")
+    p.add_argument("--length-quantile", type=float, default=TrainConfig.length_quantile,
                    help="cut training texts at this quantile of the task's own token lengths, "
                         "e.g. 0.99 (capped by --max-length; default: cut at --max-length)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the backbone's training forward and backward "
                         "(another run: its rounding differs; benchmarks/RESULTS.md says "
                         "where it pays)")
-    p.add_argument("--ds-config", default="zero0",
-                   help="DeepSpeed config name in ds_configs/ or JSON path (default zero0)")
+    p.add_argument("--ds-config", default=TrainConfig.ds_config,
+                   help="DeepSpeed config name in ds_configs/ or JSON path (default "
+                        "%(default)s)")
     p.add_argument("--activation-checkpointing", action="store_true",
                    help="recompute each layer's activations in the backward instead of "
                         "keeping them: less memory, ~1/3 more compute, the same prompt")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from ptdist.cli.options import (add_budget, add_data, add_eval, add_execution, add_job_resources,
-                                add_precision, add_store, add_tolerance, budget, emit,
+                                add_precision, add_renamed, add_store, add_tolerance, budget, emit,
                                 execution, job_resources, model_help, pack_override, scoring,
                                 store_of, task_help)
 
@@ -27,14 +27,14 @@ def train(args: argparse.Namespace) -> None:
     from ptdist.projection.config import ProjectorConfig
 
     m = train_projector(ProjectorConfig(
-        source_model=args.source, target_model=args.target, mode=args.mode,
-        tasks=tuple(args.tasks), ds_config=args.ds_config, data_dir=args.data_dir,
+        source_model=args.source_model, target_model=args.target_model, mode=args.mode,
+        tasks=tuple(args.train_tasks), ds_config=args.ds_config, data_dir=args.data_dir,
         **_settings(args)), args.store)
     result = (f"distance {m.initial_distance:.4f} -> {m.distance:.4f} over {m.pairs} "
               "prompt pairs" if m.mode == "distance" else
               f"{m.metric} = {m.score:.2f} on {', '.join(m.tasks)} (best at step "
               f"{m.best_step})")
-    emit(args, f"projector {m.id}: {args.source} -> {args.target} "
+    emit(args, f"projector {m.id}: {args.source_model} -> {args.target_model} "
                f"({args.mode}, {m.shape['variant']}): {result}", m.to_json())
 
 
@@ -56,7 +56,7 @@ def tpt(args: argparse.Namespace) -> None:
     from ptdist.api.projection import tpt_model
     from ptdist.cli.transfer import show_tpt
 
-    show_tpt(args, tpt_model(args.projector, args.targets,
+    show_tpt(args, tpt_model(args.projector, args.target_tasks,
                              train=dict(budget(args), data_dir=args.data_dir,
                                         ds_config=args.ds_config),
                              tolerance=args.tolerance, store=args.store,
@@ -93,51 +93,62 @@ def list_projectors(args: argparse.Namespace) -> None:
 
 
 def _add_projector(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", choices=("distance", "task"), required=True,
+    """A projector's settings (ProjectorConfig fields, with their defaults)."""
+    from ptdist.projection.config import MODES, VARIANTS, VERBALIZERS, ProjectorConfig
+
+    p.add_argument("--mode", choices=MODES, required=True,
                    help="distance: fit the target's own prompts; task: tune through the target "
                         "model on the training tasks (the paper: several of one type)")
-    p.add_argument("--variant", choices=("flat", "token"), default="flat",
+    p.add_argument("--variant", choices=VARIANTS, default=ProjectorConfig.variant,
                    help="flat: the reference MLP over the flattened prompt; token: per token "
-                        "(default flat)")
-    p.add_argument("--hidden", type=int, default=768, help="hidden units (default 768)")
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    p.add_argument("--schedule", default="linear",
+                        "(default %(default)s)")
+    p.add_argument("--hidden", type=int, default=ProjectorConfig.hidden,
+                   help="hidden units (default %(default)s)")
+    p.add_argument("--steps", type=int, default=ProjectorConfig.steps,
+                   help="optimizer steps (default %(default)s)")
+    p.add_argument("--seed", type=int, default=ProjectorConfig.seed)
+    p.add_argument("--lr", type=float, default=ProjectorConfig.lr,
+                   help="learning rate (default %(default)s)")
+    p.add_argument("--schedule", default=ProjectorConfig.schedule,
                    help="task mode: learning rate after the warm-up, constant (the reference's) "
-                        "or linear decay to 0 (default linear)")
-    p.add_argument("--warmup-steps", type=int, default=None,
+                        "or linear decay to 0 (default %(default)s)")
+    p.add_argument("--warmup-steps", type=int, default=ProjectorConfig.warmup_steps,
                    help="task mode: linear warm-up steps (default: 10%% of --steps)")
-    p.add_argument("--verbalizer", choices=("task", "unified"), default="task",
+    p.add_argument("--verbalizer", choices=VERBALIZERS, default=ProjectorConfig.verbalizer,
                    help="task mode: read each task's classes with its own label words, or all "
                         "tasks' through the union of their words (the reference's; default "
-                        "task)")
-    p.add_argument("--batch-size", type=int, default=32,
+                        "%(default)s)")
+    p.add_argument("--batch-size", type=int, default=ProjectorConfig.batch_size,
                    help="prompt pairs (distance) or examples of each task (task) per step "
-                        "(default 32)")
-    p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
-    p.add_argument("--eval-limit", type=int, default=1000,
-                   help="evaluation examples (0: the whole split; default 1000)")
-    p.add_argument("--train-limit", type=int, default=None, help="use a seeded subset of train")
-    p.add_argument("--max-length", type=int, default=128, help="text tokens (prompt excluded)")
+                        "(default %(default)s)")
+    p.add_argument("--eval-every", type=int, default=ProjectorConfig.eval_every,
+                   help="steps between evaluations (default %(default)s)")
+    p.add_argument("--eval-limit", type=int, default=ProjectorConfig.eval_limit,
+                   help="evaluation examples (0: the whole split; default %(default)s)")
+    p.add_argument("--train-limit", type=int, default=ProjectorConfig.train_limit,
+                   help="use a seeded subset of train")
+    p.add_argument("--max-length", type=int, default=ProjectorConfig.max_length,
+                   help="text tokens, prompt excluded (default %(default)s)")
 
 
 def register(command, sub) -> None:
+    from ptdist.training.config import TrainConfig
+
     project = sub.add_parser("project", help="cross-model transfer: projectors, TPT_model",
                              description="project prompts of one model to another "
                                          "(docs/projection.md)")
     steps = project.add_subparsers(dest="project_command", required=True, metavar="STEP")
     t = command("train", train, "train a projector from stored prompts",
                 "train a projector SOURCE -> TARGET in this process from the prompts the store "
-                "holds of both models on --tasks", group=steps)
-    t.add_argument("--source", required=True, help=model_help("the model whose prompts are "
-                                                              "projected"))
-    t.add_argument("--target", required=True, help=model_help("the model they are projected "
-                                                              "to"))
-    t.add_argument("--tasks", nargs="+", required=True,
-                   help=task_help("training tasks"))
-    t.add_argument("--ds-config", default="zero0",
-                   help="task mode: DeepSpeed config of the target model (default zero0)")
+                "holds of both models on --train-tasks", group=steps)
+    add_renamed(t, "--source-model", "--source", required=True,
+                help=model_help("the model whose prompts are projected"))
+    add_renamed(t, "--target-model", "--target", required=True,
+                help=model_help("the model they are projected to"))
+    add_renamed(t, "--train-tasks", "--tasks", nargs="+", required=True,
+                help=task_help("the tasks the projector trains on"))
+    t.add_argument("--ds-config", default=TrainConfig.ds_config,
+                   help="task mode: DeepSpeed config of the target model (default %(default)s)")
     _add_projector(t)
     add_data(t)
     add_store(t)
@@ -154,7 +165,8 @@ def register(command, sub) -> None:
                 "vanilla prompt tuning and prompt tuning initialised with the projected prompt, "
                 "on the target model, with the speed-up to vanilla's best score", group=steps)
     p.add_argument("--projector", required=True, help="projector id (`ptdist project list`)")
-    p.add_argument("--targets", nargs="+", required=True, help=task_help("target tasks"))
+    add_renamed(p, "--target-tasks", "--targets", nargs="+", required=True,
+                help=task_help("the target tasks"))
     add_budget(p)
     add_tolerance(p)
     add_execution(p)
@@ -168,7 +180,7 @@ def register(command, sub) -> None:
     pp.add_argument("--spec", required=True,
                     help="sweep spec YAML with two or more models, or a preset's name")
     pp.add_argument("--train-tasks", nargs="+", required=True,
-                    help="tasks the projectors train on")
+                    help=task_help("the tasks the projectors train on"))
     pp.add_argument("--eval-tasks", nargs="+", default=None,
                     help="tasks of the cross-model table (default: the spec's tasks)")
     pp.add_argument("--dry-run", action="store_true", help="list the jobs without running them")

@@ -99,12 +99,15 @@ def check(args: argparse.Namespace) -> None:
 
 
 def register(command) -> None:
+    from ptdist.training.config import TrainConfig
+
     t = command("train", train, "prompt-tune a frozen model on a task and store the prompt")
     t.add_argument("--model", required=True, help=model_help())
     t.add_argument("--task", required=True, help=task_help())
-    t.add_argument("--prompt-length", type=int, default=100, help="soft tokens L (default 100)")
-    t.add_argument("--init", default="random",
-                   help="random | vocab | text:WORDS | prompt:ID_OR_PATH (default random)")
+    t.add_argument("--prompt-length", type=int, default=TrainConfig.prompt_length,
+                   help="soft tokens L (default %(default)s)")
+    t.add_argument("--init", default=TrainConfig.init,
+                   help="random | vocab | text:WORDS | prompt:ID_OR_PATH (default %(default)s)")
     add_budget(t)
     add_data(t)
     add_store(t)

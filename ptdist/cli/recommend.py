@@ -114,6 +114,8 @@ def _speedup(value: float | None) -> str:
 
 
 def register(command) -> None:
+    from ptdist.training.config import EvalSettings, TrainConfig
+
     r = command("recommend", recommend, "rank the stored prompts a new task could start from",
                 "rank candidate source prompts for a task that has no prompt yet (the store's "
                 "prompts of the model, --hub prompt files and adapters, and other models' "
@@ -147,10 +149,11 @@ def register(command) -> None:
                                                           "the study's)")
     r.add_argument("--eval-every", type=int, default=None,
                    help="TPT runs' steps between evaluations (default: the study's)")
-    r.add_argument("--ds-config", default="zero0",
-                   help="TPT runs' DeepSpeed config (default zero0)")
-    r.add_argument("--batch-size", type=int, default=64,
-                   help="examples x prompts per forward pass of the scoring (default 64)")
+    r.add_argument("--ds-config", default=TrainConfig.ds_config,
+                   help="TPT runs' DeepSpeed config (default %(default)s)")
+    r.add_argument("--batch-size", type=int, default=EvalSettings.batch_size,
+                   help="examples x prompts per forward pass of the scoring (default "
+                        "%(default)s)")
     add_tolerance(r)
     add_precision(r)
     add_execution(r)

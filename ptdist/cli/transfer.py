@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 
 from ptdist.cli.options import (add_budget, add_data, add_eval, add_execution, add_job_resources,
-                                add_precision, add_sharding, add_store, add_tolerance, budget,
-                                emit, execution, frozen_model_job, job_resources, model_help,
-                                scoring, task_help)
+                                add_precision, add_renamed, add_sharding, add_store,
+                                add_tolerance, budget, emit, execution, frozen_model_job,
+                                job_resources, model_help, scoring, task_help)
 
 
 def matrix(args: argparse.Namespace) -> None:
@@ -50,7 +50,7 @@ def tpt(args: argparse.Namespace) -> None:
     train = dict(budget(args), data_dir=args.data_dir, ds_config=args.ds_config)
     if args.prompt_length is not None:
         train["prompt_length"] = args.prompt_length
-    show_tpt(args, compare(args.model, args.targets, args.sources, train=train,
+    show_tpt(args, compare(args.model, args.target_tasks, args.source_tasks, train=train,
                            tolerance=args.tolerance, store=args.store,
                            execution=execution(args), resources=job_resources(args)))
 
@@ -98,9 +98,10 @@ def register(command, sub) -> None:
                 "source prompt, on each target, with the speed-up to vanilla's best score",
                 group=steps)
     t.add_argument("--model", required=True, help=model_help())
-    t.add_argument("--targets", nargs="+", required=True, help=task_help("the target tasks"))
-    t.add_argument("--sources", nargs="+", required=True,
-                   help="source tasks (their best stored prompt) or prompt ids")
+    add_renamed(t, "--target-tasks", "--targets", nargs="+", required=True,
+                help=task_help("the target tasks"))
+    add_renamed(t, "--source-tasks", "--sources", nargs="+", required=True,
+                help="source tasks (each its best stored prompt of --model) or prompt ids")
     t.add_argument("--prompt-length", type=int, default=None,
                    help="default: the source prompts' length")
     add_budget(t)

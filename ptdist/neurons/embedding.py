@@ -24,7 +24,7 @@ from ptdist.errors import PtdistError
 from ptdist.files import require_file
 from ptdist.neurons.correlation import (Transfer, independent_starts, indicator_values,
                                         rank_indicators, transfers)
-from ptdist.neurons.pairs import pair_rows
+from ptdist.neurons.indicator_table import pair_rows
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.prompts import folder_prompt_file, read_prompt_file

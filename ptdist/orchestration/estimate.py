@@ -20,7 +20,9 @@ from ptdist.errors import PtdistError
 from ptdist.orchestration.graph import Job
 from ptdist.orchestration.spec import ModelEntry
 from ptdist.orchestration.study import Study
+from ptdist.projection.config import ProjectorConfig
 from ptdist.training.config import TrainConfig
+from ptdist.transfer.matrix import MatrixSettings
 from ptdist.training.memory import DEFAULT_GPU, model_memory
 
 # Dense bf16 tensor-core peaks (TF32 for fp32 is half of it) by Ray's accelerator type.
@@ -65,7 +67,7 @@ def study_costs(study: Study, jobs: list[Job]) -> list[StageCost]:
         hours["prompt"] += sum(_train_flops(c, n) for c in runs) / _train_rate(model) / 3600
         if runs:
             c, tasks = runs[0], len(spec.tasks_of(model))
-            eval_rows = study.transfer.get("eval_limit", 1000) or 1000
+            eval_rows = study.transfer.get("eval_limit", MatrixSettings.eval_limit) or 1000
             hours["matrix"] += 2 * n * tasks * tasks * eval_rows * _tokens(c) / _rate(model) \
                 / 3600
             hours["capture"] += 2 * n * len(runs) * c.prompt_length / _rate(model) / 3600
@@ -90,11 +92,11 @@ def _projection_hours(study: Study, sizes: dict[str, float | None]) -> dict[str,
             continue
         runs = [r.config for r in spec.runs() if r.config.model == target.name]
         sources = len(spec.models) - 1
-        steps = settings.projector.get("steps", 1000)
+        steps = settings.projector.get("steps", ProjectorConfig.steps)
         if settings.mode == "task":
             hours["projector"] += sources * 4 * n * steps * runs[0].batch_size * \
                 _tokens(runs[0]) / _train_rate(target) / 3600
-        rows = settings.projector.get("eval_limit", 1000) or 1000
+        rows = settings.projector.get("eval_limit", ProjectorConfig.eval_limit) or 1000
         hours["eval"] += sources * 3 * len(settings.eval_tasks) * 2 * n * rows * \
             _tokens(runs[0]) / _rate(target) / 3600
     return hours

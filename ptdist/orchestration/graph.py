@@ -388,7 +388,7 @@ class Execution:
     local: bool = False
     address: str | None = None
     max_concurrent: int | None = None
-    max_failures: int = 3
+    max_failures: int = FailurePolicy.max_failures
 
     @property
     def policy(self) -> FailurePolicy:

@@ -32,7 +32,7 @@ from ptdist.orchestration.stages import model_job
 from ptdist.orchestration.worker_group import on_worker_group
 from ptdist.projection.config import ProjectorConfig, config_from_dict
 from ptdist.projection.evaluation import evaluate_projector, evaluated
-from ptdist.projection.training import train_projector
+from ptdist.projection.modes import train_projector
 from ptdist.store import Store
 from ptdist.store.results import ProjectorEvalRow
 from ptdist.store.tables import read_records, write_records

@@ -20,6 +20,7 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 
 from ptdist.backbones import CONVERTED, PRESETS, InitSpec, resolve_model_path
 from ptdist.errors import PtdistError
+from ptdist.orchestration.failures import FailurePolicy
 from ptdist.orchestration.presets import SpecFile, spec_file, written_here
 from ptdist.store.layout import is_plain_name, segment
 from ptdist.store import Store
@@ -92,7 +93,7 @@ class _Spec(Strict):
         min_length=1, description="map model names to their settings, e.g. "
                                   "{roberta-base: {resources: {gpus: 1}, ds_config: zero0}}")
     max_concurrent: PositiveInt | None = None
-    max_failures: NonNegativeInt = 3
+    max_failures: NonNegativeInt = FailurePolicy.max_failures
     pack: PackSize = "auto"
 
 

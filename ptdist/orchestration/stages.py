@@ -31,7 +31,7 @@ from typing import Any
 
 from ptdist.neurons.collect import CaptureResult, CaptureSettings, capture
 from ptdist.neurons.correlation import correlate
-from ptdist.neurons.pairs import pairwise_indicators
+from ptdist.neurons.indicator_table import pairwise_indicators
 from ptdist.orchestration.graph import Execution, Job, execute, require_success
 from ptdist.orchestration.runs import Planned, prompt_jobs
 from ptdist.orchestration.spec import Resources, RunSpec

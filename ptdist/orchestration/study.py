@@ -20,11 +20,13 @@ from typing import Any, Literal
 from pydantic import Field, PositiveInt
 
 from ptdist.errors import PtdistError
+from ptdist.neurons.collect import CaptureSettings
 from ptdist.orchestration.pairs import PairSettings
 from ptdist.orchestration.presets import SpecFile, spec_file
 from ptdist.orchestration.spec import TOP_KEYS, Names, SweepSpec, spec_from_raw
 from ptdist.projection.config import MODES, ProjectorConfig
 from ptdist.tasks import get_task, task_ref
+from ptdist.transfer.matrix import MatrixSettings
 from ptdist.transfer.tpt import TOLERANCE
 from ptdist.validation import Strict, as_written, dataclass_shape, located, read_yaml, validate
 
@@ -32,15 +34,15 @@ from ptdist.validation import Strict, as_written, dataclass_shape, located, read
 # precision left out is the one each model's prompts were trained in.
 Precision = Literal["bf16", "fp32"]
 class _Transfer(Strict):
-    eval_limit: PositiveInt | None = 1000
-    batch_size: PositiveInt = 64
+    eval_limit: PositiveInt | None = MatrixSettings.eval_limit
+    batch_size: PositiveInt = MatrixSettings.batch_size
     precision: Precision | None = None
 
 
 class _Neurons(Strict):
-    protocol: Literal["prompt", "data"] = "prompt"
-    examples: PositiveInt = 32
-    batch_size: PositiveInt = 16
+    protocol: Literal["prompt", "data"] = CaptureSettings.protocol
+    examples: PositiveInt = CaptureSettings.examples
+    batch_size: PositiveInt = CaptureSettings.batch_size
     precision: Precision | None = None
 
 

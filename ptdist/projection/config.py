@@ -12,11 +12,11 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from ptdist.errors import PtdistError
-from ptdist.projection.projector import VARIANTS
-from ptdist.tasks import data_fingerprint, get_task
-from ptdist.training.config import SCHEDULES, TrainConfig
+from ptdist.training.config import SCHEDULES, TrainConfig, hashed_settings
 
 MODES = ("distance", "task")
+# flat: the reference MLP over the flattened prompt; token: one MLP applied to each token.
+VARIANTS = ("flat", "token")
 # How task tuning reads the classes of its training tasks: each with its own label words, or
 # all through the union of their words (the reference implementation's unified verbalizer).
 VERBALIZERS = ("task", "unified")
@@ -28,7 +28,8 @@ class ProjectorConfig:
     (`ptdist.train_projector`; docs/projection.md), trained on ``tasks`` by distance
     minimising (to the target's own prompts) or task tuning (through the frozen target model
     on the tasks' data). ``variant``: flat (the reference MLP over the flattened prompt) or
-    token; ``hidden`` units; the budget as in `ptdist.TrainConfig`.
+    token; ``hidden`` units; the budget as in `ptdist.TrainConfig`, with its defaults but the
+    learning rate's.
 
     Its id hashes the settings and the prompts it learns from, so the same projector asked for
     twice is trained once.
@@ -44,26 +45,29 @@ class ProjectorConfig:
     target_prompts: tuple[str, ...] = ()
     variant: str = "flat"
     hidden: int = 768
-    seed: int = 0
-    steps: int = 1000
+    seed: int = TrainConfig.seed
+    steps: int = TrainConfig.steps
     lr: float = 1e-3
-    batch_size: int = 32  # prompt pairs (distance) or examples (task) per step
-    eval_every: int = 100
-    weight_decay: float = 1e-5
-    schedule: str = "linear"  # task tuning's learning rate after the warm-up (TrainConfig's)
+    # prompt pairs (distance) or examples (task) per step
+    batch_size: int = TrainConfig.batch_size
+    eval_every: int = TrainConfig.eval_every
+    weight_decay: float = TrainConfig.weight_decay
+    schedule: str = TrainConfig.schedule  # task tuning's learning rate after the warm-up
     warmup_steps: int | None = None  # task tuning's warm-up (None: 10% of steps)
     verbalizer: str = "task"  # task tuning: "task" or "unified" (VERBALIZERS)
-    eval_limit: int | None = 1000  # task mode: the target task's evaluation examples
+    # task mode: the target task's evaluation examples
+    eval_limit: int | None = TrainConfig.eval_limit
     train_limit: int | None = None
-    max_length: int = 128
+    max_length: int = TrainConfig.max_length
     patience: int | None = None
-    ds_config: str = "zero0"
+    ds_config: str = TrainConfig.ds_config
     data_dir: str | None = field(default=None, compare=False)
 
-    _NOT_HASHED = ("ds_config", "data_dir")
+    # As TrainConfig's: what does not change the projector it trains, left out of its id.
+    NOT_HASHED = ("ds_config", "data_dir")
     # Settings added after projector ids existed, at the value every projector had before: left
     # out of the id there, so stored projectors keep their ids.
-    _IMPLICIT = {"schedule": "linear", "warmup_steps": None, "verbalizer": "task"}
+    IMPLICIT = {"schedule": "linear", "warmup_steps": None, "verbalizer": "task"}
 
     def __post_init__(self) -> None:
         for name, known in (("mode", MODES), ("variant", VARIANTS), ("schedule", SCHEDULES),
@@ -97,8 +101,9 @@ class ProjectorConfig:
     def projector_id(self) -> str:
         """A hash of the settings and the prompts it learns from; task tuning's also hashes the
         content of the local data files it reads, as a prompt id does."""
-        payload = {k: v for k, v in self.to_dict().items() if k not in self._NOT_HASHED
-                   and not (k in self._IMPLICIT and v == self._IMPLICIT[k])}
+        from ptdist.tasks import data_fingerprint, get_task  # pydantic: not for --help
+
+        payload = hashed_settings(self.to_dict(), ProjectorConfig)
         payload["source_prompts"] = sorted(self.source_prompts)
         payload["target_prompts"] = sorted(self.target_prompts)
         data = data_fingerprint(get_task(self.tasks[0]), ("train", "eval"), self.data_dir) \

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ptdist.projection.projector import Projector
-from ptdist.projection.training import initial_projector, shape_of
+from ptdist.projection.modes import initial_projector, shape_of
 from ptdist.store import Store
 from ptdist.store.manifests import ProjectorManifest, PromptManifest
 from ptdist.store.prompts import best_per_task, write_prompt_file

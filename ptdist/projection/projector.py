@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from ptdist.errors import PtdistError
-
-VARIANTS = ("flat", "token")
+from ptdist.projection.config import VARIANTS, ProjectorConfig
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,7 @@ class ProjectorShape:
     length: int  # prompt tokens L
     source_width: int
     target_width: int
-    hidden: int = 768
+    hidden: int = ProjectorConfig.hidden
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:

@@ -26,6 +26,7 @@ from ptdist.store.results import RecommendRow
 from ptdist.store.tables import write_records
 from ptdist.tasks import get_task
 from ptdist.training import TrainConfig, train
+from ptdist.training.config import EvalSettings
 from ptdist.training.evaluation import inference_backbone, inference_precision
 
 # The TrainConfig settings a study fixes for all its runs (not the model, task, seed, init).
@@ -39,9 +40,9 @@ class RecommendSettings:
     sample: int = 256  # training rows of the new task the candidates are scored on
     sample_seed: int = 0  # which rows
     seeds: tuple[int, ...] = (0,)  # the random prompts' seeds (the study's)
-    batch_size: int = 64  # examples x prompts per forward pass
+    batch_size: int = EvalSettings.batch_size  # examples x prompts per forward pass
     max_new_tokens: int = 64
-    max_length: int = 128  # text tokens (the study's)
+    max_length: int = TrainConfig.max_length  # text tokens (the study's)
     data_dir: str | None = None
     precision: str | None = None  # None: the store candidates' own, else fp32
     device: str | None = None

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ptdist.orchestration.runs import plan_sweep
 from ptdist.orchestration.study import Study
-from ptdist.reporting.costs import cost_section
+from ptdist.reporting.timing import cost_section
 from ptdist.reporting.cross_model import cross_model_section
 from ptdist.reporting.indicators import indicator_section
 from ptdist.reporting.sections import FLAG, Section, short_name, spread

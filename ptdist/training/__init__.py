@@ -3,8 +3,8 @@ manifest), the engine (DeepSpeed config, precision, the frozen backbone), runs a
 (`packed.train`, `packed.train_packed`), the recipe of trained projectors (fit and its loop),
 evaluation and checkpoints."""
 
-from ptdist.training.config import TrainConfig
-from ptdist.training.packed import train
-from ptdist.training.run import TrainResult
+from ptdist.lazy import lazy_face
 
-__all__ = ["TrainConfig", "TrainResult", "train"]
+# Lazy (ptdist.lazy): the command line's help reads TrainConfig's defaults without torch.
+__all__, __getattr__, __dir__ = lazy_face(__name__, {
+    "config": ("TrainConfig",), "packed": ("train",), "run": ("TrainResult",)})

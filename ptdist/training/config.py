@@ -1,4 +1,6 @@
-"""A prompt-tuning run, as data: what to train, for how long, and how."""
+"""A prompt-tuning run, as data: what to train, for how long, and how; and how prompts are
+scored. Each setting's default is written here once (tests/test_defaults.py): the command
+line and the settings that share one read it from these classes."""
 
 from __future__ import annotations
 
@@ -115,10 +117,34 @@ class TrainConfig:
         return replace(self, patience=None, min_steps=0)
 
 
-def hashed_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """The settings of a run (a `TrainConfig.to_dict`, or a stored manifest's config) that
-    decide its result and so its prompt id: those in ``NOT_HASHED`` left out, and an
-    ``IMPLICIT`` setting left out at its implicit value (or where a stored config lacks it)."""
-    implicit = TrainConfig.IMPLICIT
-    return {k: v for k, v in settings.items() if k not in TrainConfig.NOT_HASHED
-            and not (k in implicit and v == implicit[k])}
+@dataclass(frozen=True)
+class EvalSettings:
+    """How prompts are scored on a task's evaluation split (`ptdist.evaluate`,
+    `ptdist.evaluate_projector`).
+
+    eval_limit: evaluation examples per task (a seeded subset; None: the whole split).
+    batch_size: examples per forward pass. max_new_tokens: the longest answer a generation
+    task decodes. data_dir: the data folder (`<data_dir>/<task>/eval.jsonl`...; None:
+    $PTDIST_DATA_DIR, else the task's own source). precision: bf16 or fp32 (None: the one the
+    prompts were trained in). device: e.g. "cuda:1" (None: the GPU this process holds, else
+    the CPU). ds_config: a DeepSpeed config (a ``ds_configs/`` name or JSON path) to partition
+    the model over the process group this runs in (None: the whole model in this process).
+    """
+
+    eval_limit: int | None = TrainConfig.eval_limit
+    batch_size: int = 64
+    max_new_tokens: int = TrainConfig.max_new_tokens
+    data_dir: str | None = None
+    precision: str | None = None
+    device: str | None = None
+    # How it runs, not what it computes: not in repr, which a study's stamp key reads.
+    ds_config: str | None = field(default=None, repr=False)
+
+
+def hashed_settings(settings: dict[str, Any], of: type = TrainConfig) -> dict[str, Any]:
+    """The settings of a run (a `TrainConfig.to_dict`, or a stored manifest's config; for
+    ``of=ProjectorConfig``, a projector's) that decide its result and so its id: those in
+    ``of.NOT_HASHED`` left out, and an ``of.IMPLICIT`` setting left out at its implicit value
+    (or where a stored config lacks it)."""
+    return {k: v for k, v in settings.items() if k not in of.NOT_HASHED
+            and not (k in of.IMPLICIT and v == of.IMPLICIT[k])}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -16,6 +16,7 @@ from ptdist.store.manifests import PromptManifest
 from ptdist.tasks import TaskRecord, compute_metrics, get_task, load_split
 from ptdist.training.data import eval_shard
 from ptdist.training.distributed import gather_lists, group_ranks, init_distributed
+from ptdist.training.config import EvalSettings, TrainConfig
 from ptdist.training.engine import frozen_model, inference_config, load_ds_config
 from ptdist.training.op_builds import watched_builds
 
@@ -108,7 +109,7 @@ def inference_device(device: str | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def eval_backbone(model: str, max_length: int = 128, precision: str = "fp32",
+def eval_backbone(model: str, max_length: int = TrainConfig.max_length, precision: str = "fp32",
                   device: str | None = None) -> Backbone:
     """``model`` loaded for inference in ``precision``, on ``device`` (`inference_device`)."""
     backbone = load_backbone(model, max_length=max_length, dtype=dtype_of(precision))
@@ -116,7 +117,8 @@ def eval_backbone(model: str, max_length: int = 128, precision: str = "fp32",
 
 
 @contextmanager
-def inference_backbone(model: str, max_length: int = 128, precision: str = "fp32",
+def inference_backbone(model: str, max_length: int = TrainConfig.max_length,
+                       precision: str = "fp32",
                        device: str | None = None,
                        ds_config: str | None = None) -> Iterator[Backbone]:
     """``model`` for inference in ``precision``, for the length of the block: whole on one
@@ -136,30 +138,6 @@ def inference_backbone(model: str, max_length: int = 128, precision: str = "fp32
         with watched_builds():
             engine, *_ = deepspeed.initialize(model=backbone, config=ds)
         yield engine.module
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """How prompts are scored on a task's evaluation split (`ptdist.evaluate`,
-    `ptdist.evaluate_projector`).
-
-    eval_limit: evaluation examples per task (a seeded subset; None: the whole split).
-    batch_size: examples per forward pass. max_new_tokens: the longest answer a generation
-    task decodes. data_dir: the data folder (`<data_dir>/<task>/eval.jsonl`...; None:
-    $PTDIST_DATA_DIR, else the task's own source). precision: bf16 or fp32 (None: the one the
-    prompts were trained in). device: e.g. "cuda:1" (None: the GPU this process holds, else
-    the CPU). ds_config: a DeepSpeed config (a ``ds_configs/`` name or JSON path) to partition
-    the model over the process group this runs in (None: the whole model in this process).
-    """
-
-    eval_limit: int | None = 1000
-    batch_size: int = 64
-    max_new_tokens: int = 64
-    data_dir: str | None = None
-    precision: str | None = None
-    device: str | None = None
-    # How it runs, not what it computes: not in repr, which a study's stamp key reads.
-    ds_config: str | None = field(default=None, repr=False)
 
 
 @dataclass

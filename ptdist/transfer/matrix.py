@@ -46,6 +46,7 @@ from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.results import MatrixRow, seed_paired
 from ptdist.store.tables import write_records
+from ptdist.training.config import EvalSettings
 from ptdist.training.distributed import leads
 from ptdist.training.evaluation import (Scored, inference_backbone, inference_precision,
                                         score_prompts)
@@ -59,9 +60,10 @@ class MatrixSettings:
     """How the transfer matrix scores its prompts (`ptdist.transfer_matrix`): the fields of
     `ptdist.EvalSettings`, per target task."""
 
-    eval_limit: int | None = 1000  # evaluation examples per target (None: the whole split)
-    batch_size: int = 64  # examples x prompts per forward pass
-    max_new_tokens: int = 64  # generation targets
+    # evaluation examples per target (None: the whole split)
+    eval_limit: int | None = EvalSettings.eval_limit
+    batch_size: int = EvalSettings.batch_size  # examples x prompts per forward pass
+    max_new_tokens: int = EvalSettings.max_new_tokens  # generation targets
     data_dir: str | None = None
     precision: str | None = None  # bf16 | fp32; None: the prompts' own (inference_precision)
     device: str | None = None  # None: the GPU the job holds, else the CPU
