@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration.plans import pack_fits
+from ptdist.orchestration.plans import Packing, pack_fits
+from ptdist.orchestration.resources import Cluster
 from ptdist.orchestration.runs import pack_runs, plan_sweep, prompt_jobs
 from ptdist.orchestration.spec import Resources, RunSpec, load_spec
 from ptdist.store import Store
@@ -21,10 +22,15 @@ from ptdist.store.tables import read_records
 from ptdist.training import TrainConfig, train
 from ptdist.training.checkpoint import load_checkpoint
 from ptdist.training.packed import train_packed
+from ptdist.training.hardware import card
 from ptdist.training.tracking import RunTracker
 from tests.conftest import TOPIC_YAML, child_env, keyword_rows, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
+# A node with room for many one-CPU jobs: how many run at once is then max_concurrent's.
+BIG_CPU_NODE = Cluster({"cpu": {"CPU": 64.0}}, {"cpu": 1}, "a 64-CPU test node")
+T4_NODE = Cluster({"t4": {"CPU": 8.0, "GPU": 1.0, "accelerator_type:T4": 1.0}}, {"t4": 1},
+                  "a T4 test node")
 
 
 @pytest.fixture(scope="module")
@@ -152,13 +158,14 @@ def test_by_default_the_runs_of_a_model_are_packed_into_as_many_jobs_as_run_at_o
         "max_concurrent": 2, "train": {"steps": 2},
         "models": {"tiny-roberta": {}, "tiny-t5": {"pack": 1}}}))
     store = Store(tmp_path / "store")
-    jobs = prompt_jobs(plan_sweep(load_spec(spec), store), store, max_concurrent=2).unique()
+    jobs = prompt_jobs(plan_sweep(load_spec(spec), store), store,
+                       Packing(BIG_CPU_NODE, max_concurrent=2)).unique()
     assert len(jobs) == 2 + 6
     assert [j.id for j in jobs if j.id.startswith("pack ")] == [
         "pack tiny-roberta/sst2/seed0/random +2", "pack tiny-roberta/imdb/seed0/random +2"]
     unpacked = load_spec(spec, pack=1)
     assert all(len(job) == 1 for job in pack_runs(plan_sweep(unpacked, store),
-                                                  lambda _: 1, pack_fits))
+                                                  Packing(BIG_CPU_NODE, serial=True)))
 
 
 @pytest.mark.slow
@@ -191,17 +198,18 @@ def test_a_default_sweep_packs_its_runs_and_they_equal_the_runs_of_no_pack(tmp_p
 
 
 def test_a_pack_is_only_as_large_as_the_memory_planner_fits_on_the_gpu():
+    t4 = card("T4")
     small = RunSpec(TrainConfig(model="tiny-roberta", task="sst2", batch_size=8),
                     Resources(gpus=1, accelerator_type="T4"))
-    assert pack_fits(small, 16)
+    assert pack_fits(small, 16, t4)
     huge = RunSpec(TrainConfig(model="tiny-roberta", task="sst2", batch_size=2 ** 12),
                    Resources(gpus=1, accelerator_type="T4"))
-    assert pack_fits(huge, 1) and not pack_fits(huge, 16)
+    assert pack_fits(huge, 1, t4) and not pack_fits(huge, 16, t4)
     planned = [(huge, f"p{i}") for i in range(16)]
-    sizes = [len(job) for job in pack_runs(planned, lambda _: 1, pack_fits)]
+    sizes = [len(job) for job in pack_runs(planned, Packing(T4_NODE, serial=True))]
     # The largest pack that fits (2 of these on a T4 by the planner's numbers): not one more.
-    assert max(sizes) < 16 and pack_fits(huge, max(sizes))
-    assert not pack_fits(huge, max(sizes) + 1)
+    assert max(sizes) < 16 and pack_fits(huge, max(sizes), t4)
+    assert not pack_fits(huge, max(sizes) + 1, t4)
 
 
 @pytest.mark.slow

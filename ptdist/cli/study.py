@@ -4,6 +4,7 @@ whole study as one graph of jobs with a report; both on Ray unless --local."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ptdist.cli.options import (add_data, add_execution, add_store, emit, execution, is_rank0,
                                 pack_override)
@@ -47,7 +48,7 @@ def replicate(args: argparse.Namespace) -> None:
                        pack=pack_override(args))
     study.spec.store().require_writable()
     if args.dry_run:
-        _print_plan(study, args.local)
+        _print_plan(study, execution(args))
         return
     _prepare_data(study.spec)
     outcome = run_study(study, write_report, execution(args))
@@ -66,20 +67,28 @@ def _prepare_data(spec) -> None:
     prepare_missing([get_task(t) for t in spec.tasks], spec.data_dir)
 
 
-def _print_plan(study, local: bool) -> None:
-    from ptdist.orchestration.estimate import describe_costs, study_costs
+def _print_plan(study, execution) -> None:
+    """The dry run: the jobs, the memory plan, the estimate and the schedule on the cluster,
+    after the checks a run makes (a spec that would be refused is refused here too)."""
+    from ptdist.orchestration.estimate import describe_costs, job_costs, stage_costs
     from ptdist.orchestration.graph import describe_jobs
     from ptdist.orchestration.plans import describe_plans, model_plans
-    from ptdist.orchestration.replicate import study_jobs
+    from ptdist.orchestration.replicate import study_jobs, study_packing
+    from ptdist.orchestration.schedule import describe_schedule, simulate
     from ptdist.reporting.report import write_report
 
     spec = study.spec
-    jobs = study_jobs(study, write_report, local)
+    packing = study_packing(study, execution)
+    jobs = study_jobs(study, write_report, packing)
+    costs = job_costs(study, jobs, packing.cluster)
     print(f"study {spec.name}: {len(spec.models)} model(s), {len(spec.tasks)} task(s), "
           f"{len(spec.seeds)} seed(s), {len(spec.inits)} init(s); store {spec.storage_path}")
     print(describe_jobs(jobs))
-    print(describe_plans(model_plans(spec)))
-    print(describe_costs(study_costs(study, jobs)), flush=True)
+    print(describe_plans(model_plans(spec, packing.cluster)))
+    print(describe_costs(stage_costs(costs)))
+    if packing.cluster.gpus():
+        print(describe_schedule(simulate(costs, packing.cluster)))
+    sys.stdout.flush()
 
 
 def register(command) -> None:

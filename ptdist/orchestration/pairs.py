@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ptdist.errors import PtdistError
+from ptdist.orchestration.cluster import cluster_for
 from ptdist.orchestration.graph import Execution, GraphOutcome, Job, describe_jobs, execute
+from ptdist.orchestration.plans import Packing, check_spec
 from ptdist.orchestration.runs import PromptJobs, plan_sweep, prompt_jobs
 from ptdist.orchestration.spec import ModelEntry, Resources, SweepSpec
 from ptdist.orchestration.stages import model_job
@@ -142,7 +144,11 @@ def run_pairs(spec: SweepSpec, settings: PairSettings, execution: Execution | No
         raise PtdistError(f"projectors map between models; sweep {spec.name} has one "
                           f"({spec.models[0].name}); add a second model to its 'models'")
     store = spec.store()
-    prompts = prompt_jobs(plan_sweep(spec, store), store, spec.max_concurrent)
+    execution = execution or Execution()
+    cluster = cluster_for(spec.cluster, execution.address, execution.local)
+    check_spec(spec, cluster, execution.local, execution.ignore_memory_plan)
+    packing = Packing(cluster, execution.max_concurrent or spec.max_concurrent, execution.local)
+    prompts = prompt_jobs(plan_sweep(spec, store), store, packing)
     graph = pair_jobs(spec, settings, prompts)
     pairs = len(graph.pairs)
     print(f"projector pairs of {spec.name}: {len(spec.models)} models, {pairs} ordered pairs "
@@ -152,7 +158,6 @@ def run_pairs(spec: SweepSpec, settings: PairSettings, execution: Execution | No
     if dry_run:
         print(describe_jobs(graph.jobs), flush=True)
         return PairsOutcome(graph.jobs, GraphOutcome([]), None)
-    execution = execution or Execution()
     outcome = execute(graph.jobs, Execution(
         execution.local, execution.address, execution.max_concurrent or spec.max_concurrent,
         spec.max_failures))

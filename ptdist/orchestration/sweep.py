@@ -18,16 +18,13 @@ from functools import partial
 from pathlib import Path
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration.cluster import LOCAL_RAY, ray_session
+from ptdist.orchestration.cluster import cluster_for, ray_session
 from ptdist.orchestration.failures import one_line
 from ptdist.orchestration.attempt import begin
 from ptdist.orchestration.graph import Execution, Job, execute
-from ptdist.orchestration.plans import describe_plans, model_plans, pack_fits
-from ptdist.orchestration.resources import (HEAD_NODE_CONFIG, check_runs_fit, describe,
-                                            node_types_from_cluster_config,
-                                            node_types_from_live_cluster)
-from ptdist.orchestration.runs import (Planned, concurrent_jobs, job_to_dict, pack_runs,
-                                       packing_slots, plan_sweep, train_job)
+from ptdist.orchestration.plans import Packing, check_spec, describe_plans
+from ptdist.orchestration.resources import describe
+from ptdist.orchestration.runs import Planned, job_to_dict, pack_runs, plan_sweep, train_job
 from ptdist.orchestration.spec import RunSpec, SweepSpec
 from ptdist.store import Store
 from ptdist.store.layout import segment
@@ -59,13 +56,14 @@ def run_sweep(spec: SweepSpec, execution: Execution | None = None,
     _say(f"sweep {spec.name}: {len(planned)} runs ({len(spec.models)} model(s) x "
          f"{len(spec.tasks)} task(s) x {len(spec.seeds)} seed(s) x {len(spec.inits)} init(s)); "
          f"{len(planned) - len(todo)} already in the store {store.root}, {len(todo)} to run")
-    at_once = packing_slots(execution.local, execution.max_concurrent)
-    jobs = pack_runs(todo, partial(concurrent_jobs, max_concurrent=at_once), pack_fits)
+    cluster = cluster_for(spec.cluster, execution.address, execution.local)
+    plans = check_spec(spec, cluster, execution.local, execution.ignore_memory_plan)
+    jobs = pack_runs(todo, Packing(cluster, execution.max_concurrent, execution.local))
     if len(jobs) < len(todo):
         _say(f"packed into {len(jobs)} job(s): runs of one model share its backbone")
     if dry_run:
         print(describe_sweep(jobs), flush=True)
-        print(describe_plans(model_plans(spec)), flush=True)
+        print(describe_plans(plans), flush=True)
         return SweepOutcome([], None, 0)
     results: dict[str, dict] = {}
     if not todo:
@@ -122,7 +120,6 @@ def _tune(spec: SweepSpec, jobs: list[list[Planned]], store: Store, where: str,
     from ptdist.orchestration.progress import SweepProgress
 
     runs = [run for job in jobs for run, _ in job]
-    _check_resources(spec, runs, local=where.startswith(LOCAL_RAY))
     _say(f"running {len(runs)} run(s) in {len(jobs)} job(s) on {where}; cluster resources: "
          f"{describe(ray.cluster_resources())}")
     store.root.mkdir(parents=True, exist_ok=True)
@@ -173,20 +170,6 @@ def run_trial(trial_config: dict) -> None:
         # Tune does not retry it (failures.py).
         result = {"error": str(exc)}
     tune.report(result)
-
-
-def _check_resources(spec: SweepSpec, runs: list[RunSpec], local: bool) -> None:
-    if spec.cluster:
-        check_runs_fit(runs, node_types_from_cluster_config(spec.cluster), spec.cluster)
-    elif HEAD_NODE_CONFIG.exists():
-        check_runs_fit(runs, node_types_from_cluster_config(HEAD_NODE_CONFIG),
-                       str(HEAD_NODE_CONFIG))
-    elif local:
-        check_runs_fit(runs, node_types_from_live_cluster(), "this machine's local Ray",
-                       fixed=True)
-    else:
-        _say("note: resources are not checked against node types (no cluster config given); "
-             "set 'cluster: cluster.yaml' in the spec to check them before scheduling")
 
 
 def _row(run: RunSpec, prompt_id: str, store: Store, result: dict | None) -> SweepRow:
