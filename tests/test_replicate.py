@@ -131,9 +131,9 @@ def test_paper_preset_dry_run_prints_the_whole_plan(capsys):
 
 def test_gpu_hours_of_a_known_run_are_its_counted_flops_at_the_cards_rate(tmp_path):
     """One RoBERTa-base run with the default budget on an A100 80 GB (the node type of the
-    study's cluster): 1000 steps x 32 examples of (100 prompt + 128 text) tokens, each a forward and a
-    backward to the prompt, plus 11 evaluations (every 100 steps, and at step 0) of 1000
-    examples, at 30 % of the A100's dense bf16 peak (312 TFLOP/s). On 8 GPUs under ZeRO-3
+    study's cluster): 1000 steps x 32 examples of (100 prompt + 128 text) tokens, each a
+    forward and a backward to the prompt, plus 11 evaluations (every 100 steps, and at step
+    0) of 1000 examples, at 30 % of the A100's dense bf16 peak (312 TFLOP/s). On 8 GPUs under ZeRO-3
     each GPU computes an eighth and receives 7/8 of the 16-bit weights at each of the two
     gathers of a step and once per evaluation forward (of 8 examples a GPU), over NVLink
     (300 GB/s a direction); the run holds all eight."""

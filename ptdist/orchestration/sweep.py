@@ -50,14 +50,14 @@ def run_sweep(spec: SweepSpec, execution: Execution | None = None,
     execution = execution or Execution()
     execution = replace(execution, max_failures=spec.max_failures,
                         max_concurrent=execution.max_concurrent or spec.max_concurrent)
+    cluster = cluster_for(spec.cluster, execution.address, execution.local)
+    plans = check_spec(spec, cluster, execution.local, execution.ignore_memory_plan)
     store = spec.store()
     planned = plan_sweep(spec, store)
     todo = [(run, pid) for run, pid in planned if not store.prompts.has(pid)]
     _say(f"sweep {spec.name}: {len(planned)} runs ({len(spec.models)} model(s) x "
          f"{len(spec.tasks)} task(s) x {len(spec.seeds)} seed(s) x {len(spec.inits)} init(s)); "
          f"{len(planned) - len(todo)} already in the store {store.root}, {len(todo)} to run")
-    cluster = cluster_for(spec.cluster, execution.address, execution.local)
-    plans = check_spec(spec, cluster, execution.local, execution.ignore_memory_plan)
     jobs = pack_runs(todo, Packing(cluster, execution.max_concurrent, execution.local))
     if len(jobs) < len(todo):
         _say(f"packed into {len(jobs)} job(s): runs of one model share its backbone")
