@@ -59,7 +59,7 @@ class _Resources(Strict):
         None, description="the GPU memory every worker needs, e.g. 80: only node types that "
                           "declare gpu_memory_gb:80 (an A100 is 40 or 80 GB)")
     custom: dict[Text, PositiveFloat] | None = Field(
-        None, description="custom Ray resources per worker, e.g. {gpu_80gb: 1}; node types "
+        None, description="custom Ray resources per worker, e.g. {disk_nvme: 1}; node types "
                           "declare them in cluster.yaml")
     start_timeout_s: PositiveFloat = Field(
         DEFAULT_START_TIMEOUT_S, description="seconds a worker group may wait for a node with "
