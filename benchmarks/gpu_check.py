@@ -13,10 +13,11 @@ padding, classification targets):
   16, ZeRO-0);
 - ``xxl-train-checkpointed``: the same batch in one micro-batch of 32 with activation
   checkpointing (the plan the planner replaced; its cost model says +50 % compute);
-- ``pack``: T5-base, K runs in one forward (ptdist's packed step: `StackedAdamW`, one loss for
-  all), K the largest the planner fits on this card (`plans.pack_fits`, at most `AUTO_PACK`);
+- ``pack``: T5-base, K runs on one backbone (ptdist's packed step: each run's micro-batch
+  through the model in turn, then every row's Adam step, `StackedAdam`), K the largest the
+  planner fits on this card (`plans.pack_fits`, at most `AUTO_PACK`);
 - ``xxl-generate``: greedy generation of up to 64 tokens (the paper's generation tasks' eval);
-- ``xxl-matrix``: transfer-matrix evaluation (`evaluate_each`: prompts as a batch dimension);
+- ``xxl-matrix``: transfer-matrix evaluation (`predict_each`: prompts as a batch dimension);
 - ``xxl-zero3-torchrun`` and ``xxl-zero3-ray``: the ``xxl-train`` shape under ZeRO-3 on one
   GPU, started by torchrun and by a Ray Train worker group (`worker_group.on_worker_group`,
   the path multi-GPU runs take), side by side.
@@ -45,7 +46,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from common import REPO, free_port, machine, setup
+from common import REPO, machine, setup
 
 import torch  # noqa: E402  (common sets the offline environment first)
 
@@ -79,6 +80,7 @@ CASES = (
 )
 SMOKE = {"prompt": 4, "text": 16, "batch": 4, "new_tokens": 4}
 SMOKE_TIMEOUT_S = 600  # a CPU shared with other work
+LAUNCH = "--launch-on-loopback"  # the process that runs torchrun for a case
 
 
 @dataclass
@@ -113,37 +115,32 @@ def rows(n: int, text: int, seed: int = 0) -> list[dict]:
 
 
 def random_backbone(model: str, ds_config: dict, device: torch.device, text: int):
-    """``model`` from its bundled config with random bf16 weights, built where its DeepSpeed
-    config says (partitioned by zero.Init under ZeRO-3; the marker is kept on the backbone for
-    the case's life), with the tiny T5 preset's tokenizer (any ids below the vocabulary do)."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    """``model`` from its bundled config with random bf16 weights, tied as its checkpoint is
+    (`random_model`: T5 v1.1 with its own head), built where its DeepSpeed config says
+    (partitioned by zero.Init under ZeRO-3; the marker is kept on the backbone for the case's
+    life), with the tiny T5 preset's tokenizer (any ids below the vocabulary do)."""
+    from transformers import AutoTokenizer
     from transformers.integrations import HfDeepSpeedConfig
 
-    from ptdist.backbones import dtype_of, model_config, resolve_model_path
+    from ptdist.backbones import dtype_of, random_model, resolve_model_path
     from ptdist.backbones.seq2seq import Seq2SeqBackbone
     from ptdist.training.engine import precision_of, zero_stage
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(TINY))
     marker = HfDeepSpeedConfig(ds_config) if zero_stage(ds_config) == 3 else None
     with torch.device(device):
-        built = AutoModelForSeq2SeqLM.from_config(model_config(model),
-                                                  dtype=dtype_of(precision_of(ds_config)))
+        built = random_model(model, dtype_of(precision_of(ds_config)))
     backbone = Seq2SeqBackbone(model, built, tokenizer, max_length=text)
     backbone.zero3_marker = marker
     return backbone
 
 
-def load_check(backbone) -> str:
-    """Hook for the weight check of ptdist's loader (issue 25, finding 1: every load compared
-    with its checkpoint's tensors, `ptdist.backbones.weights.check_load`, built on another
-    branch). These cases build random weights from configs, so there is no checkpoint to
-    compare with; once that check is merged, this hook saves the case's model and reloads it
-    through `frozen_model`, which runs the check. Until then it says the check did not run."""
-    try:
-        from ptdist.backbones.weights import check_load  # noqa: F401
-    except ImportError:
-        return "not run: this checkout has no load check (ptdist.backbones.weights.check_load)"
-    return "not run: the check exists; wire the case's model through frozen_model (see hook)"
+# What the loader's weight check (`ptdist.backbones.weights.check_load`: every load compared
+# with its checkpoint's tensors) says of a case's model. The cases build random weights from
+# configs, so there is no checkpoint to compare with, and saving an 11B model to reload it would
+# not fit the slot: the check's cost is measured by benchmarks/load_check.py, its correctness
+# under ZeRO-3 by the suite (tests/test_load_check.py).
+LOAD_CHECK = "not run: random weights from a config (no checkpoint)"
 
 
 # --- the cases, each in its own process ------------------------------------------------------
@@ -207,18 +204,20 @@ def train_case(case: Case, shape: dict, device: torch.device) -> Result:
     return Result(case.name, case.kind, case.model, case.launcher, case.zero_stage, micro,
                   accumulation, checkpointing, 1, tokens / seconds, "tokens/s", seconds, flops,
                   _mfu(flops, seconds), _peak(device), planned.total / 1e9,
-                  load_check(backbone))
+                  LOAD_CHECK)
 
 
 def pack_case(case: Case, shape: dict, device: torch.device) -> Result:
-    """K runs of ``case.model`` in one forward, K the planner's largest on this card."""
+    """K runs of ``case.model`` on one backbone as ptdist's packed step runs them (each run's
+    micro-batch through the model on its own, then every row's Adam step: `StackedAdam`), K the
+    planner's largest on this card."""
     from ptdist.orchestration.plans import AUTO_PACK, pack_fits
     from ptdist.orchestration.spec import Resources, RunSpec
     from ptdist.training import TrainConfig
     from ptdist.training.cost import example_flops
     from ptdist.training.engine import load_ds_config
     from ptdist.training.memory import RunShape, model_memory
-    from ptdist.training.stacked import RowStep, StackedAdamW
+    from ptdist.training.stacked import RowStep, StackedAdam
 
     micro, card = shape["batch"], this_card()
     config = TrainConfig(model=case.model, task="sst2", prompt_length=shape["prompt"],
@@ -227,29 +226,33 @@ def pack_case(case: Case, shape: dict, device: torch.device) -> Result:
     k = max(k for k in range(1, AUTO_PACK + 1) if pack_fits(run, k, card))
     ds, _ = load_ds_config("zero0_bf16")
     backbone = random_backbone(case.model, ds, device, shape["text"])
-    prompts = StackedAdamW(torch.randn(k, shape["prompt"], backbone.hidden_size,
-                                       device=device) * 0.5)
+    prompts = StackedAdam(torch.randn(k, shape["prompt"], backbone.hidden_size,
+                                      device=device) * 0.5)
     batches = [{key: v.to(device) for key, v in backbone.collate(
         rows(micro, shape["text"], seed), LABEL_WORDS).items()} for seed in range(k)]
-    index = torch.arange(k, device=device).repeat_interleave(micro)
-    dtype = next(backbone.parameters()).dtype
+    grads: list[torch.Tensor] = []
 
     def forward_backward() -> None:
-        per_example = backbone.losses(prompts.weight.index_select(0, index).to(dtype), batches)
-        (per_example.float().sum() / micro).backward()
+        grads.clear()
+        for row, batch in enumerate(batches):
+            prompt = prompts.weight[row].detach().clone().requires_grad_(True)
+            backbone.loss(prompt.unsqueeze(0).expand(micro, -1, -1), batch).mean().backward()
+            grads.append(prompt.grad)
 
-    step = [RowStep(row, 0.3, 1e-5, 1.0) for row in range(k)]
-    seconds = _timed_steps(shape["steps"], 1, forward_backward, lambda: prompts.step(step),
-                           device)
+    def step() -> None:
+        prompts.step([RowStep(row, grad, 0.3, 1e-5, 1.0) for row, grad in enumerate(grads)])
+
+    seconds = _timed_steps(shape["steps"], 1, forward_backward, step, device)
     text, target = batches[0]["input_ids"].shape[1], batches[0]["target_ids"].shape[1]
-    memory = model_memory(case.model, "bf16")
-    one = memory.estimate(RunShape("bf16", micro * k, shape["prompt"], text, target))
+    # As `pack_fits` plans it: one run's micro-batch in a forward, K prompts' optimizer state.
+    one = model_memory(case.model, "bf16").estimate(
+        RunShape("bf16", micro, shape["prompt"], text, target))
     planned = one.total + (k - 1) * one.optimizer
     flops = example_flops(case.model, "bf16", shape["prompt"], text, target).useful() * micro * k
     tokens = micro * k * (shape["prompt"] + text + target)
-    return Result(case.name, case.kind, case.model, case.launcher, 0, micro * k, 1, False, k,
+    return Result(case.name, case.kind, case.model, case.launcher, 0, micro, 1, False, k,
                   tokens / seconds, "tokens/s", seconds, flops, _mfu(flops, seconds),
-                  _peak(device), planned / 1e9, load_check(backbone))
+                  _peak(device), planned / 1e9, LOAD_CHECK)
 
 
 def generate_case(case: Case, shape: dict, device: torch.device) -> Result:
@@ -270,13 +273,13 @@ def generate_case(case: Case, shape: dict, device: torch.device) -> Result:
     generated = sum(len(backbone.tokenizer(t).input_ids) for t in texts)
     return Result(case.name, case.kind, case.model, case.launcher, 0, shape["batch"], 1, False,
                   1, generated / seconds, "generated tokens/s", seconds, None, None,
-                  _peak(device), None, load_check(backbone))
+                  _peak(device), None, LOAD_CHECK)
 
 
 def matrix_case(case: Case, shape: dict, device: torch.device) -> Result:
     from ptdist.tasks import get_task
     from ptdist.training.engine import load_ds_config
-    from ptdist.training.evaluation import evaluate_each
+    from ptdist.training.evaluation import predict_each
 
     ds, _ = load_ds_config("zero0_bf16")
     backbone = random_backbone(case.model, ds, device, shape["text"])
@@ -284,15 +287,15 @@ def matrix_case(case: Case, shape: dict, device: torch.device) -> Result:
                           device=device) * 0.5
     task, examples = get_task("sst2"), rows(shape["eval_rows"], shape["text"], seed=1)
     with torch.no_grad():
-        evaluate_each(backbone, sources, task, examples[:2], shape["batch"] * 2, 2)  # warm-up
+        predict_each(backbone, sources, task, examples[:2], shape["batch"] * 2, 2)  # warm-up
         _sync(device)
         t0 = time.perf_counter()
-        evaluate_each(backbone, sources, task, examples, shape["batch"] * 2, 2)
+        predict_each(backbone, sources, task, examples, shape["batch"] * 2, 2)
         _sync(device)
     seconds = time.perf_counter() - t0
     return Result(case.name, case.kind, case.model, case.launcher, 0, shape["batch"] * 2, 1,
                   False, 1, len(sources) * len(examples) / seconds, "prompt-examples/s",
-                  seconds, None, None, _peak(device), None, load_check(backbone))
+                  seconds, None, None, _peak(device), None, LOAD_CHECK)
 
 
 def _timed_steps(steps: int, micro_steps: int, forward_backward, step,
@@ -378,13 +381,30 @@ def shape_of(smoke: bool, steps: int) -> dict:
 
 
 def child_command(case: Case, args, result: Path) -> list[str]:
-    """How the case's process is started: python, or torchrun with one process."""
-    script = [str(Path(__file__).resolve()), "--case", case.name, "--result", str(result),
+    """How the case's process is started: python, or torchrun with one process (through
+    `launch_on_loopback`). The case goes by its index: a command line naming torchrun would be
+    taken for a user's launcher by the suite's watch over listening sockets, which then would
+    not look at it."""
+    script = ["--case", str(CASES.index(case)), "--result", str(result),
               "--steps", str(args.steps)] + (["--smoke"] if args.smoke else [])
     if case.launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1",
-                "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *script]
-    return [sys.executable, *script]
+        return [sys.executable, str(HERE / "gpu_check.py"), LAUNCH, *script]
+    return [sys.executable, str(HERE / "gpu_check.py"), *script]
+
+
+def launch_on_loopback(script: list[str]) -> None:
+    """torchrun with one process, every socket on 127.0.0.1. Its agent hosts the static
+    rendezvous store, which torch binds to every interface (``::``); started first in this
+    process on loopback (`serve_rendezvous`, multi-tenant), the agent's store serves from it,
+    and the worker's gloo and NCCL sockets keep to loopback (`meet_at`, inherited)."""
+    from torch.distributed.run import main as torchrun
+
+    from ptdist.training.distributed import LOOPBACK, meet_at, serve_rendezvous
+
+    port = serve_rendezvous(LOOPBACK, 1, timeout_s=SMOKE_TIMEOUT_S)
+    meet_at(LOOPBACK, port)
+    torchrun(["--nproc-per-node", "1", "--master-addr", LOOPBACK, "--master-port", str(port),
+              str(HERE / "gpu_check.py"), *script])
 
 
 def drive(args) -> dict:
@@ -424,6 +444,9 @@ def default_out() -> Path:
 
 
 def main() -> None:
+    if sys.argv[1:2] == [LAUNCH]:
+        launch_on_loopback(sys.argv[2:])
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", nargs="+", default=[c.name for c in CASES],
                    choices=[c.name for c in CASES])
@@ -438,15 +461,15 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="where the JSON goes (default: gpu_check-<time>.json in the system's "
                         "temporary folder)")
-    p.add_argument("--case", help=argparse.SUPPRESS)  # the child: one case
+    p.add_argument("--case", type=int, help=argparse.SUPPRESS)  # the child: one case's index
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("gpu_check: no GPU visible (CUDA_VISIBLE_DEVICES, driver?); --smoke runs the "
                  "script on CPU")
     setup()
-    if args.case:
-        case = next(c for c in CASES if c.name == args.case)
+    if args.case is not None:
+        case = CASES[args.case]
         if args.smoke:
             case = replace(case, model=TINY)
         device = torch.device("cpu" if args.smoke else "cuda")

@@ -4,7 +4,7 @@
     python examples/prepare_data.py data bbc_news boolq   # some of them
     # -> data/<task>/{train,eval}.jsonl, read by examples/tasks/<task>.yaml
 
-The sources, their splits and licences are in ptdist/tasks/registry_data.py and
+The sources, their splits and licences are in ptdist/offline/registry_data.py and
 docs/models_data.md. Every source is checked before anything is written; missing ones stop the
 script with one message that gives the command installing each. Nothing is capped: runs limit
 examples themselves.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ptdist.tasks.registry_data import TASKS, MissingSource, locate_all, prepare
+from ptdist.offline import TASKS, MissingSource, locate_all, prepare
 
 
 def main(argv: list[str]) -> None:

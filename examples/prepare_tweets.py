@@ -4,7 +4,7 @@
     python examples/prepare_tweets.py data      # -> data/tweets/{train,eval}.jsonl
 
 The same as `python examples/prepare_data.py data tweets`; the source and its split are
-described in ptdist/tasks/registry_data.py (read_tweets).
+described in ptdist/offline/registry_data.py (read_tweets).
 """
 
 import sys

@@ -5,14 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
-
-VERBOSE = "PTDIST_VERBOSE"  # set by --verbose; Ray workers inherit it from the driver
-
 
 def cache_root() -> Path:
     """Where ptdist keeps what it builds once per machine (presets, converted models, fitted
@@ -42,18 +38,10 @@ def built_once(target: Path, build: Callable[[Path], None], marker: str | None =
     return target
 
 
-def say(line: str) -> None:
-    """One ptdist diagnostic line on stderr, from rank 0 of a process group only."""
-    if os.environ.get("RANK", "0") == "0":
-        print(line, file=sys.stderr, flush=True)
-
-
 def quiet_libraries() -> None:
     """Silence library chatter the user can do nothing about (transformers' load reports,
-    progress bars, DeepSpeed's info lines); keep ptdist's own progress. With ``--verbose``
-    (``PTDIST_VERBOSE=1``) the libraries keep their default verbosity."""
-    if os.environ.get(VERBOSE):
-        return
+    progress bars, DeepSpeed's info lines); ptdist's own progress is its logger's
+    (`ptdist.logs`, which calls this unless ``--verbose``)."""
     # DeepSpeed calls torch collectives that torch has deprecated; under ZeRO-3 it would print
     # at every step.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated",
@@ -83,10 +71,19 @@ def ray_environment(local: bool = True) -> None:
     (otherwise Ray resolves the node address 127.0.0.1 to the machine's external address, and
     its servers listen there and on every interface). A joined cluster keeps its own settings.
 
+    Worker output reaches the driver (and `ray job logs`) as it is: Ray's deduplication
+    (``RAY_DEDUP_LOGS``) compares lines with their numbers masked, so it would fold the
+    progress of jobs that run at once into one line and a "[repeated Nx across cluster]" note.
+    Tune's default output engine prints its settings on stdout whatever ``verbose`` says; the
+    legacy one (``RAY_AIR_NEW_OUTPUT=0``) keeps quiet at ``verbose=0``, so stdout holds only
+    the command's result.
+
     Token authentication (``RAY_AUTH_MODE``) is left to Ray, which turns it on for a local Ray
     when the variable is unset: set here, after a program imported ray, it would reach Ray's
     processes but not the driver, which could then not connect to them.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if local:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"

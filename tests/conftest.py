@@ -18,12 +18,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.listeners import ListenerWatch
+
 REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Every Ray the suite starts (ray.init in a test, `ray start`, a fake cluster) keeps to loopback,
+# as the product's embedded Ray does: Ray reads this when it is first imported, which is after
+# this file in every test process. `_loopback_only` checks it.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 # One sentiment word per class: a prompt on a frozen *random* model can route a word to the
 # readout and set a threshold, but cannot learn which of many random word embeddings belong
@@ -54,7 +61,7 @@ def fit_small_head(folder: Path) -> Path:
     import torch
 
     from ptdist.backbones.loading import _load
-    from ptdist.backbones.mlm_head import Corpus, cached_head
+    from ptdist.offline.mlm_head import Corpus, cached_head
 
     backbone, missing, _ = _load(str(folder), torch.float32, 128)
     rng = random.Random(0)
@@ -208,6 +215,26 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="session")
+def listener_watch() -> Iterator[ListenerWatch]:
+    """The watch over what this test process and the processes it starts listen on."""
+    watch = ListenerWatch(interval=2.0).start()
+    yield watch
+    outside = watch.stop()
+    assert not outside, f"listening beyond loopback outside any test: {outside}"
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only(listener_watch, request) -> Iterator[None]:
+    """Fails the test during which a process of this test run (a Ray, a CLI run, a worker)
+    listened on an address other than loopback."""
+    listener_watch.begin(request.node.nodeid)
+    yield
+    found = listener_watch.end()
+    if found:
+        pytest.fail("listening beyond loopback during this test: " + "; ".join(found))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,6 +1,8 @@
 """The architecture as code can break it: only ptdist.orchestration imports Ray, no two
-subpackages import each other (directly or around a cycle), and no layer imports a higher one
-(docs/architecture.md). Every import counts, function-local ones included."""
+subpackages import each other (directly or around a cycle), no layer imports a higher one, and
+ptdist.offline is reached only through its face, from one hook each in tasks and backbones
+(docs/architecture.md). Every import counts, function-local ones included; a lazy face
+(`ptdist.lazy`) imports only its own package's modules, so it adds no edge between parts."""
 
 from __future__ import annotations
 
@@ -13,29 +15,34 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "ptdist"
 
 # Lower layers never import higher ones (the map in docs/architecture.md).
-LAYERS = {"errors": 0, "runtime": 0, "packaged": 0, "validation": 0, "checksum": 0, "files": 0,
-          "statistics": 0,
-          "tasks": 1, "store": 1, "backbones": 1,
-          "training": 2,
-          "transfer": 3, "neurons": 3, "projection": 3,
-          "orchestration": 4,
-          "reporting": 5,
-          "cli": 6, "__main__": 6}
+LAYERS = {"errors": 0, "runtime": 0, "lazy": 0, "validation": 0, "checksum": 0, "files": 0,
+          "statistics": 0, "logs": 0, "progress": 0, "faults": 0, "shipped": 0,
+          "offline": 1,
+          "tasks": 2, "store": 2, "backbones": 2,
+          "training": 3,
+          "transfer": 4, "neurons": 4, "projection": 4,
+          "orchestration": 5,
+          "reporting": 6,
+          "cli": 7, "__main__": 7}
+
+# The one module of each part that may import ptdist.offline (and only its face).
+OFFLINE_HOOKS = {"tasks": "tasks/packaged_data.py", "backbones": "backbones/loading.py"}
 
 
-def _modules() -> list[Path]:
-    return sorted(PACKAGE.rglob("*.py"))
+def _modules(root: Path = PACKAGE) -> list[Path]:
+    return sorted(root.rglob("*.py"))
 
 
-def _part(path: Path) -> str:
+def _part(path: Path, root: Path = PACKAGE) -> str:
     """The subpackage (or top-level module) a file belongs to."""
-    relative = path.relative_to(PACKAGE)
+    relative = path.relative_to(root)
     return relative.parts[0] if len(relative.parts) > 1 else relative.stem
 
 
-def _imports(path: Path) -> list[str]:
-    """Every module ``path`` imports, anywhere in it, as absolute dotted names."""
-    package = ".".join(("ptdist", *path.relative_to(PACKAGE).parent.parts))
+def _imports(path: Path, root: Path = PACKAGE) -> list[str]:
+    """Every module ``path`` imports, anywhere in it, as absolute dotted names; ``from M
+    import N`` counts as ``M`` and ``M.N`` (N may be a submodule)."""
+    package = ".".join(("ptdist", *path.relative_to(root).parent.parts))
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -44,21 +51,41 @@ def _imports(path: Path) -> list[str]:
             if node.level:
                 base = package.split(".")
                 base = base[:len(base) - node.level + 1]
-                found.append(".".join(base + ([node.module] if node.module else [])))
+                module = ".".join(base + ([node.module] if node.module else []))
             else:
-                found.append(node.module)
+                module = node.module
+            found += [module] + [f"{module}.{alias.name}" for alias in node.names]
     return found
 
 
 def _edges() -> set[tuple[str, str]]:
     """(importer, imported) subpackage pairs."""
+    parts = {_part(path) for path in _modules()}
     edges = set()
     for path in _modules():
         for name in _imports(path):
-            parts = name.split(".")
-            if parts[0] == "ptdist" and len(parts) > 1 and parts[1] != _part(path):
-                edges.add((_part(path), parts[1]))
+            top = name.split(".")
+            if top[0] == "ptdist" and len(top) > 1 and top[1] in parts - {_part(path)}:
+                edges.add((_part(path), top[1]))
     return edges
+
+
+def _offline_reach(root: Path = PACKAGE) -> list[str]:
+    """Imports of ptdist.offline that break its rule: a module of it named from outside (its
+    internals), or the face imported in tasks or backbones anywhere but their hook."""
+    internals = {f"ptdist.offline.{path.stem}" for path in (root / "offline").glob("*.py")}
+    offenders = []
+    for path in _modules(root):
+        part, where = _part(path, root), path.relative_to(root).as_posix()
+        if part == "offline":
+            continue
+        for name in _imports(path, root):  # every form of import names "ptdist.offline"
+            if any(name == m or name.startswith(m + ".") for m in internals):
+                offenders.append(f"{where} imports {name}, inside ptdist.offline's face")
+            elif name == "ptdist.offline" and part in OFFLINE_HOOKS and \
+                    where != OFFLINE_HOOKS[part]:
+                offenders.append(f"{where} imports ptdist.offline; only {OFFLINE_HOOKS[part]} may")
+    return sorted(set(offenders))
 
 
 def test_the_scan_sees_function_local_and_relative_imports(tmp_path):
@@ -91,3 +118,36 @@ def test_no_layer_imports_a_higher_one():
     upward = sorted(f"{a} (layer {LAYERS[a]}) imports {b} (layer {LAYERS[b]})"
                     for a, b in _edges() if a in LAYERS and LAYERS[a] < LAYERS[b])
     assert upward == []
+
+
+def test_offline_is_reached_through_its_face_from_one_hook_each_in_tasks_and_backbones():
+    assert _offline_reach() == []
+    for part, hook in OFFLINE_HOOKS.items():  # the hooks named are the ones in use
+        assert "ptdist.offline" in _imports(PACKAGE / hook), f"{hook} no longer imports it"
+
+
+def test_the_offline_rule_catches_an_internal_import_and_a_second_hook(tmp_path):
+    root = tmp_path / "ptdist"
+    for relative, text in {
+        "offline/__init__.py": "",
+        "offline/converted.py": "",
+        "backbones/loading.py": "from ptdist.offline import converted_dir\n",
+        "backbones/presets.py": "def f():\n    from ptdist.offline import CONVERTED\n",
+        "tasks/packaged_data.py": "from ptdist.offline import converted\n",
+        "cli/head.py": "import ptdist.offline.converted\nfrom ptdist.offline import RECIPE\n",
+    }.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+    assert _offline_reach(root) == [
+        "backbones/presets.py imports ptdist.offline; only backbones/loading.py may",
+        "cli/head.py imports ptdist.offline.converted, inside ptdist.offline's face",
+        "tasks/packaged_data.py imports ptdist.offline.converted, inside ptdist.offline's face",
+    ]
+
+
+def test_every_name_of_the_offline_face_resolves():
+    import ptdist.offline
+
+    assert ptdist.offline.__all__
+    for name in ptdist.offline.__all__:
+        assert getattr(ptdist.offline, name) is not None, name

@@ -1,4 +1,4 @@
-"""ptdist/backbones/converted.py: paraphrase-MiniLM-L3-v2 from ONNX initializers to an HF
+"""ptdist/offline/converted.py: paraphrase-MiniLM-L3-v2 from ONNX initializers to an HF
 folder in the cache, on first use.
 
 CI does not install the 63 MB model package, so the converter reads a synthetic graph built
@@ -19,10 +19,10 @@ import torch
 from onnx import helper, numpy_helper
 from transformers import BertConfig, BertModel
 
-from ptdist.backbones import converted as conv
+from ptdist.offline import converted as conv
 from ptdist.backbones import load_backbone
 from ptdist.errors import PtdistError
-from ptdist.packaged import resolve_packaged
+from ptdist.offline import resolve_packaged
 from tests.conftest import fit_small_head
 
 VOCAB = 30522  # the borrowed tokenizer's vocabulary, which the embeddings must match

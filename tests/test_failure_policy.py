@@ -3,7 +3,7 @@
 a Tune trial): a job that keeps raising a non-user error is attempted exactly
 ``max_failures + 1`` times, a worker killed mid-job is retried once per kill, and a user error
 is attempted once and its message reaches the driver. Faults are injected with PTDIST_FAULTS
-(`ptdist.orchestration.faults`), which logs every attempt to a file the test counts."""
+(`ptdist.faults`), which logs every attempt to a file the test counts."""
 
 from __future__ import annotations
 

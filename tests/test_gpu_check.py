@@ -44,7 +44,8 @@ def test_the_gpu_check_runs_every_case_in_its_own_process_in_smoke_mode(tmp_path
         case = cases[name]
         assert case["planned_gb"] > 0
         # The MFU's numerator: the cost model's useful FLOPs of the step's examples (prompt 4 +
-        # text 16 tokens; the label word and </s> as target), not the recomputation.
-        examples = case["micro_batch"] * case["accumulation"]
+        # text 16 tokens; the label word and </s> as target; every run's of a pack), not the
+        # recomputation.
+        examples = case["micro_batch"] * case["accumulation"] * case["pack"]
         one = example_flops("tiny-t5-v1_1", "bf16", 4, 16, 2).useful()
         assert case["flops_per_step"] == pytest.approx(examples * one)

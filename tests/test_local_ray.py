@@ -4,6 +4,7 @@ they listen on is on loopback, and Ray's servers refuse a client without Ray's t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import child_env
+from tests.listeners import beyond_loopback
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,12 +59,12 @@ print(json.dumps(dict(where=where, gcs=gcs, listening=listening, grpc=grpc_answe
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
-def _probe(script: str) -> dict:
+def _probe(script: str, *args: str) -> dict:
     env = child_env()
     for var in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE"):
         env.pop(var, None)  # as a user's shell has them: unset
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, text=True,
-                          capture_output=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO, env=env, text=True,
+                          capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -154,3 +156,76 @@ def test_ray_trains_placement_group_cleaner_finds_this_ray_beside_another_on_the
         other.wait(timeout=120)
     assert seen["instances"] >= 2
     assert seen["alive"] == "True"
+
+
+# A 2-worker group as ptdist starts one (a Ray Train worker group with gloo, on the embedded
+# local Ray): once every rank has joined, each worker's listening sockets and the rendezvous
+# port (MASTER_PORT) it was given.
+GROUP = """
+import json, os, sys
+import psutil
+from ptdist.orchestration.cluster import ray_session
+from ptdist.orchestration.spec import Resources
+from ptdist.orchestration.worker_group import on_worker_group
+from ptdist.store import Store
+
+def listening(out):
+    import torch.distributed as dist
+    dist.barrier()  # every rank has joined: rank 0's store and each gloo socket are up
+    seen = [c.laddr.ip for c in psutil.Process().net_connections("inet")
+            if c.status == psutil.CONN_LISTEN]
+    store = [c.laddr.ip for c in psutil.Process().net_connections("inet")
+             if c.status == psutil.CONN_LISTEN and c.laddr.port == int(os.environ["MASTER_PORT"])]
+    with open(out, "a") as f:
+        f.write(json.dumps({"rank": dist.get_rank(), "listening": seen, "store": store}) + "\\n")
+    dist.barrier()
+
+store, out = sys.argv[1:]
+with ray_session(None):
+    on_worker_group("probe", listening, {"out": out}, Resources(workers=2, cpus=0.5),
+                    Store(store))
+print(json.dumps({"ranks": sorted((json.loads(line) for line in open(out)),
+                                  key=lambda r: r["rank"])}))
+"""
+
+
+@pytest.mark.slow
+def test_a_two_worker_group_meets_on_loopback_only(tmp_path):
+    """torch's rendezvous store (rank 0) listened on every interface (``::``) before; now it and
+    every other socket of both workers are on loopback."""
+    seen = _probe(GROUP, str(tmp_path / "store"), str(tmp_path / "sockets.jsonl"))["ranks"]
+    assert [r["rank"] for r in seen] == [0, 1]
+    assert seen[0]["store"] == ["127.0.0.1"] and seen[1]["store"] == []
+    for rank in seen:
+        assert rank["listening"] and set(rank["listening"]) <= LOOPBACK, rank
+
+
+LISTENER = """
+import socket, sys
+listener = socket.socket()
+sys.stdin.readline()
+listener.bind((sys.argv[1], 0))
+listener.listen()
+print(listener.getsockname()[1], flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("address,beyond", [("0.0.0.0", True), ("127.0.0.1", False)])
+def test_the_suite_names_a_process_of_its_own_that_listens_beyond_loopback(listener_watch,
+                                                                            address, beyond):
+    """The check conftest runs through every test (`tests/listeners.py`) finds a child that
+    listens on every interface, and not one that listens on loopback."""
+    child = subprocess.Popen([sys.executable, "-c", LISTENER, address], text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    listener_watch.allow(child.pid)  # opened on purpose: this test's own check leaves it out
+    try:
+        child.stdin.write("\n")
+        child.stdin.flush()
+        port = child.stdout.readline().strip()
+        found = beyond_loopback(os.getpid())
+        mine = f"(pid {child.pid}) listens on {address}:{port}"
+        assert any(line.endswith(mine) for line in found) == beyond, found
+    finally:
+        child.kill()
+        child.wait()

@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ptdist.backbones import load_backbone
+from ptdist.backbones import load_backbone, model_config, random_model
 from ptdist.store import Store
 from ptdist.training import TrainConfig, train
 from ptdist.training.engine import frozen_backbone, load_ds_config
@@ -83,7 +83,7 @@ def test_weights_and_optimizer_terms_equal_deepspeeds_estimators():
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
     memory = model_memory(XXL, "bf16")
-    assert round(memory.parameters / 1e9, 2) == 11.0  # as transformers builds it (tied head)
+    assert round(memory.parameters / 1e9, 2) == 11.14  # its own head, as the checkpoint's
     run = RunShape("bf16", 4, 100, 256)
     # DeepSpeed assumes every parameter trains; with the optimizer offloaded what it leaves on
     # the GPU is the 16-bit weights: ptdist's weights term.
@@ -97,6 +97,32 @@ def test_weights_and_optimizer_terms_equal_deepspeeds_estimators():
     prompt = 100 * 4096
     _, trained = estimate_zero2_model_states_mem_needs(prompt, cpu_offload=False)
     assert memory.estimate(run, 1, zero_stage=2).optimizer == trained
+
+
+@pytest.mark.parametrize("model", ["tiny-t5-v1_1", "tiny-t5", "tiny-roberta"])
+def test_a_model_built_from_its_config_is_tied_as_its_checkpoint_is(model):
+    """What the planner and the GPU check build (random weights from the config) has the
+    tensors the checkpoint holds: T5 v1.1's head apart from its embeddings, T5's and
+    RoBERTa's tied."""
+    with torch.device("meta"):
+        built = random_model(model, torch.float32)
+    loaded = load_backbone(model).model
+    assert _own_head(built) == _own_head(loaded) == (model == "tiny-t5-v1_1")
+    assert sum(p.numel() for p in built.parameters()) == \
+        sum(p.numel() for p in loaded.parameters())
+
+
+def _own_head(model) -> bool:
+    return model.get_output_embeddings().weight is not model.get_input_embeddings().weight
+
+
+def test_t5_v1_1_xxl_is_planned_with_its_own_head():
+    """google/t5-v1_1-xxl's checkpoint holds an lm_head of vocabulary x d_model apart from its
+    embeddings: 11.1 B parameters, where transformers' tied T5 has 11.0 B."""
+    config = model_config(XXL)
+    own_head = config.vocab_size * config.d_model
+    parameters = model_memory(XXL, "bf16").parameters
+    assert round(parameters / 1e9, 1) == 11.1 and round((parameters - own_head) / 1e9, 1) == 11.0
 
 
 def test_the_planner_picks_accumulation_over_checkpointing_and_one_gpu_over_zero3():

@@ -1,4 +1,4 @@
-"""The fitted MLM head of encoder checkpoints shipped without one (backbones/mlm_head.py), on a
+"""The fitted MLM head of encoder checkpoints shipped without one (ptdist/offline/mlm_head.py), on a
 tiny RoBERTa preset with its head taken out, like all-MiniLM-L6-v2's."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from safetensors.torch import load_file, save_file
 
 from ptdist.backbones import fitted_head_key, load_backbone
 from ptdist.backbones.loading import _load
-from ptdist.backbones.mlm_head import (RECIPE, Corpus, HeadRecipe, cached_head, mask_tokens,
-                                       packaged_corpus, put_head)
+from ptdist.offline.mlm_head import (RECIPE, Corpus, HeadRecipe, cached_head, mask_tokens,
+                                     packaged_corpus, put_head)
 from ptdist.backbones.presets import preset_dir
 from ptdist.cli import main
 from ptdist.errors import PtdistError
-from ptdist.tasks.registry_data import TASKS, locate, row_text
+from ptdist.offline.registry_data import TASKS, locate, row_text
 from tests.conftest import FILLER
 
 TINY = HeadRecipe(fit_texts=400, heldout_texts=80, max_length=16, steps=200, batch_tokens=128,
@@ -51,10 +51,9 @@ def synthetic(calls: list | None = None):
 
 def headless(folder: Path, scale: float = 1.0) -> Path:
     """tiny-roberta without its MLM head (``scale`` != 1 makes another checkpoint). The preset
-    file holds the tied word embeddings under the decoder's name: they stay, as the encoder's."""
+    file holds the tied word embeddings under the encoder's name: they stay."""
     shutil.copytree(preset_dir("tiny-roberta"), folder)
     weights = load_file(folder / "model.safetensors")
-    weights["roberta.embeddings.word_embeddings.weight"] = weights["lm_head.decoder.weight"]
     kept = {k: v * scale if k.endswith("dense.weight") else v
             for k, v in weights.items() if not k.startswith("lm_head.")}
     save_file(kept, folder / "model.safetensors", metadata={"format": "pt"})
@@ -171,6 +170,7 @@ def test_prompts_tuned_on_a_headless_checkpoint_are_keyed_by_its_head_recipe(tmp
     head (or another recipe's): the run's id names the recipe, known before any model loads."""
     from ptdist.store import Store
     from ptdist.training.config import TrainConfig
+    from ptdist.backbones.prompt import INIT_RULE
     from ptdist.training.run import plan_run, prompt_id_of
 
     folder = headless(tmp_path / "headless")
@@ -179,7 +179,8 @@ def test_prompts_tuned_on_a_headless_checkpoint_are_keyed_by_its_head_recipe(tmp
     config = TrainConfig(model=str(folder), task="sst2")
     plan = plan_run(config, Store(tmp_path / "store"))
     args = (config, plan.task, str(plan.init), plan.precision, {})
-    assert plan.prompt_id == prompt_id_of(*args, RECIPE.key) != prompt_id_of(*args)
+    assert plan.prompt_id == prompt_id_of(*args, RECIPE.key, INIT_RULE) != \
+        prompt_id_of(*args, None, INIT_RULE)
 
 
 def test_without_the_data_packages_a_headless_checkpoint_is_one_error_naming_them(

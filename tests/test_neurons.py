@@ -4,18 +4,17 @@ the correlation table on tiny presets."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import signal
 import subprocess
 import sys
-import time
 import tracemalloc
 import uuid
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -28,7 +27,7 @@ from ptdist.neurons.correlation import correlate
 from ptdist.neurons.indicators import embedding_indicators, neuron_indicators
 from ptdist.neurons.pairs import pairwise_indicators
 from ptdist.store import Store
-from ptdist.store.activations import ActivationWriter, captured
+from ptdist.store.activations import ActivationWriter, activation_dataset, captured
 from ptdist.store.results import IndicatorRow, MatrixRow
 from ptdist.statistics import spearman
 from ptdist.store.tables import read_records
@@ -256,31 +255,6 @@ def test_the_neurons_commands_capture_on_ray_then_correlate(task_prompts, tmp_pa
     assert "ON_layer_1" in table and "E_concat" in table and "layer-wise ON curve" in table
 
 
-# A capture in a child process that stops itself (SIGSTOP) at a chosen point of its commit, so
-# the test sees the store in exactly that state and kills it there for real (SIGKILL). The
-# store's code runs unchanged; only os.replace, which makes each file visible, is watched.
-KILLABLE_CAPTURE = """
-import os, signal, sys
-point, root = sys.argv[1], sys.argv[2]
-real_replace, parts = os.replace, []
-
-def replace(src, dst):
-    if str(dst).endswith(".parquet"):
-        if (point, len(parts)) in (("before the first rename", 0), ("between renames", 1)):
-            os.kill(os.getpid(), signal.SIGSTOP)
-        parts.append(dst)
-    elif "_commits" in str(dst) and point == "after the last rename":
-        os.kill(os.getpid(), signal.SIGSTOP)
-    return real_replace(src, dst)
-
-os.replace = replace
-from ptdist.neurons.collect import CaptureSettings, capture
-from ptdist.store import Store
-store = Store(root)
-capture(store, store.prompts.select("tiny-roberta"), CaptureSettings())
-"""
-
-
 def _indicator_values(store: Store) -> dict:
     result = pairwise_indicators(store, "tiny-roberta", store.prompts.select("tiny-roberta"))
     return {(r.prompt_a, r.prompt_b, r.indicator): r.value for r in result.rows}
@@ -302,29 +276,38 @@ def _files(folder: Path) -> tuple[list[str], list[str], list[str]]:
             [p.name for p in (folder / "_commits").glob("*.json")])
 
 
-@pytest.mark.parametrize("point,hidden,visible", [("before the first rename", 2, 0),
-                                                  ("between renames", 1, 1),
-                                                  ("after the last rename", 0, 2)])
+@pytest.mark.parametrize("site,hidden,visible", [("part 1", 2, 0), ("part 2", 1, 1),
+                                                ("commit", 0, 2)],
+                         ids=["before the first rename", "between renames",
+                              "after the last rename"])
 def test_a_capture_killed_mid_commit_is_repaired_by_running_it_again(tmp_path, uninterrupted,
-                                                                     point, hidden, visible):
+                                                                     capsys, site, hidden,
+                                                                     visible):
+    """`ptdist neurons capture` SIGKILLed by the fault hook (PTDIST_FAULTS) at a point of its
+    commit: nothing of it is listed, and the same command run again captures every prompt
+    into one clean commit whose indicators equal an uninterrupted capture's."""
+    from tests.test_cli import run
+
     reference_root, reference = uninterrupted
     shutil.copytree(reference_root / "prompts", tmp_path / "prompts")
     store = Store(tmp_path)
     folder = store.layout.activations("tiny-roberta")
-    proc = subprocess.Popen([sys.executable, "-c", KILLABLE_CAPTURE, point, str(tmp_path)],
-                            env=child_env(), stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while psutil.Process(proc.pid).status() != psutil.STATUS_STOPPED:
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    command = ["neurons", "capture", "--model", "tiny-roberta", "--chunks", "1", "--local",
+               "--store", str(tmp_path)]
+    rule = {"match": f"activations tiny-roberta {site}", "fault": "kill", "times": 1,
+            "log": str(tmp_path / "faults.log")}
+    killed = subprocess.run([sys.executable, "-m", "ptdist", *command], text=True,
+                            env=child_env(PTDIST_FAULTS=json.dumps(rule)), capture_output=True,
+                            timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     found = _files(folder)
     assert (len(found[0]), len(found[1]), found[2]) == (hidden, visible, []), found
     assert captured(store.layout, "tiny-roberta", "prompt") == set()  # nothing half-visible
+    assert activation_dataset(store.layout, "tiny-roberta") is None
+    assert run(capsys, "prompts", "--check", "--store", str(tmp_path))[0] == 0
 
-    again = capture(store, store.prompts.select("tiny-roberta"), CaptureSettings())
-    assert (again.captured, again.skipped) == (3, 0)
+    code, out, err = run(capsys, *command)
+    assert code == 0 and "captured 3 prompt(s) (0 already stored)" in out, err
     hidden_after, visible_after, commits = _files(folder)
     assert hidden_after == [] and len(visible_after) == 2 and len(commits) == 1
     assert not list((folder / "_writers").glob("*"))

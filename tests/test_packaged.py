@@ -2,7 +2,7 @@ import pytest
 
 from ptdist.backbones import resolve_model_path
 from ptdist.errors import PtdistError
-from ptdist.packaged import resolve_packaged
+from ptdist.offline import resolve_packaged
 
 
 def test_a_file_inside_an_installed_package_resolves():

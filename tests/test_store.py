@@ -12,7 +12,7 @@ from peft import PeftModel
 from ptdist.backbones import load_backbone
 from ptdist.errors import PtdistError
 from ptdist.store import Store
-from ptdist.store.manifests import PromptManifest
+from ptdist.store.manifests import SCHEMA_VERSION, PromptManifest
 from ptdist.store.peft_export import export_peft
 
 ROWS = [{"text": "the movie was great", "label": 1}, {"text": "awful plot", "label": 0}]
@@ -41,7 +41,7 @@ def test_put_and_load_round_trip_only_safetensors_and_json(tmp_path):
     assert store.load(str(folder)).equal(prompt)
     assert store.load(str(folder / "prompt.safetensors")).equal(prompt)
     assert [m.id for m in store.manifests()] == ["p1"]
-    assert json.loads((folder / "manifest.json").read_text())["schema_version"] == 3
+    assert json.loads((folder / "manifest.json").read_text())["schema_version"] == SCHEMA_VERSION
 
 
 def test_a_manifest_of_the_previous_layout_still_loads(tmp_path):
@@ -55,7 +55,9 @@ def test_a_manifest_of_the_previous_layout_still_loads(tmp_path):
     assert (m.model, m.task, m.seed, m.score, m.shape) == \
         ("tiny-roberta", "sst2", 0, 68.75, [8, 64])
     assert m.task_ref == "sst2" and m.max_length == 128 and m.prompt_length == 8
-    assert m.schema_version == 3 and m.file_sha256 is None
+    assert m.schema_version == SCHEMA_VERSION and m.file_sha256 is None
+    assert m.init_rule == "seed"  # every prompt before manifests named their init rule
+    assert [p.id for p in Store(tmp_path).prompts.manifests()] == [folder.name]  # listed
 
 
 def test_a_manifest_of_a_newer_schema_is_refused_clearly(tmp_path):
@@ -63,8 +65,9 @@ def test_a_manifest_of_a_newer_schema_is_refused_clearly(tmp_path):
     store = Store(tmp_path).prompts
     folder = store.put(prompt, manifest("p1", prompt))
     data = json.loads((folder / "manifest.json").read_text())
-    (folder / "manifest.json").write_text(json.dumps(dict(data, schema_version=4)))
-    with pytest.raises(PtdistError, match="schema version 4, newer than this ptdist reads"):
+    newer = SCHEMA_VERSION + 1
+    (folder / "manifest.json").write_text(json.dumps(dict(data, schema_version=newer)))
+    with pytest.raises(PtdistError, match=f"schema version {newer}, newer than this ptdist"):
         store.manifest("p1")
 
 

@@ -142,8 +142,6 @@ def test_ray_job_submit_runs_the_sweep_and_a_resubmission_runs_nothing(
               "python", "ray_jobs/sweep.py", "--spec", str(spec))
 
     first = _ray(*submit)
-    assert "2 to run" in first.stdout
-    assert "[sweep jobsweep" in first.stdout and "2/2 done" in first.stdout
     rows = {r.model: r for r in _rows(store, "jobsweep")}
     assert {r.status for r in rows.values()} == {"trained"}
     prompts = Store(store).prompts
@@ -151,8 +149,9 @@ def test_ray_job_submit_runs_the_sweep_and_a_resubmission_runs_nothing(
         manifest = prompts.manifest(row.prompt_id)
         assert prompts.tensor(row.prompt_id).shape == (8, 64)
         assert manifest.score == row.score and manifest.steps == steps
-    # Above chance: sst2 here is balanced (50 %); measured 70.3 % on the 64 evaluation rows
-    # (a binomial p < 0.002 against 50 %), the same as the run in one process.
+    # Above chance: sst2 here is balanced (50 %); measured 84.4 % on the 64 evaluation rows
+    # in one process (70.3 % before issue 26 drew the init from the seed and task; a binomial
+    # p < 0.002 against 50 % then).
     assert rows["tiny-roberta"].score >= 65.0
     group = prompts.manifest(rows["tiny-t5-v1_1"].prompt_id)
     assert group.world_size == 2 and group.zero_stage == 3
@@ -163,19 +162,34 @@ def test_ray_job_submit_runs_the_sweep_and_a_resubmission_runs_nothing(
     assert not (store / "ray" / "tune").exists()
 
     job_id = re.search(r"Job '(raysubmit_\w+)' submitted", first.stdout).group(1)
-    logs = _ray("job", "logs", "--address", ray_head, job_id)
-    assert "[sweep jobsweep" in logs.stdout and "sweep jobsweep finished" in logs.stdout
+    _assert_a_clean_job_log(_ray("job", "logs", "--address", ray_head, job_id).stdout)
 
-    again = _ray(*submit)
-    assert "0 to run" in again.stdout and "nothing new to run" in again.stdout
-    assert "[sweep jobsweep" not in again.stdout
+    _ray(*submit)
     assert {r.status for r in _rows(store, "jobsweep")} == {"stored"}
+    assert len(list((records / "tune").iterdir())) == 1  # nothing ran: no second experiment
 
     # The two-worker ZeRO-3 group computes what two processes under torchrun compute: the
     # same global batches and reductions (measured: bit-identical; 1e-6 allowed).
     torch.testing.assert_close(prompts.tensor(group.id),
                                _torchrun_prompt(tmp_path, spec, "tiny-t5-v1_1", sentiment_dir,
                                                 group.id), atol=1e-6, rtol=0)
+
+
+# A line of Python bytecode as `dis` prints it ("  160   2 LOAD_GLOBAL   0 (pa)"), after Ray's
+# "(ActorName pid=N)" prefix.
+DISASSEMBLY = re.compile(r"^(\(.*?\) )?\s*(\d+\s+)?\d+\s+[A-Z][A-Z_]{3,}\b")
+
+
+def _assert_a_clean_job_log(log: str) -> None:
+    """A Ray job's log as `ray job logs` gives it: every line once (the progress of a worker
+    group from its rank 0 only; Ray's deduplication, which would fold lines and add its notice,
+    off), no library output that was meant to be captured, and the group's lines in it."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in log.splitlines() if line.strip()]
+    repeated = sorted({line for line in lines if lines.count(line) > 1})
+    assert repeated == [], repeated
+    assert "RAY_DEDUP_LOGS" not in log and "across cluster]" not in log
+    assert [line for line in lines if DISASSEMBLY.match(line)] == []
+    assert any("RayTrainWorker" in line for line in lines)  # the group's workers were heard
 
 
 def _trial_processes(driver: subprocess.Popen) -> list[psutil.Process]:

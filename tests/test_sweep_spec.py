@@ -256,10 +256,20 @@ def test_relative_paths_in_a_spec_file_are_relative_to_the_file(tmp_path, monkey
 
 
 def test_the_paper_tasks_study_has_four_types_two_of_them_with_two_or_more_tasks(tmp_path):
+    """Nine tasks of four types on the main model, at the paper's constant rate; a second model
+    on the sentiment tasks, whose projectors are task-tuned on three of them through the
+    unified verbalizer and tested on the fourth."""
     from ptdist.orchestration.study import load_study
 
     loaded = load_study(REPO / "specs" / "paper-tasks.yaml", storage_path=str(tmp_path))
     types = Counter(get_task(t).type for t in loaded.spec.tasks)
     assert types == {"sentiment": 4, "nli": 2, "ethics": 2, "paraphrase": 1}
-    assert len(loaded.spec.runs()) == 18  # 9 tasks x 2 seeds
-    assert loaded.neurons is not None and loaded.projection is None  # one model: no projectors
+    assert len(loaded.spec.runs()) == 9 * 2 + 4 * 2  # tasks x 2 seeds, of each model
+    assert {(r.config.schedule, r.config.warmup) for r in loaded.spec.runs()} == {("constant", 0)}
+    projection = loaded.projection
+    assert projection.mode == "task" and projection.projector["verbalizer"] == "unified"
+    trained = {get_task(t).name for t in projection.train_tasks}
+    assert {get_task(t).type for t in trained} == {"sentiment"} and len(trained) == 3
+    second = loaded.spec.models[1]
+    unseen = [t for t in loaded.spec.tasks_of(second) if get_task(t).name not in trained]
+    assert [get_task(t).type for t in unseen] == ["sentiment"]

@@ -78,7 +78,7 @@ def test_label_encodings_of_the_benchmarks():
 
 
 def test_paraphrase_verbalizers_differ_from_nli_ones():
-    """As in the reference implementation: paraphrase reads false/true, NLI yes/(maybe)/no,
+    """As in the reference implementation: paraphrase reads false/true, NLI yes/(neutral)/no,
     so no label word is shared between the two types (a shared word would let a prompt of
     one type score on the other by its verbalizer alone)."""
     by_type: dict[str, set[str]] = {}
@@ -87,7 +87,10 @@ def test_paraphrase_verbalizers_differ_from_nli_ones():
             for family in ("mlm", "t5"):
                 by_type.setdefault(t.type, set()).update(t.label_words[family])
     assert by_type["paraphrase"] == {"false", "true"}
-    assert by_type["nli"] == {"yes", "maybe", "no"}
+    assert by_type["nli"] == {"yes", "neutral", "no"}
+    assert get_task("snli").words_for("mlm") == ["yes", "neutral", "no"]  # entailment first
+    assert get_task("laptop").words_for("mlm") == ["negative", "moderate", "positive"]
+    assert get_task("ethics_justice").words_for("seq2seq") == ["unacceptable", "acceptable"]
     assert get_task("mrpc").words_for("mlm") == ["false", "true"]  # not_equivalent, equivalent
     assert get_task("qqp").words_for("seq2seq") == ["false", "true"]
 

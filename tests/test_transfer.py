@@ -15,8 +15,8 @@ from ptdist.errors import PtdistError
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.prompts import by_task
-from ptdist.store.results import MatrixRow
-from ptdist.store.tables import read_records
+from ptdist.store.results import MatrixRow, TptSummaryRow
+from ptdist.store.tables import read_records, write_records
 from ptdist.training.evaluation import score_prompt
 from ptdist.transfer import MatrixSettings, speedup_rows, transfer_matrix
 from ptdist.transfer.matrix import own_prompts, unusable_tasks
@@ -68,7 +68,7 @@ def test_tasks_without_prompts_are_named(task_prompts):
 
 
 def _manifest(pid: str, scores: list[float], task: str = "t", seed: int = 0,
-              start: int = 1) -> PromptManifest:
+              start: int = 1, config: dict | None = None) -> PromptManifest:
     """A prompt with a learning curve: one evaluation every 10 steps from step 10 x start."""
     history = [{"step": 10 * (i + start), "accuracy": s, "time_s": 2.0 * (i + start)}
                for i, s in enumerate(scores)]
@@ -77,7 +77,7 @@ def _manifest(pid: str, scores: list[float], task: str = "t", seed: int = 0,
         id=pid, model="m", task=task, task_type="sentiment", seed=seed, init="random",
         metric="accuracy", score=best["accuracy"], metrics={}, steps=history[-1]["step"],
         best_step=best["step"], shape=[1, 1], backbone_kind="mlm", precision="fp32",
-        config={}, history=history, world_size=1, zero_stage=0, resumed_from=None,
+        config=config or {}, history=history, world_size=1, zero_stage=0, resumed_from=None,
         wall_time_s=0.0, created=0.0, ptdist_version="test")
 
 
@@ -90,6 +90,27 @@ def test_speedup_is_read_off_the_curves():
     assert [r.speedup for r in rows] == [1.0, 1.5, None]
     assert [r.steps_to_vanilla_best for r in rows] == [30, 20, None]
     assert rows[1].time_to_vanilla_best_s == 4.0 and rows[1].vanilla_best == 80
+
+
+def test_a_tpt_comparison_records_its_one_schedule(tmp_path):
+    """Vanilla and TPT run under one schedule, which every summary row names; runs stored
+    before the schedule was a setting decayed linearly. Runs under two schedules are not
+    compared, and a summary table written before the column existed reads as linear."""
+    constant = {"schedule": "constant"}
+    vanilla, tpt = (_manifest(p, [50, 80], config=constant) for p in ("v", "a"))
+    source = _manifest("s", [90])
+    rows = speedup_rows(vanilla, [("tpt a", source, tpt)])
+    assert [r.schedule for r in rows] == ["constant", "constant"]
+    old = speedup_rows(_manifest("v", [50, 80]), [("tpt a", source, _manifest("a", [60]))])
+    assert {r.schedule for r in old} == {"linear"}
+    with pytest.raises(PtdistError, match="under one learning-rate schedule; the runs on t "
+                                          "used constant, linear"):
+        speedup_rows(vanilla, [("tpt a", source, _manifest("a", [60]))])
+    path = write_records(tmp_path / "summary.parquet", TptSummaryRow, rows)
+    table = pq.read_table(path)
+    meta = {**table.schema.metadata, b"ptdist.schema_version": b"2"}
+    pq.write_table(table.drop_columns(["schedule"]).replace_schema_metadata(meta), path)
+    assert [r.schedule for r in read_records(path, TptSummaryRow)] == ["linear", "linear"]
 
 
 def test_speedup_with_a_tolerance_on_a_hand_made_curve_evaluated_from_step_0():
@@ -261,6 +282,28 @@ def test_the_matrix_command_runs_a_job_per_target_on_ray(task_prompts, tmp_path)
     sources = own_prompts(Store(root / "store").prompts.select("tiny-roberta", ["sst2", "imdb"]))
     assert len(out["rows"]) == 2 * len(sources) and Path(out["heatmap"]).exists()
     assert "relative performance (%)" in proc.stdout and "chance-normalised" in proc.stdout
+
+
+def test_tpt_names_the_init_rule_of_a_vanilla_run_stored_before_it(tmp_path):
+    """A vanilla run stored before ``schedule``/``optimizer`` were settings and before inits
+    were drawn from the seed and task: its config lacks the new settings (read as their
+    implicit values, so no difference), and the reason it is trained again is the rule."""
+    from dataclasses import replace
+
+    import torch
+
+    from ptdist.orchestration.stages import why_vanilla_is_trained
+    from ptdist.training import TrainConfig
+
+    ours = TrainConfig(model="tiny-roberta", task="sst2", steps=40, prompt_length=1)
+    old = {k: v for k, v in ours.to_dict().items() if k not in ("schedule", "optimizer")}
+    store = Store(tmp_path)
+    stored = replace(_manifest("old", [60], task="sst2", config=old), model="tiny-roberta")
+    store.prompts.put(torch.zeros(1, 1), stored)
+    assert why_vanilla_is_trained(store, ours, "sst2") == (
+        "training a vanilla run of tiny-roberta on sst2 (seed 0): stored run old has the same "
+        "settings, but its random init was drawn under the rule 'seed' and runs now draw under "
+        "'seed+task' (docs/neurons.md)")
 
 
 def test_tpt_says_why_it_trains_its_own_vanilla_run(task_prompts):

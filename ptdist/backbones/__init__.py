@@ -1,13 +1,13 @@
-"""Frozen backbones (encoder MLM, encoder-decoder) and the soft prompt."""
+"""Frozen backbones (encoder MLM, encoder-decoder) and the soft prompt. Each name loads its
+module on first use (`ptdist.lazy`): the preset names are read without torch."""
 
-from ptdist.backbones.base import Backbone, Batch
-from ptdist.backbones.converted import CONVERTED
-from ptdist.backbones.loading import (PRECISIONS, dtype_of, fit_mlm_head, fitted_head_key,
-                                      load_backbone, model_config, model_kind,
-                                      resolve_model_path)
-from ptdist.backbones.presets import PRESETS
-from ptdist.backbones.prompt import InitSpec, SoftPrompt, initial_prompt
+from ptdist.lazy import lazy_face
 
-__all__ = ["Backbone", "Batch", "CONVERTED", "InitSpec", "PRECISIONS", "PRESETS", "SoftPrompt",
-           "dtype_of", "fit_mlm_head", "fitted_head_key", "initial_prompt", "load_backbone",
-           "model_config", "model_kind", "resolve_model_path"]
+__all__, __getattr__, __dir__ = lazy_face(__name__, {
+    "base": ("Backbone", "Batch"),
+    "loading": ("CONVERTED", "PRECISIONS", "dtype_of", "fit_mlm_head", "fitted_head_key",
+                "load_backbone", "model_config", "model_kind", "random_model",
+                "resolve_model_path"),
+    "presets": ("PRESETS",),
+    "prompt": ("InitSpec", "SoftPrompt", "initial_prompt"),
+})

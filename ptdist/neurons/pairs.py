@@ -3,7 +3,7 @@ one row per ordered pair and indicator)."""
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,8 @@ from ptdist.store.activations import read_states
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.results import IndicatorRow
 from ptdist.store.tables import write_records
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,9 +37,9 @@ def pairwise_indicators(store: Store, model: str, prompts: Sequence[PromptManife
               if pid in ids}
     uncaptured = sorted(ids - set(states))
     if uncaptured:
-        print(f"[indicators] {len(uncaptured)} prompt(s) of {model} have no activations "
-              f"({protocol} protocol) and are left out: {', '.join(uncaptured)}",
-              file=sys.stderr, flush=True)
+        log.warning(f"{len(uncaptured)} prompt(s) of {model} have no activations "
+                    f"({protocol} protocol) and are left out of the indicators: "
+                    f"{', '.join(uncaptured)}")
     if len(states) < 2:
         raise PtdistError(f"{len(states)} prompt(s) of '{model}' have captured activations "
                           f"({protocol} protocol) in {store.root}; run `ptdist neurons capture "
@@ -67,7 +69,7 @@ def pair_rows(model: str, protocol: str, tasks: dict[str, str], tensors: dict[st
             values = embedding_indicators(tensors[a], tensors[b])
             if states is not None:
                 values.update(neuron_indicators(states[a], states[b]))
-            for first, second in {(a, b), (b, a)}:
+            for first, second in dict.fromkeys([(a, b), (b, a)]):  # one row when a is b
                 rows += [IndicatorRow(model=model, protocol=protocol, prompt_a=first,
                                       task_a=tasks[first], prompt_b=second,
                                       task_b=tasks[second], indicator=name, value=value)

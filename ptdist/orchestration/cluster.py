@@ -3,9 +3,9 @@
 The local Ray's servers (GCS, raylet, workers and the driver's core worker, dashboard, dashboard
 and runtime-env agents) all listen on 127.0.0.1, and its clients authenticate with Ray's token
 (docs/reliability.md). One listener of a local run is not Ray's: a job of several workers (a Ray
-Train worker group) rendezvouses through torch's TCP store, which torch binds to every
-interface, for the length of that job. A cluster given with --address or $RAY_ADDRESS is the
-user's: ptdist joins it as configured.
+Train worker group) rendezvouses through torch's TCP store, which ptdist binds to the node's
+address (127.0.0.1 here) for the length of that job (`ptdist.orchestration.rendezvous`). A
+cluster given with --address or $RAY_ADDRESS is the user's: ptdist joins it as configured.
 
 Ray's state API, called without an address from inside a worker, guesses which Ray to ask
 among the instances running on the host; with several (other users' local Rays, or a local
@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 
+from ptdist.logs import library_level
 from ptdist.orchestration.resources import HEAD_NODE_CONFIG, Cluster
 from ptdist.runtime import RAY_AUTH_MODE, ray_environment
 
@@ -45,7 +47,7 @@ def connect_ray(address: str | None) -> str:
     if _named_api_server and os.environ.get(API_SERVER) == _named_api_server[-1]:
         del os.environ[API_SERVER]  # an earlier local Ray's, gone with it
     if address:
-        ray.init(address=address)
+        ray.init(address=address, logging_level=library_level())
         return f"the Ray cluster at {address}"
     keep_ray_on_loopback()
     # Ray Train's controller and its placement-group cleaner query the state API, which the
@@ -54,7 +56,7 @@ def connect_ray(address: str | None) -> str:
     _named_api_server.append(f"http://{LOOPBACK}:{port}")
     os.environ[API_SERVER] = _named_api_server[-1]
     ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=True,
-             dashboard_host=LOOPBACK, dashboard_port=port)
+             dashboard_host=LOOPBACK, dashboard_port=port, logging_level=library_level())
     gcs = ray.get_runtime_context().gcs_address
     if not gcs.startswith(f"{LOOPBACK}:"):
         ray.shutdown()
@@ -63,9 +65,7 @@ def connect_ray(address: str | None) -> str:
                            "it with `ray --version`")
     auth = os.environ.get(RAY_AUTH_MODE)
     return (f"{LOCAL_RAY} (listening on {LOOPBACK} only; token authentication "
-            + ("on" if auth == "token" else f"OFF: {RAY_AUTH_MODE}={auth}")
-            + "; a job of several workers also opens torch's rendezvous port on all "
-              "interfaces while it runs)")
+            + ("on" if auth == "token" else f"OFF: {RAY_AUTH_MODE}={auth}") + ")")
 
 
 def _free_port() -> int:
@@ -91,16 +91,20 @@ def keep_ray_on_loopback() -> None:
 def ray_session(address: str | None) -> Iterator[str]:
     """`connect_ray` for the length of a block. If the block joined Ray, it leaves it at the
     end: an embedded local Ray stops, and no worker log line that Ray forwards can be printed
-    after the caller's result (ptdist's --json must stay the last line)."""
-    import ray
+    after the caller's result (ptdist's --json must stay the last line). Within the block the
+    driver's stdout is its stderr: what Ray forwards from its workers' stdout (a library's
+    print) is not the command's result, which is printed after the block."""
+    ray = sys.modules.get("ray")  # imported by connect_ray, after Ray's settings are made
+    joined = ray is None or not ray.is_initialized()
+    with redirect_stdout(sys.stderr):
+        where = connect_ray(address)
+        try:
+            yield where
+        finally:
+            if joined:
+                import ray
 
-    joined = not ray.is_initialized()
-    where = connect_ray(address)
-    try:
-        yield where
-    finally:
-        if joined:
-            ray.shutdown()
+                ray.shutdown()
 
 
 def cluster_for(config: str | None, address: str | None, local: bool) -> Cluster:

@@ -19,20 +19,19 @@ from __future__ import annotations
 
 import difflib
 import graphlib
-import sys
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ptdist import logs
 from ptdist.errors import PtdistError
 from ptdist.orchestration.failures import FailurePolicy, one_line
 from ptdist.orchestration.attempt import begin
 
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,7 @@ Finished = Callable[[Job, JobOutcome], None]  # told of every job that ran or fa
 
 
 def run_graph(jobs: Sequence[Job], *, policy: FailurePolicy, local: bool = False,
-              max_concurrent: int | None = None, say: Callable[[str], None] = _stderr,
+              max_concurrent: int | None = None, say: Callable[[str], None] = log.info,
               finished: Finished | None = None) -> GraphOutcome:
     """Run every job that is not stored and return once each has succeeded, failed or been
     blocked. On Ray (the cluster this process joined: `cluster.ray_session`) unless ``local``.
@@ -169,20 +168,21 @@ def _check_graph(jobs: Sequence[Job], known: Sequence[str] = ()) -> None:
                           f"{cycle} (each needs the next)") from None
 
 
-def _attempt(job_id: str, run: Callable[[], dict],
+def _attempt(job_id: str, run: Callable[[], dict], level: int,
              in_ray_worker: bool = True) -> tuple[dict, float, float]:
-    """One attempt of a job, in the process that runs it: its result, and the wall and CPU
-    seconds it took there."""
-    begin(job_id, in_ray_worker)
+    """One attempt of a job, in the process that runs it (logging at the driver's ``level``):
+    its result, and the wall and CPU seconds it took there."""
+    begin(job_id, level, in_ray_worker)
     wall, cpu = time.time(), time.process_time()
     result = run()
     return result, time.time() - wall, time.process_time() - cpu
 
 
-def _attempt_in_a_used_process(job_id: str, run: Callable[[], dict]) -> tuple[dict, float, float]:
+def _attempt_in_a_used_process(job_id: str, run: Callable[[], dict],
+                               level: int) -> tuple[dict, float, float]:
     """`_attempt`, as a Ray task of its own so its workers may be reused (Ray sets how often a
     worker is reused per remote function, not per call)."""
-    return _attempt(job_id, run)
+    return _attempt(job_id, run, level)
 
 
 class _RayExecutor:
@@ -207,7 +207,8 @@ class _RayExecutor:
         reuse = job.reuse_process and not job.resources.get("GPU")
         ref = (self.reused if reuse else self.fresh).options(
             num_cpus=job.resources.get("CPU", 0.0), num_gpus=job.resources.get("GPU", 0.0),
-            resources=custom, max_retries=0, retry_exceptions=False).remote(job.id, job.run)
+            resources=custom, max_retries=0, retry_exceptions=False).remote(
+                job.id, job.run, logs.level())
         self.pending[ref] = job.id
 
     def next_result(self) -> tuple[str, tuple | None, BaseException | None]:
@@ -244,7 +245,7 @@ class _LocalExecutor:
     def next_result(self) -> tuple[str, tuple | None, BaseException | None]:
         job = self.queue.popleft()
         try:
-            return job.id, _attempt(job.id, job.run, in_ray_worker=False), None
+            return job.id, _attempt(job.id, job.run, logs.level(), in_ray_worker=False), None
         except Exception as err:  # the policy decides; KeyboardInterrupt still stops it all
             return job.id, None, err
 
@@ -405,6 +406,6 @@ def execute(jobs: Sequence[Job], execution: Execution,
     if execution.local:
         return run_graph(jobs, policy=execution.policy, local=True, finished=finished)
     with ray_session(execution.address) as where:
-        _stderr(f"running on {where}")
+        log.info(f"running on {where}")
         return run_graph(jobs, policy=execution.policy, max_concurrent=execution.max_concurrent,
                          finished=finished)

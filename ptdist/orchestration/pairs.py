@@ -17,7 +17,7 @@ worker group when the target asks for several workers); distance minimising need
 from __future__ import annotations
 
 import itertools
-import sys
+import logging
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,7 +25,7 @@ from typing import Any
 
 from ptdist.errors import PtdistError
 from ptdist.orchestration.cluster import cluster_for
-from ptdist.orchestration.graph import Execution, GraphOutcome, Job, describe_jobs, execute
+from ptdist.orchestration.graph import Execution, GraphOutcome, Job, execute
 from ptdist.orchestration.plans import Packing, check_spec
 from ptdist.orchestration.runs import PromptJobs, plan_sweep, prompt_jobs
 from ptdist.orchestration.spec import ModelEntry, Resources, SweepSpec
@@ -38,6 +38,8 @@ from ptdist.store import Store
 from ptdist.store.results import ProjectorEvalRow
 from ptdist.store.tables import read_records, write_records
 from ptdist.tasks import get_task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -151,12 +153,11 @@ def run_pairs(spec: SweepSpec, settings: PairSettings, execution: Execution | No
     prompts = prompt_jobs(plan_sweep(spec, store), store, packing)
     graph = pair_jobs(spec, settings, prompts)
     pairs = len(graph.pairs)
-    print(f"projector pairs of {spec.name}: {len(spec.models)} models, {pairs} ordered pairs "
-          f"({settings.mode}, trained on {', '.join(settings.train_tasks)}); "
-          f"{len(graph.jobs)} jobs: {len(graph.jobs) - 2 * pairs} prompt-tuning runs, {pairs} "
-          f"projectors, {pairs} evaluations", file=sys.stderr, flush=True)
+    log.info(f"projector pairs of {spec.name}: {len(spec.models)} models, {pairs} ordered "
+             f"pairs ({settings.mode}, trained on {', '.join(settings.train_tasks)}); "
+             f"{len(graph.jobs)} jobs: {len(graph.jobs) - 2 * pairs} prompt-tuning runs, "
+             f"{pairs} projectors, {pairs} evaluations")
     if dry_run:
-        print(describe_jobs(graph.jobs), flush=True)
         return PairsOutcome(graph.jobs, GraphOutcome([]), None)
     outcome = execute(graph.jobs, Execution(
         execution.local, execution.address, execution.max_concurrent or spec.max_concurrent,

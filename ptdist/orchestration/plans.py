@@ -84,6 +84,19 @@ def _plan(spec: SweepSpec, model: ModelEntry, cluster: Cluster) -> ModelPlan:
     return ModelPlan(**base, memory=need, best=best)
 
 
+def describe_training(spec: SweepSpec) -> str:
+    """The dry run's training section: each model's budget, learning-rate schedule and
+    optimizer (the settings of its runs; seeds, tasks and inits apart)."""
+    lines = ["training (per model):"]
+    for model in spec.models:
+        c = next(r.config for r in spec.runs() if r.config.model == model.name)
+        rate = "constant rate" if c.schedule == "constant" else "linear decay to 0"
+        lines.append(f"  {model.name}: {c.steps} steps of batch {c.batch_size} at lr {c.lr:g}, "
+                     f"{c.warmup} warm-up step(s) then {rate}, {c.optimizer} (weight decay "
+                     f"{c.weight_decay:g}), prompt length {c.prompt_length}")
+    return "\n".join(lines)
+
+
 def describe_plans(plans: list[ModelPlan]) -> str:
     """The dry run's memory section: one block per model."""
     lines = ["memory plan (the model's config on the meta device, no weights; "
@@ -196,10 +209,10 @@ def compute_bound(run: RunSpec, card: Card) -> bool:
 
 
 def pack_fits(run: RunSpec, k: int, card: Card | None) -> bool:
-    """Whether a pack of ``k`` runs like ``run`` fits its GPU per the planner: the micro-batches
-    of all of them in one forward, and ``k`` prompts' optimizer state. A run without a GPU
-    (``card`` None): yes (host memory is not planned); a model whose config cannot be read:
-    no, since it cannot be planned."""
+    """Whether a pack of ``k`` runs like ``run`` fits its GPU per the planner: one run's
+    micro-batch in a forward (a pack runs its runs' forwards one after another), and ``k``
+    prompts' optimizer state. A run without a GPU (``card`` None): yes (host memory is not
+    planned); a model whose config cannot be read: no, since it cannot be planned."""
     if card is None:
         return True
     precision, stage, micro = _micro_batch(run)
@@ -208,6 +221,6 @@ def pack_fits(run: RunSpec, k: int, card: Card | None) -> bool:
         memory = model_memory(config.model, precision)
     except PtdistError:
         return False
-    need = memory.estimate(run_shape(config, precision, micro * k, (config.task,)), res.workers,
+    need = memory.estimate(run_shape(config, precision, micro, (config.task,)), res.workers,
                            stage, config.activation_checkpointing)
     return need.total + (k - 1) * need.optimizer <= USABLE * card.memory_gb * GB

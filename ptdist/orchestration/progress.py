@@ -1,13 +1,15 @@
-"""Sweep progress on the driver's stderr (and so in `ray job logs`): one line per event, with
+"""Sweep progress through the driver's logger (and so in `ray job logs`): one line per event, with
 the count of runs done / running / failed / pending and the best score so far per task. A trial
 is a job of one run or a pack of runs; counts are of runs."""
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 
 from ray.tune import Callback
+
+log = logging.getLogger(__name__)
 
 
 class SweepProgress(Callback):
@@ -62,10 +64,10 @@ class SweepProgress(Callback):
         finished = self.done + self.failed
         eta = f", eta ~{elapsed / finished * (self.total - finished):.0f}s" \
             if finished and finished < self.total else ""
-        print(f"[sweep {self.name} +{elapsed:.0f}s] {event} | "
-              f"{self.done}/{self.total} done, {running} running, "
-              f"{self.failed} failed, {pending} pending{eta}"
-              + (f" | best: {best}" if best else ""), file=sys.stderr, flush=True)
+        log.info(f"[sweep {self.name} +{elapsed:.0f}s] {event} | "
+                 f"{self.done}/{self.total} done, {running} running, "
+                 f"{self.failed} failed, {pending} pending{eta}"
+                 + (f" | best: {best}" if best else ""))
 
 
 def _label(trial) -> str:

@@ -36,6 +36,7 @@ from ptdist.orchestration.stages import (LIGHT, capture_jobs, correlate_job, ind
 from ptdist.orchestration.study import Study
 from ptdist.projection.tpt import model_plan
 from ptdist.store import Store
+from ptdist.store.run_lock import run_lock
 from ptdist.tasks import get_task
 from ptdist.transfer.matrix import MatrixSettings
 from ptdist.transfer.tpt import task_plan
@@ -172,13 +173,17 @@ def study_packing(study: Study, execution: Execution) -> Packing:
 
 
 def run_study(study: Study, report: Report, execution: Execution | None = None) -> GraphOutcome:
-    """Run a study's graph; each job's cost is recorded as it finishes (`CostLedger`)."""
+    """Run a study's graph, holding the store's run lock; each job's cost is recorded as it
+    finishes (`CostLedger`)."""
     execution = execution or Execution()
-    jobs = study_jobs(study, report, study_packing(study, execution))
-    ledger = CostLedger(Store(study.spec.storage_path), study.spec.name)
-    return execute(jobs, Execution(execution.local, execution.address,
-                                   execution.max_concurrent or study.spec.max_concurrent,
-                                   study.spec.max_failures), ledger)
+    packing = study_packing(study, execution)  # refuses before the lock is taken
+    store = Store(study.spec.storage_path)
+    with run_lock(store.layout):
+        jobs = study_jobs(study, report, packing)
+        return execute(jobs, Execution(execution.local, execution.address,
+                                       execution.max_concurrent or study.spec.max_concurrent,
+                                       study.spec.max_failures),
+                       CostLedger(store, study.spec.name))
 
 
 def _report(report: Report, study: Study, projectors: list[str]) -> dict:

@@ -20,6 +20,7 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 
 from ptdist.backbones import CONVERTED, PRESETS, InitSpec, resolve_model_path
 from ptdist.errors import PtdistError
+from ptdist.orchestration.presets import SpecFile, spec_file, written_here
 from ptdist.store.layout import is_plain_name, segment
 from ptdist.store import Store
 from ptdist.tasks import get_task
@@ -234,20 +235,22 @@ def init_for(init: str, task: str) -> str:
     return init.replace(TASK_PLACEHOLDER, get_task(task).name)
 
 
-def load_spec(path: str | os.PathLike, **overrides: Any) -> SweepSpec:
-    """Read and validate a sweep spec. Relative paths in the file are relative to the file's
-    folder. ``overrides`` (``storage_path``, ``data_dir``, ``cluster``, ``max_concurrent``,
-    ``pack``), when not None, replace the file's values (``pack`` every model's too); their
-    relative paths are relative to the working directory."""
-    path = Path(path)
-    raw = read_yaml(path, "sweep spec", TOP_KEYS)
+def load_spec(source: str | os.PathLike | SpecFile, **overrides: Any) -> SweepSpec:
+    """Read and validate a sweep spec: a file, or a preset by name (`presets.spec_file`).
+    Relative paths in the file are relative to the file's folder, but those a preset writes to
+    (`presets.written_here`). ``overrides`` (``storage_path``, ``data_dir``, ``cluster``,
+    ``max_concurrent``, ``pack``), when not None, replace the file's values (``pack`` every
+    model's too); their relative paths are relative to the working directory."""
+    source = spec_file(source)
+    raw = read_yaml(source.path, "sweep spec", TOP_KEYS)
     raw.pop("stages", None)  # a study (docs/replicate.md) is a sweep spec plus its stages
-    return spec_from_raw(raw, path, "sweep spec", **overrides)
+    return spec_from_raw(raw, source, "sweep spec", **overrides)
 
 
-def spec_from_raw(raw: dict, path: Path, what: str, **overrides: Any) -> SweepSpec:
-    """The sweep spec in ``raw``, read from the ``what`` file ``path`` (see `load_spec`)."""
-    raw = dict(raw)
+def spec_from_raw(raw: dict, source: SpecFile, what: str, **overrides: Any) -> SweepSpec:
+    """The sweep spec in ``raw``, read from the ``what`` file ``source`` (see `load_spec`)."""
+    path = source.path
+    raw = dict(raw, **(written_here(raw) if source.preset else {}))
     for key in PATH_KEYS:
         if isinstance(raw.get(key), str) and "://" not in raw[key]:
             raw[key] = str(path.parent.resolve() / Path(raw[key]).expanduser())

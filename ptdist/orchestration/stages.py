@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
@@ -38,16 +38,19 @@ from ptdist.orchestration.plans import Packing
 from ptdist.orchestration.runs import Planned, prompt_jobs
 from ptdist.orchestration.spec import Resources, RunSpec
 from ptdist.orchestration.worker_group import on_worker_group
+from ptdist.backbones.prompt import INIT_RULE
 from ptdist.store import Store
 from ptdist.store.atomic import atomic_write_json
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.results import MatrixRow
 from ptdist.store.tables import read_records
-from ptdist.training.config import TrainConfig
+from ptdist.training.config import TrainConfig, hashed_settings
 from ptdist.training.run import plan_run
 from ptdist.transfer.matrix import (MatrixResult, MatrixSettings, matrix_sources, store_columns,
                                     transfer_matrix, write_matrix)
 from ptdist.transfer.tpt import TptPlan, TptResult, tpt_summary
+
+log = logging.getLogger(__name__)
 
 LIGHT = {"CPU": 1.0}  # a job that reads tables or prompts, never a model
 
@@ -193,8 +196,7 @@ def _expand_tpt(job_id: str, make_plan: Callable[[], TptPlan], store: Store,
     new = [(run, pid) for run, pid in planned if pid not in known]
     for (target, _, label, config), (_, pid) in zip(plan.runs(), planned):
         if label == "vanilla" and pid not in known and not store.prompts.has(pid):
-            print(f"[{job_id}] {why_vanilla_is_trained(store, config, target)}",
-                  file=sys.stderr, flush=True)
+            log.info(f"[{job_id}] {why_vanilla_is_trained(store, config, target)}")
     runs = prompt_jobs(new, store, packing) if new else None
     needs = tuple(dict.fromkeys(known[pid] if pid in known else runs.jobs[pid].id
                                 for _, pid in planned))
@@ -211,13 +213,21 @@ def why_vanilla_is_trained(store: Store, config: TrainConfig, target: str) -> st
     head = f"training a vanilla run of {config.model} on {target} (seed {config.seed}): "
     if not stored:
         return head + "the store holds no vanilla run of it with this seed"
-    ours = {k: v for k, v in config.to_dict().items() if k not in TrainConfig.NOT_HASHED}
+    implicit = TrainConfig.IMPLICIT
+    ours = hashed_settings(config.to_dict())
 
     def differences(m) -> dict:
-        return {k: (v, m.config.get(k)) for k, v in ours.items() if m.config.get(k) != v}
+        theirs = hashed_settings(m.config)
+        keys = [*ours, *(k for k in theirs if k not in ours)]
+        return {k: (ours.get(k, implicit.get(k)), theirs.get(k, implicit.get(k)))
+                for k in keys if ours.get(k) != theirs.get(k)}
 
     closest = min(stored, key=lambda m: len(differences(m)))
     diff = differences(closest)
+    if not diff and closest.init_rule != INIT_RULE:
+        return head + (f"stored run {closest.id} has the same settings, but its random init "
+                       f"was drawn under the rule '{closest.init_rule}' and runs now draw "
+                       f"under '{INIT_RULE}' (docs/neurons.md)")
     if not diff:
         return head + (f"stored run {closest.id} has the same settings but another task "
                        "record, init or precision")

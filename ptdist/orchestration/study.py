@@ -21,15 +21,12 @@ from pydantic import Field, PositiveInt
 
 from ptdist.errors import PtdistError
 from ptdist.orchestration.pairs import PairSettings
+from ptdist.orchestration.presets import SpecFile, spec_file
 from ptdist.orchestration.spec import TOP_KEYS, Names, SweepSpec, spec_from_raw, task_ref
 from ptdist.projection.config import MODES, ProjectorConfig
 from ptdist.tasks import get_task
 from ptdist.transfer.tpt import TOLERANCE
 from ptdist.validation import Strict, as_written, dataclass_shape, located, read_yaml, validate
-
-# specs/ sits at the repository root, like ds_configs/ (see training/config.py).
-PRESET_DIRS = (Path(__file__).resolve().parents[2] / "specs", Path("specs"))
-
 
 # Defaults as in transfer_matrix and capture: the settings pass on to them as written. A
 # precision left out is the one each model's prompts were trained in.
@@ -103,28 +100,19 @@ class TptSettings:
     tolerance: float = TOLERANCE  # the tolerance speed-up's fraction of vanilla's best
 
 
-def load_study(path: str | os.PathLike, **overrides: Any) -> Study:
-    """Read and validate a study; ``overrides`` as for `load_spec`."""
-    path = Path(path)
+def load_study(source: str | os.PathLike | SpecFile, **overrides: Any) -> Study:
+    """Read and validate a study (a file, or a preset by name); ``overrides`` as for
+    `load_spec`."""
+    source = spec_file(source, "study")
+    path = source.path
     raw = read_yaml(path, "study", (*TOP_KEYS, "stages"))
     raw_stages = raw.pop("stages", None)
-    spec = spec_from_raw(raw, path, "study", **overrides)
+    spec = spec_from_raw(raw, source, "study", **overrides)
     with located(f"study {path}"):
         stages = validate(_StudyStages, {"stages": raw_stages}).stages or _Stages()
         return Study(spec, stages.transfer or {}, stages.neurons or {},
                      _projection(spec, stages, raw_stages or {}, path.parent),
                      _tpt(spec, stages.tpt, path.parent))
-
-
-def preset_path(name: str) -> Path:
-    """The study file of a preset (``specs/<name>.yaml``)."""
-    found = [d / f"{name}.yaml" for d in PRESET_DIRS]
-    path = next((p for p in found if p.exists()), None)
-    if path is None:
-        names = sorted({p.stem for d in PRESET_DIRS for p in d.glob("*.yaml")})
-        raise PtdistError(f"unknown preset '{name}'; presets: {', '.join(names)} (or give "
-                          "--study FILE)")
-    return path
 
 
 def _tpt(spec: SweepSpec, tpt: _Tpt | None, base: Path) -> TptSettings | None:

@@ -11,25 +11,30 @@ checkpoints. The outcome of every run is written to `StoreLayout.sweep_table`.
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
+from ptdist import logs
 from ptdist.errors import PtdistError
 from ptdist.orchestration.cluster import cluster_for, ray_session
 from ptdist.orchestration.failures import one_line
 from ptdist.orchestration.attempt import begin
 from ptdist.orchestration.graph import Execution, Job, execute
-from ptdist.orchestration.plans import Packing, check_spec, describe_plans
-from ptdist.orchestration.resources import describe
+from ptdist.orchestration.plans import (ModelPlan, Packing, check_spec, describe_plans,
+                                        describe_training)
+from ptdist.orchestration.resources import Cluster, describe
 from ptdist.orchestration.runs import Planned, job_to_dict, pack_runs, plan_sweep, train_job
 from ptdist.orchestration.spec import RunSpec, SweepSpec
 from ptdist.store import Store
 from ptdist.store.layout import segment
 from ptdist.store.results import SweepRow
+from ptdist.store.run_lock import run_lock
 from ptdist.store.tables import write_records
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,6 +42,7 @@ class SweepOutcome:
     rows: list[SweepRow]
     table: Path | None
     trained: int  # runs this call trained (fresh or resumed)
+    listing: str | None = None  # a dry run's: the jobs it would run, and each model's plan
 
     @property
     def failed(self) -> list[SweepRow]:
@@ -45,29 +51,39 @@ class SweepOutcome:
 
 def run_sweep(spec: SweepSpec, execution: Execution | None = None,
               dry_run: bool = False) -> SweepOutcome:
-    """Train every run of ``spec`` that is not stored; ``execution``'s address, concurrency and
-    retries default to the spec's."""
+    """Train every run of ``spec`` that is not stored, holding the store's run lock (a dry run
+    lists them and writes nothing); ``execution``'s address, concurrency and retries default to
+    the spec's."""
     execution = execution or Execution()
     execution = replace(execution, max_failures=spec.max_failures,
                         max_concurrent=execution.max_concurrent or spec.max_concurrent)
     cluster = cluster_for(spec.cluster, execution.address, execution.local)
+    # Refused before the lock is taken and before the first line (a refusal is the only line).
     plans = check_spec(spec, cluster, execution.local, execution.ignore_memory_plan)
+    if dry_run:
+        return _sweep(spec, execution, cluster, plans, dry_run)
+    with run_lock(spec.store().layout):
+        return _sweep(spec, execution, cluster, plans, dry_run)
+
+
+def _sweep(spec: SweepSpec, execution: Execution, cluster: Cluster, plans: list[ModelPlan],
+           dry_run: bool) -> SweepOutcome:
     store = spec.store()
     planned = plan_sweep(spec, store)
     todo = [(run, pid) for run, pid in planned if not store.prompts.has(pid)]
-    _say(f"sweep {spec.name}: {len(planned)} runs ({len(spec.models)} model(s) x "
-         f"{len(spec.tasks)} task(s) x {len(spec.seeds)} seed(s) x {len(spec.inits)} init(s)); "
-         f"{len(planned) - len(todo)} already in the store {store.root}, {len(todo)} to run")
+    log.info(f"sweep {spec.name}: {len(planned)} runs ({len(spec.models)} model(s) x "
+             f"{len(spec.tasks)} task(s) x {len(spec.seeds)} seed(s) x {len(spec.inits)} "
+             f"init(s)); {len(planned) - len(todo)} already in the store {store.root}, "
+             f"{len(todo)} to run")
     jobs = pack_runs(todo, Packing(cluster, execution.max_concurrent, execution.local))
     if len(jobs) < len(todo):
-        _say(f"packed into {len(jobs)} job(s): runs of one model share its backbone")
+        log.info(f"packed into {len(jobs)} job(s): runs of one model share its backbone")
     if dry_run:
-        print(describe_sweep(jobs), flush=True)
-        print(describe_plans(plans), flush=True)
-        return SweepOutcome([], None, 0)
+        return SweepOutcome([], None, 0, "\n".join((describe_sweep(jobs), describe_training(spec),
+                                                     describe_plans(plans))))
     results: dict[str, dict] = {}
     if not todo:
-        _say("nothing new to run: every prompt of this sweep is already in the store")
+        log.info("nothing new to run: every prompt of this sweep is already in the store")
     elif execution.local:
         results = _run_here(jobs, store, execution)
     else:
@@ -76,9 +92,9 @@ def run_sweep(spec: SweepSpec, execution: Execution | None = None,
     rows = [_row(run, pid, store, results.get(pid)) for run, pid in planned]
     table = write_records(store.layout.sweep_table(spec.name), SweepRow, rows)
     trained = sum(r.status in ("trained", "resumed") for r in rows)
-    _say(f"sweep {spec.name} finished: {trained} trained, "
-         f"{sum(r.status == 'stored' for r in rows)} already stored, "
-         f"{sum(r.status == 'failed' for r in rows)} failed; results in {table}")
+    log.info(f"sweep {spec.name} finished: {trained} trained, "
+             f"{sum(r.status == 'stored' for r in rows)} already stored, "
+             f"{sum(r.status == 'failed' for r in rows)} failed; results in {table}")
     return SweepOutcome(rows, table, trained)
 
 
@@ -120,13 +136,14 @@ def _tune(spec: SweepSpec, jobs: list[list[Planned]], store: Store, where: str,
     from ptdist.orchestration.progress import SweepProgress
 
     runs = [run for job in jobs for run, _ in job]
-    _say(f"running {len(runs)} run(s) in {len(jobs)} job(s) on {where}; cluster resources: "
-         f"{describe(ray.cluster_resources())}")
+    log.info(f"running {len(runs)} run(s) in {len(jobs)} job(s) on {where}; cluster "
+             f"resources: {describe(ray.cluster_resources())}")
     store.root.mkdir(parents=True, exist_ok=True)
     tuner = tune.Tuner(
         tune.with_resources(run_trial, trial_resources),
         param_space={"job": tune.grid_search([job_to_dict(job) for job in jobs]),
-                     "store": str(store.root), "ray_storage": store.ray_storage},
+                     "store": str(store.root), "ray_storage": store.ray_storage,
+                     "log_level": logs.level()},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=execution.max_concurrent, reuse_actors=False,
             trial_name_creator=lambda t: t.config["job"]["id"],
@@ -163,7 +180,7 @@ def run_trial(trial_config: dict) -> None:
 
     job = trial_config["job"]
     try:
-        begin(job["id"])
+        begin(job["id"], trial_config["log_level"])
         result = train_job(job, Store(trial_config["store"], trial_config["ray_storage"]))
     except PtdistError as exc:
         # A user error fails the same way on every attempt: report it instead of raising, so
@@ -188,10 +205,6 @@ def _row(run: RunSpec, prompt_id: str, store: Store, result: dict | None) -> Swe
     return SweepRow(status=status, metric=m.metric, score=m.score, best_step=m.best_step,
                     steps=m.steps, resumed_from=resumed,
                     wall_time_s=(result or {}).get("wall_time_s"), **row)
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def require_no_failures(outcome: SweepOutcome) -> None:

@@ -14,9 +14,12 @@ from dataclasses import asdict, dataclass, field
 from ptdist.errors import PtdistError
 from ptdist.projection.projector import VARIANTS
 from ptdist.tasks import data_fingerprint, get_task
-from ptdist.training.config import TrainConfig
+from ptdist.training.config import SCHEDULES, TrainConfig
 
 MODES = ("distance", "task")
+# How task tuning reads the classes of its training tasks: each with its own label words, or
+# all through the union of their words (the reference implementation's unified verbalizer).
+VERBALIZERS = ("task", "unified")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class ProjectorConfig:
     batch_size: int = 32  # prompt pairs (distance) or examples (task) per step
     eval_every: int = 100
     weight_decay: float = 1e-5
+    schedule: str = "linear"  # task tuning's learning rate after the warm-up (TrainConfig's)
+    warmup_steps: int | None = None  # task tuning's warm-up (None: 10% of steps)
+    verbalizer: str = "task"  # task tuning: "task" or "unified" (VERBALIZERS)
     eval_limit: int | None = 1000  # task mode: the target task's evaluation examples
     train_limit: int | None = None
     max_length: int = 128
@@ -43,14 +49,16 @@ class ProjectorConfig:
     data_dir: str | None = field(default=None, compare=False)
 
     _NOT_HASHED = ("ds_config", "data_dir")
+    # Settings added after projector ids existed, at the value every projector had before: left
+    # out of the id there, so stored projectors keep their ids.
+    _IMPLICIT = {"schedule": "linear", "warmup_steps": None, "verbalizer": "task"}
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise PtdistError(f"unknown projector mode '{self.mode}'; use one of: "
-                              f"{', '.join(MODES)}")
-        if self.variant not in VARIANTS:
-            raise PtdistError(f"unknown projector variant '{self.variant}'; use one of: "
-                              f"{', '.join(VARIANTS)}")
+        for name, known in (("mode", MODES), ("variant", VARIANTS), ("schedule", SCHEDULES),
+                            ("verbalizer", VERBALIZERS)):
+            if getattr(self, name) not in known:
+                raise PtdistError(f"unknown projector {name} '{getattr(self, name)}'; use one "
+                                  f"of: {', '.join(known)}")
         if self.source_model == self.target_model:
             raise PtdistError(f"a projector maps between two models; source and target are both "
                               f"'{self.source_model}'")
@@ -61,6 +69,9 @@ class ProjectorConfig:
         if self.mode == "distance" and not self.target_prompts:
             raise PtdistError(f"distance minimising needs prompts of the target model "
                               f"'{self.target_model}' for {', '.join(self.tasks)}")
+        if self.verbalizer == "unified" and self.mode != "task":
+            raise PtdistError("a unified verbalizer is how task tuning reads its tasks' "
+                              "classes; distance minimising reads none: use mode: task")
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.hidden < 1:
             raise PtdistError("steps, batch_size, eval_every and hidden must be at least 1")
 
@@ -71,7 +82,8 @@ class ProjectorConfig:
     def projector_id(self) -> str:
         """A hash of the settings and the prompts it learns from; task tuning's also hashes the
         content of the local data files it reads, as a prompt id does."""
-        payload = {k: v for k, v in self.to_dict().items() if k not in self._NOT_HASHED}
+        payload = {k: v for k, v in self.to_dict().items() if k not in self._NOT_HASHED
+                   and not (k in self._IMPLICIT and v == self._IMPLICIT[k])}
         payload["source_prompts"] = sorted(self.source_prompts)
         payload["target_prompts"] = sorted(self.target_prompts)
         data = data_fingerprint(get_task(self.tasks[0]), ("train", "eval"), self.data_dir) \
@@ -85,6 +97,7 @@ class ProjectorConfig:
         and DeepSpeed config."""
         return TrainConfig(model=self.target_model, task=self.tasks[0], seed=self.seed,
                            steps=self.steps, prompt_length=prompt_length, lr=self.lr,
+                           schedule=self.schedule, warmup_steps=self.warmup_steps,
                            weight_decay=self.weight_decay, batch_size=self.batch_size,
                            eval_every=self.eval_every, eval_limit=self.eval_limit,
                            train_limit=self.train_limit, max_length=self.max_length,

@@ -16,7 +16,7 @@ these rows; how much a projector's training varies needs several projector runs 
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,8 @@ from ptdist.training.distributed import leads
 from ptdist.training.evaluation import (Scored, inference_backbone, inference_precision,
                                         score_prompts)
 from ptdist.transfer.baselines import majority_baseline, margin
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -121,9 +123,8 @@ def _row(projector_id: str, manifest: ProjectorManifest, variant: str, ref: str,
     majority, chance = majority_baseline(record, metric, refs)
     above = (None, None) if majority is None else \
         margin(record, metric, predictions[0], majority, refs).bounds()
-    if leads():
-        print(f"{record.name}: projected {projected:.2f} / untrained projector {base:.2f} / "
-              f"own prompt {reference:.2f} ({metric})", file=sys.stderr, flush=True)
+    log.info(f"{record.name}: projected {projected:.2f} / untrained projector {base:.2f} / "
+             f"own prompt {reference:.2f} ({metric})")
     return ProjectorEvalRow(
         projector=projector_id, source_model=manifest.source_model,
         target_model=manifest.target_model, mode=manifest.mode, variant=variant,

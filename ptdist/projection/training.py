@@ -6,7 +6,9 @@ distance  fit the projected source prompts to the target model's own prompts for
 task      tune the projector through the frozen target model on the data of its training
           tasks (the paper: several tasks of one type, tested on unseen tasks of that type),
           each task's rows behind the projection of the source model's best prompt for that
-          task; every step takes a batch of each task. This is prompt tuning with a projector
+          task; every step takes a batch of each task. Each task's classes are read with its
+          own label words, or (``verbalizer: unified``, the reference implementation's way)
+          all tasks' with the union of their words. This is prompt tuning with a projector
           in the prompt's place: the same DeepSpeed recipe (`training.recipe.fit`), evaluation,
           checkpoints and resume, on the target model's resources; keep-best follows the mean
           of the tasks' primary metrics.
@@ -14,7 +16,7 @@ task      tune the projector through the frozen target model on the data of its 
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 
 import torch
@@ -30,6 +32,8 @@ from ptdist.tasks import get_task
 from ptdist.training.distributed import finish_together
 from ptdist.training.engine import load_ds_config
 from ptdist.training.recipe import fit, fit_metric
+
+log = logging.getLogger(__name__)
 
 
 def train_projector(config: ProjectorConfig, store: Store) -> ProjectorManifest:
@@ -108,9 +112,9 @@ def _fit_distance(config: ProjectorConfig, store: Store, sources: list[PromptMan
                                   weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     history = [{"step": 0, "distance": _distance(projector, x, y)}]
-    _say(f"[ptdist] projector {config.projector_id}: distance minimising "
-         f"{config.source_model} -> {config.target_model} on {len(pairs)} prompt pairs, "
-         f"{shape.parameters:,} parameters; initial distance {history[0]['distance']:.4f}")
+    log.info(f"[ptdist] projector {config.projector_id}: distance minimising "
+             f"{config.source_model} -> {config.target_model} on {len(pairs)} prompt pairs, "
+             f"{shape.parameters:,} parameters; initial distance {history[0]['distance']:.4f}")
     for step in range(1, config.steps + 1):
         pick = torch.randperm(len(x), generator=generator)[:config.batch_size].to(device)
         loss = torch.nn.functional.mse_loss(projector(x[pick]), y[pick])
@@ -119,7 +123,7 @@ def _fit_distance(config: ProjectorConfig, store: Store, sources: list[PromptMan
         optimizer.step()
         if step % config.eval_every == 0 or step == config.steps:
             history.append({"step": step, "distance": _distance(projector, x, y)})
-            _say(f"step {step}/{config.steps} distance {history[-1]['distance']:.4f}")
+            log.info(f"step {step}/{config.steps} distance {history[-1]['distance']:.4f}")
     facts = {"shape": shape.to_dict(), "pairs": len(pairs), "history": history,
              "initial_distance": history[0]["distance"], "distance": history[-1]["distance"],
              "prompts": sorted(config.source_prompts + config.target_prompts)}
@@ -152,7 +156,8 @@ def _fit_task(config: ProjectorConfig, store: Store,
     ds_raw, _ = load_ds_config(config.ds_config)
     fitted = fit(run, tasks, ds_raw, store.layout.projector_run_dir(config.projector_id),
                  build, f"projector {config.projector_id} ({config.source_model} -> "
-                        f"{config.target_model}, task tuning)")
+                        f"{config.target_model}, task tuning)",
+                 unified=config.verbalizer == "unified")
     state = fitted.state
     facts = {"shape": shapes[0].to_dict(),
              "source_prompt": inputs[0].id if len(inputs) == 1 else None,
@@ -165,6 +170,3 @@ def _fit_task(config: ProjectorConfig, store: Store,
     prefix = "projector."
     return {k[len(prefix):]: v for k, v in fitted.best.items()}, facts
 
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)

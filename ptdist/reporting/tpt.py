@@ -53,7 +53,7 @@ def tpt_section(study: Study, store: Store, projectors: list[str], folder: Path,
              "Every run is evaluated at step 0, before its first update, then on the grid "
              "named in each finding: steps-to-target is known only to the nearest evaluation. "
              "Area: the learning curve's mean score over the steps both it and vanilla PT "
-             "cover (the area under it, divided by the steps).\n",
+             "cover (the area under it, divided by the steps). " + _schedule_words(rows) + "\n",
              "| model | target | run | seed | step 0 | best | steps to vanilla's best | speed-up "
              "| steps to tolerance x vanilla's best | speed-up (tolerance) | area | vanilla's "
              "area |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -90,6 +90,20 @@ def _areas(curves: dict[str, Curve], run: TptSummaryRow,
     mine, theirs = curves[run.prompt_id], curves[vanilla.prompt_id]
     until = min(max(mine[0]), max(theirs[0]))
     return curve_area(*mine, until), curve_area(*theirs, until)
+
+
+def _schedule_words(rows: list[TptSummaryRow]) -> str:
+    """Under which learning-rate schedule the comparisons ran (each under one, `tpt.py`)."""
+    words = {"constant": "a constant learning rate (the paper's)",
+             "linear": "a learning rate decaying linearly to 0 at the last step (under which "
+                       "vanilla PT's best tends to be its last evaluation)"}
+    models: dict[str, set[str]] = {}
+    for r in rows:
+        models.setdefault(r.schedule, set()).add(short_name(r.model))
+    if len(models) == 1:
+        return f"Vanilla and TPT runs train under one schedule: {words[next(iter(models))]}."
+    return "Vanilla and TPT runs of a comparison train under one schedule: " + "; ".join(
+        f"{words[s]} ({', '.join(sorted(m))})" for s, m in sorted(models.items())) + "."
 
 
 def _finding(model: str, target: str, run: str, rows: Sequence[TptSummaryRow],

@@ -37,8 +37,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import logging
 import re
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -50,8 +50,11 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ptdist.errors import PtdistError
+from ptdist.faults import reach
 from ptdist.store.atomic import atomic_write_json, fsync_dir, fsync_file
 from ptdist.store.layout import StoreLayout
+
+log = logging.getLogger(__name__)
 
 COMMITS, WRITERS, LEGACY = "_commits", "_writers", "legacy.json"
 # A writer's files carry its session: part files (hidden while written) and commit records
@@ -89,7 +92,7 @@ class ActivationWriter:
 
     def __init__(self, layout: StoreLayout, model: str, d_ff: int, flush_rows: int = 64,
                  commit_every: int = 256):
-        self.dir = layout.activations(model)
+        self.dir, self.model = layout.activations(model), model
         self.schema = activation_schema(d_ff)
         self.flush_rows, self.commit_every = flush_rows, commit_every
         self.session = uuid.uuid4().hex[:16]
@@ -146,10 +149,12 @@ class ActivationWriter:
             writer.close()
             fsync_file(tmp)
             final = tmp.with_name(tmp.name[1:-len(".tmp")])
+            reach(f"activations {self.model} part {len(finals) + 1}")
             os.replace(tmp, final)
             finals.append(final)
         for folder in {final.parent for final in finals}:
             fsync_dir(folder)
+        reach(f"activations {self.model} commit")
         self._commits += 1
         name = f"{self.session}-{self._commits}"
         atomic_write_json(self.dir / COMMITS / f"{name}.json", {
@@ -271,9 +276,8 @@ def _commit_records(folder: Path) -> list[Commit]:
                                   tuple(data["files"]),
                                   tuple(tuple(p) for p in data["prompts"])))
         except (ValueError, KeyError, TypeError) as exc:
-            print(f"ptdist: warning: activation commit record {path} is damaged ({exc}); its "
-                  "prompts count as not captured, so the next capture redoes them",
-                  file=sys.stderr, flush=True)
+            log.warning(f"activation commit record {path} is damaged ({exc}); its prompts "
+                        "count as not captured, so the next capture redoes them")
     return sorted(commits, key=lambda c: (c.created, c.name))
 
 
@@ -320,9 +324,9 @@ def _latest(layout: StoreLayout, model: str, protocol: str) -> dict[str, tuple[C
     for commit in _all_commits(folder):
         missing = [f for f in commit.files if not (folder / f).exists()]
         if missing:
-            print(f"ptdist: warning: activation commit {commit.name} of {model} misses "
-                  f"{len(missing)} part file(s) (e.g. {missing[0]}); its prompts count as not "
-                  "captured, so the next capture redoes them", file=sys.stderr, flush=True)
+            log.warning(f"activation commit {commit.name} of {model} misses {len(missing)} "
+                        f"part file(s) (e.g. {missing[0]}); its prompts count as not captured, "
+                        "so the next capture redoes them")
             continue
         latest.update({pid: (commit, task) for pid, task, proto in commit.prompts
                        if proto == protocol})

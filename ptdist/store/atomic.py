@@ -15,6 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from ptdist.faults import reach
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then move ``tmp_path`` onto ``path`` atomically."""
@@ -29,6 +31,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         write(str(tmp))
         os.chmod(tmp, mode)
         fsync_file(tmp)
+        reach(f"write {path.absolute()}")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

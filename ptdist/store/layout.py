@@ -13,6 +13,8 @@ the root: a stage asks the layout where its artifact lives.
     reports/<study>/                                    a study's report
     ray/tune, ray/train                                 Ray's own records (and
                                                         ray/train/<run>.started)
+    run.lock                                            held by the sweep or study writing
+                                                        into the store (`run_lock.py`)
 
 Names become one path segment each, so no name can reach outside the root:
 - model names (hub ids such as ``google/t5-v1_1-xxl``, folders, ``pkg:`` references), task and
@@ -133,6 +135,9 @@ class StoreLayout:
         return self.neurons_dir(model) / "layerwise_ON.png"
 
     # --- sweeps, studies and Ray ----------------------------------------------------------
+    def run_lock(self) -> Path:
+        return self.root / "run.lock"
+
     def sweep_table(self, name: str) -> Path:
         return self.root / "sweeps" / f"{segment(name)}.parquet"
 

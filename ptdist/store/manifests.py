@@ -5,9 +5,12 @@ writes them (`PromptStore`, `ProjectorStore`). Reading one checks it whole (`rea
 valid JSON without NaN or infinity, a mapping, known keys, every required key, and each value of
 its declared type; the first problem is one `PtdistError`. Each carries ``schema_version``:
 
-- version 3 (this one) is written by this ptdist: it adds ``file_sha256``, the checksum of the
-  record's tensor file, which the store verifies when it reads the file;
-- version 2 is read as it is, with no checksum to verify (``file_sha256`` None);
+- version 4 (this one) is written by this ptdist: a prompt's manifest adds ``init_rule``, how
+  its init's random draws were seeded (`ptdist.backbones.prompt.INIT_RULE`);
+- version 3 adds ``file_sha256``, the checksum of the record's tensor file, which the store
+  verifies when it reads the file; it is read as it is, a prompt's ``init_rule`` "seed" (the
+  rule of every prompt stored before version 4);
+- version 2 is read as version 3, with no checksum to verify (``file_sha256`` None);
 - version 1 (no ``schema_version`` key) was written before the store owned its records; it is
   read and upgraded in memory (its redundant ``config_hash``, ``prompt_length`` and ``width``
   are dropped: they are the id and the shape);
@@ -24,7 +27,7 @@ from typing import Any, ClassVar, TypeVar
 from ptdist.errors import PtdistError
 from ptdist.validation import dataclass_shape, json_kind, validate
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 M = TypeVar("M")
 
 
@@ -106,6 +109,8 @@ class PromptManifest:
     backbone_fingerprint: str | None = None
     packed_with: list[str] | None = None  # the prompt ids of its pack, if it trained in one
     file_sha256: str | None = None  # of prompt.safetensors; None in a version-2 manifest
+    # How the init's random draws were seeded: "seed+task" since version 4; "seed" before.
+    init_rule: str = "seed"
     schema_version: int = SCHEMA_VERSION
 
     _DROPPED_V1: ClassVar[tuple[str, ...]] = ("config_hash", "prompt_length", "width")

@@ -14,8 +14,8 @@ refused.
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +26,8 @@ from ptdist.errors import PtdistError
 from ptdist.files import not_a_file, read_bytes
 from ptdist.store.atomic import atomic_write, atomic_write_text
 from ptdist.store.manifests import NewerSchema, read_manifest
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 M = TypeVar("M")
@@ -117,8 +119,7 @@ class RecordFolders(Generic[M]):
                     why = str(exc) if isinstance(exc, NewerSchema) else \
                         f"its manifest {path} is damaged ({exc}); `ptdist prompts --check " \
                         f"--store {self.store}` checks every record"
-                    print(f"ptdist: warning: {self.kind} {path.parent.name} is left out: {why}",
-                          file=sys.stderr, flush=True)
+                    log.warning(f"{self.kind} {path.parent.name} is left out: {why}")
         return sorted(rows, key=lambda m: (m.created, m.id))
 
     def check(self) -> list[Checked]:

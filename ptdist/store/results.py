@@ -143,7 +143,7 @@ class TptSummaryRow:
     """A vanilla or TPT run on one target, with its speed-ups to vanilla's best score and to
     ``tolerance`` x that score (`ptdist.transfer.tpt`)."""
 
-    SCHEMA: ClassVar[int] = 2
+    SCHEMA: ClassVar[int] = 3
     model: str
     target_task: str
     run: str
@@ -161,6 +161,10 @@ class TptSummaryRow:
     tolerance: float
     steps_to_tolerance: int | None  # first step at tolerance x vanilla's best
     speedup_tolerance: float | None  # vanilla's steps to that threshold / this run's
+    # The learning-rate schedule vanilla and every TPT run of the comparison trained under
+    # (one for all): "constant" or "linear" (a table of schema 2 was written before it was a
+    # setting, when every run decayed linearly).
+    schedule: str = "linear"
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ A table holds rows of one record type (a frozen dataclass of `ptdist.store.resul
 schema is derived from the dataclass's fields (str, int, float, bool, each optionally None), so
 the schema and the record cannot drift apart, and the file's metadata names the record and its
 schema version. A table of an older schema is read through the record's ``upgrade(rows,
-version)`` when it has one, else when its columns hold the record's fields (as a table written
-before tables carried that metadata is); a table of another record, or of a newer schema, is
+version)`` when it has one; otherwise a table written before tables carried that metadata is
+read when its columns hold the record's fields, and a table written before a field with a
+default was added reads with that default. A table of another record, or of a newer schema, is
 refused with a clear error.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 import types
 import typing
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
@@ -67,14 +68,17 @@ def read_records(path: str | os.PathLike, cls: type[R]) -> list[R]:
     record, version = meta.get(_RECORD_KEY), int(meta.get(_VERSION_KEY, b"1"))
     names = record_schema(cls).names
     upgrade = getattr(cls, "upgrade", None) if version < cls.SCHEMA else None
-    ours = record == cls.__name__.encode() or (record is None and
-                                                set(names) <= set(table.column_names))
-    if not ours or version > cls.SCHEMA or not (upgrade or set(names) <= set(table.column_names)):
+    added = {f.name for f in fields(cls) if f.default is not MISSING}
+    present = [n for n in names if n in table.column_names]
+    columns_hold = set(names) - set(present) <= added
+    if record not in (None, cls.__name__.encode()) or version > cls.SCHEMA or \
+            not (upgrade or columns_hold):
         found = record.decode() if record else f"columns {table.column_names}"
         raise PtdistError(f"table {path} holds {found} (schema {version}), not "
                           f"{cls.__name__} (schema {cls.SCHEMA}) with columns {names}; it was "
                           "written by another ptdist version or is not a ptdist table: "
                           "delete it and re-run the stage that writes it")
     if upgrade:
-        return [cls(**{n: row[n] for n in names}) for row in upgrade(table.to_pylist(), version)]
-    return [cls(**row) for row in table.select(names).to_pylist()]
+        return [cls(**{n: row[n] for n in names if n in row})
+                for row in upgrade(table.to_pylist(), version)]
+    return [cls(**row) for row in table.select(present).to_pylist()]

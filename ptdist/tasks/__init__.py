@@ -1,11 +1,14 @@
 """Task registry: declarative task records (builtin.yaml or a user's YAML), data loading from
 the Hugging Face hub, standard data files or local files, and each benchmark's metrics.
-Format: docs/tasks.md."""
+Format: docs/tasks.md. Each name loads its module on first use (`ptdist.lazy`): the built-in
+task names are read with yaml alone."""
 
-from ptdist.tasks.loading import data_fingerprint, data_origin, load_split
-from ptdist.tasks.metrics import compute_metrics
-from ptdist.tasks.record import Source, TaskRecord
-from ptdist.tasks.registry import get_task, list_tasks
+from ptdist.lazy import lazy_face
 
-__all__ = ["Source", "TaskRecord", "compute_metrics", "data_fingerprint", "data_origin",
-           "get_task", "list_tasks", "load_split"]
+__all__, __getattr__, __dir__ = lazy_face(__name__, {
+    "loading": ("data_fingerprint", "data_origin", "load_split"),
+    "metrics": ("compute_metrics",),
+    "packaged_data": ("prepare_packaged_data",),
+    "record": ("Source", "TaskRecord"),
+    "registry": ("get_task", "list_tasks", "task_names"),
+})

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 from ptdist.errors import PtdistError
+
+SCHEDULES = ("constant", "linear")
+OPTIMIZERS = ("adamw", "adam")
 
 
 @dataclass(frozen=True)
@@ -17,7 +21,11 @@ class TrainConfig:
     prompt_length: int = 100
     init: str = "random"
     lr: float = 0.01
+    # constant: the rate stays at ``lr`` (the paper's); linear: it decays to 0 at the last step.
+    # Both warm up linearly over ``warmup_steps`` first.
+    schedule: Literal["constant", "linear"] = "linear"
     warmup_steps: int | None = None  # None: 10% of steps
+    optimizer: Literal["adamw", "adam"] = "adamw"  # adam: weight decay as an L2 term
     weight_decay: float = 1e-5
     grad_clip: float = 1.0
     batch_size: int = 32  # global: micro batch x processes x accumulation
@@ -37,6 +45,10 @@ class TrainConfig:
     # run submitted with another ZeRO stage, data folder or memory trade-off is recognised as
     # already done.
     NOT_HASHED = ("ds_config", "data_dir", "activation_checkpointing")
+    # Settings added after prompt ids existed, with the value every run had before: at that
+    # value they are left out of the id, so the prompts stored before keep their ids (and a
+    # stored config without them reads as having it).
+    IMPLICIT = {"schedule": "linear", "optimizer": "adamw"}
 
     def __post_init__(self) -> None:
         for name in ("steps", "prompt_length", "batch_size", "eval_every", "max_length"):
@@ -49,6 +61,12 @@ class TrainConfig:
             raise PtdistError(f"lr must be positive (got {self.lr})")
         if self.patience is not None and self.patience < 1:
             raise PtdistError(f"patience must be at least 1 evaluation (got {self.patience})")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise PtdistError(f"warmup_steps must be 0 or more (got {self.warmup_steps})")
+        for name, known in (("schedule", SCHEDULES), ("optimizer", OPTIMIZERS)):
+            if getattr(self, name) not in known:
+                raise PtdistError(f"unknown {name} {getattr(self, name)!r}; use one of: "
+                                  f"{', '.join(known)}")
 
     @property
     def warmup(self) -> int:
@@ -56,3 +74,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def hashed_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a run (a `TrainConfig.to_dict`, or a stored manifest's config) that
+    decide its result and so its prompt id: those in ``NOT_HASHED`` left out, and an
+    ``IMPLICIT`` setting left out at its implicit value (or where a stored config lacks it)."""
+    implicit = TrainConfig.IMPLICIT
+    return {k: v for k, v in settings.items() if k not in TrainConfig.NOT_HASHED
+            and not (k in implicit and v == implicit[k])}

@@ -1,9 +1,12 @@
-"""Process-group setup for one process (no launcher) or many (torchrun / deepspeed launcher)."""
+"""Process-group setup for one process (no launcher) or many (torchrun / deepspeed launcher, a
+Ray Train worker group), and the rendezvous of a group whose processes ptdist starts."""
 
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
+import socket
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -12,14 +15,45 @@ import torch
 from ptdist.training.op_builds import skip_unused_cpu_op, watched_builds
 
 T = TypeVar("T")
+LOOPBACK = "127.0.0.1"
+_served: list = []  # the rendezvous stores this process serves, alive as long as it is
 
 
-def _loopback_interface() -> str | None:
-    """The name of the network interface that holds 127.0.0.1 (``lo`` on Linux)."""
+def _interface_of(address: str) -> str | None:
+    """The name of the network interface that holds ``address`` (``lo`` for 127.0.0.1)."""
     import psutil
 
     return next((name for name, addrs in psutil.net_if_addrs().items()
-                 if any(a.address == "127.0.0.1" for a in addrs)), None)
+                 if any(a.address.split("%")[0] == address for a in addrs)), None)
+
+
+def serve_rendezvous(address: str, world: int, timeout_s: float) -> int:
+    """Start, in the process that will be rank 0 of a group of ``world``, the TCP store its
+    ranks meet at, listening on ``address`` only (a free port, returned). torch's own
+    rendezvous (``env://``, what Ray Train uses) binds its store to every interface, with no
+    option to choose; started on that port, it finds this one and serves from it instead
+    (a multi-tenant store), so nothing listens beyond ``address``."""
+    import torch.distributed as dist
+
+    listener = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+    listener.bind((address, 0))
+    port = listener.getsockname()[1]
+    _served.append(dist.TCPStore(address, port, world, True,
+                                 timeout=datetime.timedelta(seconds=timeout_s),
+                                 wait_for_workers=False, multi_tenant=True,
+                                 master_listen_fd=listener.detach(), use_libuv=True))
+    return port
+
+
+def meet_at(address: str, port: int) -> None:
+    """Point this process's ``env://`` rendezvous at ``address:port``, and its gloo and NCCL
+    sockets at the interface holding ``address`` (unless the user chose one): by default gloo
+    listens on the address the host name resolves to, NCCL on the first interface it likes."""
+    os.environ.update(MASTER_ADDR=address, MASTER_PORT=str(port))
+    interface = _interface_of(address)
+    if interface is not None:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
 
 
 def init_distributed() -> tuple[int, int]:
@@ -41,7 +75,7 @@ def init_distributed() -> tuple[int, int]:
     made_here = not dist.is_initialized()
     if made_here and "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-        loopback = _loopback_interface()
+        loopback = _interface_of(LOOPBACK)
         if loopback is not None:
             os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
@@ -109,15 +143,18 @@ def gather_lists(values: list) -> list:
     return [v for part in parts for v in part]
 
 
-def on_every_rank(flags: list[bool]) -> list[bool]:
-    """Each flag, true only where it is true on every rank: a decision to stop that all ranks
-    take together (a rank that stopped alone would leave the others waiting in a collective)."""
+def mean_over_ranks(values: list[float]) -> list[float]:
+    """Each value's mean over the ranks of the process group: a step's loss over the whole
+    global batch, from each rank's loss over its slice (the slices are of equal size). The same
+    on every rank, so a decision taken on it (a non-finite loss anywhere is non-finite here) is
+    taken by all ranks together: a rank that stopped alone would leave the others waiting in a
+    collective."""
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_world_size() == 1:
-        return list(flags)
+        return list(values)
     device = torch.device("cuda", torch.cuda.current_device()) \
         if dist.get_backend() == "nccl" else torch.device("cpu")
-    values = torch.tensor([float(f) for f in flags], device=device)
-    dist.all_reduce(values, op=dist.ReduceOp.MIN)
-    return [bool(v) for v in values.tolist()]
+    total = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return (total / dist.get_world_size()).tolist()

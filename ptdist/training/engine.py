@@ -16,14 +16,10 @@ from torch import nn
 from ptdist.backbones import Backbone, dtype_of, load_backbone, resolve_model_path
 from ptdist.errors import PtdistError
 from ptdist.files import not_a_file, read_text
+from ptdist.shipped import listing, shipped_file
 from ptdist.training.config import TrainConfig
 from ptdist.training.op_builds import watched_builds
 from ptdist.validation import json_kind, located, validate
-
-# ds_configs/ sits at the repository root: beside the package in a checkout or editable
-# install, and in the working directory of a `ray job submit --working-dir .` job.
-DS_CONFIG_DIRS = (Path(__file__).resolve().parents[2] / "ds_configs", Path("ds_configs"))
-
 
 class _Section(BaseModel):
     """A part of a DeepSpeed config that ptdist reads: its keys are checked, the others are
@@ -51,13 +47,12 @@ def load_ds_config(name_or_path: str) -> tuple[dict, str]:
     """A DeepSpeed config by short name (``zero2``, ``zero3_bf16`` ...) or JSON path: a JSON
     object whose precision, ZeRO and accumulation settings have the types DeepSpeed wants."""
     path = Path(name_or_path)
-    if not path.suffix:
-        found = [d / f"{name_or_path}.json" for d in DS_CONFIG_DIRS]
-        path = next((p for p in found if p.exists()), found[0])
+    if not path.suffix:  # a name: ds_configs/<name>.json, shipped with ptdist
+        path = shipped_file("ds_configs", name_or_path, ".json", "DeepSpeed config",
+                            "a JSON file path")
     if not_a_file(path) == "missing":
-        names = sorted({p.stem for d in DS_CONFIG_DIRS for p in d.glob("*.json")})
         raise PtdistError(f"DeepSpeed config '{name_or_path}' not found; give a JSON file path "
-                          f"or one of: {', '.join(names)}")
+                          f"or one of: {listing('ds_configs', '.json')}")
     text = read_text(path, "DeepSpeed config")  # a FIFO or a folder is refused by its type
     try:
         raw = json.loads(text)
@@ -143,9 +138,16 @@ def frozen_model(model: str, max_length: int, ds_config: dict) -> Iterator[Backb
     Under ZeRO-3 transformers' marker (`HfDeepSpeedConfig`) is alive for the whole block: it
     makes from_pretrained load the weights partitioned, and generate keep the ranks in step.
     The model's path is resolved (and a preset built) before the marker exists, so a preset is
-    never materialised from ZeRO-3's empty placeholders."""
+    never materialised from ZeRO-3's empty placeholders.
+
+    ZeRO-3's partitioned load also replaces ``torch.nn.functional.linear`` with DeepSpeed's
+    memory-efficient version for the rest of the process ("This will persist unless manually
+    reset"), which rounds differently: a later model in the same process (a Ray worker runs
+    job after job) would compute other numbers than in a fresh one. The original is put back
+    when the block ends."""
     resolve_model_path(model)
     marker = None
+    linear = torch.nn.functional.linear
     if zero_stage(ds_config) == 3:
         from transformers.integrations import HfDeepSpeedConfig
         marker = HfDeepSpeedConfig(ds_config)
@@ -154,18 +156,28 @@ def frozen_model(model: str, max_length: int, ds_config: dict) -> Iterator[Backb
                             dtype=dtype_of(precision_of(ds_config)))
     finally:
         del marker
+        torch.nn.functional.linear = linear
 
 
 def lr_schedule(config: TrainConfig) -> Callable[[int], float]:
-    """Linear warm-up to ``config.lr``, then linear decay to 0 at the last step."""
-    warmup, total = config.warmup, config.steps
+    """The learning rate of each step as a fraction of ``config.lr``: a linear warm-up over
+    ``config.warmup`` steps, then ``config.schedule``: constant (the paper's) or a linear decay
+    to 0 at the last step."""
+    warmup, total, decay = config.warmup, config.steps, config.schedule == "linear"
 
     def scale(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
+        return max(0.0, (total - step) / max(1, total - warmup)) if decay else 1.0
 
     return scale
+
+
+def optimizer_for(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """``config.optimizer`` over ``params``: AdamW (weight decay decoupled), or Adam (weight
+    decay as an L2 term of the gradient)."""
+    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 class PromptedModel(nn.Module):
@@ -186,12 +198,11 @@ class PromptedModel(nn.Module):
 def prompt_engine(config: TrainConfig, trainable: nn.Module, backbone: Backbone,
                   ds_config: dict, start_step: int):
     """A DeepSpeed engine whose only trainable parameters are those of ``trainable``, with
-    AdamW and the run's schedule continuing at ``start_step``."""
+    the run's optimizer and schedule continuing at ``start_step``."""
     import deepspeed
 
     model = PromptedModel(trainable, backbone)
-    optimizer = torch.optim.AdamW(list(trainable.parameters()), lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    optimizer = optimizer_for(config, list(trainable.parameters()))
     scale = lr_schedule(config)
     scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
         opt, lambda s: scale(s + start_step))

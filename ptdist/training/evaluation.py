@@ -45,15 +45,6 @@ def predict_each(backbone: Backbone, prompts: torch.Tensor, task: TaskRecord, ro
     return preds
 
 
-def evaluate_each(backbone: Backbone, prompts: torch.Tensor, task: TaskRecord, rows,
-                  batch_size: int, max_new_tokens: int, rank: int = 0,
-                  world: int = 1) -> list[dict[str, float]]:
-    """The metrics of each of K prompts ``[K, L, d]`` on ``rows`` (`predict_each`)."""
-    refs = references(task, rows)
-    return [compute_metrics(task, p, refs) for p in
-            predict_each(backbone, prompts, task, rows, batch_size, max_new_tokens, rank, world)]
-
-
 def _predict(backbone: Backbone, prompts: PromptFn, copies: int, task: TaskRecord, rows,
              batch_size: int, max_new_tokens: int, rank: int, world: int) -> list[list]:
     """Each batch of examples is tiled ``copies`` times; ``prompts(n)`` gives the

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import hashlib
 
-import torch
 from torch import nn
+
+from ptdist.backbones.weights import gathered, tensor_bytes
 
 
 def frozen_fingerprint(module: nn.Module) -> str:
-    import deepspeed
-
     digest = hashlib.sha256()
     for name, param in sorted(module.named_parameters()):
         if param.requires_grad:
             continue
-        with deepspeed.zero.GatheredParameters([param]):  # no-op unless ZeRO-3 partitioned
-            data = param.detach().cpu().contiguous()
+        with gathered(param):
             digest.update(name.encode())
-            digest.update(data.view(torch.uint8).numpy().tobytes())
+            digest.update(tensor_bytes(param))
     return digest.hexdigest()

@@ -39,7 +39,7 @@ from functools import lru_cache
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ptdist.backbones import dtype_of, model_config, model_kind
+from ptdist.backbones import dtype_of, model_config, model_kind, random_model
 from ptdist.training.hardware import GB
 
 USABLE = 0.9
@@ -101,17 +101,13 @@ class ModelMemory:
     """The memory of runs of one model in one precision, from its config on the meta device."""
 
     def __init__(self, model: str, precision: str):
-        from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM
-
         from ptdist.backbones.mlm import MaskedLMBackbone
         from ptdist.backbones.seq2seq import Seq2SeqBackbone
 
         self.model, self.precision = model, precision
-        config = model_config(model)
-        self.kind = model_kind(config)
-        auto = AutoModelForSeq2SeqLM if self.kind == "seq2seq" else AutoModelForMaskedLM
+        self.kind = model_kind(model_config(model))
         with torch.device("meta"):
-            built = auto.from_config(config, dtype=dtype_of(precision))
+            built = random_model(model, dtype_of(precision))
         backbone = (Seq2SeqBackbone if self.kind == "seq2seq" else MaskedLMBackbone)(
             model, built, None)
         self.backbone = backbone

@@ -20,6 +20,7 @@ the builder was killed.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sys
 import threading
@@ -28,7 +29,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ptdist.runtime import cache_root, say
+from ptdist.runtime import cache_root
+
+log = logging.getLogger(__name__)
 
 EXTENSIONS = "TORCH_EXTENSIONS_DIR"
 CPU_COMM_OP = "deepspeed_shm_comm"
@@ -107,10 +110,10 @@ class BuildWatch:
                 idle[lock] = identity
                 if self.seen.get(lock) == identity and (lock, identity) not in _REPORTED:
                     _REPORTED.add((lock, identity))
-                    say(f"ptdist: warning: stale build lock {lock}: no process on this machine "
-                        f"is building DeepSpeed's {lock.parent.name} op (a run killed while "
-                        "building it leaves this file), and any run that needs the op waits "
-                        f"for the file to go, for ever. Remove it: rm {lock}")
+                    log.warning(f"stale build lock {lock}: no process on this machine is "
+                                f"building DeepSpeed's {lock.parent.name} op (a run killed "
+                                "while building it leaves this file), and any run that needs "
+                                f"the op waits for the file to go, for ever. Remove it: rm {lock}")
         self.seen = idle
 
     def unnamed(self) -> bool:
@@ -123,9 +126,9 @@ class BuildWatch:
         told = self.told.get(lock)
         if now - start >= FIRST_BUILDING_S and (told is None or now - told >= BUILDING_EVERY_S):
             self.told[lock] = now
-            say(f"[ptdist] DeepSpeed is building its {lock.parent.name} op in {lock.parent} "
-                f"({now - start:.0f}s so far): the first use on this install compiles it once, "
-                "usually in a minute or two; later runs load it")
+            log.info(f"[ptdist] DeepSpeed is building its {lock.parent.name} op in "
+                     f"{lock.parent} ({now - start:.0f}s so far): the first use on this install "
+                     "compiles it once, usually in a minute or two; later runs load it")
 
 
 @contextmanager

@@ -1,28 +1,32 @@
-"""Packed multi-prompt tuning: K prompt-tuning runs on one copy of a frozen backbone.
+"""Prompt-tuning runs on one copy of a frozen backbone: K runs packed into one job, or one run
+alone (`train` is a pack of one).
 
 Prompt tuning spends nearly all its time in the frozen model, so runs that share a backbone (K
-tasks, seeds or inits) share its forwards: each micro-batch holds the micro-batch of every run,
-each example behind its own run's prompt. Everything else stays per run: data order, AdamW
-state, learning-rate schedule, gradient clipping, evaluation, best prompt, early stopping,
-checkpoint and stored result. A packed run's updates equal those of the same run trained alone
-(`train`) on the same batches, so it has the same prompt id: packing is a way to execute runs,
-not a different run, and a packed run and a separate one resume from each other's checkpoints.
+tasks, seeds or inits) share its load, its process and its place on the device. Everything else
+stays per run: data order, Adam(W) state, learning-rate schedule, gradient clipping,
+evaluation, best prompt, early stopping, checkpoint and stored result. Each run's forward and
+backward, and its evaluation, run on its own batch, shaped as the run alone shapes it, and its
+update is computed row by row (`stacked.StackedAdam`): a packed run's prompt is bit for bit
+that of the same run trained alone, whichever runs share its pack (on one machine and number
+of processes). So packing is a way to execute runs, not a different
+run: it keeps the prompt id, and a packed run and a separate one resume from each other's
+checkpoints.
+
+Why not one forward for the whole pack: examples padded to the pack's widest text, and a
+matmul of K batches at once, round differently than the run's own batch; when packs did that
+(before issue 26) a packed prompt differed from the separate run's by up to 6e-6 after six
+steps (tests/test_packed.py's runs), so a run's numbers depended on which runs it happened to
+be packed with.
 
 DeepSpeed holds the frozen backbone: its placement, precision and, under ZeRO-3, its
 partitioning across ranks. ZeRO-1/2 partition what a run trains, and a prompt is tiny: every rank
-keeps the prompts whole, averages the pack's gradients in one all-reduce and steps each run by
-its own AdamW settings and state, clipped by the run's own gradient norm (as a separate run's
-engine clips its one prompt), never by the norm of the whole pack.
-
-Per-run work is what keeps a pack from the speed of one run with a K times larger batch (the
-bound benchmarks/packed.py measures), so none of it is done run by run within a step: the
-prompts are the rows of one tensor stepped together (`stacked.StackedAdamW`), the rows of all
-runs of one task are collated in one call, and the loss of every example is computed in one
-pass, each weighted as its run's mean loss would weigh it.
+keeps the prompts whole, averages each run's gradient in an all-reduce and steps each run by
+its own optimizer settings and state, clipped by the run's own gradient norm.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -37,18 +41,20 @@ from ptdist.store import Store
 from ptdist.training.checkpoint import ADAM_KEYS, TrainState, load_checkpoint
 from ptdist.training.config import TrainConfig
 from ptdist.training.data import global_batch, rank_slice
-from ptdist.training.distributed import finish_together, init_distributed, on_every_rank
+from ptdist.training.distributed import finish_together, init_distributed, mean_over_ranks
 from ptdist.training.engine import (deepspeed_config, frozen_backbone, frozen_engine_config,
                                     lr_schedule, precision_of, zero_stage)
-from ptdist.training.evaluation import evaluate_each
+from ptdist.training.evaluation import evaluate
 from ptdist.training.fingerprint import frozen_fingerprint
 from ptdist.training.op_builds import watched_builds
-from ptdist.training.progress import Progress
+from ptdist.training.progress import RunProgress
 from ptdist.training.run import (Fitted, RunData, RunPlan, TrainResult, fresh_prompt,
                                  plan_run, read_run_data, store_finished, stored_result,
                                  suited)
-from ptdist.training.stacked import RowStep, StackedAdamW
+from ptdist.training.stacked import RowStep, StackedAdam
 from ptdist.training.tracking import Diverged, RunTracker
+
+log = logging.getLogger(__name__)
 
 # What the runs of one pack must share: one backbone, one prompt shape, one DeepSpeed config.
 # Everything else (task, seed, init, learning rate, steps, batch size, patience...) may differ.
@@ -67,6 +73,16 @@ def check_packable(configs: list[TrainConfig]) -> None:
                               "them separately")
 
 
+def train(config: TrainConfig, store: Store | None = None) -> TrainResult:
+    """Prompt-tune ``config.model`` on ``config.task`` and put the best prompt in the store: a
+    pack of one run.
+
+    Idempotent: a run whose prompt is already stored returns it without training. Resumable:
+    a run with a checkpoint continues from it and ends where the uninterrupted run would.
+    """
+    return train_packed([config], store)[0]
+
+
 def train_packed(configs: list[TrainConfig], store: Store | None = None) -> list[TrainResult]:
     """Prompt-tune every run of ``configs`` together on one frozen backbone; one result per
     config, in order. Runs already in the store are read from it; interrupted runs resume
@@ -81,6 +97,7 @@ def train_packed(configs: list[TrainConfig], store: Store | None = None) -> list
         if store.prompts.has(plan.prompt_id):
             results[plan.prompt_id] = stored_result(store, plan.prompt_id, skipped=True, t0=t0)
         else:
+            store.prompts.require_own_folder(plan.prompt_id)  # before the model loads
             todo.setdefault(plan.prompt_id, (config, plan))
     if todo:
         results.update(_train_pack(list(todo.values()), store, t0))
@@ -94,7 +111,7 @@ class _Run:
     config: TrainConfig
     plan: RunPlan
     data: RunData
-    row: int  # its prompt's row in the pack's `StackedAdamW`
+    row: int  # its prompt's row in the pack's `StackedAdam`
     schedule: Callable[[int], float]  # learning-rate scale by the run's step
     tracker: RunTracker
     micro: int  # examples per micro-batch on this rank
@@ -118,11 +135,14 @@ class _Run:
         """The learning rate of the run's next step."""
         return self.config.lr * self.schedule(self.tracker.state.step)
 
-    def row_step(self) -> RowStep:
-        return RowStep(self.row, self.lr, self.config.weight_decay, self.config.grad_clip)
+    def row_step(self, grad: torch.Tensor) -> RowStep:
+        c = self.config
+        return RowStep(self.row, grad, self.lr, c.weight_decay, c.grad_clip,
+                       decoupled=c.optimizer == "adamw")
 
-    def checkpoint_tensors(self, prompts: StackedAdamW) -> dict[str, torch.Tensor]:
-        """The prompt and its Adam state, keyed as `gather_state` keys a separate run's."""
+    def checkpoint_tensors(self, prompts: StackedAdam) -> dict[str, torch.Tensor]:
+        """The prompt and its Adam state, keyed as `gather_state` keys a DeepSpeed engine's
+        (a run alone trained on one before issue 26: its checkpoints resume here)."""
         tensors = {PROMPT_PARAM: prompts.weight[self.row].detach()}
         tensors.update({f"{PROMPT_PARAM}.{key}": value
                         for key, value in prompts.state_of(self.row).items()})
@@ -149,17 +169,18 @@ def _train_pack(todo: list[tuple[TrainConfig, RunPlan]], store: Store,
         backbone = engine.module
         fingerprint = frozen_fingerprint(backbone)
         runs, prompts = _start_runs(todo, read, backbone, store, engine.device, world)
-        progress = Progress(max(r.config.steps - r.tracker.state.step for r in runs),
-                            first.eval_every, 0, rank == 0)
-        progress.line(f"[ptdist] pack of {len(runs)} run(s) on {first.model}: {world} "
-                      f"process(es), {precision_of(ds_config)}, ZeRO-{zero_stage(ds_config)}")
+        what = f"pack of {len(runs)} runs" if len(runs) > 1 else runs[0].tracker.label
+        log.info(f"[ptdist] {what} on {first.model}: {world} process(es), "
+                 f"{precision_of(ds_config)}, ZeRO-{zero_stage(ds_config)}")
         for run in runs:
-            progress.line(f"  {run.tracker.label}: {len(run.data.train)} train / "
-                          f"{len(run.data.eval)} "
-                          "eval examples" + (f", resumed at step {run.resumed_from}"
-                                             if run.resumed_from is not None else ""))
-        results = _train_runs(runs, prompts, backbone, fingerprint, store, rank, world,
-                              progress, t0)
+            log.info(f"  {run.tracker.label}: {len(run.data.train)} train / "
+                     f"{len(run.data.eval)} eval examples"
+                     + (f", resumed at step {run.resumed_from}"
+                        if run.resumed_from is not None else ""))
+        with RunProgress(what, max(r.config.steps for r in runs),
+                         min(r.tracker.state.step for r in runs)) as progress:
+            results = _train_runs(runs, prompts, backbone, fingerprint, store, rank, world,
+                                  progress, t0)
         changed = frozen_fingerprint(backbone) != fingerprint
         engine.destroy()
     if changed:
@@ -176,7 +197,7 @@ def _data_key(config: TrainConfig) -> tuple:
 
 def _start_runs(todo: list[tuple[TrainConfig, RunPlan]], read: dict[tuple, RunData],
                 backbone: Backbone, store: Store, device: torch.device,
-                world: int) -> tuple[list[_Run], StackedAdamW]:
+                world: int) -> tuple[list[_Run], StackedAdam]:
     """The pack's runs, each from its checkpoint or its init, on the rows ``read`` holds by
     `_data_key`, and their prompts as one tensor."""
     loaded: dict[tuple, RunData] = {}
@@ -200,23 +221,22 @@ def _start_runs(todo: list[tuple[TrainConfig, RunPlan]], read: dict[tuple, RunDa
         runs.append(_Run(config, plan, loaded[key], row, lr_schedule(config), tracker,
                          ds_config["train_micro_batch_size_per_gpu"], ds_config,
                          state.step if resumed is not None else None, []))
-    prompts = StackedAdamW(torch.stack([p.float() for p in inits]).to(device))
+    prompts = StackedAdam(torch.stack([p.float() for p in inits]).to(device))
     for row, exp_avg, exp_avg_sq, step in moments:
         prompts.restore(row, exp_avg.to(device), exp_avg_sq.to(device), step)
     return runs, prompts
 
 
-def _train_runs(runs: list[_Run], prompts: StackedAdamW, backbone: Backbone, fingerprint: str,
-                store: Store, rank: int, world: int, progress: Progress,
+def _train_runs(runs: list[_Run], prompts: StackedAdam, backbone: Backbone, fingerprint: str,
+                store: Store, rank: int, world: int, progress: RunProgress,
                 t0: float) -> dict[str, TrainResult]:
     """Step the active runs together until every run is done; each is stored as soon as it is
     done, so a later failure cannot lose it. Runs that diverged are named in one error once the
     others are stored."""
     results: dict[str, TrainResult] = {}
-    pack = [run.plan.prompt_id for run in runs]
-    _evaluate(backbone, prompts, [r for r in runs if r.tracker.at_start], rank, world, progress,
-              t0)
-    iteration = 0
+    pack = [run.plan.prompt_id for run in runs] if len(runs) > 1 else None
+    _evaluate(backbone, prompts, [r for r in runs if r.tracker.at_start], rank, world, t0)
+    step = min(r.tracker.state.step for r in runs)
     while True:
         for run in runs:
             if not run.active and run.diverged is None and run.plan.prompt_id not in results:
@@ -229,93 +249,81 @@ def _train_runs(runs: list[_Run], prompts: StackedAdamW, backbone: Backbone, fin
                 raise Diverged(" | ".join(diverged) + f" ({len(results)} other run(s) of its "
                                "pack finished and are stored)")
             return results
+        lr = active[0].lr
         _step(backbone, prompts, active, rank, world)
-        iteration += 1
-        progress.step(iteration, sum(r.losses[-1] for r in active) / len(active), active[0].lr)
+        step += 1
+        progress.step(step, sum(r.losses[-1] for r in active) / len(active), lr)
         _evaluate(backbone, prompts, [r for r in active if r.eval_due and r.diverged is None],
-                  rank, world, progress, t0)
+                  rank, world, t0)
 
 
-def _step(backbone: Backbone, prompts: StackedAdamW, runs: list[_Run], rank: int,
+def _step(backbone: Backbone, prompts: StackedAdam, runs: list[_Run], rank: int,
           world: int) -> None:
-    """One optimizer step of every run in ``runs``: micro-batch by micro-batch, one forward and
-    one loss for all runs; then the gradients averaged over ranks, clipped and applied."""
+    """One optimizer step of every run in ``runs``: each run's micro-batches through the
+    backbone on their own, its gradient averaged over ranks; then every run clipped and
+    stepped. Each run's loss is logged over its global batch (the mean of the ranks' losses,
+    the same on every rank, as one process logs it), and a loss that is not finite on any rank
+    stops the run on every rank."""
+    steps = [run.row_step(_gradient(backbone, prompts, run, rank, world)) for run in runs]
+    for run, loss in zip(runs, mean_over_ranks([r.losses[-1] for r in runs])):
+        run.losses[-1] = loss
+        if not math.isfinite(loss):
+            run.diverged = run.tracker.diverged("the loss")
+    prompts.step(steps)
+    for run in runs:
+        run.tracker.state.step += 1
+
+
+def _gradient(backbone: Backbone, prompts: StackedAdam, run: _Run, rank: int,
+              world: int) -> torch.Tensor:
+    """The gradient of ``run``'s prompt at its next step, over its global batch, as a
+    separate run's engine computes it: each micro-batch's mean loss over the accumulation
+    steps. Appends the run's loss on this rank (the mean of its micro-batches' mean losses)
+    to its log."""
     device = prompts.weight.device
-    accumulation = runs[0].ds_config["gradient_accumulation_steps"]
-    mine = [rank_slice(global_batch(r.tracker.state.step, len(r.data.train), r.config.batch_size,
-                                    r.config.seed), rank, world) for r in runs]
-    losses = torch.zeros(len(prompts.steps), device=device)
+    accumulation = run.ds_config["gradient_accumulation_steps"]
+    c = run.config
+    mine = rank_slice(global_batch(run.tracker.state.step, len(run.data.train), c.batch_size,
+                                   c.seed), rank, world)
+    prompt = prompts.weight[run.row].detach().clone().requires_grad_(True)
+    losses = []
     for part in range(accumulation):
-        parts = [indices[part * run.micro:(part + 1) * run.micro]
-                 for run, indices in zip(runs, mine)]
-        batches, rows, weights = [], [], []
-        for data, group in _by_data(runs, parts):
-            batches.append({k: v.to(device) for k, v in backbone.collate(
-                [data.train[i] for _, part_indices in group for i in part_indices],
-                data.words).items()})
-            for run, part_indices in group:
-                rows += [run.row] * len(part_indices)
-                # Each example weighs as in its run's mean loss, scaled as a separate run's
-                # engine scales a micro-batch's loss under accumulation.
-                weights += [1 / len(part_indices) / accumulation] * len(part_indices)
-        index = torch.tensor(rows, device=device)
-        per_example = backbone.losses(prompts.weight.index_select(0, index), batches)
-        weighted = per_example * torch.tensor(weights, device=device)
-        weighted.sum().backward()
-        losses.index_add_(0, index, weighted.detach().float())
+        rows = [run.data.train[i] for i in mine[part * run.micro:(part + 1) * run.micro]]
+        batch = {k: v.to(device) for k, v in backbone.collate(rows, run.data.words).items()}
+        loss = backbone.loss(prompt.unsqueeze(0).expand(len(rows), -1, -1), batch).mean()
+        (loss / accumulation).backward()
+        losses.append(loss.item())
+    run.losses.append(sum(losses) / len(losses))
+    grad = prompt.grad
     if world > 1:
         import torch.distributed as dist
 
-        dist.all_reduce(prompts.weight.grad)
-        prompts.weight.grad /= world
-    # Each run's loss: the mean of its micro-batches' mean losses, as a separate run logs it.
-    per_run = losses.tolist()
-    for run, finite in zip(runs, on_every_rank([math.isfinite(per_run[r.row]) for r in runs])):
-        if not finite:
-            run.diverged = run.tracker.diverged("the loss")
-    prompts.step([run.row_step() for run in runs])
+        dist.all_reduce(grad)
+        grad /= world
+    return grad
+
+
+def _evaluate(backbone: Backbone, prompts: StackedAdam, runs: list[_Run], rank: int, world: int,
+              t0: float) -> None:
+    """Evaluate ``runs``, each on its own batches as a separate run is evaluated."""
     for run in runs:
-        run.tracker.state.step += 1
-        run.losses.append(per_run[run.row])
-
-
-def _by_data(runs: list[_Run], parts: list[list[int]]) -> list[tuple[RunData, list]]:
-    """The runs with this micro-batch's indices, grouped by the rows they read (runs of one
-    task share them): one collate call per task."""
-    groups: dict[int, tuple[RunData, list]] = {}
-    for run, part in zip(runs, parts):
-        groups.setdefault(id(run.data), (run.data, []))[1].append((run, part))
-    return list(groups.values())
-
-
-def _evaluate(backbone: Backbone, prompts: StackedAdamW, runs: list[_Run], rank: int, world: int,
-              progress: Progress, t0: float) -> None:
-    """Evaluate ``runs``; the runs that score the same rows share each forward (their prompts
-    are a batch dimension)."""
-    groups: dict[tuple, list[_Run]] = {}
-    for run in runs:
-        c = run.config
-        key = (c.task, c.eval_limit, c.data_dir, c.max_new_tokens, run.micro)
-        groups.setdefault(key, []).append(run)
-    for group in groups.values():
-        head = group[0]
-        metrics = evaluate_each(backbone, prompts.weight.detach()[[run.row for run in group]],
-                                head.plan.task, head.data.eval, head.micro * 2 * len(group),
-                                head.config.max_new_tokens, rank, world)
-        for run, scores in zip(group, metrics):
-            try:
-                line = run.tracker.record(run.losses[-1] if run.losses else None, scores,
-                                          time.time() - t0, run.checkpoint_tensors(prompts),
-                                          [PROMPT_PARAM], rank == 0)
-            except Diverged as exc:
-                run.diverged = exc
-                continue
-            progress.line(f"{run.tracker.label} {line}")
+        weight = prompts.weight[run.row]
+        scores = evaluate(backbone, lambda n, w=weight: w.unsqueeze(0).expand(n, -1, -1),
+                          run.plan.task, run.data.eval, run.micro * 2,
+                          run.config.max_new_tokens, rank, world)
+        try:
+            line = run.tracker.record(run.losses[-1] if run.losses else None, scores,
+                                      time.time() - t0, run.checkpoint_tensors(prompts),
+                                      [PROMPT_PARAM], rank == 0)
+        except Diverged as exc:
+            run.diverged = exc
+            continue
+        log.info(f"{run.tracker.label} {line}")
 
 
 def _finish(run: _Run, backbone: Backbone, fingerprint: str, store: Store, rank: int,
-            world: int, t0: float, pack: list[str]) -> TrainResult:
-    """Store a run that has finished (its steps done, or stopped early), as `train` would."""
+            world: int, t0: float, pack: list[str] | None) -> TrainResult:
+    """Store a run that has finished (its steps done, or stopped early)."""
     fitted = Fitted(run.tracker.best, run.tracker.state, backbone, rank, world, run.ds_config,
                     fingerprint, run.resumed_from)
     return store_finished(run.config, run.plan, fitted, store, t0, packed_with=pack)

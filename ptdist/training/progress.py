@@ -1,30 +1,31 @@
-"""A run's progress on stderr, from rank 0 only (readable in `ray job logs`)."""
+"""A run's steps as progress (`ptdist.progress`: a bar on a terminal, counted lines in a log),
+with the loss averaged over its last steps (as many as a counted line is apart) and the
+learning rate; its evaluations are lines of their own (`recipe.py`, `packed.py`)."""
 
 from __future__ import annotations
 
-import math
-import sys
-import time
+import logging
+from collections import deque
+
+from ptdist.progress import Progress
+
+log = logging.getLogger(__name__)
 
 
-class Progress:
-    """One line every few steps (step, loss, learning rate, rate, ETA), and free lines."""
+class RunProgress:
+    """The steps ``start_step + 1 .. steps`` of ``what`` (a run, or a pack of runs)."""
 
-    def __init__(self, steps: int, eval_every: int, start_step: int, enabled: bool):
-        self.steps, self.enabled = steps, enabled
-        self.every = max(1, min(eval_every, steps // 20 or 1))
-        self.t0, self.step0, self.losses = time.time(), start_step, []
+    def __init__(self, what: str, steps: int, start_step: int = 0):
+        self.steps = Progress(what, steps, "step", log, start=start_step)
+        self.losses: deque[float] = deque(maxlen=self.steps.every)
 
     def step(self, step: int, loss: float, lr: float) -> None:
         self.losses.append(loss)
-        if not self.enabled or (step % self.every and step != self.steps):
-            return
-        rate = (step - self.step0) / max(time.time() - self.t0, 1e-9)
-        eta = (self.steps - step) / rate if rate else math.inf
-        print(f"step {step}/{self.steps} loss {sum(self.losses) / len(self.losses):.4f} "
-              f"lr {lr:.2e} {rate:.1f} step/s eta {eta:.0f}s", file=sys.stderr, flush=True)
-        self.losses = []
+        self.steps.update(step, loss=f"{sum(self.losses) / len(self.losses):.4f}",
+                          lr=f"{lr:.2e}")
 
-    def line(self, text: str) -> None:
-        if self.enabled:
-            print(text, file=sys.stderr, flush=True)
+    def __enter__(self) -> RunProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.steps.close()

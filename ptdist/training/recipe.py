@@ -1,11 +1,15 @@
-"""The prompt-tuning recipe, top to bottom: a frozen backbone, one trainable prompt, a
-DeepSpeed engine, evaluation with keep-best and early stopping, checkpoint and resume.
+"""The recipe for anything that yields a prompt from trainable weights (a projector applied to
+another model's prompt), top to bottom: a frozen backbone, the trainable module, a DeepSpeed
+engine, evaluation with keep-best and early stopping, checkpoint and resume.
 
-`fit` is the recipe for anything that yields a prompt (a soft prompt, or a projector applied to
-another model's prompt); `train` is prompt tuning with it, idempotent through the store."""
+Prompt tuning itself (`train`) runs in `packed.py`, where a prompt is a row of its job's
+prompts: one implementation for a run alone and a run packed with others, so the two give the
+same prompt bit for bit."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -14,62 +18,46 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ptdist.backbones import Backbone, SoftPrompt
-from ptdist.store import Store
+from ptdist.backbones import Backbone
 from ptdist.tasks import TaskRecord
 from ptdist.training.checkpoint import (TrainState, gather_state, load_checkpoint,
                                         restore_optimizer_state)
 from ptdist.training.config import TrainConfig
 from ptdist.training.data import global_batch, rank_slice
-from ptdist.training.distributed import finish_together, init_distributed, on_every_rank
+from ptdist.training.distributed import init_distributed, mean_over_ranks
 from ptdist.training.engine import (deepspeed_config, frozen_backbone, precision_of,
                                     prompt_engine, zero_stage)
 from ptdist.training.evaluation import evaluate
 from ptdist.training.fingerprint import frozen_fingerprint
-from ptdist.training.progress import Progress
-from ptdist.training.run import (Fitted, RunData, TrainResult, fresh_prompt, plan_run,
-                                 read_run_data, store_finished, stored_result, suited)
+from ptdist.training.progress import RunProgress
+from ptdist.training.run import Fitted, RunData, read_run_data, suited, unified_verbalizer
 from ptdist.training.tracking import RunTracker
+
+log = logging.getLogger(__name__)
 
 MEAN_METRIC = "mean_primary"  # a fit on several tasks: the mean of their primary metrics
 
 
-def train(config: TrainConfig, store: Store | None = None) -> TrainResult:
-    """Prompt-tune ``config.model`` on ``config.task`` and put the best prompt in the store.
-
-    Idempotent: a run whose prompt is already stored returns it without training. Resumable:
-    a run with a checkpoint continues from it and ends where the uninterrupted run would.
-    """
-    store = store or Store()
-    t0 = time.time()
-    plan = plan_run(config, store)
-    if store.prompts.has(plan.prompt_id):
-        return stored_result(store, plan.prompt_id, skipped=True, t0=t0)
-    store.prompts.require_own_folder(plan.prompt_id)  # before the model loads, not after
-    fitted = fit(config, [plan.task], plan.ds_config, store.layout.run_dir(plan.prompt_id),
-                 lambda backbone: SoftPrompt(fresh_prompt(config, plan, backbone)),
-                 f"run {plan.prompt_id}")
-    result = store_finished(config, plan, fitted, store, t0)
-    finish_together(fitted.world)
-    return result
-
-
 def fit(config: TrainConfig, tasks: Sequence[TaskRecord], ds_raw: dict, run_folder: Path,
-        build: Callable[[Backbone], nn.Module], label: str) -> Fitted:
-    """The recipe every trained prompt shares: ``build(backbone)`` makes the module that yields
-    the prompts (called with a batch size, like `SoftPrompt`; with several ``tasks``, also with
-    the task's index); it is the only thing DeepSpeed trains, on ``tasks`` through the frozen
-    ``config.model``, checkpointed in ``run_folder`` and resumed from it. Call on every rank
-    of the process group.
+        build: Callable[[Backbone], nn.Module], label: str, unified: bool = False) -> Fitted:
+    """The recipe of trained weights that yield prompts: ``build(backbone)`` makes the module
+    that yields the prompts (called with a batch size, like `SoftPrompt`; with several
+    ``tasks``, also with the task's index); it is the only thing DeepSpeed trains, on ``tasks``
+    through the frozen ``config.model``, checkpointed in ``run_folder`` and resumed from it.
+    Call on every rank of the process group.
 
     With several tasks, every step takes a batch of ``config.batch_size`` rows of each task
     (accumulated, so each task weighs the same in the update), and the score that keep-best
-    and early stopping follow is the mean of the tasks' primary metrics (`fit_metric`)."""
+    and early stopping follow is the mean of the tasks' primary metrics (`fit_metric`).
+    ``unified``: the tasks train through one verbalizer (`unified_verbalizer`)."""
     rank, world = init_distributed()
     ds_config = deepspeed_config(ds_raw, config, world, tasks=len(tasks))
     rows = [read_run_data(config, task) for task in tasks]
+    log.debug(f"{label}: DeepSpeed config {json.dumps(ds_config, sort_keys=True)}")
     with frozen_backbone(config, ds_config) as backbone:
         data = [suited(d, config, task, backbone) for d, task in zip(rows, tasks)]
+        if unified:
+            data = unified_verbalizer(data)
         resumed = load_checkpoint(run_folder)
         saved, state = resumed if resumed is not None else ({}, TrainState())
         trainable = build(backbone)
@@ -83,18 +71,17 @@ def fit(config: TrainConfig, tasks: Sequence[TaskRecord], ds_raw: dict, run_fold
             torch.set_rng_state(saved["rng"])
         else:
             torch.manual_seed(config.seed)
-        progress = Progress(config.steps, config.eval_every, state.step, rank == 0)
         sizes = " + ".join(f"{len(d.train)}" for d in data)
-        progress.line(f"[ptdist] {label}: {config.model} on "
-                      f"{', '.join(t.name for t in tasks)}, {sizes} train / "
-                      f"{sum(len(d.eval) for d in data)} eval examples, {world} "
-                      f"process(es), {precision_of(ds_config)}, ZeRO-{zero_stage(ds_config)}"
-                      + (f", resumed at step {state.step}" if resumed is not None else ""))
+        log.info(f"[ptdist] {label}: {config.model} on {', '.join(t.name for t in tasks)}, "
+                 f"{sizes} train / {sum(len(d.eval) for d in data)} eval examples, {world} "
+                 f"process(es), {precision_of(ds_config)}, ZeRO-{zero_stage(ds_config)}"
+                 + (f", resumed at step {state.step}" if resumed is not None else ""))
         resumed_from = state.step if resumed is not None else None
         tracker = RunTracker.resumed(saved, state, run_folder, fit_metric(tasks),
                                      config.patience, label)
-        _loop(engine, params, list(zip(tasks, data)), config, tracker, progress, time.time(),
-              rank, world)
+        with RunProgress(label, config.steps, state.step) as progress:
+            _loop(engine, params, list(zip(tasks, data)), config, tracker, progress,
+                  time.time(), rank, world)
         changed = frozen_fingerprint(engine.module.backbone) != fingerprint
         engine.destroy()  # releases ZeRO-3's hooks and buffers; the parameters are gathered
     if changed:
@@ -111,7 +98,7 @@ def fit_metric(tasks: Sequence[TaskRecord]) -> str:
 
 
 def _loop(engine, params: dict[str, nn.Parameter], tasks: list[tuple[TaskRecord, RunData]],
-          config: TrainConfig, tracker: RunTracker, progress: Progress, t0: float, rank: int,
+          config: TrainConfig, tracker: RunTracker, progress: RunProgress, t0: float, rank: int,
           world: int) -> None:
     """Train from the tracker's step to the end (or an early stop), evaluating and
     checkpointing every ``eval_every`` steps, and once before the first step."""
@@ -125,8 +112,8 @@ def _loop(engine, params: dict[str, nn.Parameter], tasks: list[tuple[TaskRecord,
         metrics = [evaluate(backbone, lambda n, k=k: engine.module.prompt(n, *k), task,
                             data.eval, micro * 2, config.max_new_tokens, rank, world)
                    for (task, data), k in zip(tasks, select)]
-        progress.line(tracker.record(loss, _combined(tasks, metrics), time.time() - t0,
-                                     gather_state(engine, params), list(params), rank == 0))
+        log.info(tracker.record(loss, _combined(tasks, metrics), time.time() - t0,
+                                gather_state(engine, params), list(params), rank == 0))
 
     if tracker.at_start:
         evaluate_now(None)
@@ -144,8 +131,10 @@ def _loop(engine, params: dict[str, nn.Parameter], tasks: list[tuple[TaskRecord,
                 engine.step()
                 losses.append(loss.item())
         state.step += 1
-        loss = sum(losses) / len(losses)
-        if not on_every_rank([math.isfinite(loss)])[0]:
+        # The global batch's loss, as one process computes it: the history of a prompt id is
+        # the same whatever the number of processes that trained it.
+        loss = mean_over_ranks([sum(losses) / len(losses)])[0]
+        if not math.isfinite(loss):
             raise tracker.diverged("the loss")
         progress.step(state.step, loss, engine.get_lr()[0])
         if state.step % config.eval_every == 0 or state.step == config.steps:

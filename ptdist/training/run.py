@@ -14,13 +14,13 @@ import torch
 from ptdist import __version__
 from ptdist.backbones import (Backbone, InitSpec, fitted_head_key, initial_prompt, model_config,
                               model_kind)
-from ptdist.backbones.prompt import PROMPT_PARAM
+from ptdist.backbones.prompt import INIT_RULE, PROMPT_PARAM, init_generator
 from ptdist.errors import PtdistError
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
 from ptdist.tasks import TaskRecord, data_fingerprint, get_task, load_split
 from ptdist.training.checkpoint import TrainState
-from ptdist.training.config import TrainConfig
+from ptdist.training.config import TrainConfig, hashed_settings
 from ptdist.training.engine import load_ds_config, precision_of, zero_stage
 from ptdist.training.evaluation import check_task_fits
 from ptdist.training.memory import model_memory
@@ -74,16 +74,21 @@ def _record_content(task: TaskRecord) -> dict:
 
 
 def prompt_id_of(config: TrainConfig, task: TaskRecord, init_digest: str, precision: str,
-                 data: dict[str, str], head: str | None = None) -> str:
+                 data: dict[str, str], head: str | None = None,
+                 init_rule: str | None = None) -> str:
     """The run's content-addressed id: a hash of everything that determines its result (the
     settings, the task record's content rather than its name, the init's content, the
     precision, and the content of the local data files it reads: `data_fingerprint`), so the
     same run asked for twice is trained once, and a run on other rows is another run wherever
     its files lie. A run on hub data only hashes as it did before data was hashed: the task
     record names its dataset and revision. A checkpoint without its MLM head adds the recipe of
-    the head it is given (``head``): a prompt tuned on another head is another prompt."""
-    payload = {k: v for k, v in config.to_dict().items() if k not in TrainConfig.NOT_HASHED}
+    the head it is given (``head``): a prompt tuned on another head is another prompt. An init
+    drawn at random adds the rule that seeds its draws (``init_rule``, `INIT_RULE`): a run
+    stored under the earlier rule (the seed alone) keeps its id and is another run."""
+    payload = hashed_settings(config.to_dict())
     payload.update(task=_digest(_record_content(task)), init=init_digest, precision=precision)
+    if init_rule:
+        payload["init_rule"] = init_rule
     if data:
         payload["data"] = data
     if head:
@@ -103,7 +108,8 @@ def plan_run(config: TrainConfig, store: Store) -> RunPlan:
     data = data_fingerprint(task, ("train", "eval"), config.data_dir)
     return RunPlan(task, init, artifact, ds_config, precision,
                    prompt_id_of(config, task, init_digest, precision, data,
-                                fitted_head_key(config.model)))
+                                fitted_head_key(config.model),
+                                INIT_RULE if init.draws else None))
 
 
 def check_positions(config: TrainConfig, precision: str) -> None:
@@ -157,13 +163,25 @@ def suited(data: RunData, config: TrainConfig, task: TaskRecord, backbone: Backb
     return replace(data, words=task.words_for(backbone.kind))
 
 
+def unified_verbalizer(data: list[RunData]) -> list[RunData]:
+    """The training rows of several tasks read through one verbalizer, as the reference
+    implementation trains its cross-model projectors: the union of the tasks' label words (in
+    order of first appearance; a word two tasks share is one class), each row labelled with its
+    word's place there, so every task's loss is a softmax over all the words. Evaluation rows
+    are left as they are: each task is scored with its own words."""
+    words = list(dict.fromkeys(w for d in data for w in d.words or ()))
+    index = {w: i for i, w in enumerate(words)}
+    return [RunData([dict(r, label=index[d.words[r["label"]]]) for r in d.train], d.eval, words)
+            if d.words is not None else d for d in data]
+
+
 def fresh_prompt(config: TrainConfig, plan: RunPlan, backbone: Backbone) -> torch.Tensor:
-    """The run's initial prompt, from its seed and init."""
+    """The run's initial prompt, from its init (drawn from its seed and task)."""
     import deepspeed
 
     if plan.artifact is not None:
         backbone.check_prompt(plan.artifact)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = init_generator(config.seed, plan.task.name)
     # Under ZeRO-3 the embedding matrix is partitioned; vocab/text init read its rows.
     with deepspeed.zero.GatheredParameters([backbone.word_embeddings.weight]):
         return initial_prompt(plan.init, backbone.word_embeddings, config.prompt_length,
@@ -209,7 +227,8 @@ def store_finished(config: TrainConfig, plan: RunPlan, fitted: Fitted, store: St
             config=config.to_dict(), history=result.history, world_size=fitted.world,
             zero_stage=zero_stage(fitted.ds_config), resumed_from=result.resumed_from,
             wall_time_s=result.wall_time_s, created=time.time(), ptdist_version=__version__,
-            backbone_fingerprint=fitted.fingerprint, packed_with=packed_with))
+            backbone_fingerprint=fitted.fingerprint, packed_with=packed_with,
+            init_rule=INIT_RULE))
     return result
 
 

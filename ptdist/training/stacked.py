@@ -1,13 +1,13 @@
-"""The prompts of a packed job as one tensor, and their AdamW and gradient clipping in one pass.
+"""The prompts of a job's runs as one tensor, and each run's Adam(W) step and gradient clipping.
 
-A pack of K runs keeps its prompts as the rows of one parameter [K, L, d] and their Adam
-moments as two more such tensors. An update of the runs that stepped is then a dozen tensor
-operations for the whole pack rather than a dozen per run (each run's own optimizer, clipping
-and scheduler cost more than a tiny model's forward of its examples). Each row still follows
-its own run: its learning rate (the run's schedule at the run's step), weight decay, Adam step
-count and clipping by its own gradient norm, in the arithmetic of torch's AdamW and
-`clip_grad_norm_`, so a packed run's prompt and moments are those of the same run trained
-alone, up to floating-point rounding.
+A job of K runs (a pack, or one run alone) keeps its prompts as the rows of one tensor [K, L, d]
+and their Adam moments as two more such tensors. Each row follows its own run: its learning
+rate (the run's schedule at the run's step), weight decay, optimizer, Adam step count and
+clipping by its own gradient norm, in the arithmetic of torch's Adam(W) and
+`clip_grad_norm_`. A row is updated by the same operations on tensors of the same shape
+whatever the other rows are, so a run's prompt and moments are bit for bit those of the same
+run trained alone: a vectorised update over all rows would not be (an element's rounding can
+depend on where it falls in a vector register or a thread's chunk of a larger tensor).
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-BETAS = (0.9, 0.999)  # torch's AdamW defaults, which a separate run's optimizer uses
+BETAS = (0.9, 0.999)  # torch's Adam defaults
 EPS = 1e-8
 CLIP_EPS = 1e-6  # what clip_grad_norm_ adds to the norm
 
@@ -27,16 +26,18 @@ class RowStep:
     """How one row (run) steps now."""
 
     row: int
+    grad: torch.Tensor  # the run's gradient [L, d], averaged over processes
     lr: float
     weight_decay: float
     grad_clip: float  # 0: not clipped
+    decoupled: bool = True  # AdamW; False: Adam, the decay added to the gradient
 
 
-class StackedAdamW:
-    """K prompts [K, L, d] (``weight``, trained) with their Adam moments and step counts."""
+class StackedAdam:
+    """K prompts [K, L, d] (``weight``) with their Adam moments and step counts."""
 
     def __init__(self, prompts: torch.Tensor):
-        self.weight = nn.Parameter(prompts.detach().float().clone())
+        self.weight = prompts.detach().float().clone()
         self.exp_avg = torch.zeros_like(self.weight)
         self.exp_avg_sq = torch.zeros_like(self.weight)
         self.steps = [0] * len(prompts)
@@ -49,40 +50,29 @@ class StackedAdamW:
         self.steps[row] = step
 
     def state_of(self, row: int) -> dict[str, torch.Tensor]:
-        """The row's moments (none before its first step, as torch's AdamW has none then)."""
+        """The row's moments (none before its first step, as torch's Adam has none then)."""
         if not self.steps[row]:
             return {}
         return {"exp_avg": self.exp_avg[row], "exp_avg_sq": self.exp_avg_sq[row]}
 
     @torch.no_grad()
     def step(self, rows: list[RowStep]) -> None:
-        """Clip and apply the gradient of each row in ``rows``; the other rows are left as they
-        are. Clears the gradient."""
+        """Clip and apply each row's gradient; the other rows are left as they are."""
         beta1, beta2 = BETAS
-        index = torch.tensor([r.row for r in rows])
-        column = {"dtype": torch.float32, "device": self.weight.device}
-
-        def per_row(values: list[float]) -> torch.Tensor:
-            return torch.tensor(values, **column).view(-1, 1, 1)
-
-        grad = self.weight.grad.index_select(0, index)
-        clip = [r.grad_clip for r in rows]
-        if any(clip):
-            norms = torch.linalg.vector_norm(grad.flatten(1), dim=1).view(-1, 1, 1)
-            coef = (per_row(clip) / (norms + CLIP_EPS)).clamp(max=1.0)
-            grad.mul_(torch.where(per_row(clip) > 0, coef, 1.0))
         for r in rows:
+            grad = r.grad
+            if r.grad_clip > 0:
+                norm = torch.linalg.vector_norm(grad)
+                grad = grad * (r.grad_clip / (norm + CLIP_EPS)).clamp(max=1.0)
+            param = self.weight[r.row]
+            if r.decoupled:
+                param.mul_(1 - r.lr * r.weight_decay)
+            elif r.weight_decay:
+                grad = grad.add(param, alpha=r.weight_decay)
             self.steps[r.row] += 1
-        steps = [self.steps[r.row] for r in rows]
-        param = self.weight.index_select(0, index)
-        param.mul_(per_row([1 - r.lr * r.weight_decay for r in rows]))
-        exp_avg = self.exp_avg.index_select(0, index).lerp_(grad, 1 - beta1)
-        exp_avg_sq = self.exp_avg_sq.index_select(0, index).mul_(beta2)
-        exp_avg_sq.addcmul_(grad, grad, value=1 - beta2)
-        denom = (exp_avg_sq.sqrt() / per_row([(1 - beta2 ** s) ** 0.5 for s in steps])).add_(EPS)
-        param.add_(per_row([-r.lr / (1 - beta1 ** s) for r, s in zip(rows, steps)])
-                   * exp_avg / denom)
-        self.weight.index_copy_(0, index, param)
-        self.exp_avg.index_copy_(0, index, exp_avg)
-        self.exp_avg_sq.index_copy_(0, index, exp_avg_sq)
-        self.weight.grad = None
+            step = self.steps[r.row]
+            exp_avg, exp_avg_sq = self.exp_avg[r.row], self.exp_avg_sq[r.row]
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (exp_avg_sq.sqrt() / (1 - beta2 ** step) ** 0.5).add_(EPS)
+            param.addcdiv_(exp_avg, denom, value=-r.lr / (1 - beta1 ** step))

@@ -4,9 +4,9 @@ them.
 - the **majority-class score**: the task's primary metric of predicting, for every row, the
   class most frequent among those rows (classification only). It is the chance level of the
   chance-normalised transfer;
-- the **random-prompt score**: a prompt drawn as a random-init run starts (uniform in
-  [-0.5, 0.5], `ptdist.backbones.initial_prompt`, with the run's seed), scored on the same
-  rows through the same frozen model.
+- the **random-prompt score**: a prompt drawn as a random-init run on the task starts (uniform
+  in [-0.5, 0.5], `ptdist.backbones.initial_prompt`, drawn from the run's seed and task),
+  scored on the same rows through the same frozen model.
 
 A prompt is *clearly above* a baseline when the paired bootstrap of the difference (the rows
 resampled with replacement, both predictions recomputed on the same resample) puts the lower
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ptdist.backbones import Backbone, InitSpec, initial_prompt
+from ptdist.backbones.prompt import init_generator
 from ptdist.statistics import RESAMPLES, SEED, Interval, resamples, row_interval
 from ptdist.tasks import TaskRecord, compute_metrics
 
@@ -44,11 +45,13 @@ def majority_baseline(task: TaskRecord, metric: str,
     return majority, compute_metrics(task, majority, references)[metric]
 
 
-def random_prompts(backbone: Backbone, seeds: Sequence[int], length: int) -> torch.Tensor:
-    """One random-init starting prompt ``[L, d]`` per seed, as a batch ``[len(seeds), L, d]``."""
+def random_prompts(backbone: Backbone, task: str, seeds: Sequence[int],
+                   length: int) -> torch.Tensor:
+    """The starting prompt ``[L, d]`` of a random-init run on ``task`` (a name) per seed, as a
+    batch ``[len(seeds), L, d]``."""
     spec = InitSpec.parse("random")
     return torch.stack([initial_prompt(spec, backbone.word_embeddings, length, set(), None,
-                                       torch.Generator().manual_seed(seed)) for seed in seeds])
+                                       init_generator(seed, task)) for seed in seeds])
 
 
 def resampled_scores(task: TaskRecord, metric: str, predictions: Sequence, references: Sequence,

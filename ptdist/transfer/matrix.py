@@ -29,9 +29,9 @@ are spread over jobs is the orchestration's choice.
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
-import sys
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -41,6 +41,7 @@ import torch
 
 from ptdist.backbones import Backbone
 from ptdist.errors import PtdistError
+from ptdist.progress import Progress
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.results import MatrixRow, seed_paired
@@ -49,6 +50,8 @@ from ptdist.training.distributed import leads
 from ptdist.training.evaluation import (Scored, inference_backbone, inference_precision,
                                         score_prompts)
 from ptdist.transfer.baselines import majority_baseline, margin, random_prompts
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def score_target(store: Store, sources: Sequence[PromptManifest], target: str,
     backbone.max_length = owns[0].max_length  # the target's own prompts were trained with it
     seeds = sorted({m.seed for m in owns})
     prompts = torch.cat([torch.stack([store.prompts.tensor(m.id) for m in sources]),
-                         random_prompts(backbone, seeds, owns[0].prompt_length)])
+                         random_prompts(backbone, target, seeds, owns[0].prompt_length)])
     scored = score_prompts(backbone, owns[0].task_ref, prompts, data_dir=settings.data_dir,
                            limit=settings.eval_limit, batch_size=settings.batch_size,
                            max_new_tokens=settings.max_new_tokens)
@@ -218,10 +221,10 @@ def transfer_matrix(store: Store, prompts: Sequence[PromptManifest],
     sources = matrix_sources(prompts)
     targets = list(dict.fromkeys(m.task for m in sources))
     rows = []
-    with matrix_backbone(sources, settings) as backbone:
+    with matrix_backbone(sources, settings) as backbone, \
+            Progress(f"transfer matrix of {sources[0].model}", len(targets), "target", log,
+                     every=1) as progress:
         for k, target in enumerate(targets):
             rows += score_target(store, sources, target, settings, backbone)
-            if leads():
-                print(f"[transfer] {sources[0].model}: target {target} scored "
-                      f"({k + 1}/{len(targets)})", file=sys.stderr, flush=True)
+            progress.update(k + 1, scored=target)
     return write_matrix(store, sources, rows)

@@ -1,7 +1,10 @@
 """TPT: prompt tuning on a target task initialised from another prompt (the prompt only:
 optimizer state, schedule and step counter start fresh, as for any ``prompt:`` init), run beside
-vanilla prompt tuning, with the speed-up read off their learning curves (every run is
-evaluated at step 0, before its first update, so a curve starts where its prompt did):
+vanilla prompt tuning with the same settings, under one learning-rate schedule (which the
+summary records: under a linear decay vanilla PT tends to peak at its last evaluation, which
+favours any run that gets there sooner), with the speed-up read off their learning curves
+(every run is evaluated at step 0, before its first update, so a curve starts where its prompt
+did):
 
     speed-up = steps vanilla PT needs to reach its best evaluation score
                / steps TPT needs to first reach that score
@@ -185,6 +188,13 @@ def speedup_rows(vanilla: PromptManifest,
                  tolerance: float = TOLERANCE) -> list[TptSummaryRow]:
     """Summary rows for the vanilla run and each (label, source prompt, TPT run)."""
     metric = vanilla.metric
+    schedules = {m.config.get("schedule", TrainConfig.IMPLICIT["schedule"])
+                 for m in [vanilla, *(run for _, _, run in runs)]}
+    if len(schedules) > 1:
+        raise PtdistError(f"TPT compares vanilla and transferred runs under one learning-rate "
+                          f"schedule; the runs on {vanilla.task} used "
+                          f"{', '.join(sorted(schedules))}: train them with the same --schedule")
+    schedule = schedules.pop()
     best = max(h[metric] for h in vanilla.history)
     target = tolerance * best
     vanilla_hit = first_reach(vanilla.history, metric, best)
@@ -203,7 +213,8 @@ def speedup_rows(vanilla: PromptManifest,
             time_to_vanilla_best_s=hit["time_s"] if hit else None,
             speedup=speedup(vanilla_hit["step"], hit["step"] if hit else None),
             tolerance=tolerance, steps_to_tolerance=near["step"] if near else None,
-            speedup_tolerance=speedup(vanilla_near["step"], near["step"] if near else None)))
+            speedup_tolerance=speedup(vanilla_near["step"], near["step"] if near else None),
+            schedule=schedule))
     return rows
 
 

