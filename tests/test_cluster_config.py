@@ -22,7 +22,8 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 
 from ptdist.orchestration.plans import model_plans
 from ptdist.orchestration.resources import Cluster, node_card, node_types_from_cluster_config
-from ptdist.orchestration.study import load_study, preset_path
+from ptdist.orchestration.presets import preset
+from ptdist.orchestration.study import load_study
 from tests.conftest import LOCK, locked_versions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,7 +179,7 @@ def test_every_gpu_node_type_declares_a_gpu_memory_the_planner_reads():
 
 
 def test_the_planner_says_the_papers_t5_xxl_fits_every_node_type_it_may_land_on(tmp_path):
-    study = load_study(preset_path("paper"), storage_path=str(tmp_path))
+    study = load_study(preset("paper"), storage_path=str(tmp_path))
     cluster = Cluster.from_config(CLUSTER_YAML)
     xxl = next(m for m in study.spec.models if m.name == "google/t5-v1_1-xxl")
     landing = cluster.holding(xxl.resources.group())

@@ -21,7 +21,8 @@ from ptdist.orchestration.replicate import run_study, study_jobs, study_packing
 from ptdist.orchestration.resources import Cluster
 from ptdist.orchestration.schedule import simulate
 from ptdist.orchestration.spec import Resources, RunSpec, load_spec
-from ptdist.orchestration.study import load_study, preset_path
+from ptdist.orchestration.presets import preset
+from ptdist.orchestration.study import load_study
 from ptdist.orchestration.sweep import run_sweep
 from ptdist.reporting.report import write_report
 from ptdist.store import Store
@@ -34,7 +35,7 @@ XXL = "google/t5-v1_1-xxl"
 
 
 def _paper(store: Path, **overrides):
-    study = load_study(preset_path("paper"), storage_path=str(store), **overrides)
+    study = load_study(preset("paper"), storage_path=str(store), **overrides)
     packing = study_packing(study, Execution())
     jobs = study_jobs(study, write_report, packing)
     costs = job_costs(study, jobs, packing.cluster)
