@@ -207,7 +207,11 @@ def test_a_pack_is_only_as_large_as_the_memory_planner_fits_on_the_gpu():
     big = RunSpec(TrainConfig(model="tiny-roberta", task="sst2", batch_size=2 ** 12),
                   Resources(gpus=1, accelerator_type="T4"))
     assert pack_fits(big, 1, t4) and pack_fits(big, 16, t4)
-    planned = [(big, f"p{i}") for i in range(16)]
+    # (Packing itself leaves such a run alone: at micro-batch 4,096 it fills the T4 by itself,
+    # `compute_bound`.) A run that neither fills the card nor overflows it packs up to 16.
+    small = RunSpec(TrainConfig(model="tiny-roberta", task="sst2", batch_size=8),
+                    Resources(gpus=1, accelerator_type="T4"))
+    planned = [(small, f"p{i}") for i in range(16)]
     assert [len(job) for job in pack_runs(planned, Packing(T4_NODE, serial=True))] == [16]
     huge = RunSpec(TrainConfig(model="tiny-roberta", task="sst2", batch_size=2 ** 16),
                    Resources(gpus=1, accelerator_type="T4"))
