@@ -274,6 +274,17 @@ def test_paper_preset_dry_run_prints_the_whole_plan(capsys):
     xxl = [job for job in prompt_jobs if job.split()[1].startswith("google/t5-v1_1-xxl/")]
     assert len(xxl) == 17 * 3 and all(job.startswith("  prompt ") for job in xxl)
     assert all(job.endswith("8 CPU, 1 GPU") for job in xxl)
+    # Its memory plan, on the smallest card it may land on (cluster.yaml's L40S 48 GB), at
+    # accumulation 8 x micro-batch 4: the weights of T5 v1.1 XXL as its checkpoint holds them,
+    # with its own head. The planner counts 11,135M parameters (the tied build's 11,004M plus the
+    # head's vocabulary 32,128 x d_model 4,096 = 131.6M), 2 bf16 bytes each: 22.27 GB, printed
+    # 22.3 GB (the tied build planned 22.0 GB).
+    plan = out[out.index("memory plan"):]
+    block = plan[plan.index("  google/t5-v1_1-xxl:"):].splitlines()[:3]
+    assert block[0].endswith("ZeRO-0, bf16, accumulation 8 at micro-batch 4")
+    assert "(weights 22.3 GB," in block[1] and "per GPU: fits one L40S 48 GB" in block[1]
+    assert block[2].startswith("    least-compute placement on that card: 1 GPU, ZeRO-0, "
+                               "accumulation 8 at micro-batch 4")
 
 
 def test_gpu_hours_of_a_known_run_are_its_counted_flops_at_the_cards_rate(tmp_path):
