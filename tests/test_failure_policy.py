@@ -80,9 +80,9 @@ def test_a_zero3_worker_group_inside_a_trial_is_not_retried_by_ray_train(tmp_pat
                                                                        sentiment_dir):
     """A ZeRO-3 group (every tensor partitioned over two workers): a worker killed as its
     attempt starts (its peer then waits in DeepSpeed's first collective) fails the trial;
-    Tune retries it once and Ray Train (max_failures=0) never restarts the group on its own,
-    so each of the two workers logs one attempt per trial attempt. A real user error inside
-    the group (a task without data, raised after the model loaded) is attempted once."""
+    Tune retries it once and Ray Train (max_failures=0) never restarts the group on its own. A
+    real user error inside the group (a task without data, raised after the model loaded) is
+    attempted once."""
     spec = tmp_path / "group.yaml"
     zero3 = str(zero3_every_tensor_partitioned(tmp_path))
     group = {"resources": {"workers": 2, "cpus": 0.5}, "ds_config": zero3}
@@ -98,7 +98,12 @@ def test_a_zero3_worker_group_inside_a_trial_is_not_retried_by_ray_train(tmp_pat
         _fault(users, "prompt tiny-t5-v1_1/imdb/*@worker", "kill", times=0)],
         "sweep", "--spec", str(spec))
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert list(_attempts(kills).values()) == [4]  # 2 workers x (1 killed + 1 retry)
+    # The killed attempt logs its killed worker, and its peer only if the peer reached the site
+    # before Tune tore the group down (a race: 3 or 4 lines); the one retry logs both workers.
+    # A restart of the group by Ray Train itself would add two more.
+    visits = kills.read_text().splitlines()
+    assert 3 <= len(visits) <= 4, visits
+    assert len({line.rsplit(" ", 1)[1] for line in visits[-2:]}) == 2, visits
     assert "retry tiny-t5-v1_1/sst2/seed0/random" in proc.stderr
     rows = {r.task: r for r in read_records(Store(tmp_path / "store").layout.sweep_table("group"),
                                             SweepRow)}

@@ -61,6 +61,14 @@ def _ray(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return proc
 
 
+def _kill_tree(pid: int) -> None:
+    tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(tree, timeout=60)
+
+
 @contextlib.contextmanager
 def _ray_head(port: int, *args: str, env: dict | None = None):
     """A Ray head started like a user would (`ray start --head`, here with --block), stopped by
@@ -78,11 +86,7 @@ def _ray_head(port: int, *args: str, env: dict | None = None):
             time.sleep(1)
         yield
     finally:
-        tree = [psutil.Process(head.pid), *psutil.Process(head.pid).children(recursive=True)]
-        for proc in tree:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
-        psutil.wait_procs(tree, timeout=60)
+        _kill_tree(head.pid)
 
 
 @pytest.fixture
@@ -105,6 +109,23 @@ def ray_head():
         yield address
 
 
+@pytest.fixture
+def another_ray():
+    """A second Ray on this machine (a driver's local one, as `ptdist sweep` starts), alive while
+    the test's head runs jobs: what a Ray process of the head's job finds when it looks for "the
+    local cluster" without being told its address."""
+    code = ("import sys, ray; ray.init(address='local', _node_ip_address='127.0.0.1', "
+            "include_dashboard=False, num_cpus=0); print('up', flush=True); sys.stdin.read()")
+    other = subprocess.Popen([sys.executable, "-c", code], env=_env(), text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert other.stdout.readline().strip() == "up"
+        yield
+    finally:
+        _kill_tree(other.pid)
+
+
 def _torchrun_prompt(tmp_path: Path, spec: Path, model: str, data_dir: Path,
                      prompt_id: str) -> torch.Tensor:
     """The prompt of the spec's run of ``model`` (``prompt_id``: the id is the same whatever
@@ -125,8 +146,10 @@ def _torchrun_prompt(tmp_path: Path, spec: Path, model: str, data_dir: Path,
 
 
 def test_ray_job_submit_runs_the_sweep_and_a_resubmission_runs_nothing(
-        tmp_path, sentiment_dir, ray_head):
-    """Also the reproduction of a failure a 2-worker ZeRO-3 group under a sweep used to hit at
+        tmp_path, sentiment_dir, another_ray, ray_head):
+    """With another Ray on the machine, the job's processes (Ray Train's controller and its
+    placement-group cleaner among them) keep to the cluster the job joined. Also the
+    reproduction of a failure a 2-worker ZeRO-3 group under a sweep used to hit at
     model load (DeepSpeed's comm not set up on Ray Train's process group, so zero.Init saw
     world size 1 and refused the batch sizes)."""
     store, records = tmp_path / "store", tmp_path / "ray-records"

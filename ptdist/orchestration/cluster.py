@@ -14,7 +14,8 @@ placement-group cleaner, an actor every worker group starts, calls it that way, 
 monitor died and a group whose controller crashed would have kept its GPUs. The local Ray's
 dashboard (which serves the state API) is therefore started on a port ptdist picks, and that
 address is put in $RAY_API_SERVER_ADDRESS, which every process of the local Ray inherits and
-the state API reads first.
+the state API reads first. A joined cluster's job gets the address it joined as $RAY_ADDRESS
+(`_joined_address`), for the same reason.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def connect_ray(address: str | None) -> str:
     if _named_api_server and os.environ.get(API_SERVER) == _named_api_server[-1]:
         del os.environ[API_SERVER]  # an earlier local Ray's, gone with it
     if address:
-        ray.init(address=address, logging_level=library_level())
+        ray.init(address=address, logging_level=library_level(),
+                 runtime_env=_joined_address(address))
         return f"the Ray cluster at {address}"
     keep_ray_on_loopback()
     # Ray Train's controller and its placement-group cleaner query the state API, which the
@@ -72,6 +74,17 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
+
+
+def _joined_address(address: str) -> dict:
+    """The job's processes get the address it joined. Ray Train's controller and its
+    placement-group cleaner find the state API through $RAY_ADDRESS, else through the latest
+    `ray start` on their node: with two Rays on one machine they would watch the other one (and
+    log that they do, every few seconds). A `ray://` client address or `auto` is no address
+    they could use, so those are left to Ray."""
+    if address == "auto" or "://" in address:
+        return {}
+    return {"env_vars": {"RAY_ADDRESS": address}}
 
 
 def keep_ray_on_loopback() -> None:
