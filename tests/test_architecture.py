@@ -1,8 +1,9 @@
-"""The architecture as code can break it: only ptdist.orchestration imports Ray, no two
-subpackages import each other (directly or around a cycle), no layer imports a higher one, and
-ptdist.offline is reached only through its face, from one hook each in tasks and backbones
-(docs/architecture.md). Every import counts, function-local ones included; a lazy face
-(`ptdist.lazy`) imports only its own package's modules, so it adds no edge between parts."""
+"""The architecture as code can break it: only ptdist.orchestration imports Ray, no two subpackages
+import each other (directly or around a cycle), no layer imports a higher one, and
+ptdist.offline is reached only through its face, from one hook each in tasks and backbones, and
+the cli reaches the work only through ptdist.api (docs/architecture.md). Every import counts,
+function-local ones included; a lazy face (`ptdist.lazy`) imports only its own package's
+modules, so it adds no edge between parts."""
 
 from __future__ import annotations
 
@@ -23,7 +24,13 @@ LAYERS = {"errors": 0, "runtime": 0, "lazy": 0, "validation": 0, "checksum": 0, 
           "transfer": 4, "neurons": 4, "projection": 4,
           "orchestration": 5,
           "reporting": 6,
-          "cli": 7, "__main__": 7}
+          "api": 7,
+          "cli": 8, "__main__": 8}
+
+# What the cli may take from the layers the API stands on (3 to 6) besides their settings and
+# records: how to present an outcome (its grid, its listing, its exit status), never the work.
+PRESENTATION = {"cells", "unusable_tasks", "describe_jobs", "require_success",
+                "require_no_failures"}
 
 # The one module of each part that may import ptdist.offline (and only its face).
 OFFLINE_HOOKS = {"tasks": "tasks/packaged_data.py", "backbones": "backbones/loading.py"}
@@ -86,6 +93,48 @@ def _offline_reach(root: Path = PACKAGE) -> list[str]:
                     where != OFFLINE_HOOKS[part]:
                 offenders.append(f"{where} imports ptdist.offline; only {OFFLINE_HOOKS[part]} may")
     return sorted(set(offenders))
+
+
+def _layer_part(module: str) -> str | None:
+    """The part of ptdist a dotted ``ptdist.X...`` name is in (None outside ptdist)."""
+    names = module.split(".")
+    return names[1] if names[0] == "ptdist" and len(names) > 1 else None
+
+
+def _work_in_cli(root: Path = PACKAGE) -> list[str]:
+    """Names the cli imports from layers 3 to 6 that are neither a type (CamelCase: settings,
+    records) nor a way of presenting an outcome: the work a command should reach through
+    ptdist.api. Whole modules imported from those layers count too."""
+    below = {part for part, layer in LAYERS.items() if 3 <= layer <= 6}
+    found = []
+    for path in _modules(root / "cli"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found += [f"{path.name}: import {a.name}" for a in node.names
+                          if _layer_part(a.name) in below]
+            elif isinstance(node, ast.ImportFrom) and _layer_part(node.module or "") in below:
+                found += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                          if not a.name[0].isupper() and a.name not in PRESENTATION]
+    return found
+
+
+def test_the_cli_is_a_thin_layer_over_the_api():
+    assert _work_in_cli() == []
+    uses = {name for path in _modules(PACKAGE / "cli") for name in _imports(path)}
+    commands = {f"ptdist.api.{m}" for m in ("prompts", "transfer", "neurons", "projection",
+                                            "study")}
+    assert commands <= uses, commands - uses
+
+
+def test_the_thin_cli_rule_catches_a_stage_called_from_a_command(tmp_path):
+    (tmp_path / "cli").mkdir()
+    (tmp_path / "cli" / "transfer.py").write_text(
+        "def matrix(args):\n"
+        "    from ptdist.transfer import MatrixSettings, cells\n"
+        "    from ptdist.orchestration.stages import run_matrix\n"
+        "    import ptdist.reporting.figures\n")
+    assert _work_in_cli(tmp_path) == ["transfer.py: ptdist.orchestration.stages.run_matrix",
+                                      "transfer.py: import ptdist.reporting.figures"]
 
 
 def test_the_scan_sees_function_local_and_relative_imports(tmp_path):

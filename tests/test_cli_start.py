@@ -1,7 +1,7 @@
-"""A fast start: `ptdist --help` and every command's --help import none of the heavy libraries,
-checked in a fresh process's sys.modules (what decides the time, and robust under load where a
-timing is not); and that help still lists the presets and the built-in tasks. The timings:
-benchmarks/cli_start.py."""
+"""A fast start: `import ptdist`, `ptdist --help` and every command's --help import none of
+the heavy libraries, checked in a fresh process's sys.modules (what decides the time, and
+robust under load where a timing is not); and that help still lists the presets and the
+built-in tasks. The timings: benchmarks/cli_start.py."""
 
 from __future__ import annotations
 
@@ -61,3 +61,16 @@ def test_the_help_still_lists_the_presets_and_the_tasks(helps):
     assert f"a preset ({', '.join(PRESETS)};" in text
     assert f"a registered task ({', '.join(names)};" in text
     assert all(command in helps["helps"][""][1] for command in ("train", "replicate", "project"))
+
+
+def test_import_ptdist_imports_no_heavy_library():
+    """`import ptdist` (the Python API's face) loads no module of its names until one is used,
+    and so none of the heavy libraries."""
+    done = subprocess.run([sys.executable, "-c", "import json, sys, ptdist; "
+                           "print(json.dumps([ptdist.__all__, sorted(sys.modules)]))"],
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    names, modules = json.loads(done.stdout)
+    assert "transfer_matrix" in names and "Store" in names
+    assert [m for m in modules if m.split(".")[0] in HEAVY] == []
+    assert not [m for m in modules if m.startswith("ptdist.api")]

@@ -80,8 +80,8 @@ def test_a_zero3_worker_group_inside_a_trial_is_not_retried_by_ray_train(tmp_pat
                                                                        sentiment_dir):
     """A ZeRO-3 group (every tensor partitioned over two workers): a worker killed as its
     attempt starts (its peer then waits in DeepSpeed's first collective) fails the trial;
-    Tune retries it once and Ray Train (max_failures=0) never restarts the group on its own. A
-    real user error inside the group (a task without data, raised after the model loaded) is
+    Tune retries it once and Ray Train (max_failures=0) never restarts the group on its own.
+    A real user error inside the group (a task without data, raised after the model loaded) is
     attempted once."""
     spec = tmp_path / "group.yaml"
     zero3 = str(zero3_every_tensor_partitioned(tmp_path))

@@ -13,7 +13,7 @@ from ptdist.neurons.collect import CaptureSettings, capture
 from ptdist.store import Store
 from ptdist.store.activations import activation_dataset
 from ptdist.training import TrainConfig, train
-from ptdist.training.evaluation import eval_backbone, score_prompt
+from ptdist.training.evaluation import EvalSettings, eval_backbone, score_prompt
 from ptdist.transfer.matrix import MatrixSettings, transfer_matrix
 from tests.conftest import model_forwards
 
@@ -68,13 +68,14 @@ def test_capture_reads_activations_in_the_prompts_precision(bf16_prompts):
 def test_one_prompt_is_evaluated_in_its_precision(bf16_prompts, tmp_path):
     store, data = bf16_prompts
     sst2 = next(m for m in store.prompts.manifests() if m.task == "sst2")
+    scored = EvalSettings(eval_limit=32, data_dir=data)
     with model_forwards() as seen:
-        by_id = score_prompt("tiny-roberta", store, sst2.id, "sst2", limit=32, data_dir=data)
+        by_id = score_prompt("tiny-roberta", store, sst2.id, "sst2", scored)
     assert set(seen) == set(BF16)
     assert by_id["accuracy"] == pytest.approx(sst2.score)  # as in training: same precision
     from ptdist.store.prompts import write_prompt_file
 
     path = write_prompt_file(tmp_path / "p.safetensors", store.prompts.tensor(sst2.id), {})
     with model_forwards() as seen:  # a file has no manifest: fp32 unless told
-        score_prompt("tiny-roberta", store, str(path), "sst2", limit=32, data_dir=data)
+        score_prompt("tiny-roberta", store, str(path), "sst2", scored)
     assert set(seen) == {("float32", "cpu")}

@@ -188,10 +188,15 @@ def _killed_at_each(sites: list[tuple[str, int]], data: Path, tmp_path: Path,
 @pytest.mark.slow
 def test_a_study_killed_at_every_stage_boundary_ends_like_an_uninterrupted_one(
         uninterrupted_study, tmp_path, capsys):
-    """Killed as each job of the study starts (after the one before it finished), 15 times."""
+    """Killed as the first job of each kind starts (after the one before it finished): a
+    boundary of every stage. Killing all 15 jobs took 289 s and met no boundary of a kind
+    that its first job does not."""
     data, reference, jobs = uninterrupted_study
     assert len(jobs) == 15
-    assert _killed_at_each([(glob.escape(job), 0) for job in jobs], data, tmp_path,
+    firsts = [job for i, job in enumerate(jobs)
+              if job.split()[0] not in {earlier.split()[0] for earlier in jobs[:i]}]
+    assert len(firsts) >= 6, firsts
+    assert _killed_at_each([(glob.escape(job), 0) for job in firsts], data, tmp_path,
                            capsys) == reference
 
 

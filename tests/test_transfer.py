@@ -17,7 +17,7 @@ from ptdist.store.manifests import PromptManifest
 from ptdist.store.prompts import by_task
 from ptdist.store.results import MatrixRow, TptSummaryRow
 from ptdist.store.tables import read_records, write_records
-from ptdist.training.evaluation import score_prompt
+from ptdist.training.evaluation import EvalSettings, score_prompt
 from ptdist.transfer import MatrixSettings, speedup_rows, transfer_matrix
 from ptdist.transfer.matrix import own_prompts, unusable_tasks
 from tests.conftest import child_env
@@ -51,7 +51,8 @@ def test_batched_evaluation_equals_one_pair_at_a_time(task_prompts):
                "topic2": str(data / "topic2.yaml")}
     for row in result.rows:
         alone = score_prompt("tiny-roberta", store, row.source_prompt,
-                             targets[row.target_task], data_dir=str(data), batch_size=5)
+                             targets[row.target_task], EvalSettings(data_dir=str(data),
+                                                                    batch_size=5))
         assert alone["accuracy"] == row.score, row
 
 

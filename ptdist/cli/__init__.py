@@ -1,8 +1,10 @@
-"""The `ptdist` command line, one module per command group. Every command prints its result on
-stdout (a human summary and, with --json, one JSON object as its last line: `options.emit`) and
-everything else through the ``ptdist`` logger on stderr (`ptdist.logs`, at the level that
---verbose / --quiet set). Commands that run several jobs run them on Ray (a local Ray unless
---address or $RAY_ADDRESS) or, with --local, in this process."""
+"""The `ptdist` command line, one module per command group: a thin layer over the Python API
+(`ptdist.api`) that parses options into its settings and prints what it returns. Every command
+prints its result on stdout (a human summary and, with --json, one JSON object as its last
+line: `options.emit`) and everything else through the ``ptdist`` logger on stderr
+(`ptdist.logs`, at the level that --verbose / --quiet set). Commands that run several jobs run
+them on Ray (a local Ray unless --address or $RAY_ADDRESS) or, with --local, in this
+process."""
 
 from __future__ import annotations
 

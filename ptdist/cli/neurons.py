@@ -6,102 +6,62 @@ from __future__ import annotations
 
 import argparse
 
-from ptdist.cli.options import (absolute, add_data, add_execution, add_job_resources,
-                                add_precision, add_sharding, add_store, emit, execution,
-                                frozen_model_job, model_help, store_of, task_help)
+from ptdist.cli.options import (add_data, add_execution, add_job_resources, add_precision,
+                                add_sharding, add_store, emit, execution, frozen_model_job,
+                                model_help, task_help)
 
 
 def capture(args: argparse.Namespace) -> None:
-    from ptdist.errors import PtdistError
+    from ptdist.api.neurons import capture as capture_run
     from ptdist.neurons.collect import CaptureSettings
-    from ptdist.orchestration.stages import run_capture
-    from ptdist.tasks import get_task
 
     resources, sharded = frozen_model_job(args)
-    store = store_of(args)
-    names = None if args.tasks is None else [get_task(t).name for t in args.tasks]
-    prompts = store.prompts.select(args.model, names)
-    if not prompts:
-        raise PtdistError(f"no prompts of model '{args.model}' in store {store.root}"
-                          + (f" for task(s) {', '.join(names)}" if names else ""))
     settings = CaptureSettings(protocol=args.protocol, examples=args.examples,
-                               batch_size=args.batch_size, data_dir=absolute(args.data_dir),
+                               batch_size=args.batch_size, data_dir=args.data_dir,
                                precision=args.precision, ds_config=sharded)
-    result = run_capture(store, prompts, settings, args.chunks, execution(args), resources)
+    result = capture_run(args.model, args.tasks, store=args.store, settings=settings,
+                         chunks=args.chunks, execution=execution(args), resources=resources)
     emit(args, f"captured {result.captured} prompt(s) ({result.skipped} already stored) "
                f"into {result.folder}",
          {"captured": result.captured, "skipped": result.skipped, "folder": str(result.folder)})
 
 
 def indicators(args: argparse.Namespace) -> None:
-    from ptdist.neurons.pairs import pairwise_indicators
-    from ptdist.reporting.figures import indicator_figure
+    from ptdist.api.neurons import indicators as pairwise
 
-    store = store_of(args)
-    result = pairwise_indicators(store, args.model, store.prompts.select(args.model),
-                                 args.protocol)
-    figures = [indicator_figure(result.rows, name, store.layout.indicator_figure(args.model,
-                                                                                 name))
-               for name in ("ON", "E_concat")]
+    result = pairwise(args.model, protocol=args.protocol, store=args.store)
     n = len(result.prompts)
     emit(args, f"indicators for {n} prompts ({n * n} ordered pairs): {result.table}\n"
-               "heatmaps: " + ", ".join(str(p) for p in figures),
-         {"table": str(result.table), "heatmaps": [str(p) for p in figures]})
+               "heatmaps: " + ", ".join(str(p) for p in result.heatmaps),
+         {"table": str(result.table), "heatmaps": [str(p) for p in result.heatmaps]})
 
 
 def correlate(args: argparse.Namespace) -> None:
-    from ptdist.neurons.correlation import correlate as correlate_stage
-    from ptdist.reporting.figures import layerwise_figure
+    from ptdist.api.neurons import correlate as correlate_run
 
-    store = store_of(args)
-    result = correlate_stage(store, args.model)
-    curve = layerwise_figure(result.rows, store.layout.layerwise_figure(args.model))
+    result = correlate_run(args.model, store=args.store)
     lines = correlation_lines(result.rows)
-    lines.append(f"table: {result.table}\nlayer-wise ON curve: {curve}")
+    lines.append(f"table: {result.table}\nlayer-wise ON curve: {result.layer_curve}")
     emit(args, "\n".join(lines), {"table": str(result.table), "rows": result.rows,
-                                  "layer_curve": str(curve)})
+                                  "layer_curve": str(result.layer_curve)})
 
 
 def embedding(args: argparse.Namespace) -> None:
-    from pathlib import Path
+    from ptdist.api.neurons import embedding_indicators
 
-    from ptdist.errors import PtdistError
-    from ptdist.files import require_writable_folder
-    from ptdist.neurons.embedding import (embedding_study, prompts_from_paths, store_inputs,
-                                          transfers_from_table)
-    from ptdist.store.results import CorrelationRow, IndicatorRow
-    from ptdist.store.tables import write_records
-
-    if (args.model is None) == (args.prompts is None):
-        raise PtdistError("give either --model (a model's prompts in the store) or --prompts "
-                          "(prompt files or PEFT adapters)")
-    if args.prompts is not None:
-        out = Path(args.out)
-        require_writable_folder(out, "--out", "give --out a folder for the tables (it is "
-                                "created if missing)")
-        prompts, found, left_out = prompts_from_paths(args.prompts), [], []
-        name = args.name
-        tables = out / "embedding_indicators.parquet", out / "embedding_correlation.parquet"
-    else:
-        store = store_of(args)
-        prompts, found, left_out = store_inputs(store, args.model)
-        name = args.model
-        tables = (store.layout.embedding_indicators(args.model),
-                  store.layout.embedding_correlation(args.model))
-    if args.matrix is not None:
-        found, left_out = transfers_from_table(Path(args.matrix), prompts), []
-    result = embedding_study(name, prompts, found, left_out)
-    write_records(tables[0], IndicatorRow, result.indicators)
-    lines = [f"embedding indicators of {len(prompts)} prompts ({len(prompts) ** 2} ordered "
-             f"pairs): {tables[0]}"]
+    result = embedding_indicators(args.model, prompts=args.prompts, matrix=args.matrix,
+                                  out=args.out, name=args.name, store=args.store)
+    n = len({r.prompt_a for r in result.indicators})
+    lines = [f"embedding indicators of {n} prompts ({n ** 2} ordered pairs): "
+             f"{result.indicators_table}"]
     if result.correlation:
-        write_records(tables[1], CorrelationRow, result.correlation)
-        lines += correlation_lines(result.correlation) + [f"table: {tables[1]}"]
+        lines += correlation_lines(result.correlation) + [f"table: {result.correlation_table}"]
     else:
         lines.append("no transfer matrix: indicators only (give --matrix, or run `ptdist "
                      "transfer matrix` for the model's prompts)")
-    emit(args, "\n".join(lines), {"indicators": str(tables[0]),
-                                  "correlation": str(tables[1]) if result.correlation else None,
+    emit(args, "\n".join(lines), {"indicators": str(result.indicators_table),
+                                  "correlation": str(result.correlation_table)
+                                  if result.correlation else None,
                                   "rows": result.correlation})
 
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from ptdist.logs import global_rank
 
 Command = Callable[[argparse.Namespace], None]
+S = TypeVar("S")
 
 
 def emit(args: argparse.Namespace, human: str | None, payload: dict[str, Any]) -> None:
@@ -81,6 +81,13 @@ def add_eval(p: argparse.ArgumentParser, batch: int = 64) -> None:
                    help=f"examples x prompts per forward pass (default {batch})")
 
 
+def scoring(args: argparse.Namespace, settings: type[S], ds_config: str | None = None) -> S:
+    """The scoring ``settings`` (EvalSettings, MatrixSettings) of `add_eval`, `add_precision`
+    and `add_data`."""
+    return settings(eval_limit=args.eval_limit or None, batch_size=args.batch_size,
+                    data_dir=args.data_dir, precision=args.precision, ds_config=ds_config)
+
+
 def add_precision(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
                    help="precision of the frozen model (default: the one the prompts were "
@@ -142,15 +149,12 @@ def frozen_model_job(args: argparse.Namespace):
     DeepSpeed config it partitions the model under (None: whole, in one process)."""
     from ptdist.errors import PtdistError
     from ptdist.orchestration.spec import Resources
-    from ptdist.training.engine import load_ds_config
 
     if args.shard < 1:
         raise PtdistError(f"--shard {args.shard}: give the number of processes the model is "
                           "partitioned over (1: the whole model in one process)")
-    if args.shard == 1:
-        return Resources(gpus=args.gpus, cpus=args.cpus), None
-    load_ds_config(args.ds_config)  # a config that does not exist stops here, not in a job
-    return Resources(workers=args.shard, gpus=args.gpus, cpus=args.cpus), args.ds_config
+    return (Resources(workers=args.shard, gpus=args.gpus, cpus=args.cpus),
+            args.ds_config if args.shard > 1 else None)
 
 
 def pack_override(args: argparse.Namespace) -> int | None:
@@ -215,14 +219,6 @@ def budget(args: argparse.Namespace) -> dict[str, Any]:
 def store_of(args: argparse.Namespace, writes: bool = True):
     """The store of --store; for a command that ``writes`` to it, one this process can write,
     checked before the command starts its work."""
-    from ptdist.store import Store
+    from ptdist.api.inputs import open_store
 
-    store = Store(args.store)
-    if writes:
-        store.require_writable()
-    return store
-
-
-def absolute(path: str | None) -> str | None:
-    """A path given on the command line as the jobs (in other working directories) see it."""
-    return None if path is None else str(Path(path).expanduser().resolve())
+    return open_store(args.store, writes)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import argparse
 
-from ptdist.cli.options import (absolute, add_budget, add_data, add_eval, add_execution,
-                                add_job_resources, add_precision, add_store, add_tolerance,
-                                budget, emit, execution, job_resources, model_help,
-                                pack_override, store_of, task_help)
+from ptdist.cli.options import (add_budget, add_data, add_eval, add_execution, add_job_resources,
+                                add_precision, add_store, add_tolerance, budget, emit,
+                                execution, job_resources, model_help, pack_override, scoring,
+                                store_of, task_help)
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -23,43 +23,27 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 def train(args: argparse.Namespace) -> None:
+    from ptdist.api.projection import train_projector
     from ptdist.projection.config import ProjectorConfig
-    from ptdist.projection.training import train_projector
-    from ptdist.store.prompts import by_task
-    from ptdist.tasks import get_task
 
-    store = store_of(args)
-    names = [get_task(t).name for t in args.tasks]
-
-    def inputs(model: str) -> tuple[str, ...]:
-        found = by_task(store.prompts.select(model, names), names,
-                        f"of model '{model}' in store {store.root}")
-        return tuple(sorted(m.id for mine in found.values() for m in mine))
-
-    config = ProjectorConfig(
+    m = train_projector(ProjectorConfig(
         source_model=args.source, target_model=args.target, mode=args.mode,
-        tasks=tuple(args.tasks), source_prompts=inputs(args.source),
-        target_prompts=inputs(args.target) if args.mode == "distance" else (),
-        ds_config=args.ds_config, data_dir=absolute(args.data_dir), **_settings(args))
-    m = train_projector(config, store)
+        tasks=tuple(args.tasks), ds_config=args.ds_config, data_dir=args.data_dir,
+        **_settings(args)), args.store)
     result = (f"distance {m.initial_distance:.4f} -> {m.distance:.4f} over {m.pairs} "
               "prompt pairs" if m.mode == "distance" else
               f"{m.metric} = {m.score:.2f} on {', '.join(m.tasks)} (best at step "
               f"{m.best_step})")
-    emit(args, f"projector {config.projector_id}: {args.source} -> {args.target} "
+    emit(args, f"projector {m.id}: {args.source} -> {args.target} "
                f"({args.mode}, {m.shape['variant']}): {result}", m.to_json())
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    from ptdist.projection.evaluation import EvalSettings, evaluate_projector
+    from ptdist.api.projection import evaluate_projector
+    from ptdist.training.evaluation import EvalSettings
 
-    store = store_of(args)
-    manifest = store.projectors.manifest(args.projector)
-    prompts = [m for model in (manifest.source_model, manifest.target_model)
-               for m in store.prompts.select(model)]
-    rows = evaluate_projector(store, args.projector, args.tasks, prompts, EvalSettings(
-        eval_limit=args.eval_limit or None, batch_size=args.batch_size,
-        data_dir=absolute(args.data_dir), precision=args.precision))
+    rows = evaluate_projector(args.projector, args.tasks, store=args.store,
+                              settings=scoring(args, EvalSettings))
     lines = [f"{'task':<22}{'projected':>10}{'untrained':>10}{'own':>8}{'relative':>10}"
              f"{'distance':>10}  trained on it"]
     lines += [f"{r.task:<22}{r.score:>10.2f}{r.untrained_score:>10.2f}"
@@ -69,36 +53,28 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def tpt(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
+    from ptdist.api.projection import tpt_model
     from ptdist.cli.transfer import show_tpt
-    from ptdist.orchestration.spec import task_ref
-    from ptdist.orchestration.stages import run_tpt
-    from ptdist.projection.tpt import model_plan
 
-    store = store_of(args)
-    manifest = store.projectors.manifest(args.projector)
-    targets = [task_ref(t, Path.cwd()) for t in args.targets]
-    plan = model_plan(store, args.projector, targets,
-                      store.prompts.select(manifest.source_model), budget(args),
-                      data_dir=absolute(args.data_dir), ds_config=args.ds_config,
-                      tolerance=args.tolerance)
-    show_tpt(args, run_tpt(store, plan, job_resources(args), execution(args)), store)
+    show_tpt(args, tpt_model(args.projector, args.targets,
+                             train=dict(budget(args), data_dir=args.data_dir,
+                                        ds_config=args.ds_config),
+                             tolerance=args.tolerance, store=args.store,
+                             execution=execution(args), resources=job_resources(args)))
 
 
 def pairs(args: argparse.Namespace) -> None:
+    from ptdist.api.projection import project_pairs
     from ptdist.orchestration.graph import describe_jobs, require_success
-    from ptdist.orchestration.pairs import PairSettings, run_pairs
-    from ptdist.orchestration.spec import load_spec
+    from ptdist.orchestration.pairs import PairSettings
 
-    spec = load_spec(args.spec, storage_path=args.store, data_dir=args.data_dir,
-                     max_concurrent=args.max_concurrent, pack=pack_override(args))
-    spec.store().require_writable()
-    settings = PairSettings(args.mode, tuple(args.train_tasks),
-                            tuple(args.eval_tasks or spec.tasks), _settings(args))
-    outcome = run_pairs(spec, settings, execution(args), dry_run=args.dry_run)
+    settings = PairSettings(args.mode, tuple(args.train_tasks), tuple(args.eval_tasks or ()),
+                            _settings(args))
+    outcome = project_pairs(args.spec, settings, store=args.store, data_dir=args.data_dir,
+                            execution=execution(args), pack=pack_override(args),
+                            dry_run=args.dry_run)
     if args.dry_run:
-        emit(args, describe_jobs(outcome.jobs), {"spec": spec.name, "dry_run": True})
+        emit(args, describe_jobs(outcome.jobs), {"spec": outcome.spec.name, "dry_run": True})
         return
     needs = {job.id: list(job.needs) for job in outcome.jobs}
     jobs = [{"id": o.id, "needs": needs[o.id], "status": o.status, "error": o.error,

@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import argparse
 
-from ptdist.cli.options import (absolute, add_budget, add_data, add_eval, add_precision,
-                                add_store, budget, emit, model_help, store_of, task_help)
+from ptdist.cli.options import (add_budget, add_data, add_eval, add_precision, add_store,
+                                budget, emit, model_help, scoring, store_of, task_help)
 
 
 def train(args: argparse.Namespace) -> None:
-    from ptdist.training import TrainConfig, train as train_run
+    from ptdist.api.prompts import train as train_run
+    from ptdist.training import TrainConfig
 
     config = TrainConfig(model=args.model, task=args.task, prompt_length=args.prompt_length,
-                         init=args.init, ds_config=args.ds_config,
-                         data_dir=absolute(args.data_dir), **budget(args))
-    result = train_run(config, store_of(args))
+                         init=args.init, ds_config=args.ds_config, data_dir=args.data_dir,
+                         **budget(args))
+    result = train_run(config, args.store)
     how = "already in the store, not retrained" if result.skipped else (
         f"trained {result.steps_run} steps in {result.wall_time_s:.1f}s"
         + (f", resumed from step {result.resumed_from}" if result.resumed_from is not None else ""))
@@ -26,20 +27,20 @@ def train(args: argparse.Namespace) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    from ptdist.training.evaluation import score_prompt
+    from ptdist.api.prompts import evaluate as score
+    from ptdist.training.evaluation import EvalSettings
 
-    metrics = score_prompt(args.model, store_of(args, writes=False), args.prompt, args.task,
-                           limit=args.eval_limit or None, batch_size=args.batch_size,
-                           data_dir=args.data_dir, precision=args.precision)
+    metrics = score(args.model, args.prompt, args.task, store=args.store,
+                    settings=scoring(args, EvalSettings))
     summary = " ".join(f"{k}={v:.2f}" for k, v in metrics.items())
     emit(args, f"prompt {args.prompt} on {args.task} with {args.model}: {summary}",
          {"prompt": args.prompt, "task": args.task, "model": args.model, "metrics": metrics})
 
 
 def export_peft(args: argparse.Namespace) -> None:
-    from ptdist.store.peft_export import export_peft as export
+    from ptdist.api.prompts import export_peft as export
 
-    out = export(store_of(args, writes=False).prompts, args.prompt, args.out_dir, args.base_model)
+    out = export(args.prompt, args.out_dir, store=args.store, base_model=args.base_model)
     emit(args, f"wrote PEFT prompt-tuning adapter to {out} "
                "(load with peft.PeftModel.from_pretrained(base_model, that folder))",
          {"prompt": args.prompt, "adapter_dir": str(out)})

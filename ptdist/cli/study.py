@@ -9,83 +9,39 @@ from ptdist.cli.options import add_data, add_execution, add_store, emit, executi
 
 
 def sweep(args: argparse.Namespace) -> None:
-    from ptdist.orchestration.spec import load_spec
-    from ptdist.orchestration.sweep import require_no_failures, run_sweep
+    from ptdist.api.study import sweep as run
+    from ptdist.orchestration.sweep import require_no_failures
 
-    spec = load_spec(args.spec, storage_path=args.store, data_dir=args.data_dir,
-                     cluster=args.cluster, max_concurrent=args.max_concurrent,
-                     pack=pack_override(args))
-    spec.store().require_writable()
-    if not args.dry_run:
-        _prepare_data(spec)
-    outcome = run_sweep(spec, execution(args), dry_run=args.dry_run)
+    outcome = run(args.spec, store=args.store, data_dir=args.data_dir, cluster=args.cluster,
+                  execution=execution(args), pack=pack_override(args), dry_run=args.dry_run)
+    name = outcome.spec.name
     if args.dry_run:
-        emit(args, outcome.listing, {"sweep": spec.name, "dry_run": True})
+        emit(args, outcome.listing, {"sweep": name, "dry_run": True})
     else:
         table = "\n".join(f"{r.status:<8} {r.model}/{r.task}/seed{r.seed}/{r.init} "
                           f"{r.prompt_id}: " + (f"{r.metric}={r.score:.2f}" if r.score is not None
                                                 else r.error or "")
                           for r in outcome.rows)
         emit(args, f"{table}\nresults: {outcome.table}", {
-            "sweep": spec.name, "table": outcome.table, "trained": outcome.trained,
+            "sweep": name, "table": outcome.table, "trained": outcome.trained,
             "runs": outcome.rows})
     require_no_failures(outcome)
 
 
 def replicate(args: argparse.Namespace) -> None:
+    from ptdist.api.study import replicate as run
     from ptdist.orchestration.graph import require_success
-    from ptdist.orchestration.replicate import run_study
-    from ptdist.orchestration.presets import preset
-    from ptdist.orchestration.study import load_study
-    from ptdist.reporting.report import write_report
-    from ptdist.store import Store
 
-    study = load_study(args.study or preset(args.preset), storage_path=args.store,
-                       data_dir=args.data_dir, max_concurrent=args.max_concurrent,
-                       pack=pack_override(args))
-    study.spec.store().require_writable()
+    outcome = run(args.study, preset=args.preset, store=args.store, data_dir=args.data_dir,
+                  execution=execution(args), pack=pack_override(args), dry_run=args.dry_run)
     if args.dry_run:
-        emit(args, _plan(study, execution(args)), {"study": study.spec.name, "dry_run": True})
+        emit(args, outcome.listing, {"study": outcome.study.spec.name, "dry_run": True})
         return
-    _prepare_data(study.spec)
-    outcome = run_study(study, write_report, execution(args))
-    report = Store(study.spec.storage_path).layout.report_dir(study.spec.name) / "report.md"
-    emit(args, f"report: {report}" if report.exists() else "no report (see the failures)",
-         {"report": str(report), "jobs": [{"id": o.id, "status": o.status, "error": o.error,
-                                           "attempts": o.attempts} for o in outcome.jobs]})
+    jobs = [{"id": o.id, "status": o.status, "error": o.error, "attempts": o.attempts}
+            for o in outcome.jobs]
+    emit(args, f"report: {outcome.report}" if outcome.report else "no report (see the failures)",
+         {"report": str(outcome.report) if outcome.report else None, "jobs": jobs})
     require_success(outcome)
-
-
-def _prepare_data(spec) -> None:
-    """The packaged data sets the spec reads and its data_dir lacks, written there first."""
-    from ptdist.tasks import get_task, prepare_packaged_data
-
-    prepare_packaged_data([get_task(t) for t in spec.tasks], spec.data_dir)
-
-
-def _plan(study, execution) -> str:
-    """The dry run: the jobs, the training settings, the memory plan, the estimate and the
-    schedule on the cluster, after the checks a run makes (a spec that would be refused is
-    refused here too)."""
-    from ptdist.orchestration.estimate import describe_costs, job_costs, stage_costs
-    from ptdist.orchestration.graph import describe_jobs
-    from ptdist.orchestration.plans import describe_plans, describe_training, model_plans
-    from ptdist.orchestration.replicate import study_jobs, study_packing
-    from ptdist.orchestration.schedule import describe_schedule, simulate
-    from ptdist.reporting.report import write_report
-
-    spec = study.spec
-    packing = study_packing(study, execution)
-    jobs = study_jobs(study, write_report, packing)
-    costs = job_costs(study, jobs, packing.cluster)
-    sections = [
-        f"study {spec.name}: {len(spec.models)} model(s), {len(spec.tasks)} task(s), "
-        f"{len(spec.seeds)} seed(s), {len(spec.inits)} init(s); store {spec.storage_path}",
-        describe_jobs(jobs), describe_training(spec),
-        describe_plans(model_plans(spec, packing.cluster)), describe_costs(stage_costs(costs))]
-    if packing.cluster.gpus():
-        sections.append(describe_schedule(simulate(costs, packing.cluster)))
-    return "\n".join(sections)
 
 
 def register(command) -> None:

@@ -4,33 +4,22 @@ unless --local)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ptdist.cli.options import (absolute, add_budget, add_data, add_eval, add_execution,
-                                add_job_resources, add_precision, add_sharding, add_store,
-                                add_tolerance, budget, emit, execution, frozen_model_job,
-                                job_resources, model_help, store_of, task_help)
+from ptdist.cli.options import (add_budget, add_data, add_eval, add_execution, add_job_resources,
+                                add_precision, add_sharding, add_store, add_tolerance, budget,
+                                emit, execution, frozen_model_job, job_resources, model_help,
+                                scoring, task_help)
 
 
 def matrix(args: argparse.Namespace) -> None:
-    from ptdist.orchestration.stages import run_matrix
-    from ptdist.reporting.figures import matrix_figure
-    from ptdist.store.prompts import by_task
-    from ptdist.tasks import get_task
+    from ptdist.api.transfer import transfer_matrix
     from ptdist.transfer import MatrixSettings, cells
     from ptdist.transfer.matrix import unusable_tasks
 
     resources, sharded = frozen_model_job(args)
-    store = store_of(args)
-    names = [get_task(t).name for t in args.tasks]
-    prompts = [m for mine in by_task(store.prompts.select(args.model, names), names,
-                                     f"of model '{args.model}' in store {store.root}").values()
-               for m in mine]
-    settings = MatrixSettings(eval_limit=args.eval_limit or None, batch_size=args.batch_size,
-                              data_dir=absolute(args.data_dir), precision=args.precision,
-                              ds_config=sharded)
-    result = run_matrix(store, prompts, settings, execution(args), resources)
-    figure = matrix_figure(result.rows, store.layout.matrix_figure(args.model))
+    result = transfer_matrix(args.model, args.tasks, store=args.store,
+                             settings=scoring(args, MatrixSettings, sharded),
+                             execution=execution(args), resources=resources)
     lines = [f"relative performance (%) of {args.model}'s prompts (each against the target's "
              "own prompt of its seed), mean over seeds; rows: source, columns: target",
              *_grid(result.tasks, cells(result.rows)),
@@ -40,8 +29,8 @@ def matrix(args: argparse.Namespace) -> None:
     if flagged:
         lines.append("own prompts not clearly above the majority class or a random prompt: "
                      + ", ".join(flagged))
-    lines.append(f"table: {result.table}\nheatmap: {figure}")
-    emit(args, "\n".join(lines), {"table": str(result.table), "heatmap": str(figure),
+    lines.append(f"table: {result.table}\nheatmap: {result.heatmap}")
+    emit(args, "\n".join(lines), {"table": str(result.table), "heatmap": str(result.heatmap),
                                   "rows": result.rows})
 
 
@@ -56,29 +45,18 @@ def _grid(tasks: list[str], values: dict[tuple[str, str], dict[int, float]]) -> 
 
 
 def tpt(args: argparse.Namespace) -> None:
-    from ptdist.orchestration.spec import task_ref
-    from ptdist.orchestration.stages import run_tpt
-    from ptdist.transfer import task_plan
+    from ptdist.api.transfer import tpt as compare
 
-    store = store_of(args)
-    train = budget(args)
+    train = dict(budget(args), data_dir=args.data_dir, ds_config=args.ds_config)
     if args.prompt_length is not None:
         train["prompt_length"] = args.prompt_length
-    targets = [task_ref(t, Path.cwd()) for t in args.targets]
-    plan = task_plan(store, args.model, targets, args.sources, store.prompts.select(args.model),
-                     train, data_dir=absolute(args.data_dir), ds_config=args.ds_config,
-                     tolerance=args.tolerance)
-    show_tpt(args, run_tpt(store, plan, job_resources(args), execution(args)), store)
+    show_tpt(args, compare(args.model, args.targets, args.sources, train=train,
+                           tolerance=args.tolerance, store=args.store,
+                           execution=execution(args), resources=job_resources(args)))
 
 
-def show_tpt(args: argparse.Namespace, result, store) -> None:
-    """A TPT result: one line per run with its speed-up, and each target's figure."""
-    from ptdist.reporting.figures import tpt_figure
-    from ptdist.reporting.tpt import run_seeds
-    from ptdist.store.layout import TPT_CURVES, TPT_FIGURE
-    from ptdist.store.results import TptCurveRow
-    from ptdist.store.tables import read_records
-
+def show_tpt(args: argparse.Namespace, result) -> None:
+    """A TPT comparison: one line per run with its speed-up, and each target's figure."""
     lines = []
     for r in result.summary:
         reached = (f"reaches vanilla's best ({r.vanilla_best:.2f}) at step "
@@ -91,11 +69,8 @@ def show_tpt(args: argparse.Namespace, result, store) -> None:
         start = "-" if r.start_score is None else f"{r.start_score:.2f}"
         lines.append(f"{r.target_task}: {r.run}: {r.metric} {start} at step 0, best "
                      f"{r.best_score:.2f} @ {r.best_step}; {reached}{speed}{near}")
-    for folder in result.folders:
-        summary = [r for r in result.summary if r.target_task == folder.name]
-        curves = read_records(folder / TPT_CURVES, TptCurveRow)
-        figure = tpt_figure(curves, summary, folder / TPT_FIGURE, run_seeds(store, curves))
-        lines.append(f"curves and tables: {folder} ({figure.name})")
+    lines += [f"curves and tables: {folder} ({figure.name})"
+              for folder, figure in zip(result.folders, result.figures)]
     emit(args, "\n".join(lines), {"summary": result.summary,
                                   "folders": [str(f) for f in result.folders]})
 

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CaptureSettings:
+    """How FFN activations are captured (`ptdist.capture`; docs/neurons.md): with the prompt
+    alone (the paper's protocol) or averaged over ``examples`` of its task (``data``)."""
+
     protocol: str = "prompt"  # prompt: no task input (the paper's); data: mean over examples
     examples: int = 32  # N for the data protocol
     batch_size: int = 16  # prompts per forward (prompt protocol), examples (data protocol)

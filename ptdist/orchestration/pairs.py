@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,28 +33,36 @@ from ptdist.orchestration.spec import ModelEntry, Resources, SweepSpec
 from ptdist.orchestration.stages import model_job
 from ptdist.orchestration.worker_group import on_worker_group
 from ptdist.projection.config import ProjectorConfig, config_from_dict
-from ptdist.projection.evaluation import EvalSettings, evaluate_projector, evaluated
+from ptdist.projection.evaluation import evaluate_projector, evaluated
 from ptdist.projection.training import train_projector
 from ptdist.store import Store
 from ptdist.store.results import ProjectorEvalRow
 from ptdist.store.tables import read_records, write_records
 from ptdist.tasks import get_task
+from ptdist.training.evaluation import EvalSettings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class PairSettings:
-    """What the pair scheduler adds to a sweep spec: how projectors train, and on what."""
+    """What the pair scheduler adds to a sweep spec: how projectors train (``mode``: distance
+    or task; ``projector``: `ProjectorConfig` settings such as variant, hidden, steps, lr), the
+    tasks they train on, and the tasks of the cross-model table (empty: the spec's)."""
 
     mode: str
     train_tasks: tuple[str, ...]
-    eval_tasks: tuple[str, ...]
-    projector: dict[str, Any]  # ProjectorConfig settings: variant, hidden, steps, lr...
+    eval_tasks: tuple[str, ...] = ()
+    projector: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class PairsOutcome:
+    """What the pair scheduler did: the ``spec`` it ran (as read, overrides applied), its
+    ``jobs``, each one's outcome (``graph``; ``graph.failed``: those that failed or were
+    blocked, which are there rather than raised) and the cross-model ``table``."""
+
+    spec: SweepSpec
     jobs: list[Job]
     graph: GraphOutcome  # one outcome per job, in the same order
     table: Path | None  # every pair's evaluation rows (`StoreLayout.cross_model_table`)
@@ -95,6 +104,7 @@ def pair_jobs(spec: SweepSpec, settings: PairSettings, prompts: PromptJobs) -> P
             target_prompts=prompts.needs(target.name, train_tasks)
             if settings.mode == "distance" else (),
             ds_config=target.ds_config, data_dir=spec.data_dir, **settings.projector)
+        config.require_prompts()
         pair = Pair(source, target, config.projector_id, eval_tasks)
         resources = target.resources if config.mode == "task" else target.resources.one_device()
         graph.jobs.append(Job(
@@ -145,6 +155,8 @@ def run_pairs(spec: SweepSpec, settings: PairSettings, execution: Execution | No
     if len(spec.models) < 2:
         raise PtdistError(f"projectors map between models; sweep {spec.name} has one "
                           f"({spec.models[0].name}); add a second model to its 'models'")
+    if not settings.eval_tasks:
+        settings = replace(settings, eval_tasks=tuple(spec.tasks))
     store = spec.store()
     execution = execution or Execution()
     cluster = cluster_for(spec.cluster, execution.address, execution.local)
@@ -158,11 +170,11 @@ def run_pairs(spec: SweepSpec, settings: PairSettings, execution: Execution | No
              f"{len(graph.jobs)} jobs: {len(graph.jobs) - 2 * pairs} prompt-tuning runs, "
              f"{pairs} projectors, {pairs} evaluations")
     if dry_run:
-        return PairsOutcome(graph.jobs, GraphOutcome([]), None)
+        return PairsOutcome(spec, graph.jobs, GraphOutcome([]), None)
     outcome = execute(graph.jobs, Execution(
         execution.local, execution.address, execution.max_concurrent or spec.max_concurrent,
         spec.max_failures))
-    return PairsOutcome(graph.jobs, outcome, _combine(spec, store, graph, outcome))
+    return PairsOutcome(spec, graph.jobs, outcome, _combine(spec, store, graph, outcome))
 
 
 def _combine(spec: SweepSpec, store: Store, graph: PairGraph,

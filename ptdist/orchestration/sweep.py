@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SweepOutcome:
+    """What a sweep did: the ``spec`` it ran (as read, overrides applied), a row per run
+    (``failed``: those that failed, which are there rather than raised), the results
+    ``table``, how many runs this call ``trained``, and a dry run's ``listing``."""
+
+    spec: SweepSpec
     rows: list[SweepRow]
     table: Path | None
     trained: int  # runs this call trained (fresh or resumed)
@@ -79,8 +84,8 @@ def _sweep(spec: SweepSpec, execution: Execution, cluster: Cluster, plans: list[
     if len(jobs) < len(todo):
         log.info(f"packed into {len(jobs)} job(s): runs of one model share its backbone")
     if dry_run:
-        return SweepOutcome([], None, 0, "\n".join((describe_sweep(jobs), describe_training(spec),
-                                                     describe_plans(plans))))
+        return SweepOutcome(spec, [], None, 0, "\n".join((
+            describe_sweep(jobs), describe_training(spec), describe_plans(plans))))
     results: dict[str, dict] = {}
     if not todo:
         log.info("nothing new to run: every prompt of this sweep is already in the store")
@@ -95,7 +100,7 @@ def _sweep(spec: SweepSpec, execution: Execution, cluster: Cluster, plans: list[
     log.info(f"sweep {spec.name} finished: {trained} trained, "
              f"{sum(r.status == 'stored' for r in rows)} already stored, "
              f"{sum(r.status == 'failed' for r in rows)} failed; results in {table}")
-    return SweepOutcome(rows, table, trained)
+    return SweepOutcome(spec, rows, table, trained)
 
 
 def describe_sweep(jobs: list[list[Planned]]) -> str:

@@ -24,12 +24,24 @@ VERBALIZERS = ("task", "unified")
 
 @dataclass(frozen=True)
 class ProjectorConfig:
+    """A projector from ``source_model``'s prompts to ``target_model``'s
+    (`ptdist.train_projector`; docs/projection.md), trained on ``tasks`` by distance
+    minimising (to the target's own prompts) or task tuning (through the frozen target model
+    on the tasks' data). ``variant``: flat (the reference MLP over the flattened prompt) or
+    token; ``hidden`` units; the budget as in `ptdist.TrainConfig`.
+
+    Its id hashes the settings and the prompts it learns from, so the same projector asked for
+    twice is trained once.
+    """
+
     source_model: str
     target_model: str
     mode: str  # distance: fit the target's own prompts; task: tune through the target model
     tasks: tuple[str, ...]  # training tasks (the paper: several tasks of one type)
-    source_prompts: tuple[str, ...]  # prompt ids of the source model on `tasks`
-    target_prompts: tuple[str, ...] = ()  # distance mode: the target's prompts on `tasks`
+    # Prompt ids of the source model on `tasks`, and (distance mode) of the target's; left
+    # empty, `ptdist.train_projector` takes every prompt of the model on `tasks` in the store.
+    source_prompts: tuple[str, ...] = ()
+    target_prompts: tuple[str, ...] = ()
     variant: str = "flat"
     hidden: int = 768
     seed: int = 0
@@ -64,11 +76,6 @@ class ProjectorConfig:
                               f"'{self.source_model}'")
         if not self.tasks:
             raise PtdistError("a projector needs at least one training task")
-        if not self.source_prompts:
-            raise PtdistError(f"no prompt of '{self.source_model}' for {', '.join(self.tasks)}")
-        if self.mode == "distance" and not self.target_prompts:
-            raise PtdistError(f"distance minimising needs prompts of the target model "
-                              f"'{self.target_model}' for {', '.join(self.tasks)}")
         if self.verbalizer == "unified" and self.mode != "task":
             raise PtdistError("a unified verbalizer is how task tuning reads its tasks' "
                               "classes; distance minimising reads none: use mode: task")
@@ -77,6 +84,14 @@ class ProjectorConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def require_prompts(self) -> None:
+        """Stop unless the prompts it learns from are named (a stored projector's are)."""
+        if not self.source_prompts:
+            raise PtdistError(f"no prompt of '{self.source_model}' for {', '.join(self.tasks)}")
+        if self.mode == "distance" and not self.target_prompts:
+            raise PtdistError(f"distance minimising needs prompts of the target model "
+                              f"'{self.target_model}' for {', '.join(self.tasks)}")
 
     @property
     def projector_id(self) -> str:

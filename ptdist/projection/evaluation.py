@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,24 +31,11 @@ from ptdist.store.results import ProjectorEvalRow
 from ptdist.store.tables import read_records, write_records
 from ptdist.tasks import get_task
 from ptdist.training.distributed import leads
-from ptdist.training.evaluation import (Scored, inference_backbone, inference_precision,
-                                        score_prompts)
+from ptdist.training.evaluation import (EvalSettings, Scored, inference_backbone,
+                                        inference_precision, score_prompts)
 from ptdist.transfer.baselines import majority_baseline, margin
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    eval_limit: int | None = 1000  # evaluation examples per task (None: the whole split)
-    batch_size: int = 64
-    max_new_tokens: int = 64
-    data_dir: str | None = None
-    precision: str | None = None  # None: that of the target model's own prompts
-    device: str | None = None  # None: the GPU the job holds, else the CPU
-    # None: the whole target model in this process; a DeepSpeed config: partitioned over the
-    # process group this runs in (`inference_backbone`); how it runs, not what it computes
-    ds_config: str | None = field(default=None, repr=False)
 
 
 def trained_projector(store: Store, projector_id: str) -> tuple[Projector, ProjectorManifest]:

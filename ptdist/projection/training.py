@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 def train_projector(config: ProjectorConfig, store: Store) -> ProjectorManifest:
     """Train the projector ``config`` describes and store it; returns its manifest. Idempotent:
     a stored projector is returned as it is."""
+    config.require_prompts()
     if store.projectors.has(config.projector_id):
         return store.projectors.manifest(config.projector_id)
     t0 = time.time()

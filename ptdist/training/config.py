@@ -14,6 +14,22 @@ OPTIMIZERS = ("adamw", "adam")
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """One prompt-tuning run (`ptdist.train`): a soft prompt of ``prompt_length`` tokens
+    trained on ``task`` with ``model`` frozen.
+
+    model: a preset (tiny-roberta...), a local model folder, pkg:PACKAGE/path or a hub id.
+    task: a registered task name or a task YAML path. init: random | vocab | text:WORDS |
+    prompt:ID_OR_PATH. The budget: steps, lr, schedule (constant or linear after
+    ``warmup_steps``, default 10 % of steps), optimizer (adamw or adam), batch_size (global),
+    eval_every, eval_limit (evaluation examples; None: the whole split), train_limit (a seeded
+    subset), max_length (text tokens), patience (evaluations without improvement before
+    stopping). Where it runs: ds_config (a ``ds_configs/`` name or JSON path), data_dir (the
+    data folder; None: $PTDIST_DATA_DIR, else the task's source), activation_checkpointing.
+
+    The run's prompt id hashes every setting that changes what it computes (not ds_config,
+    data_dir or activation_checkpointing), so the same run asked for twice is trained once.
+    """
+
     model: str
     task: str
     seed: int = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -138,6 +138,30 @@ def inference_backbone(model: str, max_length: int = 128, precision: str = "fp32
         yield engine.module
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """How prompts are scored on a task's evaluation split (`ptdist.evaluate`,
+    `ptdist.evaluate_projector`).
+
+    eval_limit: evaluation examples per task (a seeded subset; None: the whole split).
+    batch_size: examples per forward pass. max_new_tokens: the longest answer a generation
+    task decodes. data_dir: the data folder (`<data_dir>/<task>/eval.jsonl`...; None:
+    $PTDIST_DATA_DIR, else the task's own source). precision: bf16 or fp32 (None: the one the
+    prompts were trained in). device: e.g. "cuda:1" (None: the GPU this process holds, else
+    the CPU). ds_config: a DeepSpeed config (a ``ds_configs/`` name or JSON path) to partition
+    the model over the process group this runs in (None: the whole model in this process).
+    """
+
+    eval_limit: int | None = 1000
+    batch_size: int = 64
+    max_new_tokens: int = 64
+    data_dir: str | None = None
+    precision: str | None = None
+    device: str | None = None
+    # How it runs, not what it computes: not in repr, which a study's stamp key reads.
+    ds_config: str | None = field(default=None, repr=False)
+
+
 @dataclass
 class Scored:
     """K prompts on a task's evaluation rows: each prompt's predictions and metrics."""
@@ -165,21 +189,21 @@ def score_prompts(backbone: Backbone, task_ref: str, prompts: torch.Tensor, *,
     return Scored(task, refs, preds, [compute_metrics(task, p, refs) for p in preds])
 
 
-def score_prompt(model: str, store: Store, prompt_ref: str, task_ref: str, *,
-                 limit: int | None = 1000, batch_size: int = 64, data_dir: str | None = None,
-                 max_new_tokens: int = 64, precision: str | None = None,
-                 device: str | None = None) -> dict[str, float]:
-    """Evaluate one prompt (store id or file) on a task's evaluation split, in one process:
-    in ``precision`` (default: the one a stored prompt was trained in; fp32 for a file)."""
+def score_prompt(model: str, store: Store, prompt_ref: str, task_ref: str,
+                 settings: EvalSettings = EvalSettings()) -> dict[str, float]:
+    """Evaluate one prompt (store id or file) on a task's evaluation split, in this process:
+    in ``settings.precision`` (default: the one a stored prompt was trained in; fp32 for a
+    file)."""
     task = get_task(task_ref)
     prompt = store.prompts.load(prompt_ref)
     trained = [store.prompts.manifest(prompt_ref)] if store.prompts.has(prompt_ref) else []
-    rows = load_split(task, "eval", limit=limit, data_dir=data_dir).to_list()  # before the model
-    backbone = eval_backbone(model, precision=inference_precision(trained, precision),
-                             device=device)
-    backbone.check_prompt(prompt)
-    backbone.check_length(prompt.shape[0])
-    check_task_fits(task, backbone)
-    prompt = prompt.to(next(backbone.parameters()).device)
-    return evaluate(backbone, lambda b: prompt.expand(b, -1, -1), task, rows, batch_size,
-                    max_new_tokens)
+    rows = load_split(task, "eval", limit=settings.eval_limit,
+                      data_dir=settings.data_dir).to_list()  # before the model
+    with inference_backbone(model, precision=inference_precision(trained, settings.precision),
+                            device=settings.device, ds_config=settings.ds_config) as backbone:
+        backbone.check_prompt(prompt)
+        backbone.check_length(prompt.shape[0])
+        check_task_fits(task, backbone)
+        prompt = prompt.to(next(backbone.parameters()).device)
+        return evaluate(backbone, lambda b: prompt.expand(b, -1, -1), task, rows,
+                        settings.batch_size, settings.max_new_tokens)

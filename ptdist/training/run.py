@@ -28,6 +28,11 @@ from ptdist.training.memory import model_memory
 
 @dataclass
 class TrainResult:
+    """What a prompt-tuning run left in the store: the prompt's id, its best ``score`` on the
+    task's primary ``metric`` (and all ``metrics``), the step it was best at, the steps this
+    call ran (``skipped``: the prompt was stored already; ``resumed_from``: the checkpoint it
+    continued from), and its learning curve (``history``: one evaluation per row)."""
+
     prompt_id: str
     task: str
     model: str

@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class MatrixSettings:
+    """How the transfer matrix scores its prompts (`ptdist.transfer_matrix`): the fields of
+    `ptdist.EvalSettings`, per target task."""
+
     eval_limit: int | None = 1000  # evaluation examples per target (None: the whole split)
     batch_size: int = 64  # examples x prompts per forward pass
     max_new_tokens: int = 64  # generation targets
