@@ -1,82 +1,124 @@
-"""The GPU check: T5-XL- and T5-XXL-shaped T5 v1.1 models built from their configs (random
-weights, bf16, nothing downloaded) on one GPU, through ptdist's own training, capture and
-evaluation code:
+"""The GPU check: the shapes the paper plan bets on, measured on one GPU against what the memory
+planner and the cost model say, in one 10-minute slot (sized for an H100 80 GB, 16 cores, no
+internet: every model is built from its bundled config with random bf16 weights).
 
-- prompt tuning (the DeepSpeed engine ptdist trains with: `training.engine.prompt_engine`) at
-  ZeRO-0, ZeRO-0 with activation checkpointing, and ZeRO-3: tokens/s, model FLOPs utilisation
-  against the card's bf16 peak (4 x parameters FLOPs per token: a forward and the backward to
-  the prompt, encoder parameters for the input tokens, the rest for the target tokens;
-  recomputation is not counted as useful work), and peak memory
-  (`torch.cuda.max_memory_allocated`) against the memory planner's estimate;
-- FFN activation capture (the paper's prompt protocol, `neurons.capture`): prompts/s;
-- transfer-matrix evaluation (`training.evaluation.evaluate_each`: prompts as a batch
-  dimension): prompt-examples/s.
+Each case runs in a process of its own, so no case's model or allocator state can bias another's
+numbers (DeepSpeed's ZeRO-3 module hooks keep a model alive after `destroy()`, `del` and `gc`),
+and each measures its peak from its own start. The cases (benchmarks/README.md has their time
+budgets; the shapes are the paper's: prompt 100 + text 256 tokens, batch 32, a batch with
+padding, classification targets):
 
-It writes one JSON (``--out``) and prints a table. Meant for one GPU in under 8 minutes
-(sized for it, not yet timed on one). ``--smoke`` runs the same code on CPU with the tiny T5 v1.1
-preset's shapes in a few seconds (the test suite does, tests/test_gpu_check.py).
+- ``xxl-train``: T5 v1.1 XXL prompt tuning through ptdist's DeepSpeed engine at the planner's
+  least-compute placement on this card (an 80 GB card: gradient accumulation 2 at micro-batch
+  16, ZeRO-0);
+- ``xxl-train-checkpointed``: the same batch in one micro-batch of 32 with activation
+  checkpointing (the plan the planner replaced; its cost model says +50 % compute);
+- ``pack``: T5-base, K runs on one backbone (ptdist's packed step: each run's micro-batch
+  through the model in turn, then every row's Adam step, `StackedAdam`), K the largest the
+  planner fits on this card (`plans.pack_fits`, at most `AUTO_PACK`);
+- ``xxl-generate``: greedy generation of up to 64 tokens (the paper's generation tasks' eval);
+- ``xxl-matrix``: transfer-matrix evaluation (`predict_each`: prompts as a batch dimension);
+- ``xxl-zero3-torchrun`` and ``xxl-zero3-ray``: the ``xxl-train`` shape under ZeRO-3 on one
+  GPU, started by torchrun and by a Ray Train worker group (`worker_group.on_worker_group`,
+  the path multi-GPU runs take), side by side.
 
-    python benchmarks/gpu_check.py [--out gpu_check.json] [--models t5-xl t5-xxl]
-    python benchmarks/gpu_check.py --smoke
+Per case: the planner's memory against the peak measured (`torch.cuda.max_memory_allocated`
+since the case's start), tokens/s, and model FLOPs utilisation: the cost model's useful FLOPs
+(`ptdist.training.cost.example_flops`: a forward and a backward to the prompt, the decoder on its
+target steps, no embedding lookups, the recomputation not counted) per second over the card's
+dense bf16 peak (its datasheet's, the variant told from the device name: H100 SXM, PCIe, NVL).
+It writes one JSON (``--out``, default under the system's temporary folder) and prints a table.
+
+    python benchmarks/gpu_check.py [--out FILE] [--cases xxl-train pack ...]
+    python benchmarks/gpu_check.py --smoke      # the same runner on CPU, tiny T5 v1.1 shapes
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
+import os
 import random
+import subprocess
 import sys
+import tempfile
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
-from common import machine, setup, single_process_group
+from common import REPO, machine, setup
 
 import torch  # noqa: E402  (common sets the offline environment first)
 
-MODELS = {"t5-xl": "google/t5-v1_1-xl", "t5-xxl": "google/t5-v1_1-xxl",
-          "tiny": "tiny-t5-v1_1"}
-# Dense bf16 peaks (TFLOP/s) by the name torch gives the card; --peak-tflops overrides.
-PEAKS = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "L4": 121, "A10G": 125,
-         "RTX 6000 Ada": 364}
-CASES = (("zero0", 0, False), ("zero0+ckpt", 0, True), ("zero3", 3, False))
+HERE = Path(__file__).resolve().parent
 WORDS = ("the movie was good bad great awful plot story acting music really very it this "
          "and film scene ending quite").split()
+LABEL_WORDS = ["good", "bad"]
+PROMPT, TEXT, BATCH, NEW_TOKENS = 100, 256, 32, 64
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    kind: str  # train | pack | generate | matrix
+    model: str
+    budget_s: int  # on one H100 80 GB, process start to exit
+    launcher: str = "python"  # python | torchrun | ray
+    zero_stage: int = 0
+    checkpointed: bool = False  # one micro-batch of the whole batch, activation checkpointing
+
+
+XXL, BASE, TINY = "google/t5-v1_1-xxl", "t5-base", "tiny-t5-v1_1"
+CASES = (
+    Case("xxl-train", "train", XXL, 60),
+    Case("xxl-train-checkpointed", "train", XXL, 60, checkpointed=True),
+    Case("pack", "pack", BASE, 45),
+    Case("xxl-generate", "generate", XXL, 50),
+    Case("xxl-matrix", "matrix", XXL, 50),
+    Case("xxl-zero3-torchrun", "train", XXL, 75, launcher="torchrun", zero_stage=3),
+    Case("xxl-zero3-ray", "train", XXL, 90, launcher="ray", zero_stage=3),
+)
+SMOKE = {"prompt": 4, "text": 16, "batch": 4, "new_tokens": 4}
+SMOKE_TIMEOUT_S = 600  # a CPU shared with other work
+LAUNCH = "--launch-on-loopback"  # the process that runs torchrun for a case
 
 
 @dataclass
-class TrainCase:
-    model: str
+class Result:
     case: str
-    micro_batch: int
-    tokens_per_s: float
-    mfu: float | None
-    peak_gb: float
-    planned_gb: float
-    step_s: float
-
-
-@dataclass
-class Throughput:
+    kind: str
     model: str
-    what: str
-    per_s: float
+    launcher: str
+    zero_stage: int
+    micro_batch: int
+    accumulation: int
+    checkpointing: bool
+    pack: int
+    per_s: float  # tokens/s (train, pack), generated tokens/s, prompt-examples/s (matrix)
     unit: str
-    peak_gb: float
+    step_s: float | None
+    flops_per_step: float | None  # useful FLOPs of one optimizer step (the cost model's)
+    mfu: float | None
+    peak_gb: float | None  # measured since the case's start; None on CPU
+    planned_gb: float | None
+    load_check: str
+    pid: int = 0  # the process the case ran in
+    wall_s: float = 0.0
 
 
-def rows(n: int, seed: int = 0) -> list[dict]:
+def rows(n: int, text: int, seed: int = 0) -> list[dict]:
+    """``n`` labelled rows of random words, of several lengths (the batch holds padding, as a
+    real one does), the longest cut at ``text`` tokens."""
     rng = random.Random(seed)
-    return [{"text": " ".join(rng.choices(WORDS, k=400)), "label": rng.randint(0, 1)}
-            for _ in range(n)]
+    return [{"text": " ".join(rng.choices(WORDS, k=text * 2 if i == 0 else rng.randint(
+        text // 4, text))), "label": rng.randint(0, 1)} for i in range(n)]
 
 
-@contextmanager
-def random_backbone(model: str, ds_config: dict, device: torch.device, text_length: int):
-    """``model``'s architecture from its config with random bf16 weights, built where the
-    run's DeepSpeed config says (partitioned by zero.Init under ZeRO-3), with the tiny T5
-    preset's tokenizer (any ids below the vocabulary size do for random weights)."""
+def random_backbone(model: str, ds_config: dict, device: torch.device, text: int):
+    """``model`` from its bundled config with random bf16 weights, tied as its checkpoint is
+    (`random_model`: T5 v1.1 with its own head), built where its DeepSpeed config says
+    (partitioned by zero.Init under ZeRO-3; the marker is kept on the backbone for the case's
+    life), with the tiny T5 preset's tokenizer (any ids below the vocabulary do)."""
     from transformers import AutoTokenizer
     from transformers.integrations import HfDeepSpeedConfig
 
@@ -84,105 +126,236 @@ def random_backbone(model: str, ds_config: dict, device: torch.device, text_leng
     from ptdist.backbones.seq2seq import Seq2SeqBackbone
     from ptdist.training.engine import precision_of, zero_stage
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("tiny-t5-v1_1"))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(TINY))
     marker = HfDeepSpeedConfig(ds_config) if zero_stage(ds_config) == 3 else None
-    try:
-        with torch.device(device):
-            built = random_model(model, dtype_of(precision_of(ds_config)))
-        yield Seq2SeqBackbone(model, built, tokenizer, max_length=text_length)
-    finally:
-        del marker
+    with torch.device(device):
+        built = random_model(model, dtype_of(precision_of(ds_config)))
+    backbone = Seq2SeqBackbone(model, built, tokenizer, max_length=text)
+    backbone.zero3_marker = marker
+    return backbone
 
 
-def train_case(model: str, name: str, stage: int, checkpointing: bool, args,
-               device: torch.device, peak_flops: float | None) -> TrainCase:
+# What the loader's weight check (`ptdist.backbones.weights.check_load`: every load compared
+# with its checkpoint's tensors) says of a case's model. The cases build random weights from
+# configs, so there is no checkpoint to compare with, and saving an 11B model to reload it would
+# not fit the slot: the check's cost is measured by benchmarks/load_check.py, its correctness
+# under ZeRO-3 by the suite (tests/test_load_check.py).
+LOAD_CHECK = "not run: random weights from a config (no checkpoint)"
+
+
+# --- the cases, each in its own process ------------------------------------------------------
+
+def run_case(case: Case, shape: dict, device: torch.device) -> Result:
+    _reset(device)
+    result = {"train": train_case, "pack": pack_case, "generate": generate_case,
+              "matrix": matrix_case}[case.kind](case, shape, device)
+    return replace(result, pid=os.getpid())
+
+
+def plan(case: Case, shape: dict):
+    """The planner's placement of the case's run on this card (one GPU), and the card."""
+    from ptdist.orchestration.plans import CLASS_TARGET
+    from ptdist.training.memory import RunShape, model_memory
+    from ptdist.training.placement import plan_placement
+
+    memory = model_memory(case.model, "bf16")
+    run = RunShape("bf16", shape["batch"], shape["prompt"], shape["text"], CLASS_TARGET)
+    place = plan_placement(memory, run, shape["batch"], this_card(), max_gpus=1)
+    if place is None:
+        raise SystemExit(f"gpu_check: {case.model} fits no placement on one {this_card().name}")
+    return memory, place
+
+
+def train_case(case: Case, shape: dict, device: torch.device) -> Result:
     from ptdist.backbones import SoftPrompt
     from ptdist.training import TrainConfig
+    from ptdist.training.cost import example_flops
+    from ptdist.training.distributed import init_distributed
     from ptdist.training.engine import deepspeed_config, load_ds_config, prompt_engine
-    from ptdist.training.memory import RunShape, model_memory
+    from ptdist.training.memory import RunShape
 
-    precision = "bf16"
-    config = TrainConfig(model=model, task="sst2", steps=args.steps + 1,
-                         prompt_length=args.prompt_length, batch_size=args.micro_batch,
-                         max_length=args.text_length, lr=0.3, warmup_steps=0,
+    memory, place = plan(case, shape)
+    accumulation, micro = place.accumulation, place.micro_batch
+    checkpointing = place.checkpointing
+    if case.checkpointed:
+        accumulation, micro, checkpointing = 1, shape["batch"], True
+    _, world = init_distributed()
+    config = TrainConfig(model=case.model, task="sst2", steps=shape["steps"] + 1,
+                         prompt_length=shape["prompt"], batch_size=micro * accumulation * world,
+                         max_length=shape["text"], lr=0.3, warmup_steps=0,
                          activation_checkpointing=checkpointing)
-    ds = deepspeed_config(load_ds_config(f"zero{stage}_bf16")[0], config, world=1)
-    _reset(device)
-    with random_backbone(model, ds, device, args.text_length) as backbone:
-        if checkpointing:
-            backbone.checkpoint_activations()
-        prompt = SoftPrompt(torch.randn(args.prompt_length, backbone.hidden_size) * 0.5)
-        engine = prompt_engine(config, prompt, backbone, ds, start_step=0)
-        batch = {k: v.to(engine.device) for k, v in
-                 backbone.collate(rows(args.micro_batch), ["good", "bad"]).items()}
-        seconds = []
-        for step in range(args.steps + 1):  # the first step warms up (kernels, allocator)
-            _sync(device)
-            t0 = time.perf_counter()
-            loss = engine(batch)
-            engine.backward(loss)
-            engine.step()
-            _sync(device)
-            if step:
-                seconds.append(time.perf_counter() - t0)
-        peak = _peak(device)
-        engine.destroy()
-        target = batch["target_ids"].shape[1]
-    step_s = sum(seconds) / len(seconds)
-    encoder_tokens = args.micro_batch * (args.prompt_length + args.text_length)
-    memory = model_memory(model, precision)
-    planned = memory.estimate(RunShape(precision, args.micro_batch, args.prompt_length,
-                                       args.text_length, target), 1, stage, checkpointing)
-    # Each encoder token passes the encoder, each target token the decoder (and the head).
-    t5 = memory.backbone.model
-    encoder = sum(q.numel() for q in t5.encoder.parameters())
-    flops = 4 * (encoder * encoder_tokens +
-                 (memory.parameters - encoder) * args.micro_batch * target)
-    mfu = flops / step_s / peak_flops if peak_flops else None
-    tokens = encoder_tokens + args.micro_batch * target
-    del engine, backbone, prompt
-    _reset(device)
-    return TrainCase(model, name, args.micro_batch, tokens / step_s, mfu, peak / 1e9,
-                     planned.total / 1e9, step_s)
+    raw, _ = load_ds_config(f"zero{case.zero_stage}_bf16")
+    ds = deepspeed_config(dict(raw, gradient_accumulation_steps=accumulation), config, world)
+    backbone = random_backbone(case.model, ds, device, shape["text"])
+    if checkpointing:
+        backbone.checkpoint_activations()
+    prompt = SoftPrompt(torch.randn(shape["prompt"], backbone.hidden_size) * 0.5)
+    engine = prompt_engine(config, prompt, backbone, ds, start_step=0)
+    batch = {k: v.to(engine.device) for k, v in
+             backbone.collate(rows(micro, shape["text"]), LABEL_WORDS).items()}
+    seconds = _timed_steps(shape["steps"], accumulation,
+                           lambda: engine.backward(engine(batch)), engine.step, device)
+    text, target = batch["input_ids"].shape[1], batch["target_ids"].shape[1]
+    planned = memory.estimate(RunShape("bf16", micro, shape["prompt"], text, target),
+                              world, case.zero_stage, checkpointing)
+    flops = example_flops(case.model, "bf16", shape["prompt"], text, target).useful() * \
+        micro * accumulation
+    tokens = micro * accumulation * (shape["prompt"] + text + target)
+    return Result(case.name, case.kind, case.model, case.launcher, case.zero_stage, micro,
+                  accumulation, checkpointing, 1, tokens / seconds, "tokens/s", seconds, flops,
+                  _mfu(flops, seconds), _peak(device), planned.total / 1e9,
+                  LOAD_CHECK)
 
 
-def inference_cases(model: str, args, device: torch.device) -> list[Throughput]:
-    """Capture and matrix evaluation in bf16 on one random model, as the stages run them."""
-    from ptdist.neurons.capture import bare_rows, ffn_activations
+def pack_case(case: Case, shape: dict, device: torch.device) -> Result:
+    """K runs of ``case.model`` on one backbone as ptdist's packed step runs them (each run's
+    micro-batch through the model on its own, then every row's Adam step: `StackedAdam`), K the
+    planner's largest on this card."""
+    from ptdist.orchestration.plans import AUTO_PACK, pack_fits
+    from ptdist.orchestration.spec import Resources, RunSpec
+    from ptdist.training import TrainConfig
+    from ptdist.training.cost import example_flops
+    from ptdist.training.engine import load_ds_config
+    from ptdist.training.memory import RunShape, model_memory
+    from ptdist.training.stacked import RowStep, StackedAdam
+
+    micro, card = shape["batch"], this_card()
+    config = TrainConfig(model=case.model, task="sst2", prompt_length=shape["prompt"],
+                         batch_size=micro, max_length=shape["text"], ds_config="zero0_bf16")
+    run = RunSpec(config, Resources(gpus=1))
+    k = max(k for k in range(1, AUTO_PACK + 1) if pack_fits(run, k, card))
+    ds, _ = load_ds_config("zero0_bf16")
+    backbone = random_backbone(case.model, ds, device, shape["text"])
+    prompts = StackedAdam(torch.randn(k, shape["prompt"], backbone.hidden_size,
+                                      device=device) * 0.5)
+    batches = [{key: v.to(device) for key, v in backbone.collate(
+        rows(micro, shape["text"], seed), LABEL_WORDS).items()} for seed in range(k)]
+    grads: list[torch.Tensor] = []
+
+    def forward_backward() -> None:
+        grads.clear()
+        for row, batch in enumerate(batches):
+            prompt = prompts.weight[row].detach().clone().requires_grad_(True)
+            backbone.loss(prompt.unsqueeze(0).expand(micro, -1, -1), batch).mean().backward()
+            grads.append(prompt.grad)
+
+    def step() -> None:
+        prompts.step([RowStep(row, grad, 0.3, 1e-5, 1.0) for row, grad in enumerate(grads)])
+
+    seconds = _timed_steps(shape["steps"], 1, forward_backward, step, device)
+    text, target = batches[0]["input_ids"].shape[1], batches[0]["target_ids"].shape[1]
+    # As `pack_fits` plans it: one run's micro-batch in a forward, K prompts' optimizer state.
+    one = model_memory(case.model, "bf16").estimate(
+        RunShape("bf16", micro, shape["prompt"], text, target))
+    planned = one.total + (k - 1) * one.optimizer
+    flops = example_flops(case.model, "bf16", shape["prompt"], text, target).useful() * micro * k
+    tokens = micro * k * (shape["prompt"] + text + target)
+    return Result(case.name, case.kind, case.model, case.launcher, 0, micro, 1, False, k,
+                  tokens / seconds, "tokens/s", seconds, flops, _mfu(flops, seconds),
+                  _peak(device), planned / 1e9, LOAD_CHECK)
+
+
+def generate_case(case: Case, shape: dict, device: torch.device) -> Result:
+    from ptdist.training.engine import load_ds_config
+
+    ds, _ = load_ds_config("zero0_bf16")
+    backbone = random_backbone(case.model, ds, device, shape["text"])
+    batch = {k: v.to(device) for k, v in
+             backbone.collate(rows(shape["batch"], shape["text"]), None).items()}
+    prompts = torch.randn(shape["batch"], shape["prompt"], backbone.hidden_size,
+                          device=device, dtype=next(backbone.parameters()).dtype) * 0.5
+    backbone.generate(prompts[:2], {k: v[:2] for k, v in batch.items()}, 2)  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    texts = backbone.generate(prompts, batch, shape["new_tokens"])
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    generated = sum(len(backbone.tokenizer(t).input_ids) for t in texts)
+    return Result(case.name, case.kind, case.model, case.launcher, 0, shape["batch"], 1, False,
+                  1, generated / seconds, "generated tokens/s", seconds, None, None,
+                  _peak(device), None, LOAD_CHECK)
+
+
+def matrix_case(case: Case, shape: dict, device: torch.device) -> Result:
     from ptdist.tasks import get_task
     from ptdist.training.engine import load_ds_config
-    from ptdist.training.evaluation import evaluate_each
+    from ptdist.training.evaluation import predict_each
 
-    out = []
     ds, _ = load_ds_config("zero0_bf16")
-    _reset(device)
-    with random_backbone(model, ds, device, args.text_length) as backbone, torch.no_grad():
-        width = backbone.hidden_size
-        prompts = torch.randn(args.prompts, args.prompt_length, width, device=device) * 0.5
-        batch = {k: v.to(device) for k, v in
-                 backbone.collate(bare_rows(backbone) * args.per_forward, None).items()}
-        ffn_activations(backbone, prompts[:args.per_forward], batch)  # warm-up
+    backbone = random_backbone(case.model, ds, device, shape["text"])
+    sources = torch.randn(shape["prompts"], shape["prompt"], backbone.hidden_size,
+                          device=device) * 0.5
+    task, examples = get_task("sst2"), rows(shape["eval_rows"], shape["text"], seed=1)
+    with torch.no_grad():
+        predict_each(backbone, sources, task, examples[:2], shape["batch"] * 2, 2)  # warm-up
         _sync(device)
         t0 = time.perf_counter()
-        for start in range(0, args.prompts, args.per_forward):
-            group = prompts[start:start + args.per_forward]
-            ffn_activations(backbone, group, {k: v[:len(group)] for k, v in batch.items()})
+        predict_each(backbone, sources, task, examples, shape["batch"] * 2, 2)
         _sync(device)
-        out.append(Throughput(model, "capture", args.prompts / (time.perf_counter() - t0),
-                              "prompts/s", _peak(device) / 1e9))
-        task, examples = get_task("sst2"), rows(args.eval_rows, seed=1)
-        sources = prompts[:args.matrix_prompts]
-        evaluate_each(backbone, sources, task, examples[:4], args.eval_batch, 2)  # warm-up
+    seconds = time.perf_counter() - t0
+    return Result(case.name, case.kind, case.model, case.launcher, 0, shape["batch"] * 2, 1,
+                  False, 1, len(sources) * len(examples) / seconds, "prompt-examples/s",
+                  seconds, None, None, _peak(device), None, LOAD_CHECK)
+
+
+def _timed_steps(steps: int, micro_steps: int, forward_backward, step,
+                 device: torch.device) -> float:
+    """Seconds of one optimizer step, the mean of ``steps`` after one to warm up."""
+    seconds = []
+    for i in range(steps + 1):
         _sync(device)
         t0 = time.perf_counter()
-        evaluate_each(backbone, sources, task, examples, args.eval_batch, 2)
+        for _ in range(micro_steps):
+            forward_backward()
+            step()
         _sync(device)
-        pairs = len(sources) * len(examples)
-        out.append(Throughput(model, "matrix eval", pairs / (time.perf_counter() - t0),
-                              "prompt-examples/s", _peak(device) / 1e9))
-        del backbone
-    _reset(device)
-    return out
+        if i:
+            seconds.append(time.perf_counter() - t0)
+    return sum(seconds) / len(seconds)
+
+
+def _ray_case(case: dict, shape: dict) -> dict:
+    """What each worker of the Ray Train group runs: the case, in the worker's process."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    setup()
+    return asdict(run_case(Case(**case), shape, device))
+
+
+def on_ray(case: Case, shape: dict, device: torch.device) -> Result:
+    """The case on a one-worker Ray Train group on a local Ray, as a multi-GPU run's group."""
+    from ptdist.orchestration.cluster import ray_session
+    from ptdist.orchestration.spec import Resources
+    from ptdist.orchestration.worker_group import on_worker_group
+    from ptdist.store import Store
+
+    gpus = 1 if device.type == "cuda" else 0
+    with tempfile.TemporaryDirectory() as store, ray_session(None):
+        result = on_worker_group(f"gpu_check {case.name}", _ray_case,
+                                 {"case": asdict(case), "shape": shape},
+                                 Resources(workers=1, gpus=gpus, cpus=2), Store(store))
+    return Result(**result)
+
+
+# --- the driver -----------------------------------------------------------------------------
+
+def this_card():
+    """The card of GPU 0 (``--peak-tflops`` overrides its peak); on CPU (``--smoke``) the card
+    the check is sized for, an H100 SXM 80 GB, so the planner has one to plan on."""
+    from ptdist.training.hardware import card, card_of_device
+
+    found = None
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        found = card_of_device(props.name, props.total_memory)
+    found = found or card("H100", 80)
+    peak = os.environ.get("GPU_CHECK_PEAK_TFLOPS")
+    return replace(found, peak_bf16=float(peak) * 1e12) if peak else found
+
+
+def _mfu(flops: float, seconds: float) -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    return flops / seconds / this_card().peak("bf16")
 
 
 def _sync(device: torch.device) -> None:
@@ -191,82 +364,139 @@ def _sync(device: torch.device) -> None:
 
 
 def _reset(device: torch.device) -> None:
-    gc.collect()
     if device.type == "cuda":
-        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 
 
-def _peak(device: torch.device) -> float:
-    return float(torch.cuda.max_memory_allocated()) if device.type == "cuda" else float("nan")
+def _peak(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None
 
 
-def card_peak(args) -> float | None:
+def shape_of(smoke: bool, steps: int) -> dict:
+    base = {"prompt": PROMPT, "text": TEXT, "batch": BATCH, "new_tokens": NEW_TOKENS,
+            "prompts": 8, "eval_rows": 64}
+    if smoke:
+        base.update(SMOKE, prompts=2, eval_rows=4)
+    return dict(base, steps=steps)
+
+
+def child_command(case: Case, args, result: Path) -> list[str]:
+    """How the case's process is started: python, or torchrun with one process (through
+    `launch_on_loopback`). The case goes by its index: a command line naming torchrun would be
+    taken for a user's launcher by the suite's watch over listening sockets, which then would
+    not look at it."""
+    script = ["--case", str(CASES.index(case)), "--result", str(result),
+              "--steps", str(args.steps)] + (["--smoke"] if args.smoke else [])
+    if case.launcher == "torchrun":
+        return [sys.executable, str(HERE / "gpu_check.py"), LAUNCH, *script]
+    return [sys.executable, str(HERE / "gpu_check.py"), *script]
+
+
+def launch_on_loopback(script: list[str]) -> None:
+    """torchrun with one process, every socket on 127.0.0.1. Its agent hosts the static
+    rendezvous store, which torch binds to every interface (``::``); started first in this
+    process on loopback (`serve_rendezvous`, multi-tenant), the agent's store serves from it,
+    and the worker's gloo and NCCL sockets keep to loopback (`meet_at`, inherited)."""
+    from torch.distributed.run import main as torchrun
+
+    from ptdist.training.distributed import LOOPBACK, meet_at, serve_rendezvous
+
+    port = serve_rendezvous(LOOPBACK, 1, timeout_s=SMOKE_TIMEOUT_S)
+    meet_at(LOOPBACK, port)
+    torchrun(["--nproc-per-node", "1", "--master-addr", LOOPBACK, "--master-port", str(port),
+              str(HERE / "gpu_check.py"), *script])
+
+
+def drive(args) -> dict:
+    cases = [c for c in CASES if c.name in args.cases]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(HERE), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
     if args.peak_tflops:
-        return args.peak_tflops * 1e12
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name(0)
-    return next((tflops * 1e12 for card, tflops in PEAKS.items() if card in name), None)
+        env["GPU_CHECK_PEAK_TFLOPS"] = str(args.peak_tflops)
+    done, t0 = [], time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in cases:
+            result = Path(tmp) / f"{case.name}.json"
+            start = time.time()
+            timeout = SMOKE_TIMEOUT_S if args.smoke else case.budget_s + args.slack_s
+            try:
+                proc = subprocess.run(child_command(case, args, result), env=env, text=True,
+                                      capture_output=True, timeout=timeout)
+                error = None if proc.returncode == 0 and result.exists() else \
+                    (proc.stderr or proc.stdout)[-2000:]
+            except subprocess.TimeoutExpired:
+                error = f"timed out after {timeout} s"
+            entry = json.loads(result.read_text()) if error is None else \
+                {"case": case.name, "error": error}
+            entry.update(wall_s=time.time() - start, budget_s=case.budget_s)
+            done.append(entry)
+            print(f"[gpu_check] {case.name}: "
+                  + (f"{entry['per_s']:,.1f} {entry['unit']}" if error is None else "FAILED")
+                  + f" in {entry['wall_s']:.0f} s", file=sys.stderr, flush=True)
+    return {"machine": machine(), "card": this_card().name if torch.cuda.is_available() else
+            None, "peak_bf16_tflops": this_card().peak_bf16 / 1e12
+            if torch.cuda.is_available() else None, "smoke": args.smoke,
+            "wall_s": time.time() - t0, "cases": done}
+
+
+def default_out() -> Path:
+    return Path(tempfile.gettempdir()) / f"gpu_check-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
 
 def main() -> None:
+    if sys.argv[1:2] == [LAUNCH]:
+        launch_on_loopback(sys.argv[2:])
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["t5-xl", "t5-xxl"], choices=MODELS)
-    p.add_argument("--cases", nargs="+", default=[c for c, _, _ in CASES],
-                   choices=[c for c, _, _ in CASES])
-    p.add_argument("--micro-batch", type=int, default=8)
-    p.add_argument("--prompt-length", type=int, default=100)
-    p.add_argument("--text-length", type=int, default=128)
-    p.add_argument("--steps", type=int, default=5, help="timed steps per case (after one)")
-    p.add_argument("--prompts", type=int, default=64, help="prompts to capture")
-    p.add_argument("--per-forward", type=int, default=16, help="prompts per capture forward")
-    p.add_argument("--matrix-prompts", type=int, default=8)
-    p.add_argument("--eval-rows", type=int, default=64)
-    p.add_argument("--eval-batch", type=int, default=64, help="examples x prompts per forward")
+    p.add_argument("--cases", nargs="+", default=[c.name for c in CASES],
+                   choices=[c.name for c in CASES])
+    p.add_argument("--steps", type=int, default=3, help="timed steps per training case "
+                                                        "(after one to warm up)")
     p.add_argument("--peak-tflops", type=float, default=None,
-                   help="the card's dense bf16 peak (default: from its name)")
+                   help="the card's dense bf16 peak (default: its datasheet's, by its name)")
+    p.add_argument("--slack-s", type=int, default=30,
+                   help="seconds a case may run past its budget before it is stopped")
     p.add_argument("--smoke", action="store_true",
-                   help="CPU, the tiny T5 v1.1 preset's shapes, a few steps: checks the script")
-    p.add_argument("--out", default="gpu_check.json")
+                   help="CPU, the tiny T5 v1.1 preset for every model: checks the script")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where the JSON goes (default: gpu_check-<time>.json in the system's "
+                        "temporary folder)")
+    p.add_argument("--case", type=int, help=argparse.SUPPRESS)  # the child: one case's index
+    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.smoke:
-        args.models, args.micro_batch, args.prompt_length, args.text_length = ["tiny"], 2, 4, 16
-        args.steps, args.prompts, args.per_forward, args.matrix_prompts = 1, 4, 2, 2
-        args.eval_rows, args.eval_batch = 4, 4
-    elif not torch.cuda.is_available():
+    if not args.smoke and not torch.cuda.is_available():
         sys.exit("gpu_check: no GPU visible (CUDA_VISIBLE_DEVICES, driver?); --smoke runs the "
                  "script on CPU")
     setup()
-    single_process_group()
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
-    peak = card_peak(args)
-    t0 = time.time()
-    train, inference = [], []
-    for short in args.models:
-        model = MODELS[short]
-        for name, stage, checkpointing in CASES:
-            if name in args.cases:
-                train.append(train_case(model, name, stage, checkpointing, args, device, peak))
-                print(f"[gpu_check] {short} {name}: {train[-1].tokens_per_s:,.0f} tokens/s",
-                      file=sys.stderr, flush=True)
-        inference += inference_cases(model, args, device)
-    result = {"machine": machine(), "device": str(device), "peak_bf16_tflops":
-              peak / 1e12 if peak else None, "settings": vars(args),
-              "wall_s": time.time() - t0, "train": [asdict(c) for c in train],
-              "inference": [asdict(c) for c in inference]}
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(result["machine"])
-    print(f"{'model':<22}{'case':<12}{'micro':>6}{'tokens/s':>11}{'MFU':>7}{'step s':>8}"
-          f"{'peak GB':>9}{'planned GB':>11}")
-    for c in train:
-        mfu = f"{c.mfu:.1%}" if c.mfu is not None else "-"
-        print(f"{c.model:<22}{c.case:<12}{c.micro_batch:>6}{c.tokens_per_s:>11,.0f}{mfu:>7}"
-              f"{c.step_s:>8.3f}{c.peak_gb:>9.2f}{c.planned_gb:>11.2f}")
-    for t in inference:
-        print(f"{t.model:<22}{t.what:<12}{t.per_s:>11,.1f} {t.unit} (peak {t.peak_gb:.1f} GB)")
-    print(f"wall time {result['wall_s']:.0f} s; JSON: {args.out}")
+    if args.case is not None:
+        case = CASES[args.case]
+        if args.smoke:
+            case = replace(case, model=TINY)
+        device = torch.device("cpu" if args.smoke else "cuda")
+        shape = shape_of(args.smoke, args.steps)
+        result = on_ray(case, shape, device) if case.launcher == "ray" else \
+            run_case(case, shape, device)
+        args.result.write_text(json.dumps(asdict(result)))
+        return
+    report = drive(args)
+    out = args.out or default_out()
+    out.write_text(json.dumps(report, indent=1))
+    print(report["machine"])
+    print(f"{'case':<24}{'model':<20}{'micro x acc':>12}{'ckpt':>5}{'K':>4}{'per s':>12} "
+          f"{'unit':<18}{'MFU':>6}{'peak GB':>9}{'planned':>9}{'wall s':>8}")
+    for c in report["cases"]:
+        if "error" in c:
+            print(f"{c['case']:<24}FAILED: {c['error'].strip().splitlines()[-1]}")
+            continue
+        mfu = f"{c['mfu']:.0%}" if c["mfu"] is not None else "-"
+        peak = f"{c['peak_gb']:.1f}" if c["peak_gb"] is not None else "-"
+        planned = f"{c['planned_gb']:.2f}" if c["planned_gb"] is not None else "-"
+        print(f"{c['case']:<24}{c['model']:<20}{c['micro_batch']:>7} x {c['accumulation']:<2}"
+              f"{'y' if c['checkpointing'] else 'n':>5}{c['pack']:>4}{c['per_s']:>12,.1f} "
+              f"{c['unit']:<18}{mfu:>6}{peak:>9}{planned:>9}{c['wall_s']:>8.0f}")
+    print(f"wall time {report['wall_s']:.0f} s; JSON: {out}")
+    if any("error" in c for c in report["cases"]):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

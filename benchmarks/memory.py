@@ -155,7 +155,8 @@ def main() -> None:
     from ptdist.training.memory import RunShape
 
     setup()
-    run = RunShape("fp32", args.batch_size, args.prompt_length, args.text_length)
+    # The measured batch repeats one text: no padding, so no attention mask (docs/scale.md).
+    run = RunShape("fp32", args.batch_size, args.prompt_length, args.text_length, padding=False)
     rows = []
     for model in args.models:
         child = subprocess.run(

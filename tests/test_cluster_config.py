@@ -1,11 +1,15 @@
 """cluster.yaml is a real Ray autoscaler config: it passes the schema check `ray up` runs, every
-node runs the same pinned software (no node can install an unpinned ray), and it sets up the
-job environment. Versions are compared file with file (cluster.yaml, the lock, pyproject.toml),
-never with whatever happens to be installed here."""
+node runs the same pinned software (one image, built by the Dockerfile from Ray's image through
+the lock; a pinned host AMI; no node can install an unpinned ray), GPU nodes may write Ray's
+records to S3, every node type says its GPU's memory, and the memory planner (not a count)
+says the paper's T5-XXL fits the node types it may land on. Versions are compared file with
+file (cluster.yaml, the Dockerfile, the lock, pyproject.toml), never with whatever happens to be
+installed here."""
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
 import shlex
 from pathlib import Path
@@ -16,11 +20,15 @@ import yaml
 from jsonschema.exceptions import ValidationError
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from ptdist.orchestration.resources import node_types_from_cluster_config
-from tests.conftest import locked_versions
+from ptdist.orchestration.plans import model_plans
+from ptdist.orchestration.resources import Cluster, node_card, node_types_from_cluster_config
+from ptdist.orchestration.presets import preset
+from ptdist.orchestration.study import load_study
+from tests.conftest import LOCK, locked_versions
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "cluster.yaml"
+DOCKERFILE = REPO / "Dockerfile"
 COMMANDS = ("initialization_commands", "setup_commands", "head_setup_commands",
             "worker_setup_commands")
 
@@ -107,21 +115,78 @@ def test_no_node_installs_an_unpinned_ray():
         assert unpinned_ray(broken) == [bad], bad
 
 
-def test_every_node_runs_the_same_image_and_installs_through_the_lock_whose_ray_is_the_images():
+def _dockerfile() -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
+    return [line.strip() for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_every_node_runs_the_image_the_dockerfile_builds_from_rays_image_through_the_lock():
     config = _config()
     docker = config["docker"]
     assert not {"head_image", "worker_image"} & set(docker)  # one image for every node
-    image_ray = re.match(r"rayproject/ray:(\d+\.\d+\.\d+)-py311-(gpu|cu\d+)$", docker["image"])
-    assert image_ray, docker["image"]
-    assert locked_versions()["ray"] == image_ray.group(1)
-    installs = [c for key in COMMANDS for c in config.get(key) or [] if "pip install" in c]
-    assert installs and all("-c /home/ubuntu/ptdist/requirements/lock.txt" in c
-                            for c in installs), installs
-    # torch from PyPI on Linux is a CUDA build; every node checks it at setup.
+    steps = _dockerfile()
+    base = re.fullmatch(r"FROM rayproject/ray:(\d+\.\d+\.\d+)-py311-(gpu|cu\d+)", steps[0])
+    assert base, steps[0]
+    assert locked_versions()["ray"] == base.group(1)
+    # The image holds the dependencies, installed through the lock the build copies in.
+    copied = dict(reversed(step.split()[-2:]) for step in steps if step.startswith("COPY"))
+    lock_copy = copied["/tmp/ptdist/requirements/lock.txt"]
+    assert lock_copy == "requirements/lock.txt"
+    installs = [step for step in steps if "pip install" in step]
+    assert installs and all("-c /tmp/ptdist/requirements/lock.txt" in step
+                            for step in installs), installs
+    assert any("torch.version.cuda" in step for step in steps)  # a CUDA build, checked
+    # cluster.yaml names that image: built from this Ray and this lock (a changed lock needs a
+    # new image: its tag changes).
+    lock_digest = hashlib.sha256(LOCK.read_bytes()).hexdigest()[:12]
+    assert docker["image"].endswith(f"/ptdist:ray{base.group(1)}-lock{lock_digest}"), \
+        docker["image"]
+    # Each node installs ptdist itself through the same lock.
+    node_installs = [c for key in COMMANDS for c in config.get(key) or [] if "pip install" in c]
+    assert node_installs and all("-c /home/ubuntu/ptdist/requirements/lock.txt" in c
+                                 for c in node_installs), node_installs
     assert any("torch.version.cuda" in c for c in config["setup_commands"])
     assert docker["worker_run_options"] == ["--gpus all"]
+
+
+def test_the_host_ami_is_one_pinned_image_id_with_its_lookup_beside_it():
+    config = _config()
     images = {t["node_config"]["ImageId"] for t in config["available_node_types"].values()}
-    assert images != {"latest_dlami"} and len(images) == 1
+    assert len(images) == 1
+    assert re.fullmatch(r"ami-[0-9a-f]{8,17}", images.pop())
+    header = CLUSTER_YAML.read_text().split("cluster_name:")[0]
+    assert "aws ssm get-parameter" in header and "/ami-id" in header
+
+
+def test_gpu_nodes_have_an_instance_profile_for_rays_s3_records():
+    config = _config()
+    for name, node_type in config["available_node_types"].items():
+        if node_type.get("resources", {}).get("GPU"):
+            assert node_type["node_config"]["IamInstanceProfile"]["Name"], name
+    # The head gets Ray's own profile (ray up creates it) unless the config names one.
+    head = config["available_node_types"][config["head_node_type"]]["node_config"]
+    assert "IamInstanceProfile" not in head
+
+
+def test_every_gpu_node_type_declares_a_gpu_memory_the_planner_reads():
+    types = node_types_from_cluster_config(CLUSTER_YAML)
+    cards = {name: node_card(offer) for name, offer in types.items() if offer.get("GPU")}
+    assert cards and all(card is not None for card in cards.values())
+    for name, card in cards.items():
+        assert types[name][f"gpu_memory_gb:{card.memory_gb:g}"] == 1, name
+
+
+def test_the_planner_says_the_papers_t5_xxl_fits_every_node_type_it_may_land_on(tmp_path):
+    study = load_study(preset("paper"), storage_path=str(tmp_path))
+    cluster = Cluster.from_config(CLUSTER_YAML)
+    xxl = next(m for m in study.spec.models if m.name == "google/t5-v1_1-xxl")
+    landing = cluster.holding(xxl.resources.group())
+    assert {cluster.card_of(n).memory_gb for n in landing} == {48, 80}
+    plan = next(p for p in model_plans(study.spec, cluster) if p.model == xxl.name)
+    assert plan.card.memory_gb == 48  # planned on the smallest card it may land on
+    assert plan.fits
 
 
 def test_the_lock_pins_every_dependency_pyproject_names():
@@ -153,7 +218,7 @@ def test_the_job_environment_puts_caches_on_local_disk_and_the_store_on_the_shar
     assert "-v /mnt/ptdist:/mnt/ptdist" in options and "-v /mnt/local:/mnt/local" in options
 
 
-def test_worker_types_are_sized_for_t5_xxl_with_a_cpu_head():
+def test_worker_types_have_a_cpu_head_and_a_gpu_type_per_card():
     types = node_types_from_cluster_config(CLUSTER_YAML)
     config = _config()
     assert types[config["head_node_type"]].get("GPU", 0) == 0

@@ -99,6 +99,65 @@ def test_a_lone_training_process_opens_no_port_beyond_loopback():
     assert seen["listening"] and set(seen["listening"]) <= LOOPBACK, seen
 
 
+# Another Ray instance on the host (as other users' local Rays, or a `ray start`, may be).
+OTHER_RAY = """
+import sys, time
+from ptdist.orchestration.cluster import connect_ray
+connect_ray(None)
+print("up", flush=True)
+sys.stdin.read()  # until the test closes it
+"""
+
+# What Ray Train's placement-group cleaner does in its actor: ask the state API, with no
+# address, whether the controller is alive.
+CLEANER = """
+import json
+import ray
+from ptdist.orchestration.cluster import connect_ray
+from ray._private.services import find_gcs_addresses
+
+connect_ray(None)
+
+@ray.remote(num_cpus=0)
+class Controller:
+    def ping(self):
+        return True
+
+@ray.remote(num_cpus=0)
+def cleaner_check(actor_id):
+    from ray.train.v2._internal.state.util import is_actor_alive
+    try:
+        return str(is_actor_alive(actor_id=actor_id, timeout=60))
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+controller = Controller.remote()
+ray.get(controller.ping.remote())
+seen = dict(instances=len(find_gcs_addresses()),
+            alive=ray.get(cleaner_check.remote(controller._actor_id.hex())))
+ray.shutdown()
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.slow
+def test_ray_trains_placement_group_cleaner_finds_this_ray_beside_another_on_the_host():
+    """With two Ray instances on a host, the state API called without an address from a
+    worker fails ("Found multiple active Ray instances"), and Ray Train's cleaner with it;
+    the local Ray names its own state API server to its workers."""
+    other = subprocess.Popen([sys.executable, "-c", OTHER_RAY], cwd=REPO, env=child_env(),
+                             text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL)
+    try:
+        assert other.stdout.readline().strip() == "up"
+        seen = _probe(CLEANER)
+    finally:
+        other.stdin.close()
+        other.wait(timeout=120)
+    assert seen["instances"] >= 2
+    assert seen["alive"] == "True"
+
+
 # A 2-worker group as ptdist starts one (a Ray Train worker group with gloo, on the embedded
 # local Ray): once every rank has joined, each worker's listening sockets and the rendezvous
 # port (MASTER_PORT) it was given.

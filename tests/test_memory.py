@@ -1,9 +1,13 @@
-"""The memory planner: its activation term is what autograd really keeps, its weight and
-optimizer terms are DeepSpeed's estimators', it picks one GPU when the model fits and ZeRO-3 over
-a node only when not, and activation checkpointing is honoured by training (same prompt, less
-kept). Measured totals on CPU: benchmarks/memory.py (docs/scale.md)."""
+"""The memory planner: its activation term is what autograd really keeps (with and without the
+per-call attention masks of a padded batch), its weight and optimizer terms are DeepSpeed's
+estimators', it picks the placement of least compute that fits (accumulation before
+checkpointing, one GPU before ZeRO-3 over several), and activation checkpointing is honoured by
+training (same prompt, less kept). Measured totals on CPU: benchmarks/memory.py
+(docs/scale.md)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,8 +16,10 @@ from ptdist.backbones import load_backbone, model_config, random_model
 from ptdist.store import Store
 from ptdist.training import TrainConfig, train
 from ptdist.training.engine import frozen_backbone, load_ds_config
-from ptdist.training.memory import (GB, RunShape, gpu_memory_gb, model_memory,
-                                    plan_placement)
+from ptdist.training.cost import example_flops, step_time
+from ptdist.training.hardware import GB, card
+from ptdist.training.memory import RunShape, model_memory
+from ptdist.training.placement import plan_placement
 
 XXL = "google/t5-v1_1-xxl"
 
@@ -34,23 +40,42 @@ def _kept(backbone, prompts, batch) -> int:
     return sum(t.numel() * t.element_size() for t in kept.values())
 
 
-def _batch(backbone, examples: int, text: int) -> dict:
-    rows = [{"text": " ".join(["the movie was good"] * text), "label": i % 2}
+def _batch(backbone, examples: int, text: int, padded: bool = False) -> dict:
+    """Rows of ``text`` words each, or with ``padded`` of 1 to ``text`` words (the batch is
+    padded to its longest, which the tokenizer cuts at the backbone's max_length)."""
+    rows = [{"text": " ".join(["the movie was good"] * (1 + i * text // examples if padded
+                                                        else text)), "label": i % 2}
             for i in range(examples)]
     return backbone.collate(rows, ["good", "bad"])
 
 
+@pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("model", ["tiny-roberta", "tiny-t5", "tiny-t5-v1_1"])
-def test_the_activation_term_is_what_autograd_keeps_on_real_tensors(model):
-    real = load_backbone(model, max_length=48)
-    batch = _batch(real, 8, 48)
+def test_the_activation_term_is_what_autograd_keeps_on_real_tensors(model, padded):
+    real = load_backbone(model, max_length=36)
+    batch = _batch(real, 8, 36, padded)
+    assert (batch["attention_mask"] == 0).any() == padded
     prompts = torch.randn(8, 12, real.hidden_size, requires_grad=True)
     measured = _kept(real, prompts, batch)
     target = batch["target_ids"].shape[1] if "target_ids" in batch else 4
-    planned = model_memory(model, "fp32").estimate(RunShape("fp32", 8, 12, 48, target))
-    # measured: 1.00 (MLM) and 1.02-1.03 (T5: the planner's mask-free forward keeps T5's
-    # position bias at full width); bf16 halves both
+    # 12 + 36 tokens: a multiple of 8, so the GPU kernel's padded mask is the CPU's own size.
+    planned = model_memory(model, "fp32").estimate(
+        RunShape("fp32", 8, 12, batch["input_ids"].shape[1], target, padding=padded))
+    # measured: 1.00 (MLM) and 1.02-1.03 (T5: the planner's forward keeps T5's position bias
+    # at full width); with padding, every attention call's own mask is counted as kept
     assert measured <= planned.activations <= 1.05 * measured
+
+
+def test_a_padded_batch_costs_t5_xxl_a_mask_per_attention_call_padded_to_8_columns():
+    """The issue's number: at batch 32 x (100 + 256) tokens each of the 24 encoder layers keeps
+    a [32, 64 heads, 356, 360] bf16 mask (PyTorch's memory-efficient kernel pads 356 to 360)
+    instead of a [64, 356, 356] bias: +12.6 GB, plus the decoder's small masks."""
+    xxl = model_memory(XXL, "bf16")
+    plain, padded = (xxl.saved(RunShape("bf16", 32, 100, 256, padding=flag)).total
+                     for flag in (False, True))
+    encoder = 24 * (32 * 64 * 356 * 360 - 64 * 356 * 356) * 2
+    assert encoder == pytest.approx(12.2e9, rel=0.01)
+    assert encoder <= padded - plain <= encoder + 0.2e9
 
 
 def test_weights_and_optimizer_terms_equal_deepspeeds_estimators():
@@ -100,19 +125,26 @@ def test_t5_v1_1_xxl_is_planned_with_its_own_head():
     assert round(parameters / 1e9, 1) == 11.1 and round((parameters - own_head) / 1e9, 1) == 11.0
 
 
-def test_the_planner_picks_one_gpu_when_the_model_fits_and_zero3_only_when_not():
+def test_the_planner_picks_accumulation_over_checkpointing_and_one_gpu_over_zero3():
     xxl = model_memory(XXL, "bf16")
     run = RunShape("bf16", 32, 100, 256)
-    on_a100 = plan_placement(xxl, run, 32, gpu_memory_gb("A100"))
-    # 22 GB of weights fit an 80 GB card; 95 GB of activations do not, checkpointed they do.
-    assert (on_a100.gpus, on_a100.zero_stage, on_a100.checkpointing) == (1, 0, True)
-    assert xxl.estimate(run).total > 80 * GB > on_a100.memory.total
-    small = plan_placement(xxl, run, 32, gpu_memory_gb("A10G"))  # 24 GB: weights alone 22
+    a100 = card("A100", 80)
+    on_a100 = plan_placement(xxl, run, 32, a100)
+    # 22 GB of weights fit an 80 GB card, the activations of 32 examples do not; those of 16
+    # do: two micro-steps of 16 cost the FLOPs of one of 32, checkpointing 1.5 times them.
+    assert xxl.estimate(run).total > 80 * GB
+    assert (on_a100.gpus, on_a100.zero_stage, on_a100.accumulation, on_a100.micro_batch,
+            on_a100.checkpointing) == (1, 0, 2, 16, False)
+    assert xxl.estimate(run, checkpointing=True).total < 0.9 * 80 * GB  # it fits too
+    flops = example_flops(XXL, "bf16", 100, 256, 4)
+    checkpointed = step_time(flops, xxl, a100, 32, 1, 1, 0, True, 100)
+    assert checkpointed.total / on_a100.step.total == pytest.approx(1.5, abs=0.02)
+    small = plan_placement(xxl, run, 32, card("A10G"))  # 24 GB: the weights alone are 22
     assert (small.gpus, small.zero_stage) == (2, 3)
     assert small.memory.weights < 12 * GB
-    assert plan_placement(xxl, run, 32, 4) is None  # not even 8 GPUs of 4 GB
-    base = plan_placement(model_memory("roberta-base", "bf16"), run, 32, gpu_memory_gb("L4"))
-    assert (base.gpus, base.checkpointing) == (1, False)
+    assert plan_placement(xxl, run, 32, replace(card("L4"), memory_gb=3)) is None  # 8 x 3 GB
+    base = plan_placement(model_memory("roberta-base", "bf16"), run, 32, card("L4"))
+    assert (base.gpus, base.accumulation, base.checkpointing) == (1, 1, False)
 
 
 def test_activation_checkpointing_is_honoured_and_changes_nothing_but_memory(tmp_path,

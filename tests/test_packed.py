@@ -13,7 +13,8 @@ import torch
 import yaml
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration.plans import pack_fits
+from ptdist.orchestration.plans import Packing, pack_fits
+from ptdist.orchestration.resources import Cluster
 from ptdist.orchestration.runs import pack_runs, plan_sweep, prompt_jobs
 from ptdist.orchestration.spec import Resources, RunSpec, load_spec
 from ptdist.store import Store
@@ -22,11 +23,16 @@ from ptdist.store.tables import read_records
 from ptdist.training import TrainConfig, train
 from ptdist.training.checkpoint import load_checkpoint
 from ptdist.training.packed import train_packed
+from ptdist.training.hardware import card
 from ptdist.training.tracking import RunTracker
 from tests.conftest import (TOPIC_YAML, child_env, keyword_rows, write_jsonl,
                             zero3_every_tensor_partitioned)
 
 REPO = Path(__file__).resolve().parents[1]
+# A node with room for many one-CPU jobs: how many run at once is then max_concurrent's.
+BIG_CPU_NODE = Cluster({"cpu": {"CPU": 64.0}}, {"cpu": 1}, "a 64-CPU test node")
+T4_NODE = Cluster({"t4": {"CPU": 8.0, "GPU": 1.0, "accelerator_type:T4": 1.0}}, {"t4": 1},
+                  "a T4 test node")
 
 
 @pytest.fixture(scope="module")
@@ -171,13 +177,14 @@ def test_by_default_the_runs_of_a_model_are_packed_into_as_many_jobs_as_run_at_o
         "max_concurrent": 2, "train": {"steps": 2},
         "models": {"tiny-roberta": {}, "tiny-t5": {"pack": 1}}}))
     store = Store(tmp_path / "store")
-    jobs = prompt_jobs(plan_sweep(load_spec(spec), store), store, max_concurrent=2).unique()
+    jobs = prompt_jobs(plan_sweep(load_spec(spec), store), store,
+                       Packing(BIG_CPU_NODE, max_concurrent=2)).unique()
     assert len(jobs) == 2 + 6
     assert [j.id for j in jobs if j.id.startswith("pack ")] == [
         "pack tiny-roberta/sst2/seed0/random +2", "pack tiny-roberta/imdb/seed0/random +2"]
     unpacked = load_spec(spec, pack=1)
     assert all(len(job) == 1 for job in pack_runs(plan_sweep(unpacked, store),
-                                                  lambda _: 1, pack_fits))
+                                                  Packing(BIG_CPU_NODE, serial=True)))
 
 
 @pytest.mark.slow
@@ -212,18 +219,23 @@ def test_a_pack_is_only_as_large_as_the_memory_planner_fits_on_the_gpu():
     """A pack holds one run's micro-batch in a forward at a time and every run's prompt
     state: a run that fits packs up to `AUTO_PACK`, each prompt state adding to the card's
     load; a run whose own forward does not fit packs with nothing."""
+    t4 = card("T4")
     # Sixteen micro-batches of 4,096 in one forward would not fit a T4 (packs did that before
     # issue 26); one at a time they do.
     big = RunSpec(TrainConfig(model="tiny-roberta", task="sst2", batch_size=2 ** 12),
                   Resources(gpus=1, accelerator_type="T4"))
-    assert pack_fits(big, 1) and pack_fits(big, 16)
-    planned = [(big, f"p{i}") for i in range(16)]
-    assert [len(job) for job in pack_runs(planned, lambda _: 1, pack_fits)] == [16]
+    assert pack_fits(big, 1, t4) and pack_fits(big, 16, t4)
+    # (Packing itself leaves such a run alone: at micro-batch 4,096 it fills the T4 by itself,
+    # `compute_bound`.) A run that neither fills the card nor overflows it packs up to 16.
+    small = RunSpec(TrainConfig(model="tiny-roberta", task="sst2", batch_size=8),
+                    Resources(gpus=1, accelerator_type="T4"))
+    planned = [(small, f"p{i}") for i in range(16)]
+    assert [len(job) for job in pack_runs(planned, Packing(T4_NODE, serial=True))] == [16]
     huge = RunSpec(TrainConfig(model="tiny-roberta", task="sst2", batch_size=2 ** 16),
                    Resources(gpus=1, accelerator_type="T4"))
-    assert not pack_fits(huge, 1)
+    assert not pack_fits(huge, 1, t4)
     planned = [(huge, f"p{i}") for i in range(4)]
-    assert [len(job) for job in pack_runs(planned, lambda _: 1, pack_fits)] == [1] * 4
+    assert [len(job) for job in pack_runs(planned, Packing(T4_NODE, serial=True))] == [1] * 4
 
 
 @pytest.mark.slow

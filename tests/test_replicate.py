@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import json
+import math
 import os
 import signal
 import subprocess
@@ -263,64 +264,93 @@ def test_paper_preset_dry_run_prints_the_whole_plan(capsys):
     assert sum(job.startswith("  projector ") for job in jobs) == 12  # ordered pairs of 4
     for stage in ("matrix", "capture", "indicators", "correlate", "tpt"):
         assert sum(job.startswith(f"  {stage} ") for job in jobs) == 4, stage
-    table = {line.split()[0]: line.split() for line in lines
+    estimate = lines[:next(i for i, line in enumerate(lines) if line.startswith("schedule"))]
+    table = {line.split()[0]: line.split() for line in estimate
              if line.split() and line.split()[0] in ("prompt", "tpt_model", "total")}
     assert table["prompt"][1] == str(len(prompt_jobs))
     assert float(table["prompt"][3].replace(",", "")) > 1000
     assert table["total"][1] == str(len(jobs))
-    assert "GPU-hours" in out and "A100" in out
     # Every model trains at the paper's constant rate, with no warm-up.
     training = lines[lines.index("training (per model):") + 1:][:4]
     assert [line.split(":")[0].strip() for line in training] == [
         "roberta-base", "roberta-large", "t5-base", "google/t5-v1_1-xxl"]
     assert all("0 warm-up step(s) then constant rate, adamw" in line for line in training)
-    # Each job's real resources, and the memory plan of each model (offline: bundled configs).
+    # T5-XXL fills a GPU: one run per job, each holding one GPU.
     xxl = [job for job in prompt_jobs if job.split()[1].startswith("google/t5-v1_1-xxl/")]
-    assert xxl and all(job.endswith("8 CPU, 1 GPU, accelerator_type:A100") for job in xxl)
+    assert len(xxl) == 17 * 3 and all(job.startswith("  prompt ") for job in xxl)
+    assert all(job.endswith("8 CPU, 1 GPU") for job in xxl)
+    # Its memory plan, on the smallest card it may land on (cluster.yaml's L40S 48 GB), at
+    # accumulation 8 x micro-batch 4: the weights of T5 v1.1 XXL as its checkpoint holds them,
+    # with its own head. The planner counts 11,135M parameters (the tied build's 11,004M plus the
+    # head's vocabulary 32,128 x d_model 4,096 = 131.6M), 2 bf16 bytes each: 22.27 GB, printed
+    # 22.3 GB (the tied build planned 22.0 GB).
     plan = out[out.index("memory plan"):]
     block = plan[plan.index("  google/t5-v1_1-xxl:"):].splitlines()[:3]
-    assert "activation checkpointing" in block[0]
-    assert "(weights 22.0 GB," in block[1] and "per GPU: fits one A100 (80 GB)" in block[1]
-    assert block[2] == "    cheapest placement on that card: 1 GPU, ZeRO-0, activation " \
-                       "checkpointing (" + " ".join(block[1].split()[:2]) + ")"
+    assert block[0].endswith("ZeRO-0, bf16, accumulation 8 at micro-batch 4")
+    assert "(weights 22.3 GB," in block[1] and "per GPU: fits one L40S 48 GB" in block[1]
+    assert block[2].startswith("    least-compute placement on that card: 1 GPU, ZeRO-0, "
+                               "accumulation 8 at micro-batch 4")
 
 
-def test_gpu_hours_of_a_known_run_equal_a_hand_computed_number(tmp_path):
-    """One RoBERTa-base run (124,697,433 parameters: its bundled config built on the meta
-    device) with the default budget: 1000 steps x 32 examples x (100 prompt + 128 text) tokens
-    at 4 x P FLOPs each, plus 11 evaluations (every 100 steps, and at step 0) of 1000 examples
-    at 2 x P FLOPs per token, at 30 % of 312 TFLOP/s (an A100, bf16): 4.2647e15 FLOPs /
-    9.36e13 FLOP/s = 0.0126563 GPU-hours. On 8 GPUs with ZeRO-3 the run holds all eight, at
-    70 % efficiency: 0.0180804."""
-    from ptdist.orchestration.estimate import study_costs
-    from ptdist.orchestration.replicate import study_jobs
+def test_gpu_hours_of_a_known_run_are_its_counted_flops_at_the_cards_rate(tmp_path):
+    """One RoBERTa-base run with the default budget on an A100 80 GB (the node type of the
+    study's cluster): 1000 steps x 32 examples of (100 prompt + 128 text) tokens, each a
+    forward and a backward to the prompt, plus 11 evaluations (every 100 steps, and at step
+    0) of 1000 examples, at 30 % of the A100's dense bf16 peak (312 TFLOP/s). On 8 GPUs under ZeRO-3
+    each GPU computes an eighth and receives 7/8 of the 16-bit weights at each of the two
+    gathers of a step and once per evaluation forward (of 8 examples a GPU), over NVLink
+    (300 GB/s a direction); the run holds all eight."""
+    from ptdist.orchestration.estimate import job_costs, stage_costs
+    from ptdist.orchestration.graph import Execution
+    from ptdist.orchestration.replicate import study_jobs, study_packing
     from ptdist.reporting.report import write_report
+    from ptdist.training.cost import example_flops
+    from ptdist.training.memory import model_memory
 
+    train = example_flops("roberta-base", "bf16", 100, 128, 4)
+    evaluate = example_flops("roberta-base", "bf16", 100, 128, 4, "classify").forward.total
+    rate = 312e12 * 0.3
+    weights = model_memory("roberta-base", "bf16").parameters * 2
+    one = (1000 * 32 * train.train() + 11 * 1000 * evaluate) / rate / 3600
+    moved = 1000 * (2 * 7 / 8 * weights + 7 / 8 * 100 * 768 * 4) + \
+        11 * math.ceil(1000 / (8 * 4 * 2)) * 7 / 8 * weights
+    eight = 8 * ((1000 * 4 * train.train() + 11 * 125 * evaluate) / rate + moved / 300e9) / 3600
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text("head_node_type: a100\navailable_node_types: {a100: {max_workers: 1, "
+                       "resources: {CPU: 96, GPU: 8, 'accelerator_type:A100': 1, "
+                       "'gpu_memory_gb:80': 1}}}\n")
     study = tmp_path / "one.yaml"
-    for resources, hours in (("{}", 0.0126563), ("{gpus: 8}", 0.0180804)):
+    for resources, ds, hours in (("{gpus: 1}", "zero0_bf16", one),
+                                 ("{gpus: 8}", "zero3_bf16", eight)):
         study.write_text(f"name: one\nstorage_path: {tmp_path / 'store'}\ntasks: [sst2]\n"
-                         f"models: {{roberta-base: {{ds_config: zero0_bf16, resources: "
-                         f"{resources}}}}}\n")
+                         f"cluster: {cluster}\nmodels: {{roberta-base: {{ds_config: {ds}, "
+                         f"resources: {resources}}}}}\n")
         loaded = load_study(study)
-        costs = {c.stage: c for c in study_costs(loaded, study_jobs(loaded, write_report))}
-        assert costs["prompt"].jobs == 1 and costs["prompt"].to_run == 1
-        assert costs["prompt"].gpu_hours == pytest.approx(hours, abs=1e-6)
+        packing = study_packing(loaded, Execution())
+        costs = job_costs(loaded, study_jobs(loaded, write_report, packing), packing.cluster)
+        prompt = {c.stage: c for c in stage_costs(costs)}["prompt"]
+        assert prompt.jobs == 1 and prompt.to_run == 1
+        assert prompt.gpu_hours == pytest.approx(hours, rel=1e-9)
 
 
 def test_a_local_study_packs_all_runs_of_a_model_into_one_job(tmp_path):
     """--local runs jobs one at a time, so packing fills one job, not one per core; on Ray
     a study packs into as many jobs as run at once."""
-    from ptdist.orchestration.estimate import study_costs
+    from ptdist.orchestration.plans import Packing
     from ptdist.orchestration.replicate import study_jobs
+    from ptdist.orchestration.resources import Cluster
     from ptdist.reporting.report import write_report
 
     study = tmp_path / "four.yaml"
     study.write_text(f"name: four\nstorage_path: {tmp_path / 'store'}\nmax_concurrent: 2\n"
                      "tasks: [sst2, imdb]\nseeds: [0, 1]\nmodels: {tiny-roberta: {}}\n")
     loaded = load_study(study)
+    node = Cluster({"cpu": {"CPU": 64.0}}, {"cpu": 1}, "a 64-CPU test node")
     for local, jobs in ((True, 1), (False, 2)):
-        costs = {c.stage: c for c in study_costs(loaded, study_jobs(loaded, write_report, local))}
-        assert costs["prompt"].jobs == jobs  # of the 4 runs
+        packing = Packing(node, loaded.spec.max_concurrent, serial=local)
+        prompts = [j for j in study_jobs(loaded, write_report, packing)
+                   if j.id.startswith(("prompt ", "pack "))]
+        assert len(prompts) == jobs  # of the 4 runs
 
 
 @pytest.mark.slow

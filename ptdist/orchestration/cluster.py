@@ -3,23 +3,37 @@
 The local Ray's servers (GCS, raylet, workers and the driver's core worker, dashboard, dashboard
 and runtime-env agents) all listen on 127.0.0.1, and its clients authenticate with Ray's token
 (docs/reliability.md). One listener of a local run is not Ray's: a job of several workers (a Ray
-Train worker group) rendezvouses through torch's TCP store, which torch binds to every
-interface, for the length of that job. A cluster given with --address or $RAY_ADDRESS is the
-user's: ptdist joins it as configured.
+Train worker group) rendezvouses through torch's TCP store, which ptdist binds to the node's
+address (127.0.0.1 here) for the length of that job (`ptdist.orchestration.rendezvous`). A
+cluster given with --address or $RAY_ADDRESS is the user's: ptdist joins it as configured.
+
+Ray's state API, called without an address from inside a worker, guesses which Ray to ask
+among the instances running on the host; with several (other users' local Rays, or a local
+Ray beside a `ray start`) it fails with "Found multiple active Ray instances". Ray Train's
+placement-group cleaner, an actor every worker group starts, calls it that way, so its
+monitor died and a group whose controller crashed would have kept its GPUs. The local Ray's
+dashboard (which serves the state API) is therefore started on a port ptdist picks, and that
+address is put in $RAY_API_SERVER_ADDRESS, which every process of the local Ray inherits and
+the state API reads first. A joined cluster's job gets the address it joined as $RAY_ADDRESS
+(`_joined_address`), for the same reason.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 
 from ptdist.logs import library_level
+from ptdist.orchestration.resources import HEAD_NODE_CONFIG, Cluster
 from ptdist.runtime import RAY_AUTH_MODE, ray_environment
 
 LOOPBACK = "127.0.0.1"
 LOCAL_RAY = "a local Ray on this machine"
+API_SERVER = "RAY_API_SERVER_ADDRESS"
+_named_api_server: list[str] = []  # the $API_SERVER this process set for its local Ray
 
 
 def connect_ray(address: str | None) -> str:
@@ -31,14 +45,20 @@ def connect_ray(address: str | None) -> str:
 
     if ray.is_initialized():
         return "the Ray instance this process already joined"
+    if _named_api_server and os.environ.get(API_SERVER) == _named_api_server[-1]:
+        del os.environ[API_SERVER]  # an earlier local Ray's, gone with it
     if address:
         ray.init(address=address, logging_level=library_level(),
                  runtime_env=_joined_address(address))
         return f"the Ray cluster at {address}"
     keep_ray_on_loopback()
-    # Ray Train's controller queries the state API, which the dashboard serves.
+    # Ray Train's controller and its placement-group cleaner query the state API, which the
+    # dashboard serves: on a port of ours, named to every process (the module's docstring).
+    port = _free_port()
+    _named_api_server.append(f"http://{LOOPBACK}:{port}")
+    os.environ[API_SERVER] = _named_api_server[-1]
     ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=True,
-             dashboard_host=LOOPBACK, logging_level=library_level())
+             dashboard_host=LOOPBACK, dashboard_port=port, logging_level=library_level())
     gcs = ray.get_runtime_context().gcs_address
     if not gcs.startswith(f"{LOOPBACK}:"):
         ray.shutdown()
@@ -48,6 +68,12 @@ def connect_ray(address: str | None) -> str:
     auth = os.environ.get(RAY_AUTH_MODE)
     return (f"{LOCAL_RAY} (listening on {LOOPBACK} only; token authentication "
             + ("on" if auth == "token" else f"OFF: {RAY_AUTH_MODE}={auth}") + ")")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
 
 
 def _joined_address(address: str) -> dict:
@@ -92,3 +118,19 @@ def ray_session(address: str | None) -> Iterator[str]:
                 import ray
 
                 ray.shutdown()
+
+
+def cluster_for(config: str | None, address: str | None, local: bool) -> Cluster:
+    """The cluster a command's jobs will run on, as the planner sees it: the Ray cluster config
+    ``config`` (a spec's ``cluster:``), else the one `ray up` left on the head node, else the
+    Ray cluster at ``address`` or $RAY_ADDRESS (joined to read its nodes), else this machine
+    (the embedded local Ray, or ``local``: the jobs run in this process)."""
+    if config:
+        return Cluster.from_config(config)
+    if HEAD_NODE_CONFIG.exists():
+        return Cluster.from_config(HEAD_NODE_CONFIG)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and not local:
+        with ray_session(address) as where:
+            return Cluster.live(where)
+    return Cluster.this_machine()

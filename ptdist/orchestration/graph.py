@@ -383,12 +383,15 @@ class _Schedule:
 class Execution:
     """Where a command's jobs run, the same for every command: on Ray (the cluster at
     ``address`` or $RAY_ADDRESS, else a local Ray started for the command) or, with ``local``,
-    one after another in this process; and the failure policy they run under."""
+    one after another in this process; and the failure policy they run under.
+    ``ignore_memory_plan`` launches runs the memory planner says do not fit their GPU
+    (`ptdist.orchestration.plans.check_plans`), for those who know better."""
 
     local: bool = False
     address: str | None = None
     max_concurrent: int | None = None
     max_failures: int = FailurePolicy.max_failures
+    ignore_memory_plan: bool = False
 
     @property
     def policy(self) -> FailurePolicy:

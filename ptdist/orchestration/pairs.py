@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from ptdist.errors import PtdistError
+from ptdist.orchestration.cluster import cluster_for
 from ptdist.orchestration.graph import Execution, GraphOutcome, Job, execute
+from ptdist.orchestration.plans import Packing, check_spec
 from ptdist.orchestration.runs import PromptJobs, plan_sweep, prompt_jobs
 from ptdist.orchestration.spec import ModelEntry, Resources, SweepSpec
 from ptdist.orchestration.stages import model_job
@@ -156,7 +158,11 @@ def run_pairs(spec: SweepSpec, settings: PairSettings, execution: Execution | No
     if not settings.eval_tasks:
         settings = replace(settings, eval_tasks=tuple(spec.tasks))
     store = spec.store()
-    prompts = prompt_jobs(plan_sweep(spec, store), store, spec.max_concurrent)
+    execution = execution or Execution()
+    cluster = cluster_for(spec.cluster, execution.address, execution.local)
+    check_spec(spec, cluster, execution.local, execution.ignore_memory_plan)
+    packing = Packing(cluster, execution.max_concurrent or spec.max_concurrent, execution.local)
+    prompts = prompt_jobs(plan_sweep(spec, store), store, packing)
     graph = pair_jobs(spec, settings, prompts)
     pairs = len(graph.pairs)
     log.info(f"projector pairs of {spec.name}: {len(spec.models)} models, {pairs} ordered "
@@ -165,7 +171,6 @@ def run_pairs(spec: SweepSpec, settings: PairSettings, execution: Execution | No
              f"{pairs} projectors, {pairs} evaluations")
     if dry_run:
         return PairsOutcome(spec, graph.jobs, GraphOutcome([]), None)
-    execution = execution or Execution()
     outcome = execute(graph.jobs, Execution(
         execution.local, execution.address, execution.max_concurrent or spec.max_concurrent,
         spec.max_failures))

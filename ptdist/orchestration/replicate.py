@@ -27,7 +27,9 @@ from ptdist.neurons.collect import CaptureSettings
 from ptdist.orchestration.costs import CostLedger
 from ptdist.orchestration.graph import Execution, GraphOutcome, Job, execute
 from ptdist.orchestration.pairs import PairGraph, pair_jobs
-from ptdist.orchestration.runs import PromptJobs, packing_slots, plan_sweep, prompt_jobs
+from ptdist.orchestration.cluster import cluster_for
+from ptdist.orchestration.plans import Packing, check_spec
+from ptdist.orchestration.runs import PromptJobs, plan_sweep, prompt_jobs
 from ptdist.orchestration.spec import ModelEntry, SweepSpec
 from ptdist.orchestration.stages import (LIGHT, capture_jobs, correlate_job, indicators_job,
                                          matrix_jobs, stage_key, tpt_plan_job, with_stamp)
@@ -49,6 +51,7 @@ class _Builder:
     study: Study
     store: Store
     prompts: PromptJobs
+    packing: Packing
     jobs: list[Job]
 
     def add(self, job: Job, inputs: tuple[str, ...]) -> None:
@@ -59,14 +62,14 @@ class _Builder:
                           key=stage_key(job.id, inputs, what))
 
 
-def study_jobs(study: Study, report: Report, local: bool = False) -> list[Job]:
+def study_jobs(study: Study, report: Report, packing: Packing) -> list[Job]:
+    """Every job of ``study``, its prompt-tuning runs packed by ``packing``."""
     spec = study.spec
     store = spec.store()
-    prompts = prompt_jobs(plan_sweep(spec, store), store,
-                          packing_slots(local, spec.max_concurrent))
+    prompts = prompt_jobs(plan_sweep(spec, store), store, packing)
     graph = pair_jobs(spec, study.projection, prompts) if study.projection else \
         PairGraph(prompts.unique(), [])
-    build = _Builder(study, store, prompts, list(graph.jobs))
+    build = _Builder(study, store, prompts, packing, list(graph.jobs))
     for model in spec.models:
         _model_stages(build, model)
     if study.tpt is not None:
@@ -127,8 +130,8 @@ def _add_plan(build: _Builder, job_id: str, make, model: ModelEntry, known: dict
               inputs: tuple[str, ...], needs: tuple[str, ...]) -> None:
     stamp = partial(with_stamp, store=build.store, scope=build.study.spec.name,
                     key=stage_key(job_id, inputs, make))
-    build.jobs.append(tpt_plan_job(job_id, make, build.store, model.resources, known, needs,
-                                   stamp))
+    build.jobs.append(tpt_plan_job(job_id, make, build.store, model.resources, build.packing,
+                                   known, needs, stamp))
 
 
 def _runs_on(spec: SweepSpec, model: ModelEntry, tasks: tuple[str, ...]) -> tuple[str, ...]:
@@ -160,13 +163,23 @@ def _model_plan(store: Store, projector_id: str, source: str, targets: tuple[str
                       train, **placement)
 
 
+def study_packing(study: Study, execution: Execution) -> Packing:
+    """Check a study against the cluster it will run on (every run's job fits a node, its
+    memory plan its GPU: `check_spec`) and say how its runs are packed there."""
+    spec = study.spec
+    cluster = cluster_for(spec.cluster, execution.address, execution.local)
+    check_spec(spec, cluster, execution.local, execution.ignore_memory_plan)
+    return Packing(cluster, execution.max_concurrent or spec.max_concurrent, execution.local)
+
+
 def run_study(study: Study, report: Report, execution: Execution | None = None) -> GraphOutcome:
     """Run a study's graph, holding the store's run lock; each job's cost is recorded as it
     finishes (`CostLedger`)."""
     execution = execution or Execution()
+    packing = study_packing(study, execution)  # refuses before the lock is taken
     store = Store(study.spec.storage_path)
     with run_lock(store.layout):
-        jobs = study_jobs(study, report, execution.local)
+        jobs = study_jobs(study, report, packing)
         return execute(jobs, Execution(execution.local, execution.address,
                                        execution.max_concurrent or study.spec.max_concurrent,
                                        study.spec.max_failures),

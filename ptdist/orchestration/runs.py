@@ -10,13 +10,11 @@ checkpoint in the store, so it ends where an uninterrupted run would have.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from functools import partial
 
 from ptdist.orchestration.graph import Job
-from ptdist.orchestration.plans import pack_fits
 from ptdist.orchestration.spec import Resources, RunSpec, SweepSpec
 from ptdist.orchestration.worker_group import on_worker_group
 from ptdist.store import Store
@@ -37,28 +35,20 @@ def plan_sweep(spec: SweepSpec, store: Store) -> list[Planned]:
     return [(run, prompt_id) for prompt_id, run in planned.items()]
 
 
-# The most runs automatic packing puts in one job: the largest pack measured at the big-batch
-# bound (benchmarks/RESULTS.md, "Packing at the big-batch bound").
-AUTO_PACK = 16
-
-
-def pack_runs(runs: list[Planned], slots: Callable[[Resources], int] = lambda _: 1,
-              fits: Callable[[RunSpec, int], bool] = lambda _run, _k: True) -> list[list[Planned]]:
+def pack_runs(runs: list[Planned],
+              auto: Callable[[RunSpec, int], int] = lambda _run, _n: 1) -> list[list[Planned]]:
     """The runs grouped into jobs: in order, each run joins the last open job of runs that can
     share its backbone (same resources and `SHARED` settings) until that job holds its pack
     size. A run's ``pack`` is that size (1: every run its own job); ``pack`` None (the default)
-    packs automatically: the runs of one group into as many jobs as run at once (``slots``:
-    jobs of those resources the machine holds together), so packing never idles a core or GPU
-    that separate runs would use, at most `AUTO_PACK` runs a job and only as many as ``fits``
-    (the memory planner: K runs' micro-batches in one forward fit the device)."""
+    packs automatically: ``auto(run, n)`` is the size for a group of ``n`` such runs
+    (`ptdist.orchestration.plans.Packing`)."""
     def key(run: RunSpec) -> tuple:
         return (run.resources, run.pack, *(getattr(run.config, name) for name in SHARED))
 
     groups: dict[tuple, list[RunSpec]] = {}
     for run, _ in runs:
         groups.setdefault(key(run), []).append(run)
-    size = {k: group[0].pack or _auto_pack(group, slots(group[0].resources), fits)
-            for k, group in groups.items()}
+    size = {k: group[0].pack or auto(group[0], len(group)) for k, group in groups.items()}
     jobs: list[list[Planned]] = []
     open_jobs: dict[tuple, list[Planned]] = {}
     for run, prompt_id in runs:
@@ -68,31 +58,6 @@ def pack_runs(runs: list[Planned], slots: Callable[[Resources], int] = lambda _:
             jobs.append(job)
         job.append((run, prompt_id))
     return jobs
-
-
-def _auto_pack(group: list[RunSpec], slots: int, fits: Callable[[RunSpec, int], bool]) -> int:
-    k = min(AUTO_PACK, -(-len(group) // max(1, slots)))
-    while k > 1 and not fits(group[0], k):
-        k -= 1
-    return k
-
-
-def packing_slots(local: bool, max_concurrent: int | None) -> int | None:
-    """The jobs at once that automatic packing fills (`concurrent_jobs`' ``max_concurrent``):
-    ``local`` runs the jobs one at a time, so packing then packs all it may."""
-    return 1 if local else max_concurrent
-
-
-def concurrent_jobs(resources: Resources, max_concurrent: int | None) -> int:
-    """How many jobs of ``resources`` run at once: ``max_concurrent``, else as many as this
-    machine holds (the local Ray a command starts; set ``max_concurrent`` for a cluster)."""
-    if max_concurrent:
-        return max_concurrent
-    import torch
-
-    if resources.gpus:
-        return max(1, torch.cuda.device_count() // resources.gpus)
-    return max(1, int((os.cpu_count() or 1) // (resources.cpus * resources.workers)))
 
 
 def job_to_dict(job: list[Planned]) -> dict:
@@ -156,15 +121,14 @@ class PromptJobs:
 
 
 def prompt_jobs(planned: list[Planned], store: Store,
-                max_concurrent: int | None = None) -> PromptJobs:
+                packing: Callable[[RunSpec, int], int]) -> PromptJobs:
     """Graph jobs for ``planned`` runs: the runs not yet stored are packed as a sweep packs
-    them (`pack_runs`, with ``max_concurrent`` jobs at once); each stored run is a job of its
-    own that the graph skips."""
+    them (`pack_runs` with ``packing``); each stored run is a job of its own that the graph
+    skips."""
     todo = [(run, pid) for run, pid in planned if not store.prompts.has(pid)]
     done = [[(run, pid)] for run, pid in planned if store.prompts.has(pid)]
     jobs = {}
-    for group in pack_runs(todo, partial(concurrent_jobs, max_concurrent=max_concurrent),
-                           pack_fits) + done:
+    for group in pack_runs(todo, packing) + done:
         job = job_to_dict(group)
         res = group[0][0].resources
         graph_job = Job(job["id"], partial(train_job, job, store),

@@ -28,6 +28,7 @@ from ptdist.tasks import get_task, task_ref
 from ptdist.training.config import TrainConfig
 from ptdist.training.engine import (deepspeed_config, load_ds_config, precision_of,
                                     zero_stage)
+from ptdist.training.hardware import GPU_MEMORY_RESOURCE
 from ptdist.validation import (Strict, Text, as_written, dataclass_shape, located, one_or_more,
                                read_yaml, rule, validate)
 
@@ -56,8 +57,11 @@ class _Resources(Strict):
     cpus: NonNegativeFloat = Field(1.0, description="CPUs per worker, e.g. cpus: 8")
     accelerator_type: Text | None = Field(None, description="the GPU type every worker needs, "
                                           "as Ray names it (A100, H100, L40S...)")
+    gpu_memory_gb: PositiveInt | None = Field(
+        None, description="the GPU memory every worker needs, e.g. 80: only node types that "
+                          "declare gpu_memory_gb:80 (an A100 is 40 or 80 GB)")
     custom: dict[Text, PositiveFloat] | None = Field(
-        None, description="custom Ray resources per worker, e.g. {gpu_80gb: 1}; node types "
+        None, description="custom Ray resources per worker, e.g. {disk_nvme: 1}; node types "
                           "declare them in cluster.yaml")
     start_timeout_s: PositiveFloat = Field(
         DEFAULT_START_TIMEOUT_S, description="seconds a worker group may wait for a node with "
@@ -105,7 +109,8 @@ class Resources:
     """What one run of a model needs. ``workers`` processes (Ray Train workers when more than
     one, all on one node), ``gpus`` in all, spread evenly over them, ``cpus`` for each worker,
     and, to pin a model to a kind of node, a GPU type (Ray's ``accelerator_type:<T>``
-    resource) or custom resources per worker. A worker group that finds no node with room for
+    resource), a GPU memory (``gpu_memory_gb:<N>``, which node types declare) or custom
+    resources per worker. A worker group that finds no node with room for
     it within ``start_timeout_s`` fails its attempt."""
 
     workers: int = 1
@@ -114,6 +119,7 @@ class Resources:
     accelerator_type: str | None = None
     custom: tuple[tuple[str, float], ...] = ()
     start_timeout_s: float = DEFAULT_START_TIMEOUT_S
+    gpu_memory_gb: int | None = None
 
     def __post_init__(self) -> None:
         # A job carries its resources as data (a mapping or pairs): kept sorted and hashable,
@@ -129,6 +135,8 @@ class Resources:
             # Ray's convention: a node with that GPU offers 1 of the resource; each worker asks
             # a sliver, so all of a node's workers fit.
             bundle[f"accelerator_type:{self.accelerator_type}"] = ACCELERATOR_SHARE
+        if self.gpu_memory_gb:
+            bundle[f"{GPU_MEMORY_RESOURCE}:{self.gpu_memory_gb}"] = ACCELERATOR_SHARE
         bundle.update(self.custom)
         return bundle
 
@@ -322,7 +330,7 @@ def _model_entry(name: str, entry: _Model, base: Path, pack: int | str) -> Model
     res = Resources(workers=given.workers or max(1, given.gpus), gpus=given.gpus,
                     cpus=given.cpus, accelerator_type=given.accelerator_type,
                     custom=tuple((given.custom or {}).items()),
-                    start_timeout_s=given.start_timeout_s)
+                    start_timeout_s=given.start_timeout_s, gpu_memory_gb=given.gpu_memory_gb)
     if res.gpus % res.workers:
         raise PtdistError(f"models.{name}.resources: {res.gpus} GPUs do not split evenly over "
                           f"{res.workers} workers; use a multiple of the worker count")

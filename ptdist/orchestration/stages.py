@@ -32,7 +32,9 @@ from typing import Any
 from ptdist.neurons.collect import CaptureResult, CaptureSettings, capture
 from ptdist.neurons.correlation import correlate
 from ptdist.neurons.indicator_table import pairwise_indicators
+from ptdist.orchestration.cluster import cluster_for
 from ptdist.orchestration.graph import Execution, Job, execute, require_success
+from ptdist.orchestration.plans import Packing
 from ptdist.orchestration.runs import Planned, prompt_jobs
 from ptdist.orchestration.spec import Resources, RunSpec
 from ptdist.orchestration.worker_group import on_worker_group
@@ -175,17 +177,18 @@ def _correlate(store: Store, model: str) -> dict:
 # --- TPT -----------------------------------------------------------------------------------
 
 def tpt_plan_job(job_id: str, make_plan: Callable[[], TptPlan], store: Store,
-                 resources: Resources, known: Mapping[str, str], needs: tuple[str, ...],
-                 stamp: Callable[[Job], Job] = lambda job: job) -> Job:
-    """A plan job: once ``needs`` are met, ``make_plan()`` names the runs; runs already produced
-    by a job of the graph (``known``: prompt id -> job id; vanilla PT is usually the study's
-    own run) are needed rather than trained again. ``stamp`` wraps the summary job."""
+                 resources: Resources, packing: Packing, known: Mapping[str, str],
+                 needs: tuple[str, ...], stamp: Callable[[Job], Job] = lambda job: job) -> Job:
+    """A plan job: once ``needs`` are met, ``make_plan()`` names the runs (packed by
+    ``packing``); runs already produced by a job of the graph (``known``: prompt id -> job id;
+    vanilla PT is usually the study's own run) are needed rather than trained again.
+    ``stamp`` wraps the summary job."""
     return stamp(Job(job_id, plan=partial(_expand_tpt, job_id, make_plan, store, resources,
-                                          dict(known), stamp), needs=needs))
+                                          packing, dict(known), stamp), needs=needs))
 
 
 def _expand_tpt(job_id: str, make_plan: Callable[[], TptPlan], store: Store,
-                resources: Resources, known: dict[str, str],
+                resources: Resources, packing: Packing, known: dict[str, str],
                 stamp: Callable[[Job], Job]) -> list[Job]:
     plan = make_plan()
     planned: list[Planned] = [(RunSpec(config, resources), plan_run(config, store).prompt_id)
@@ -194,7 +197,7 @@ def _expand_tpt(job_id: str, make_plan: Callable[[], TptPlan], store: Store,
     for (target, _, label, config), (_, pid) in zip(plan.runs(), planned):
         if label == "vanilla" and pid not in known and not store.prompts.has(pid):
             log.info(f"[{job_id}] {why_vanilla_is_trained(store, config, target)}")
-    runs = prompt_jobs(new, store) if new else None
+    runs = prompt_jobs(new, store, packing) if new else None
     needs = tuple(dict.fromkeys(known[pid] if pid in known else runs.jobs[pid].id
                                 for _, pid in planned))
     summary = stamp(Job(job_id, partial(_summarize, store, plan), needs=needs, resources=LIGHT,
@@ -240,7 +243,10 @@ def _summarize(store: Store, plan: TptPlan) -> dict:
 def run_tpt(store: Store, plan: TptPlan, resources: Resources,
             execution: Execution) -> TptResult:
     """The runs of a TPT plan (those not stored) as jobs, then its summary."""
-    jobs = _expand_tpt("tpt summary", lambda: plan, store, resources, {}, lambda job: job)
+    packing = Packing(cluster_for(None, execution.address, execution.local),
+                      execution.max_concurrent, execution.local)
+    jobs = _expand_tpt("tpt summary", lambda: plan, store, resources, packing, {},
+                       lambda job: job)
     require_success(execute(jobs, execution))
     return tpt_summary(store, plan)
 

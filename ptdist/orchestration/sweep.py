@@ -19,16 +19,14 @@ from pathlib import Path
 
 from ptdist import logs
 from ptdist.errors import PtdistError
-from ptdist.orchestration.cluster import LOCAL_RAY, ray_session
+from ptdist.orchestration.cluster import cluster_for, ray_session
 from ptdist.orchestration.failures import one_line
 from ptdist.orchestration.attempt import begin
 from ptdist.orchestration.graph import Execution, Job, execute
-from ptdist.orchestration.plans import describe_plans, describe_training, model_plans, pack_fits
-from ptdist.orchestration.resources import (HEAD_NODE_CONFIG, check_runs_fit, describe,
-                                            node_types_from_cluster_config,
-                                            node_types_from_live_cluster)
-from ptdist.orchestration.runs import (Planned, concurrent_jobs, job_to_dict, pack_runs,
-                                       packing_slots, plan_sweep, train_job)
+from ptdist.orchestration.plans import (ModelPlan, Packing, check_spec, describe_plans,
+                                        describe_training)
+from ptdist.orchestration.resources import Cluster, describe
+from ptdist.orchestration.runs import Planned, job_to_dict, pack_runs, plan_sweep, train_job
 from ptdist.orchestration.spec import RunSpec, SweepSpec
 from ptdist.store import Store
 from ptdist.store.layout import segment
@@ -37,6 +35,7 @@ from ptdist.store.run_lock import run_lock
 from ptdist.store.tables import write_records
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class SweepOutcome:
@@ -60,16 +59,20 @@ def run_sweep(spec: SweepSpec, execution: Execution | None = None,
     """Train every run of ``spec`` that is not stored, holding the store's run lock (a dry run
     lists them and writes nothing); ``execution``'s address, concurrency and retries default to
     the spec's."""
-    if dry_run:
-        return _sweep(spec, execution, dry_run)
-    with run_lock(spec.store().layout):
-        return _sweep(spec, execution, dry_run)
-
-
-def _sweep(spec: SweepSpec, execution: Execution | None, dry_run: bool) -> SweepOutcome:
     execution = execution or Execution()
     execution = replace(execution, max_failures=spec.max_failures,
                         max_concurrent=execution.max_concurrent or spec.max_concurrent)
+    cluster = cluster_for(spec.cluster, execution.address, execution.local)
+    # Refused before the lock is taken and before the first line (a refusal is the only line).
+    plans = check_spec(spec, cluster, execution.local, execution.ignore_memory_plan)
+    if dry_run:
+        return _sweep(spec, execution, cluster, plans, dry_run)
+    with run_lock(spec.store().layout):
+        return _sweep(spec, execution, cluster, plans, dry_run)
+
+
+def _sweep(spec: SweepSpec, execution: Execution, cluster: Cluster, plans: list[ModelPlan],
+           dry_run: bool) -> SweepOutcome:
     store = spec.store()
     planned = plan_sweep(spec, store)
     todo = [(run, pid) for run, pid in planned if not store.prompts.has(pid)]
@@ -77,13 +80,12 @@ def _sweep(spec: SweepSpec, execution: Execution | None, dry_run: bool) -> Sweep
              f"{len(spec.tasks)} task(s) x {len(spec.seeds)} seed(s) x {len(spec.inits)} "
              f"init(s)); {len(planned) - len(todo)} already in the store {store.root}, "
              f"{len(todo)} to run")
-    at_once = packing_slots(execution.local, execution.max_concurrent)
-    jobs = pack_runs(todo, partial(concurrent_jobs, max_concurrent=at_once), pack_fits)
+    jobs = pack_runs(todo, Packing(cluster, execution.max_concurrent, execution.local))
     if len(jobs) < len(todo):
         log.info(f"packed into {len(jobs)} job(s): runs of one model share its backbone")
     if dry_run:
         return SweepOutcome(spec, [], None, 0, "\n".join((
-            describe_sweep(jobs), describe_training(spec), describe_plans(model_plans(spec)))))
+            describe_sweep(jobs), describe_training(spec), describe_plans(plans))))
     results: dict[str, dict] = {}
     if not todo:
         log.info("nothing new to run: every prompt of this sweep is already in the store")
@@ -139,7 +141,6 @@ def _tune(spec: SweepSpec, jobs: list[list[Planned]], store: Store, where: str,
     from ptdist.orchestration.progress import SweepProgress
 
     runs = [run for job in jobs for run, _ in job]
-    _check_resources(spec, runs, local=where.startswith(LOCAL_RAY))
     log.info(f"running {len(runs)} run(s) in {len(jobs)} job(s) on {where}; cluster "
              f"resources: {describe(ray.cluster_resources())}")
     store.root.mkdir(parents=True, exist_ok=True)
@@ -191,21 +192,6 @@ def run_trial(trial_config: dict) -> None:
         # Tune does not retry it (failures.py).
         result = {"error": str(exc)}
     tune.report(result)
-
-
-def _check_resources(spec: SweepSpec, runs: list[RunSpec], local: bool) -> None:
-    if spec.cluster:
-        check_runs_fit(runs, node_types_from_cluster_config(spec.cluster), spec.cluster)
-    elif HEAD_NODE_CONFIG.exists():
-        check_runs_fit(runs, node_types_from_cluster_config(HEAD_NODE_CONFIG),
-                       str(HEAD_NODE_CONFIG))
-    elif local:
-        check_runs_fit(runs, node_types_from_live_cluster(), "this machine's local Ray",
-                       fixed=True)
-    else:
-        log.info("note: resources are not checked against node types (no cluster config "
-                 "given); set 'cluster: cluster.yaml' in the spec to check them before "
-                 "scheduling")
 
 
 def _row(run: RunSpec, prompt_id: str, store: Store, result: dict | None) -> SweepRow:

@@ -12,36 +12,40 @@ Per GPU, for a run in precision ``p`` (2 bytes for bf16, 4 for fp32) on ``n`` GP
   are not counted again. With activation checkpointing each layer keeps only its input, and
   one layer's activations are rebuilt at a time in the backward. Attention is counted as the
   fused kernel a GPU runs keeps it (query, key, value, output, log-sum-exp: no s x s matrix per
-  example; T5's position bias is one [heads, s, s] tensor).
+  example), plus the mask of every attention call when the batch holds padding (texts of
+  several lengths: `RunShape.padding`): transformers builds it per call (T5: its position
+  bias and the padding mask combined, [batch, heads, s, s]; others: the padding mask, which
+  SDPA turns into an additive [batch, 1, s, s] one), the kernel keeps it for the backward, and
+  on a GPU PyTorch's memory-efficient kernel (the one SDPA picks when there is a mask) keeps a
+  copy whose last dimension is padded to a multiple of 8 (`MASK_ALIGNMENT`). T5-XXL at batch
+  32 x 356 tokens: 24 x 32 x 64 x 356 x 360 x 2 bytes = 12.6 GB. Padding the lengths to a
+  multiple of 8 would save the 4 padded columns only, not the per-call mask, so it is
+  counted rather than avoided.
 - **optimizer**: the prompt's gradient and AdamW state (two fp32 moments, and under bf16 an
   fp32 master and gradient); the state is split over the n GPUs from ZeRO-1 on.
 - **workspace**: the gradients flowing back through one layer: as large as what the largest
   layer keeps.
 
-A placement fits when the total is within `USABLE` of the card (the CUDA context and the
-allocator's fragmentation take the rest). The cheapest is the fewest GPUs: one GPU per run
-(ZeRO-0) when the frozen model and its activations fit, with activation checkpointing if that
-is what makes them fit; ZeRO-3 over 2, 4, 8 GPUs of one node only when they do not.
+A run fits a card when the total is within `USABLE` of its memory (the CUDA context and the
+allocator's fragmentation take the rest); `ptdist.training.placement` picks, among the ways to
+run it that fit, the one of least compute.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 from torch.overrides import TorchFunctionMode
 
 from ptdist.backbones import dtype_of, model_config, model_kind, random_model
-from ptdist.errors import PtdistError
+from ptdist.training.hardware import GB
 
 USABLE = 0.9
-# GPU memory in GB by Ray's accelerator type (what `resources.accelerator_type` names). Ray
-# names an A100 "A100" whatever its memory: the table takes the 80 GB card of cluster.yaml.
-GPU_MEMORY_GB = {"T4": 16, "V100": 16, "A10G": 24, "L4": 24, "L40S": 48, "A100-40G": 40,
-                 "A100": 80, "A100-80G": 80, "H100": 80, "H200": 141, "B200": 180}
-DEFAULT_GPU = "A100"
-GB = 1e9
+# The memory-efficient attention kernel pads an attention bias's last dimension to this
+# multiple (PyTorch's `preprocess_mask`, aten/src/ATen/native/transformers/attention.cpp).
+MASK_ALIGNMENT = 8
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,9 @@ class RunShape:
     prompt_length: int
     text_length: int  # tokens of text, specials included (TrainConfig.max_length)
     target_length: int = 4  # decoder tokens (encoder-decoder models): a label word and </s>
+    # The batch holds texts of several lengths, so every attention call has a mask (a batch of
+    # equal lengths has none: transformers skips it).
+    padding: bool = True
 
 
 @dataclass(frozen=True)
@@ -77,18 +84,6 @@ class Memory:
 def size(nbytes: float) -> str:
     """``30.1 GB``, ``48 MB``: bytes as a reader compares them with a card's memory."""
     return f"{nbytes / GB:.1f} GB" if nbytes >= 0.1 * GB else f"{nbytes / 1e6:.0f} MB"
-
-
-@dataclass(frozen=True)
-class Placement:
-    gpus: int
-    zero_stage: int
-    checkpointing: bool
-    memory: Memory
-
-    def describe(self) -> str:
-        how = "1 GPU, ZeRO-0" if self.gpus == 1 else f"{self.gpus} GPUs of one node, ZeRO-3"
-        return how + (", activation checkpointing" if self.checkpointing else "")
 
 
 @dataclass(frozen=True)
@@ -141,7 +136,7 @@ class ModelMemory:
 
     def saved(self, run: RunShape) -> Saved:
         return _saved(self, run.micro_batch, run.prompt_length, run.text_length,
-                      run.target_length)
+                      run.target_length, run.padding)
 
 
 def model_memory(model: str, precision: str) -> ModelMemory:
@@ -156,7 +151,7 @@ def _model_memory(model: str, precision: str) -> ModelMemory:
 
 @lru_cache(maxsize=256)
 def _saved(memory: ModelMemory, examples: int, prompt_length: int, text_length: int,
-           target_length: int) -> Saved:
+           target_length: int, padding: bool) -> Saved:
     """Run the loss forward on the meta device and add up what autograd keeps (each tensor
     once, parameters not at all), by layer."""
     from transformers.modeling_layers import GradientCheckpointingLayer
@@ -201,7 +196,7 @@ def _saved(memory: ModelMemory, examples: int, prompt_length: int, text_length: 
             prompts = torch.zeros(examples, prompt_length, backbone.hidden_size,
                                   dtype=dtype_of(memory.precision), requires_grad=True)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
-                _FusedAttention():
+                _FusedAttention(padding):
             backbone.loss(prompts, batch)
     finally:
         for handle in handles:
@@ -221,7 +216,13 @@ class _FusedAttention(TorchFunctionMode):
     """On the meta device, scaled-dot-product attention falls back to its math form, which
     keeps every head's s x s matrix for the backward; on a GPU (and a CPU) a fused kernel runs,
     which keeps the query, key, value, output and log-sum-exp only. Count the fused kernel: the
-    CPU flash kernel keeps those tensors and has a meta implementation."""
+    CPU flash kernel keeps those tensors and has a meta implementation. With ``padding``, every
+    call gets the mask a padded batch brings (see the module's docstring), allocated as the GPU
+    kernel keeps it: padded to `MASK_ALIGNMENT` columns, the call reading a view of it."""
+
+    def __init__(self, padding: bool):
+        super().__init__()
+        self.padding = padding
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -229,36 +230,15 @@ class _FusedAttention(TorchFunctionMode):
             return func(*args, **kwargs)
         query, key, value = args[:3]
         mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
+        causal = bool(kwargs.get("is_causal"))
         if kwargs.get("enable_gqa") and key.shape[1] != query.shape[1]:
             repeat = query.shape[1] // key.shape[1]
             key, value = (t.repeat_interleave(repeat, 1) for t in (key, value))
+        if self.padding:
+            heads = 1 if mask is None else mask.shape[1]
+            columns = -(-key.shape[2] // MASK_ALIGNMENT) * MASK_ALIGNMENT
+            padded = torch.empty(query.shape[0], heads, query.shape[2], columns,
+                                 dtype=query.dtype, device=query.device)
+            mask, causal = padded[..., :key.shape[2]], False
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            query, key, value, is_causal=bool(kwargs.get("is_causal")), attn_mask=mask,
-            scale=kwargs.get("scale"))[0]
-
-
-def plan_placement(memory: ModelMemory, run: RunShape, batch_size: int, gpu_gb: float,
-                   max_gpus: int = 8) -> Placement | None:
-    """The fewest GPUs of ``gpu_gb`` each that hold a run of global batch ``batch_size``
-    (``run.micro_batch`` is ignored: it is the batch split over the GPUs), with activation
-    checkpointing only if that is what makes it fit; None if not even ``max_gpus`` do."""
-    gpus = 1
-    while gpus <= max_gpus:
-        if batch_size % gpus == 0:
-            split = replace(run, micro_batch=batch_size // gpus)
-            stage = 0 if gpus == 1 else 3
-            for checkpointing in (False, True):
-                need = memory.estimate(split, gpus, stage, checkpointing)
-                if need.total <= USABLE * gpu_gb * GB:
-                    return Placement(gpus, stage, checkpointing, need)
-        gpus *= 2
-    return None
-
-
-def gpu_memory_gb(accelerator_type: str | None) -> float:
-    """The memory of one GPU of ``accelerator_type`` (default: `DEFAULT_GPU`)."""
-    kind = accelerator_type or DEFAULT_GPU
-    if kind not in GPU_MEMORY_GB:
-        raise PtdistError(f"the memory of a {kind} GPU is not known to the planner; use one "
-                          f"of: {', '.join(GPU_MEMORY_GB)}")
-    return GPU_MEMORY_GB[kind]
+            query, key, value, is_causal=causal, attn_mask=mask, scale=kwargs.get("scale"))[0]
