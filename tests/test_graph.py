@@ -44,6 +44,9 @@ def ray_local():
     ray.shutdown()
 
 
+MEET_S = 120  # how long a job waits for the jobs it must meet
+
+
 @dataclass(frozen=True)
 class Write:
     """A job's run: fails if an input is missing, logs that it ran, writes its output."""
@@ -54,6 +57,7 @@ class Write:
     seconds: float = 0.0
     error: str | None = None
     user_error: bool = False
+    meet: tuple[str, ...] = ()  # jobs that must start while this one runs
 
     def __call__(self) -> dict:
         folder = Path(self.folder)
@@ -63,6 +67,10 @@ class Write:
         with open(folder / "runs.log", "a") as log:
             log.write(f"{self.name}\n")
         started = time.time()
+        while not set(self.meet) <= set(runs(folder)):
+            if time.time() - started > MEET_S:
+                raise RuntimeError(f"{self.name} ran {MEET_S} s without {self.meet} starting")
+            time.sleep(0.05)
         time.sleep(self.seconds)
         if self.error:
             raise (PtdistError if self.user_error else ValueError)(self.error)
@@ -219,9 +227,12 @@ def test_max_concurrent_runs_one_at_a_time_in_the_given_order(ray_local, tmp_pat
 
 
 def test_independent_jobs_run_in_parallel(ray_local, tmp_path):
-    graph = [job(tmp_path, name, seconds=1.5) for name in ("x", "y")]
-    run_graph(graph, say=lambda line: None)
+    """Each job waits for the other to start: run one after the other, the first would fail
+    after MEET_S, however slow the machine is to start the second."""
+    graph = [job(tmp_path, name, meet=(other,)) for name, other in (("x", "y"), ("y", "x"))]
+    outcome = run_graph(graph, say=lambda line: None)
 
+    assert statuses(outcome) == {"x": "ran", "y": "ran"}
     (x_start, x_end), (y_start, y_end) = interval(tmp_path, "x"), interval(tmp_path, "y")
     assert max(x_start, y_start) < min(x_end, y_end)
 
