@@ -257,6 +257,7 @@ def test_the_untied_t5_trains_to_one_prompt_under_zero0_zero3_and_a_zero3_group(
 # embeddings), and say what the check did.
 TWO_RANKS = """
 import sys
+from pathlib import Path
 import ptdist.backbones.loading as loading
 from ptdist.errors import PtdistError
 from ptdist.training.distributed import group_ranks
@@ -266,9 +267,12 @@ if sys.argv[2] == "mis-tied":
     loading.tied_as_stored = lambda cls, _: cls
 try:
     with inference_backbone("tiny-t5-v1_1", precision="bf16", ds_config=sys.argv[1]):
-        print(f"rank {group_ranks()[0]} loaded", flush=True)
+        said = "loaded"
 except PtdistError as exc:
-    print(f"rank {group_ranks()[0]} refused: {exc}", flush=True)
+    said = f"refused: {exc}"
+# a file per rank: two ranks' long lines on one pipe can interleave
+rank = group_ranks()[0]
+Path(sys.argv[3], f"rank{rank}").write_text(f"rank {rank} {said}")
 """
 
 
@@ -278,12 +282,14 @@ def test_two_zero3_ranks_share_the_check_and_refuse_a_mis_tied_load_together(tmp
     script.write_text(TWO_RANKS)
     ds = str(zero3_every_tensor_partitioned(tmp_path))
     for case in ("as-stored", "mis-tied"):
+        out = tmp_path / case
+        out.mkdir()
         proc = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-             "2", str(script), ds, case], env=child_env(), text=True, capture_output=True,
-            timeout=600)
+             "2", str(script), ds, case, str(out)], env=child_env(), text=True,
+            capture_output=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        said = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
+        said = sorted(path.read_text() for path in out.iterdir())
         if case == "as-stored":
             assert said == ["rank 0 loaded", "rank 1 loaded"]
             continue

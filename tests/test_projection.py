@@ -430,8 +430,9 @@ def test_task_tuning_through_a_multi_worker_target_runs_on_a_worker_group(two_mo
     spec = tmp_path / "pairs.yaml"
     spec.write_text(TWO_MODEL_SPEC.format(name="pairs", store=tmp_path / "store", data=data)
                     .replace("tasks: [sst2, {}/topic.yaml]".format(data), "tasks: [sst2]")
-                    .replace("tiny-t5-d96: {}", "tiny-t5-d96: {resources: {workers: 2}, "
-                                                "ds_config: zero2}"))
+                    # half a CPU each: the group and the job that starts it fit 2 cores
+                    .replace("tiny-t5-d96: {}", "tiny-t5-d96: {resources: {workers: 2, "
+                                                "cpus: 0.5}, ds_config: zero2}"))
     proc = subprocess.run(
         [sys.executable, "-m", "ptdist", "project", "pairs", "--spec", str(spec), "--mode",
          "task", "--train-tasks", "sst2", "--hidden", "16", "--steps", "20", "--eval-every",
