@@ -202,6 +202,19 @@ def job_resources(args: argparse.Namespace):
     return Resources(workers=max(1, args.gpus), gpus=args.gpus, cpus=args.cpus)
 
 
+def add_run_limits(p: argparse.ArgumentParser, settings: type) -> None:
+    """The evaluation and data limits a prompt-tuning run and a projector share, with the
+    defaults of ``settings`` (TrainConfig or ProjectorConfig)."""
+    p.add_argument("--eval-every", type=int, default=settings.eval_every,
+                   help="steps between evaluations (default %(default)s)")
+    p.add_argument("--eval-limit", type=int, default=settings.eval_limit,
+                   help="evaluation examples (0: the whole split; default %(default)s)")
+    p.add_argument("--train-limit", type=int, default=settings.train_limit,
+                   help="use a seeded subset of train")
+    p.add_argument("--max-length", type=int, default=settings.max_length,
+                   help="text tokens, prompt excluded (default %(default)s)")
+
+
 def add_budget(p: argparse.ArgumentParser) -> None:
     """A prompt-tuning run's settings (TrainConfig fields, with their defaults)."""
     from ptdist.training.config import TrainConfig
@@ -220,14 +233,7 @@ def add_budget(p: argparse.ArgumentParser) -> None:
                    help="adamw or adam (weight decay as an L2 term; default %(default)s)")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
                    help="global batch size over all processes (default %(default)s)")
-    p.add_argument("--eval-every", type=int, default=TrainConfig.eval_every,
-                   help="steps between evaluations (default %(default)s)")
-    p.add_argument("--eval-limit", type=int, default=TrainConfig.eval_limit,
-                   help="evaluation examples (0: the whole split; default %(default)s)")
-    p.add_argument("--train-limit", type=int, default=TrainConfig.train_limit,
-                   help="use a seeded subset of train")
-    p.add_argument("--max-length", type=int, default=TrainConfig.max_length,
-                   help="text tokens, prompt excluded (default %(default)s)")
+    add_run_limits(p, TrainConfig)
     p.add_argument("--patience", type=int, default=TrainConfig.patience,
                    help="stop after this many evaluations without improvement")
     p.add_argument("--min-steps", type=int, default=TrainConfig.min_steps,

@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 
 from ptdist.cli.options import (add_budget, add_data, add_eval, add_execution, add_job_resources,
-                                add_precision, add_renamed, add_store, add_tolerance, budget, emit,
-                                execution, job_resources, model_help, pack_override, scoring,
-                                store_of, task_help)
+                                add_precision, add_renamed, add_run_limits, add_store,
+                                add_tolerance, budget, emit, execution, job_resources, model_help,
+                                pack_override, scoring, store_of, task_help)
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -121,14 +121,7 @@ def _add_projector(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=ProjectorConfig.batch_size,
                    help="prompt pairs (distance) or examples of each task (task) per step "
                         "(default %(default)s)")
-    p.add_argument("--eval-every", type=int, default=ProjectorConfig.eval_every,
-                   help="steps between evaluations (default %(default)s)")
-    p.add_argument("--eval-limit", type=int, default=ProjectorConfig.eval_limit,
-                   help="evaluation examples (0: the whole split; default %(default)s)")
-    p.add_argument("--train-limit", type=int, default=ProjectorConfig.train_limit,
-                   help="use a seeded subset of train")
-    p.add_argument("--max-length", type=int, default=ProjectorConfig.max_length,
-                   help="text tokens, prompt excluded (default %(default)s)")
+    add_run_limits(p, ProjectorConfig)
 
 
 def register(command, sub) -> None:
