@@ -345,12 +345,14 @@ def pid() -> dict:
 
 
 def test_jobs_that_leave_nothing_behind_share_worker_processes(ray_local):
-    """Four one-after-another jobs: each gets a fresh process, unless it may reuse one."""
+    """Six one-after-another jobs: each gets a fresh process, unless it may reuse one. Ray keeps
+    up to one idle worker per CPU and hands a task to any of them, so reused jobs run in at most
+    as many processes as the Ray has CPUs (2), not necessarily in one."""
     def chain_of(reuse: bool) -> list[Job]:
         return [Job(f"j{k}", pid, needs=(f"j{k - 1}",) if k else (), reuse_process=reuse)
-                for k in range(4)]
+                for k in range(6)]
 
     fresh = run_graph(chain_of(False), say=lambda line: None)
     reused = run_graph(chain_of(True), say=lambda line: None)
-    assert len({job.result["pid"] for job in fresh.jobs}) == 4
-    assert len({job.result["pid"] for job in reused.jobs}) == 1
+    assert len({job.result["pid"] for job in fresh.jobs}) == 6
+    assert len({job.result["pid"] for job in reused.jobs}) <= 2
