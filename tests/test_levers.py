@@ -22,7 +22,7 @@ from ptdist.training.config import hashed_settings
 from ptdist.training.data import BatchOrder, global_batch
 from ptdist.training.lengths import text_cut
 from ptdist.training.run import plan_run
-from ptdist.training.tracking import RunTracker
+from ptdist.training.tracking import RunTracker, stop_step
 from ptdist.transfer.tpt import TptPlan
 
 SMALL = dict(model="tiny-roberta", task="sst2", prompt_length=4, batch_size=8, eval_limit=32)
@@ -155,6 +155,21 @@ def test_a_run_stops_early_once_its_curve_is_flat(tmp_path, sentiment_dir):
     result = train(config, Store(tmp_path))
     assert result.steps_run == 20 and result.best_step == 0
     assert Store(tmp_path).prompts.manifest(result.prompt_id).steps == 20
+
+
+def test_a_finished_curve_replayed_stops_where_the_run_with_patience_stopped(tmp_path,
+                                                                             sentiment_dir):
+    """`stop_step` (what benchmarks/early_stop.py replays on a study's curves) against training:
+    the run with patience stops at the step the same run's full curve predicts."""
+    settings = dict(SMALL, steps=60, eval_every=5, lr=0.05, data_dir=str(sentiment_dir))
+    store = Store(tmp_path)
+    full = store.prompts.manifest(train(TrainConfig(**settings), store).prompt_id)
+    curve = [(e["step"], e[full.metric]) for e in full.history]
+    predicted = stop_step(curve, patience=2, min_steps=40)
+    # The curve dips before step 40 and is flat after 45: the minimum and the patience both count.
+    assert 40 < predicted < 60
+    stopped = train(TrainConfig(**settings, patience=2, min_steps=40), store)
+    assert stopped.steps_run == predicted
 
 
 def test_the_runs_tpt_compares_run_to_the_end(tmp_path):

@@ -23,6 +23,28 @@ class Diverged(PtdistError):
     """A run whose loss or trained parameters became NaN or infinite."""
 
 
+def flattened(step: int, evals_since_best: int, patience: int | None, min_steps: int) -> bool:
+    """Whether a run stops at its evaluation at ``step``: ``patience`` evaluations in a row
+    without a new best, from ``min_steps`` on (a curve that rises slowly at first is not judged
+    by its start)."""
+    return patience is not None and step >= min_steps and evals_since_best >= patience
+
+
+def stop_step(curve: list[tuple[int, float]], patience: int, min_steps: int) -> int:
+    """The step at which a run with this learning curve ((step, score) per evaluation, higher
+    is better) would have stopped under ``patience`` and ``min_steps``: the rule a training
+    loop applies, replayed on a finished run's history. Its last step when it never stops."""
+    best, since = None, 0
+    for step, score in curve:
+        if best is None or score > best:
+            best, since = score, 0
+        else:
+            since += 1
+        if flattened(step, since, patience, min_steps):
+            return step
+    return curve[-1][0]
+
+
 @dataclass
 class RunTracker:
     state: TrainState
@@ -45,11 +67,8 @@ class RunTracker:
         return tracker
 
     def flattened(self) -> bool:
-        """Whether the run stops at its latest evaluation: ``patience`` evaluations in a row
-        without a new best, from ``min_steps`` on (a curve that rises slowly at first is not
-        judged by its start)."""
-        return (self.patience is not None and self.state.step >= self.min_steps
-                and self.state.evals_since_best >= self.patience)
+        return flattened(self.state.step, self.state.evals_since_best, self.patience,
+                         self.min_steps)
 
     def diverged(self, what: str) -> Diverged:
         return Diverged(f"{self.label} diverged at step {self.state.step}: {what} is not finite "
