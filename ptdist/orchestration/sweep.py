@@ -196,7 +196,7 @@ def run_trial(trial_config: dict) -> None:
 
 def _row(run: RunSpec, prompt_id: str, store: Store, result: dict | None) -> SweepRow:
     c, res = run.config, run.resources
-    row = dict(prompt_id=prompt_id, model=c.model, task=c.task, seed=c.seed, init=c.init,
+    row = dict(prompt_id=prompt_id, model=c.model, task=c.task, seed=c.seed, init=str(c.init),
                workers=res.workers, gpus=res.gpus)
     if result is not None and "error" in result:
         return SweepRow(status="failed", error=result["error"], **row)
