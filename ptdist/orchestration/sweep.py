@@ -157,7 +157,7 @@ def _tune(spec: SweepSpec, jobs: list[list[Planned]], store: Store, where: str,
             name=f"{segment(spec.name)}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=store.ray_records("tune"), verbose=0,
             failure_config=tune.FailureConfig(max_failures=execution.max_failures),
-            callbacks=[SweepProgress(spec.name, len(runs), execution.policy.attempts)]),
+            callbacks=[SweepProgress(len(runs), execution.policy.attempts)]),
     )
     results = {}
     for result in tuner.fit():
