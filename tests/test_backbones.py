@@ -2,7 +2,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ptdist.backbones import InitSpec, initial_prompt, load_backbone
+from ptdist.backbones import InitMode, PromptInit, initial_prompt, load_backbone, parse_init
 from ptdist.backbones.presets import preset_dir
 from ptdist.errors import PtdistError
 
@@ -74,22 +74,51 @@ def test_init_modes():
     emb, tok = backbone.word_embeddings, backbone.tokenizer
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     specials = backbone.special_ids()
-    rand = initial_prompt(InitSpec.parse("random"), emb, 5, specials, tok, gen())
+    rand = initial_prompt(PromptInit(InitMode.RANDOM), emb, 5, specials, tok, gen())
     assert rand.shape == (5, 64) and rand.abs().max() <= 0.5
-    vocab = initial_prompt(InitSpec.parse("vocab"), emb, 5, specials, tok, gen())
+    vocab = initial_prompt(PromptInit(InitMode.VOCAB), emb, 5, specials, tok, gen())
     rows = [i for i in range(emb.num_embeddings) if torch.equal(emb.weight[i], vocab[0])]
     assert rows and rows[0] not in specials
-    text = initial_prompt(InitSpec.parse("text:good movie"), emb, 5, specials, tok, gen())
+    text = initial_prompt(PromptInit(InitMode.TEXT, text="good movie"), emb, 5, specials,
+                          tok, gen())
     ids = tok("good movie", add_special_tokens=False).input_ids
     assert torch.equal(text[len(ids)], emb.weight[ids[0]])  # the text repeats to fill L
     art = torch.randn(5, 64)
-    assert torch.equal(initial_prompt(InitSpec.parse("prompt:x"), emb, 5, specials, tok, gen(),
-                                      art), art)
+    from_prompt = PromptInit(InitMode.PROMPT, prompt="x")
+    assert torch.equal(initial_prompt(from_prompt, emb, 5, specials, tok, gen(), art), art)
     with pytest.raises(PtdistError, match=r"shape \[5, 32\] .* needs \[5, 64\]"):
-        initial_prompt(InitSpec.parse("prompt:x"), emb, 5, specials, tok, gen(),
-                       torch.zeros(5, 32))
-    with pytest.raises(PtdistError, match="unknown prompt init"):
-        InitSpec.parse("zeros")
+        initial_prompt(from_prompt, emb, 5, specials, tok, gen(), torch.zeros(5, 32))
+
+
+@pytest.mark.parametrize("written, init", [
+    ("random", PromptInit(InitMode.RANDOM)),
+    ("vocab", PromptInit(InitMode.VOCAB)),
+    ("text:good movie", PromptInit(InitMode.TEXT, text="good movie")),
+    ("prompt:/store/p.safetensors", PromptInit(InitMode.PROMPT, prompt="/store/p.safetensors")),
+])
+def test_an_init_reads_from_and_writes_to_its_one_string_form(written, init):
+    """The written form is sugar for the data: read into the same `PromptInit`, and written
+    back byte for byte (that string is what a prompt id hashes and a manifest records)."""
+    assert parse_init(written) == init and str(init) == written
+
+
+def test_the_words_of_a_written_init_are_stripped():
+    assert parse_init("text:  good movie ") == PromptInit(InitMode.TEXT, text="good movie")
+
+
+@pytest.mark.parametrize("written", ["zeros", "text:", "text:  ", "prompt", "random:x", "Text:a"])
+def test_an_unknown_init_names_the_written_forms(written):
+    with pytest.raises(PtdistError, match="unknown prompt init .*use one of: random, vocab, "
+                                          "text:SOME WORDS, prompt:ID_OR_PATH"):
+        parse_init(written)
+
+
+@pytest.mark.parametrize("fields", [dict(mode=InitMode.TEXT), dict(mode=InitMode.PROMPT),
+                                    dict(mode=InitMode.RANDOM, text="words"),
+                                    dict(mode=InitMode.TEXT, text="a", prompt="b")])
+def test_an_init_takes_exactly_the_field_its_mode_reads(fields):
+    with pytest.raises(PtdistError, match="init (needs|takes no)"):
+        PromptInit(**fields)
 
 
 def test_unknown_model_names_the_fix():

@@ -325,7 +325,7 @@ def test_a_run_with_a_user_error_fails_once_and_the_rest_of_the_sweep_finishes(
     proc = subprocess.run([sys.executable, "-m", "ptdist", "sweep", "--spec", str(spec)],
                           cwd=tmp_path, env=_env(), text=True, capture_output=True, timeout=600)
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "FAILED tiny-roberta/imdb/seed0/random: could not load stanfordnlp/imdb" in proc.stderr
+    assert "failed tiny-roberta/imdb/seed0/random: could not load stanfordnlp/imdb" in proc.stderr
     assert "retry tiny-roberta/imdb" not in proc.stderr  # it would recur: not retried
     assert "1 run(s) failed: tiny-roberta/imdb/seed0 (could not load" in proc.stderr
     assert "run the same sweep again to retry only what is missing" in proc.stderr

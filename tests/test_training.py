@@ -302,6 +302,24 @@ def test_the_schedule_is_constant_or_a_linear_decay_after_the_same_warm_up(tmp_p
         TrainConfig(model="tiny-roberta", task="sst2", schedule="cosine")
 
 
+@pytest.mark.parametrize("init, prompt_id", [
+    ("random", "27260cee7d09441b"), ("vocab", "97e727d306e37ecf"),
+    ("text:a good film", "699f7696189dacf8"), ("text:  a good film ", "699f7696189dacf8"),
+    ("prompt:{file}", "44170fb9a720f130")])
+def test_an_init_keeps_the_prompt_id_it_had_as_a_string(tmp_path, init, prompt_id):
+    """The ids ptdist gave these runs when an init was a string (measured at f715933): an
+    init as data (`PromptInit`) hashes its written form, and a prompt init its tensor."""
+    from ptdist.backbones import parse_init
+    from ptdist.store.prompts import write_prompt_file
+
+    file = write_prompt_file(tmp_path / "p.safetensors",
+                             torch.arange(8 * 48, dtype=torch.float32).reshape(8, 48) / 100, {})
+    written = init.format(file=file)
+    for given in (written, parse_init(written)):
+        config = TrainConfig(model="tiny-roberta", task="sst2", prompt_length=8, init=given)
+        assert plan_run(config, Store(tmp_path / "store")).prompt_id == prompt_id
+
+
 def _id_before_schedules(settings: dict, task) -> str:
     """The id as ptdist computed it before ``schedule`` and ``optimizer`` were settings."""
     import hashlib

@@ -350,7 +350,7 @@ def test_a_tpt_plan_runs_each_seed_from_that_seeds_source_prompt(tmp_path):
             prompts.append(store.prompts.manifest(f"{task}{seed}"))
     plan = task_plan(store, "tiny-roberta", ["imdb"], ["sst2"], prompts, {"steps": 10},
                      seeds=(0, 1))
-    assert [(t, s, label, c.seed, c.init) for t, s, label, c in plan.runs()] == [
+    assert [(t, s, label, c.seed, str(c.init)) for t, s, label, c in plan.runs()] == [
         ("imdb", 0, "vanilla", 0, "random"), ("imdb", 0, "tpt from sst2", 0, "prompt:sst20"),
         ("imdb", 1, "vanilla", 1, "random"), ("imdb", 1, "tpt from sst2", 1, "prompt:sst21")]
     # One run (the command line's): the source task's best prompt, whatever its seed.
@@ -358,4 +358,4 @@ def test_a_tpt_plan_runs_each_seed_from_that_seeds_source_prompt(tmp_path):
                                                     seed=0, score=90.0))
     one = task_plan(store, "tiny-roberta", ["imdb"], ["sst2"],
                     prompts + [store.prompts.manifest("best")], {"steps": 10, "seed": 1})
-    assert [(c.seed, c.init) for *_, c in one.runs()] == [(1, "random"), (1, "prompt:best")]
+    assert [(c.seed, str(c.init)) for *_, c in one.runs()] == [(1, "random"), (1, "prompt:best")]

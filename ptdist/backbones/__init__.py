@@ -9,5 +9,6 @@ __all__, __getattr__, __dir__ = lazy_face(__name__, {
                 "load_backbone", "model_config", "model_kind", "random_model",
                 "resolve_model_path"),
     "presets": ("PRESETS",),
-    "prompt": ("InitSpec", "SoftPrompt", "initial_prompt"),
+    "prompt": ("SoftPrompt", "initial_prompt"),
+    "prompt_init": ("InitMode", "PromptInit", "parse_init"),
 })

@@ -1,10 +1,6 @@
 """The soft prompt P in R^{L x d} and how it is initialised.
 
-Init modes (a spec string, as on the command line):
-  random          uniform in [-0.5, 0.5], as in Lester et al. (2021)
-  vocab           embeddings of L vocabulary tokens sampled without replacement (specials excluded)
-  text:SOME WORDS embeddings of the text's tokens, repeated to fill L (PEFT's TEXT init)
-  prompt:ID|PATH  an existing prompt artifact (a store id or a .safetensors file)
+How a run's prompt starts is a `PromptInit` (`prompt_init.py`).
 
 The two modes that draw (random, vocab) draw from `init_generator`, seeded by the run's seed and
 its task: the runs of one seed on different tasks start from different prompts, so their
@@ -15,39 +11,13 @@ the run's seed alone (rule "seed"); a stored prompt's manifest names the rule th
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from ptdist.backbones.prompt_init import InitMode, PromptInit
 from ptdist.errors import PtdistError
 
-INIT_MODES = ("random", "vocab", "text:", "prompt:")
 INIT_RULE = "seed+task"  # how `init_generator` seeds the draws of a run's init
-
-
-@dataclass(frozen=True)
-class InitSpec:
-    mode: str  # random | vocab | text | prompt
-    arg: str = ""
-
-    @classmethod
-    def parse(cls, spec: str) -> "InitSpec":
-        if spec in ("random", "vocab"):
-            return cls(spec)
-        for mode in ("text", "prompt"):
-            if spec.startswith(mode + ":") and spec[len(mode) + 1:].strip():
-                return cls(mode, spec[len(mode) + 1:].strip())
-        raise PtdistError(f"unknown prompt init {spec!r}; use one of: random, vocab, "
-                          "text:SOME WORDS, prompt:ID_OR_PATH")
-
-    def __str__(self) -> str:
-        return f"{self.mode}:{self.arg}" if self.arg else self.mode
-
-    @property
-    def draws(self) -> bool:
-        """Whether the init is drawn at random (and so depends on `init_generator`)."""
-        return self.mode in ("random", "vocab")
 
 
 def init_generator(seed: int, task: str) -> torch.Generator:
@@ -75,17 +45,17 @@ class SoftPrompt(nn.Module):
         return self.weight.unsqueeze(0).expand(batch_size, -1, -1)
 
 
-def initial_prompt(spec: InitSpec, embeddings: nn.Embedding, length: int, special_ids: set[int],
+def initial_prompt(init: PromptInit, embeddings: nn.Embedding, length: int, special_ids: set[int],
                    tokenizer, generator: torch.Generator,
                    artifact: torch.Tensor | None = None) -> torch.Tensor:
-    """A [length, d] tensor for ``spec``; ``artifact`` is the loaded tensor for prompt:...
+    """A [length, d] tensor for ``init``; ``artifact`` is the loaded tensor of a prompt init.
 
     Under ZeRO-3 the caller gathers ``embeddings`` first (vocab and text modes read rows)."""
     weight = embeddings.weight.detach()
     d = embeddings.embedding_dim
-    if spec.mode == "random":
+    if init.mode is InitMode.RANDOM:
         return torch.rand(length, d, generator=generator) - 0.5
-    if spec.mode == "vocab":
+    if init.mode is InitMode.VOCAB:
         candidates = torch.tensor([i for i in range(embeddings.num_embeddings)
                                    if i not in special_ids])
         if len(candidates) < length:
@@ -93,16 +63,16 @@ def initial_prompt(spec: InitSpec, embeddings: nn.Embedding, length: int, specia
                               f"{len(candidates)}; use a shorter prompt or random init")
         pick = candidates[torch.randperm(len(candidates), generator=generator)[:length]]
         return weight[pick].float().cpu().clone()
-    if spec.mode == "text":
-        ids = tokenizer(spec.arg, add_special_tokens=False).input_ids
+    if init.mode is InitMode.TEXT:
+        ids = tokenizer(init.text, add_special_tokens=False).input_ids
         if not ids:
-            raise PtdistError(f"text init {spec.arg!r} tokenizes to nothing")
+            raise PtdistError(f"text init {init.text!r} tokenizes to nothing")
         ids = (ids * (length // len(ids) + 1))[:length]
         return weight[torch.tensor(ids)].float().cpu().clone()
     assert artifact is not None, "prompt init needs the artifact tensor"
     if artifact.shape != (length, d):
         raise PtdistError(
-            f"prompt {spec.arg!r} has shape {list(artifact.shape)} but this run needs "
+            f"prompt {init.prompt!r} has shape {list(artifact.shape)} but this run needs "
             f"[{length}, {d}] (prompt length x model width); pass --prompt-length "
             f"{artifact.shape[0]} if only the length differs, or a prompt of a model of width {d}."
         )

@@ -12,11 +12,12 @@ from ptdist.cli.options import (add_budget, add_data, add_eval, add_precision, a
 
 def train(args: argparse.Namespace) -> None:
     from ptdist.api.prompts import train as train_run
+    from ptdist.backbones.prompt_init import parse_init
     from ptdist.training import TrainConfig
 
     config = TrainConfig(model=args.model, task=args.task, prompt_length=args.prompt_length,
-                         init=args.init, ds_config=args.ds_config, data_dir=args.data_dir,
-                         **budget(args))
+                         init=parse_init(args.init), ds_config=args.ds_config,
+                         data_dir=args.data_dir, **budget(args))
     result = train_run(config, args.store)
     how = "already in the store, not retrained" if result.skipped else (
         f"trained {result.steps_run} steps in {result.wall_time_s:.1f}s"
@@ -99,6 +100,7 @@ def check(args: argparse.Namespace) -> None:
 
 
 def register(command) -> None:
+    from ptdist.backbones.prompt_init import INIT_FORMS
     from ptdist.training.config import TrainConfig
 
     t = command("train", train, "prompt-tune a frozen model on a task and store the prompt")
@@ -106,8 +108,8 @@ def register(command) -> None:
     t.add_argument("--task", required=True, help=task_help())
     t.add_argument("--prompt-length", type=int, default=TrainConfig.prompt_length,
                    help="soft tokens L (default %(default)s)")
-    t.add_argument("--init", default=TrainConfig.init,
-                   help="random | vocab | text:WORDS | prompt:ID_OR_PATH (default %(default)s)")
+    t.add_argument("--init", default=str(TrainConfig.init),
+                   help=f"how the prompt starts: {INIT_FORMS} (default %(default)s)")
     add_budget(t)
     add_data(t)
     add_store(t)

@@ -250,6 +250,41 @@ class _LocalExecutor:
             return job.id, None, err
 
 
+@dataclass(frozen=True)
+class Tally:
+    """Where a graph's jobs or a sweep's runs stand, for a progress line: of ``total``, those
+    ``done`` (finished well, in this call or found stored), ``running`` and ``failed`` (failed,
+    or blocked behind a failure); ``executed``: those that finished in this call, well or not,
+    on which the estimate of the time left is measured, ``elapsed_s`` after the start."""
+
+    total: int
+    done: int
+    running: int
+    failed: int
+    executed: int
+    elapsed_s: float
+
+    @property
+    def waiting(self) -> int:
+        return self.total - self.done - self.running - self.failed
+
+    @property
+    def eta_s(self) -> float | None:
+        left = self.waiting + self.running
+        return self.elapsed_s / self.executed * left if self.executed and left else None
+
+
+def progress_line(event: str, tally: Tally, note: str = "") -> str:
+    """The one shape of the line that says a job (or run) finished, whatever schedules it: the
+    graph here (`ptdist replicate`, `ptdist sweep --local`) or Ray Tune (`ptdist sweep` on Ray,
+    `progress.SweepProgress`): ``EVENT [D/T done, R running, F failed, W waiting, Ns, eta
+    ~Ns] | NOTE``, the eta once something has finished and while something is left."""
+    eta = "" if tally.eta_s is None else f", eta ~{tally.eta_s:.0f}s"
+    return (f"{event} [{tally.done}/{tally.total} done, {tally.running} running, "
+            f"{tally.failed} failed, {tally.waiting} waiting, {tally.elapsed_s:.0f}s{eta}]"
+            + (f" | {note}" if note else ""))
+
+
 class _Schedule:
     """One run of a graph: each job's outcome so far, and the jobs in flight."""
 
@@ -333,7 +368,7 @@ class _Schedule:
             outcome.status, outcome.finished = "ran", time.time()
             outcome.result, outcome.wall_s, outcome.cpu_s = attempt
             self.finished(self.jobs[job_id], outcome)
-            self.say(f"done {job_id} in {seconds:.1f}s {self._progress()}")
+            self.say(progress_line(f"done {job_id} in {seconds:.1f}s", self._tally()))
         elif self.policy.retry(error, outcome.attempts):
             outcome.status = "waiting"
             self.say(f"attempt {outcome.attempts} of {job_id} failed: {one_line(error)}")
@@ -347,7 +382,7 @@ class _Schedule:
         blocked = self._block_dependents(job_id)
         if job_id in self.jobs:
             self.finished(self.jobs[job_id], outcome)
-        self.say(f"failed {job_id}{after}: {outcome.error} {self._progress()}")
+        self.say(progress_line(f"failed {job_id}{after}: {outcome.error}", self._tally()))
         for job in blocked:
             self.say(f"blocked {job.id}: {job.error}")
 
@@ -368,15 +403,12 @@ class _Schedule:
     def _counts(self) -> Counter[str]:
         return Counter(outcome.status for outcome in self.outcomes.values())
 
-    def _progress(self) -> str:
+    def _tally(self) -> Tally:
         counts = self._counts()
-        finished = len(self.jobs) - counts["waiting"] - counts["running"]
-        ran = counts["ran"] + counts["failed"]
-        elapsed = time.time() - self.began
-        left = counts["waiting"] + counts["running"]
-        eta = f", eta ~{elapsed / ran * left:.0f}s" if ran and left else ""
-        return (f"[{finished}/{len(self.jobs)} finished, {counts['running']} running, "
-                f"{counts['waiting']} waiting, {elapsed:.0f}s{eta}]")
+        return Tally(total=len(self.jobs), done=counts["stored"] + counts["ran"],
+                     running=counts["running"], failed=counts["failed"] + counts["blocked"],
+                     executed=counts["ran"] + counts["failed"],
+                     elapsed_s=time.time() - self.began)
 
 
 @dataclass(frozen=True)

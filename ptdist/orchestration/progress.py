@@ -1,6 +1,6 @@
-"""Sweep progress through the driver's logger (and so in `ray job logs`): one line per event, with
-the count of runs done / running / failed / pending and the best score so far per task. A trial
-is a job of one run or a pack of runs; counts are of runs."""
+"""Sweep progress on Ray Tune through the driver's logger (and so in `ray job logs`): one line
+per event, in the shape of the job graph's (`graph.progress_line`), with the best score so far
+per task as its note. A trial is a job of one run or a pack of runs; counts are of runs."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import time
 
 from ray.tune import Callback
 
+from ptdist.orchestration.graph import Tally, progress_line
+
 log = logging.getLogger(__name__)
 
 
 class SweepProgress(Callback):
-    def __init__(self, name: str, total: int, attempts: int):
-        self.name, self.total, self.attempts = name, total, attempts
+    def __init__(self, total: int, attempts: int):
+        self.total, self.attempts = total, attempts
         self.running: dict[str, int] = {}  # trial id -> runs in it
         self.done = 0
         self.failed = 0
@@ -23,12 +25,11 @@ class SweepProgress(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running[trial.trial_id] = len(trial.config["job"]["runs"])
-        self._line(f"start {_label(trial)}")
+        log.info(f"start {_label(trial)}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._line(f"retry {_label(trial)} (attempt {trial.num_failures + 1} of "
-                   f"{self.attempts}): it failed or its worker died; its runs resume from their "
-                   "last checkpoints")
+        log.info(f"retry {_label(trial)} (attempt {trial.num_failures + 1} of {self.attempts}): "
+                 "it failed or its worker died; its runs resume from their last checkpoints")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         labels = {run["prompt_id"]: run["label"] for run in trial.config["job"]["runs"]}
@@ -42,7 +43,7 @@ class SweepProgress(Callback):
         result = trial.last_result or {}
         if "error" in result:
             self.failed += size
-            self._line(f"FAILED {_label(trial)}: {result['error']}")
+            self._line(f"failed {_label(trial)}: {result['error']}")
             return
         self.done += size
         for run in (result.get("runs") or {}).values():
@@ -53,21 +54,17 @@ class SweepProgress(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.failed += self.running.pop(trial.trial_id, 0)
-        self._line(f"FAILED {_label(trial)} (retries exhausted); see its error below")
+        self._line(f"failed {_label(trial)} after {self.attempts} attempt(s); see its error "
+                   "below")
 
     def _line(self, event: str) -> None:
+        """``event`` (a job or run finished) with where the sweep stands."""
         running = sum(self.running.values())
-        pending = self.total - self.done - self.failed - running
         best = "; ".join(f"{task} {metric} {score:.2f} ({label})"
                          for task, (score, metric, label) in sorted(self.best.items()))
-        elapsed = time.time() - self.t0
-        finished = self.done + self.failed
-        eta = f", eta ~{elapsed / finished * (self.total - finished):.0f}s" \
-            if finished and finished < self.total else ""
-        log.info(f"[sweep {self.name} +{elapsed:.0f}s] {event} | "
-                 f"{self.done}/{self.total} done, {running} running, "
-                 f"{self.failed} failed, {pending} pending{eta}"
-                 + (f" | best: {best}" if best else ""))
+        tally = Tally(total=self.total, done=self.done, running=running, failed=self.failed,
+                      executed=self.done + self.failed, elapsed_s=time.time() - self.t0)
+        log.info(progress_line(event, tally, f"best: {best}" if best else ""))
 
 
 def _label(trial) -> str:

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
-from ptdist.backbones import CONVERTED, PRESETS, InitSpec, resolve_model_path
+from ptdist.backbones import CONVERTED, PRESETS, parse_init, resolve_model_path
 from ptdist.errors import PtdistError
 from ptdist.orchestration.failures import FailurePolicy
 from ptdist.orchestration.presets import SpecFile, spec_file, written_here
@@ -222,7 +222,8 @@ class SweepSpec:
                 for init in self.inits]
 
     def _config(self, model: ModelEntry, task: str, seed: int, init: str) -> TrainConfig:
-        config = TrainConfig(model=model.name, task=task, seed=seed, init=init_for(init, task),
+        config = TrainConfig(model=model.name, task=task, seed=seed,
+                             init=parse_init(init_for(init, task)),
                              ds_config=model.ds_config, data_dir=self.data_dir,
                              **{**self.train, **model.train})
         return config.to_the_end() if get_task(task).name in self.full_curves else config
@@ -309,7 +310,7 @@ def _validate(spec: SweepSpec) -> None:
                               f"spec's tasks ({', '.join(sorted(known))}); a model runs a "
                               "subset of them")
     for init in spec.inits:
-        InitSpec.parse(init)
+        parse_init(init)
     for model in spec.models:
         try:
             run = replace(spec, models=(model,)).runs()[0].config

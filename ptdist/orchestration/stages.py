@@ -20,13 +20,14 @@ them: `stage_key`, `with_stamp`) and the one-stage commands (`run_matrix`, `run_
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import fields, is_dataclass, replace
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from ptdist.neurons.collect import CaptureResult, CaptureSettings, capture
@@ -255,9 +256,9 @@ def run_tpt(store: Store, plan: TptPlan, resources: Resources,
 
 def stage_key(job_id: str, inputs: Sequence[str], what: Any) -> str:
     """The key of a stage's result: its job id, the ids of its (content-addressed) input
-    artifacts, and what it computes (a function with its settings)."""
+    artifacts, and what it computes (a function with its settings, `_describe`)."""
     payload = [job_id, sorted(inputs), _describe(what)]
-    return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
 
 def with_stamp(job: Job, *, store: Store, scope: str, key: str) -> Job:
@@ -271,12 +272,48 @@ def with_stamp(job: Job, *, store: Store, scope: str, key: str) -> Job:
     return replace(job, run=partial(_stamp_after, job.run, path, key), done=done)
 
 
-def _describe(fn: Any) -> Any:
-    """A partial's function and arguments (nested partials unwrapped), for a stamp's key."""
-    if isinstance(fn, partial):
-        return [fn.func.__name__, [_describe(a) for a in fn.args],
-                {k: _describe(v) for k, v in sorted(fn.keywords.items())}]
-    return getattr(fn, "__name__", fn)
+def _describe(what: Any) -> Any:
+    """What a stage computes, as JSON data: a partial as its function's name and its arguments
+    (nested partials unwrapped), a function as its name, a settings record (a dataclass) and
+    the store as `_record`, plain data as itself. Anything else is refused rather than written
+    as its str(), which may differ from process to process (an address) and so never match."""
+    if isinstance(what, partial):
+        return [what.func.__name__, [_describe(a) for a in what.args],
+                {k: _describe(v) for k, v in sorted(what.keywords.items())}]
+    if isinstance(what, (list, tuple)):
+        return [_describe(v) for v in what]
+    if isinstance(what, dict):
+        return {k: _describe(v) for k, v in what.items()}
+    if isinstance(what, (str, int, float, bool, type(None))):
+        return what
+    if isinstance(what, Store) or (is_dataclass(what) and not isinstance(what, type)):
+        return _record(what)
+    if callable(what) and hasattr(what, "__name__"):
+        return what.__name__
+    raise TypeError(f"a stage's key has no form for a {type(what).__qualname__}; give its "
+                    "settings as a dataclass or plain data")
+
+
+def _record(value: Any) -> str:
+    """A settings record as its stamp key holds it: its class name and, in order, each field
+    that decides what the stage computes, written as Python writes them (the form the stamps
+    of existing stores hold). A field declared ``repr=False`` says how a stage runs (a
+    DeepSpeed config), not what it computes, and is left out; the store is its root."""
+    if isinstance(value, Store):
+        return f"Store({str(value.root)!r})"
+    if is_dataclass(value) and not isinstance(value, type):
+        return f"{type(value).__qualname__}(" + ", ".join(
+            f"{f.name}={_record(getattr(value, f.name))}" for f in fields(value) if f.repr) + ")"
+    if isinstance(value, tuple):
+        return f"({', '.join(map(_record, value))}{',' if len(value) == 1 else ''})"
+    if isinstance(value, list):
+        return f"[{', '.join(map(_record, value))}]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_record(k)}: {_record(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (str, int, float, bool, type(None), enum.Enum, PurePath)):
+        return repr(value)
+    raise TypeError(f"a stage's key has no form for a {type(value).__qualname__} in a "
+                    "settings record; make it a dataclass or plain data")
 
 
 def _stamp_after(run: Callable[[], dict], path: str, key: str) -> dict:

@@ -157,7 +157,7 @@ def _tune(spec: SweepSpec, jobs: list[list[Planned]], store: Store, where: str,
             name=f"{segment(spec.name)}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=store.ray_records("tune"), verbose=0,
             failure_config=tune.FailureConfig(max_failures=execution.max_failures),
-            callbacks=[SweepProgress(spec.name, len(runs), execution.policy.attempts)]),
+            callbacks=[SweepProgress(len(runs), execution.policy.attempts)]),
     )
     results = {}
     for result in tuner.fit():
@@ -196,7 +196,7 @@ def run_trial(trial_config: dict) -> None:
 
 def _row(run: RunSpec, prompt_id: str, store: Store, result: dict | None) -> SweepRow:
     c, res = run.config, run.resources
-    row = dict(prompt_id=prompt_id, model=c.model, task=c.task, seed=c.seed, init=c.init,
+    row = dict(prompt_id=prompt_id, model=c.model, task=c.task, seed=c.seed, init=str(c.init),
                workers=res.workers, gpus=res.gpus)
     if result is not None and "error" in result:
         return SweepRow(status="failed", error=result["error"], **row)

@@ -8,6 +8,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+from ptdist.backbones.prompt_init import PromptInit, parse_init
 from ptdist.errors import PtdistError
 
 SCHEDULES = ("constant", "linear")
@@ -21,8 +22,9 @@ class TrainConfig:
 
     model: a preset (tiny-roberta...), a local model folder, pkg:PACKAGE/path or a hub id.
     task: a registered task name or a task YAML path (`ptdist.train` also takes the name of a
-    task defined in YAML that the store has prompts of). init: random | vocab | text:WORDS |
-    prompt:ID_OR_PATH. The budget: steps, lr, schedule (constant or linear after
+    task defined in YAML that the store has prompts of). init: how the prompt starts (a
+    `PromptInit`, or its written form, e.g. ``text:WORDS``, read by `parse_init`). The
+    budget: steps, lr, schedule (constant or linear after
     ``warmup_steps``, default 10 % of steps), optimizer (adamw or adam), batch_size (global),
     eval_every, eval_limit (evaluation examples; None: the whole split), train_limit (a seeded
     subset), max_length (text tokens), patience (evaluations without improvement before
@@ -38,7 +40,7 @@ class TrainConfig:
     seed: int = 0
     steps: int = 1000
     prompt_length: int = 100
-    init: str = "random"
+    init: PromptInit = PromptInit()
     lr: float = 0.01
     # constant: the rate stays at ``lr`` (the paper's); linear: it decays to 0 at the last step.
     # Both warm up linearly over ``warmup_steps`` first.
@@ -81,6 +83,8 @@ class TrainConfig:
                 "length_quantile": None, "compile": False}
 
     def __post_init__(self) -> None:
+        if isinstance(self.init, str):  # the written form: a command line, YAML or a record
+            object.__setattr__(self, "init", parse_init(self.init))
         for name in ("steps", "prompt_length", "batch_size", "eval_every", "max_length"):
             if getattr(self, name) < 1:
                 raise PtdistError(f"{name} must be at least 1 (got {getattr(self, name)})")
@@ -109,7 +113,9 @@ class TrainConfig:
         return self.steps // 10 if self.warmup_steps is None else self.warmup_steps
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings as JSON data, the init in its written form (as manifests record it
+        and prompt ids hash it)."""
+        return {**asdict(self), "init": str(self.init)}
 
     def to_the_end(self) -> "TrainConfig":
         """This run without early stopping: a run whose whole learning curve is compared (a

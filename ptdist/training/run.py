@@ -12,9 +12,10 @@ from functools import lru_cache
 import torch
 
 from ptdist import __version__
-from ptdist.backbones import (Backbone, InitSpec, fitted_head_key, initial_prompt, model_config,
+from ptdist.backbones import (Backbone, PromptInit, fitted_head_key, initial_prompt, model_config,
                               model_kind)
 from ptdist.backbones.prompt import INIT_RULE, PROMPT_PARAM, init_generator
+from ptdist.backbones.prompt_init import InitMode
 from ptdist.errors import PtdistError
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
@@ -58,7 +59,7 @@ class RunPlan:
     store already holds its prompt)."""
 
     task: TaskRecord
-    init: InitSpec
+    init: PromptInit
     artifact: torch.Tensor | None  # the source prompt of a prompt:... init
     ds_config: dict  # as read, before batch sizes are filled in
     precision: str
@@ -105,8 +106,8 @@ def prompt_id_of(config: TrainConfig, task: TaskRecord, init_digest: str, precis
 
 def plan_run(config: TrainConfig, store: Store) -> RunPlan:
     task = get_task(config.task)
-    init = InitSpec.parse(config.init)
-    artifact = store.prompts.load(init.arg) if init.mode == "prompt" else None
+    init = config.init
+    artifact = store.prompts.load(init.prompt) if init.mode is InitMode.PROMPT else None
     init_digest = hashlib.sha256(artifact.numpy().tobytes()).hexdigest() if artifact is not None \
         else str(init)
     ds_config, _ = load_ds_config(config.ds_config)
@@ -229,7 +230,7 @@ def store_finished(config: TrainConfig, plan: RunPlan, fitted: Fitted, store: St
         prompt = fitted.best[PROMPT_PARAM]
         store.prompts.put(prompt, PromptManifest(
             id=plan.prompt_id, model=config.model, task=plan.task.name,
-            task_type=plan.task.type, seed=config.seed, init=config.init,
+            task_type=plan.task.type, seed=config.seed, init=str(config.init),
             metric=result.metric, score=result.score, metrics=result.metrics,
             steps=result.steps_run, best_step=result.best_step, shape=list(prompt.shape),
             backbone_kind=fitted.backbone.kind, precision=plan.precision,

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ptdist.backbones import Backbone, InitSpec, initial_prompt
+from ptdist.backbones import Backbone, PromptInit, initial_prompt
 from ptdist.backbones.prompt import init_generator
 from ptdist.statistics import RESAMPLES, SEED, Interval, resamples, row_interval
 from ptdist.tasks import TaskRecord, compute_metrics
@@ -49,9 +49,8 @@ def random_prompts(backbone: Backbone, task: str, seeds: Sequence[int],
                    length: int) -> torch.Tensor:
     """The starting prompt ``[L, d]`` of a random-init run on ``task`` (a name) per seed, as a
     batch ``[len(seeds), L, d]``."""
-    spec = InitSpec.parse("random")
-    return torch.stack([initial_prompt(spec, backbone.word_embeddings, length, set(), None,
-                                       init_generator(seed, task)) for seed in seeds])
+    return torch.stack([initial_prompt(PromptInit(), backbone.word_embeddings, length, set(),
+                                       None, init_generator(seed, task)) for seed in seeds])
 
 
 def resampled_scores(task: TaskRecord, metric: str, predictions: Sequence, references: Sequence,
