@@ -12,6 +12,7 @@ import random
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -280,6 +281,18 @@ def keyword_rows(n: int, seed: int, words: tuple[str | list[str], str | list[str
         text.insert(where, keyword)
         rows.append({text_key: " ".join(text), "label": label})
     return rows
+
+
+def fault_rule(log: Path, match: str, fault: str, **extra) -> dict:
+    """A PTDIST_FAULTS rule (`ptdist.faults`) that logs every visit of a site it matches to
+    ``log``; with ``times=0`` it injects nothing and only counts attempts."""
+    return {"match": match, "fault": fault, "log": str(log), **extra}
+
+
+def attempts(log: Path) -> Counter:
+    """Visits per site (attempts per job), from a fault rule's log."""
+    return Counter(line.rsplit(" ", 1)[0] for line in log.read_text().splitlines()) \
+        if log.exists() else Counter()
 
 
 def prompts_copy(store: Path, into: Path) -> Path:
