@@ -12,6 +12,7 @@ import random
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,14 +45,7 @@ FILLER = ["the", "movie", "film", "was", "story", "plot", "acting", "music", "re
 def sentiment_rows(n: int, seed: int) -> list[dict]:
     """Sentences whose label is set by one sentiment word among filler: learnable in about a
     hundred steps by a prompt on a frozen random tiny model."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        label = rng.randint(0, 1)
-        words = rng.choices(FILLER, k=rng.randint(3, 7))
-        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label else NEGATIVE))
-        rows.append({"sentence": " ".join(words), "label": label})
-    return rows
+    return keyword_rows(n, seed, (NEGATIVE, POSITIVE), "sentence")
 
 
 def fit_small_head(folder: Path) -> Path:
@@ -272,16 +266,33 @@ metrics: [accuracy]
 """
 
 
-def keyword_rows(n: int, seed: int, words: tuple[str, str], text_key: str) -> list[dict]:
-    """Filler sentences whose label is set by one keyword (words[label])."""
+def keyword_rows(n: int, seed: int, words: tuple[str | list[str], str | list[str]],
+                 text_key: str) -> list[dict]:
+    """Filler sentences whose label is set by one keyword: ``words[label]``, or one drawn from
+    it when it is a list (a draw even from a one-word list, so the sentiment rows stay the rows
+    the tests' scores were measured on)."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         label = rng.randint(0, 1)
         text = rng.choices(FILLER, k=rng.randint(3, 7))
-        text.insert(rng.randint(0, len(text)), words[label])
+        where = rng.randint(0, len(text))
+        keyword = words[label] if isinstance(words[label], str) else rng.choice(words[label])
+        text.insert(where, keyword)
         rows.append({text_key: " ".join(text), "label": label})
     return rows
+
+
+def fault_rule(log: Path, match: str, fault: str, **extra) -> dict:
+    """A PTDIST_FAULTS rule (`ptdist.faults`) that logs every visit of a site it matches to
+    ``log``; with ``times=0`` it injects nothing and only counts attempts."""
+    return {"match": match, "fault": fault, "log": str(log), **extra}
+
+
+def attempts(log: Path) -> Counter:
+    """Visits per site (attempts per job), from a fault rule's log."""
+    return Counter(line.rsplit(" ", 1)[0] for line in log.read_text().splitlines()) \
+        if log.exists() else Counter()
 
 
 def prompts_copy(store: Path, into: Path) -> Path:

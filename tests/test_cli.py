@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,8 @@ from ptdist.cli import build_parser, main
 from ptdist.store import Store
 from tests.conftest import write_jsonl
 from tests.test_store import manifest
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -37,8 +41,33 @@ def _commands(parser=None, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]
     return found
 
 
-def test_there_are_twenty_one_commands():
-    assert len(_commands()) == 21
+DOCS = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
+# A command line of a shell block ("ptdist ...", "python -m ptdist ...", after env settings).
+SHELL_LINE = re.compile(r"^\s*(?:\$ )?(?:[A-Z_]+=\S* )*(?:python3? -m |torchrun .*-m )?"
+                        r"ptdist ((?:[a-z][a-z0-9-]* ?)+)", re.M)
+INLINE = re.compile(r"`ptdist ((?:[a-z][a-z0-9-]* ?)+)")
+
+
+def _named(words: str, commands: set[tuple[str, ...]]) -> tuple[str, ...] | None:
+    """The command that ``words`` (a documented line's words before its options) runs."""
+    argv = tuple(words.split())
+    return next((argv[:k] for k in (1, 2) if argv[:k] in commands), None)
+
+
+def test_every_command_the_docs_run_exists():
+    commands = set(_commands())
+    for doc in DOCS:
+        for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", doc.read_text(), re.S):
+            for words in SHELL_LINE.findall(re.sub(r"\\\n\s*", " ", block)):
+                assert _named(words, commands), (doc.name, f"ptdist {words}")
+
+
+def test_every_command_is_documented():
+    commands = set(_commands())
+    documented = {_named(words, commands) for doc in DOCS
+                  for words in SHELL_LINE.findall(doc.read_text()) + INLINE.findall(
+                      doc.read_text())}
+    assert commands - documented == set()
 
 
 @pytest.mark.parametrize("command", _commands(), ids=" ".join)

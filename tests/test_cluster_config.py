@@ -1,8 +1,9 @@
-"""cluster.yaml is a real Ray autoscaler config: it passes the schema check `ray up` runs, every
-node runs the same pinned software (one image, built by the Dockerfile from Ray's image through
-the lock; a pinned host AMI; no node can install an unpinned ray), GPU nodes may write Ray's
-records to S3, every node type says its GPU's memory, and the memory planner (not a count)
-says the paper's T5-XXL fits the node types it may land on. Versions are compared file with
+"""cluster.yaml as ptdist reads it and as its nodes run: ptdist takes the node types, their
+counts and each type's GPU from it (a config without node types is refused), places runs only
+on types that hold them, and plans the paper's T5-XXL on the smallest card it may land on
+(the memory planner, not a count); every node runs the same pinned software (one image, built
+by the Dockerfile from Ray's image through the lock; a pinned host AMI; no node can install an
+unpinned ray), and GPU nodes may write Ray's records to S3. Versions are compared file with
 file (cluster.yaml, the Dockerfile, the lock, pyproject.toml), never with whatever happens to be
 installed here."""
 
@@ -17,12 +18,11 @@ from pathlib import Path
 import pytest
 import tomllib
 import yaml
-from jsonschema.exceptions import ValidationError
-from ray.autoscaler._private.util import prepare_config, validate_config
-
+from ptdist.errors import PtdistError
 from ptdist.orchestration.plans import model_plans
 from ptdist.orchestration.resources import Cluster, node_card, node_types_from_cluster_config
 from ptdist.orchestration.presets import preset
+from ptdist.orchestration.spec import Resources, parse_spec
 from ptdist.orchestration.study import load_study
 from tests.conftest import LOCK, locked_versions
 
@@ -35,11 +35,6 @@ COMMANDS = ("initialization_commands", "setup_commands", "head_setup_commands",
 
 def _config() -> dict:
     return yaml.safe_load(CLUSTER_YAML.read_text())
-
-
-def _validate(config: dict) -> None:
-    # `ray up` fills the provider's defaults before validating; do the same.
-    validate_config(prepare_config(copy.deepcopy(config)))
 
 
 def _local(path: str, config: dict) -> Path:
@@ -94,15 +89,13 @@ def unpinned_ray(config: dict) -> list[str]:
     return found
 
 
-def test_cluster_yaml_passes_rays_schema_validation():
-    _validate(_config())
-
-
-def test_the_schema_check_rejects_a_broken_copy():
+def test_a_cluster_config_without_node_types_is_refused_naming_the_file(tmp_path):
     config = _config()
-    config["available_node_types"]["gpu_1x"]["min_workers"] = "none"
-    with pytest.raises(ValidationError):
-        _validate(config)
+    config["available_node_types"] = {}
+    broken = tmp_path / "cluster.yaml"
+    broken.write_text(yaml.safe_dump(config))
+    with pytest.raises(PtdistError, match=f"cluster config {broken} has no available_node_types"):
+        Cluster.from_config(broken)
 
 
 def test_no_node_installs_an_unpinned_ray():
@@ -218,13 +211,33 @@ def test_the_job_environment_puts_caches_on_local_disk_and_the_store_on_the_shar
     assert "-v /mnt/ptdist:/mnt/ptdist" in options and "-v /mnt/local:/mnt/local" in options
 
 
-def test_worker_types_have_a_cpu_head_and_a_gpu_type_per_card():
-    types = node_types_from_cluster_config(CLUSTER_YAML)
-    config = _config()
-    assert types[config["head_node_type"]].get("GPU", 0) == 0
-    assert max(t.get("GPU", 0) for t in types.values()) == 8
-    assert any(t.get("GPU") == 1 for t in types.values())
-    assert types["gpu_8x"]["accelerator_type:A100"] == 1
-    assert types["gpu_1x"]["accelerator_type:L40S"] == 1
-    for name, node_type in config["available_node_types"].items():
-        assert node_type["min_workers"] <= node_type["max_workers"], name
+def _runs(tmp_path, resources: dict) -> list:
+    return parse_spec({"name": "s", "storage_path": str(tmp_path), "tasks": ["sst2"],
+                       "models": {"tiny-t5": {"resources": resources}}}).runs()
+
+
+def test_placement_keeps_gpu_runs_off_the_head_and_plans_each_on_the_card_it_lands_on(tmp_path):
+    """What the placement decides from cluster.yaml: a CPU job may run on the head, a GPU run
+    never does; a one-GPU run may land on either GPU type and is planned on the smaller card;
+    a one-node group of eight GPUs only fits the eight-GPU type, and is planned on its card."""
+    cluster = Cluster.from_config(CLUSTER_YAML)
+    head = _config()["head_node_type"]
+    assert head in cluster.holding({"CPU": 1})
+    one = Resources(gpus=1)
+    assert head not in cluster.holding(one.group()) and len(cluster.holding(one.group())) >= 2
+    cards = {cluster.card_of(n).memory_gb for n in cluster.holding(one.group())}
+    assert cluster.card_for(one).memory_gb == min(cards) < max(cards)
+    node = Resources(gpus=8, workers=8)
+    [eight] = cluster.holding(node.group())
+    assert cluster.card_for(node) == cluster.card_of(eight) and cluster.card_of(eight).memory_gb \
+        == max(cards)
+    cluster.check(_runs(tmp_path, {"gpus": 8, "workers": 8}))
+
+
+def test_a_run_no_node_type_of_cluster_yaml_holds_is_refused_naming_the_types(tmp_path):
+    with pytest.raises(PtdistError) as err:
+        Cluster.from_config(CLUSTER_YAML).check(_runs(tmp_path, {"gpus": 16, "workers": 16}))
+    message = str(err.value)
+    assert f"no node of {CLUSTER_YAML} can hold that" in message
+    assert all(name in message for name in _config()["available_node_types"])
+    assert "Lower its resources in the sweep spec, use fewer workers, or add a node type" in message

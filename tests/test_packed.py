@@ -25,7 +25,7 @@ from ptdist.training.checkpoint import load_checkpoint
 from ptdist.training.packed import train_packed
 from ptdist.training.hardware import card
 from ptdist.training.tracking import RunTracker
-from tests.conftest import (TOPIC_YAML, child_env, keyword_rows, write_jsonl,
+from tests.conftest import (TOPIC_YAML, attempts, child_env, fault_rule, keyword_rows, write_jsonl,
                             zero3_every_tensor_partitioned)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,10 +253,15 @@ def test_a_sweep_trains_a_pack_on_a_two_worker_group_and_reports_each_run(tmp_pa
                   "eval_limit": 32, "lr": 0.1},
         "models": {"tiny-t5-v1_1": {"resources": {"workers": 2, "cpus": 0.5},
                                     "ds_config": str(zero3_every_tensor_partitioned(tmp_path))}}}))
+    log = tmp_path / "attempts.log"
     proc = subprocess.run([sys.executable, "-m", "ptdist", "sweep", "--spec", str(spec)],
-                          cwd=REPO, env=child_env(), text=True, capture_output=True, timeout=600)
+                          cwd=REPO, text=True, capture_output=True, timeout=600,
+                          env=child_env(PTDIST_FAULTS=json.dumps(fault_rule(log, "pack *",
+                                                                            "error", times=0))))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "packed into 1 job(s)" in proc.stderr and "2/2 done" in proc.stderr
+    # One job, a pack of the two runs, attempted once on the group's two workers.
+    pack = "pack tiny-t5-v1_1/sst2/seed0/random +1"
+    assert attempts(log) == {pack: 1, f"{pack}@worker": 2}
     store = Store(tmp_path / "store")
     rows = read_records(store.layout.sweep_table("packed"), SweepRow)
     assert [r.status for r in rows] == ["trained", "trained"]

