@@ -11,6 +11,7 @@ import torch
 
 from ptdist.cli import build_parser, main
 from ptdist.store import Store
+from ptdist.tasks import get_task, load_split
 from tests.conftest import write_jsonl
 from tests.test_store import manifest
 
@@ -372,7 +373,9 @@ def test_a_json_array_data_file_trains(capsys, tmp_path):
                          "--data-dir", str(tmp_path / "data"), "--store",
                          str(tmp_path / "store"), "--json")
     assert code == 0, err
-    assert "32 train / 16 eval examples" in err
+    sst2 = get_task("sst2")
+    assert [len(load_split(sst2, split, data_dir=str(tmp_path / "data")))
+            for split in ("train", "eval")] == [32, 16]
     assert Store(tmp_path / "store").prompts.has(json.loads(out.splitlines()[-1])["prompt_id"])
 
 

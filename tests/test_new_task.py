@@ -78,7 +78,7 @@ def test_a_json_array_task_file_trains_end_to_end(capsys, tmp_path):
                          "--prompt-length", "4", "--steps", "4", "--eval-every", "2",
                          "--batch-size", "8", "--store", str(tmp_path / "store"), "--json")
     assert code == 0, err
-    assert "48 train / 12 eval examples" in err
+    assert [len(load_split(get_task(str(path)), split)) for split in ("train", "eval")] == [48, 12]
     manifest = Store(tmp_path / "store").prompts.manifest(json.loads(out.splitlines()[-1])
                                                           ["prompt_id"])
     assert manifest.task == "newtask" and [h["step"] for h in manifest.history] == [0, 2, 4]

@@ -85,6 +85,6 @@ def test_sweep_takes_a_preset_by_name(elsewhere, capsys):
                     [{"text": f"tweet {c}", "label": c} for c in (0, 1, 2)])
     code, out, err = run(capsys, "sweep", "--spec", "tiny", "--dry-run", "--json")
     assert code == 0, err
-    assert json.loads(out.splitlines()[-1]) == {"sweep": "tiny", "dry_run": True}
-    assert f"already in the store {elsewhere / 'my_store'}, 6 to run" in err
+    assert json.loads(out.splitlines()[-1]) == {"sweep": "tiny", "dry_run": True,
+                                                "store": str(elsewhere / "my_store"), "to_run": 6}
     assert not (elsewhere / "my_store").exists()

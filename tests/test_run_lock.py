@@ -35,7 +35,8 @@ models:
 
 def _ptdist(spec: Path, command: str, **kwargs) -> subprocess.Popen:
     flag = "--study" if command == "replicate" else "--spec"
-    return subprocess.Popen([sys.executable, "-m", "ptdist", command, flag, str(spec), "--local"],
+    return subprocess.Popen([sys.executable, "-m", "ptdist", command, flag, str(spec), "--local",
+                             "--json"],
                             cwd=spec.parent, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, **kwargs)
 
@@ -72,7 +73,7 @@ def test_a_second_run_into_a_store_refuses_naming_the_first_and_a_killed_one_blo
     after = _ptdist(spec, "sweep", env=child_env())
     out, err = after.communicate(timeout=600)
     assert after.returncode == 0, err[-3000:]
-    assert "1 trained" in err
+    assert json.loads(out.strip().splitlines()[-1])["trained"] == 1
 
 
 def _holder(layout: StoreLayout) -> dict:

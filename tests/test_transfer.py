@@ -20,7 +20,7 @@ from ptdist.store.tables import read_records, write_records
 from ptdist.training.evaluation import EvalSettings, score_prompt
 from ptdist.transfer import MatrixSettings, speedup_rows, transfer_matrix
 from ptdist.transfer.matrix import own_prompts, unusable_tasks
-from tests.conftest import child_env, prompts_copy
+from tests.conftest import attempts, child_env, fault_rule, prompts_copy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -278,14 +278,17 @@ def test_tpt_from_a_same_task_prompt_reaches_vanilla_in_fewer_steps(task_prompts
 @pytest.mark.slow
 def test_the_matrix_command_runs_a_job_per_target_on_ray(task_prompts, tmp_path):
     root, data, _ = task_prompts
-    env = child_env()
+    log = tmp_path / "attempts.log"  # a rule that injects nothing: it counts attempts per job
+    env = child_env(PTDIST_FAULTS=json.dumps(fault_rule(log, "matrix *", "error", times=0)))
     store = prompts_copy(root / "store", tmp_path / "store")
     proc = subprocess.run(
         [sys.executable, "-m", "ptdist", "transfer", "matrix", "--model", "tiny-roberta",
          "--tasks", "sst2", "imdb", "--store", str(store), "--data-dir", str(data),
          "--json"], cwd=tmp_path, env=env, text=True, capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "start matrix tiny-roberta [2/2]" in proc.stderr and "local Ray" in proc.stderr
+    # A job per target, then the one that joins their rows, each attempted once.
+    assert attempts(log) == {"matrix tiny-roberta [1/2]": 1, "matrix tiny-roberta [2/2]": 1,
+                             "matrix tiny-roberta": 1}
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     # Every own prompt of the two tasks is a source: one each.
     sources = own_prompts(Store(store).prompts.select("tiny-roberta", ["sst2", "imdb"]))

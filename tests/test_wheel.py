@@ -116,7 +116,8 @@ def test_the_installed_wheel_runs_its_presets_and_trains_from_another_folder(ins
                        "store /mnt/ptdist/store")
     # A sweep preset named without a path.
     out = ptdist("sweep", "--spec", "tiny", "--dry-run", "--json")
-    assert json.loads(out.splitlines()[-1]) == {"sweep": "tiny", "dry_run": True}
+    assert json.loads(out.splitlines()[-1]) == {"sweep": "tiny", "dry_run": True,
+                                                "store": str(here / "store"), "to_run": 6}
     assert "2 worker(s)" in out  # tiny-t5-v1_1's ZeRO-2 worker group, from the shipped config
     assert not (here / "store").exists()  # dry runs write nothing
 

@@ -16,7 +16,9 @@ def sweep(args: argparse.Namespace) -> None:
                   execution=execution(args), pack=pack_override(args), dry_run=args.dry_run)
     name = outcome.spec.name
     if args.dry_run:
-        emit(args, outcome.listing, {"sweep": name, "dry_run": True})
+        emit(args, outcome.listing, {"sweep": name, "dry_run": True,
+                                     "store": outcome.spec.storage_path,
+                                     "to_run": outcome.to_run})
     else:
         table = "\n".join(f"{r.status:<8} {r.model}/{r.task}/seed{r.seed}/{r.init} "
                           f"{r.prompt_id}: " + (f"{r.metric}={r.score:.2f}" if r.score is not None

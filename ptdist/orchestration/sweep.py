@@ -48,6 +48,7 @@ class SweepOutcome:
     table: Path | None
     trained: int  # runs this call trained (fresh or resumed)
     listing: str | None = None  # a dry run's: the jobs it would run, and each model's plan
+    to_run: int = 0  # runs whose prompt is not stored (those a dry run would train)
 
     @property
     def failed(self) -> list[SweepRow]:
@@ -85,7 +86,7 @@ def _sweep(spec: SweepSpec, execution: Execution, cluster: Cluster, plans: list[
         log.info(f"packed into {len(jobs)} job(s): runs of one model share its backbone")
     if dry_run:
         return SweepOutcome(spec, [], None, 0, "\n".join((
-            describe_sweep(jobs), describe_training(spec), describe_plans(plans))))
+            describe_sweep(jobs), describe_training(spec), describe_plans(plans))), len(todo))
     results: dict[str, dict] = {}
     if not todo:
         log.info("nothing new to run: every prompt of this sweep is already in the store")
