@@ -14,7 +14,7 @@ from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.prompts import by_task
 from ptdist.tasks import get_task, resolve_task
-from ptdist.training.engine import load_ds_config
+from ptdist.distributed.ds_config import load_ds_config
 
 
 def open_store(store: Store | str | os.PathLike | None, writes: bool = True) -> Store:

@@ -21,7 +21,7 @@ from ptdist.projection.modes import train_projector as train_stage
 from ptdist.store import Store
 from ptdist.store.manifests import ProjectorManifest
 from ptdist.store.results import ProjectorEvalRow
-from ptdist.training.evaluation import EvalSettings
+from ptdist.scoring import EvalSettings
 from ptdist.transfer.tpt import TOLERANCE
 
 

@@ -27,7 +27,7 @@ from ptdist.store.results import TptCurveRow
 from ptdist.store.tables import read_records
 from ptdist.tasks import get_task, load_split
 from ptdist.training.config import TrainConfig
-from ptdist.training.engine import load_ds_config
+from ptdist.distributed.ds_config import load_ds_config
 from ptdist.transfer.matrix import own_prompts
 from ptdist.transfer.tpt import TOLERANCE, run_seeds
 

@@ -35,7 +35,7 @@ from ptdist.projection.config import ProjectorConfig
 from ptdist.tasks import get_task
 from ptdist.training.config import TrainConfig
 from ptdist.training.cost import UTILISATION, example_flops, fills_gpu, zero3_bytes
-from ptdist.training.engine import precision_of, zero_stage
+from ptdist.distributed.ds_config import precision_of, zero_stage
 from ptdist.training.hardware import Card
 from ptdist.training.memory import model_memory
 from ptdist.transfer.matrix import MatrixSettings

@@ -39,7 +39,7 @@ from ptdist.store import Store
 from ptdist.store.results import ProjectorEvalRow
 from ptdist.store.tables import read_records, write_records
 from ptdist.tasks import get_task
-from ptdist.training.evaluation import EvalSettings
+from ptdist.scoring import EvalSettings
 
 log = logging.getLogger(__name__)
 

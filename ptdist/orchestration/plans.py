@@ -18,7 +18,7 @@ from ptdist.orchestration.spec import ModelEntry, RunSpec, SweepSpec
 from ptdist.tasks import get_task
 from ptdist.training.config import TrainConfig
 from ptdist.training.cost import example_flops, fills_gpu
-from ptdist.training.engine import load_ds_config, precision_of, zero_stage
+from ptdist.distributed.ds_config import load_ds_config, precision_of, zero_stage
 from ptdist.training.hardware import GB, Card
 from ptdist.training.memory import USABLE, Memory, RunShape, model_memory, size
 from ptdist.training.placement import Placement, fits, plan_placement

@@ -26,8 +26,8 @@ from ptdist.store.layout import is_plain_name, segment
 from ptdist.store import Store
 from ptdist.tasks import get_task, task_ref
 from ptdist.training.config import TrainConfig
-from ptdist.training.engine import (deepspeed_config, load_ds_config, precision_of,
-                                    zero_stage)
+from ptdist.distributed.ds_config import load_ds_config, precision_of, zero_stage
+from ptdist.training.engine import deepspeed_config
 from ptdist.training.hardware import GPU_MEMORY_RESOURCE
 from ptdist.validation import (Strict, Text, as_written, dataclass_shape, located, one_or_more,
                                read_yaml, rule, validate)
