@@ -11,10 +11,10 @@ import torch
 from ptdist.api.prompts import evaluate
 from ptdist.neurons.capture import bare_rows, ffn_activations
 from ptdist.neurons.collect import CaptureSettings, capture
+from ptdist.scoring import EvalSettings, load
 from ptdist.store import Store
 from ptdist.store.activations import activation_dataset
 from ptdist.training import TrainConfig, train
-from ptdist.scoring import EvalSettings, load
 from ptdist.transfer.matrix import MatrixSettings, transfer_matrix
 from tests.conftest import model_forwards
 

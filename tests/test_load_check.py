@@ -17,12 +17,12 @@ from safetensors.torch import load_file, save_file
 
 from ptdist.backbones import load_backbone, weights
 from ptdist.backbones.presets import preset_dir
+from ptdist.distributed.ds_config import load_ds_config
+from ptdist.distributed.group import init_distributed
 from ptdist.errors import PtdistError
+from ptdist.scoring.loading import frozen_model, inference_config
 from ptdist.store import Store
 from ptdist.training import TrainConfig, train
-from ptdist.distributed.group import init_distributed
-from ptdist.distributed.ds_config import load_ds_config
-from ptdist.scoring.loading import frozen_model, inference_config
 from tests.conftest import REPO, child_env, zero3_every_tensor_partitioned
 
 MODEL = "tiny-t5-v1_1"

@@ -11,14 +11,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from ptdist.api.prompts import evaluate
 from ptdist.errors import PtdistError
+from ptdist.scoring import EvalSettings
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.prompts import by_task
 from ptdist.store.results import MatrixRow, TptSummaryRow
 from ptdist.store.tables import read_records, write_records
-from ptdist.api.prompts import evaluate
-from ptdist.scoring import EvalSettings
 from ptdist.transfer import MatrixSettings, speedup_rows, transfer_matrix
 from ptdist.transfer.matrix import own_prompts, unusable_tasks
 from tests.conftest import child_env, prompts_copy

@@ -18,15 +18,15 @@ import numpy as np
 import torch
 
 from ptdist.backbones import dtype_of
+from ptdist.distributed.group import Shard, from_leader, gather_lists, init_distributed, leads
 from ptdist.errors import PtdistError
 from ptdist.neurons.capture import PROTOCOLS, bare_rows, ffn_activations, ffn_sites
 from ptdist.progress import Progress
+from ptdist.scoring import inference_precision, load
 from ptdist.store import Store
 from ptdist.store.activations import ActivationWriter, captured, repair
 from ptdist.store.manifests import PromptManifest
 from ptdist.tasks import get_task, load_split
-from ptdist.distributed.group import Shard, from_leader, gather_lists, init_distributed, leads
-from ptdist.scoring import inference_precision, load
 from ptdist.training.config import TrainConfig
 
 log = logging.getLogger(__name__)

@@ -22,16 +22,16 @@ from pathlib import Path
 
 import torch
 
+from ptdist.distributed.group import leads
 from ptdist.projection.projector import Projector
 from ptdist.projection.modes import initial_projector, shape_of
+from ptdist.scoring import EvalSettings, Scored, inference_precision, load, score
 from ptdist.store import Store
 from ptdist.store.manifests import ProjectorManifest, PromptManifest
 from ptdist.store.prompts import best_per_task, write_prompt_file
 from ptdist.store.results import ProjectorEvalRow
 from ptdist.store.tables import read_records, write_records
 from ptdist.tasks import get_task
-from ptdist.distributed.group import leads
-from ptdist.scoring import EvalSettings, Scored, inference_precision, load, score
 from ptdist.transfer.baselines import majority_baseline, margin
 
 log = logging.getLogger(__name__)

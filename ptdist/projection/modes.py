@@ -22,6 +22,8 @@ import time
 import torch
 
 from ptdist import __version__
+from ptdist.distributed.ds_config import load_ds_config
+from ptdist.distributed.group import finish_together
 from ptdist.errors import PtdistError
 from ptdist.projection.config import ProjectorConfig
 from ptdist.projection.projector import ProjectedPrompt, Projector, ProjectorShape
@@ -29,8 +31,6 @@ from ptdist.store import Store
 from ptdist.store.manifests import ProjectorManifest, PromptManifest
 from ptdist.store.prompts import best_per_task
 from ptdist.tasks import get_task
-from ptdist.distributed.group import finish_together
-from ptdist.distributed.ds_config import load_ds_config
 from ptdist.training.recipe import fit, fit_metric
 
 log = logging.getLogger(__name__)

@@ -43,12 +43,12 @@ from ptdist.recommend.evidence import compared, difference, over_seeds
 from ptdist.recommend.ranking import can_capture, pick_indicator
 from ptdist.recommend.recommendation import (RecommendSettings, recommend, study_settings,
                                              train_probe)
+from ptdist.scoring import inference_precision, load
 from ptdist.statistics import Interval, spearman
 from ptdist.store import Store
 from ptdist.store.layout import TPT_SUMMARY
 from ptdist.store.results import IndicatorRow, MatrixRow, TptSummaryRow
 from ptdist.store.tables import read_records
-from ptdist.scoring import inference_precision, load
 from ptdist.transfer.matrix import cells, own_prompts, unusable_tasks
 from ptdist.transfer.tpt import run_seeds
 

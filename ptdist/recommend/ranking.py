@@ -52,13 +52,13 @@ from ptdist.neurons.collect import activation_states
 from ptdist.neurons.correlation import by_strength
 from ptdist.neurons.indicators import embedding_indicators, neuron_indicators
 from ptdist.recommend.candidates import Candidate
+from ptdist.scoring import score
 from ptdist.statistics import (LEVEL, MIN_ROWS, RESAMPLES, SEED, Interval, resamples,
                                row_interval)
 from ptdist.store import Store
 from ptdist.store.results import CorrelationRow
 from ptdist.store.tables import read_records
 from ptdist.tasks import TaskRecord, compute_metrics, get_task
-from ptdist.scoring import score
 from ptdist.transfer.baselines import (majority_baseline, margin, random_prompts,
                                        resampled_scores)
 

@@ -20,13 +20,13 @@ from ptdist.backbones import Backbone
 from ptdist.recommend.candidates import Candidate
 from ptdist.recommend.ranking import (IndicatorChoice, ZeroShot, can_capture, choose_indicator,
                                       probe_values, rank_candidates, zero_shot)
+from ptdist.scoring import EvalSettings, inference_precision, load
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.results import RecommendRow
 from ptdist.store.tables import write_records
 from ptdist.tasks import get_task
 from ptdist.training import TrainConfig, train
-from ptdist.scoring import EvalSettings, inference_precision, load
 
 # The TrainConfig settings a study fixes for all its runs (not the model, task, seed, init).
 STUDY_KEYS = ("steps", "prompt_length", "lr", "schedule", "warmup_steps", "optimizer",

@@ -36,19 +36,19 @@ import torch
 
 from ptdist.backbones import Backbone
 from ptdist.backbones.prompt import PROMPT_PARAM
+from ptdist.distributed.ds_config import frozen_engine_config, precision_of, zero_stage
+from ptdist.distributed.group import Shard, finish_together, init_distributed, mean_over_ranks
+from ptdist.distributed.op_builds import watched_builds
 from ptdist.errors import PtdistError
+from ptdist.scoring import Scored, predict
 from ptdist.store import Store
 from ptdist.training.checkpoint import ADAM_KEYS, TrainState, load_checkpoint
 from ptdist.training.compiled import TrainingStep
 from ptdist.training.config import TrainConfig
 from ptdist.training.data import BatchOrder
-from ptdist.distributed.group import Shard, finish_together, init_distributed, mean_over_ranks
-from ptdist.distributed.ds_config import frozen_engine_config, precision_of, zero_stage
 from ptdist.training.engine import deepspeed_config, frozen_backbone, lr_schedule
 from ptdist.training.fingerprint import frozen_fingerprint
 from ptdist.training.lengths import row_lengths, text_cut
-from ptdist.distributed.op_builds import watched_builds
-from ptdist.scoring import Scored, predict
 from ptdist.training.progress import RunProgress
 from ptdist.training.run import (Fitted, RunData, RunPlan, TrainResult, fresh_prompt,
                                  plan_run, read_run_data, store_finished, stored_result,

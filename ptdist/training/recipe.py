@@ -19,14 +19,14 @@ import torch
 from torch import nn
 
 from ptdist.backbones import Backbone
+from ptdist.distributed.ds_config import precision_of, zero_stage
+from ptdist.distributed.group import Shard, init_distributed, mean_over_ranks
 from ptdist.scoring import Scored, predict
 from ptdist.tasks import TaskRecord
 from ptdist.training.checkpoint import (TrainState, gather_state, load_checkpoint,
                                         restore_optimizer_state)
 from ptdist.training.config import TrainConfig
 from ptdist.training.data import global_batch
-from ptdist.distributed.group import Shard, init_distributed, mean_over_ranks
-from ptdist.distributed.ds_config import precision_of, zero_stage
 from ptdist.training.engine import deepspeed_config, frozen_backbone, prompt_engine
 from ptdist.training.fingerprint import frozen_fingerprint
 from ptdist.training.progress import RunProgress

@@ -40,14 +40,14 @@ from pathlib import Path
 import torch
 
 from ptdist.backbones import Backbone
+from ptdist.distributed.group import leads
 from ptdist.errors import PtdistError
 from ptdist.progress import Progress
+from ptdist.scoring import EvalSettings, Scored, inference_precision, load, score
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.results import MatrixRow, seed_paired
 from ptdist.store.tables import write_records
-from ptdist.distributed.group import leads
-from ptdist.scoring import EvalSettings, Scored, inference_precision, load, score
 from ptdist.transfer.baselines import majority_baseline, margin, random_prompts
 
 log = logging.getLogger(__name__)
