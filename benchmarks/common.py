@@ -86,7 +86,7 @@ def free_port() -> int:
 def single_process_group() -> None:
     """The rendezvous a launcher would set for a one-process run, then ptdist's own setup, so
     the DeepSpeed engine is built exactly as `ptdist train` builds it."""
-    from ptdist.training.distributed import init_distributed
+    from ptdist.distributed.group import init_distributed
 
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(free_port()))

@@ -17,7 +17,7 @@ padding, classification targets):
   through the model in turn, then every row's Adam step, `StackedAdam`), K the largest the
   planner fits on this card (`plans.pack_fits`, at most `AUTO_PACK`);
 - ``xxl-generate``: greedy generation of up to 64 tokens (the paper's generation tasks' eval);
-- ``xxl-matrix``: transfer-matrix evaluation (`predict_each`: prompts as a batch dimension);
+- ``xxl-matrix``: transfer-matrix evaluation (`scoring.predict`: prompts as a batch dimension);
 - ``xxl-zero3-torchrun`` and ``xxl-zero3-ray``: the ``xxl-train`` shape under ZeRO-3 on one
   GPU, started by torchrun and by a Ray Train worker group (`worker_group.on_worker_group`,
   the path multi-GPU runs take), side by side.
@@ -124,7 +124,7 @@ def random_backbone(model: str, ds_config: dict, device: torch.device, text: int
 
     from ptdist.backbones import dtype_of, random_model, resolve_model_path
     from ptdist.backbones.seq2seq import Seq2SeqBackbone
-    from ptdist.training.engine import precision_of, zero_stage
+    from ptdist.distributed.ds_config import precision_of, zero_stage
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(TINY))
     marker = HfDeepSpeedConfig(ds_config) if zero_stage(ds_config) == 3 else None
@@ -170,8 +170,9 @@ def train_case(case: Case, shape: dict, device: torch.device) -> Result:
     from ptdist.backbones import SoftPrompt
     from ptdist.training import TrainConfig
     from ptdist.training.cost import example_flops
-    from ptdist.training.distributed import init_distributed
-    from ptdist.training.engine import deepspeed_config, load_ds_config, prompt_engine
+    from ptdist.distributed.group import init_distributed
+    from ptdist.distributed.ds_config import load_ds_config
+    from ptdist.training.engine import deepspeed_config, prompt_engine
     from ptdist.training.memory import RunShape
 
     memory, place = plan(case, shape)
@@ -179,7 +180,7 @@ def train_case(case: Case, shape: dict, device: torch.device) -> Result:
     checkpointing = place.checkpointing
     if case.checkpointed:
         accumulation, micro, checkpointing = 1, shape["batch"], True
-    _, world = init_distributed()
+    world = init_distributed().world
     config = TrainConfig(model=case.model, task="sst2", steps=shape["steps"] + 1,
                          prompt_length=shape["prompt"], batch_size=micro * accumulation * world,
                          max_length=shape["text"], lr=0.3, warmup_steps=0,
@@ -215,7 +216,7 @@ def pack_case(case: Case, shape: dict, device: torch.device) -> Result:
     from ptdist.orchestration.spec import Resources, RunSpec
     from ptdist.training import TrainConfig
     from ptdist.training.cost import example_flops
-    from ptdist.training.engine import load_ds_config
+    from ptdist.distributed.ds_config import load_ds_config
     from ptdist.training.memory import RunShape, model_memory
     from ptdist.training.stacked import RowStep, StackedAdam
 
@@ -256,7 +257,7 @@ def pack_case(case: Case, shape: dict, device: torch.device) -> Result:
 
 
 def generate_case(case: Case, shape: dict, device: torch.device) -> Result:
-    from ptdist.training.engine import load_ds_config
+    from ptdist.distributed.ds_config import load_ds_config
 
     ds, _ = load_ds_config("zero0_bf16")
     backbone = random_backbone(case.model, ds, device, shape["text"])
@@ -278,8 +279,8 @@ def generate_case(case: Case, shape: dict, device: torch.device) -> Result:
 
 def matrix_case(case: Case, shape: dict, device: torch.device) -> Result:
     from ptdist.tasks import get_task
-    from ptdist.training.engine import load_ds_config
-    from ptdist.training.evaluation import predict_each
+    from ptdist.distributed.ds_config import load_ds_config
+    from ptdist.scoring import predict
 
     ds, _ = load_ds_config("zero0_bf16")
     backbone = random_backbone(case.model, ds, device, shape["text"])
@@ -287,10 +288,10 @@ def matrix_case(case: Case, shape: dict, device: torch.device) -> Result:
                           device=device) * 0.5
     task, examples = get_task("sst2"), rows(shape["eval_rows"], shape["text"], seed=1)
     with torch.no_grad():
-        predict_each(backbone, sources, task, examples[:2], shape["batch"] * 2, 2)  # warm-up
+        predict(backbone, sources, task, examples[:2], shape["batch"] * 2, 2)  # warm-up
         _sync(device)
         t0 = time.perf_counter()
-        predict_each(backbone, sources, task, examples, shape["batch"] * 2, 2)
+        predict(backbone, sources, task, examples, shape["batch"] * 2, 2)
         _sync(device)
     seconds = time.perf_counter() - t0
     return Result(case.name, case.kind, case.model, case.launcher, 0, shape["batch"] * 2, 1,
@@ -399,7 +400,7 @@ def launch_on_loopback(script: list[str]) -> None:
     and the worker's gloo and NCCL sockets keep to loopback (`meet_at`, inherited)."""
     from torch.distributed.run import main as torchrun
 
-    from ptdist.training.distributed import LOOPBACK, meet_at, serve_rendezvous
+    from ptdist.distributed.group import LOOPBACK, meet_at, serve_rendezvous
 
     port = serve_rendezvous(LOOPBACK, 1, timeout_s=SMOKE_TIMEOUT_S)
     meet_at(LOOPBACK, port)

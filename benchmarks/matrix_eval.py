@@ -1,7 +1,7 @@
 """Transfer-matrix evaluation: K prompts scored on one task's evaluation rows, pair by pair
-(`predict` once per prompt, as one `ptdist eval` per prompt would) vs batched (`predict_each`:
-the prompts as a batch dimension, the data read and tokenized once), under the same bound on
-the forward batch (examples x prompts).
+(`scoring.predict` once per prompt, as one `ptdist eval` per prompt would) vs batched (one
+`scoring.predict` of the K prompts ``[K, L, d]``: the prompts as a batch dimension, the data
+read and tokenized once), under the same bound on the forward batch (examples x prompts).
 
     python benchmarks/matrix_eval.py [--model tiny-t5] [--prompts 8] [--rows 256]
 """
@@ -15,7 +15,7 @@ from common import (TWEETS, Hotspot, header, interleaved, load, mlm_head, parser
 
 
 def main() -> None:
-    p = parser("transfer-matrix evaluation: predict per prompt vs predict_each", default_reps=5)
+    p = parser("transfer-matrix evaluation: predict per prompt vs of K prompts", default_reps=5)
     p.add_argument("--task", default=TWEETS, help="a classification or generation task")
     p.add_argument("--prompts", type=int, default=8, help="K prompts scored")
     p.add_argument("--prompt-length", type=int, default=20)
@@ -29,10 +29,12 @@ def main() -> None:
     args = p.parse_args()
     setup()
     from ptdist.tasks import get_task
-    from ptdist.training.evaluation import check_task_fits, eval_backbone, predict, predict_each
+    from ptdist.backbones import load_backbone
+    from ptdist.scoring import check_task_fits, inference_device, predict
 
     task = get_task(args.task)
-    backbone = eval_backbone(args.model, max_length=args.max_length)
+    # as `scoring.load` holds a whole model, for the whole benchmark
+    backbone = load_backbone(args.model, max_length=args.max_length).to(inference_device(None))
     check_task_fits(task, backbone)
     rows = task_rows("eval", args.rows, args.task)
     generator = torch.Generator().manual_seed(0)
@@ -43,18 +45,18 @@ def main() -> None:
 
     def pair_by_pair() -> None:
         results["pairs"] = [predict(backbone, lambda b, q=q: q.expand(b, -1, -1), task, rows,
-                                    args.batch_size, args.max_new_tokens) for q in prompts]
+                                    args.batch_size, args.max_new_tokens)[0] for q in prompts]
 
     def batched() -> None:
-        results["batched"] = predict_each(backbone, prompts, task, rows, args.batch_size,
-                                          args.max_new_tokens)
+        results["batched"] = predict(backbone, prompts, task, rows, args.batch_size,
+                                     args.max_new_tokens)
 
     header("transfer-matrix evaluation: pair by pair vs batched", dict(
         model=args.model, task=task.name, kind=task.kind, prompts=args.prompts,
         prompt_length=args.prompt_length, rows=len(rows), batch_bound=args.batch_size,
         reps=args.reps, warmup=args.warmup))
     timings = interleaved({"pair by pair: predict x K": pair_by_pair,
-                           "batched: predict_each": batched}, args.reps, args.warmup)
+                           "batched: predict of K prompts": batched}, args.reps, args.warmup)
     same = sum(a == b for pa, pb in zip(results["pairs"], results["batched"])
                for a, b in zip(pa, pb))
     total = len(prompts) * len(rows)
@@ -63,7 +65,7 @@ def main() -> None:
                 [[name, t.median, pairs[name], f"{same}/{total}"]
                  for name, t in timings.items()]))
     print(f"ratio batched/pair-by-pair prompt-pairs/s: "
-          f"{pairs['batched: predict_each'] / pairs['pair by pair: predict x K']:.3f}")
+          f"{pairs['batched: predict of K prompts'] / pairs['pair by pair: predict x K']:.3f}")
     load()
     assert results["pairs"] == results["batched"], f"predictions differ: {same}/{total} equal"
     if args.profile:

@@ -56,8 +56,8 @@ def ptdist_engine(backbone, init: torch.Tensor, batch_size: int):
     """The DeepSpeed engine `fit` builds: SoftPrompt + frozen backbone, ZeRO-0, fp32."""
     from ptdist.backbones import SoftPrompt
     from ptdist.training.config import TrainConfig
-    from ptdist.training.engine import (deepspeed_config, load_ds_config, precision_of,
-                                        prompt_engine)
+    from ptdist.distributed.ds_config import load_ds_config, precision_of
+    from ptdist.training.engine import deepspeed_config, prompt_engine
 
     single_process_group()
     config = TrainConfig(model=backbone.name, task=TWEETS, batch_size=batch_size,

@@ -90,7 +90,8 @@ def test_the_command_line_reads_the_settings_defaults():
     from ptdist.cli import build_parser
     from ptdist.orchestration.graph import Execution
     from ptdist.projection.config import ProjectorConfig
-    from ptdist.training.config import EvalSettings, TrainConfig
+    from ptdist.scoring import EvalSettings
+    from ptdist.training.config import TrainConfig
 
     parser = build_parser()
     train = parser.parse_args(["train", "--model", "m", "--task", "t"])

@@ -8,12 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ptdist.api.prompts import evaluate
 from ptdist.neurons.capture import bare_rows, ffn_activations
 from ptdist.neurons.collect import CaptureSettings, capture
+from ptdist.scoring import EvalSettings, load
 from ptdist.store import Store
 from ptdist.store.activations import activation_dataset
 from ptdist.training import TrainConfig, train
-from ptdist.training.evaluation import EvalSettings, eval_backbone, score_prompt
 from ptdist.transfer.matrix import MatrixSettings, transfer_matrix
 from tests.conftest import model_forwards
 
@@ -58,9 +59,9 @@ def test_capture_reads_activations_in_the_prompts_precision(bf16_prompts):
     prompt = store.prompts.tensor(prompts[0].id)
     expected = {}
     for precision in ("bf16", "fp32"):
-        backbone = eval_backbone("tiny-roberta", precision=precision, device="cpu")
-        batch = backbone.collate(bare_rows(backbone), None)
-        expected[precision] = ffn_activations(backbone, prompt[None], batch)[0]
+        with load("tiny-roberta", TrainConfig.max_length, precision, "cpu") as backbone:
+            batch = backbone.collate(bare_rows(backbone), None)
+            expected[precision] = ffn_activations(backbone, prompt[None], batch)[0]
     torch.testing.assert_close(got, expected["bf16"], rtol=0, atol=0)
     assert not torch.allclose(got, expected["fp32"], rtol=0, atol=1e-4)  # bf16 really differs
 
@@ -70,12 +71,12 @@ def test_one_prompt_is_evaluated_in_its_precision(bf16_prompts, tmp_path):
     sst2 = next(m for m in store.prompts.manifests() if m.task == "sst2")
     scored = EvalSettings(eval_limit=32, data_dir=data)
     with model_forwards() as seen:
-        by_id = score_prompt("tiny-roberta", store, sst2.id, "sst2", scored)
+        by_id = evaluate("tiny-roberta", sst2.id, "sst2", store=store, settings=scored)
     assert set(seen) == set(BF16)
     assert by_id["accuracy"] == pytest.approx(sst2.score)  # as in training: same precision
     from ptdist.store.prompts import write_prompt_file
 
     path = write_prompt_file(tmp_path / "p.safetensors", store.prompts.tensor(sst2.id), {})
     with model_forwards() as seen:  # a file has no manifest: fp32 unless told
-        score_prompt("tiny-roberta", store, str(path), "sst2", scored)
+        evaluate("tiny-roberta", str(path), "sst2", store=store, settings=scored)
     assert set(seen) == {("float32", "cpu")}

@@ -17,11 +17,12 @@ from safetensors.torch import load_file, save_file
 
 from ptdist.backbones import load_backbone, weights
 from ptdist.backbones.presets import preset_dir
+from ptdist.distributed.ds_config import load_ds_config
+from ptdist.distributed.group import init_distributed
 from ptdist.errors import PtdistError
+from ptdist.scoring.loading import frozen_model, inference_config
 from ptdist.store import Store
 from ptdist.training import TrainConfig, train
-from ptdist.training.distributed import init_distributed
-from ptdist.training.engine import frozen_model, inference_config, load_ds_config
 from tests.conftest import REPO, child_env, zero3_every_tensor_partitioned
 
 MODEL = "tiny-t5-v1_1"
@@ -260,18 +261,19 @@ import sys
 from pathlib import Path
 import ptdist.backbones.loading as loading
 from ptdist.errors import PtdistError
-from ptdist.training.distributed import group_ranks
-from ptdist.training.evaluation import inference_backbone
+from ptdist.distributed.group import Shard
+from ptdist.scoring import load
+from ptdist.training.config import TrainConfig
 
 if sys.argv[2] == "mis-tied":
     loading.tied_as_stored = lambda cls, _: cls
 try:
-    with inference_backbone("tiny-t5-v1_1", precision="bf16", ds_config=sys.argv[1]):
+    with load("tiny-t5-v1_1", TrainConfig.max_length, "bf16", ds_config=sys.argv[1]):
         said = "loaded"
 except PtdistError as exc:
     said = f"refused: {exc}"
 # a file per rank: two ranks' long lines on one pipe can interleave
-rank = group_ranks()[0]
+rank = Shard.of_group().rank
 Path(sys.argv[3], f"rank{rank}").write_text(f"rank {rank} {said}")
 """
 

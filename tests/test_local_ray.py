@@ -83,9 +83,9 @@ def test_the_local_ray_listens_on_loopback_only_and_refuses_clients_without_the_
 
 
 LONE = """
-import json, psutil
-from ptdist.training.distributed import init_distributed
-print(json.dumps({"group": init_distributed(), "listening": [
+import dataclasses, json, psutil
+from ptdist.distributed.group import init_distributed
+print(json.dumps({"group": dataclasses.astuple(init_distributed()), "listening": [
     c.laddr.ip for c in psutil.Process().net_connections("inet")
     if c.status == psutil.CONN_LISTEN]}))
 """

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from ptdist.backbones import load_backbone, model_config, random_model
+from ptdist.distributed.ds_config import load_ds_config
 from ptdist.store import Store
 from ptdist.training import TrainConfig, train
-from ptdist.training.engine import frozen_backbone, load_ds_config
+from ptdist.training.engine import frozen_backbone
 from ptdist.training.cost import example_flops, step_time
 from ptdist.training.hardware import GB, card
 from ptdist.training.memory import RunShape, model_memory

@@ -64,7 +64,7 @@ def test_a_stale_build_lock_is_named_at_once_and_a_cpu_run_does_not_wait_on_it(
 WAITING_BUILD = """
 import sys
 from torch.utils.cpp_extension import load_inline
-from ptdist.training.op_builds import watched_builds
+from ptdist.distributed.op_builds import watched_builds
 with watched_builds():
     load_inline("ptdist_probe_op", cpp_sources="int one() { return 1; }", functions=["one"])
 """
@@ -85,7 +85,7 @@ def test_a_build_waiting_on_a_stale_lock_is_reported_while_it_waits(tmp_path):
 
 
 def test_each_install_gets_its_own_extensions_cache(tmp_path, monkeypatch):
-    from ptdist.training.op_builds import EXTENSIONS, extensions_dir
+    from ptdist.distributed.op_builds import EXTENSIONS, extensions_dir
 
     monkeypatch.setenv("PTDIST_CACHE", str(tmp_path))
     monkeypatch.delenv(EXTENSIONS, raising=False)

@@ -37,17 +37,18 @@ import json, sys
 from ptdist.neurons.collect import CaptureSettings, capture
 from ptdist.projection.evaluation import EvalSettings, evaluate_projector
 from ptdist.store import Store
-from ptdist.training.distributed import group_ranks
-from ptdist.training.evaluation import inference_backbone
+from ptdist.distributed.group import Shard
+from ptdist.scoring import load
+from ptdist.training.config import TrainConfig
 from ptdist.transfer.matrix import MatrixSettings, transfer_matrix
 
 store, data, ds, seen, projector = Store(sys.argv[1]), *sys.argv[2:]
-with inference_backbone("tiny-t5-v1_1", precision="bf16", ds_config=ds) as backbone:
+with load("tiny-t5-v1_1", TrainConfig.max_length, "bf16", ds_config=ds) as backbone:
     params = list(backbone.parameters())  # what a rank holds
-    held = {"world": group_ranks()[1], "total": sum(p.ds_numel for p in params),
+    held = {"world": Shard.of_group().world, "total": sum(p.ds_numel for p in params),
             "partition": sum(p.ds_tensor.numel() for p in params),
             "dtypes": sorted({str(p.ds_tensor.dtype) for p in params})}
-if group_ranks()[0] == 0:
+if Shard.of_group().leads:
     json.dump(held, open(seen, "w"))
 evaluate_projector(store, projector, ["sst2", data + "/topic.yaml"], store.prompts.manifests(),
                    EvalSettings(eval_limit=None, batch_size=8, data_dir=data, ds_config=ds))

@@ -237,7 +237,7 @@ def test_generation_task_trains_and_decodes_the_expected_text(tmp_path):
     init drawn from the seed alone, before issue 26, got there by step 80), so the decoded text
     must be exactly that word."""
     from ptdist.tasks import get_task, load_split
-    from ptdist.training.evaluation import eval_backbone, predict
+    from ptdist.scoring import load, predict
     from tests.conftest import write_jsonl
 
     rows = [{"question": f"what is {w}", "context": f"the answer is {w}",
@@ -256,8 +256,9 @@ def test_generation_task_trains_and_decodes_the_expected_text(tmp_path):
     assert result.history[1]["exact_match"] < 50.0 and result.metrics["exact_match"] == 100.0
     prompt = store.prompts.tensor(result.prompt_id)
     task = get_task("squad")
-    decoded = predict(eval_backbone("tiny-t5"), lambda n: prompt.expand(n, -1, -1), task,
-                      load_split(task, "eval", data_dir=str(data)).to_list(), 8, 4)
+    with load("tiny-t5", TrainConfig.max_length) as backbone:
+        [decoded] = predict(backbone, lambda n: prompt.expand(n, -1, -1), task,
+                            load_split(task, "eval", data_dir=str(data)).to_list(), 8, 4)
     assert decoded == ["good"] * len(rows)
 
 

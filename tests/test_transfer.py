@@ -11,13 +11,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from ptdist.api.prompts import evaluate
 from ptdist.errors import PtdistError
+from ptdist.scoring import EvalSettings
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.prompts import by_task
 from ptdist.store.results import MatrixRow, TptSummaryRow
 from ptdist.store.tables import read_records, write_records
-from ptdist.training.evaluation import EvalSettings, score_prompt
 from ptdist.transfer import MatrixSettings, speedup_rows, transfer_matrix
 from ptdist.transfer.matrix import own_prompts, unusable_tasks
 from tests.conftest import attempts, child_env, fault_rule, prompts_copy
@@ -50,9 +51,8 @@ def test_batched_evaluation_equals_one_pair_at_a_time(task_prompts):
     targets = {"sst2": "sst2", "imdb": "imdb", "topic": str(data / "topic.yaml"),
                "topic2": str(data / "topic2.yaml")}
     for row in result.rows:
-        alone = score_prompt("tiny-roberta", store, row.source_prompt,
-                             targets[row.target_task], EvalSettings(data_dir=str(data),
-                                                                    batch_size=5))
+        alone = evaluate("tiny-roberta", row.source_prompt, targets[row.target_task],
+                         store=store, settings=EvalSettings(data_dir=str(data), batch_size=5))
         assert alone["accuracy"] == row.score, row
 
 
@@ -133,7 +133,7 @@ def test_speedup_with_a_tolerance_on_a_hand_made_curve_evaluated_from_step_0():
 
 def _scored(references: list[int], predictions: list[list[int]]):
     from ptdist.tasks import compute_metrics, get_task
-    from ptdist.training.evaluation import Scored
+    from ptdist.scoring import Scored
 
     task = get_task("sst2")
     return Scored(task, references, predictions,

@@ -8,13 +8,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ptdist.distributed.ds_config import load_ds_config
 from ptdist.errors import PtdistError
 from ptdist.orchestration.spec import Resources
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.prompts import by_task
 from ptdist.tasks import get_task, resolve_task
-from ptdist.training.engine import load_ds_config
 
 
 def open_store(store: Store | str | os.PathLike | None, writes: bool = True) -> Store:

@@ -18,10 +18,10 @@ from ptdist.projection.config import ProjectorConfig
 from ptdist.projection.evaluation import evaluate_projector as evaluate_stage
 from ptdist.projection.tpt import model_plan
 from ptdist.projection.modes import train_projector as train_stage
+from ptdist.scoring import EvalSettings
 from ptdist.store import Store
 from ptdist.store.manifests import ProjectorManifest
 from ptdist.store.results import ProjectorEvalRow
-from ptdist.training.evaluation import EvalSettings
 from ptdist.transfer.tpt import TOLERANCE
 
 

@@ -8,10 +8,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from ptdist.api.inputs import absolute, open_store, tasks_in
+from ptdist.distributed.group import Shard
+from ptdist.scoring import (EvalSettings, Scored, check_task_fits, inference_precision, load,
+                            predict)
 from ptdist.store import Store
 from ptdist.store.peft_export import export_peft as write_adapter
+from ptdist.tasks import get_task, load_split
 from ptdist.training import TrainConfig, TrainResult, train as train_run
-from ptdist.training.evaluation import EvalSettings, score_prompt
 
 
 def train(config: TrainConfig, store: Store | str | os.PathLike | None = None) -> TrainResult:
@@ -40,7 +43,20 @@ def evaluate(model: str, prompt: str, task: str, *, store: Store | str | os.Path
     precision it was trained in unless ``settings.precision`` says otherwise.
     """
     opened = open_store(store, writes=False)
-    return score_prompt(model, opened, prompt, tasks_in([task], opened)[0], settings)
+    record = get_task(tasks_in([task], opened)[0])
+    tensor = opened.prompts.load(prompt)
+    trained = [opened.prompts.manifest(prompt)] if opened.prompts.has(prompt) else []
+    rows = load_split(record, "eval", limit=settings.eval_limit,
+                      data_dir=settings.data_dir).to_list()  # before the model
+    with load(model, TrainConfig.max_length, inference_precision(trained, settings.precision),
+              settings.device, settings.ds_config) as backbone:
+        backbone.check_prompt(tensor)
+        backbone.check_length(tensor.shape[0])
+        check_task_fits(record, backbone)
+        tensor = tensor.to(next(backbone.parameters()).device)
+        return Scored.of(record, rows, predict(
+            backbone, lambda b: tensor.expand(b, -1, -1), record, rows, settings.batch_size,
+            settings.max_new_tokens, Shard.of_group())).metrics[0]
 
 
 def export_peft(prompt: str, out_dir: str | os.PathLike, *,

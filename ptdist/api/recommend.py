@@ -13,6 +13,7 @@ from typing import Any
 
 from ptdist.api.inputs import absolute, open_store, tasks_in
 from ptdist.api.transfer import compare, tpt_settings
+from ptdist.distributed.ds_config import load_ds_config
 from ptdist.errors import PtdistError
 from ptdist.orchestration.graph import Execution
 from ptdist.orchestration.spec import Resources
@@ -27,7 +28,6 @@ from ptdist.store.results import TptCurveRow
 from ptdist.store.tables import read_records
 from ptdist.tasks import get_task, load_split
 from ptdist.training.config import TrainConfig
-from ptdist.training.engine import load_ds_config
 from ptdist.transfer.matrix import own_prompts
 from ptdist.transfer.tpt import TOLERANCE, run_seeds
 

@@ -40,7 +40,7 @@ def train(args: argparse.Namespace) -> None:
 
 def evaluate(args: argparse.Namespace) -> None:
     from ptdist.api.projection import evaluate_projector
-    from ptdist.training.evaluation import EvalSettings
+    from ptdist.scoring import EvalSettings
 
     rows = evaluate_projector(args.projector, args.tasks, store=args.store,
                               settings=scoring(args, EvalSettings))

@@ -29,7 +29,7 @@ def train(args: argparse.Namespace) -> None:
 
 def evaluate(args: argparse.Namespace) -> None:
     from ptdist.api.prompts import evaluate as score
-    from ptdist.training.evaluation import EvalSettings
+    from ptdist.scoring import EvalSettings
 
     metrics = score(args.model, args.prompt, args.task, store=args.store,
                     settings=scoring(args, EvalSettings))

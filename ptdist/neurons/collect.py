@@ -18,17 +18,16 @@ import numpy as np
 import torch
 
 from ptdist.backbones import dtype_of
+from ptdist.distributed.group import Shard, from_leader, gather_lists, init_distributed, leads
 from ptdist.errors import PtdistError
 from ptdist.neurons.capture import PROTOCOLS, bare_rows, ffn_activations, ffn_sites
 from ptdist.progress import Progress
+from ptdist.scoring import inference_precision, load
 from ptdist.store import Store
 from ptdist.store.activations import ActivationWriter, captured, repair
 from ptdist.store.manifests import PromptManifest
 from ptdist.tasks import get_task, load_split
-from ptdist.training.data import eval_shard
-from ptdist.training.distributed import (from_leader, gather_lists, group_ranks,
-                                         init_distributed, leads)
-from ptdist.training.evaluation import inference_backbone, inference_precision
+from ptdist.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ class CaptureSettings:
     precision: str | None = None  # bf16 | fp32; None: the prompts' own (inference_precision)
     device: str | None = None  # None: the GPU the job holds, else the CPU
     # None: the whole model in this process; a DeepSpeed config: partitioned over the process
-    # group this runs in (`inference_backbone`). Not in repr (a stage's stamp key): how it
+    # group this runs in (`scoring.load`). Not in repr (a stage's stamp key): how it
     # runs, not what it computes.
     ds_config: str | None = field(default=None, repr=False)
 
@@ -104,14 +103,14 @@ def _capture(store: Store, model: str, manifests: list[PromptManifest],
     group), in their precision on the job's device; rows stream to Parquet (activations in
     fp32 whatever the precision), written by rank 0."""
     precision = inference_precision(manifests, settings.precision)
-    with inference_backbone(model, precision=precision, device=settings.device,
-                            ds_config=settings.ds_config) as backbone, \
+    with load(model, TrainConfig.max_length, precision, settings.device,
+              settings.ds_config) as backbone, \
             _writer(store, model, backbone, settings) as writer, \
             Progress(f"capture {model}", len(manifests), "prompt", log) as progress:
         device = next(backbone.parameters()).device
         names = [s.name for s in ffn_sites(backbone)]
         done = 0
-        for group in _groups(manifests, settings, group_ranks()[1]):
+        for group in _groups(manifests, settings, Shard.of_group().world):
             if settings.protocol == "prompt":
                 acts = [(a, 0) for a in _bare_activations(
                     backbone, [store.prompts.tensor(m.id).to(device) for m in group])]
@@ -176,8 +175,7 @@ def _bare_activations(backbone, prompts: list[torch.Tensor]) -> list[torch.Tenso
     """Each prompt's activations with no text after it (on the CPU), the prompts (of one
     shape) as a batch dimension. In a group each rank reads a slice of them, every rank the
     same number (the last slice padded), and the ranks' activations are gathered."""
-    rank, world = group_ranks()
-    indices, real = eval_shard(len(prompts), rank, world)
+    indices, real = Shard.of_group().rows(len(prompts))
     mine = [prompts[i] for i in indices]
     batch = _on(backbone.collate(bare_rows(backbone) * len(mine), None), mine[0].device)
     acts = ffn_activations(backbone, torch.stack(mine), batch).cpu()
@@ -190,8 +188,7 @@ def _mean_over_rows(backbone, prompt: torch.Tensor, rows: list[dict], words,
     """The prompt's activations averaged over ``rows`` (on the CPU). In a group each rank
     sums its slice of the rows (padded so that every rank runs the same forwards; the padding
     is not summed) and the ranks' sums are added up."""
-    rank, world = group_ranks()
-    indices, real = eval_shard(len(rows), rank, world)
+    indices, real = Shard.of_group().rows(len(rows))
     total = None
     for start in range(0, len(indices), batch_size):
         chunk = [rows[i] for i in indices[start:start + batch_size]]

@@ -23,6 +23,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
+from ptdist.distributed.ds_config import precision_of, zero_stage
 from ptdist.errors import PtdistError
 from ptdist.orchestration.costs import stage_of
 from ptdist.orchestration.graph import Job
@@ -35,7 +36,6 @@ from ptdist.projection.config import ProjectorConfig
 from ptdist.tasks import get_task
 from ptdist.training.config import TrainConfig
 from ptdist.training.cost import UTILISATION, example_flops, fills_gpu, zero3_bytes
-from ptdist.training.engine import precision_of, zero_stage
 from ptdist.training.hardware import Card
 from ptdist.training.memory import model_memory
 from ptdist.transfer.matrix import MatrixSettings

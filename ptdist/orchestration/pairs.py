@@ -35,11 +35,11 @@ from ptdist.orchestration.worker_group import on_worker_group
 from ptdist.projection.config import ProjectorConfig, config_from_dict
 from ptdist.projection.evaluation import evaluate_projector, evaluated
 from ptdist.projection.modes import train_projector
+from ptdist.scoring import EvalSettings
 from ptdist.store import Store
 from ptdist.store.results import ProjectorEvalRow
 from ptdist.store.tables import read_records, write_records
 from ptdist.tasks import get_task
-from ptdist.training.evaluation import EvalSettings
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ptdist.distributed.ds_config import load_ds_config, precision_of, zero_stage
 from ptdist.errors import PtdistError
 from ptdist.orchestration.resources import Cluster, describe
 from ptdist.orchestration.spec import ModelEntry, RunSpec, SweepSpec
 from ptdist.tasks import get_task
 from ptdist.training.config import TrainConfig
 from ptdist.training.cost import example_flops, fills_gpu
-from ptdist.training.engine import load_ds_config, precision_of, zero_stage
 from ptdist.training.hardware import GB, Card
 from ptdist.training.memory import USABLE, Memory, RunShape, model_memory, size
 from ptdist.training.placement import Placement, fits, plan_placement

@@ -7,7 +7,7 @@ Ray Train starts torch.distributed with ``env://``: it picks a free port on work
 every worker calls ``init_process_group``, whose rank 0 starts torch's TCP store bound to every
 interface (``::``), with no authentication, for the group's lifetime; torch offers no option to
 bind it elsewhere. Here worker 0 first starts the store itself on a socket bound to the node's
-address (`training.distributed.serve_rendezvous`), and the workers' ``env://`` rendezvous, given
+address (`distributed.group.serve_rendezvous`), and the workers' ``env://`` rendezvous, given
 its port, serves from that store.
 """
 
@@ -19,7 +19,7 @@ from ray.train.torch import TorchConfig
 from ray.train.torch.config import (_set_torch_distributed_env_vars, _setup_torch_process_group,
                                     _TorchBackend)
 
-from ptdist.training.distributed import meet_at, serve_rendezvous
+from ptdist.distributed.group import meet_at, serve_rendezvous
 
 
 class BoundTorchConfig(TorchConfig):

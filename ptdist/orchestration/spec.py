@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from ptdist.backbones import CONVERTED, PRESETS, parse_init, resolve_model_path
+from ptdist.distributed.ds_config import load_ds_config, precision_of, zero_stage
 from ptdist.errors import PtdistError
 from ptdist.orchestration.failures import FailurePolicy
 from ptdist.orchestration.presets import SpecFile, spec_file, written_here
@@ -26,8 +27,7 @@ from ptdist.store.layout import is_plain_name, segment
 from ptdist.store import Store
 from ptdist.tasks import get_task, task_ref
 from ptdist.training.config import TrainConfig
-from ptdist.training.engine import (deepspeed_config, load_ds_config, precision_of,
-                                    zero_stage)
+from ptdist.training.engine import deepspeed_config
 from ptdist.training.hardware import GPU_MEMORY_RESOURCE
 from ptdist.validation import (Strict, Text, as_written, dataclass_shape, located, one_or_more,
                                read_yaml, rule, validate)

@@ -22,17 +22,16 @@ from pathlib import Path
 
 import torch
 
+from ptdist.distributed.group import leads
 from ptdist.projection.projector import Projector
 from ptdist.projection.modes import initial_projector, shape_of
+from ptdist.scoring import EvalSettings, Scored, inference_precision, load, score
 from ptdist.store import Store
 from ptdist.store.manifests import ProjectorManifest, PromptManifest
 from ptdist.store.prompts import best_per_task, write_prompt_file
 from ptdist.store.results import ProjectorEvalRow
 from ptdist.store.tables import read_records, write_records
 from ptdist.tasks import get_task
-from ptdist.training.distributed import leads
-from ptdist.training.evaluation import (EvalSettings, Scored, inference_backbone,
-                                        inference_precision, score_prompts)
 from ptdist.transfer.baselines import majority_baseline, margin
 
 log = logging.getLogger(__name__)
@@ -75,9 +74,9 @@ def evaluate_projector(store: Store, projector_id: str, tasks: Sequence[str],
     owns = best_per_task([m for m in prompts if m.model == manifest.target_model], names,
                          where.format(manifest.target_model))
     rows = []
-    with inference_backbone(manifest.target_model, max(m.max_length for m in owns.values()),
-                            inference_precision(list(owns.values()), settings.precision),
-                            settings.device, settings.ds_config) as backbone:
+    with load(manifest.target_model, max(m.max_length for m in owns.values()),
+              inference_precision(list(owns.values()), settings.precision), settings.device,
+              settings.ds_config) as backbone:
         if leads():  # the projected prompts' files, which TPT_model starts from
             project_prompts(store, projector_id, sources)
         for ref, name in zip(tasks, names):
@@ -86,9 +85,9 @@ def evaluate_projector(store: Store, projector_id: str, tasks: Sequence[str],
                 candidates = torch.stack([projector(store.prompts.tensor(source.id)),
                                           untrained(store.prompts.tensor(source.id)),
                                           store.prompts.tensor(own.id)])
-            scored = score_prompts(backbone, ref, candidates, data_dir=settings.data_dir,
-                                   limit=settings.eval_limit, batch_size=settings.batch_size,
-                                   max_new_tokens=settings.max_new_tokens)
+            scored = score(backbone, ref, candidates, data_dir=settings.data_dir,
+                           limit=settings.eval_limit, batch_size=settings.batch_size,
+                           max_new_tokens=settings.max_new_tokens)
             rows.append(_row(projector_id, manifest, projector.shape.variant, ref, source, own,
                              candidates, scored))
     if leads():

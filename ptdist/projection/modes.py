@@ -22,6 +22,8 @@ import time
 import torch
 
 from ptdist import __version__
+from ptdist.distributed.ds_config import load_ds_config
+from ptdist.distributed.group import finish_together
 from ptdist.errors import PtdistError
 from ptdist.projection.config import ProjectorConfig
 from ptdist.projection.projector import ProjectedPrompt, Projector, ProjectorShape
@@ -29,8 +31,6 @@ from ptdist.store import Store
 from ptdist.store.manifests import ProjectorManifest, PromptManifest
 from ptdist.store.prompts import best_per_task
 from ptdist.tasks import get_task
-from ptdist.training.distributed import finish_together
-from ptdist.training.engine import load_ds_config
 from ptdist.training.recipe import fit, fit_metric
 
 log = logging.getLogger(__name__)
@@ -165,8 +165,8 @@ def _fit_task(config: ProjectorConfig, store: Store,
              "prompts": [m.id for m in inputs], "metric": fit_metric(tasks),
              "score": state.best_score, "best_step": state.best_step, "steps": state.step,
              "resumed_from": fitted.resumed_from, "history": state.history,
-             "world_size": fitted.world}
-    if fitted.rank != 0:
+             "world_size": fitted.shard.world}
+    if not fitted.shard.leads:
         return None, facts
     prefix = "projector."
     return {k[len(prefix):]: v for k, v in fitted.best.items()}, facts

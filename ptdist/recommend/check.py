@@ -43,12 +43,12 @@ from ptdist.recommend.evidence import compared, difference, over_seeds
 from ptdist.recommend.ranking import can_capture, pick_indicator
 from ptdist.recommend.recommendation import (RecommendSettings, recommend, study_settings,
                                              train_probe)
+from ptdist.scoring import inference_precision, load
 from ptdist.statistics import Interval, spearman
 from ptdist.store import Store
 from ptdist.store.layout import TPT_SUMMARY
 from ptdist.store.results import IndicatorRow, MatrixRow, TptSummaryRow
 from ptdist.store.tables import read_records
-from ptdist.training.evaluation import inference_backbone, inference_precision
 from ptdist.transfer.matrix import cells, own_prompts, unusable_tasks
 from ptdist.transfer.tpt import run_seeds
 
@@ -149,9 +149,8 @@ def leave_one_task_out(store: Store, model: str, settings: RecommendSettings,
     indicators = read_records(indicator_table, IndicatorRow) if indicator_table.exists() else []
     learned_not = unusable_tasks(matrix)
     folds = []
-    with inference_backbone(model, settings.max_length,
-                            inference_precision(used, settings.precision),
-                            settings.device) as backbone:
+    with load(model, settings.max_length, inference_precision(used, settings.precision),
+              settings.device) as backbone:
         for target, ref in refs.items():
             candidates = store_candidates(store, model, target) + \
                 projected_candidates(store, model, target)

@@ -2,7 +2,7 @@
 
 **Zero-shot score.** Every candidate on a seeded sample of the new task's *training* rows (its
 evaluation rows stay unseen for the runs that follow), the candidates a batch dimension of one
-pass over the rows (`score_prompts`, as the transfer matrix runs it), beside the matrix's two
+pass over the rows (`scoring.score`, as the transfer matrix runs it), beside the matrix's two
 baselines on the same rows: the majority class and a random-init prompt (of the candidate's
 seed where it has one among the seeds given, else of the first, drawn as a random-init run on
 the new task starts: from the seed and the task). A candidate is *clearly above* when the
@@ -52,13 +52,13 @@ from ptdist.neurons.collect import activation_states
 from ptdist.neurons.correlation import by_strength
 from ptdist.neurons.indicators import embedding_indicators, neuron_indicators
 from ptdist.recommend.candidates import Candidate
+from ptdist.scoring import score
 from ptdist.statistics import (LEVEL, MIN_ROWS, RESAMPLES, SEED, Interval, resamples,
                                row_interval)
 from ptdist.store import Store
 from ptdist.store.results import CorrelationRow
 from ptdist.store.tables import read_records
 from ptdist.tasks import TaskRecord, compute_metrics, get_task
-from ptdist.training.evaluation import score_prompts
 from ptdist.transfer.baselines import (majority_baseline, margin, random_prompts,
                                        resampled_scores)
 
@@ -112,9 +112,9 @@ def zero_shot(backbone: Backbone, task_ref: str, candidates: Sequence[Candidate]
         group = [i for i, c in enumerate(candidates) if c.prompt_length == length]
         prompts = torch.cat([torch.stack([candidates[i].tensor for i in group]),
                              random_prompts(backbone, name, seeds, length)])
-        scored = score_prompts(backbone, task_ref, prompts, data_dir=data_dir, limit=sample,
-                               batch_size=batch_size, max_new_tokens=max_new_tokens,
-                               split="train", seed=sample_seed)
+        scored = score(backbone, task_ref, prompts, data_dir=data_dir, limit=sample,
+                       batch_size=batch_size, max_new_tokens=max_new_tokens, split="train",
+                       seed=sample_seed)
         randoms = dict(zip(seeds, scored.predictions[len(group):]))
         for j, i in enumerate(group):
             predictions[i] = scored.predictions[j]
@@ -123,9 +123,9 @@ def zero_shot(backbone: Backbone, task_ref: str, candidates: Sequence[Candidate]
     metric = task.primary_metric
     draws = resamples(len(refs), RESAMPLES, SEED)
     majority, chance = majority_baseline(task, metric, refs)
-    score = [compute_metrics(task, p, refs)[metric] for p in predictions]
+    scores = [compute_metrics(task, p, refs)[metric] for p in predictions]
     return ZeroShot(
-        task=task, metric=metric, rows=len(refs), scores=np.array(score),
+        task=task, metric=metric, rows=len(refs), scores=np.array(scores),
         replicates=np.stack([resampled_scores(task, metric, p, refs, draws)
                              for p in predictions], axis=1),
         chance=chance, random_scores=[compute_metrics(task, b, refs)[metric] for b in baseline],

@@ -20,14 +20,13 @@ from ptdist.backbones import Backbone
 from ptdist.recommend.candidates import Candidate
 from ptdist.recommend.ranking import (IndicatorChoice, ZeroShot, can_capture, choose_indicator,
                                       probe_values, rank_candidates, zero_shot)
+from ptdist.scoring import EvalSettings, inference_precision, load
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.results import RecommendRow
 from ptdist.store.tables import write_records
 from ptdist.tasks import get_task
 from ptdist.training import TrainConfig, train
-from ptdist.training.config import EvalSettings
-from ptdist.training.evaluation import inference_backbone, inference_precision
 
 # The TrainConfig settings a study fixes for all its runs (not the model, task, seed, init).
 STUDY_KEYS = ("steps", "prompt_length", "lr", "schedule", "warmup_steps", "optimizer",
@@ -107,9 +106,9 @@ def recommend(store: Store, model: str, task_ref: str, candidates: Sequence[Cand
     stored = [store.prompts.manifest(c.id) for c in candidates if c.origin == "store"]
     precision = inference_precision(stored, settings.precision) if stored else \
         settings.precision or "fp32"
-    load = nullcontext(backbone) if backbone is not None else \
-        inference_backbone(model, settings.max_length, precision, settings.device)
-    with load as loaded:
+    held = nullcontext(backbone) if backbone is not None else \
+        load(model, settings.max_length, precision, settings.device)
+    with held as loaded:
         loaded.max_length = settings.max_length
         zero = zero_shot(loaded, task_ref, candidates, settings.seeds, sample=settings.sample,
                          sample_seed=settings.sample_seed, data_dir=settings.data_dir,

@@ -1,7 +1,7 @@
 """Prompt tuning on a DeepSpeed engine, split by role: the run (config, plan, prompt id,
-manifest), the engine (DeepSpeed config, precision, the frozen backbone), runs alone or packed
-(`packed.train`, `packed.train_packed`), the recipe of trained projectors (fit and its loop),
-evaluation and checkpoints."""
+manifest), the engine (DeepSpeed config, the frozen backbone, optimizer and schedule), runs
+alone or packed (`packed.train`, `packed.train_packed`), the recipe of trained projectors (fit
+and its loop), checkpoints. A run scores its prompt through `ptdist.scoring`."""
 
 from ptdist.lazy import lazy_face
 

@@ -1,6 +1,6 @@
-"""A prompt-tuning run, as data: what to train, for how long, and how; and how prompts are
-scored. Each setting's default is written here once (tests/test_defaults.py): the command
-line and the settings that share one read it from these classes."""
+"""A prompt-tuning run, as data: what to train, for how long, and how. Each setting's default
+is written once (tests/test_defaults.py): here, or, for how a run scores its prompt, in
+`EvalSettings`; the command line and the settings that share one read it from these classes."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from ptdist.backbones.prompt_init import PromptInit, parse_init
 from ptdist.errors import PtdistError
+from ptdist.scoring.settings import EvalSettings
 
 SCHEDULES = ("constant", "linear")
 OPTIMIZERS = ("adamw", "adam")
@@ -51,10 +52,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     batch_size: int = 32  # global: micro batch x processes x accumulation
     eval_every: int = 100
-    eval_limit: int | None = 1000  # evaluation examples (None: the whole eval split)
+    eval_limit: int | None = EvalSettings.eval_limit  # None: the whole eval split
     train_limit: int | None = None
     max_length: int = 128  # text tokens, prompt excluded
-    max_new_tokens: int = 64  # generation tasks
+    max_new_tokens: int = EvalSettings.max_new_tokens  # generation tasks
     patience: int | None = None  # evaluations without improvement before stopping early
     min_steps: int = 0  # no early stop before this step
     # Training batches drawn from length buckets: each window of this many batches holds the
@@ -121,30 +122,6 @@ class TrainConfig:
         """This run without early stopping: a run whose whole learning curve is compared (a
         TPT comparison's) trains all its steps."""
         return replace(self, patience=None, min_steps=0)
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """How prompts are scored on a task's evaluation split (`ptdist.evaluate`,
-    `ptdist.evaluate_projector`).
-
-    eval_limit: evaluation examples per task (a seeded subset; None: the whole split).
-    batch_size: examples per forward pass. max_new_tokens: the longest answer a generation
-    task decodes. data_dir: the data folder (`<data_dir>/<task>/eval.jsonl`...; None:
-    $PTDIST_DATA_DIR, else the task's own source). precision: bf16 or fp32 (None: the one the
-    prompts were trained in). device: e.g. "cuda:1" (None: the GPU this process holds, else
-    the CPU). ds_config: a DeepSpeed config (a ``ds_configs/`` name or JSON path) to partition
-    the model over the process group this runs in (None: the whole model in this process).
-    """
-
-    eval_limit: int | None = TrainConfig.eval_limit
-    batch_size: int = 64
-    max_new_tokens: int = TrainConfig.max_new_tokens
-    data_dir: str | None = None
-    precision: str | None = None
-    device: str | None = None
-    # How it runs, not what it computes: not in repr, which a study's stamp key reads.
-    ds_config: str | None = field(default=None, repr=False)
 
 
 def hashed_settings(settings: dict[str, Any], of: type = TrainConfig) -> dict[str, Any]:

@@ -76,19 +76,3 @@ class BatchOrder:
         batches = [rows[k * b:(k + 1) * b] for k in range(self.window)]
         order = np.random.default_rng([self.seed, index, BUCKET_STREAM]).permutation(self.window)
         return [batches[k] for k in order]
-
-
-def rank_slice(indices: list[int], rank: int, world: int) -> list[int]:
-    per = len(indices) // world
-    return indices[rank * per: (rank + 1) * per]
-
-
-def eval_shard(n: int, rank: int, world: int) -> tuple[list[int], int]:
-    """This rank's evaluation indices, padded so every rank runs the same number of forwards
-    (ZeRO-3 gathers parameters collectively: a rank with one batch fewer would hang the rest).
-    Returns the indices and how many of them are real."""
-    mine = list(range(rank, n, world))
-    per_rank = -(-n // world)
-    real = len(mine)
-    mine += [mine[-1] if mine else 0] * (per_rank - real)
-    return mine, real

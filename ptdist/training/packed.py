@@ -36,19 +36,19 @@ import torch
 
 from ptdist.backbones import Backbone
 from ptdist.backbones.prompt import PROMPT_PARAM
+from ptdist.distributed.ds_config import frozen_engine_config, precision_of, zero_stage
+from ptdist.distributed.group import Shard, finish_together, init_distributed, mean_over_ranks
+from ptdist.distributed.op_builds import watched_builds
 from ptdist.errors import PtdistError
+from ptdist.scoring import Scored, predict
 from ptdist.store import Store
 from ptdist.training.checkpoint import ADAM_KEYS, TrainState, load_checkpoint
 from ptdist.training.compiled import TrainingStep
 from ptdist.training.config import TrainConfig
-from ptdist.training.data import BatchOrder, rank_slice
-from ptdist.training.distributed import finish_together, init_distributed, mean_over_ranks
-from ptdist.training.engine import (deepspeed_config, frozen_backbone, frozen_engine_config,
-                                    lr_schedule, precision_of, zero_stage)
-from ptdist.training.evaluation import evaluate
+from ptdist.training.data import BatchOrder
+from ptdist.training.engine import deepspeed_config, frozen_backbone, lr_schedule
 from ptdist.training.fingerprint import frozen_fingerprint
 from ptdist.training.lengths import row_lengths, text_cut
-from ptdist.training.op_builds import watched_builds
 from ptdist.training.progress import RunProgress
 from ptdist.training.run import (Fitted, RunData, RunPlan, TrainResult, fresh_prompt,
                                  plan_run, read_run_data, store_finished, stored_result,
@@ -160,9 +160,9 @@ def _train_pack(todo: list[tuple[TrainConfig, RunPlan]], store: Store,
                 t0: float) -> dict[str, TrainResult]:
     import deepspeed
 
-    rank, world = init_distributed()
+    shard = init_distributed()
     first = todo[0][0]
-    ds_config = deepspeed_config(todo[0][1].ds_config, first, world)
+    ds_config = deepspeed_config(todo[0][1].ds_config, first, shard.world)
     read: dict[tuple, RunData] = {}  # runs of one task (seeds, inits) share its rows
     for config, plan in todo:
         if _data_key(config) not in read:
@@ -173,9 +173,9 @@ def _train_pack(todo: list[tuple[TrainConfig, RunPlan]], store: Store,
                                               config=frozen_engine_config(ds_config))
         backbone = engine.module
         fingerprint = frozen_fingerprint(backbone)
-        runs, prompts = _start_runs(todo, read, backbone, store, engine.device, world)
+        runs, prompts = _start_runs(todo, read, backbone, store, engine.device, shard.world)
         what = f"pack of {len(runs)} runs" if len(runs) > 1 else runs[0].tracker.label
-        log.info(f"[ptdist] {what} on {first.model}: {world} process(es), "
+        log.info(f"[ptdist] {what} on {first.model}: {shard.world} process(es), "
                  f"{precision_of(ds_config)}, ZeRO-{zero_stage(ds_config)}")
         for run in runs:
             log.info(f"  {run.tracker.label}: {len(run.data.train)} train / "
@@ -184,14 +184,14 @@ def _train_pack(todo: list[tuple[TrainConfig, RunPlan]], store: Store,
                         if run.resumed_from is not None else ""))
         with RunProgress(what, max(r.config.steps for r in runs),
                          min(r.tracker.state.step for r in runs)) as progress:
-            results = _train_runs(runs, prompts, backbone, fingerprint, store, rank, world,
-                                  progress, t0)
+            results = _train_runs(runs, prompts, backbone, fingerprint, store, shard, progress,
+                                  t0)
         changed = frozen_fingerprint(backbone) != fingerprint
         engine.destroy()
     if changed:
         raise RuntimeError("the frozen backbone changed during packed training: a ptdist bug, "
                            "please report it with the DeepSpeed config used")
-    finish_together(world)
+    finish_together(shard.world)
     return results
 
 
@@ -255,20 +255,20 @@ def _start_runs(todo: list[tuple[TrainConfig, RunPlan]], read: dict[tuple, RunDa
 
 
 def _train_runs(runs: list[_Run], prompts: StackedAdam, backbone: Backbone, fingerprint: str,
-                store: Store, rank: int, world: int, progress: RunProgress,
+                store: Store, shard: Shard, progress: RunProgress,
                 t0: float) -> dict[str, TrainResult]:
     """Step the active runs together until every run is done; each is stored as soon as it is
     done, so a later failure cannot lose it. Runs that diverged are named in one error once the
     others are stored."""
     results: dict[str, TrainResult] = {}
     pack = [run.plan.prompt_id for run in runs] if len(runs) > 1 else None
-    _evaluate(backbone, prompts, [r for r in runs if r.tracker.at_start], rank, world, t0)
+    _evaluate(backbone, prompts, [r for r in runs if r.tracker.at_start], shard, t0)
     step = min(r.tracker.state.step for r in runs)
     while True:
         for run in runs:
             if not run.active and run.diverged is None and run.plan.prompt_id not in results:
-                results[run.plan.prompt_id] = _finish(run, backbone, fingerprint, store, rank,
-                                                      world, t0, pack)
+                results[run.plan.prompt_id] = _finish(run, backbone, fingerprint, store, shard,
+                                                      t0, pack)
         active = [run for run in runs if run.active]
         if not active:
             diverged = [str(run.diverged) for run in runs if run.diverged is not None]
@@ -277,21 +277,20 @@ def _train_runs(runs: list[_Run], prompts: StackedAdam, backbone: Backbone, fing
                                "pack finished and are stored)")
             return results
         lr = active[0].lr
-        _step(backbone, prompts, active, rank, world)
+        _step(backbone, prompts, active, shard)
         step += 1
         progress.step(step, sum(r.losses[-1] for r in active) / len(active), lr)
         _evaluate(backbone, prompts, [r for r in active if r.eval_due and r.diverged is None],
-                  rank, world, t0)
+                  shard, t0)
 
 
-def _step(backbone: Backbone, prompts: StackedAdam, runs: list[_Run], rank: int,
-          world: int) -> None:
+def _step(backbone: Backbone, prompts: StackedAdam, runs: list[_Run], shard: Shard) -> None:
     """One optimizer step of every run in ``runs``: each run's micro-batches through the
     backbone on their own, its gradient averaged over ranks; then every run clipped and
     stepped. Each run's loss is logged over its global batch (the mean of the ranks' losses,
     the same on every rank, as one process logs it), and a loss that is not finite on any rank
     stops the run on every rank."""
-    steps = [run.row_step(_gradient(backbone, prompts, run, rank, world)) for run in runs]
+    steps = [run.row_step(_gradient(backbone, prompts, run, shard)) for run in runs]
     for run, loss in zip(runs, mean_over_ranks([r.losses[-1] for r in runs])):
         run.losses[-1] = loss
         if not math.isfinite(loss):
@@ -301,15 +300,14 @@ def _step(backbone: Backbone, prompts: StackedAdam, runs: list[_Run], rank: int,
         run.tracker.state.step += 1
 
 
-def _gradient(backbone: Backbone, prompts: StackedAdam, run: _Run, rank: int,
-              world: int) -> torch.Tensor:
+def _gradient(backbone: Backbone, prompts: StackedAdam, run: _Run, shard: Shard) -> torch.Tensor:
     """The gradient of ``run``'s prompt at its next step, over its global batch, as a
     separate run's engine computes it: each micro-batch's mean loss over the accumulation
     steps. Appends the run's loss on this rank (the mean of its micro-batches' mean losses)
     to its log."""
     device = prompts.weight.device
     accumulation = run.ds_config["gradient_accumulation_steps"]
-    mine = rank_slice(run.order(run.tracker.state.step), rank, world)
+    mine = shard.batch_part(run.order(run.tracker.state.step))
     prompt = prompts.weight[run.row].detach().clone().requires_grad_(True)
     losses = []
     for part in range(accumulation):
@@ -319,36 +317,37 @@ def _gradient(backbone: Backbone, prompts: StackedAdam, run: _Run, rank: int,
         losses.append(run.step(prompt, batch, accumulation))
     run.losses.append(sum(losses) / len(losses))
     grad = prompt.grad
-    if world > 1:
+    if shard.world > 1:
         import torch.distributed as dist
 
         dist.all_reduce(grad)
-        grad /= world
+        grad /= shard.world
     return grad
 
 
-def _evaluate(backbone: Backbone, prompts: StackedAdam, runs: list[_Run], rank: int, world: int,
+def _evaluate(backbone: Backbone, prompts: StackedAdam, runs: list[_Run], shard: Shard,
               t0: float) -> None:
     """Evaluate ``runs``, each on its own batches as a separate run is evaluated."""
     for run in runs:
         weight = prompts.weight[run.row]
-        scores = evaluate(backbone, lambda n, w=weight: w.unsqueeze(0).expand(n, -1, -1),
-                          run.plan.task, run.data.eval, run.micro * 2,
-                          run.config.max_new_tokens, rank, world)
+        task, rows = run.plan.task, run.data.eval
+        scores = Scored.of(task, rows, predict(
+            backbone, lambda n, w=weight: w.unsqueeze(0).expand(n, -1, -1), task, rows,
+            run.micro * 2, run.config.max_new_tokens, shard)).metrics[0]
         try:
             line = run.tracker.record(run.losses[-1] if run.losses else None, scores,
                                       time.time() - t0, run.checkpoint_tensors(prompts),
-                                      [PROMPT_PARAM], rank == 0)
+                                      [PROMPT_PARAM], shard.leads)
         except Diverged as exc:
             run.diverged = exc
             continue
         log.info(f"{run.tracker.label} {line}")
 
 
-def _finish(run: _Run, backbone: Backbone, fingerprint: str, store: Store, rank: int,
-            world: int, t0: float, pack: list[str] | None) -> TrainResult:
+def _finish(run: _Run, backbone: Backbone, fingerprint: str, store: Store, shard: Shard,
+            t0: float, pack: list[str] | None) -> TrainResult:
     """Store a run that has finished (its steps done, or stopped early)."""
-    fitted = Fitted(run.tracker.best, run.tracker.state, backbone, rank, world, run.ds_config,
+    fitted = Fitted(run.tracker.best, run.tracker.state, backbone, shard, run.ds_config,
                     fingerprint, run.resumed_from)
     return store_finished(run.config, run.plan, fitted, store, t0, packed_with=pack,
                           text_cut=run.cut)

@@ -19,15 +19,15 @@ import torch
 from torch import nn
 
 from ptdist.backbones import Backbone
+from ptdist.distributed.ds_config import precision_of, zero_stage
+from ptdist.distributed.group import Shard, init_distributed, mean_over_ranks
+from ptdist.scoring import Scored, predict
 from ptdist.tasks import TaskRecord
 from ptdist.training.checkpoint import (TrainState, gather_state, load_checkpoint,
                                         restore_optimizer_state)
 from ptdist.training.config import TrainConfig
-from ptdist.training.data import global_batch, rank_slice
-from ptdist.training.distributed import init_distributed, mean_over_ranks
-from ptdist.training.engine import (deepspeed_config, frozen_backbone, precision_of,
-                                    prompt_engine, zero_stage)
-from ptdist.training.evaluation import evaluate
+from ptdist.training.data import global_batch
+from ptdist.training.engine import deepspeed_config, frozen_backbone, prompt_engine
 from ptdist.training.fingerprint import frozen_fingerprint
 from ptdist.training.progress import RunProgress
 from ptdist.training.run import Fitted, RunData, read_run_data, suited, unified_verbalizer
@@ -50,8 +50,8 @@ def fit(config: TrainConfig, tasks: Sequence[TaskRecord], ds_raw: dict, run_fold
     (accumulated, so each task weighs the same in the update), and the score that keep-best
     and early stopping follow is the mean of the tasks' primary metrics (`fit_metric`).
     ``unified``: the tasks train through one verbalizer (`unified_verbalizer`)."""
-    rank, world = init_distributed()
-    ds_config = deepspeed_config(ds_raw, config, world, tasks=len(tasks))
+    shard = init_distributed()
+    ds_config = deepspeed_config(ds_raw, config, shard.world, tasks=len(tasks))
     rows = [read_run_data(config, task) for task in tasks]
     log.debug(f"{label}: DeepSpeed config {json.dumps(ds_config, sort_keys=True)}")
     with frozen_backbone(config, ds_config) as backbone:
@@ -73,7 +73,7 @@ def fit(config: TrainConfig, tasks: Sequence[TaskRecord], ds_raw: dict, run_fold
             torch.manual_seed(config.seed)
         sizes = " + ".join(f"{len(d.train)}" for d in data)
         log.info(f"[ptdist] {label}: {config.model} on {', '.join(t.name for t in tasks)}, "
-                 f"{sizes} train / {sum(len(d.eval) for d in data)} eval examples, {world} "
+                 f"{sizes} train / {sum(len(d.eval) for d in data)} eval examples, {shard.world} "
                  f"process(es), {precision_of(ds_config)}, ZeRO-{zero_stage(ds_config)}"
                  + (f", resumed at step {state.step}" if resumed is not None else ""))
         resumed_from = state.step if resumed is not None else None
@@ -81,14 +81,13 @@ def fit(config: TrainConfig, tasks: Sequence[TaskRecord], ds_raw: dict, run_fold
                                      config.patience, label)
         with RunProgress(label, config.steps, state.step) as progress:
             _loop(engine, params, list(zip(tasks, data)), config, tracker, progress,
-                  time.time(), rank, world)
+                  time.time(), shard)
         changed = frozen_fingerprint(engine.module.backbone) != fingerprint
         engine.destroy()  # releases ZeRO-3's hooks and buffers; the parameters are gathered
     if changed:
         raise RuntimeError("the frozen backbone changed during training: a ptdist bug, please "
                            "report it with the DeepSpeed config used")
-    return Fitted(tracker.best, state, backbone, rank, world, ds_config, fingerprint,
-                  resumed_from)
+    return Fitted(tracker.best, state, backbone, shard, ds_config, fingerprint, resumed_from)
 
 
 def fit_metric(tasks: Sequence[TaskRecord]) -> str:
@@ -98,8 +97,8 @@ def fit_metric(tasks: Sequence[TaskRecord]) -> str:
 
 
 def _loop(engine, params: dict[str, nn.Parameter], tasks: list[tuple[TaskRecord, RunData]],
-          config: TrainConfig, tracker: RunTracker, progress: RunProgress, t0: float, rank: int,
-          world: int) -> None:
+          config: TrainConfig, tracker: RunTracker, progress: RunProgress, t0: float,
+          shard: Shard) -> None:
     """Train from the tracker's step to the end (or an early stop), evaluating and
     checkpointing every ``eval_every`` steps, and once before the first step."""
     backbone = engine.module.backbone
@@ -109,19 +108,19 @@ def _loop(engine, params: dict[str, nn.Parameter], tasks: list[tuple[TaskRecord,
     select = [()] if len(tasks) == 1 else [(k,) for k in range(len(tasks))]
 
     def evaluate_now(loss: float | None) -> None:
-        metrics = [evaluate(backbone, lambda n, k=k: engine.module.prompt(n, *k), task,
-                            data.eval, micro * 2, config.max_new_tokens, rank, world)
-                   for (task, data), k in zip(tasks, select)]
+        metrics = [Scored.of(task, data.eval, predict(
+            backbone, lambda n, k=k: engine.module.prompt(n, *k), task, data.eval, micro * 2,
+            config.max_new_tokens, shard)).metrics[0] for (task, data), k in zip(tasks, select)]
         log.info(tracker.record(loss, _combined(tasks, metrics), time.time() - t0,
-                                gather_state(engine, params), list(params), rank == 0))
+                                gather_state(engine, params), list(params), shard.leads))
 
     if tracker.at_start:
         evaluate_now(None)
     while state.step < config.steps and not tracker.stopped:
         losses = []
         for (task, data), k in zip(tasks, select):
-            indices = rank_slice(global_batch(state.step, len(data.train), config.batch_size,
-                                              config.seed), rank, world)
+            indices = shard.batch_part(global_batch(state.step, len(data.train),
+                                                    config.batch_size, config.seed))
             for start in range(0, len(indices), micro):
                 rows = [data.train[i] for i in indices[start:start + micro]]
                 batch = {key: v.to(engine.device)

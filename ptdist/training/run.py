@@ -16,14 +16,15 @@ from ptdist.backbones import (Backbone, PromptInit, fitted_head_key, initial_pro
                               model_kind)
 from ptdist.backbones.prompt import INIT_RULE, PROMPT_PARAM, init_generator
 from ptdist.backbones.prompt_init import InitMode
+from ptdist.distributed.ds_config import load_ds_config, precision_of, zero_stage
+from ptdist.distributed.group import Shard
 from ptdist.errors import PtdistError
+from ptdist.scoring import check_task_fits
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
 from ptdist.tasks import TaskRecord, data_fingerprint, get_task, load_split
 from ptdist.training.checkpoint import TrainState
 from ptdist.training.config import TrainConfig, hashed_settings
-from ptdist.training.engine import load_ds_config, precision_of, zero_stage
-from ptdist.training.evaluation import check_task_fits
 from ptdist.training.memory import model_memory
 
 
@@ -205,8 +206,7 @@ class Fitted:
     best: dict[str, torch.Tensor]
     state: TrainState
     backbone: Backbone
-    rank: int
-    world: int
+    shard: Shard  # this process's place in the group that trained it
     ds_config: dict
     fingerprint: str
     resumed_from: int | None
@@ -226,7 +226,7 @@ def store_finished(config: TrainConfig, plan: RunPlan, fitted: Fitted, store: St
                          state.best_score, metrics, state.best_step, state.step,
                          fitted.resumed_from, False, time.time() - t0, str(store.root),
                          trained, state.history)
-    if fitted.rank == 0:
+    if fitted.shard.leads:
         prompt = fitted.best[PROMPT_PARAM]
         store.prompts.put(prompt, PromptManifest(
             id=plan.prompt_id, model=config.model, task=plan.task.name,
@@ -234,7 +234,7 @@ def store_finished(config: TrainConfig, plan: RunPlan, fitted: Fitted, store: St
             metric=result.metric, score=result.score, metrics=result.metrics,
             steps=result.steps_run, best_step=result.best_step, shape=list(prompt.shape),
             backbone_kind=fitted.backbone.kind, precision=plan.precision,
-            config=config.to_dict(), history=result.history, world_size=fitted.world,
+            config=config.to_dict(), history=result.history, world_size=fitted.shard.world,
             zero_stage=zero_stage(fitted.ds_config), resumed_from=result.resumed_from,
             wall_time_s=result.wall_time_s, created=time.time(), ptdist_version=__version__,
             backbone_fingerprint=fitted.fingerprint, packed_with=packed_with,

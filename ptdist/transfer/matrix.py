@@ -3,7 +3,7 @@
 Every prompt given is a source: all seeds (and inits) of each task, so a cell of the matrix
 has a spread. Prompts initialised from another prompt (``prompt:`` inits: TPT runs) are not a
 task's own prompts and are left out. On each target's evaluation rows, read once for all
-prompts (`predict_each`: prompts as a batch dimension):
+prompts (`scoring.predict`: prompts as a batch dimension):
 
 - ``own_score``: the score of the target's own prompt of the source's seed: a seed is one
   replicate of the study, so each source is compared with its own replicate's target prompt
@@ -40,16 +40,14 @@ from pathlib import Path
 import torch
 
 from ptdist.backbones import Backbone
+from ptdist.distributed.group import leads
 from ptdist.errors import PtdistError
 from ptdist.progress import Progress
+from ptdist.scoring import EvalSettings, Scored, inference_precision, load, score
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.results import MatrixRow, seed_paired
 from ptdist.store.tables import write_records
-from ptdist.training.config import EvalSettings
-from ptdist.training.distributed import leads
-from ptdist.training.evaluation import (Scored, inference_backbone, inference_precision,
-                                        score_prompts)
 from ptdist.transfer.baselines import majority_baseline, margin, random_prompts
 
 log = logging.getLogger(__name__)
@@ -68,7 +66,7 @@ class MatrixSettings:
     precision: str | None = None  # bf16 | fp32; None: the prompts' own (inference_precision)
     device: str | None = None  # None: the GPU the job holds, else the CPU
     # None: the whole model in this process; a DeepSpeed config: partitioned over the process
-    # group this runs in (`inference_backbone`). How it runs, not what it computes: not in repr
+    # group this runs in (`scoring.load`). How it runs, not what it computes: not in repr
     # (a stage's stamp key), like the device.
     ds_config: str | None = field(default=None, repr=False)
 
@@ -78,9 +76,9 @@ def matrix_backbone(sources: Sequence[PromptManifest],
     """The model of ``sources`` as the matrix runs it, for a block: in their precision (or the
     setting's), on the job's device or partitioned over its group, long enough for every
     source's texts."""
-    return inference_backbone(sources[0].model, max(m.max_length for m in sources),
-                              inference_precision(sources, settings.precision), settings.device,
-                              settings.ds_config)
+    return load(sources[0].model, max(m.max_length for m in sources),
+                inference_precision(sources, settings.precision), settings.device,
+                settings.ds_config)
 
 
 @dataclass
@@ -122,9 +120,9 @@ def score_target(store: Store, sources: Sequence[PromptManifest], target: str,
     seeds = sorted({m.seed for m in owns})
     prompts = torch.cat([torch.stack([store.prompts.tensor(m.id) for m in sources]),
                          random_prompts(backbone, target, seeds, owns[0].prompt_length)])
-    scored = score_prompts(backbone, owns[0].task_ref, prompts, data_dir=settings.data_dir,
-                           limit=settings.eval_limit, batch_size=settings.batch_size,
-                           max_new_tokens=settings.max_new_tokens)
+    scored = score(backbone, owns[0].task_ref, prompts, data_dir=settings.data_dir,
+                   limit=settings.eval_limit, batch_size=settings.batch_size,
+                   max_new_tokens=settings.max_new_tokens)
     return column_rows(sources, target, seeds, scored)
 
 

@@ -1,5 +1,6 @@
 """Process-group setup for one process (no launcher) or many (torchrun / deepspeed launcher, a
-Ray Train worker group), and the rendezvous of a group whose processes ptdist starts."""
+Ray Train worker group), the rendezvous of a group whose processes ptdist starts, a process's
+place in its group (`Shard`) and the collectives ptdist uses."""
 
 from __future__ import annotations
 
@@ -8,15 +9,55 @@ import datetime
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 
-from ptdist.training.op_builds import skip_unused_cpu_op, watched_builds
+from ptdist.distributed.op_builds import skip_unused_cpu_op, watched_builds
 
 T = TypeVar("T")
 LOOPBACK = "127.0.0.1"
 _served: list = []  # the rendezvous stores this process serves, alive as long as it is
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A process's place in its process group, rank ``rank`` of ``world`` (by default a
+    process alone), and its part of the work the group shares."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def of_group(cls) -> Shard:
+        """This process's place in the process group it is in; a process alone outside one."""
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            return cls()
+        return cls(dist.get_rank(), dist.get_world_size())
+
+    @property
+    def leads(self) -> bool:
+        """Whether this process writes what its group computed: rank 0, or a process alone."""
+        return self.rank == 0
+
+    def batch_part(self, indices: list[int]) -> list[int]:
+        """This rank's contiguous part of a global training batch (its size splits evenly)."""
+        per = len(indices) // self.world
+        return indices[self.rank * per: (self.rank + 1) * per]
+
+    def rows(self, n: int) -> tuple[list[int], int]:
+        """This rank's indices of ``n`` rows to run a frozen model on (every world-th row),
+        padded so every rank runs the same number of forwards (ZeRO-3 gathers parameters
+        collectively: a rank with one batch fewer would hang the rest). Returns the indices
+        and how many of them are real."""
+        mine = list(range(self.rank, n, self.world))
+        per_rank = -(-n // self.world)
+        real = len(mine)
+        mine += [mine[-1] if mine else 0] * (per_rank - real)
+        return mine, real
 
 
 def _interface_of(address: str) -> str | None:
@@ -56,8 +97,9 @@ def meet_at(address: str, port: int) -> None:
         os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
 
 
-def init_distributed() -> tuple[int, int]:
-    """Join (or create, for a lone process) the process group; returns (rank, world size).
+def init_distributed() -> Shard:
+    """Join (or create, for a lone process) the process group; returns this process's place
+    in it.
 
     A lone process gets the rank variables a launcher would set, so the same DeepSpeed code
     path serves `ptdist train` and `torchrun -m ptdist train`. It needs no rendezvous: its group
@@ -92,7 +134,7 @@ def init_distributed() -> tuple[int, int]:
         atexit.register(dist.destroy_process_group)
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    return dist.get_rank(), dist.get_world_size()
+    return Shard.of_group()
 
 
 def finish_together(world: int) -> None:
@@ -106,18 +148,9 @@ def finish_together(world: int) -> None:
         dist.barrier()
 
 
-def group_ranks() -> tuple[int, int]:
-    """(rank, world size) of the process group this process is in; (0, 1) outside one."""
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        return 0, 1
-    return dist.get_rank(), dist.get_world_size()
-
-
 def leads() -> bool:
-    """Whether this process writes what its group computed: rank 0, or a process alone."""
-    return group_ranks()[0] == 0
+    """Whether this process leads the group it is in (`Shard.leads`)."""
+    return Shard.of_group().leads
 
 
 def from_leader(compute: Callable[[], T]) -> T:
@@ -125,7 +158,7 @@ def from_leader(compute: Callable[[], T]) -> T:
     reads the store while rank 0 may change it (every rank must act on the same one)."""
     import torch.distributed as dist
 
-    if group_ranks()[1] == 1:
+    if Shard.of_group().world == 1:
         return compute()
     value = [compute() if leads() else None]
     dist.broadcast_object_list(value, src=0)
@@ -136,7 +169,7 @@ def gather_lists(values: list) -> list:
     """Concatenate every rank's list, in rank order."""
     import torch.distributed as dist
 
-    if group_ranks()[1] == 1:
+    if Shard.of_group().world == 1:
         return list(values)
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, values)
