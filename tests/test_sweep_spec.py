@@ -33,7 +33,7 @@ def _spec(tmp_path, **changes) -> dict:
 def test_a_spec_expands_to_every_model_task_seed_init(tmp_path):
     spec = parse_spec(_spec(tmp_path))
     runs = spec.runs()
-    assert [(r.config.model, r.config.task, r.config.seed, r.config.init) for r in runs] == [
+    assert [(r.config.model, r.config.task, r.config.seed, str(r.config.init)) for r in runs] == [
         (m, t, s, i) for m in ("tiny-roberta", "tiny-t5") for t in ("sst2", "imdb")
         for s in (0, 1) for i in ("random", "vocab")]
     t5 = [r for r in runs if r.config.model == "tiny-t5"]
