@@ -1,5 +1,5 @@
-"""The cost model's FLOPs (`ptdist.training.cost.example_flops`, counted on the meta device) beside
-the time one prompt-tuning step takes on this CPU, per model and shape.
+"""The cost model's FLOPs (`ptdist.orchestration.planning.cost_model.example_flops`, counted on the
+meta device) beside the time one prompt-tuning step takes on this CPU, per model and shape.
 
 If the count is right, time follows it where the matmuls dominate: the achieved FLOP/s (counted
 FLOPs / measured seconds) is about the same for every model and shape that keeps the cores
@@ -38,7 +38,7 @@ def main() -> None:
     import torch
 
     from ptdist.backbones import load_backbone
-    from ptdist.training.cost import example_flops
+    from ptdist.orchestration.planning.cost_model import example_flops
 
     setup()
     header("cost model: counted FLOPs vs CPU step time", vars(args))

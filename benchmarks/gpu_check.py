@@ -22,12 +22,13 @@ padding, classification targets):
   GPU, started by torchrun and by a Ray Train worker group (`worker_group.on_worker_group`,
   the path multi-GPU runs take), side by side.
 
-Per case: the planner's memory against the peak measured (`torch.cuda.max_memory_allocated`
-since the case's start), tokens/s, and model FLOPs utilisation: the cost model's useful FLOPs
-(`ptdist.training.cost.example_flops`: a forward and a backward to the prompt, the decoder on its
-target steps, no embedding lookups, the recomputation not counted) per second over the card's
-dense bf16 peak (its datasheet's, the variant told from the device name: H100 SXM, PCIe, NVL).
-It writes one JSON (``--out``, default under the system's temporary folder) and prints a table.
+Per case: the planner's memory against the peak measured (`torch.cuda.max_memory_allocated` since
+the case's start), tokens/s, and model FLOPs utilisation: the cost model's useful FLOPs
+(`ptdist.orchestration.planning.cost_model.example_flops`: a forward and a backward to the prompt,
+the decoder on its target steps, no embedding lookups, the recomputation not counted) per second
+over the card's dense bf16 peak (its datasheet's, the variant told from the device name: H100 SXM,
+PCIe, NVL). It writes one JSON (``--out``, default under the system's temporary folder) and prints a
+table.
 
     python benchmarks/gpu_check.py [--out FILE] [--cases xxl-train pack ...]
     python benchmarks/gpu_check.py --smoke      # the same runner on CPU, tiny T5 v1.1 shapes
@@ -154,9 +155,9 @@ def run_case(case: Case, shape: dict, device: torch.device) -> Result:
 
 def plan(case: Case, shape: dict):
     """The planner's placement of the case's run on this card (one GPU), and the card."""
-    from ptdist.orchestration.plans import CLASS_TARGET
+    from ptdist.orchestration.planning.placement import plan_placement
+    from ptdist.orchestration.planning.plans import CLASS_TARGET
     from ptdist.training.memory import RunShape, model_memory
-    from ptdist.training.placement import plan_placement
 
     memory = model_memory(case.model, "bf16")
     run = RunShape("bf16", shape["batch"], shape["prompt"], shape["text"], CLASS_TARGET)
@@ -168,10 +169,10 @@ def plan(case: Case, shape: dict):
 
 def train_case(case: Case, shape: dict, device: torch.device) -> Result:
     from ptdist.backbones import SoftPrompt
-    from ptdist.training import TrainConfig
-    from ptdist.training.cost import example_flops
-    from ptdist.distributed.group import init_distributed
     from ptdist.distributed.ds_config import load_ds_config
+    from ptdist.distributed.group import init_distributed
+    from ptdist.orchestration.planning.cost_model import example_flops
+    from ptdist.training import TrainConfig
     from ptdist.training.engine import deepspeed_config, prompt_engine
     from ptdist.training.memory import RunShape
 
@@ -212,11 +213,11 @@ def pack_case(case: Case, shape: dict, device: torch.device) -> Result:
     """K runs of ``case.model`` on one backbone as ptdist's packed step runs them (each run's
     micro-batch through the model on its own, then every row's Adam step: `StackedAdam`), K the
     planner's largest on this card."""
-    from ptdist.orchestration.plans import AUTO_PACK, pack_fits
-    from ptdist.orchestration.spec import Resources, RunSpec
-    from ptdist.training import TrainConfig
-    from ptdist.training.cost import example_flops
     from ptdist.distributed.ds_config import load_ds_config
+    from ptdist.orchestration.planning.cost_model import example_flops
+    from ptdist.orchestration.planning.plans import AUTO_PACK, pack_fits
+    from ptdist.orchestration.spec.sweep_spec import Resources, RunSpec
+    from ptdist.training import TrainConfig
     from ptdist.training.memory import RunShape, model_memory
     from ptdist.training.stacked import RowStep, StackedAdam
 
@@ -324,9 +325,9 @@ def _ray_case(case: dict, shape: dict) -> dict:
 
 def on_ray(case: Case, shape: dict, device: torch.device) -> Result:
     """The case on a one-worker Ray Train group on a local Ray, as a multi-GPU run's group."""
-    from ptdist.orchestration.cluster import ray_session
-    from ptdist.orchestration.spec import Resources
-    from ptdist.orchestration.worker_group import on_worker_group
+    from ptdist.orchestration.execution.cluster import ray_session
+    from ptdist.orchestration.execution.worker_group import on_worker_group
+    from ptdist.orchestration.spec.sweep_spec import Resources
     from ptdist.store import Store
 
     gpus = 1 if device.type == "cuda" else 0

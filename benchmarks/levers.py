@@ -48,7 +48,7 @@ def _with(config, case: str, full_curves: tuple[str, ...]):
 
 def planned_runs(study: Path, data_dir: str | None, tasks, models, seeds, steps):
     """The study's prompt-stage runs (levers off), narrowed to the subset asked for."""
-    from ptdist.orchestration.study import load_study
+    from ptdist.orchestration.spec.study_spec import load_study
     from ptdist.tasks import get_task
 
     spec = load_study(study, data_dir=data_dir).spec

@@ -73,7 +73,7 @@ def main() -> None:
     args = p.parse_args()
     if args.levers or args.compile_check or args.padding:
         return _levers(args)
-    from ptdist.orchestration.study import load_study
+    from ptdist.orchestration.spec.study_spec import load_study
 
     name = load_study(args.study).spec.name
     header("a whole study vs this machine's compute bound",

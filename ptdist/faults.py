@@ -1,6 +1,6 @@
 """Failure rehearsal: faults injected at chosen points, to see what the failure policy
-(`orchestration/failures.py`) and the store's crash safety do there before a week-long study
-depends on them.
+(`orchestration/execution/failures.py`) and the store's crash safety do there before a week-long
+study depends on them.
 
 Set ``PTDIST_FAULTS`` in the driver's environment (Ray passes it to every worker of a local Ray;
 on a cluster give it in the job's runtime environment) to a JSON rule or list of rules:

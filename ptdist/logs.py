@@ -3,11 +3,11 @@
 through the ``ptdist`` logger (``logging.getLogger(__name__)`` in every module) to stderr.
 
 The logger has one handler, set when ptdist is imported (INFO: a program that uses ptdist as a
-library sees what the CLI shows; ``logging.getLogger("ptdist").setLevel`` changes it) and set
-again by `setup` in every process that runs ptdist's work: the CLI, at the level of --verbose
-(DEBUG, the libraries' own logs kept) or --quiet (WARNING), and each Ray job attempt
-(`orchestration.attempt.begin`), which gets the driver's level with the job, since a cluster's
-worker processes do not inherit the driver's environment.
+library sees what the CLI shows; ``logging.getLogger("ptdist").setLevel`` changes it) and set again
+by `setup` in every process that runs ptdist's work: the CLI, at the level of --verbose (DEBUG, the
+libraries' own logs kept) or --quiet (WARNING), and each Ray job attempt
+(`orchestration.execution.attempt.begin`), which gets the driver's level with the job, since a
+cluster's worker processes do not inherit the driver's environment.
 
 In a process group (torchrun, the deepspeed launcher, a Ray Train worker group) every rank runs
 the same code, so only global rank 0 logs below WARNING: each progress line appears once. A

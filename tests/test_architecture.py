@@ -133,17 +133,26 @@ def test_the_thin_cli_rule_catches_a_stage_called_from_a_command(tmp_path):
     (tmp_path / "cli" / "transfer.py").write_text(
         "def matrix(args):\n"
         "    from ptdist.transfer import MatrixSettings, cells\n"
-        "    from ptdist.orchestration.stages import run_matrix\n"
+        "    from ptdist.orchestration.jobs.stages import run_matrix\n"
         "    import ptdist.reporting.figures\n")
-    assert _work_in_cli(tmp_path) == ["transfer.py: ptdist.orchestration.stages.run_matrix",
+    assert _work_in_cli(tmp_path) == ["transfer.py: ptdist.orchestration.jobs.stages.run_matrix",
                                       "transfer.py: import ptdist.reporting.figures"]
 
 
 def test_the_scan_sees_function_local_and_relative_imports(tmp_path):
-    sample = PACKAGE / "orchestration" / "graph.py"
+    sample = PACKAGE / "orchestration" / "execution" / "graph.py"
     names = _imports(sample)
     assert "ray" in names  # imported inside _RayExecutor.__init__
-    assert "ptdist.orchestration.failures" in names
+    assert "ptdist.orchestration.execution.failures" in names
+
+
+def test_a_module_of_a_sub_package_belongs_to_its_top_package():
+    """The rules hold for sub-packages: a module of `orchestration/execution/` imports Ray, and
+    everything else, as part of orchestration."""
+    nested = [path for path in _modules(PACKAGE / "orchestration")
+              if len(path.relative_to(PACKAGE).parts) > 2]
+    assert nested, "orchestration has no sub-packages to check"
+    assert {_part(path) for path in nested} == {"orchestration"}
 
 
 def test_only_orchestration_imports_ray():

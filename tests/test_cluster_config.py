@@ -19,11 +19,12 @@ import pytest
 import tomllib
 import yaml
 from ptdist.errors import PtdistError
-from ptdist.orchestration.plans import model_plans
-from ptdist.orchestration.resources import Cluster, node_card, node_types_from_cluster_config
-from ptdist.orchestration.presets import preset
-from ptdist.orchestration.spec import Resources, parse_spec
-from ptdist.orchestration.study import load_study
+from ptdist.orchestration.planning.plans import model_plans
+from ptdist.orchestration.planning.resources import (Cluster, node_card,
+                                                     node_types_from_cluster_config)
+from ptdist.orchestration.spec.spec_presets import preset
+from ptdist.orchestration.spec.study_spec import load_study
+from ptdist.orchestration.spec.sweep_spec import Resources, parse_spec
 from tests.conftest import LOCK, locked_versions
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,16 +14,16 @@ import pytest
 import yaml
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration.estimate import job_costs
-from ptdist.orchestration.graph import Execution
-from ptdist.orchestration.plans import Packing, check_plans, model_plans
-from ptdist.orchestration.replicate import run_study, study_jobs, study_packing
-from ptdist.orchestration.resources import Cluster
-from ptdist.orchestration.schedule import simulate
-from ptdist.orchestration.spec import Resources, RunSpec, load_spec
-from ptdist.orchestration.presets import preset
-from ptdist.orchestration.study import load_study
-from ptdist.orchestration.sweep import run_sweep
+from ptdist.orchestration.execution.graph import Execution
+from ptdist.orchestration.jobs.replicate import run_study, study_jobs, study_packing
+from ptdist.orchestration.jobs.sweep import run_sweep
+from ptdist.orchestration.planning.estimate import job_costs
+from ptdist.orchestration.planning.plans import Packing, check_plans, model_plans
+from ptdist.orchestration.planning.resources import Cluster
+from ptdist.orchestration.planning.schedule import simulate
+from ptdist.orchestration.spec.spec_presets import preset
+from ptdist.orchestration.spec.study_spec import load_study
+from ptdist.orchestration.spec.sweep_spec import Resources, RunSpec, load_spec
 from ptdist.reporting.report import write_report
 from ptdist.store import Store
 from ptdist.training import TrainConfig

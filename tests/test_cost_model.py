@@ -1,15 +1,15 @@
-"""The cost model (ptdist/training/cost.py): the FLOPs it counts on the meta device are the
-model's own matmuls, split as a T5 computes them (the encoder on every encoder token, the
-decoder on its target steps only: one for classification), with the embedding lookup not
-counted; ZeRO-3's communication is the bytes each GPU receives per step; the cards' numbers
-come from their datasheets."""
+"""The cost model (ptdist/orchestration/planning/cost_model.py): the FLOPs it counts on the meta
+device are the model's own matmuls, split as a T5 computes them (the encoder on every encoder token,
+the decoder on its target steps only: one for classification), with the embedding lookup not
+counted; ZeRO-3's communication is the bytes each GPU receives per step; the cards' numbers come
+from their datasheets."""
 
 from __future__ import annotations
 
 import pytest
 
 from ptdist.backbones import model_config
-from ptdist.training.cost import example_flops, zero3_bytes
+from ptdist.orchestration.planning.cost_model import example_flops, zero3_bytes
 from ptdist.training.hardware import CARDS, card, card_of_device
 from ptdist.training.memory import model_memory
 

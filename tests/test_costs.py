@@ -4,8 +4,8 @@ computed from it (hand-checked numbers)."""
 from __future__ import annotations
 
 
-from ptdist.orchestration.costs import CostLedger, stage_of
-from ptdist.orchestration.graph import Job, JobOutcome
+from ptdist.orchestration.execution.graph import Job, JobOutcome
+from ptdist.orchestration.jobs.job_costs import CostLedger, stage_of
 from ptdist.reporting.timing import cost_section
 from ptdist.store import Store
 from ptdist.store.results import JobCostRow
@@ -56,8 +56,8 @@ def test_the_cost_section_states_shares_rates_and_the_compute_bound(tmp_path):
 
 
 def test_a_finished_job_reports_the_time_and_cpu_it_took_where_it_ran(tmp_path):
-    from ptdist.orchestration.failures import FailurePolicy
-    from ptdist.orchestration.graph import run_graph
+    from ptdist.orchestration.execution.failures import FailurePolicy
+    from ptdist.orchestration.execution.graph import run_graph
 
     seen = []
     outcome = run_graph([Job("sleep", run=_sleep_and_spin)], policy=FailurePolicy(0),

@@ -88,7 +88,7 @@ def test_the_scan_finds_a_default_written_twice(tmp_path):
 
 def test_the_command_line_reads_the_settings_defaults():
     from ptdist.cli import build_parser
-    from ptdist.orchestration.graph import Execution
+    from ptdist.orchestration.execution.graph import Execution
     from ptdist.projection.config import ProjectorConfig
     from ptdist.scoring import EvalSettings
     from ptdist.training.config import TrainConfig

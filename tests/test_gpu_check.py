@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ptdist.training.cost import example_flops
+from ptdist.orchestration.planning.cost_model import example_flops
 from tests.conftest import child_env
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration.failures import FailurePolicy
-from ptdist.orchestration.graph import Job, require_success, run_graph as _run_graph
+from ptdist.orchestration.execution.failures import FailurePolicy
+from ptdist.orchestration.execution.graph import Job, require_success, run_graph as _run_graph
 from ptdist.runtime import ray_environment
 from tests.test_progress_line import progress_fields
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from ptdist.backbones import load_backbone
-from ptdist.orchestration.spec import load_spec
-from ptdist.orchestration.study import load_study
+from ptdist.orchestration.spec.study_spec import load_study
+from ptdist.orchestration.spec.sweep_spec import load_spec
 from ptdist.store import Store
 from ptdist.training import TrainConfig, train
 from ptdist.training.checkpoint import TrainState

@@ -25,7 +25,7 @@ import json, os, urllib.request, urllib.error
 import ray
 import grpc, psutil
 from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
-from ptdist.orchestration.cluster import connect_ray
+from ptdist.orchestration.execution.cluster import connect_ray
 
 where = connect_ray(None)
 pid = ray.remote(lambda: os.getpid())
@@ -102,7 +102,7 @@ def test_a_lone_training_process_opens_no_port_beyond_loopback():
 # Another Ray instance on the host (as other users' local Rays, or a `ray start`, may be).
 OTHER_RAY = """
 import sys, time
-from ptdist.orchestration.cluster import connect_ray
+from ptdist.orchestration.execution.cluster import connect_ray
 connect_ray(None)
 print("up", flush=True)
 sys.stdin.read()  # until the test closes it
@@ -113,7 +113,7 @@ sys.stdin.read()  # until the test closes it
 CLEANER = """
 import json
 import ray
-from ptdist.orchestration.cluster import connect_ray
+from ptdist.orchestration.execution.cluster import connect_ray
 from ray._private.services import find_gcs_addresses
 
 connect_ray(None)
@@ -164,9 +164,9 @@ def test_ray_trains_placement_group_cleaner_finds_this_ray_beside_another_on_the
 GROUP = """
 import json, os, sys
 import psutil
-from ptdist.orchestration.cluster import ray_session
-from ptdist.orchestration.spec import Resources
-from ptdist.orchestration.worker_group import on_worker_group
+from ptdist.orchestration.execution.cluster import ray_session
+from ptdist.orchestration.execution.worker_group import on_worker_group
+from ptdist.orchestration.spec.sweep_spec import Resources
 from ptdist.store import Store
 
 def listening(out):

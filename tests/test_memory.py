@@ -14,13 +14,13 @@ import torch
 
 from ptdist.backbones import load_backbone, model_config, random_model
 from ptdist.distributed.ds_config import load_ds_config
+from ptdist.orchestration.planning.cost_model import example_flops, step_time
+from ptdist.orchestration.planning.placement import plan_placement
 from ptdist.store import Store
 from ptdist.training import TrainConfig, train
 from ptdist.training.engine import frozen_backbone
-from ptdist.training.cost import example_flops, step_time
 from ptdist.training.hardware import GB, card
 from ptdist.training.memory import RunShape, model_memory
-from ptdist.training.placement import plan_placement
 
 XXL = "google/t5-v1_1-xxl"
 

@@ -13,17 +13,17 @@ import torch
 import yaml
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration.plans import Packing, pack_fits
-from ptdist.orchestration.resources import Cluster
-from ptdist.orchestration.runs import pack_runs, plan_sweep, prompt_jobs
-from ptdist.orchestration.spec import Resources, RunSpec, load_spec
+from ptdist.orchestration.jobs.runs import pack_runs, plan_sweep, prompt_jobs
+from ptdist.orchestration.planning.plans import Packing, pack_fits
+from ptdist.orchestration.planning.resources import Cluster
+from ptdist.orchestration.spec.sweep_spec import Resources, RunSpec, load_spec
 from ptdist.store import Store
 from ptdist.store.results import SweepRow
 from ptdist.store.tables import read_records
 from ptdist.training import TrainConfig, train
 from ptdist.training.checkpoint import load_checkpoint
-from ptdist.training.packed import train_packed
 from ptdist.training.hardware import card
+from ptdist.training.packed import train_packed
 from ptdist.training.tracking import RunTracker
 from tests.conftest import (TOPIC_YAML, attempts, child_env, fault_rule, keyword_rows, write_jsonl,
                             zero3_every_tensor_partitioned)

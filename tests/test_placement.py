@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration.resources import check_runs_fit, node_types_from_live_cluster
-from ptdist.orchestration.spec import Resources, RunSpec
-from ptdist.orchestration import worker_group
-from ptdist.orchestration.worker_group import GroupNotStarted, on_worker_group
+from ptdist.orchestration.execution import worker_group
+from ptdist.orchestration.execution.worker_group import GroupNotStarted, on_worker_group
+from ptdist.orchestration.planning.resources import check_runs_fit, node_types_from_live_cluster
+from ptdist.orchestration.spec.sweep_spec import Resources, RunSpec
 from ptdist.store import Store
 from ptdist.training import TrainConfig
 from tests.conftest import free_port
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def cluster():
     """A head that offers nothing, two 1-GPU L40S nodes and one 2-GPU A100 node."""
-    from ptdist.orchestration.cluster import keep_ray_on_loopback
+    from ptdist.orchestration.execution.cluster import keep_ray_on_loopback
 
     keep_ray_on_loopback()  # else ray.init resolves 127.0.0.1 to the machine's own address
     import ray

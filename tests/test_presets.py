@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration.presets import SpecFile, spec_file, written_here
-from ptdist.orchestration.spec import load_spec
-from ptdist.orchestration.study import load_study
+from ptdist.orchestration.spec.spec_presets import SpecFile, spec_file, written_here
+from ptdist.orchestration.spec.study_spec import load_study
+from ptdist.orchestration.spec.sweep_spec import load_spec
 from ptdist.shipped import top_level
 from tests.conftest import REPO, write_jsonl
 from tests.test_cli import _assert_one_clear_error, run

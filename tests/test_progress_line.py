@@ -1,5 +1,5 @@
 """The one progress line of both schedulers (`graph.progress_line`): the job graph's and Ray
-Tune's sweep callback (`progress.SweepProgress`) say where they stand in the same fields, read
+Tune's sweep callback (`tune_progress.SweepProgress`) say where they stand in the same fields, read
 back here as numbers rather than compared as wording."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ptdist.orchestration.graph import Tally, progress_line
+from ptdist.orchestration.execution.graph import Tally, progress_line
 
 FIELDS = re.compile(r"^(?P<event>.*) \[(?P<done>\d+)/(?P<total>\d+) done, (?P<running>\d+) "
                     r"running, (?P<failed>\d+) failed, (?P<waiting>\d+) waiting, "
@@ -46,13 +46,13 @@ def _trial(trial_id: str, runs: list[dict], result: dict | None = None):
 
 def test_a_sweep_on_tune_says_where_it_stands_in_the_graphs_fields(caplog):
     pytest.importorskip("ray.tune")
-    from ptdist.orchestration.progress import SweepProgress
+    from ptdist.orchestration.execution.tune_progress import SweepProgress
 
     runs = [dict(prompt_id=f"p{i}", label=f"m/sst2/seed{i}/random", model="m", task="sst2",
                  metric="accuracy", score=float(80 + i), wall_time_s=1.0) for i in range(3)]
     progress = SweepProgress(total=3, attempts=1)
     pack, alone = _trial("a", runs[:2]), _trial("b", runs[2:])
-    with caplog.at_level(logging.INFO, logger="ptdist.orchestration.progress"):
+    with caplog.at_level(logging.INFO, logger="ptdist.orchestration.execution.tune_progress"):
         progress.on_trial_start(0, [], pack)
         progress.on_trial_start(0, [], alone)
         result = {"runs": {r["prompt_id"]: r for r in runs[:2]}}

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration.study import load_study
+from ptdist.orchestration.spec.study_spec import load_study
 from ptdist.store import Store
 from tests.conftest import TWO_MODEL_SPEC, child_env
 
@@ -299,11 +299,11 @@ def test_gpu_hours_of_a_known_run_are_its_counted_flops_at_the_cards_rate(tmp_pa
     each GPU computes an eighth and receives 7/8 of the 16-bit weights at each of the two
     gathers of a step and once per evaluation forward (of 8 examples a GPU), over NVLink
     (300 GB/s a direction); the run holds all eight."""
-    from ptdist.orchestration.estimate import job_costs, stage_costs
-    from ptdist.orchestration.graph import Execution
-    from ptdist.orchestration.replicate import study_jobs, study_packing
+    from ptdist.orchestration.execution.graph import Execution
+    from ptdist.orchestration.jobs.replicate import study_jobs, study_packing
+    from ptdist.orchestration.planning.cost_model import example_flops
+    from ptdist.orchestration.planning.estimate import job_costs, stage_costs
     from ptdist.reporting.report import write_report
-    from ptdist.training.cost import example_flops
     from ptdist.training.memory import model_memory
 
     train = example_flops("roberta-base", "bf16", 100, 128, 4)
@@ -335,9 +335,9 @@ def test_gpu_hours_of_a_known_run_are_its_counted_flops_at_the_cards_rate(tmp_pa
 def test_a_local_study_packs_all_runs_of_a_model_into_one_job(tmp_path):
     """--local runs jobs one at a time, so packing fills one job, not one per core; on Ray
     a study packs into as many jobs as run at once."""
-    from ptdist.orchestration.plans import Packing
-    from ptdist.orchestration.replicate import study_jobs
-    from ptdist.orchestration.resources import Cluster
+    from ptdist.orchestration.jobs.replicate import study_jobs
+    from ptdist.orchestration.planning.plans import Packing
+    from ptdist.orchestration.planning.resources import Cluster
     from ptdist.reporting.report import write_report
 
     study = tmp_path / "four.yaml"

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ptdist.orchestration.runs import plan_sweep
-from ptdist.orchestration.study import load_study
+from ptdist.orchestration.jobs.runs import plan_sweep
+from ptdist.orchestration.spec.study_spec import load_study
 from ptdist.reporting.report import write_report
 from ptdist.statistics import t_quantile
 from ptdist.store import Store

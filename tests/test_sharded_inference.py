@@ -226,9 +226,9 @@ def test_capture_on_a_zero3_worker_group_equals_one_process(t5_prompts, tmp_path
 def test_matrix_jobs_on_zero3_worker_groups_equal_one_process(t5_prompts, tmp_path):
     """`run_matrix` with a 2-worker ZeRO-3 group's resources on a local Ray: a job per target
     column, each on a worker group, storing the one-process matrix."""
-    from ptdist.orchestration.graph import Execution
-    from ptdist.orchestration.spec import Resources
-    from ptdist.orchestration.stages import run_matrix
+    from ptdist.orchestration.execution.graph import Execution
+    from ptdist.orchestration.jobs.stages import run_matrix
+    from ptdist.orchestration.spec.sweep_spec import Resources
 
     source, data, _ = t5_prompts
     whole = _copy(source, tmp_path / "whole")

@@ -11,8 +11,8 @@ from functools import partial
 import pytest
 
 from ptdist.neurons.collect import CaptureSettings
-from ptdist.orchestration import stages
-from ptdist.orchestration.stages import stage_key
+from ptdist.orchestration.jobs import stages
+from ptdist.orchestration.jobs.stages import stage_key
 from ptdist.store import Store
 from ptdist.transfer.matrix import MatrixSettings
 from tests.conftest import REPO, child_env

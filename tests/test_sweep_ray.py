@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from ptdist.orchestration.spec import load_spec
+from ptdist.orchestration.spec.sweep_spec import load_spec
 from ptdist.store import Store
 from ptdist.store.results import SweepRow
 from ptdist.store.tables import read_records

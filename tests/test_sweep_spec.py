@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration.spec import load_spec, parse_spec
-from ptdist.orchestration.resources import check_runs_fit, node_types_from_cluster_config
+from ptdist.orchestration.planning.resources import check_runs_fit, node_types_from_cluster_config
+from ptdist.orchestration.spec.sweep_spec import load_spec, parse_spec
 from ptdist.tasks import get_task, task_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -233,7 +233,7 @@ def test_example_specs_are_valid(tmp_path):
 def test_the_quickstart_study_loads_before_its_models_and_data_are_fetched(tmp_path):
     """Its converted model is known by name and its data is prepared on first use: the study
     loads with neither converted nor prepared yet, and holds what its report compares."""
-    from ptdist.orchestration.study import load_study
+    from ptdist.orchestration.spec.study_spec import load_study
 
     loaded = load_study(REPO / "specs" / "quickstart.yaml", storage_path=str(tmp_path))
     types = Counter(get_task(t).type for t in loaded.spec.tasks)
@@ -269,7 +269,7 @@ def test_the_paper_tasks_study_has_four_types_two_of_them_with_two_or_more_tasks
     """Four task types, two with several tasks, at the paper's constant rate; a second model
     on the sentiment tasks, whose projectors are task-tuned on three of them through the
     unified verbalizer and tested on the fourth."""
-    from ptdist.orchestration.study import load_study
+    from ptdist.orchestration.spec.study_spec import load_study
 
     loaded = load_study(REPO / "specs" / "paper-tasks.yaml", storage_path=str(tmp_path))
     types = Counter(get_task(t).type for t in loaded.spec.tasks)

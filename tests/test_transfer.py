@@ -305,7 +305,7 @@ def test_tpt_names_the_init_rule_of_a_vanilla_run_stored_before_it(tmp_path):
 
     import torch
 
-    from ptdist.orchestration.stages import why_vanilla_is_trained
+    from ptdist.orchestration.jobs.stages import why_vanilla_is_trained
     from ptdist.training import TrainConfig
 
     ours = TrainConfig(model="tiny-roberta", task="sst2", steps=40, prompt_length=1)
@@ -320,7 +320,7 @@ def test_tpt_names_the_init_rule_of_a_vanilla_run_stored_before_it(tmp_path):
 
 
 def test_tpt_says_why_it_trains_its_own_vanilla_run(task_prompts):
-    from ptdist.orchestration.stages import why_vanilla_is_trained
+    from ptdist.orchestration.jobs.stages import why_vanilla_is_trained
     from ptdist.training import TrainConfig
 
     root, data, ids = task_prompts

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ptdist.distributed.ds_config import load_ds_config
 from ptdist.errors import PtdistError
-from ptdist.orchestration.spec import Resources
+from ptdist.orchestration.spec.sweep_spec import Resources
 from ptdist.store import Store
 from ptdist.store.manifests import PromptManifest
 from ptdist.store.prompts import by_task

@@ -18,9 +18,9 @@ from ptdist.neurons.embedding import (EmbeddingResult, TaskSimilarity, embedding
                                       prompts_from_paths, store_inputs, task_similarities,
                                       transfers_from_table)
 from ptdist.neurons.indicator_table import IndicatorResult, pairwise_indicators
-from ptdist.orchestration.graph import Execution
-from ptdist.orchestration.spec import Resources
-from ptdist.orchestration.stages import run_capture
+from ptdist.orchestration.execution.graph import Execution
+from ptdist.orchestration.jobs.stages import run_capture
+from ptdist.orchestration.spec.sweep_spec import Resources
 from ptdist.reporting.figures import indicator_figure, layerwise_figure
 from ptdist.store import Store
 from ptdist.store.results import CorrelationRow, IndicatorRow

@@ -11,13 +11,13 @@ from typing import Any
 
 from ptdist.api.inputs import absolute, open_store, prompts_of, store_path, tasks_in
 from ptdist.api.transfer import TptComparison, compare, tpt_settings
-from ptdist.orchestration.graph import Execution
-from ptdist.orchestration.pairs import PairSettings, PairsOutcome, run_pairs
-from ptdist.orchestration.spec import Resources, load_spec
+from ptdist.orchestration.execution.graph import Execution
+from ptdist.orchestration.jobs.pairs import PairSettings, PairsOutcome, run_pairs
+from ptdist.orchestration.spec.sweep_spec import Resources, load_spec
 from ptdist.projection.config import ProjectorConfig
 from ptdist.projection.evaluation import evaluate_projector as evaluate_stage
-from ptdist.projection.tpt import model_plan
 from ptdist.projection.modes import train_projector as train_stage
+from ptdist.projection.tpt import model_plan
 from ptdist.scoring import EvalSettings
 from ptdist.store import Store
 from ptdist.store.manifests import ProjectorManifest

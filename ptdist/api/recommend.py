@@ -15,8 +15,8 @@ from ptdist.api.inputs import absolute, open_store, tasks_in
 from ptdist.api.transfer import compare, tpt_settings
 from ptdist.distributed.ds_config import load_ds_config
 from ptdist.errors import PtdistError
-from ptdist.orchestration.graph import Execution
-from ptdist.orchestration.spec import Resources
+from ptdist.orchestration.execution.graph import Execution
+from ptdist.orchestration.spec.sweep_spec import Resources
 from ptdist.recommend import (Candidate, Recommendation, RecommendSettings, gather,
                               recommend as rank, study_settings, train_probe,
                               write_recommendation)

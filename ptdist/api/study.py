@@ -11,15 +11,15 @@ from pathlib import Path
 
 from ptdist.api.inputs import store_path
 from ptdist.errors import PtdistError
-from ptdist.orchestration.estimate import describe_costs, job_costs, stage_costs
-from ptdist.orchestration.graph import Execution, GraphOutcome, describe_jobs
-from ptdist.orchestration.plans import describe_plans, describe_training, model_plans
-from ptdist.orchestration.replicate import run_study, study_jobs, study_packing
-from ptdist.orchestration.schedule import describe_schedule, simulate
-from ptdist.orchestration.presets import preset as shipped_preset, preset_names
-from ptdist.orchestration.spec import SweepSpec, load_spec
-from ptdist.orchestration.study import Study, load_study
-from ptdist.orchestration.sweep import SweepOutcome, run_sweep
+from ptdist.orchestration.execution.graph import Execution, GraphOutcome, describe_jobs
+from ptdist.orchestration.jobs.replicate import run_study, study_jobs, study_packing
+from ptdist.orchestration.jobs.sweep import SweepOutcome, run_sweep
+from ptdist.orchestration.planning.estimate import describe_costs, job_costs, stage_costs
+from ptdist.orchestration.planning.plans import describe_plans, describe_training, model_plans
+from ptdist.orchestration.planning.schedule import describe_schedule, simulate
+from ptdist.orchestration.spec.spec_presets import preset as shipped_preset, preset_names
+from ptdist.orchestration.spec.study_spec import Study, load_study
+from ptdist.orchestration.spec.sweep_spec import SweepSpec, load_spec
 from ptdist.reporting.report import write_report
 from ptdist.store import Store
 from ptdist.tasks import get_task, prepare_packaged_data

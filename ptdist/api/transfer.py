@@ -11,9 +11,9 @@ from typing import Any
 
 from ptdist.api.inputs import absolute, frozen_model, open_store, prompts_of, tasks_in
 from ptdist.errors import PtdistError
-from ptdist.orchestration.graph import Execution
-from ptdist.orchestration.spec import Resources
-from ptdist.orchestration.stages import run_matrix, run_tpt
+from ptdist.orchestration.execution.graph import Execution
+from ptdist.orchestration.jobs.stages import run_matrix, run_tpt
+from ptdist.orchestration.spec.sweep_spec import Resources
 from ptdist.reporting.figures import matrix_figure, tpt_figure
 from ptdist.store import Store
 from ptdist.store.layout import TPT_CURVES, TPT_FIGURE

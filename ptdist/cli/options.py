@@ -145,7 +145,7 @@ def add_execution(p: argparse.ArgumentParser, spec: bool = False) -> None:
                             "by default runs of one model are packed where that is faster "
                             "(docs/sweeps.md)")
     else:  # a spec sets its own max_failures
-        from ptdist.orchestration.graph import Execution
+        from ptdist.orchestration.execution.graph import Execution
 
         p.add_argument("--max-failures", type=int, default=Execution.max_failures,
                        help="retries of a job that fails for another reason than a user error "
@@ -158,7 +158,7 @@ def add_job_resources(p: argparse.ArgumentParser) -> None:
 
 
 def execution(args: argparse.Namespace):
-    from ptdist.orchestration.graph import Execution
+    from ptdist.orchestration.execution.graph import Execution
 
     return Execution(local=args.local, address=args.address,
                      max_concurrent=args.max_concurrent,
@@ -181,7 +181,7 @@ def frozen_model_job(args: argparse.Namespace):
     """The resources of a job that runs a frozen model (--gpus/--cpus, --shard) and the
     DeepSpeed config it partitions the model under (None: whole, in one process)."""
     from ptdist.errors import PtdistError
-    from ptdist.orchestration.spec import Resources
+    from ptdist.orchestration.spec.sweep_spec import Resources
 
     if args.shard < 1:
         raise PtdistError(f"--shard {args.shard}: give the number of processes the model is "
@@ -197,7 +197,7 @@ def pack_override(args: argparse.Namespace) -> int | None:
 
 def job_resources(args: argparse.Namespace):
     """One job's resources from --gpus/--cpus; several GPUs mean one worker per GPU."""
-    from ptdist.orchestration.spec import Resources
+    from ptdist.orchestration.spec.sweep_spec import Resources
 
     return Resources(workers=max(1, args.gpus), gpus=args.gpus, cpus=args.cpus)
 

@@ -65,8 +65,8 @@ def tpt(args: argparse.Namespace) -> None:
 
 def pairs(args: argparse.Namespace) -> None:
     from ptdist.api.projection import project_pairs
-    from ptdist.orchestration.graph import describe_jobs, require_success
-    from ptdist.orchestration.pairs import PairSettings
+    from ptdist.orchestration.execution.graph import describe_jobs, require_success
+    from ptdist.orchestration.jobs.pairs import PairSettings
 
     settings = PairSettings(args.mode, tuple(args.train_tasks), tuple(args.eval_tasks or ()),
                             _settings(args))

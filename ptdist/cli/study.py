@@ -10,7 +10,7 @@ from ptdist.cli.options import add_data, add_execution, add_store, emit, executi
 
 def sweep(args: argparse.Namespace) -> None:
     from ptdist.api.study import sweep as run
-    from ptdist.orchestration.sweep import require_no_failures
+    from ptdist.orchestration.jobs.sweep import require_no_failures
 
     outcome = run(args.spec, store=args.store, data_dir=args.data_dir, cluster=args.cluster,
                   execution=execution(args), pack=pack_override(args), dry_run=args.dry_run)
@@ -32,7 +32,7 @@ def sweep(args: argparse.Namespace) -> None:
 
 def replicate(args: argparse.Namespace) -> None:
     from ptdist.api.study import replicate as run
-    from ptdist.orchestration.graph import require_success
+    from ptdist.orchestration.execution.graph import require_success
 
     outcome = run(args.study, preset=args.preset, store=args.store, data_dir=args.data_dir,
                   execution=execution(args), pack=pack_override(args), dry_run=args.dry_run)

@@ -22,12 +22,12 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from ptdist.orchestration.runs import plan_sweep
-from ptdist.orchestration.study import Study
-from ptdist.reporting.timing import cost_section
+from ptdist.orchestration.jobs.runs import plan_sweep
+from ptdist.orchestration.spec.study_spec import Study
 from ptdist.reporting.cross_model import cross_model_section
 from ptdist.reporting.indicators import indicator_section
 from ptdist.reporting.sections import FLAG, Section, short_name, spread
+from ptdist.reporting.timing import cost_section
 from ptdist.reporting.tpt import tpt_section
 from ptdist.reporting.zero_shot import transfer_section
 from ptdist.statistics import MIN_ROWS, t_quantile

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ptdist.orchestration.study import Study
+from ptdist.orchestration.spec.study_spec import Study
 from ptdist.reporting.figures import tpt_figure
 from ptdist.reporting.sections import FLAG, Section, estimate_row, num, short_name
 from ptdist.statistics import over_replicates, with_basis

@@ -27,8 +27,8 @@ Per GPU, for a run in precision ``p`` (2 bytes for bf16, 4 for fp32) on ``n`` GP
   layer keeps.
 
 A run fits a card when the total is within `USABLE` of its memory (the CUDA context and the
-allocator's fragmentation take the rest); `ptdist.training.placement` picks, among the ways to
-run it that fit, the one of least compute.
+allocator's fragmentation take the rest); `ptdist.orchestration.planning.placement` picks, among the
+ways to run it that fit, the one of least compute.
 """
 
 from __future__ import annotations

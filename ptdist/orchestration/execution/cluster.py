@@ -4,7 +4,7 @@ The local Ray's servers (GCS, raylet, workers and the driver's core worker, dash
 and runtime-env agents) all listen on 127.0.0.1, and its clients authenticate with Ray's token
 (docs/reliability.md). One listener of a local run is not Ray's: a job of several workers (a Ray
 Train worker group) rendezvouses through torch's TCP store, which ptdist binds to the node's
-address (127.0.0.1 here) for the length of that job (`ptdist.orchestration.rendezvous`). A
+address (127.0.0.1 here) for the length of that job (`ptdist.orchestration.execution.rendezvous`). A
 cluster given with --address or $RAY_ADDRESS is the user's: ptdist joins it as configured.
 
 Ray's state API, called without an address from inside a worker, guesses which Ray to ask
@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 
 from ptdist.logs import library_level
-from ptdist.orchestration.resources import HEAD_NODE_CONFIG, Cluster
+from ptdist.orchestration.planning.resources import HEAD_NODE_CONFIG, Cluster
 from ptdist.runtime import RAY_AUTH_MODE, ray_environment
 
 LOOPBACK = "127.0.0.1"

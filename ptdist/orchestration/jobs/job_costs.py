@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from ptdist.orchestration.graph import Job, JobOutcome
+from ptdist.orchestration.execution.graph import Job, JobOutcome
 from ptdist.store import Store
 from ptdist.store.results import JobCostRow
 from ptdist.store.tables import read_records, write_records

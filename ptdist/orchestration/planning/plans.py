@@ -1,10 +1,10 @@
 """What each model of a spec holds while a run of it trains, whether that fits, and how runs are
-packed: the spec's placement (GPUs, workers, ZeRO stage, accumulation, activation
-checkpointing), its memory per GPU from the planner (`ptdist.training.memory`), the card it
-lands on (the smallest GPU of the cluster's node types that can hold it: `Cluster.card_for`),
-and the placement of least compute that fits that card (`ptdist.training.placement`). Shown by
-the dry runs of `ptdist sweep` and `ptdist replicate`, and enforced by both before anything is
-scheduled (`check_plans`); no model weights are read.
+packed: the spec's placement (GPUs, workers, ZeRO stage, accumulation, activation checkpointing),
+its memory per GPU from the planner (`ptdist.training.memory`), the card it lands on (the smallest
+GPU of the cluster's node types that can hold it: `Cluster.card_for`), and the placement of least
+compute that fits that card (`placement.py`). Shown by the dry runs of `ptdist sweep` and `ptdist
+replicate`, and enforced by both before anything is scheduled (`check_plans`); no model weights are
+read.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from dataclasses import dataclass
 
 from ptdist.distributed.ds_config import load_ds_config, precision_of, zero_stage
 from ptdist.errors import PtdistError
-from ptdist.orchestration.resources import Cluster, describe
-from ptdist.orchestration.spec import ModelEntry, RunSpec, SweepSpec
+from ptdist.orchestration.planning.cost_model import example_flops, fills_gpu
+from ptdist.orchestration.planning.placement import Placement, fits, plan_placement
+from ptdist.orchestration.planning.resources import Cluster, describe
+from ptdist.orchestration.spec.sweep_spec import ModelEntry, RunSpec, SweepSpec
 from ptdist.tasks import get_task
 from ptdist.training.config import TrainConfig
-from ptdist.training.cost import example_flops, fills_gpu
 from ptdist.training.hardware import GB, Card
 from ptdist.training.memory import USABLE, Memory, RunShape, model_memory, size
-from ptdist.training.placement import Placement, fits, plan_placement
 
 CLASS_TARGET = 4  # decoder tokens of a label word and </s>, with room for a multi-piece word
 # The most runs automatic packing puts in one job: the largest pack measured at the big-batch
@@ -159,13 +159,12 @@ def check_spec(spec: SweepSpec, cluster: Cluster, local: bool = False,
 
 @dataclass(frozen=True)
 class Packing:
-    """How many runs automatic packing puts in one job (a spec's ``pack: auto``): as many as
-    keep every slot of the cluster that could run them busy (the runs of a group spread over
-    the jobs of its resources the cluster holds at once, at most ``max_concurrent``; one slot
-    when the jobs run one at a time, ``serial``), at most `AUTO_PACK`, only as many as the
-    memory planner fits on the card, and none for a model whose run fills a GPU by itself
-    (`ptdist.training.cost.fills_gpu`): packing such runs saves only the model load and makes
-    them share one GPU's compute."""
+    """How many runs automatic packing puts in one job (a spec's ``pack: auto``): as many as keep
+    every slot of the cluster that could run them busy (the runs of a group spread over the jobs of
+    its resources the cluster holds at once, at most ``max_concurrent``; one slot when the jobs run
+    one at a time, ``serial``), at most `AUTO_PACK`, only as many as the memory planner fits on the
+    card, and none for a model whose run fills a GPU by itself (`cost_model.fills_gpu`): packing
+    such runs saves only the model load and makes them share one GPU's compute."""
 
     cluster: Cluster
     max_concurrent: int | None = None

@@ -1,21 +1,21 @@
 """How to run a prompt-tuning run on a card: the way of least compute that fits its memory.
 
-The planner tries every way to split a global batch over GPUs of one node and micro-steps —
-1, 2, 4 or 8 GPUs (one: ZeRO-0; several: ZeRO-3, the frozen weights partitioned over them),
-gradient accumulation over 1, 2, 4... micro-batches, activation checkpointing or not — and
-keeps the one whose step costs the fewest GPU-seconds by the cost model (`cost.step_time`,
-times the GPUs held) among those whose memory plan (`memory`) fits. So accumulation, which
-costs nothing but smaller micro-batches, comes before checkpointing, which runs every forward
-twice (+50 % compute: a training example is a forward F and a backward to the prompt B ~ F,
-and checkpointing adds F again: (3F) / (2F) = 1.5), and one GPU before several, which
-communicate. Ties go to fewer GPUs, then fewer micro-steps, then no checkpointing.
+The planner tries every way to split a global batch over GPUs of one node and micro-steps — 1, 2, 4
+or 8 GPUs (one: ZeRO-0; several: ZeRO-3, the frozen weights partitioned over them), gradient
+accumulation over 1, 2, 4... micro-batches, activation checkpointing or not — and keeps the one
+whose step costs the fewest GPU-seconds by the cost model (`cost_model.step_time`, times the GPUs
+held) among those whose memory plan (`ptdist.training.memory`) fits. So accumulation, which costs
+nothing but smaller micro-batches, comes before checkpointing, which runs every forward twice (+50 %
+compute: a training example is a forward F and a backward to the prompt B ~ F, and checkpointing
+adds F again: (3F) / (2F) = 1.5), and one GPU before several, which communicate. Ties go to fewer
+GPUs, then fewer micro-steps, then no checkpointing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ptdist.training.cost import StepTime, example_flops, step_time
+from ptdist.orchestration.planning.cost_model import StepTime, example_flops, step_time
 from ptdist.training.hardware import GB, Card
 from ptdist.training.memory import USABLE, Memory, ModelMemory, RunShape
 

@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from functools import partial
 
-from ptdist.orchestration.graph import Job
-from ptdist.orchestration.spec import Resources, RunSpec, SweepSpec
-from ptdist.orchestration.worker_group import on_worker_group
+from ptdist.orchestration.execution.graph import Job
+from ptdist.orchestration.execution.worker_group import on_worker_group
+from ptdist.orchestration.spec.sweep_spec import Resources, RunSpec, SweepSpec
 from ptdist.store import Store
 from ptdist.tasks import get_task
 from ptdist.training import TrainConfig, train
@@ -41,7 +41,7 @@ def pack_runs(runs: list[Planned],
     share its backbone (same resources and `SHARED` settings) until that job holds its pack
     size. A run's ``pack`` is that size (1: every run its own job); ``pack`` None (the default)
     packs automatically: ``auto(run, n)`` is the size for a group of ``n`` such runs
-    (`ptdist.orchestration.plans.Packing`)."""
+    (`ptdist.orchestration.planning.plans.Packing`)."""
     def key(run: RunSpec) -> tuple:
         return (run.resources, run.pack, *(getattr(run.config, name) for name in SHARED))
 

@@ -1,7 +1,7 @@
 """What a study will cost before it runs: each job's work (the FLOPs it computes per GPU and the
-bytes each GPU receives, by the cost model `ptdist.training.cost`), timed on the card it is
-planned on (`Cluster.card_for`), and the GPU-hours per stage. `schedule.py` places the same
-jobs on the cluster's nodes for the wall-clock.
+bytes each GPU receives, by the cost model `cost_model.py`), timed on the card it is planned on
+(`Cluster.card_for`), and the GPU-hours per stage. `schedule.py` places the same jobs on the
+cluster's nodes for the wall-clock.
 
 A prompt-tuning run computes ``steps x batch`` training examples (forward, backward to the
 prompt, and with activation checkpointing the forward again) and an evaluation of
@@ -25,17 +25,18 @@ from dataclasses import dataclass
 
 from ptdist.distributed.ds_config import precision_of, zero_stage
 from ptdist.errors import PtdistError
-from ptdist.orchestration.costs import stage_of
-from ptdist.orchestration.graph import Job
-from ptdist.orchestration.plans import CLASS_TARGET
-from ptdist.orchestration.resources import Cluster
-from ptdist.orchestration.spec import ModelEntry, Resources
-from ptdist.orchestration.study import Study
 from ptdist.neurons.collect import CaptureSettings
+from ptdist.orchestration.execution.graph import Job
+from ptdist.orchestration.jobs.job_costs import stage_of
+from ptdist.orchestration.planning.cost_model import (UTILISATION, example_flops, fills_gpu,
+                                                      zero3_bytes)
+from ptdist.orchestration.planning.plans import CLASS_TARGET
+from ptdist.orchestration.planning.resources import Cluster
+from ptdist.orchestration.spec.study_spec import Study
+from ptdist.orchestration.spec.sweep_spec import ModelEntry, Resources
 from ptdist.projection.config import ProjectorConfig
 from ptdist.tasks import get_task
 from ptdist.training.config import TrainConfig
-from ptdist.training.cost import UTILISATION, example_flops, fills_gpu, zero3_bytes
 from ptdist.training.hardware import Card
 from ptdist.training.memory import model_memory
 from ptdist.transfer.matrix import MatrixSettings

@@ -28,8 +28,8 @@ from typing import Any
 
 from ptdist import logs
 from ptdist.errors import PtdistError
-from ptdist.orchestration.failures import FailurePolicy, one_line
-from ptdist.orchestration.attempt import begin
+from ptdist.orchestration.execution.attempt import begin
+from ptdist.orchestration.execution.failures import FailurePolicy, one_line
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def run_graph(jobs: Sequence[Job], *, policy: FailurePolicy, local: bool = False
 
 def describe_jobs(jobs: Sequence[Job]) -> str:
     """A dry run's listing: each job, whether its output is stored, what it needs and asks."""
-    from ptdist.orchestration.resources import describe
+    from ptdist.orchestration.planning.resources import describe
 
     def state(job: Job) -> str:
         if job.stored():
@@ -195,8 +195,8 @@ class _RayExecutor:
         import ray
 
         if not ray.is_initialized():
-            raise PtdistError("run_graph needs a Ray cluster: call it inside "
-                              "ptdist.orchestration.cluster.ray_session, or pass local=True")
+            raise PtdistError("run_graph needs a Ray cluster: call it inside ptdist."
+                              "orchestration.execution.cluster.ray_session, or pass local=True")
         self.fresh = ray.remote(max_calls=1)(_attempt)
         self.reused = ray.remote(max_calls=0)(_attempt_in_a_used_process)
         self.pending: dict[Any, str] = {}
@@ -277,7 +277,7 @@ class Tally:
 def progress_line(event: str, tally: Tally, note: str = "") -> str:
     """The one shape of the line that says a job (or run) finished, whatever schedules it: the
     graph here (`ptdist replicate`, `ptdist sweep --local`) or Ray Tune (`ptdist sweep` on Ray,
-    `progress.SweepProgress`): ``EVENT [D/T done, R running, F failed, W waiting, Ns, eta
+    `tune_progress.SweepProgress`): ``EVENT [D/T done, R running, F failed, W waiting, Ns, eta
     ~Ns] | NOTE``, the eta once something has finished and while something is left."""
     eta = "" if tally.eta_s is None else f", eta ~{tally.eta_s:.0f}s"
     return (f"{event} [{tally.done}/{tally.total} done, {tally.running} running, "
@@ -417,7 +417,7 @@ class Execution:
     ``address`` or $RAY_ADDRESS, else a local Ray started for the command) or, with ``local``,
     one after another in this process; and the failure policy they run under.
     ``ignore_memory_plan`` launches runs the memory planner says do not fit their GPU
-    (`ptdist.orchestration.plans.check_plans`), for those who know better."""
+    (`ptdist.orchestration.planning.plans.check_plans`), for those who know better."""
 
     local: bool = False
     address: str | None = None
@@ -433,7 +433,7 @@ class Execution:
 def execute(jobs: Sequence[Job], execution: Execution,
             finished: Finished | None = None) -> GraphOutcome:
     """Run a graph of jobs where ``execution`` says (``finished``: see `run_graph`)."""
-    from ptdist.orchestration.cluster import ray_session
+    from ptdist.orchestration.execution.cluster import ray_session
 
     if execution.local:
         return run_graph(jobs, policy=execution.policy, local=True, finished=finished)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration.spec import Resources, RunSpec
+from ptdist.orchestration.spec.sweep_spec import Resources, RunSpec
 from ptdist.training.hardware import DEFAULT_CARD, GPU_MEMORY_RESOURCE, Card, card
 from ptdist.validation import read_yaml
 

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from ptdist.errors import PtdistError
-from ptdist.orchestration.cluster import cluster_for
-from ptdist.orchestration.graph import Execution, GraphOutcome, Job, execute
-from ptdist.orchestration.plans import Packing, check_spec
-from ptdist.orchestration.runs import PromptJobs, plan_sweep, prompt_jobs
-from ptdist.orchestration.spec import ModelEntry, Resources, SweepSpec
-from ptdist.orchestration.stages import model_job
-from ptdist.orchestration.worker_group import on_worker_group
+from ptdist.orchestration.execution.cluster import cluster_for
+from ptdist.orchestration.execution.graph import Execution, GraphOutcome, Job, execute
+from ptdist.orchestration.execution.worker_group import on_worker_group
+from ptdist.orchestration.jobs.runs import PromptJobs, plan_sweep, prompt_jobs
+from ptdist.orchestration.jobs.stages import model_job
+from ptdist.orchestration.planning.plans import Packing, check_spec
+from ptdist.orchestration.spec.sweep_spec import ModelEntry, Resources, SweepSpec
 from ptdist.projection.config import ProjectorConfig, config_from_dict
 from ptdist.projection.evaluation import evaluate_projector, evaluated
 from ptdist.projection.modes import train_projector

@@ -21,9 +21,9 @@ from pydantic import Field, PositiveInt
 
 from ptdist.errors import PtdistError
 from ptdist.neurons.collect import CaptureSettings
-from ptdist.orchestration.pairs import PairSettings
-from ptdist.orchestration.presets import SpecFile, spec_file
-from ptdist.orchestration.spec import TOP_KEYS, Names, SweepSpec, spec_from_raw
+from ptdist.orchestration.jobs.pairs import PairSettings
+from ptdist.orchestration.spec.spec_presets import SpecFile, spec_file
+from ptdist.orchestration.spec.sweep_spec import TOP_KEYS, Names, SweepSpec, spec_from_raw
 from ptdist.projection.config import MODES, ProjectorConfig
 from ptdist.tasks import get_task, task_ref
 from ptdist.transfer.matrix import MatrixSettings

@@ -9,7 +9,7 @@ import time
 
 from ray.tune import Callback
 
-from ptdist.orchestration.graph import Tally, progress_line
+from ptdist.orchestration.execution.graph import Tally, progress_line
 
 log = logging.getLogger(__name__)
 

@@ -30,16 +30,16 @@ from functools import partial
 from pathlib import Path, PurePath
 from typing import Any
 
+from ptdist.backbones.prompt import INIT_RULE
 from ptdist.neurons.collect import CaptureResult, CaptureSettings, capture
 from ptdist.neurons.correlation import correlate
 from ptdist.neurons.indicator_table import pairwise_indicators
-from ptdist.orchestration.cluster import cluster_for
-from ptdist.orchestration.graph import Execution, Job, execute, require_success
-from ptdist.orchestration.plans import Packing
-from ptdist.orchestration.runs import Planned, prompt_jobs
-from ptdist.orchestration.spec import Resources, RunSpec
-from ptdist.orchestration.worker_group import on_worker_group
-from ptdist.backbones.prompt import INIT_RULE
+from ptdist.orchestration.execution.cluster import cluster_for
+from ptdist.orchestration.execution.graph import Execution, Job, execute, require_success
+from ptdist.orchestration.execution.worker_group import on_worker_group
+from ptdist.orchestration.jobs.runs import Planned, prompt_jobs
+from ptdist.orchestration.planning.plans import Packing
+from ptdist.orchestration.spec.sweep_spec import Resources, RunSpec
 from ptdist.store import Store
 from ptdist.store.atomic import atomic_write_json
 from ptdist.store.manifests import PromptManifest

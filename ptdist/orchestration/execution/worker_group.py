@@ -32,10 +32,10 @@ from typing import Any
 
 from ptdist import logs
 from ptdist.errors import PtdistError
-from ptdist.orchestration.failures import user_error
-from ptdist.orchestration.attempt import begin
-from ptdist.orchestration.resources import describe
-from ptdist.orchestration.spec import Resources
+from ptdist.orchestration.execution.attempt import begin
+from ptdist.orchestration.execution.failures import user_error
+from ptdist.orchestration.planning.resources import describe
+from ptdist.orchestration.spec.sweep_spec import Resources
 from ptdist.store import Store
 from ptdist.store.atomic import atomic_write_json
 from ptdist.store.layout import segment
@@ -66,7 +66,7 @@ def on_worker_group(job_id: str, fn: Callable[..., Any], kwargs: dict[str, Any],
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from ptdist.orchestration.rendezvous import BoundTorchConfig
+    from ptdist.orchestration.execution.rendezvous import BoundTorchConfig
 
     name = f"{segment(job_id)}-{time.strftime('%Y%m%d-%H%M%S')}"
     started, result = store.layout.group_started(name), store.layout.group_result(name)

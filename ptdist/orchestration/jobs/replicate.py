@@ -24,16 +24,16 @@ from dataclasses import dataclass
 from functools import partial
 
 from ptdist.neurons.collect import CaptureSettings
-from ptdist.orchestration.costs import CostLedger
-from ptdist.orchestration.graph import Execution, GraphOutcome, Job, execute
-from ptdist.orchestration.pairs import PairGraph, pair_jobs
-from ptdist.orchestration.cluster import cluster_for
-from ptdist.orchestration.plans import Packing, check_spec
-from ptdist.orchestration.runs import PromptJobs, plan_sweep, prompt_jobs
-from ptdist.orchestration.spec import ModelEntry, SweepSpec
-from ptdist.orchestration.stages import (LIGHT, capture_jobs, correlate_job, indicators_job,
-                                         matrix_jobs, stage_key, tpt_plan_job, with_stamp)
-from ptdist.orchestration.study import Study
+from ptdist.orchestration.execution.cluster import cluster_for
+from ptdist.orchestration.execution.graph import Execution, GraphOutcome, Job, execute
+from ptdist.orchestration.jobs.job_costs import CostLedger
+from ptdist.orchestration.jobs.pairs import PairGraph, pair_jobs
+from ptdist.orchestration.jobs.runs import PromptJobs, plan_sweep, prompt_jobs
+from ptdist.orchestration.jobs.stages import (LIGHT, capture_jobs, correlate_job, indicators_job,
+                                              matrix_jobs, stage_key, tpt_plan_job, with_stamp)
+from ptdist.orchestration.planning.plans import Packing, check_spec
+from ptdist.orchestration.spec.study_spec import Study
+from ptdist.orchestration.spec.sweep_spec import ModelEntry, SweepSpec
 from ptdist.projection.tpt import model_plan
 from ptdist.store import Store
 from ptdist.store.run_lock import run_lock

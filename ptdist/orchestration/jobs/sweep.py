@@ -19,15 +19,15 @@ from pathlib import Path
 
 from ptdist import logs
 from ptdist.errors import PtdistError
-from ptdist.orchestration.cluster import cluster_for, ray_session
-from ptdist.orchestration.failures import one_line
-from ptdist.orchestration.attempt import begin
-from ptdist.orchestration.graph import Execution, Job, execute
-from ptdist.orchestration.plans import (ModelPlan, Packing, check_spec, describe_plans,
-                                        describe_training)
-from ptdist.orchestration.resources import Cluster, describe
-from ptdist.orchestration.runs import Planned, job_to_dict, pack_runs, plan_sweep, train_job
-from ptdist.orchestration.spec import RunSpec, SweepSpec
+from ptdist.orchestration.execution.attempt import begin
+from ptdist.orchestration.execution.cluster import cluster_for, ray_session
+from ptdist.orchestration.execution.failures import one_line
+from ptdist.orchestration.execution.graph import Execution, Job, execute
+from ptdist.orchestration.jobs.runs import Planned, job_to_dict, pack_runs, plan_sweep, train_job
+from ptdist.orchestration.planning.plans import (ModelPlan, Packing, check_spec, describe_plans,
+                                                 describe_training)
+from ptdist.orchestration.planning.resources import Cluster, describe
+from ptdist.orchestration.spec.sweep_spec import RunSpec, SweepSpec
 from ptdist.store import Store
 from ptdist.store.layout import segment
 from ptdist.store.results import SweepRow
@@ -139,7 +139,7 @@ def _tune(spec: SweepSpec, jobs: list[list[Planned]], store: Store, where: str,
     import ray
     from ray import tune
 
-    from ptdist.orchestration.progress import SweepProgress
+    from ptdist.orchestration.execution.tune_progress import SweepProgress
 
     runs = [run for job in jobs for run, _ in job]
     log.info(f"running {len(runs)} run(s) in {len(jobs)} job(s) on {where}; cluster "
@@ -175,7 +175,7 @@ def trial_resources(trial_config: dict):
     """The placement group of a trial."""
     from ray import tune
 
-    from ptdist.orchestration.spec import Resources
+    from ptdist.orchestration.spec.sweep_spec import Resources
 
     return tune.PlacementGroupFactory([Resources(**trial_config["job"]["resources"]).job_bundle()])
 

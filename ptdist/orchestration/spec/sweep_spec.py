@@ -21,10 +21,10 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 from ptdist.backbones import CONVERTED, PRESETS, parse_init, resolve_model_path
 from ptdist.distributed.ds_config import load_ds_config, precision_of, zero_stage
 from ptdist.errors import PtdistError
-from ptdist.orchestration.failures import FailurePolicy
-from ptdist.orchestration.presets import SpecFile, spec_file, written_here
-from ptdist.store.layout import is_plain_name, segment
+from ptdist.orchestration.execution.failures import FailurePolicy
+from ptdist.orchestration.spec.spec_presets import SpecFile, spec_file, written_here
 from ptdist.store import Store
+from ptdist.store.layout import is_plain_name, segment
 from ptdist.tasks import get_task, task_ref
 from ptdist.training.config import TrainConfig
 from ptdist.training.engine import deepspeed_config
@@ -169,7 +169,7 @@ class ModelEntry:
     ds_settings: dict[str, Any]  # the DeepSpeed config's content, read once when validated
     tasks: tuple[str, ...] | None = None  # a subset of the spec's tasks (None: all of them)
     # Runs trained together on one copy of the backbone (ptdist.training.packed); None: as many
-    # as `ptdist.orchestration.runs.pack_runs` finds faster (AUTO_PACK).
+    # as `ptdist.orchestration.jobs.runs.pack_runs` finds faster (AUTO_PACK).
     pack: int | None = None
 
     def inference(self) -> tuple[Resources, str | None]:
@@ -212,7 +212,7 @@ class SweepSpec:
     max_concurrent: int | None
     max_failures: int
     # Tasks whose runs train all their steps whatever their early-stopping settings: a study's
-    # TPT targets, whose whole curves TPT compares (`ptdist.orchestration.study`).
+    # TPT targets, whose whole curves TPT compares (`ptdist.orchestration.spec.study_spec`).
     full_curves: tuple[str, ...] = ()
 
     def runs(self) -> list[RunSpec]:
@@ -245,15 +245,15 @@ def init_for(init: str, task: str) -> str:
 
 
 def load_spec(source: str | os.PathLike | SpecFile, **overrides: Any) -> SweepSpec:
-    """Read and validate a sweep spec: a file, or a preset by name (`presets.spec_file`).
+    """Read and validate a sweep spec: a file, or a preset by name (`spec_presets.spec_file`).
     Relative paths in the file are relative to the file's folder, but those a preset writes to
-    (`presets.written_here`). ``overrides`` (``storage_path``, ``data_dir``, ``cluster``,
+    (`spec_presets.written_here`). ``overrides`` (``storage_path``, ``data_dir``, ``cluster``,
     ``max_concurrent``, ``pack``), when not None, replace the file's values (``pack`` every
     model's too); their relative paths are relative to the working directory."""
     source = spec_file(source)
     raw = read_yaml(source.path, "sweep spec", TOP_KEYS)
     if "stages" in raw:  # a study (docs/replicate.md): its runs as its prompt stage plans them
-        from ptdist.orchestration.study import load_study
+        from ptdist.orchestration.spec.study_spec import load_study
 
         return load_study(source, **overrides).spec
     return spec_from_raw(raw, source, "sweep spec", **overrides)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-from ptdist.orchestration.estimate import STAGES, JobCost
-from ptdist.orchestration.resources import Cluster, bundle_fits
+from ptdist.orchestration.planning.estimate import STAGES, JobCost
+from ptdist.orchestration.planning.resources import Cluster, bundle_fits
 
 HOUR = 3600.0
 
