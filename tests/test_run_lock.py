@@ -63,7 +63,7 @@ def test_a_second_run_into_a_store_refuses_naming_the_first_and_a_killed_one_blo
             assert line.startswith(f"ptdist: error: store {tmp_path / 'store'} is in use by "
                                    f"another ptdist run: pid {first.pid} on host "
                                    f"{socket.gethostname()}, `ptdist replicate --study {spec} "
-                                   "--local`, since "), line
+                                   "--local --json`, since "), line
             assert re.search(r"since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line), line
             assert "Traceback" not in err and "loaded tiny-roberta" not in err
     finally:
