@@ -63,15 +63,20 @@ def as_written(shape: type[Strict]) -> Any:
     return Annotated[shape, WrapValidator(checked)]
 
 
-def dataclass_shape(cls: type, exclude: tuple[str, ...], base: type[Strict] = Strict
-                    ) -> type[Strict]:
+def dataclass_shape(cls: type, exclude: tuple[str, ...] = (), base: type[Strict] = Strict,
+                    written: dict[str, tuple[Any, FieldInfo]] | None = None) -> type[Strict]:
     """The shape of a mapping of dataclass ``cls``'s fields but ``exclude``, with their types
-    and defaults (a field without one is required): the keys a file may set follow the
-    dataclass and cannot drift from it."""
-    hints = get_type_hints(cls)
-    return create_model(f"{cls.__name__}Settings", __base__=base,
-                        **{f.name: (hints[f.name], ... if f.default is MISSING else f.default)
-                           for f in fields(cls) if f.name not in exclude})
+    (constraints included: ``Annotated[int, Ge(0)]`` checks it) and defaults (a field without
+    one is required), and the ``description`` of a field's metadata, which ends an error about
+    its value: the keys a file may set follow the dataclass and cannot drift from it.
+    ``written`` gives, in its place, a field a file writes otherwise than the dataclass holds
+    it, as (type, `Field`)."""
+    hints = get_type_hints(cls, include_extras=True)
+    written = written or {}
+    return create_model(f"{cls.__name__}Settings", __base__=base, **{
+        f.name: written.get(f.name) or (hints[f.name], Field(
+            ... if f.default is MISSING else f.default, description=f.metadata.get("description")))
+        for f in fields(cls) if f.name not in exclude})
 
 
 def json_kind(value: Any) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,61 +49,6 @@ Seeds = one_or_more(int)
 TrainSettings = as_written(dataclass_shape(TrainConfig, exclude=SWEPT_FIELDS))
 
 
-class _Resources(Strict):
-    workers: PositiveInt | None = Field(None, description="processes per run (default: one "
-                                                          "per GPU)")
-    gpus: NonNegativeInt = Field(0, description="GPUs per run in all, a whole number that "
-                                                "splits evenly over its workers")
-    cpus: NonNegativeFloat = Field(1.0, description="CPUs per worker, e.g. cpus: 8")
-    accelerator_type: Text | None = Field(None, description="the GPU type every worker needs, "
-                                          "as Ray names it (A100, H100, L40S...)")
-    gpu_memory_gb: PositiveInt | None = Field(
-        None, description="the GPU memory every worker needs, e.g. 80: only node types that "
-                          "declare gpu_memory_gb:80 (an A100 is 40 or 80 GB)")
-    custom: dict[Text, PositiveFloat] | None = Field(
-        None, description="custom Ray resources per worker, e.g. {disk_nvme: 1}; node types "
-                          "declare them in cluster.yaml")
-    start_timeout_s: PositiveFloat = Field(
-        DEFAULT_START_TIMEOUT_S, description="seconds a worker group may wait for a node with "
-                                             "room for all its workers before its job fails")
-
-
-# Runs of a model one job trains together: a count, or "auto" (`runs.pack_runs` decides).
-PackSize = Annotated[int | str, rule(lambda v: v == "auto" or (isinstance(v, int) and v >= 1),
-                                     "must be a positive integer or 'auto'")]
-
-
-class _Model(Strict):
-    resources: _Resources | None = None
-    ds_config: Text = "zero0"
-    precision: Text | None = None
-    train: TrainSettings | None = None
-    tasks: Names | None = None
-    pack: PackSize | None = None
-
-
-class _Spec(Strict):
-    name: PlainName | None = None
-    storage_path: Text = Field(description="the prompt store: a folder every node mounts")
-    ray_storage: Text | None = Field(None, description="where Ray Tune's and Train's records "
-                                                       "go, e.g. s3://bucket/ptdist-ray")
-    data_dir: Text | None = None
-    cluster: Text | None = None
-    tasks: Names = Field(description="registered task names or task YAML files")
-    seeds: Seeds = [0]
-    inits: Names = ["random"]
-    train: TrainSettings | None = None
-    models: dict[Text, _Model | None] = Field(
-        min_length=1, description="map model names to their settings, e.g. "
-                                  "{roberta-base: {resources: {gpus: 1}, ds_config: zero0}}")
-    max_concurrent: PositiveInt | None = None
-    max_failures: NonNegativeInt = FailurePolicy.max_failures
-    pack: PackSize = "auto"
-
-
-TOP_KEYS = tuple(_Spec.model_fields)
-
-
 @dataclass(frozen=True)
 class Resources:
     """What one run of a model needs. ``workers`` processes (Ray Train workers when more than
@@ -111,15 +56,23 @@ class Resources:
     and, to pin a model to a kind of node, a GPU type (Ray's ``accelerator_type:<T>``
     resource), a GPU memory (``gpu_memory_gb:<N>``, which node types declare) or custom
     resources per worker. A worker group that finds no node with room for
-    it within ``start_timeout_s`` fails its attempt."""
+    it within ``start_timeout_s`` fails its attempt. A spec's ``resources:`` are these fields
+    (`_Resources`); the descriptions end the errors about their values."""
 
-    workers: int = 1
-    gpus: int = 0
-    cpus: float = 1.0
-    accelerator_type: str | None = None
+    workers: PositiveInt = 1
+    gpus: NonNegativeInt = field(default=0, metadata={
+        "description": "GPUs per run in all, a whole number that splits evenly over its workers"})
+    cpus: NonNegativeFloat = field(default=1.0, metadata={
+        "description": "CPUs per worker, e.g. cpus: 8"})
+    accelerator_type: Text | None = field(default=None, metadata={
+        "description": "the GPU type every worker needs, as Ray names it (A100, H100, L40S...)"})
+    gpu_memory_gb: PositiveInt | None = field(default=None, metadata={
+        "description": "the GPU memory every worker needs, e.g. 80: only node types that "
+                       "declare gpu_memory_gb:80 (an A100 is 40 or 80 GB)"})
     custom: tuple[tuple[str, float], ...] = ()
-    start_timeout_s: float = DEFAULT_START_TIMEOUT_S
-    gpu_memory_gb: int | None = None
+    start_timeout_s: PositiveFloat = field(default=DEFAULT_START_TIMEOUT_S, metadata={
+        "description": "seconds a worker group may wait for a node with room for all its "
+                       "workers before its job fails"})
 
     def __post_init__(self) -> None:
         # A job carries its resources as data (a mapping or pairs): kept sorted and hashable,
@@ -158,6 +111,52 @@ class Resources:
         """One of these workers with at most one GPU, pinned alike: what a job that evaluates
         the model on one device asks."""
         return replace(self, workers=1, gpus=min(self.gpus, 1))
+
+
+# A spec's resources: Resources' fields, but that a spec may leave the workers out (one per GPU,
+# `_model_entry` resolves them) and writes custom resources as a mapping.
+_Resources = dataclass_shape(Resources, written={
+    "workers": (PositiveInt | None, Field(None, description="processes per run (default: one "
+                                                            "per GPU)")),
+    "custom": (dict[Text, PositiveFloat] | None, Field(
+        None, description="custom Ray resources per worker, e.g. {disk_nvme: 1}; node types "
+                          "declare them in cluster.yaml"))})
+
+
+# Runs of a model one job trains together: a count, or "auto" (`runs.pack_runs` decides).
+PackSize = Annotated[int | str, rule(lambda v: v == "auto" or (isinstance(v, int) and v >= 1),
+                                     "must be a positive integer or 'auto'")]
+
+
+class _Model(Strict):
+    resources: _Resources | None = None
+    ds_config: Text = "zero0"
+    precision: Text | None = None
+    train: TrainSettings | None = None
+    tasks: Names | None = None
+    pack: PackSize | None = None
+
+
+class _Spec(Strict):
+    name: PlainName | None = None
+    storage_path: Text = Field(description="the prompt store: a folder every node mounts")
+    ray_storage: Text | None = Field(None, description="where Ray Tune's and Train's records "
+                                                       "go, e.g. s3://bucket/ptdist-ray")
+    data_dir: Text | None = None
+    cluster: Text | None = None
+    tasks: Names = Field(description="registered task names or task YAML files")
+    seeds: Seeds = [0]
+    inits: Names = ["random"]
+    train: TrainSettings | None = None
+    models: dict[Text, _Model | None] = Field(
+        min_length=1, description="map model names to their settings, e.g. "
+                                  "{roberta-base: {resources: {gpus: 1}, ds_config: zero0}}")
+    max_concurrent: PositiveInt | None = None
+    max_failures: NonNegativeInt = FailurePolicy.max_failures
+    pack: PackSize = "auto"
+
+
+TOP_KEYS = tuple(_Spec.model_fields)
 
 
 @dataclass(frozen=True)
@@ -328,10 +327,8 @@ def _model_entry(name: str, entry: _Model, base: Path, pack: int | str) -> Model
         name = str((base / name).resolve())
     _check_model_name(name)
     given = entry.resources or _Resources()
-    res = Resources(workers=given.workers or max(1, given.gpus), gpus=given.gpus,
-                    cpus=given.cpus, accelerator_type=given.accelerator_type,
-                    custom=tuple((given.custom or {}).items()),
-                    start_timeout_s=given.start_timeout_s, gpu_memory_gb=given.gpu_memory_gb)
+    res = Resources(**{**dict(given), "workers": given.workers or max(1, given.gpus),
+                       "custom": given.custom or ()})
     if res.gpus % res.workers:
         raise PtdistError(f"models.{name}.resources: {res.gpus} GPUs do not split evenly over "
                           f"{res.workers} workers; use a multiple of the worker count")
