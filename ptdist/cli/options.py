@@ -153,8 +153,15 @@ def add_execution(p: argparse.ArgumentParser, spec: bool = False) -> None:
 
 
 def add_job_resources(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gpus", type=int, default=0, help="GPUs per job (default 0)")
-    p.add_argument("--cpus", type=float, default=1, help="CPUs per job (default 1)")
+    # Left unset unless given, so that `Resources` fills its own defaults (importing it here
+    # would load torch for every command line).
+    p.add_argument("--gpus", type=int, help="GPUs per job (default 0)")
+    p.add_argument("--cpus", type=float, help="CPUs per job (default 1)")
+
+
+def _given_resources(args: argparse.Namespace) -> dict[str, Any]:
+    """The --gpus/--cpus given, as `Resources` fields."""
+    return {k: getattr(args, k) for k in ("gpus", "cpus") if getattr(args, k) is not None}
 
 
 def execution(args: argparse.Namespace):
@@ -186,7 +193,7 @@ def frozen_model_job(args: argparse.Namespace):
     if args.shard < 1:
         raise PtdistError(f"--shard {args.shard}: give the number of processes the model is "
                           "partitioned over (1: the whole model in one process)")
-    return (Resources(workers=args.shard, gpus=args.gpus, cpus=args.cpus),
+    return (Resources(workers=args.shard, **_given_resources(args)),
             args.ds_config if args.shard > 1 else None)
 
 
@@ -199,7 +206,8 @@ def job_resources(args: argparse.Namespace):
     """One job's resources from --gpus/--cpus; several GPUs mean one worker per GPU."""
     from ptdist.orchestration.spec.sweep_spec import Resources
 
-    return Resources(workers=max(1, args.gpus), gpus=args.gpus, cpus=args.cpus)
+    given = Resources(**_given_resources(args))
+    return dataclasses.replace(given, workers=max(1, given.gpus))
 
 
 def add_run_limits(p: argparse.ArgumentParser, settings: type) -> None:
