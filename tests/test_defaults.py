@@ -12,7 +12,7 @@ from pathlib import Path
 import ptdist
 
 SETTINGS = ("max_failures", "eval_limit", "steps", "lr", "batch_size", "prompt_length",
-            "eval_every", "max_length")
+            "eval_every", "max_length", "workers", "gpus", "cpus", "start_timeout_s")
 PACKAGE = Path(ptdist.__file__).parent
 # Values that only coincide with a setting's default: another thing's own setting.
 OWN = {
@@ -26,13 +26,23 @@ def _literal(node: ast.AST | None) -> bool:
             and not isinstance(node.value, bool))
 
 
+def _field_default(value: ast.AST | None) -> ast.AST | None:
+    """The default a class field writes: its value, or the default of a dataclass `field(...)`
+    or a pydantic `Field(...)`."""
+    if isinstance(value, ast.Call) and getattr(value.func, "id", None) in ("field", "Field"):
+        given = {k.arg: k.value for k in value.keywords}
+        first = value.args[0] if value.args and value.func.id == "Field" else None
+        return given.get("default", first)
+    return value
+
+
 def _defaults(tree: ast.AST):
-    """(name, default node) of every default the module writes: class fields, function
-    parameters, argparse options, and `.get`/`getattr` fallbacks."""
+    """(name, default node) of every default the module writes: class fields (plain, or by
+    `field`/`Field`), function parameters, argparse options, and `.get`/`getattr` fallbacks."""
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef):
-            yield from ((s.target.id, s.value) for s in node.body if isinstance(s, ast.AnnAssign)
-                        and isinstance(s.target, ast.Name))
+            yield from ((s.target.id, _field_default(s.value)) for s in node.body
+                        if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name))
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             args = node.args.posonlyargs + node.args.args
             yield from zip((a.arg for a in args[len(args) - len(node.args.defaults):]),
@@ -77,13 +87,15 @@ def test_the_scan_finds_a_default_written_twice(tmp_path):
     fallback), so the test above fails on any of them."""
     (tmp_path / "a.py").write_text(
         "class C:\n    steps: int = 7\n"
+        "class D:\n    steps: int = field(default=7)\n    lr: float = Field(7, gt=0)\n"
         "def f(steps=7): pass\n"
         "p.add_argument('--steps', default=7)\n"
         "x.get('steps', 7); getattr(x, 'steps', 7)\n"
         "p.add_argument('--n', dest='eval_every', default=5)\n")
     found = written_defaults(tmp_path)
-    assert found["steps", 7] == ["a.py:2", "a.py:3", "a.py:4", "a.py:5", "a.py:5"]
-    assert found["eval_every", 5] == ["a.py:6"]
+    assert found["steps", 7] == ["a.py:2", "a.py:4", "a.py:6", "a.py:7", "a.py:8", "a.py:8"]
+    assert found["lr", 7] == ["a.py:5"]
+    assert found["eval_every", 5] == ["a.py:9"]
 
 
 def test_the_command_line_reads_the_settings_defaults():
