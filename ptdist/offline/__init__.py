@@ -21,7 +21,8 @@ from ptdist.lazy import lazy_face
 
 __all__, __getattr__, __dir__ = lazy_face(__name__, {
     "packaged": ("is_packaged", "resolve_packaged"),
-    "registry_data": ("TASKS", "MissingSource", "locate_all", "prepare", "prepare_missing"),
+    "registry_data": ("TASKS", "MissingSource", "locate_all", "prepare", "prepare_missing",
+                      "unprepared"),
     "converted": ("CONVERTED", "converted_dir"),
     "mlm_head": ("HEAD_PREFIXES", "RECIPE", "cached_head", "lacks_only_head", "restore_head"),
 })

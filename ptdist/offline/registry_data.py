@@ -236,6 +236,17 @@ def prepare(name: str, source: Path, data_dir: Path) -> tuple[int, int]:
     return len(train), len(eval_rows)
 
 
+def unprepared(tasks: Mapping[str, list[str]], data_dir: str | None) -> list[str]:
+    """The packaged data sets among ``tasks`` (each task's name, and the files its own record
+    names) that no file holds yet: neither ``data_dir/<name>/`` nor the task's own files."""
+    if data_dir is None:
+        return []
+    base = Path(data_dir)
+    return [name for name, files in tasks.items() if name in TASKS
+            and not all((base / name / f"{split}.jsonl").is_file() for split in ("train", "eval"))
+            and not (files and all(Path(f).is_file() for f in files))]
+
+
 def prepare_missing(tasks: Mapping[str, list[str]], data_dir: str | None) -> None:
     """Prepare, in ``data_dir``, every packaged data set among ``tasks`` (each task's name, and
     the files its own record names) that no file holds yet (neither ``data_dir/<name>/`` nor
@@ -244,12 +255,7 @@ def prepare_missing(tasks: Mapping[str, list[str]], data_dir: str | None) -> Non
     if data_dir is None:
         return
     base = Path(data_dir)
-    for name, files in tasks.items():
-        held = [base / name / f"{split}.jsonl" for split in ("train", "eval")]
-        own = [Path(f) for f in files]
-        if name not in TASKS or all(p.is_file() for p in held) or \
-                (own and all(p.is_file() for p in own)):
-            continue
+    for name in unprepared(tasks, data_dir):
         task = TASKS[name]
         if not is_packaged(task.source):
             download(task, base)

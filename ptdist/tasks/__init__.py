@@ -8,7 +8,7 @@ from ptdist.lazy import lazy_face
 __all__, __getattr__, __dir__ = lazy_face(__name__, {
     "loading": ("data_fingerprint", "data_origin", "load_split"),
     "metrics": ("compute_metrics",),
-    "packaged_data": ("prepare_packaged_data",),
+    "packaged_data": ("prepare_packaged_data", "unprepared_data"),
     "record": ("Source", "TaskRecord"),
     "registry": ("get_task", "list_tasks", "resolve_task", "task_names", "task_ref"),
 })

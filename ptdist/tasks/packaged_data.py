@@ -15,4 +15,16 @@ def prepare_packaged_data(tasks: Iterable[TaskRecord], data_dir: str | None) -> 
     ``data_dir``. A missing data package is one error naming its install."""
     from ptdist.offline import prepare_missing
 
-    prepare_missing({task.name: list(task.source.files.values()) for task in tasks}, data_dir)
+    prepare_missing(_files(tasks), data_dir)
+
+
+def unprepared_data(tasks: Iterable[TaskRecord], data_dir: str | None) -> list[str]:
+    """The names of the packaged data sets among ``tasks`` that `prepare_packaged_data` would
+    write (none without a ``data_dir``)."""
+    from ptdist.offline import unprepared
+
+    return unprepared(_files(tasks), data_dir)
+
+
+def _files(tasks: Iterable[TaskRecord]) -> dict[str, list[str]]:
+    return {task.name: list(task.source.files.values()) for task in tasks}
