@@ -248,15 +248,11 @@ def unprepared(tasks: Mapping[str, list[str]], data_dir: str | None) -> list[str
 
 
 def prepare_missing(tasks: Mapping[str, list[str]], data_dir: str | None) -> None:
-    """Prepare, in ``data_dir``, every packaged data set among ``tasks`` (each task's name, and
-    the files its own record names) that no file holds yet (neither ``data_dir/<name>/`` nor
-    the task's own files): a study's data on its first use, each source named. A missing
-    package is one error naming its install."""
-    if data_dir is None:
-        return
-    base = Path(data_dir)
+    """Prepare, in ``data_dir``, every data set of ``tasks`` that is `unprepared`: a study's
+    data on its first use, each source named. A missing package is one error naming its
+    install."""
     for name in unprepared(tasks, data_dir):
-        task = TASKS[name]
+        base, task = Path(data_dir), TASKS[name]
         if not is_packaged(task.source):
             download(task, base)
         source = locate(task, base)
