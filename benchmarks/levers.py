@@ -2,13 +2,13 @@
 `benchmarks/study.py --levers` runs.
 
 Every case trains the same runs (the study's own, as its prompt stage plans them, or the subset
-`--tasks/--models/--seeds/--steps` picks) in this process, one after another, each case into a
-fresh store, the cases interleaved run by run (off, bucket, cut, stop, all for the first run,
-then the second...) so a burst of load from another process hits every case alike. A case's
-CPU-seconds are this process's (`time.process_time`, all its threads) over its runs' `train`
-calls; the padded-token fraction is that of the training batches those runs trained on, counted
-from the batch order, the cut and the tokenizer (text plus special tokens; the prompt is never
-padding).
+`--tasks/--models/--seeds/--steps` picks) on `--workers` processes of one torch thread each,
+each case into a fresh store, the cases interleaved run by run (off, bucket, cut, stop, all
+for the first run, then the second...) so a burst of load from another process hits every case
+alike. A case's CPU-seconds are its worker's (`time.process_time`, all its threads) over its
+runs' `train` calls, summed over runs; the padded-token fraction is that of the training
+batches those runs trained on, counted from the batch order, the cut and the tokenizer (text
+plus special tokens; the prompt is never padding).
 
 The compile check times one model's training step eager and compiled (`torch.compile`,
 `compiled.TrainingStep`) on the same real batches: the compile's own CPU-seconds, the median
@@ -17,14 +17,18 @@ step after it, and the steps a run needs before compiling pays.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from multiprocessing import get_context
 from pathlib import Path
 
-from common import load, table
+from common import load, setup, table
 
 # Each lever's "on" settings; "off" is TrainConfig's defaults, the runs of today's presets.
 # The stop lever's min_steps is 2/3 of the run's steps (200 of the quickstart's 300).
@@ -84,39 +88,65 @@ def padded_fraction(config, steps: int, backbones: dict) -> tuple[int, int]:
     return pad, total
 
 
-def run_levers(runs, full_curves, cases=CASES) -> None:
-    """Train every run under every case of ``cases``; print the table of cases."""
+def run_levers(runs, full_curves, cases=CASES, workers: int = 1) -> None:
+    """Train every run under every case of ``cases`` on ``workers`` processes (one torch
+    thread each); print each run as it ends and the table of cases after each run's cases."""
+    firsts = list({c.model: c for c in reversed(runs)}.values())
+    sums = {c: dict(cpu=0.0, wall=0.0, steps=0, planned=0, pad=0, total=0, stopped=[])
+            for c in cases}
+    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(
+            workers, mp_context=get_context("spawn"), initializer=_warm_up,
+            initargs=(firsts, tmp)) as pool:
+        done = [[pool.submit(_train_case, config, case, full_curves, tmp) for case in cases]
+                for config in runs]
+        for futures in done:
+            for future in futures:
+                r = future.result()
+                s = sums[r["case"]]
+                for key in ("cpu", "wall", "steps", "planned", "pad", "total"):
+                    s[key] += r[key]
+                if r["steps"] < r["planned"]:
+                    s["stopped"].append(f"{r['task']} s{r['seed']} at {r['steps']}")
+                print(f"  {r['case']:6s} {r['model']} {r['task']} seed {r['seed']}: "
+                      f"{r['steps']}/{r['planned']} steps, best {r['best']}, "
+                      f"{r['cpu']:.1f} CPU-s", flush=True)
+            load()
+            _summary(sums)  # after each run's cases: a run cut short still leaves its figures
+
+
+def _warm_up(firsts, tmp: str) -> None:
+    """A worker's untimed start: each model's first load and first steps."""
+    import torch
+
+    from ptdist.logs import setup as logs_at
     from ptdist.store import Store
     from ptdist.training import train
 
-    backbones: dict = {}
-    sums = {c: dict(cpu=0.0, wall=0.0, steps=0, planned=0, pad=0, total=0, stopped=[])
-            for c in cases}
-    with tempfile.TemporaryDirectory() as tmp:
-        for model in dict.fromkeys(c.model for c in runs):  # untimed: first loads, first steps
-            first = next(c for c in runs if c.model == model)
-            train(replace(first, steps=2, eval_every=2, eval_limit=16), Store(Path(tmp) / "warm"))
-        for config in runs:
-            for case in cases:
-                c = _with(config, case, full_curves)
-                cpu0, wall0 = time.process_time(), time.perf_counter()
-                result = train(c, Store(Path(tmp) / case))
-                cpu = time.process_time() - cpu0
-                s = sums[case]
-                s["cpu"] += cpu
-                s["wall"] += time.perf_counter() - wall0
-                s["steps"] += result.steps_run
-                s["planned"] += c.steps
-                if result.steps_run < c.steps:
-                    s["stopped"].append(f"{Path(c.task).stem} s{c.seed} at {result.steps_run}")
-                pad, total = padded_fraction(c, result.steps_run, backbones)
-                s["pad"] += pad
-                s["total"] += total
-                print(f"  {case:6s} {c.model} {Path(c.task).stem} seed {c.seed}: "
-                      f"{result.steps_run}/{c.steps} steps, best {result.best_step}, "
-                      f"{cpu:.1f} CPU-s", flush=True)
-            load()
-            _summary(sums)  # after each run's cases: a run cut short still leaves its figures
+    torch.set_num_threads(1)
+    setup()
+    logs_at(logging.WARNING)
+    for first in firsts:
+        train(replace(first, steps=2, eval_every=2, eval_limit=16),
+              Store(Path(tmp) / f"warm-{os.getpid()}"))
+
+
+_BACKBONES: dict = {}  # a worker's tokenizers for the padded-fraction count
+
+
+def _train_case(config, case: str, full_curves: tuple[str, ...], tmp: str) -> dict:
+    """One run under one case in a fresh store of this worker: its CPU-seconds (this process,
+    all threads, over ``train``), wall seconds, steps and padded-token count."""
+    from ptdist.store import Store
+    from ptdist.training import train
+
+    c = _with(config, case, full_curves)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    result = train(c, Store(Path(tmp) / f"{case}-{os.getpid()}"))
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    pad, total = padded_fraction(c, result.steps_run, _BACKBONES)
+    return dict(case=case, model=c.model, task=Path(c.task).stem, seed=c.seed, cpu=cpu,
+                wall=wall, steps=result.steps_run, planned=c.steps, best=result.best_step,
+                pad=pad, total=total)
 
 
 def _summary(sums: dict) -> None:

@@ -68,6 +68,8 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, help="only these seeds' runs")
     p.add_argument("--steps", type=int, help="each run's steps instead of the study's")
     p.add_argument("--data-dir", help="the study's data folder instead of its own")
+    p.add_argument("--workers", type=int, default=1,
+                   help="with --levers: processes training runs at once (one torch thread each)")
     p.add_argument("--cases", nargs="+", help="with --levers: only these cases (off, bucket, "
                    "cut, stop, all; default all of them)")
     args = p.parse_args()
@@ -111,7 +113,8 @@ def _levers(args) -> None:
            "the training step eager and compiled",
            {"study": str(args.study), "runs": len(runs), "tasks": args.tasks,
             "models": args.models, "seeds": args.seeds, "steps": args.steps or "the study's",
-            "full curves": list(full_curves), "cores": os.cpu_count()})
+            "full curves": list(full_curves), "cores": os.cpu_count(),
+            "workers": args.workers})
     setup()
     logs_at(logging.WARNING)
     if args.compile_check:
@@ -119,7 +122,7 @@ def _levers(args) -> None:
     elif args.padding:
         padding_only(runs, full_curves)
     else:
-        run_levers(runs, full_curves, args.cases or CASES)
+        run_levers(runs, full_curves, args.cases or CASES, args.workers)
     load()
 
 
