@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -214,3 +215,36 @@ def test_a_compilation_that_fails_says_so_once_and_the_run_steps_eagerly(
     assert fallen.prompt_id != eager.prompt_id  # compiled is another run...
     assert torch.equal(store.prompts.tensor(fallen.prompt_id),
                        store.prompts.tensor(eager.prompt_id))  # ...that here ran eagerly
+
+
+def test_paired_scores_finds_a_shift_between_two_reports_and_none_where_there_is_none(tmp_path):
+    """benchmarks/paired_scores.py, the check that a lever kept a study's results: a run-by-run
+    shift of +2 points (with noise) on one model shows as an interval above 0, the other
+    model's unchanged runs as 0 with no interval width, and runs in one report only are left
+    out and counted."""
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    keys = [(m, t, s) for m in ("a", "b") for t in ("x", "y") for s in range(4)]
+    before = {k: float(rng.uniform(50, 90)) for k in keys}
+    after = {k: v + (2 + rng.normal(0, 0.5) if k[0] == "a" else 0.0) for k, v in before.items()}
+    after[("b", "z", 0)] = 70.0
+    for name, scores in (("before", before), ("after", after)):
+        (tmp_path / name).mkdir()
+        rows = [dict(model=m, task=t, seed=s, init="random", score=v)
+                for (m, t, s), v in scores.items()]
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / name / "prompts.parquet")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "paired_scores.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "before"),
+                          str(tmp_path / "after")], text=True, capture_output=True, check=True,
+                         timeout=120).stdout
+    rows = {line.split("  ")[0].strip(): line for line in out.splitlines()}
+    shift = [after[k] - before[k] for k in keys if k[0] == "a"]
+    low, high = (float(v) for v in rows["a"].split("[")[1].split("]")[0].split(","))
+    assert 0 < low < np.mean(shift) < high
+    assert "0.00 [0.00, 0.00]" in rows["b"]
+    assert "runs in one report only (left out): 1" in out
