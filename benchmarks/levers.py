@@ -8,7 +8,8 @@ for the first run, then the second...) so a burst of load from another process h
 alike. A case's CPU-seconds are its worker's (`time.process_time`, all its threads) over its
 runs' `train` calls, summed over runs; the padded-token fraction is that of the training
 batches those runs trained on, counted from the batch order, the cut and the tokenizer (text
-plus special tokens; the prompt is never padding).
+plus special tokens; the prompt is never padding); and each run's best score against the same
+run's under `off`, as a paired t over the runs (a lever that keeps results holds 0).
 
 The compile check times one model's training step eager and compiled (`torch.compile`,
 `compiled.TrainingStep`) on the same real batches: the compile's own CPU-seconds, the median
@@ -29,6 +30,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from common import load, setup, table
+
+from ptdist.statistics import paired
 
 # Each lever's "on" settings; "off" is TrainConfig's defaults, the runs of today's presets.
 # The stop lever's min_steps is 2/3 of the run's steps (200 of the quickstart's 300).
@@ -92,8 +95,8 @@ def run_levers(runs, full_curves, cases=CASES, workers: int = 1) -> None:
     """Train every run under every case of ``cases`` on ``workers`` processes (one torch
     thread each); print each run as it ends and the table of cases after each run's cases."""
     firsts = list({c.model: c for c in reversed(runs)}.values())
-    sums = {c: dict(cpu=0.0, wall=0.0, steps=0, planned=0, pad=0, total=0, stopped=[])
-            for c in cases}
+    sums = {c: dict(cpu=0.0, wall=0.0, steps=0, planned=0, pad=0, total=0, stopped=[],
+                    scores={}) for c in cases}
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(
             workers, mp_context=get_context("spawn"), initializer=_warm_up,
             initargs=(firsts, tmp)) as pool:
@@ -107,9 +110,10 @@ def run_levers(runs, full_curves, cases=CASES, workers: int = 1) -> None:
                     s[key] += r[key]
                 if r["steps"] < r["planned"]:
                     s["stopped"].append(f"{r['task']} s{r['seed']} at {r['steps']}")
+                s["scores"][r["model"], r["task"], r["seed"]] = r["score"]
                 print(f"  {r['case']:6s} {r['model']} {r['task']} seed {r['seed']}: "
-                      f"{r['steps']}/{r['planned']} steps, best {r['best']}, "
-                      f"{r['cpu']:.1f} CPU-s", flush=True)
+                      f"{r['steps']}/{r['planned']} steps, best {r['score']:.2f} at step "
+                      f"{r['best']}, {r['cpu']:.1f} CPU-s", flush=True)
             load()
             _summary(sums)  # after each run's cases: a run cut short still leaves its figures
 
@@ -146,16 +150,25 @@ def _train_case(config, case: str, full_curves: tuple[str, ...], tmp: str) -> di
     pad, total = padded_fraction(c, result.steps_run, _BACKBONES)
     return dict(case=case, model=c.model, task=Path(c.task).stem, seed=c.seed, cpu=cpu,
                 wall=wall, steps=result.steps_run, planned=c.steps, best=result.best_step,
-                pad=pad, total=total)
+                score=result.score, pad=pad, total=total)
 
 
 def _summary(sums: dict) -> None:
+    """The table of cases: CPU-seconds against off's, and each run's best score against the
+    same run's under off (a paired t over runs: a lever that keeps results holds 0)."""
     off = sums["off"]["cpu"] if "off" in sums else math.nan
+    off_scores = sums["off"]["scores"] if "off" in sums else {}
     print(table(["case", "CPU-s", "CPU-s / off", "saving CPU-s", "wall s", "steps run",
-                 "padded fraction", "stopped early"],
+                 "padded fraction", "stopped early", "best score - off's [95 %]"],
                 [[case, s["cpu"], s["cpu"] / off, off - s["cpu"], s["wall"],
                   f"{s['steps']}/{s['planned']}", s["pad"] / s["total"],
-                  ", ".join(s["stopped"]) or "-"] for case, s in sums.items()]))
+                  ", ".join(s["stopped"]) or "-",
+                  _score_change(s["scores"], off_scores)] for case, s in sums.items()]))
+
+
+def _score_change(scores: dict, off: dict) -> str:
+    change = paired(scores, off, "paired t over runs")
+    return f"{change} ({change.basis('run')})"
 
 
 def compile_check(config, steps: int) -> None:
