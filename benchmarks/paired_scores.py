@@ -56,8 +56,8 @@ def compare(before: dict[Key, float], after: dict[Key, float]) -> str:
                   else f"{v[0]:.1f}" for v in (b, a)]
         rows.append([name, len(keys), *spread, str(diff),
                      "-" if diff.p is None else f"{diff.p:.3f}"])
-    left = sorted((before.keys() | after.keys()) - set(common))
-    note = f"\nruns in one report only (left out): {len(left)}" if left else ""
+    left = len(before.keys() ^ after.keys())
+    note = f"\nruns in one report only (left out): {left}" if left else ""
     return table(["runs", "n", "before", "after", "after - before [95 %]", "p"], rows) + note
 
 

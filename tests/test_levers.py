@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +24,7 @@ from ptdist.training.lengths import text_cut
 from ptdist.training.run import plan_run
 from ptdist.training.tracking import RunTracker, stop_step
 from ptdist.transfer.tpt import TptPlan
+from tests.conftest import REPO
 
 SMALL = dict(model="tiny-roberta", task="sst2", prompt_length=4, batch_size=8, eval_limit=32)
 
@@ -238,7 +238,7 @@ def test_paired_scores_finds_a_shift_between_two_reports_and_none_where_there_is
         rows = [dict(model=m, task=t, seed=s, init="random", score=v)
                 for (m, t, s), v in scores.items()]
         pq.write_table(pa.Table.from_pylist(rows), tmp_path / name / "prompts.parquet")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "paired_scores.py"
+    script = REPO / "benchmarks" / "paired_scores.py"
     out = subprocess.run([sys.executable, str(script), str(tmp_path / "before"),
                           str(tmp_path / "after")], text=True, capture_output=True, check=True,
                          timeout=120).stdout

@@ -79,10 +79,9 @@ def replicate(study: str | os.PathLike | None = None, *, preset: str | None = No
                         storage_path=store_path(store), data_dir=data_dir,
                         max_concurrent=execution.max_concurrent, pack=pack)
     loaded.spec.store().require_writable()
+    (_require_prepared if dry_run else _prepare_data)(loaded.spec)
     if dry_run:
-        _require_prepared(loaded.spec)
         return StudyOutcome([], loaded, listing=_plan(loaded, execution))
-    _prepare_data(loaded.spec)
     outcome = run_study(loaded, write_report, execution)
     written = outcome.outcome("report").status in ("ran", "stored")
     report = Store(loaded.spec.storage_path).layout.report_dir(loaded.spec.name) / "report.md"
